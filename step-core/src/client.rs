@@ -1,0 +1,470 @@
+//! An async STEP client with a bounded pipelining window.
+//!
+//! One [`StepClient`] owns one connection. [`StepClient::call`] is a plain
+//! round trip; [`StepClient::pipeline`] keeps up to `window` requests in flight
+//! and hands responses back in request order (STEP answers in order, so
+//! matching is positional). A window of 1 is stop-and-wait, which is what the
+//! reference server needs.
+
+use std::cell::Cell;
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::codec::{CodecError, StepCodec};
+use crate::message::{Kind, Message, Operation, Status, field};
+
+/// What went wrong talking to a STEP server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the STEP server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame from the STEP server: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the STEP server closed the connection")]
+    Closed,
+    #[error("unexpected answer from the STEP server: {0}")]
+    Protocol(String),
+    #[error("{operation} refused with status {code}: {message}")]
+    Refused {
+        operation: String,
+        code: u64,
+        message: String,
+    },
+    #[error("not logged in")]
+    NotLoggedIn,
+    #[error("{0}")]
+    Source(String),
+}
+
+impl ClientError {
+    /// The STEP status of a refusal.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ClientError::Refused { code, .. } => Status::from_code(*code),
+            _ => None,
+        }
+    }
+}
+
+/// What a server says it can do (LOGIN response extension). A reference server
+/// announces nothing, which means: one request in flight, 20480-byte blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub resume: bool,
+    pub max_block_size: u64,
+}
+
+impl Capabilities {
+    pub fn from_login(resp: &Message) -> Self {
+        let Some(Value::Object(caps)) = resp.get(field::CAPABILITIES) else {
+            return Self::default();
+        };
+        Self {
+            pipelining: caps.get("pipelining").and_then(Value::as_bool).unwrap_or(false),
+            resume: caps.get("resume").and_then(Value::as_bool).unwrap_or(false),
+            max_block_size: caps.get("max_block_size").and_then(Value::as_u64).unwrap_or(0),
+        }
+    }
+
+    pub fn to_json(self) -> Value {
+        serde_json::json!({
+            "pipelining": self.pipelining,
+            "resume": self.resume,
+            "max_block_size": self.max_block_size,
+        })
+    }
+}
+
+/// An upload plan (FILE SAVE response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadPlan {
+    pub key: String,
+    pub size: u64,
+    pub total_block: u64,
+    pub block_size: u64,
+    /// Blocks the server still needs, as `[start, end)` ranges. Without the
+    /// resume extension: every block.
+    pub missing: Vec<[u64; 2]>,
+    pub resumed: bool,
+}
+
+/// A download plan (FILE GET response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadPlan {
+    pub key: String,
+    pub size: u64,
+    pub total_block: u64,
+    pub block_size: u64,
+    pub md5: String,
+}
+
+/// Options of a FILE SAVE beyond key and size (our server's extensions).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaveOptions {
+    pub block_size: Option<u64>,
+    pub resume: bool,
+}
+
+/// One connection to a STEP server.
+#[derive(Debug)]
+pub struct StepClient<T = TcpStream> {
+    reader: FramedRead<ReadHalf<T>, StepCodec>,
+    writer: FramedWrite<WriteHalf<T>, StepCodec>,
+    token: Option<String>,
+    capabilities: Capabilities,
+}
+
+impl StepClient<TcpStream> {
+    /// Connect over TCP with the default caps.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self::new(stream, StepCodec::default()))
+    }
+}
+
+fn u64_field(resp: &Message, name: &'static str) -> Result<u64, ClientError> {
+    resp.get(name)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ClientError::Protocol(format!("response lacks a numeric \"{name}\"")))
+}
+
+fn str_field(resp: &Message, name: &'static str) -> Result<String, ClientError> {
+    resp.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Protocol(format!("response lacks a string \"{name}\"")))
+}
+
+/// `Ok(resp)` when the response has status 200, else the refusal as an error.
+pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
+    match resp.status_code() {
+        Some(200) => Ok(resp),
+        Some(code) => Err(ClientError::Refused {
+            operation: resp
+                .get(field::OPERATION)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned(),
+            code,
+            message: resp.status_msg().to_owned(),
+        }),
+        None => Err(ClientError::Protocol("response has no status".into())),
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> StepClient<T> {
+    pub fn new(io: T, codec: StepCodec) -> Self {
+        let (r, w) = tokio::io::split(io);
+        Self {
+            reader: FramedRead::new(r, codec),
+            writer: FramedWrite::new(w, codec),
+            token: None,
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Use a token obtained elsewhere (tokens are not tied to a connection).
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.token = Some(token.into());
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    pub fn set_capabilities(&mut self, caps: Capabilities) {
+        self.capabilities = caps;
+    }
+
+    /// A request of `operation`/`kind` carrying this client's token.
+    pub fn request(&self, operation: Operation, kind: Kind) -> Result<Message, ClientError> {
+        let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
+        Ok(Message::request(operation, kind).with(field::TOKEN, token))
+    }
+
+    /// Send one message (flushed).
+    pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
+        self.writer.send(msg).await?;
+        Ok(())
+    }
+
+    /// Read one message.
+    pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        let frame = self.reader.next().await.ok_or(ClientError::Closed)??;
+        Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// One round trip; the response is returned whatever its status.
+    pub async fn call(&mut self, msg: &Message) -> Result<Message, ClientError> {
+        self.send(msg).await?;
+        self.recv().await
+    }
+
+    /// Send every request of `requests`, keeping at most `window` unanswered,
+    /// and pass each response to `on_response` in request order. An error from
+    /// either side (or from `on_response`) stops the pipeline.
+    pub async fn pipeline<S, F>(&mut self, requests: S, window: usize, mut on_response: F) -> Result<(), ClientError>
+    where
+        S: Stream<Item = Result<Message, ClientError>>,
+        F: FnMut(Message) -> Result<(), ClientError>,
+    {
+        let window = window.max(1);
+        let credits = Semaphore::new(window);
+        let sent = Cell::new(0u64);
+        let finished = Cell::new(false);
+        let progress = Notify::new();
+        let writer = &mut self.writer;
+        let reader = &mut self.reader;
+
+        let send_all = async {
+            let mut requests = std::pin::pin!(requests);
+            while let Some(req) = requests.next().await {
+                let req = req?;
+                credits
+                    .acquire()
+                    .await
+                    .map_err(|_| ClientError::Closed)?
+                    .forget();
+                writer.send(&req).await?;
+                sent.set(sent.get() + 1);
+                progress.notify_one();
+            }
+            finished.set(true);
+            progress.notify_one();
+            Ok::<(), ClientError>(())
+        };
+        let receive_all = async {
+            let mut received = 0u64;
+            loop {
+                if received == sent.get() {
+                    if finished.get() {
+                        return Ok::<(), ClientError>(());
+                    }
+                    progress.notified().await;
+                    continue;
+                }
+                let frame = reader.next().await.ok_or(ClientError::Closed)??;
+                let resp = Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                received += 1;
+                credits.add_permits(1);
+                on_response(resp)?;
+            }
+        };
+        futures::try_join!(send_all, receive_all)?;
+        Ok(())
+    }
+
+    /// LOGIN; keeps the token and whatever the server announces it can do.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<String, ClientError> {
+        let req = Message::request(Operation::Login, Kind::Auth)
+            .with(field::USERNAME, username)
+            .with(field::PASSWORD, password);
+        let resp = expect_ok(self.call(&req).await?)?;
+        let token = str_field(&resp, field::TOKEN)?;
+        self.capabilities = Capabilities::from_login(&resp);
+        self.token = Some(token.clone());
+        Ok(token)
+    }
+
+    /// DATA SAVE; returns the key (server-chosen when `key` is `None`).
+    pub async fn data_save(&mut self, key: Option<&str>, record: Map<String, Value>) -> Result<String, ClientError> {
+        let mut req = self.request(Operation::Save, Kind::Data)?;
+        for (k, v) in record {
+            req.fields.entry(k).or_insert(v);
+        }
+        if let Some(key) = key {
+            req.set(field::KEY, key);
+        }
+        let resp = expect_ok(self.call(&req).await?)?;
+        str_field(&resp, field::KEY)
+    }
+
+    /// DATA GET; returns the record without the response's envelope fields.
+    pub async fn data_get(&mut self, key: &str) -> Result<Map<String, Value>, ClientError> {
+        let req = self.request(Operation::Get, Kind::Data)?.with(field::KEY, key);
+        let mut resp = expect_ok(self.call(&req).await?)?;
+        for name in [
+            field::OPERATION,
+            field::TYPE,
+            field::DIRECTION,
+            field::STATUS,
+            field::STATUS_MSG,
+            field::TOKEN,
+        ] {
+            resp.fields.remove(name);
+        }
+        Ok(resp.fields)
+    }
+
+    pub async fn data_delete(&mut self, key: &str) -> Result<(), ClientError> {
+        let req = self.request(Operation::Delete, Kind::Data)?.with(field::KEY, key);
+        expect_ok(self.call(&req).await?).map(drop)
+    }
+
+    /// FILE SAVE: ask for an upload plan.
+    pub async fn file_save(&mut self, key: Option<&str>, size: u64, opts: SaveOptions) -> Result<UploadPlan, ClientError> {
+        let mut req = self.request(Operation::Save, Kind::File)?.with(field::SIZE, size);
+        if let Some(key) = key {
+            req.set(field::KEY, key);
+        }
+        if let Some(bs) = opts.block_size {
+            req.set(field::BLOCK_SIZE, bs);
+        }
+        if opts.resume {
+            req.set(field::RESUME, true);
+        }
+        let resp = expect_ok(self.call(&req).await?)?;
+        let total_block = u64_field(&resp, field::TOTAL_BLOCK)?;
+        let missing = match resp.get(field::MISSING_RANGES) {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ClientError::Protocol(format!("bad missing_ranges: {e}")))?,
+            None if total_block > 0 => vec![[0, total_block]],
+            None => Vec::new(),
+        };
+        Ok(UploadPlan {
+            key: str_field(&resp, field::KEY)?,
+            size: u64_field(&resp, field::SIZE)?,
+            total_block,
+            block_size: u64_field(&resp, field::BLOCK_SIZE)?,
+            missing,
+            resumed: resp.bool_field(field::RESUMED),
+        })
+    }
+
+    /// The UPLOAD request for one block.
+    pub fn upload_request(&self, key: &str, index: u64, data: Bytes) -> Result<Message, ClientError> {
+        Ok(self
+            .request(Operation::Upload, Kind::File)?
+            .with(field::KEY, key)
+            .with(field::BLOCK_INDEX, index)
+            .with_binary(data))
+    }
+
+    /// UPLOAD one block; returns the file's md5 when this block completed it.
+    pub async fn upload_block(&mut self, key: &str, index: u64, data: Bytes) -> Result<Option<String>, ClientError> {
+        let req = self.upload_request(key, index, data)?;
+        let resp = expect_ok(self.call(&req).await?)?;
+        Ok(resp.get(field::MD5).and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// UPLOAD every block of `blocks` with up to `window` in flight; returns
+    /// the md5 the server reported when the file completed (if it did), and
+    /// calls `on_block` with each acknowledged block's length.
+    pub async fn upload_blocks<S>(
+        &mut self,
+        key: &str,
+        blocks: S,
+        window: usize,
+        mut on_block: impl FnMut(u64),
+    ) -> Result<Option<String>, ClientError>
+    where
+        S: Stream<Item = Result<(u64, Bytes), ClientError>>,
+    {
+        let token = self.token.clone().ok_or(ClientError::NotLoggedIn)?;
+        let key_owned = key.to_owned();
+        let lengths = std::cell::RefCell::new(std::collections::VecDeque::new());
+        let requests = blocks.map(|b| {
+            b.map(|(index, data)| {
+                lengths.borrow_mut().push_back(data.len() as u64);
+                Message::request(Operation::Upload, Kind::File)
+                    .with(field::TOKEN, token.as_str())
+                    .with(field::KEY, key_owned.as_str())
+                    .with(field::BLOCK_INDEX, index)
+                    .with_binary(data)
+            })
+        });
+        let mut md5 = None;
+        self.pipeline(requests, window, |resp| {
+            let resp = expect_ok(resp)?;
+            if let Some(m) = resp.get(field::MD5).and_then(Value::as_str) {
+                md5 = Some(m.to_owned());
+            }
+            on_block(lengths.borrow_mut().pop_front().unwrap_or(0));
+            Ok(())
+        })
+        .await?;
+        Ok(md5)
+    }
+
+    /// FILE GET: the download plan (optionally asking for another block size).
+    pub async fn file_get(&mut self, key: &str, block_size: Option<u64>) -> Result<DownloadPlan, ClientError> {
+        let mut req = self.request(Operation::Get, Kind::File)?.with(field::KEY, key);
+        if let Some(bs) = block_size {
+            req.set(field::BLOCK_SIZE, bs);
+        }
+        let resp = expect_ok(self.call(&req).await?)?;
+        Ok(DownloadPlan {
+            key: str_field(&resp, field::KEY)?,
+            size: u64_field(&resp, field::SIZE)?,
+            total_block: u64_field(&resp, field::TOTAL_BLOCK)?,
+            block_size: u64_field(&resp, field::BLOCK_SIZE)?,
+            md5: str_field(&resp, field::MD5)?,
+        })
+    }
+
+    fn download_request(token: &str, plan: &DownloadPlan, index: u64) -> Message {
+        let mut req = Message::request(Operation::Download, Kind::File)
+            .with(field::TOKEN, token)
+            .with(field::KEY, plan.key.as_str())
+            .with(field::BLOCK_INDEX, index);
+        if plan.block_size != crate::DEFAULT_BLOCK_SIZE {
+            req.set(field::BLOCK_SIZE, plan.block_size);
+        }
+        req
+    }
+
+    /// DOWNLOAD one block of a plan.
+    pub async fn download_block(&mut self, plan: &DownloadPlan, index: u64) -> Result<Bytes, ClientError> {
+        let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
+        let req = Self::download_request(token, plan, index);
+        let resp = expect_ok(self.call(&req).await?)?;
+        Ok(resp.binary)
+    }
+
+    /// DOWNLOAD the blocks `indexes` with up to `window` in flight, handing
+    /// each to `on_block(index, data)` in order.
+    pub async fn download_blocks(
+        &mut self,
+        plan: &DownloadPlan,
+        indexes: impl Iterator<Item = u64>,
+        window: usize,
+        mut on_block: impl FnMut(u64, Bytes) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let token = self.token.clone().ok_or(ClientError::NotLoggedIn)?;
+        let order = std::cell::RefCell::new(std::collections::VecDeque::new());
+        let requests = futures::stream::iter(indexes.map(|i| {
+            order.borrow_mut().push_back(i);
+            Ok(Self::download_request(&token, plan, i))
+        }));
+        self.pipeline(requests, window, |resp| {
+            let resp = expect_ok(resp)?;
+            let index = order.borrow_mut().pop_front().unwrap_or(0);
+            let want = crate::plan::block_len(plan.size, plan.block_size, index).unwrap_or(0);
+            if resp.binary.len() as u64 != want {
+                return Err(ClientError::Protocol(format!(
+                    "block {index} has {} bytes, expected {want}",
+                    resp.binary.len()
+                )));
+            }
+            on_block(index, resp.binary)
+        })
+        .await
+    }
+
+    pub async fn file_delete(&mut self, key: &str) -> Result<(), ClientError> {
+        let req = self.request(Operation::Delete, Kind::File)?.with(field::KEY, key);
+        expect_ok(self.call(&req).await?).map(drop)
+    }
+}

@@ -1,0 +1,355 @@
+//! The STEP frame codec.
+//!
+//! ```text
+//! | u32 BE json_len | u32 BE binary_len | json_len bytes JSON | binary_len bytes |
+//! ```
+//!
+//! Both lengths are checked against caps as soon as the 8-byte header is in,
+//! before anything is reserved, so a header announcing 4 GiB costs an error and
+//! nothing else. Lengths are byte counts (see [`crate::json`] for why we can
+//! always write them that way).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::message::Message;
+
+/// Size of the fixed frame header.
+pub const HEADER_LEN: usize = 8;
+/// Default cap on the JSON part: DATA records are small.
+pub const DEFAULT_MAX_JSON: usize = 1 << 20;
+/// Default cap on the binary part: the largest block a peer may send.
+pub const DEFAULT_MAX_BINARY: usize = 8 << 20;
+
+/// One frame off the wire, JSON not yet parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    pub json: Bytes,
+    pub binary: Bytes,
+}
+
+/// Errors of the codec. Every decode error means the stream can no longer be
+/// trusted to be in sync: the connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("JSON part of {len} bytes exceeds the cap of {max}")]
+    JsonTooLong { len: u64, max: usize },
+    #[error("binary part of {len} bytes exceeds the cap of {max}")]
+    BinaryTooLong { len: u64, max: usize },
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes and decodes STEP frames with hard caps on both lengths.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCodec {
+    max_json: usize,
+    max_binary: usize,
+}
+
+impl Default for StepCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_JSON, DEFAULT_MAX_BINARY)
+    }
+}
+
+impl StepCodec {
+    pub fn new(max_json: usize, max_binary: usize) -> Self {
+        Self {
+            max_json,
+            max_binary,
+        }
+    }
+
+    pub fn max_json(&self) -> usize {
+        self.max_json
+    }
+
+    pub fn max_binary(&self) -> usize {
+        self.max_binary
+    }
+
+    fn check(&self, json_len: u64, binary_len: u64) -> Result<(), CodecError> {
+        if json_len > self.max_json as u64 {
+            return Err(CodecError::JsonTooLong {
+                len: json_len,
+                max: self.max_json,
+            });
+        }
+        if binary_len > self.max_binary as u64 {
+            return Err(CodecError::BinaryTooLong {
+                len: binary_len,
+                max: self.max_binary,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Decoder for StepCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let json_len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        let binary_len = u32::from_be_bytes([src[4], src[5], src[6], src[7]]);
+        self.check(u64::from(json_len), u64::from(binary_len))?;
+        // Both lengths are capped, so this sum cannot overflow a usize.
+        let total = HEADER_LEN + json_len as usize + binary_len as usize;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let json = src.split_to(json_len as usize).freeze();
+        let binary = src.split_to(binary_len as usize).freeze();
+        Ok(Some(Frame { json, binary }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(CodecError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Frame> for StepCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.check(frame.json.len() as u64, frame.binary.len() as u64)?;
+        dst.reserve(HEADER_LEN + frame.json.len() + frame.binary.len());
+        dst.put_u32(frame.json.len() as u32);
+        dst.put_u32(frame.binary.len() as u32);
+        dst.extend_from_slice(&frame.json);
+        dst.extend_from_slice(&frame.binary);
+        Ok(())
+    }
+}
+
+impl Encoder<Message> for StepCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Message>::encode(self, &msg, dst)
+    }
+}
+
+impl Encoder<&Message> for StepCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.put_u64(0); // header, patched below once the JSON length is known
+        crate::json::to_ascii_writer((&mut *dst).writer(), &msg.fields)?;
+        let json_len = dst.len() - start - HEADER_LEN;
+        if let Err(e) = self.check(json_len as u64, msg.binary.len() as u64) {
+            dst.truncate(start);
+            return Err(e);
+        }
+        dst[start..start + 4].copy_from_slice(&(json_len as u32).to_be_bytes());
+        dst[start + 4..start + 8].copy_from_slice(&(msg.binary.len() as u32).to_be_bytes());
+        dst.extend_from_slice(&msg.binary);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    fn encode_frame(json: &[u8], binary: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        StepCodec::default()
+            .encode(
+                Frame {
+                    json: Bytes::copy_from_slice(json),
+                    binary: Bytes::copy_from_slice(binary),
+                },
+                &mut buf,
+            )
+            .expect("encode");
+        buf
+    }
+
+    #[test]
+    fn round_trip_frame() {
+        let mut buf = encode_frame(br#"{"a":1}"#, b"\x00\x01\x02");
+        assert_eq!(&buf[..8], &[0, 0, 0, 7, 0, 0, 0, 3]);
+        let frame = StepCodec::default()
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("frame");
+        assert_eq!(&frame.json[..], br#"{"a":1}"#);
+        assert_eq!(&frame.binary[..], b"\x00\x01\x02");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn split_at_every_byte_boundary() {
+        let mut stream = encode_frame(br#"{"operation":"SAVE"}"#, &[7u8; 37]);
+        stream.extend_from_slice(&encode_frame(br#"{"b":"\u00e9"}"#, b""));
+        let whole = stream.freeze();
+        for cut in 0..=whole.len() {
+            let mut codec = StepCodec::default();
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            for part in [&whole[..cut], &whole[cut..]] {
+                buf.extend_from_slice(part);
+                while let Some(f) = codec.decode(&mut buf).expect("decode") {
+                    frames.push(f);
+                }
+            }
+            assert_eq!(frames.len(), 2, "cut at {cut}");
+            assert_eq!(frames[0].binary.len(), 37);
+            assert_eq!(&frames[1].json[..], br#"{"b":"\u00e9"}"#);
+        }
+    }
+
+    #[test]
+    fn one_byte_at_a_time() {
+        let whole = encode_frame(br#"{"k":"v"}"#, &[1u8; 300]);
+        let mut codec = StepCodec::default();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for (i, b) in whole.iter().enumerate() {
+            buf.put_u8(*b);
+            let f = codec.decode(&mut buf).expect("decode");
+            if i + 1 < whole.len() {
+                assert!(f.is_none());
+            } else {
+                got = f;
+            }
+        }
+        assert_eq!(got.expect("frame").binary.len(), 300);
+    }
+
+    #[test]
+    fn huge_headers_are_rejected_without_allocating() {
+        for header in [[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], [0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff]] {
+            let mut buf = BytesMut::from(&header[..]);
+            let cap_before = buf.capacity();
+            let err = StepCodec::default().decode(&mut buf).expect_err("must fail");
+            assert!(
+                matches!(err, CodecError::JsonTooLong { .. } | CodecError::BinaryTooLong { .. }),
+                "{err}"
+            );
+            assert_eq!(buf.capacity(), cap_before, "nothing reserved");
+        }
+    }
+
+    #[test]
+    fn caps_are_inclusive_and_configurable() {
+        let mut codec = StepCodec::new(10, 4);
+        let mut ok = encode_frame(b"0123456789", b"abcd");
+        assert!(codec.decode(&mut ok).expect("decode").is_some());
+        let mut too_long = encode_frame(b"01234567890", b"");
+        assert!(codec.decode(&mut too_long).is_err());
+        let mut too_big = encode_frame(b"{}", b"abcde");
+        assert!(codec.decode(&mut too_big).is_err());
+        let mut out = BytesMut::new();
+        let big = Message::new(Map::new()).with_binary(Bytes::from_static(b"abcde"));
+        assert!(codec.encode(&big, &mut out).is_err());
+        assert!(out.is_empty(), "a refused encode leaves nothing behind");
+    }
+
+    #[test]
+    fn eof_mid_frame_is_an_error_and_clean_eof_is_not() {
+        let mut codec = StepCodec::default();
+        let mut empty = BytesMut::new();
+        assert!(codec.decode_eof(&mut empty).expect("clean eof").is_none());
+        let mut partial = encode_frame(b"{}", b"xyz");
+        partial.truncate(9);
+        assert!(matches!(
+            codec.decode_eof(&mut partial),
+            Err(CodecError::Truncated { buffered: 9 })
+        ));
+    }
+
+    #[test]
+    fn message_encoding_counts_bytes_and_escapes_non_ascii() {
+        let mut fields = Map::new();
+        fields.insert("key".into(), json!("otter-é-🦦.jpg"));
+        let msg = Message::new(fields).with_binary(Bytes::from_static(b"hi"));
+        let mut buf = BytesMut::new();
+        StepCodec::default().encode(&msg, &mut buf).expect("encode");
+        let json_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let json = &buf[8..8 + json_len];
+        assert!(json.is_ascii());
+        assert_eq!(&buf[8 + json_len..], b"hi");
+        let frame = StepCodec::default()
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("frame");
+        let back = Message::from_frame(frame).expect("parse");
+        assert_eq!(back, msg);
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".*", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_messages_round_trip_through_any_split(
+            fields in prop::collection::btree_map(".*", arb_json(), 0..8),
+            binary in prop::collection::vec(any::<u8>(), 0..2048),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let msg = Message::new(fields.into_iter().collect()).with_binary(Bytes::from(binary));
+            let mut codec = StepCodec::default();
+            let mut wire = BytesMut::new();
+            codec.encode(&msg, &mut wire).expect("encode");
+            let json_len = u32::from_be_bytes([wire[0], wire[1], wire[2], wire[3]]) as usize;
+            prop_assert!(wire[8..8 + json_len].is_ascii());
+            let cut = cut.index(wire.len() + 1);
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let first = codec.decode(&mut buf).expect("decode");
+            let frame = match first {
+                Some(f) => f,
+                None => {
+                    buf.extend_from_slice(&wire[cut..]);
+                    codec.decode(&mut buf).expect("decode").expect("whole frame")
+                }
+            };
+            prop_assert!(buf.is_empty());
+            let back = Message::from_frame(frame).expect("parse");
+            prop_assert_eq!(back, msg);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut codec = StepCodec::new(256, 256);
+            let mut buf = BytesMut::from(&data[..]);
+            while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                let _ = Message::from_frame(frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The STEP v1.1 protocol, without IO of its own.
+//!
+//! * [`codec`] — the frame codec (`tokio_util::codec`), capped on both lengths.
+//! * [`json`] — JSON encoding whose byte count equals its character count.
+//! * [`message`] — messages, operations, types, directions and status codes.
+//! * [`token`] — login tokens in the reference shape, keyed and expiring.
+//! * [`digest`] — md5 helpers (passwords, file digests).
+//! * [`plan`] — block arithmetic shared by servers and clients.
+//! * [`client`] — an async client with a bounded pipelining window.
+
+pub mod client;
+pub mod codec;
+pub mod digest;
+pub mod json;
+pub mod message;
+pub mod plan;
+pub mod token;
+
+pub use client::{ClientError, StepClient};
+pub use codec::{CodecError, Frame, StepCodec};
+pub use message::{Direction, Kind, Message, Operation, Status};
+
+/// The TCP port STEP servers listen on.
+pub const DEFAULT_PORT: u16 = 1379;
+/// The block size the reference server plans with and reference clients hard-code.
+pub const DEFAULT_BLOCK_SIZE: u64 = 20480;

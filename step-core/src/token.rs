@@ -1,0 +1,249 @@
+//! Login tokens.
+//!
+//! Shape (the reference's, which clients echo and one client re-checks):
+//! `base64("<user>.<14 digits>.login.<md5 hex>")`, where the md5 covers
+//! `"<user>.<14 digits>.login"` followed by the reference's public salt.
+//!
+//! The public md5 proves nothing — anyone can compute it — so the 14 digits
+//! carry what does: 5 digits of issue time (minutes since the Unix epoch,
+//! modulo 100 000, about 69 days) and 9 digits of HMAC-SHA256 under a
+//! per-deployment secret over the user and the full issue minute. A token
+//! verifies only if both the public md5 and the keyed digits match and it has
+//! not expired. Tokens minted the reference's way (a date in those digits) fail
+//! the keyed check. The keyed part is ~30 bits: forging needs on the order of
+//! 10^9 online guesses, each a round trip the server can see and throttle;
+//! no offline attack applies because the secret never leaves the server.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::digest::md5_hex;
+
+/// The reference server's salt. It is public; tokens signed only with it are
+/// forgeries as far as we are concerned.
+pub const PUBLIC_SALT: &str = "kjh20)*(1";
+
+const TIME_DIGITS: u32 = 5;
+const MAC_DIGITS: u32 = 9;
+const TIME_MODULUS: u64 = 10u64.pow(TIME_DIGITS);
+const MAC_MODULUS: u64 = 10u64.pow(MAC_DIGITS);
+/// Longest lifetime the 5-digit minute counter can express unambiguously,
+/// with a day of margin.
+pub const MAX_TTL_SECS: u64 = (TIME_MODULUS - 24 * 60) * 60;
+
+/// Why a token was refused. The messages match the reference's wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("Token format is wrong.")]
+    Format,
+    #[error("Token is wrong.")]
+    Signature,
+    #[error("Token has expired. Please login again.")]
+    Expired,
+}
+
+/// Mints and verifies tokens with one deployment's secret.
+#[derive(Clone)]
+pub struct TokenKey {
+    mac: Hmac<Sha256>,
+    ttl_secs: u64,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("TokenKey")
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user part of a token: the reference replaces dots with underscores.
+pub fn user_part(username: &str) -> String {
+    username.replace('.', "_")
+}
+
+/// The md5 the reference (and clients that re-check) expect as the 4th part.
+pub fn public_signature(first_three: &str) -> String {
+    md5_hex(format!("{first_three}{PUBLIC_SALT}"))
+}
+
+/// A token exactly as the reference server would mint it, for tests and
+/// comparisons: `stamp` is its `YYYYmmddHHMMSS`.
+pub fn mint_reference_style(username: &str, stamp: &str) -> String {
+    let payload = format!("{}.{stamp}.login", user_part(username));
+    let sig = public_signature(&payload);
+    STANDARD.encode(format!("{payload}.{sig}"))
+}
+
+impl TokenKey {
+    /// `ttl_secs` is clamped to [`MAX_TTL_SECS`].
+    pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        Self {
+            mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length"),
+            ttl_secs: ttl_secs.min(MAX_TTL_SECS),
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    fn keyed_digits(&self, user: &str, minute: u64) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"step-token-v1\0");
+        mac.update(user.as_bytes());
+        mac.update(b"\0");
+        mac.update(&minute.to_be_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        format!(
+            "{:0width$}",
+            u64::from_be_bytes(first) % MAC_MODULUS,
+            width = MAC_DIGITS as usize
+        )
+    }
+
+    /// A token for `username`, issued at `now_unix` (seconds).
+    pub fn mint(&self, username: &str, now_unix: u64) -> String {
+        let user = user_part(username);
+        let minute = now_unix / 60;
+        let stamp = format!(
+            "{:0width$}{}",
+            minute % TIME_MODULUS,
+            self.keyed_digits(&user, minute),
+            width = TIME_DIGITS as usize
+        );
+        let payload = format!("{user}.{stamp}.login");
+        let sig = public_signature(&payload);
+        STANDARD.encode(format!("{payload}.{sig}"))
+    }
+
+    /// The user a token belongs to, if it is ours, intact and unexpired.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
+        let raw = STANDARD.decode(token.trim()).map_err(|_| TokenError::Format)?;
+        let text = String::from_utf8(raw).map_err(|_| TokenError::Format)?;
+        let parts: Vec<&str> = text.split('.').collect();
+        let [user, stamp, login, sig] = parts[..] else {
+            return Err(TokenError::Format);
+        };
+        let payload = format!("{user}.{stamp}.login");
+        if login != "login" || !sig.eq_ignore_ascii_case(&public_signature(&payload)) {
+            return Err(TokenError::Signature);
+        }
+        let digits = (TIME_DIGITS + MAC_DIGITS) as usize;
+        if stamp.len() != digits || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(TokenError::Signature);
+        }
+        let (time_digits, keyed) = stamp.split_at(TIME_DIGITS as usize);
+        let counter: u64 = time_digits.parse().map_err(|_| TokenError::Signature)?;
+        // The latest minute not after now whose counter matches.
+        let now_minute = now_unix / 60;
+        let back = (now_minute % TIME_MODULUS + TIME_MODULUS - counter) % TIME_MODULUS;
+        let Some(minute) = now_minute.checked_sub(back) else {
+            return Err(TokenError::Signature);
+        };
+        let expected = self.keyed_digits(user, minute);
+        if !bool::from(expected.as_bytes().ct_eq(keyed.as_bytes())) {
+            return Err(TokenError::Signature);
+        }
+        if now_unix >= minute * 60 + self.ttl_secs {
+            return Err(TokenError::Expired);
+        }
+        Ok(user.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_795_000_000;
+
+    fn decode(token: &str) -> String {
+        String::from_utf8(STANDARD.decode(token).expect("b64")).expect("utf8")
+    }
+
+    #[test]
+    fn has_reference_shape_and_passes_public_recheck() {
+        let key = TokenKey::new(b"secret", 86_400);
+        let token = key.mint("alice.smith", NOW);
+        let text = decode(&token);
+        let parts: Vec<&str> = text.split('.').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0], "alice_smith");
+        assert_eq!(parts[1].len(), 14);
+        assert!(parts[1].bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(parts[2], "login");
+        // What the re-checking client computes:
+        assert_eq!(parts[3], public_signature(&parts[..3].join(".")));
+        assert_eq!(key.verify(&token, NOW + 5), Ok("alice_smith".into()));
+    }
+
+    #[test]
+    fn expires_after_ttl() {
+        let key = TokenKey::new(b"secret", 3600);
+        let token = key.mint("bob", NOW);
+        let issued_minute_start = NOW / 60 * 60;
+        assert!(key.verify(&token, issued_minute_start + 3599).is_ok());
+        assert_eq!(key.verify(&token, issued_minute_start + 3600), Err(TokenError::Expired));
+        assert_eq!(key.verify(&token, NOW + 40 * 86_400), Err(TokenError::Expired));
+        let zero = TokenKey::new(b"secret", 0);
+        assert_eq!(zero.verify(&zero.mint("bob", NOW), NOW), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn another_secret_or_reference_minting_is_refused() {
+        let ours = TokenKey::new(b"deployment-a", 86_400);
+        let theirs = TokenKey::new(b"deployment-b", 86_400);
+        let token = theirs.mint("carol", NOW);
+        assert_eq!(ours.verify(&token, NOW), Err(TokenError::Signature));
+        let forged = mint_reference_style("carol", "20261125093000");
+        assert_eq!(ours.verify(&forged, NOW), Err(TokenError::Signature));
+        // A forger who keeps our time digits but guesses the keyed digits fails too.
+        let real = decode(&ours.mint("carol", NOW));
+        let mut parts: Vec<String> = real.split('.').map(String::from).collect();
+        parts[0] = "mallory".into();
+        parts[3] = public_signature(&parts[..3].join("."));
+        let moved = STANDARD.encode(parts.join("."));
+        assert_eq!(ours.verify(&moved, NOW), Err(TokenError::Signature));
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let key = TokenKey::new(b"k", 86_400);
+        let text = decode(&key.mint("dave", NOW));
+        let mut chars: Vec<char> = text.chars().collect();
+        let last = chars.len() - 1;
+        chars[last] = if chars[last] == '1' { '2' } else { '1' };
+        let tampered = STANDARD.encode(chars.into_iter().collect::<String>());
+        assert_eq!(key.verify(&tampered, NOW), Err(TokenError::Signature));
+        for bad in ["", "!!!", "bm90LWEtdG9rZW4=" /* not-a-token */, &STANDARD.encode([0xff, 0xfe])] {
+            assert_eq!(key.verify(bad, NOW), Err(TokenError::Format), "{bad}");
+        }
+    }
+
+    #[test]
+    fn survives_counter_wraparound() {
+        let key = TokenKey::new(b"k", 86_400);
+        // Issued one minute before the 5-digit counter wraps.
+        let issued = (TIME_MODULUS * 300 - 1) * 60;
+        let token = key.mint("erin", issued);
+        assert_eq!(key.verify(&token, issued + 120), Ok("erin".into()));
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let key = TokenKey::new(b"super-secret-value", 10);
+        assert!(!format!("{key:?}").contains("super"));
+    }
+
+    #[test]
+    fn ttl_is_clamped() {
+        assert_eq!(TokenKey::new(b"k", u64::MAX).ttl_secs(), MAX_TTL_SECS);
+    }
+}
