@@ -67,9 +67,15 @@ impl Capabilities {
             return Self::default();
         };
         Self {
-            pipelining: caps.get("pipelining").and_then(Value::as_bool).unwrap_or(false),
+            pipelining: caps
+                .get("pipelining")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             resume: caps.get("resume").and_then(Value::as_bool).unwrap_or(false),
-            max_block_size: caps.get("max_block_size").and_then(Value::as_u64).unwrap_or(0),
+            max_block_size: caps
+                .get("max_block_size")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
         }
     }
 
@@ -215,7 +221,12 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// Send every request of `requests`, keeping at most `window` unanswered,
     /// and pass each response to `on_response` in request order. An error from
     /// either side (or from `on_response`) stops the pipeline.
-    pub async fn pipeline<S, F>(&mut self, requests: S, window: usize, mut on_response: F) -> Result<(), ClientError>
+    pub async fn pipeline<S, F>(
+        &mut self,
+        requests: S,
+        window: usize,
+        mut on_response: F,
+    ) -> Result<(), ClientError>
     where
         S: Stream<Item = Result<Message, ClientError>>,
         F: FnMut(Message) -> Result<(), ClientError>,
@@ -256,7 +267,8 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                     continue;
                 }
                 let frame = reader.next().await.ok_or(ClientError::Closed)??;
-                let resp = Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let resp =
+                    Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 received += 1;
                 credits.add_permits(1);
                 on_response(resp)?;
@@ -279,7 +291,11 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     /// DATA SAVE; returns the key (server-chosen when `key` is `None`).
-    pub async fn data_save(&mut self, key: Option<&str>, record: Map<String, Value>) -> Result<String, ClientError> {
+    pub async fn data_save(
+        &mut self,
+        key: Option<&str>,
+        record: Map<String, Value>,
+    ) -> Result<String, ClientError> {
         let mut req = self.request(Operation::Save, Kind::Data)?;
         for (k, v) in record {
             req.fields.entry(k).or_insert(v);
@@ -293,7 +309,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
 
     /// DATA GET; returns the record without the response's envelope fields.
     pub async fn data_get(&mut self, key: &str) -> Result<Map<String, Value>, ClientError> {
-        let req = self.request(Operation::Get, Kind::Data)?.with(field::KEY, key);
+        let req = self
+            .request(Operation::Get, Kind::Data)?
+            .with(field::KEY, key);
         let mut resp = expect_ok(self.call(&req).await?)?;
         for name in [
             field::OPERATION,
@@ -309,13 +327,22 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     pub async fn data_delete(&mut self, key: &str) -> Result<(), ClientError> {
-        let req = self.request(Operation::Delete, Kind::Data)?.with(field::KEY, key);
+        let req = self
+            .request(Operation::Delete, Kind::Data)?
+            .with(field::KEY, key);
         expect_ok(self.call(&req).await?).map(drop)
     }
 
     /// FILE SAVE: ask for an upload plan.
-    pub async fn file_save(&mut self, key: Option<&str>, size: u64, opts: SaveOptions) -> Result<UploadPlan, ClientError> {
-        let mut req = self.request(Operation::Save, Kind::File)?.with(field::SIZE, size);
+    pub async fn file_save(
+        &mut self,
+        key: Option<&str>,
+        size: u64,
+        opts: SaveOptions,
+    ) -> Result<UploadPlan, ClientError> {
+        let mut req = self
+            .request(Operation::Save, Kind::File)?
+            .with(field::SIZE, size);
         if let Some(key) = key {
             req.set(field::KEY, key);
         }
@@ -344,7 +371,12 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     /// The UPLOAD request for one block.
-    pub fn upload_request(&self, key: &str, index: u64, data: Bytes) -> Result<Message, ClientError> {
+    pub fn upload_request(
+        &self,
+        key: &str,
+        index: u64,
+        data: Bytes,
+    ) -> Result<Message, ClientError> {
         Ok(self
             .request(Operation::Upload, Kind::File)?
             .with(field::KEY, key)
@@ -353,10 +385,18 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     /// UPLOAD one block; returns the file's md5 when this block completed it.
-    pub async fn upload_block(&mut self, key: &str, index: u64, data: Bytes) -> Result<Option<String>, ClientError> {
+    pub async fn upload_block(
+        &mut self,
+        key: &str,
+        index: u64,
+        data: Bytes,
+    ) -> Result<Option<String>, ClientError> {
         let req = self.upload_request(key, index, data)?;
         let resp = expect_ok(self.call(&req).await?)?;
-        Ok(resp.get(field::MD5).and_then(Value::as_str).map(str::to_owned))
+        Ok(resp
+            .get(field::MD5)
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
     /// UPLOAD every block of `blocks` with up to `window` in flight; returns
@@ -399,8 +439,14 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     /// FILE GET: the download plan (optionally asking for another block size).
-    pub async fn file_get(&mut self, key: &str, block_size: Option<u64>) -> Result<DownloadPlan, ClientError> {
-        let mut req = self.request(Operation::Get, Kind::File)?.with(field::KEY, key);
+    pub async fn file_get(
+        &mut self,
+        key: &str,
+        block_size: Option<u64>,
+    ) -> Result<DownloadPlan, ClientError> {
+        let mut req = self
+            .request(Operation::Get, Kind::File)?
+            .with(field::KEY, key);
         if let Some(bs) = block_size {
             req.set(field::BLOCK_SIZE, bs);
         }
@@ -426,7 +472,11 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     /// DOWNLOAD one block of a plan.
-    pub async fn download_block(&mut self, plan: &DownloadPlan, index: u64) -> Result<Bytes, ClientError> {
+    pub async fn download_block(
+        &mut self,
+        plan: &DownloadPlan,
+        index: u64,
+    ) -> Result<Bytes, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
         let req = Self::download_request(token, plan, index);
         let resp = expect_ok(self.call(&req).await?)?;
@@ -464,7 +514,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     }
 
     pub async fn file_delete(&mut self, key: &str) -> Result<(), ClientError> {
-        let req = self.request(Operation::Delete, Kind::File)?.with(field::KEY, key);
+        let req = self
+            .request(Operation::Delete, Kind::File)?
+            .with(field::KEY, key);
         expect_ok(self.call(&req).await?).map(drop)
     }
 }

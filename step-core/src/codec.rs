@@ -239,12 +239,20 @@ mod tests {
 
     #[test]
     fn huge_headers_are_rejected_without_allocating() {
-        for header in [[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], [0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff]] {
+        for header in [
+            [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+            [0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff],
+        ] {
             let mut buf = BytesMut::from(&header[..]);
             let cap_before = buf.capacity();
-            let err = StepCodec::default().decode(&mut buf).expect_err("must fail");
+            let err = StepCodec::default()
+                .decode(&mut buf)
+                .expect_err("must fail");
             assert!(
-                matches!(err, CodecError::JsonTooLong { .. } | CodecError::BinaryTooLong { .. }),
+                matches!(
+                    err,
+                    CodecError::JsonTooLong { .. } | CodecError::BinaryTooLong { .. }
+                ),
                 "{err}"
             );
             assert_eq!(buf.capacity(), cap_before, "nothing reserved");

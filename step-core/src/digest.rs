@@ -36,7 +36,10 @@ mod tests {
     fn known_values() {
         assert_eq!(md5_hex(b""), EMPTY_MD5);
         assert_eq!(password_for("123456"), "e10adc3949ba59abbe56e057f20f883e");
-        assert!(password_matches("123456", "E10ADC3949BA59ABBE56E057F20F883E"));
+        assert!(password_matches(
+            "123456",
+            "E10ADC3949BA59ABBE56E057F20F883E"
+        ));
         assert!(!password_matches("123456", "0123"));
         let mut h = Md5::new();
         h.update(b"ab");

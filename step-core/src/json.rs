@@ -78,6 +78,9 @@ mod tests {
     #[test]
     fn ascii_output_matches_serde_compact() {
         let v = json!({"operation": "SAVE", "n": 1.5, "b": null, "t": true});
-        assert_eq!(to_ascii_vec(&v).expect("ser"), serde_json::to_vec(&v).expect("ser"));
+        assert_eq!(
+            to_ascii_vec(&v).expect("ser"),
+            serde_json::to_vec(&v).expect("ser")
+        );
     }
 }

@@ -168,7 +168,10 @@ impl Status {
     }
 
     pub fn from_code(code: u64) -> Option<Status> {
-        Status::ALL.iter().copied().find(|s| u64::from(s.code()) == code)
+        Status::ALL
+            .iter()
+            .copied()
+            .find(|s| u64::from(s.code()) == code)
     }
 }
 
@@ -221,7 +224,12 @@ impl Message {
 
     /// A response skeleton. Labels are strings because error responses use
     /// values outside the request enums (`ERROR`, `3BODY`, `DANGEROUS`).
-    pub fn response(operation: &str, kind: &str, status: Status, status_msg: impl Into<String>) -> Self {
+    pub fn response(
+        operation: &str,
+        kind: &str,
+        status: Status,
+        status_msg: impl Into<String>,
+    ) -> Self {
         let mut m = Self::default();
         m.set(field::OPERATION, operation);
         m.set(field::TYPE, kind);
@@ -419,7 +427,12 @@ mod tests {
     #[test]
     fn status_table_is_complete_and_unique() {
         let codes: Vec<u16> = Status::ALL.iter().map(|s| s.code()).collect();
-        assert_eq!(codes, [200, 333, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410]);
+        assert_eq!(
+            codes,
+            [
+                200, 333, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410
+            ]
+        );
         for s in Status::ALL {
             assert_eq!(Status::from_code(u64::from(s.code())), Some(*s));
         }
@@ -429,28 +442,50 @@ mod tests {
     #[test]
     fn head_checks_follow_reference_order() {
         let earth = RequestHead::parse(&msg(json!({"direction": "EARTH"}))).expect_err("earth");
-        assert_eq!((earth.status, earth.operation.as_str()), (Status::Earth, "3BODY"));
+        assert_eq!(
+            (earth.status, earth.operation.as_str()),
+            (Status::Earth, "3BODY")
+        );
         let missing = RequestHead::parse(&msg(json!({}))).expect_err("missing");
         assert_eq!(missing.status, Status::CompulsoryFieldMissing);
         assert!(missing.status_msg.contains("operation"));
-        let missing_type =
-            RequestHead::parse(&msg(json!({"operation": "X", "direction": "Y"}))).expect_err("type");
-        assert!(missing_type.status_msg.contains("type"));
-        let dir = RequestHead::parse(&msg(json!({"operation": "X", "direction": "Y", "type": "Z"})))
-            .expect_err("dir");
-        assert_eq!(dir.status, Status::WrongDirection);
-        let op = RequestHead::parse(&msg(json!({"operation": "X", "direction": "REQUEST", "type": "Z"})))
-            .expect_err("op");
-        assert_eq!(op.status, Status::WrongOperation);
-        let ty = RequestHead::parse(&msg(json!({"operation": "GET", "direction": "REQUEST", "type": "Z"})))
+        let missing_type = RequestHead::parse(&msg(json!({"operation": "X", "direction": "Y"})))
             .expect_err("type");
-        assert_eq!((ty.status, ty.kind.as_str()), (Status::TypeNotAllowed, "ERROR"));
-        let ok = RequestHead::parse(&msg(json!({"operation": "GET", "direction": "REQUEST", "type": "FILE"})))
-            .expect("ok");
-        assert_eq!(ok, RequestHead { operation: Operation::Get, kind: Kind::File });
+        assert!(missing_type.status_msg.contains("type"));
+        let dir = RequestHead::parse(&msg(
+            json!({"operation": "X", "direction": "Y", "type": "Z"}),
+        ))
+        .expect_err("dir");
+        assert_eq!(dir.status, Status::WrongDirection);
+        let op = RequestHead::parse(&msg(
+            json!({"operation": "X", "direction": "REQUEST", "type": "Z"}),
+        ))
+        .expect_err("op");
+        assert_eq!(op.status, Status::WrongOperation);
+        let ty = RequestHead::parse(&msg(
+            json!({"operation": "GET", "direction": "REQUEST", "type": "Z"}),
+        ))
+        .expect_err("type");
+        assert_eq!(
+            (ty.status, ty.kind.as_str()),
+            (Status::TypeNotAllowed, "ERROR")
+        );
+        let ok = RequestHead::parse(&msg(
+            json!({"operation": "GET", "direction": "REQUEST", "type": "FILE"}),
+        ))
+        .expect("ok");
+        assert_eq!(
+            ok,
+            RequestHead {
+                operation: Operation::Get,
+                kind: Kind::File
+            }
+        );
         // Non-string values are compared by their JSON text, never panicked on.
-        let num = RequestHead::parse(&msg(json!({"operation": 5, "direction": "REQUEST", "type": []})))
-            .expect_err("num");
+        let num = RequestHead::parse(&msg(
+            json!({"operation": 5, "direction": "REQUEST", "type": []}),
+        ))
+        .expect_err("num");
         assert_eq!(num.status, Status::WrongOperation);
     }
 
@@ -478,7 +513,10 @@ mod tests {
     #[test]
     fn non_object_json_is_refused() {
         for text in [&b"[1,2]"[..], b"3", b"\"s\"", b"{", b"\xff\xfe"] {
-            let frame = Frame { json: Bytes::copy_from_slice(text), binary: Bytes::new() };
+            let frame = Frame {
+                json: Bytes::copy_from_slice(text),
+                binary: Bytes::new(),
+            };
             assert!(Message::from_frame(frame).is_err());
         }
     }

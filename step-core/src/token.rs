@@ -125,7 +125,9 @@ impl TokenKey {
 
     /// The user a token belongs to, if it is ours, intact and unexpired.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
-        let raw = STANDARD.decode(token.trim()).map_err(|_| TokenError::Format)?;
+        let raw = STANDARD
+            .decode(token.trim())
+            .map_err(|_| TokenError::Format)?;
         let text = String::from_utf8(raw).map_err(|_| TokenError::Format)?;
         let parts: Vec<&str> = text.split('.').collect();
         let [user, stamp, login, sig] = parts[..] else {
@@ -190,10 +192,19 @@ mod tests {
         let token = key.mint("bob", NOW);
         let issued_minute_start = NOW / 60 * 60;
         assert!(key.verify(&token, issued_minute_start + 3599).is_ok());
-        assert_eq!(key.verify(&token, issued_minute_start + 3600), Err(TokenError::Expired));
-        assert_eq!(key.verify(&token, NOW + 40 * 86_400), Err(TokenError::Expired));
+        assert_eq!(
+            key.verify(&token, issued_minute_start + 3600),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            key.verify(&token, NOW + 40 * 86_400),
+            Err(TokenError::Expired)
+        );
         let zero = TokenKey::new(b"secret", 0);
-        assert_eq!(zero.verify(&zero.mint("bob", NOW), NOW), Err(TokenError::Expired));
+        assert_eq!(
+            zero.verify(&zero.mint("bob", NOW), NOW),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -222,7 +233,12 @@ mod tests {
         chars[last] = if chars[last] == '1' { '2' } else { '1' };
         let tampered = STANDARD.encode(chars.into_iter().collect::<String>());
         assert_eq!(key.verify(&tampered, NOW), Err(TokenError::Signature));
-        for bad in ["", "!!!", "bm90LWEtdG9rZW4=" /* not-a-token */, &STANDARD.encode([0xff, 0xfe])] {
+        for bad in [
+            "",
+            "!!!",
+            "bm90LWEtdG9rZW4=", /* not-a-token */
+            &STANDARD.encode([0xff, 0xfe]),
+        ] {
             assert_eq!(key.verify(bad, NOW), Err(TokenError::Format), "{bad}");
         }
     }

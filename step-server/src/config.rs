@@ -1,0 +1,126 @@
+//! Configuration: clap flags, each with an environment-variable fallback and a
+//! default that lets the binary run with no flags at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use step_core::StepCodec;
+use step_core::token::TokenKey;
+use tracing::warn;
+
+use crate::server::ConnectionLimits;
+use crate::service::{Limits, Service};
+use crate::store::Store;
+
+/// Where the STEP server listens. `--ip`/`--port` are the reference's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// Address to listen on (empty means all interfaces, as in the reference).
+    #[arg(long, env = "STEP_IP", default_value = "0.0.0.0")]
+    pub ip: String,
+    /// TCP port for STEP.
+    #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT)]
+    pub port: u16,
+}
+
+impl ListenArgs {
+    pub fn addr(&self) -> Result<SocketAddr, String> {
+        let ip = if self.ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &self.ip
+        };
+        format!("{ip}:{}", self.port)
+            .parse()
+            .or_else(|_| format!("[{ip}]:{}", self.port).parse())
+            .map_err(|_| format!("invalid --ip {ip:?}"))
+    }
+}
+
+/// Storage, tokens and limits: everything but the listening address, so an
+/// embedding program (the gateway) can reuse these flags as they are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceArgs {
+    /// Directory holding records, files and unfinished uploads.
+    #[arg(long, env = "STEP_DATA_DIR", default_value = "step-data")]
+    pub data_dir: PathBuf,
+    /// Secret that signs tokens. When neither this nor --token-secret-file is
+    /// given, a random one is made at start (tokens then die with the process).
+    #[arg(long, env = "STEP_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// File whose contents (trimmed) are the token secret.
+    #[arg(long, env = "STEP_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Token lifetime in seconds (at most about 68 days).
+    #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400)]
+    pub token_ttl: u64,
+    /// Largest file a SAVE may announce, in bytes.
+    #[arg(long, env = "STEP_MAX_FILE_SIZE", default_value_t = 1 << 40)]
+    pub max_file_size: u64,
+    /// Largest block (binary part) accepted or planned, in bytes.
+    #[arg(long, env = "STEP_MAX_BLOCK_SIZE", default_value_t = step_core::codec::DEFAULT_MAX_BINARY as u64)]
+    pub max_block_size: u64,
+    /// Largest JSON part accepted, in bytes.
+    #[arg(long, env = "STEP_MAX_JSON", default_value_t = step_core::codec::DEFAULT_MAX_JSON)]
+    pub max_json: usize,
+    /// Longest key accepted, in bytes.
+    #[arg(long, env = "STEP_MAX_KEY_LEN", default_value_t = 1024)]
+    pub max_key_len: usize,
+    /// Most connections served at once; further clients wait in the backlog.
+    #[arg(long, env = "STEP_MAX_CONNECTIONS", default_value_t = 16384)]
+    pub max_connections: usize,
+    /// Seconds a connection may go without a complete request.
+    #[arg(long, env = "STEP_IDLE_TIMEOUT", default_value_t = 300)]
+    pub idle_timeout: u64,
+}
+
+impl ServiceArgs {
+    fn secret(&self) -> std::io::Result<Vec<u8>> {
+        if let Some(path) = &self.token_secret_file {
+            let text = std::fs::read_to_string(path)?;
+            return Ok(text.trim().as_bytes().to_vec());
+        }
+        if let Some(s) = &self.token_secret {
+            return Ok(s.as_bytes().to_vec());
+        }
+        warn!("no token secret configured: using a random one; tokens will not survive a restart");
+        let mut secret = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        Ok(secret)
+    }
+
+    /// Open the store and build the request service and connection limits.
+    pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        let store = Store::open(&self.data_dir)?;
+        let tokens = TokenKey::new(&self.secret()?, self.token_ttl);
+        let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);
+        let limits = Limits {
+            max_key_len: self.max_key_len,
+            max_username_len: 256,
+            max_file_size: self.max_file_size,
+            max_block_size: self.max_block_size,
+        };
+        let conn = ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+            codec: StepCodec::new(self.max_json, max_binary),
+        };
+        Ok((Arc::new(Service::new(store, tokens, limits)), conn))
+    }
+}
+
+/// The whole `step-server` command line.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "step-server", version, about = "Native STEP v1.1 server")]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
+    #[arg(long, env = "STEP_LOG", default_value = "info")]
+    pub log: String,
+}

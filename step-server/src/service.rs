@@ -1,0 +1,444 @@
+//! Request handling: one STEP request in, one response out.
+//!
+//! [`Service::handle`] applies the reference's order of checks (envelope,
+//! LOGIN, token) and then dispatches to thin per-operation handlers that call
+//! the [`Store`]. Failures are [`StepError`]s, turned into responses in one place.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use step_core::client::Capabilities;
+use step_core::message::{RequestHead, field};
+use step_core::plan::{block_len, total_blocks};
+use step_core::token::TokenKey;
+use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
+use tracing::{debug, info};
+
+use crate::error::StepError;
+use crate::store::{Deleted, PlanRecord, Store};
+
+/// Caps the server enforces on what peers send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key_len: usize,
+    pub max_username_len: usize,
+    pub max_file_size: u64,
+    pub max_block_size: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_len: 1024,
+            max_username_len: 256,
+            max_file_size: 1 << 40,
+            max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
+        }
+    }
+}
+
+/// A response and whether the connection ends after it.
+#[derive(Debug)]
+pub struct Reply {
+    pub message: Message,
+    pub close: bool,
+}
+
+impl From<Message> for Reply {
+    fn from(message: Message) -> Self {
+        Reply {
+            message,
+            close: false,
+        }
+    }
+}
+
+/// Envelope fields of a request that are not part of a DATA record.
+const ENVELOPE: [&str; 6] = [
+    field::OPERATION,
+    field::TYPE,
+    field::DIRECTION,
+    field::TOKEN,
+    field::STATUS,
+    field::STATUS_MSG,
+];
+
+/// Everything a connection needs to answer requests.
+#[derive(Debug)]
+pub struct Service {
+    store: Arc<Store>,
+    tokens: TokenKey,
+    limits: Limits,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
+    Message::response(op.as_str(), kind.as_str(), Status::Ok, msg)
+}
+
+fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
+    Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string())
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>, tokens: TokenKey, limits: Limits) -> Self {
+        Self {
+            store,
+            tokens,
+            limits,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pipelining: true,
+            resume: true,
+            max_block_size: self.limits.max_block_size,
+        }
+    }
+
+    /// Answer one frame.
+    pub async fn handle(&self, frame: Frame) -> Reply {
+        let msg = match Message::from_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                return Message::response(
+                    "ERROR",
+                    "ERROR",
+                    Status::CompulsoryFieldMissing,
+                    e.to_string(),
+                )
+                .into();
+            }
+        };
+        let head = match RequestHead::parse(&msg) {
+            Ok(h) => h,
+            Err(rejection) => return rejection.into_message().into(),
+        };
+        let (op, kind) = (head.operation, head.kind);
+        if op == Operation::Login {
+            return self.login(&msg, kind).into();
+        }
+        let user = match self.authenticate(&msg, op) {
+            Ok(user) => user,
+            Err(refusal) => return refusal.into(),
+        };
+        let span = tracing::debug_span!("request", %user, %op, %kind);
+        let _enter = span.enter();
+        if op == Operation::Bye {
+            info!(%user, "client said BYE");
+            return Reply {
+                message: ok(op, kind, "Bye."),
+                close: true,
+            };
+        }
+        let result = match kind {
+            Kind::Data => self.data(op, &user, msg).await,
+            Kind::File => self.file(op, &user, msg).await,
+            Kind::Auth => Err(StepError::TypeNotAllowed(format!(
+                "Type AUTH is not allowed for {op}."
+            ))),
+        };
+        match result {
+            Ok(m) => m.into(),
+            Err(e) => {
+                debug!(status = e.status().code(), error = %e, "refused");
+                refuse(op, kind, &e).into()
+            }
+        }
+    }
+
+    fn login(&self, msg: &Message, kind: Kind) -> Message {
+        let refuse = |status: Status, text: String| {
+            Message::response(Operation::Login.as_str(), Kind::Auth.as_str(), status, text)
+        };
+        if kind != Kind::Auth {
+            return refuse(
+                Status::TypeNotAllowed,
+                "Type of LOGIN has to be AUTH.".into(),
+            );
+        }
+        let username = match msg.str_field(field::USERNAME) {
+            Ok(Some(u)) if !u.is_empty() && u.len() <= self.limits.max_username_len => u,
+            Ok(None) => {
+                return refuse(
+                    Status::FieldMissing,
+                    "\"username\" has to be a field for LOGIN".into(),
+                );
+            }
+            _ => {
+                return refuse(
+                    Status::FieldMissing,
+                    format!(
+                        "\"username\" must be a non-empty string of at most {} bytes",
+                        self.limits.max_username_len
+                    ),
+                );
+            }
+        };
+        let password = match msg.str_field(field::PASSWORD) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return refuse(
+                    Status::FieldMissing,
+                    "\"password\" has to be a field for LOGIN".into(),
+                );
+            }
+            Err(e) => return refuse(Status::FieldMissing, e.to_string()),
+        };
+        if !digest::password_matches(username, password) {
+            info!(%username, "login refused: wrong password");
+            return refuse(Status::WrongPassword, "Password error for login.".into());
+        }
+        info!(%username, "login");
+        Message::response(
+            Operation::Login.as_str(),
+            Kind::Auth.as_str(),
+            Status::Ok,
+            "Login successfully",
+        )
+        .with(field::TOKEN, self.tokens.mint(username, now_unix()))
+        .with(field::CAPABILITIES, self.capabilities().to_json())
+    }
+
+    /// The user a request acts for, or the 403 the reference gives.
+    fn authenticate(&self, msg: &Message, op: Operation) -> Result<String, Message> {
+        let refuse = |text: String| {
+            Message::response(op.as_str(), Kind::Auth.as_str(), Status::BadToken, text)
+        };
+        let token = match msg.get(field::TOKEN) {
+            None => return Err(refuse("No token.".into())),
+            Some(Value::String(t)) => t,
+            Some(_) => return Err(refuse("Token format is wrong.".into())),
+        };
+        self.tokens
+            .verify(token, now_unix())
+            .map_err(|e| refuse(e.to_string()))
+    }
+
+    fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {
+        match msg.str_field(field::KEY) {
+            Ok(Some(k)) => self.check_key(k),
+            Ok(None) => Err(StepError::Invalid(format!(
+                "Field \"key\" is missing for {what}."
+            ))),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The given key, or a fresh uuid4 when there is none.
+    fn key_or_new(&self, msg: &Message) -> Result<String, StepError> {
+        match msg.str_field(field::KEY) {
+            Ok(Some(k)) => self.check_key(k).map(str::to_owned),
+            Ok(None) => Ok(uuid::Uuid::new_v4().to_string()),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        }
+    }
+
+    fn check_key<'k>(&self, key: &'k str) -> Result<&'k str, StepError> {
+        if key.is_empty() || key.len() > self.limits.max_key_len {
+            return Err(StepError::Invalid(format!(
+                "\"key\" must be a non-empty string of at most {} bytes",
+                self.limits.max_key_len
+            )));
+        }
+        Ok(key)
+    }
+
+    fn block_index(msg: &Message) -> Result<i64, StepError> {
+        match msg.int_field(field::BLOCK_INDEX) {
+            Ok(Some(i)) => Ok(i),
+            Ok(None) => Err(StepError::Invalid(
+                "The \"block_index\" is compulsory.".into(),
+            )),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The block size a request proposes (extension), or the default.
+    fn block_size(&self, msg: &Message) -> u64 {
+        match msg.int_field(field::BLOCK_SIZE) {
+            Ok(Some(bs))
+                if bs >= DEFAULT_BLOCK_SIZE as i64 && bs as u64 <= self.limits.max_block_size =>
+            {
+                bs as u64
+            }
+            _ => DEFAULT_BLOCK_SIZE,
+        }
+    }
+
+    async fn data(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
+        let kind = Kind::Data;
+        match op {
+            Operation::Save => {
+                let key = self.key_or_new(&msg)?;
+                let mut record = msg.fields;
+                for name in ENVELOPE {
+                    record.remove(name);
+                }
+                record.insert(field::KEY.into(), Value::String(key.clone()));
+                self.store.data_save(user, &key, record).await?;
+                info!(%user, %key, "record saved");
+                Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
+            }
+            Operation::Get => {
+                let key = self.key(&msg, "DATA GET")?;
+                let mut record = self.store.data_get(user, key).await?;
+                let envelope = ok(op, kind, "OK");
+                record.extend(envelope.fields);
+                Ok(Message::new(record))
+            }
+            Operation::Delete => {
+                let key = self.key(&msg, "DATA delete")?;
+                self.store.data_delete(user, key).await?;
+                info!(%user, %key, "record deleted");
+                Ok(ok(op, kind, format!("The \"key\" {key} is deleted.")).with(field::KEY, key))
+            }
+            _ => Err(StepError::OperationNotAllowed(format!(
+                "Operation {op} is not allowed for DATA."
+            ))),
+        }
+    }
+
+    async fn file(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
+        match op {
+            Operation::Save => self.file_save(user, &msg).await,
+            Operation::Upload => self.file_upload(user, msg).await,
+            Operation::Get => self.file_get(user, &msg).await,
+            Operation::Download => self.file_download(user, &msg).await,
+            Operation::Delete => self.file_delete(user, &msg).await,
+            _ => Err(StepError::OperationNotAllowed(format!(
+                "Operation {op} is not allowed for FILE."
+            ))),
+        }
+    }
+
+    async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let key = self.key_or_new(msg)?;
+        let size = match msg.int_field(field::SIZE) {
+            Ok(None) => return Err(StepError::SizeMissing),
+            Err(e) => return Err(StepError::SizeInvalid(e.to_string())),
+            Ok(Some(s)) if s < 0 => {
+                return Err(StepError::SizeInvalid("it must not be negative".into()));
+            }
+            Ok(Some(s)) if s as u64 > self.limits.max_file_size => {
+                return Err(StepError::SizeInvalid(format!(
+                    "{s} bytes exceeds this server's limit of {}",
+                    self.limits.max_file_size
+                )));
+            }
+            Ok(Some(s)) => s as u64,
+        };
+        let plan = PlanRecord {
+            size,
+            block_size: self.block_size(msg),
+        };
+        let resume = msg.bool_field(field::RESUME);
+        let outcome = self.store.file_plan(user, &key, plan, resume).await?;
+        let total = total_blocks(size, plan.block_size);
+        info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
+        let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
+            .with(field::KEY, key)
+            .with(field::SIZE, size)
+            .with(field::TOTAL_BLOCK, total)
+            .with(field::BLOCK_SIZE, plan.block_size);
+        if resume {
+            m.set(field::RESUMED, outcome.resumed);
+            m.set(field::MISSING_RANGES, serde_json::json!(outcome.missing));
+        }
+        if let Some(md5) = outcome.md5 {
+            m.set(field::MD5, md5);
+        }
+        Ok(m)
+    }
+
+    async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
+        let key = self.key(&msg, "FILE uploading")?.to_owned();
+        let upload = self.store.open_upload(user, &key).await?;
+        let index = Self::block_index(&msg)?;
+        let md5 = upload.put_block(index, msg.binary).await?;
+        debug!(%user, %key, index, "block stored");
+        let mut m = ok(
+            Operation::Upload,
+            Kind::File,
+            format!("The block {index} is uploaded."),
+        )
+        .with(field::KEY, key)
+        .with(field::BLOCK_INDEX, index);
+        if let Some(md5) = md5 {
+            m.set(field::MD5, md5);
+        }
+        Ok(m)
+    }
+
+    async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let key = self.key(msg, "FILE GET")?;
+        let meta = self.store.file_meta(user, key).await?;
+        let block_size = self.block_size(msg);
+        Ok(
+            ok(Operation::Get, Kind::File, "OK. This is the download plan.")
+                .with(field::KEY, key)
+                .with(field::SIZE, meta.size)
+                .with(field::TOTAL_BLOCK, total_blocks(meta.size, block_size))
+                .with(field::BLOCK_SIZE, block_size)
+                .with(field::MD5, meta.md5),
+        )
+    }
+
+    async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let key = self.key(msg, "FILE downloading")?;
+        let meta = self.store.file_meta(user, key).await?;
+        let index = Self::block_index(msg)?;
+        let block_size = self.block_size(msg);
+        if index < 0 {
+            return Err(StepError::IndexNegative);
+        }
+        let Some(len) = block_len(meta.size, block_size, index as u64) else {
+            return Err(StepError::Invalid(
+                "The \"block_index\" exceed the max index.".into(),
+            ));
+        };
+        let data = self
+            .store
+            .file_read(user, key, index as u64 * block_size, len)
+            .await?;
+        debug!(%user, %key, index, "block sent");
+        Ok(ok(Operation::Download, Kind::File, "An available block.")
+            .with(field::KEY, key)
+            .with(field::BLOCK_INDEX, index)
+            .with(field::SIZE, len)
+            .with_binary(data))
+    }
+
+    async fn file_delete(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let key = self.key(msg, "FILE delete")?;
+        match self.store.file_delete(user, key).await? {
+            Deleted::File => {
+                info!(%user, %key, "file deleted");
+                Ok(ok(
+                    Operation::Delete,
+                    Kind::File,
+                    format!("The \"key\" {key} is deleted."),
+                )
+                .with(field::KEY, key))
+            }
+            Deleted::UnfinishedUpload => {
+                info!(%user, %key, "unfinished upload discarded");
+                Err(StepError::Unfinished(format!(
+                    "{key} (the temporary files are deleted)"
+                )))
+            }
+        }
+    }
+}

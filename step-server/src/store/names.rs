@@ -1,0 +1,76 @@
+//! Keys and usernames to file names.
+//!
+//! Any key string is storable — clients send `pics/otter.jpg`, `/home/me/x`,
+//! `..`, unicode — so names are percent-encoded rather than refused: the only
+//! bytes left as they are are ASCII letters, digits, `-`, `_` and a `.` that is
+//! not first. The result can never be `.`/`..`, contain a separator or NUL, or
+//! start with `~`; names too long for a file system become `~<sha256 hex>`,
+//! a form no encoded name takes.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sha2::{Digest, Sha256};
+
+const KEEP: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Longest encoded name kept readable (file systems allow 255 bytes).
+const MAX_READABLE: usize = 200;
+
+/// A file-system-safe, injective name for `s`.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    if let Some(rest) = s.strip_prefix('.') {
+        out.push_str("%2E");
+        out.extend(utf8_percent_encode(rest, KEEP));
+    } else {
+        out.extend(utf8_percent_encode(s, KEEP));
+    }
+    if out.len() > MAX_READABLE || out.is_empty() {
+        return format!("~{}", hex::encode(Sha256::digest(s.as_bytes())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_stay_single_safe_components() {
+        let long = "a".repeat(5000);
+        for key in [
+            "..",
+            ".",
+            "../../etc/passwd",
+            "/abs/path",
+            "a\\b",
+            "nul\0byte",
+            "tab\tnew\nline",
+            "über/ß",
+            "🦦.jpg",
+            "~user",
+            "%2E",
+            "",
+            long.as_str(),
+        ] {
+            let name = encode(key);
+            assert!(!name.is_empty(), "{key:?}");
+            assert!(name.len() <= 255, "{key:?}");
+            assert!(name != "." && name != "..", "{key:?}");
+            assert!(!name.contains(['/', '\\', '\0']), "{key:?} -> {name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_graphic()),
+                "{key:?} -> {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn readable_where_possible_and_injective() {
+        assert_eq!(encode("otter.jpg"), "otter.jpg");
+        assert_eq!(encode(".hidden"), "%2Ehidden");
+        assert_eq!(encode("pics/otter.jpg"), "pics%2Fotter.jpg");
+        let names = ["a/b", "a%2Fb", "a_b", "a.b", ".a", "%2Ea", "~x", "a b"];
+        let encoded: std::collections::HashSet<_> = names.iter().map(|n| encode(n)).collect();
+        assert_eq!(encoded.len(), names.len());
+        assert!(encode(&"x".repeat(300)).starts_with('~'));
+    }
+}
