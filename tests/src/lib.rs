@@ -1,1 +1,119 @@
-//! End-to-end tests live in tests/.
+//! Shared support for the end-to-end tests: real servers on free ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use step_server::ConnectionLimits;
+use step_server::service::{Limits, Service};
+use step_server::store::Store;
+use step_core::token::TokenKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The token secret every test server uses unless told otherwise.
+pub const TEST_SECRET: &[u8] = b"test-deployment-secret";
+
+/// Knobs for [`TestServer::start_with`].
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    pub token_ttl: u64,
+    pub limits: Limits,
+    pub conn: ConnectionLimits,
+    /// Reuse this data directory (to test restarts) instead of a fresh one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: 86_400,
+            limits: Limits::default(),
+            conn: ConnectionLimits::default(),
+            data_dir: None,
+        }
+    }
+}
+
+/// A `step-server` running in this process on 127.0.0.1 and a free port.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(TestConfig::default()).await
+    }
+
+    pub async fn start_with(cfg: TestConfig) -> TestServer {
+        let (tmp, data_dir) = match cfg.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().join("store");
+                (Some(t), d)
+            }
+        };
+        let store = Store::open(&data_dir).expect("open store");
+        let service = Arc::new(Service::new(store, TokenKey::new(TEST_SECRET, cfg.token_ttl), cfg.limits));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(step_server::run(listener, service, cfg.conn, async {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, data_dir, _tmp: tmp, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Graceful shutdown; returns once every connection has finished.
+    pub async fn shutdown(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Stop this server but keep its data directory for a successor.
+    pub async fn stop_keep_data(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        self.stop_now().await;
+        (self.data_dir.clone(), self._tmp.take())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Deterministic test content.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
