@@ -6,7 +6,9 @@
 //! matching is positional). A window of 1 is stop-and-wait, which is what the
 //! reference server needs.
 
-use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
@@ -149,6 +151,10 @@ fn str_field(resp: &Message, name: &'static str) -> Result<String, ClientError> 
         .ok_or_else(|| ClientError::Protocol(format!("response lacks a string \"{name}\"")))
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `Ok(resp)` when the response has status 200, else the refusal as an error.
 pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
     match resp.status_code() {
@@ -233,8 +239,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     {
         let window = window.max(1);
         let credits = Semaphore::new(window);
-        let sent = Cell::new(0u64);
-        let finished = Cell::new(false);
+        // Atomics rather than Cells so the future stays Send (axum handlers
+        // and spawned tasks drive it); both halves run on one task.
+        let sent = AtomicU64::new(0);
+        let finished = AtomicBool::new(false);
         let progress = Notify::new();
         let writer = &mut self.writer;
         let reader = &mut self.reader;
@@ -249,18 +257,18 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                     .map_err(|_| ClientError::Closed)?
                     .forget();
                 writer.send(&req).await?;
-                sent.set(sent.get() + 1);
+                sent.fetch_add(1, Ordering::Release);
                 progress.notify_one();
             }
-            finished.set(true);
+            finished.store(true, Ordering::Release);
             progress.notify_one();
             Ok::<(), ClientError>(())
         };
         let receive_all = async {
             let mut received = 0u64;
             loop {
-                if received == sent.get() {
-                    if finished.get() {
+                if received == sent.load(Ordering::Acquire) {
+                    if finished.load(Ordering::Acquire) {
                         return Ok::<(), ClientError>(());
                     }
                     progress.notified().await;
@@ -414,10 +422,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     {
         let token = self.token.clone().ok_or(ClientError::NotLoggedIn)?;
         let key_owned = key.to_owned();
-        let lengths = std::cell::RefCell::new(std::collections::VecDeque::new());
+        let lengths = Mutex::new(VecDeque::new());
         let requests = blocks.map(|b| {
             b.map(|(index, data)| {
-                lengths.borrow_mut().push_back(data.len() as u64);
+                lock(&lengths).push_back(data.len() as u64);
                 Message::request(Operation::Upload, Kind::File)
                     .with(field::TOKEN, token.as_str())
                     .with(field::KEY, key_owned.as_str())
@@ -431,7 +439,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             if let Some(m) = resp.get(field::MD5).and_then(Value::as_str) {
                 md5 = Some(m.to_owned());
             }
-            on_block(lengths.borrow_mut().pop_front().unwrap_or(0));
+            on_block(lock(&lengths).pop_front().unwrap_or(0));
             Ok(())
         })
         .await?;
@@ -493,14 +501,14 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         mut on_block: impl FnMut(u64, Bytes) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
         let token = self.token.clone().ok_or(ClientError::NotLoggedIn)?;
-        let order = std::cell::RefCell::new(std::collections::VecDeque::new());
+        let order = Mutex::new(VecDeque::new());
         let requests = futures::stream::iter(indexes.map(|i| {
-            order.borrow_mut().push_back(i);
+            lock(&order).push_back(i);
             Ok(Self::download_request(&token, plan, i))
         }));
         self.pipeline(requests, window, |resp| {
             let resp = expect_ok(resp)?;
-            let index = order.borrow_mut().pop_front().unwrap_or(0);
+            let index = lock(&order).pop_front().unwrap_or(0);
             let want = crate::plan::block_len(plan.size, plan.block_size, index).unwrap_or(0);
             if resp.binary.len() as u64 != want {
                 return Err(ClientError::Protocol(format!(

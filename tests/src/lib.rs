@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use step_core::token::TokenKey;
 use step_server::ConnectionLimits;
 use step_server::service::{Limits, Service};
 use step_server::store::Store;
-use step_core::token::TokenKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -62,14 +62,24 @@ impl TestServer {
             }
         };
         let store = Store::open(&data_dir).expect("open store");
-        let service = Arc::new(Service::new(store, TokenKey::new(TEST_SECRET, cfg.token_ttl), cfg.limits));
+        let service = Arc::new(Service::new(
+            store,
+            TokenKey::new(TEST_SECRET, cfg.token_ttl),
+            cfg.limits,
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(step_server::run(listener, service, cfg.conn, async {
             let _ = stopped.await;
         }));
-        TestServer { addr, data_dir, _tmp: tmp, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            data_dir,
+            _tmp: tmp,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
