@@ -15,6 +15,7 @@ pub mod json;
 pub mod message;
 pub mod plan;
 pub mod token;
+pub mod transfer;
 
 pub use client::{ClientError, StepClient};
 pub use codec::{CodecError, Frame, StepCodec};

@@ -864,3 +864,62 @@ async fn crash_leftovers_are_cleaned_on_start() {
         Status::WrongOperation
     );
 }
+
+#[tokio::test]
+async fn spread_transfers_over_several_connections_are_byte_identical() {
+    let server = TestServer::start().await;
+    let body = pattern(5 * 1024 * 1024 + 3, 12);
+    let mut first = login(&server, "spread").await;
+    let token = first.token().expect("token").to_owned();
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut c = StepClient::connect(server.addr).await.expect("connect");
+        c.set_token(token.clone());
+        others.push(c);
+    }
+    let plan = first
+        .file_save(
+            Some("spread5m"),
+            body.len() as u64,
+            SaveOptions {
+                block_size: Some(256 * 1024),
+                resume: false,
+            },
+        )
+        .await
+        .expect("plan");
+    let acked = std::sync::atomic::AtomicU64::new(0);
+    let md5 = {
+        let mut clients: Vec<&mut StepClient> = std::iter::once(&mut first)
+            .chain(others.iter_mut())
+            .collect();
+        let stream =
+            futures::stream::iter(blocks(&body, plan.block_size as usize).into_iter().map(Ok));
+        step_core::transfer::upload_spread(&mut clients, &plan.key, stream, 4, &|n| {
+            acked.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .expect("upload")
+    };
+    assert_eq!(md5.as_deref(), Some(md5_hex(&body).as_str()));
+    assert_eq!(acked.into_inner(), body.len() as u64);
+
+    let dplan = first
+        .file_get("spread5m", Some(128 * 1024))
+        .await
+        .expect("plan");
+    let out = std::sync::Mutex::new(vec![0u8; body.len()]);
+    {
+        let mut clients: Vec<&mut StepClient> = std::iter::once(&mut first)
+            .chain(others.iter_mut())
+            .collect();
+        step_core::transfer::download_spread(&mut clients, &dplan, 4, &|i, b| {
+            let start = (i * dplan.block_size) as usize;
+            out.lock().expect("lock")[start..start + b.len()].copy_from_slice(&b);
+            Ok(())
+        })
+        .await
+        .expect("download");
+    }
+    assert_eq!(out.into_inner().expect("lock"), body);
+}

@@ -1,0 +1,114 @@
+//! Moving a whole file over several connections at once.
+//!
+//! A big file goes faster over a few connections, each with its own
+//! pipelining window: the server writes blocks of one upload from several
+//! tasks at once, and a single stalled round trip no longer idles the
+//! transfer. Blocks are handed out through one bounded channel, so memory
+//! stays at `connections × window` blocks whatever the file size, and a fast
+//! connection simply takes more blocks.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::client::{ClientError, DownloadPlan, StepClient};
+
+/// Upload `blocks` (index, data) to `key` over every client in `clients`
+/// (each already holding a token), `window` blocks in flight on each.
+/// Returns the md5 the server reported when the file completed.
+pub async fn upload_spread<T, S>(
+    clients: &mut [&mut StepClient<T>],
+    key: &str,
+    blocks: S,
+    window: usize,
+    on_block: &(dyn Fn(u64) + Sync),
+) -> Result<Option<String>, ClientError>
+where
+    T: AsyncRead + AsyncWrite,
+    S: Stream<Item = Result<(u64, Bytes), ClientError>>,
+{
+    let window = window.max(1);
+    let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(clients.len().max(1) * window);
+    let failure: Mutex<Option<ClientError>> = Mutex::new(None);
+    let feed = async {
+        let mut blocks = std::pin::pin!(blocks);
+        while let Some(item) = blocks.next().await {
+            match item {
+                Ok(block) => {
+                    if tx.send(block).await.is_err() {
+                        break; // every worker stopped
+                    }
+                }
+                Err(e) => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    break;
+                }
+            }
+        }
+        tx.close();
+    };
+    let workers = clients.iter_mut().map(|client| {
+        let rx = rx.clone();
+        async move {
+            let result = client
+                .upload_blocks(key, rx.clone().map(Ok), window, on_block)
+                .await;
+            if result.is_err() {
+                // Stop the feeder and the other workers: the upload failed.
+                rx.close();
+            }
+            result
+        }
+    });
+    let (_, results) = futures::join!(feed, futures::future::join_all(workers));
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut md5 = None;
+    for r in results {
+        if let Some(m) = r? {
+            md5 = Some(m);
+        }
+    }
+    Ok(md5)
+}
+
+/// Download every block of `plan` over every client in `clients`, `window`
+/// in flight on each. `on_block(index, data)` is called as blocks arrive,
+/// in no particular order across connections.
+pub async fn download_spread<T>(
+    clients: &mut [&mut StepClient<T>],
+    plan: &DownloadPlan,
+    window: usize,
+    on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
+) -> Result<(), ClientError>
+where
+    T: AsyncRead + AsyncWrite,
+{
+    let next = AtomicU64::new(0);
+    let total = plan.total_block;
+    let workers = clients.iter_mut().map(|client| {
+        let next = &next;
+        async move {
+            // Hand out indexes in small runs so each connection streams.
+            let indexes = std::iter::from_fn(|| {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                (i < total).then_some(i)
+            });
+            let result = client
+                .download_blocks(plan, indexes, window, |i, b| on_block(i, b))
+                .await;
+            if result.is_err() {
+                next.store(total, Ordering::Relaxed);
+            }
+            result
+        }
+    });
+    for r in futures::future::join_all(workers).await {
+        r?;
+    }
+    Ok(())
+}
