@@ -99,7 +99,7 @@ where
                 (i < total).then_some(i)
             });
             let result = client
-                .download_blocks(plan, indexes, window, |i, b| on_block(i, b))
+                .download_blocks(plan, indexes, window, on_block)
                 .await;
             if result.is_err() {
                 next.store(total, Ordering::Relaxed);
