@@ -1,0 +1,112 @@
+//! `step-bench upload`: time an upload of generated content to a STEP server.
+//!
+//! Content is generated in memory (so the disk of the client is not what is
+//! measured) and checked against the md5 the server reports. Prints one line of
+//! `key=value` pairs per run, easy to collect from a script.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::Parser;
+use step_core::client::{SaveOptions, StepClient};
+use step_core::digest::{md5_hex, password_for};
+
+#[derive(Parser, Debug)]
+#[command(about = "Upload throughput against a STEP server")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:1379")]
+    addr: String,
+    /// Bytes to upload.
+    #[arg(long, default_value_t = 100 << 20)]
+    size: u64,
+    /// Requests in flight per connection (1 = stop-and-wait).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Connections to spread blocks over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Block size to propose (the server's plan decides).
+    #[arg(long)]
+    block_size: Option<u64>,
+    /// Label printed with the result.
+    #[arg(long, default_value = "run")]
+    label: String,
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+}
+
+fn content(size: u64) -> Bytes {
+    let mut x: u64 = 0x243f_6a88_85a3_08d3;
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(size as usize);
+    Bytes::from(out)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let body = content(args.size);
+    let expected = md5_hex(&body);
+    for run in 0..args.runs {
+        let user = format!("bench{}", std::process::id());
+        let mut clients = Vec::new();
+        let mut first = StepClient::connect(&args.addr).await?;
+        let token = first.login(&user, &password_for(&user)).await?;
+        for _ in 1..args.connections.max(1) {
+            let mut c = StepClient::connect(&args.addr).await?;
+            c.set_token(token.clone());
+            clients.push(c);
+        }
+        let key = format!(
+            "{}-{run}-{}",
+            args.label,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let started = Instant::now();
+        let plan = first
+            .file_save(
+                Some(&key),
+                args.size,
+                SaveOptions {
+                    block_size: args.block_size,
+                    resume: false,
+                },
+            )
+            .await?;
+        let bs = plan.block_size as usize;
+        let blocks = futures::stream::iter((0..plan.total_block).map(|i| {
+            Ok((
+                i,
+                body.slice(i as usize * bs..((i as usize + 1) * bs).min(body.len())),
+            ))
+        }));
+        let mut all: Vec<&mut StepClient> = std::iter::once(&mut first)
+            .chain(clients.iter_mut())
+            .collect();
+        let md5 =
+            step_core::transfer::upload_spread(&mut all, &plan.key, blocks, args.window, &|_| {})
+                .await?;
+        let secs = started.elapsed().as_secs_f64();
+        if md5.as_deref() != Some(expected.as_str()) {
+            return Err(format!("md5 mismatch: server {md5:?}, expected {expected}").into());
+        }
+        println!(
+            "label={} run={run} size={} block_size={bs} window={} connections={} secs={secs:.4} mb_per_s={:.1}",
+            args.label,
+            args.size,
+            args.window,
+            args.connections,
+            args.size as f64 / secs / 1e6
+        );
+        let _ = first.file_delete(&plan.key).await;
+    }
+    Ok(())
+}
