@@ -10,7 +10,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::{SinkExt, Stream, StreamExt};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
@@ -38,6 +41,8 @@ pub enum ClientError {
         code: u64,
         message: String,
     },
+    #[error("the STEP server did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error("not logged in")]
     NotLoggedIn,
     #[error("{0}")]
@@ -127,6 +132,7 @@ pub struct StepClient<T = TcpStream> {
     writer: FramedWrite<WriteHalf<T>, StepCodec>,
     token: Option<String>,
     capabilities: Capabilities,
+    timeout: Option<Duration>,
 }
 
 impl StepClient<TcpStream> {
@@ -149,6 +155,19 @@ fn str_field(resp: &Message, name: &'static str) -> Result<String, ClientError> 
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| ClientError::Protocol(format!("response lacks a string \"{name}\"")))
+}
+
+/// Run `fut` under an optional deadline.
+async fn bounded<F: std::future::Future>(
+    timeout: Option<Duration>,
+    fut: F,
+) -> Result<F::Output, ClientError> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ClientError::TimedOut(t)),
+        None => Ok(fut.await),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,6 +199,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             writer: FramedWrite::new(w, codec),
             token: None,
             capabilities: Capabilities::default(),
+            timeout: None,
         }
     }
 
@@ -206,15 +226,31 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         Ok(Message::request(operation, kind).with(field::TOKEN, token))
     }
 
+    /// Bound every wait for the server (a send that cannot make progress, an
+    /// answer that does not come). `None` waits forever.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Whether the connection looks usable for a new request: nothing unread
+    /// is pending and the server has not closed it. Never blocks.
+    pub fn is_idle(&mut self) -> bool {
+        self.reader.read_buffer().is_empty() && self.reader.next().now_or_never().is_none()
+    }
+
     /// Send one message (flushed).
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
-        self.writer.send(msg).await?;
+        let timeout = self.timeout;
+        bounded(timeout, self.writer.send(msg)).await??;
         Ok(())
     }
 
     /// Read one message.
     pub async fn recv(&mut self) -> Result<Message, ClientError> {
-        let frame = self.reader.next().await.ok_or(ClientError::Closed)??;
+        let timeout = self.timeout;
+        let frame = bounded(timeout, self.reader.next())
+            .await?
+            .ok_or(ClientError::Closed)??;
         Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
@@ -244,6 +280,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let sent = AtomicU64::new(0);
         let finished = AtomicBool::new(false);
         let progress = Notify::new();
+        let timeout = self.timeout;
         let writer = &mut self.writer;
         let reader = &mut self.reader;
 
@@ -256,7 +293,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                     .await
                     .map_err(|_| ClientError::Closed)?
                     .forget();
-                writer.send(&req).await?;
+                bounded(timeout, writer.send(&req)).await??;
                 sent.fetch_add(1, Ordering::Release);
                 progress.notify_one();
             }
@@ -274,7 +311,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                     progress.notified().await;
                     continue;
                 }
-                let frame = reader.next().await.ok_or(ClientError::Closed)??;
+                let frame = bounded(timeout, reader.next())
+                    .await?
+                    .ok_or(ClientError::Closed)??;
                 let resp =
                     Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 received += 1;
@@ -468,7 +507,8 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         })
     }
 
-    fn download_request(token: &str, plan: &DownloadPlan, index: u64) -> Message {
+    /// The DOWNLOAD request for block `index` of `plan`.
+    pub fn download_request(token: &str, plan: &DownloadPlan, index: u64) -> Message {
         let mut req = Message::request(Operation::Download, Kind::File)
             .with(field::TOKEN, token)
             .with(field::KEY, plan.key.as_str())

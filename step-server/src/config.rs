@@ -124,3 +124,23 @@ pub struct ServerArgs {
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_are_consistent_and_defaults_run() {
+        ServerArgs::command().debug_assert();
+        let args = ServerArgs::try_parse_from(["step-server"]).expect("no flags needed");
+        assert_eq!(args.listen.addr().expect("addr").port(), 1379);
+        let reference_style =
+            ServerArgs::try_parse_from(["step-server", "--ip", "", "--port", "1400"])
+                .expect("reference flags");
+        assert_eq!(
+            reference_style.listen.addr().expect("addr").to_string(),
+            "0.0.0.0:1400"
+        );
+    }
+}

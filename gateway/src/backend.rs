@@ -1,0 +1,416 @@
+//! The STEP backend: a pool of connections and the operations the routes use.
+//!
+//! Pooled connections belong to no user: every request carries its own token
+//! (set on the connection just before use). A connection that saw anything
+//! but a clean answer — an IO error, a timeout, an interrupted pipeline — is
+//! taken out of the pool instead of being returned, so a desynchronised
+//! stream is never reused. A connection found closed (e.g. the server
+//! restarted) fails its recycle check and is replaced.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use serde_json::{Map, Value};
+use step_core::client::{ClientError, DownloadPlan, StepClient};
+use step_core::digest::password_for;
+use step_core::message::field;
+use step_core::{Kind, Message, Operation, Status};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::config::TransferArgs;
+use crate::error::GatewayError;
+use crate::metrics::Metrics as GatewayMetrics;
+
+/// The user a connection logs in as when it is created, to learn what the
+/// server can do (capabilities come with the LOGIN answer).
+const PROBE_USER: &str = "step-gateway-probe";
+
+/// Creates and checks pooled STEP connections.
+#[derive(Debug)]
+pub struct StepManager {
+    addr: String,
+    timeout: Duration,
+}
+
+impl managed::Manager for StepManager {
+    type Type = StepClient;
+    type Error = ClientError;
+
+    async fn create(&self) -> Result<StepClient, ClientError> {
+        let connect = StepClient::connect(self.addr.as_str());
+        let mut client = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| ClientError::TimedOut(self.timeout))??;
+        client.set_timeout(Some(self.timeout));
+        client.login(PROBE_USER, &password_for(PROBE_USER)).await?;
+        debug!(addr = %self.addr, caps = ?client.capabilities(), "new STEP connection");
+        Ok(client)
+    }
+
+    async fn recycle(&self, client: &mut StepClient, _: &Metrics) -> RecycleResult<ClientError> {
+        if client.is_idle() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection closed or out of sync"))
+        }
+    }
+}
+
+pub type Pool = managed::Pool<StepManager>;
+
+/// A pooled connection on loan. It goes back to the pool only when marked
+/// clean; dropped in any other state — an error, or a request future
+/// cancelled because the HTTP client went away mid-pipeline — it is
+/// discarded, since answers may still be in flight on it.
+#[derive(Debug)]
+pub struct Conn {
+    object: Option<Object<StepManager>>,
+    clean: bool,
+}
+
+impl Conn {
+    /// Allow this connection back into the pool when dropped.
+    pub fn mark_clean(&mut self) {
+        self.clean = true;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.clean
+            && let Some(object) = self.object.take()
+        {
+            drop(Object::take(object));
+        }
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = StepClient;
+    fn deref(&self) -> &StepClient {
+        self.object.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut StepClient {
+        self.object.as_mut().expect("present until drop")
+    }
+}
+
+/// Settings for one transfer, adapted to what the server announced.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferPlan {
+    pub block_size: Option<u64>,
+    pub window: usize,
+    pub fan_out: usize,
+}
+
+/// The STEP side of the gateway.
+#[derive(Debug)]
+pub struct Backend {
+    pool: Pool,
+    settings: TransferArgs,
+    default_user: Option<String>,
+    default_token: Mutex<Option<(String, Instant)>>,
+    pub metrics: GatewayMetrics,
+}
+
+/// How long a cached default-user token is reused before logging in again.
+const DEFAULT_TOKEN_REUSE: Duration = Duration::from_secs(600);
+
+impl Backend {
+    pub fn new(
+        addr: String,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let timeout = settings.backend_timeout();
+        let manager = StepManager { addr, timeout };
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .expect("a runtime is configured, so building cannot fail");
+        Self {
+            pool,
+            settings,
+            default_user,
+            default_token: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    pub fn pool_status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    /// A pooled connection carrying `token`.
+    pub async fn conn(&self, token: &str) -> Result<Conn, GatewayError> {
+        let started = Instant::now();
+        let status = self.pool.status();
+        if status.available == 0 && status.size >= status.max_size {
+            self.metrics.pool_waits.inc();
+        }
+        let object = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "got STEP connection"
+        );
+        let mut conn = Conn {
+            object: Some(object),
+            clean: false,
+        };
+        conn.set_token(token);
+        Ok(conn)
+    }
+
+    /// Up to `n` more connections, without waiting for busy ones.
+    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Conn> {
+        let mut out = Vec::new();
+        let no_wait = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..self.pool.timeouts()
+        };
+        for _ in 0..n {
+            match self.pool.timeout_get(&no_wait).await {
+                Ok(object) => {
+                    let mut c = Conn {
+                        object: Some(object),
+                        clean: false,
+                    };
+                    c.set_token(token);
+                    out.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    fn pool_error(&self, e: PoolError<ClientError>) -> GatewayError {
+        self.metrics.backend_errors.inc();
+        match e {
+            PoolError::Timeout(managed::TimeoutType::Wait) => {
+                GatewayError::BackendUnavailable("all STEP connections are busy; try again".into())
+            }
+            PoolError::Timeout(_) => GatewayError::BackendTimeout,
+            PoolError::Backend(e) => {
+                let e = GatewayError::from(e);
+                match e {
+                    GatewayError::Step { .. } => GatewayError::BadGateway(format!(
+                        "STEP server refused the gateway's login: {e}"
+                    )),
+                    other => other,
+                }
+            }
+            other => GatewayError::BackendUnavailable(other.to_string()),
+        }
+    }
+
+    /// Run `op` on a pooled connection. A connection whose operation failed
+    /// other than by a clean refusal is discarded.
+    pub async fn call<T, F, Fut>(&self, token: &str, op: F) -> Result<T, GatewayError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = (Conn, Result<T, ClientError>)>,
+    {
+        let conn = self.conn(token).await?;
+        let (conn, result) = op(conn).await;
+        self.settle(conn, result)
+    }
+
+    /// Return or discard a connection according to how its use ended.
+    pub fn settle<T>(
+        &self,
+        mut conn: Conn,
+        result: Result<T, ClientError>,
+    ) -> Result<T, GatewayError> {
+        match result {
+            Ok(v) => {
+                conn.mark_clean();
+                Ok(v)
+            }
+            Err(e) => {
+                if matches!(e, ClientError::Refused { .. }) {
+                    conn.mark_clean();
+                } else {
+                    warn!(error = %e, "discarding STEP connection");
+                    self.metrics.backend_errors.inc();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Like [`Backend::settle`] for a connection that stays in use: a clean
+    /// refusal leaves it usable; anything else makes it unusable.
+    pub fn settle_keep<T>(
+        &self,
+        conn: &mut Conn,
+        result: Result<T, ClientError>,
+    ) -> Result<T, GatewayError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if matches!(e, ClientError::Refused { .. }) {
+                    conn.mark_clean();
+                } else {
+                    self.metrics.backend_errors.inc();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Transfer settings for a connection's server.
+    pub fn plan_for(&self, conn: &Conn) -> TransferPlan {
+        let caps = conn.capabilities();
+        if caps.pipelining {
+            let bs = self
+                .settings
+                .block_size
+                .min(caps.max_block_size)
+                .max(step_core::DEFAULT_BLOCK_SIZE);
+            TransferPlan {
+                block_size: Some(bs),
+                window: self.settings.window.max(1),
+                fan_out: self.settings.fan_out.max(1),
+            }
+        } else {
+            TransferPlan {
+                block_size: None,
+                window: 1,
+                fan_out: 1,
+            }
+        }
+    }
+
+    /// LOGIN; returns the token.
+    pub async fn login(&self, username: &str, password: &str) -> Result<String, GatewayError> {
+        let (u, p) = (username.to_owned(), password.to_owned());
+        // LOGIN needs no token; the pooled connection's is overwritten below.
+        self.call("", |mut c| async move {
+            let r = c.login(&u, &p).await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// The default user's token, logging in when there is none or it is old.
+    pub async fn default_token(&self) -> Result<Option<String>, GatewayError> {
+        let Some(user) = &self.default_user else {
+            return Ok(None);
+        };
+        let mut cached = self.default_token.lock().await;
+        if let Some((token, at)) = cached.as_ref()
+            && at.elapsed() < DEFAULT_TOKEN_REUSE
+        {
+            return Ok(Some(token.clone()));
+        }
+        let token = self.login(user, &password_for(user)).await?;
+        *cached = Some((token.clone(), Instant::now()));
+        Ok(Some(token))
+    }
+
+    /// Forget the cached default token (after the server refused it).
+    pub async fn forget_default_token(&self) {
+        *self.default_token.lock().await = None;
+    }
+
+    /// Whether the backend answers at all: a token-less request must come
+    /// back with 403, which every STEP server (ours or the reference) sends.
+    pub async fn ready(&self) -> Result<(), GatewayError> {
+        self.call("", |mut c| async move {
+            let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
+            let r = c
+                .call(&probe)
+                .await
+                .and_then(|resp| match resp.status_code() {
+                    Some(403) => Ok(()),
+                    other => Err(ClientError::Protocol(format!(
+                        "unexpected status {other:?} to a token-less probe"
+                    ))),
+                });
+            (c, r)
+        })
+        .await
+    }
+
+    pub async fn data_save(
+        &self,
+        token: &str,
+        key: Option<String>,
+        record: Map<String, Value>,
+    ) -> Result<String, GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.data_save(key.as_deref(), record).await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub async fn data_get(
+        &self,
+        token: &str,
+        key: String,
+    ) -> Result<Map<String, Value>, GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.data_get(&key).await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub async fn data_delete(&self, token: &str, key: String) -> Result<(), GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.data_delete(&key).await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub async fn file_get(
+        &self,
+        token: &str,
+        key: String,
+        block_size: Option<u64>,
+    ) -> Result<DownloadPlan, GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.file_get(&key, block_size).await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub async fn file_delete(&self, token: &str, key: String) -> Result<(), GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.file_delete(&key).await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// Delete whatever is under `key` after a failed upload, ignoring "not
+    /// found" (the unfinished upload may already be gone).
+    pub async fn discard(&self, token: &str, key: &str) {
+        match self.file_delete(token, key.to_owned()).await {
+            Ok(())
+            | Err(GatewayError::Step {
+                status: Status::NotFound,
+                ..
+            }) => {}
+            Err(e) => warn!(%key, error = %e, "could not discard a failed upload"),
+        }
+    }
+
+    pub fn transfer_settings(&self) -> &TransferArgs {
+        &self.settings
+    }
+}

@@ -1,0 +1,141 @@
+//! Gateway configuration: clap flags with environment-variable fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use step_server::config::ServiceArgs;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "REST gateway in front of a STEP server; with no --backend it runs one in-process"
+)]
+pub struct GatewayArgs {
+    /// Address the HTTP server binds.
+    #[arg(long, env = "GATEWAY_BIND", default_value = "0.0.0.0")]
+    pub bind: String,
+    /// HTTP port.
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// host:port of a separate STEP server. When absent, a step-server runs
+    /// in this process (on --step-ip/--step-port) over the --data-dir store.
+    #[arg(long, env = "STEP_BACKEND")]
+    pub backend: Option<String>,
+    /// Address the embedded STEP server listens on.
+    #[arg(long, env = "STEP_IP", default_value = "0.0.0.0")]
+    pub step_ip: String,
+    /// Port of the embedded STEP server.
+    #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT)]
+    pub step_port: u16,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Storage and token flags of the embedded step-server.
+    #[command(flatten)]
+    pub embedded: ServiceArgs,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// How the gateway talks to the STEP backend.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// Pooled TCP connections to the STEP server.
+    #[arg(long, env = "GATEWAY_POOL_SIZE", default_value_t = 32)]
+    pub pool_size: usize,
+    /// Milliseconds a request waits for a pooled connection before a 503.
+    #[arg(long, env = "GATEWAY_POOL_WAIT_MS", default_value_t = 2000)]
+    pub pool_wait_ms: u64,
+    /// Seconds to wait for any one STEP answer (connect included) before a 504.
+    #[arg(long, env = "GATEWAY_BACKEND_TIMEOUT", default_value_t = 15)]
+    pub backend_timeout: u64,
+    /// STEP requests in flight per connection (pipelining window), when the
+    /// server announces pipelining; otherwise 1.
+    #[arg(long, env = "GATEWAY_WINDOW", default_value_t = 8)]
+    pub window: usize,
+    /// Connections one large upload is spread over.
+    #[arg(long, env = "GATEWAY_FAN_OUT", default_value_t = 4)]
+    pub fan_out: usize,
+    /// Block size proposed to servers that accept larger blocks.
+    #[arg(long, env = "GATEWAY_BLOCK_SIZE", default_value_t = 512 * 1024)]
+    pub block_size: u64,
+}
+
+/// The HTTP side.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Requests without a token act as this user. Empty disables it.
+    #[arg(long, env = "GATEWAY_DEFAULT_USER", default_value = "anonymous")]
+    pub default_user: String,
+    /// Refuse requests without a token (401) instead of using the default user.
+    #[arg(long, env = "GATEWAY_REQUIRE_AUTH", default_value_t = false)]
+    pub require_auth: bool,
+    /// Largest upload in bytes (0 = unlimited).
+    #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value_t = 0)]
+    pub max_upload: u64,
+    /// Largest JSON request body in bytes.
+    #[arg(long, env = "GATEWAY_MAX_JSON", default_value_t = 256 * 1024)]
+    pub max_json_body: usize,
+    /// Multipart files up to this size are held in memory; larger ones are
+    /// spooled to a temp file (STEP needs the size before the first block).
+    #[arg(long, env = "GATEWAY_SPOOL_THRESHOLD", default_value_t = 4 * 1024 * 1024)]
+    pub spool_threshold: usize,
+    /// Directory for spooled multipart uploads (default: the system temp dir).
+    #[arg(long, env = "GATEWAY_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Seconds a non-streaming request may take.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Allowed CORS origins, comma-separated; `*` for any. Empty: no CORS headers.
+    #[arg(
+        long,
+        env = "GATEWAY_CORS_ORIGINS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+impl GatewayArgs {
+    pub fn http_addr(&self) -> Result<SocketAddr, String> {
+        parse_addr(&self.bind, self.port)
+    }
+
+    pub fn step_addr(&self) -> Result<SocketAddr, String> {
+        parse_addr(&self.step_ip, self.step_port)
+    }
+}
+
+impl TransferArgs {
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_secs(self.backend_timeout.max(1))
+    }
+}
+
+fn parse_addr(ip: &str, port: u16) -> Result<SocketAddr, String> {
+    let ip = if ip.is_empty() { "0.0.0.0" } else { ip };
+    format!("{ip}:{port}")
+        .parse()
+        .or_else(|_| format!("[{ip}]:{port}").parse())
+        .map_err(|_| format!("invalid address {ip:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_are_consistent_and_defaults_run() {
+        GatewayArgs::command().debug_assert();
+        let args = GatewayArgs::try_parse_from(["gateway"]).expect("no flags needed");
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.step_port, 1379);
+        assert!(args.backend.is_none());
+        assert_eq!(args.http.default_user, "anonymous");
+    }
+}

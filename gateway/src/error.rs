@@ -1,0 +1,195 @@
+//! The gateway's one error type and its one mapping to HTTP responses.
+//!
+//! Every error becomes a JSON body `{"error": <code>, "message": <text>}`
+//! (plus `step_status` when the STEP server refused), with a fitting status.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use step_core::Status;
+use step_core::client::ClientError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The STEP server refused the request.
+    #[error("{message}")]
+    Step { status: Status, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("range not satisfiable for a resource of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("STEP backend unavailable: {0}")]
+    BackendUnavailable(String),
+    #[error("STEP backend did not answer in time")]
+    BackendTimeout,
+    #[error("STEP backend answered out of protocol: {0}")]
+    BadGateway(String),
+    #[error(
+        "md5 mismatch: the gateway received {received}, the STEP server stored {stored}; the file was removed"
+    )]
+    Md5Mismatch { received: String, stored: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// STEP status → HTTP status, in one table.
+pub fn http_status_for(step: Status) -> StatusCode {
+    match step {
+        Status::Ok => StatusCode::OK,
+        Status::KeyExists | Status::WrongOperation | Status::WrongDirection => StatusCode::CONFLICT,
+        Status::NotFound => StatusCode::NOT_FOUND,
+        Status::BadToken | Status::WrongPassword => StatusCode::UNAUTHORIZED,
+        Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
+            StatusCode::BAD_REQUEST
+        }
+        // The gateway computes block indexes and sizes itself: the server
+        // disagreeing with them is a backend fault, not the caller's.
+        Status::IndexTooLarge | Status::BlockSizeMismatch | Status::Earth => {
+            StatusCode::BAD_GATEWAY
+        }
+    }
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Step { status, .. } => http_status_for(*status),
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            GatewayError::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BadGateway(_) | GatewayError::Md5Mismatch { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Step { status, .. } => match status {
+                Status::KeyExists => "key_exists",
+                Status::NotFound => "not_found",
+                Status::BadToken => "bad_token",
+                Status::WrongPassword => "wrong_password",
+                Status::WrongOperation | Status::WrongDirection => "conflict",
+                Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
+                    "bad_request"
+                }
+                _ => "backend_refused",
+            },
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Unprocessable(_) => "unprocessable",
+            GatewayError::TooLarge(_) => "too_large",
+            GatewayError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            GatewayError::BackendUnavailable(_) => "backend_unavailable",
+            GatewayError::BackendTimeout => "backend_timeout",
+            GatewayError::BadGateway(_) => "bad_gateway",
+            GatewayError::Md5Mismatch { .. } => "md5_mismatch",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the backend is at fault (counted in metrics).
+    pub fn is_backend_fault(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BackendUnavailable(_)
+                | GatewayError::BackendTimeout
+                | GatewayError::BadGateway(_)
+                | GatewayError::Md5Mismatch { .. }
+        )
+    }
+}
+
+impl From<ClientError> for GatewayError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Refused { code, message, .. } => match Status::from_code(code) {
+                Some(status) => GatewayError::Step { status, message },
+                None => GatewayError::BadGateway(format!("unknown STEP status {code}: {message}")),
+            },
+            ClientError::TimedOut(_) => GatewayError::BackendTimeout,
+            ClientError::Io(e) => GatewayError::BackendUnavailable(e.to_string()),
+            ClientError::Closed => GatewayError::BackendUnavailable("connection closed".into()),
+            ClientError::Codec(e) => GatewayError::BadGateway(e.to_string()),
+            ClientError::Protocol(m) => GatewayError::BadGateway(m),
+            ClientError::NotLoggedIn => GatewayError::Unauthorized("no token".into()),
+            ClientError::Source(m) => GatewayError::BadRequest(m),
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({"error": self.code(), "message": self.to_string()});
+        if let GatewayError::Step { status, .. } = &self {
+            body["step_status"] = json!(status.code());
+        }
+        let mut resp = (status, Json(body)).into_response();
+        match &self {
+            GatewayError::Unauthorized(_) => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_status_has_an_http_status() {
+        for s in Status::ALL {
+            let code = http_status_for(*s);
+            assert!(code.is_success() || code.is_client_error() || code.is_server_error());
+        }
+        assert_eq!(http_status_for(Status::KeyExists), StatusCode::CONFLICT);
+        assert_eq!(http_status_for(Status::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(http_status_for(Status::BadToken), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn client_errors_map_to_gateway_errors() {
+        let refused = ClientError::Refused {
+            operation: "SAVE".into(),
+            code: 402,
+            message: "exists".into(),
+        };
+        assert_eq!(GatewayError::from(refused).status(), StatusCode::CONFLICT);
+        assert_eq!(
+            GatewayError::from(ClientError::TimedOut(std::time::Duration::from_secs(1))).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            GatewayError::from(ClientError::Closed).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

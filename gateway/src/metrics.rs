@@ -1,0 +1,127 @@
+//! Prometheus metrics, rendered as text at `GET /metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Every metric the gateway keeps. Cloning shares the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upload_bytes: Counter,
+    pub download_bytes: Counter,
+    pub upload_seconds: Histogram,
+    pub download_seconds: Histogram,
+    pub backend_errors: Counter,
+    pub pool_waits: Counter,
+    pool_size: Gauge,
+    pool_in_use: Gauge,
+    pool_waiting: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let upload_bytes = Counter::default();
+        r.register(
+            "upload_bytes",
+            "File bytes stored through the gateway",
+            upload_bytes.clone(),
+        );
+        let download_bytes = Counter::default();
+        r.register(
+            "download_bytes",
+            "File bytes served by the gateway",
+            download_bytes.clone(),
+        );
+        let upload_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        r.register(
+            "upload_duration_seconds",
+            "Time to store one uploaded file",
+            upload_seconds.clone(),
+        );
+        let download_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        r.register(
+            "download_duration_seconds",
+            "Time to stream one file",
+            download_seconds.clone(),
+        );
+        let backend_errors = Counter::default();
+        r.register(
+            "backend_errors",
+            "STEP backend failures (connect, IO, timeouts, protocol)",
+            backend_errors.clone(),
+        );
+        let pool_waits = Counter::default();
+        r.register(
+            "pool_waits",
+            "Requests that found no idle STEP connection",
+            pool_waits.clone(),
+        );
+        let pool_size = Gauge::default();
+        r.register("pool_size", "STEP connections open", pool_size.clone());
+        let pool_in_use = Gauge::default();
+        r.register(
+            "pool_in_use",
+            "STEP connections in use",
+            pool_in_use.clone(),
+        );
+        let pool_waiting = Gauge::default();
+        r.register(
+            "pool_waiting",
+            "Requests waiting for a STEP connection",
+            pool_waiting.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            requests,
+            upload_bytes,
+            download_bytes,
+            upload_seconds,
+            download_seconds,
+            backend_errors,
+            pool_waits,
+            pool_size,
+            pool_in_use,
+            pool_waiting,
+        }
+    }
+
+    /// The exposition text, with pool gauges read now.
+    pub fn render(&self, pool: deadpool::Status) -> String {
+        self.pool_size.set(pool.size as i64);
+        self.pool_in_use
+            .set(pool.size.saturating_sub(pool.available) as i64);
+        self.pool_waiting.set(pool.waiting as i64);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,441 @@
+//! HTTP handlers: thin translations between HTTP and [`Backend`] calls.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use step_core::Status;
+use step_core::digest::password_for;
+use step_core::message::field;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::AppState;
+use crate::error::GatewayError;
+use crate::upload::{self, Stored};
+
+/// The token a request acts with.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub token: String,
+    /// The token is the gateway's default user's (no Authorization sent).
+    pub default: bool,
+}
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, GatewayError> {
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let text = value.to_str().unwrap_or_default().trim();
+            let token = text
+                .strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    GatewayError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
+                })?;
+            return Ok(Auth {
+                token: token.to_owned(),
+                default: false,
+            });
+        }
+        if state.require_auth {
+            return Err(GatewayError::Unauthorized(
+                "a token is required: POST /login, then send Authorization: Bearer <token>".into(),
+            ));
+        }
+        match state.backend.default_token().await? {
+            Some(token) => Ok(Auth {
+                token,
+                default: true,
+            }),
+            None => Err(GatewayError::Unauthorized("a token is required".into())),
+        }
+    }
+}
+
+impl AppState {
+    /// A refused default token is forgotten, so the next request logs in again
+    /// (e.g. after the STEP server restarted with a new secret).
+    async fn check<T>(
+        &self,
+        auth: &Auth,
+        result: Result<T, GatewayError>,
+    ) -> Result<T, GatewayError> {
+        if auth.default
+            && let Err(GatewayError::Step {
+                status: Status::BadToken,
+                ..
+            }) = &result
+        {
+            self.backend.forget_default_token().await;
+        }
+        result
+    }
+}
+
+fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, GatewayError> {
+    body.map(|Json(v)| v).map_err(|e| match e {
+        JsonRejection::MissingJsonContentType(_) => GatewayError::BadRequest(e.body_text()),
+        JsonRejection::BytesRejection(_) => GatewayError::TooLarge(e.body_text()),
+        _ => GatewayError::Unprocessable(e.body_text()),
+    })
+}
+
+// ------------------------------------------------------------------ auth
+
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    username: String,
+    password: Option<String>,
+}
+
+pub async fn login(
+    State(st): State<Arc<AppState>>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, GatewayError> {
+    let body: LoginBody = serde_json::from_value(json_body(body)?).map_err(|e| {
+        GatewayError::Unprocessable(format!(
+            "expected {{\"username\": ..., \"password\": ...}}: {e}"
+        ))
+    })?;
+    let password = body
+        .password
+        .unwrap_or_else(|| password_for(&body.username));
+    let token = st.backend.login(&body.username, &password).await?;
+    Ok(Json(
+        json!({"token": token, "token_type": "Bearer", "username": body.username}),
+    ))
+}
+
+// ------------------------------------------------------------------ files
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    key: Option<String>,
+}
+
+fn created(stored: Stored) -> Response {
+    let location = HeaderValue::from_str(&stored.url).ok();
+    let mut resp = (StatusCode::CREATED, Json(stored)).into_response();
+    if let Some(loc) = location {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && size > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "{size} bytes exceeds this gateway's upload limit of {} bytes",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
+
+/// A body of not-yet-known length, held in memory while small and in a temp
+/// file beyond the spool threshold.
+enum Spooled {
+    Memory(Bytes),
+    File(tokio::fs::File, u64, tempfile::TempPath),
+}
+
+impl Spooled {
+    fn len(&self) -> u64 {
+        match self {
+            Spooled::Memory(b) => b.len() as u64,
+            Spooled::File(_, n, _) => *n,
+        }
+    }
+
+    fn into_stream(self) -> (ByteStream, Option<tempfile::TempPath>) {
+        match self {
+            Spooled::Memory(b) => (Box::pin(futures::stream::iter([Ok(b)])), None),
+            Spooled::File(f, _, path) => {
+                let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map_err(|e| {
+                    GatewayError::Internal(format!("reading the spooled upload: {e}"))
+                });
+                (Box::pin(s), Some(path))
+            }
+        }
+    }
+}
+
+async fn spool<S>(st: &AppState, mut chunks: S) -> Result<Spooled, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
+{
+    let mut mem = BytesMut::new();
+    let mut file: Option<(tokio::fs::File, tempfile::TempPath)> = None;
+    let mut total = 0u64;
+    let io = |e: std::io::Error| GatewayError::Internal(format!("spooling the upload: {e}"));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        check_size(st, total)?;
+        if file.is_none() && mem.len() + chunk.len() <= st.http.spool_threshold {
+            mem.extend_from_slice(&chunk);
+            continue;
+        }
+        if file.is_none() {
+            let dir = st.http.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let named = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+            let (std_file, path) = named.into_parts();
+            let mut f = tokio::fs::File::from_std(std_file);
+            f.write_all(&mem).await.map_err(io)?;
+            mem = BytesMut::new();
+            file = Some((f, path));
+        }
+        if let Some((f, _)) = file.as_mut() {
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+    }
+    match file {
+        None => Ok(Spooled::Memory(mem.freeze())),
+        Some((mut f, path)) => {
+            f.flush().await.map_err(io)?;
+            f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+            Ok(Spooled::File(f, total, path))
+        }
+    }
+}
+
+async fn store_spooled(
+    st: &AppState,
+    auth: &Auth,
+    key: &str,
+    spooled: Spooled,
+) -> Result<Stored, GatewayError> {
+    let size = spooled.len();
+    let (stream, _keep_until_done) = spooled.into_stream();
+    let result = upload::store(&st.backend, &auth.token, key, size, stream).await;
+    st.check(auth, result).await
+}
+
+/// `POST /upload` (multipart/form-data): the first file part is stored under
+/// `?key=`, else its file name, else a fresh uuid.
+pub async fn upload_multipart(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Query(q): Query<UploadQuery>,
+    mut form: Multipart,
+) -> Result<Response, GatewayError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    };
+    while let Some(part) = form.next_field().await.map_err(bad)? {
+        let file_name = part.file_name().map(str::to_owned);
+        if file_name.is_none() && part.name() != Some("file") {
+            continue;
+        }
+        let key = q
+            .key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or(file_name.filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let chunks = part.map_err(|e| {
+            GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+        });
+        let spooled = spool(&st, chunks).await?;
+        let stored = store_spooled(&st, &auth, &key, spooled).await?;
+        return Ok(created(stored));
+    }
+    Err(GatewayError::BadRequest(
+        "no file in the form: send it as a file field, e.g. curl -F file=@otter.jpg".into(),
+    ))
+}
+
+/// `PUT /files/{key}`: the raw body is the file, streamed straight through
+/// when Content-Length is given, spooled when it is not.
+pub async fn put_file(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    let chunks = body
+        .into_data_stream()
+        .map_err(|e| GatewayError::BadRequest(format!("reading the request body: {e}")));
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stored = match length {
+        Some(size) => {
+            check_size(&st, size)?;
+            let result =
+                upload::store(&st.backend, &auth.token, &key, size, Box::pin(chunks)).await;
+            st.check(&auth, result).await?
+        }
+        None => {
+            let spooled = spool(&st, Box::pin(chunks)).await?;
+            store_spooled(&st, &auth, &key, spooled).await?
+        }
+    };
+    Ok(created(stored))
+}
+
+pub async fn get_file(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let result =
+        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, false).await;
+    st.check(&auth, result).await
+}
+
+pub async fn head_file(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let result =
+        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, true).await;
+    st.check(&auth, result).await
+}
+
+pub async fn delete_file(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> Result<StatusCode, GatewayError> {
+    let result = st.backend.file_delete(&auth.token, key).await;
+    st.check(&auth, result).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ records
+
+/// Field names STEP reserves for itself; a record cannot use them.
+const RESERVED: [&str; 7] = [
+    field::OPERATION,
+    field::TYPE,
+    field::DIRECTION,
+    field::TOKEN,
+    field::STATUS,
+    field::STATUS_MSG,
+    field::KEY,
+];
+
+fn record_from(body: Value) -> Result<Map<String, Value>, GatewayError> {
+    let Value::Object(map) = body else {
+        return Err(GatewayError::Unprocessable(
+            "a record must be a JSON object".into(),
+        ));
+    };
+    if let Some(bad) = RESERVED.iter().find(|f| map.contains_key(**f)) {
+        return Err(GatewayError::Unprocessable(format!(
+            "field \"{bad}\" is reserved by STEP and cannot be part of a record"
+        )));
+    }
+    Ok(map)
+}
+
+async fn save_record(
+    st: &AppState,
+    auth: &Auth,
+    key: Option<String>,
+    body: Value,
+) -> Result<Response, GatewayError> {
+    let record = record_from(body)?;
+    let result = st.backend.data_save(&auth.token, key, record).await;
+    let key = st.check(auth, result).await?;
+    let url = format!(
+        "/records/{}",
+        upload::file_url(&key).trim_start_matches("/files/")
+    );
+    let mut resp = (StatusCode::CREATED, Json(json!({"key": key, "url": url}))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub async fn create_record(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let body = json_body(body)?;
+    save_record(&st, &auth, None, body).await
+}
+
+pub async fn put_record(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let body = json_body(body)?;
+    save_record(&st, &auth, Some(key), body).await
+}
+
+pub async fn get_record(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, GatewayError> {
+    let result = st.backend.data_get(&auth.token, key).await;
+    Ok(Json(Value::Object(st.check(&auth, result).await?)))
+}
+
+pub async fn delete_record(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> Result<StatusCode, GatewayError> {
+    let result = st.backend.data_delete(&auth.token, key).await;
+    st.check(&auth, result).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ operations
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<Value>, GatewayError> {
+    st.backend.ready().await?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = st.backend.metrics.render(st.backend.pool_status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], crate::OPENAPI)
+}
+
+pub async fn not_found() -> GatewayError {
+    GatewayError::NotFound("no such route; see /openapi.yaml".into())
+}

@@ -1,0 +1,317 @@
+//! Storing a byte stream of known size as a STEP file.
+//!
+//! The body is cut into plan-sized blocks as it arrives (zero-copy where a
+//! body chunk holds a whole block), hashed on the way, and handed to one or
+//! several pooled connections, each pipelining its blocks. Memory is bounded
+//! by `connections × window` blocks, whatever the file size. The md5 the STEP
+//! server reports must equal the md5 of the bytes received; if it does not,
+//! the file is deleted and the request fails.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use serde::Serialize;
+use step_core::client::{ClientError, SaveOptions, StepClient};
+use step_core::digest::EMPTY_MD5;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, Conn};
+use crate::error::GatewayError;
+
+/// What the gateway answers after storing a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stored {
+    pub key: String,
+    pub size: u64,
+    pub md5: String,
+    pub url: String,
+}
+
+/// Path under which a stored file is served.
+pub fn file_url(key: &str) -> String {
+    let mut out = String::from("/files/");
+    for segment in key.split('/') {
+        if !out.ends_with('/') {
+            out.push('/');
+        }
+        out.extend(url_escape(segment));
+    }
+    out
+}
+
+fn url_escape(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.bytes().map(|b| {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            (b as char).to_string()
+        } else {
+            format!("%{b:02X}")
+        }
+    })
+}
+
+/// Cuts a byte stream into blocks of `block_size`, hashing and counting.
+struct Chunker<S> {
+    body: S,
+    pending: Bytes,
+    buf: BytesMut,
+    block_size: usize,
+    index: u64,
+    received: u64,
+    expected: u64,
+    ended: bool,
+    hasher: Arc<Mutex<Md5>>,
+    failure: Arc<Mutex<Option<GatewayError>>>,
+}
+
+impl<S> Chunker<S>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
+{
+    fn fail(&mut self, e: GatewayError) -> Option<Result<(u64, Bytes), ClientError>> {
+        let text = e.to_string();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.ended = true;
+        self.pending = Bytes::new();
+        self.buf.clear();
+        Some(Err(ClientError::Source(text)))
+    }
+
+    fn emit(&mut self, block: Bytes) -> Option<Result<(u64, Bytes), ClientError>> {
+        let i = self.index;
+        self.index += 1;
+        Some(Ok((i, block)))
+    }
+
+    async fn next_block(&mut self) -> Option<Result<(u64, Bytes), ClientError>> {
+        loop {
+            if self.buf.is_empty() && self.pending.len() >= self.block_size {
+                let block = self.pending.split_to(self.block_size);
+                return self.emit(block);
+            }
+            if !self.pending.is_empty() {
+                let take = (self.block_size - self.buf.len()).min(self.pending.len());
+                self.buf.extend_from_slice(&self.pending.split_to(take));
+                if self.buf.len() == self.block_size {
+                    let block = self.buf.split().freeze();
+                    return self.emit(block);
+                }
+                continue;
+            }
+            if self.ended {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let block = self.buf.split().freeze();
+                return self.emit(block);
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    self.received += chunk.len() as u64;
+                    if self.received > self.expected {
+                        return self.fail(GatewayError::BadRequest(format!(
+                            "the body is longer than the announced {} bytes",
+                            self.expected
+                        )));
+                    }
+                    self.hasher
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .update(&chunk);
+                    self.pending = chunk;
+                }
+                Some(Err(e)) => return self.fail(e),
+                None => {
+                    self.ended = true;
+                    if self.received != self.expected {
+                        return self.fail(GatewayError::BadRequest(format!(
+                            "the body ended after {} of {} bytes",
+                            self.received, self.expected
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Store `body` (exactly `size` bytes) as `key`.
+pub async fn store<S>(
+    backend: &Backend,
+    token: &str,
+    key: &str,
+    size: u64,
+    body: S,
+) -> Result<Stored, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
+{
+    let started = Instant::now();
+    let mut primary = backend.conn(token).await?;
+    let tp = backend.plan_for(&primary);
+    let planned = primary
+        .file_save(
+            Some(key),
+            size,
+            SaveOptions {
+                block_size: tp.block_size,
+                resume: false,
+            },
+        )
+        .await;
+    let plan = backend.settle_keep(&mut primary, planned)?;
+    let hasher = Arc::new(Mutex::new(Md5::new()));
+    let failure = Arc::new(Mutex::new(None));
+    let chunker = Chunker {
+        body,
+        pending: Bytes::new(),
+        buf: BytesMut::new(),
+        block_size: plan.block_size.max(1) as usize,
+        index: 0,
+        received: 0,
+        expected: size,
+        ended: false,
+        hasher: Arc::clone(&hasher),
+        failure: Arc::clone(&failure),
+    };
+    let blocks = futures::stream::unfold(chunker, |mut c| async move {
+        c.next_block().await.map(|b| (b, c))
+    });
+
+    let mut conns: Vec<Conn> = vec![primary];
+    if tp.fan_out > 1 && plan.total_block >= (tp.window * tp.fan_out) as u64 {
+        conns.extend(backend.extra_conns(token, tp.fan_out - 1).await);
+    }
+    let result = if plan.total_block == 0 {
+        // Nothing to send; the body must still be empty.
+        let mut blocks = std::pin::pin!(blocks);
+        match blocks.next().await {
+            None => Ok(Some(EMPTY_MD5.to_owned())),
+            Some(_) => Err(ClientError::Source("unexpected body".into())),
+        }
+    } else {
+        let mut clients: Vec<&mut StepClient> = conns.iter_mut().map(|c| &mut **c).collect();
+        step_core::transfer::upload_spread(&mut clients, &plan.key, blocks, tp.window, &|_| {})
+            .await
+    };
+    let body_failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let server_md5 = match (result, body_failure) {
+        (_, Some(e)) => {
+            drop(conns);
+            backend.discard(token, key).await;
+            return Err(e);
+        }
+        (Err(e), None) => {
+            drop(conns);
+            let e = GatewayError::from(e);
+            backend.discard(token, key).await;
+            return Err(e);
+        }
+        (Ok(md5), None) => md5,
+    };
+    for c in &mut conns {
+        c.mark_clean();
+    }
+    drop(conns);
+    let received = hex::encode(
+        std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())).finalize(),
+    );
+    let Some(stored) = server_md5 else {
+        backend.discard(token, key).await;
+        return Err(GatewayError::BadGateway(
+            "every block was acknowledged but the file was not completed".into(),
+        ));
+    };
+    if !stored.eq_ignore_ascii_case(&received) {
+        warn!(%key, %received, %stored, "md5 mismatch after upload; deleting");
+        backend.discard(token, key).await;
+        return Err(GatewayError::Md5Mismatch { received, stored });
+    }
+    let secs = started.elapsed().as_secs_f64();
+    backend.metrics.upload_bytes.inc_by(size);
+    backend.metrics.upload_seconds.observe(secs);
+    info!(%key, size, md5 = %received, secs, "stored");
+    Ok(Stored {
+        url: file_url(key),
+        key: key.to_owned(),
+        size,
+        md5: received,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunker(
+        parts: Vec<&'static [u8]>,
+        bs: usize,
+        expected: u64,
+    ) -> Chunker<impl Stream<Item = Result<Bytes, GatewayError>> + Unpin> {
+        Chunker {
+            body: futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p)))),
+            pending: Bytes::new(),
+            buf: BytesMut::new(),
+            block_size: bs,
+            index: 0,
+            received: 0,
+            expected,
+            ended: false,
+            hasher: Arc::new(Mutex::new(Md5::new())),
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn collect<S: Stream<Item = Result<Bytes, GatewayError>> + Unpin>(
+        mut c: Chunker<S>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        while let Some(b) = c.next_block().await {
+            let (i, data) = b.map_err(|e| e.to_string())?;
+            out.push((i, data.to_vec()));
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn rechunks_any_split_into_plan_blocks() {
+        let blocks = collect(chunker(
+            vec![b"ab", b"cdefg", b"", b"hijklmnop", b"q"],
+            4,
+            17,
+        ))
+        .await
+        .expect("ok");
+        let joined: Vec<Vec<u8>> = blocks.iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(
+            joined,
+            vec![
+                b"abcd".to_vec(),
+                b"efgh".to_vec(),
+                b"ijkl".to_vec(),
+                b"mnop".to_vec(),
+                b"q".to_vec()
+            ]
+        );
+        assert_eq!(
+            blocks.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        let exact = collect(chunker(vec![b"abcdefgh"], 4, 8)).await.expect("ok");
+        assert_eq!(exact.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn short_and_long_bodies_fail() {
+        assert!(collect(chunker(vec![b"abc"], 4, 5)).await.is_err());
+        assert!(collect(chunker(vec![b"abcdef"], 4, 5)).await.is_err());
+    }
+
+    #[test]
+    fn urls_escape_each_segment() {
+        assert_eq!(file_url("otter.jpg"), "/files/otter.jpg");
+        assert_eq!(file_url("pics/my otter.jpg"), "/files/pics/my%20otter.jpg");
+    }
+}
