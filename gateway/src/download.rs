@@ -132,12 +132,27 @@ pub async fn respond(
         tx,
         verify,
     ));
-    let body = futures::stream::unfold((rx, credits), |(mut rx, credits)| async move {
-        let item = rx.recv().await?;
-        credits.add_permits(1);
-        Some((item, (rx, credits)))
+    let body = futures::stream::unfold(BodyFeed { rx, credits }, |mut feed| async move {
+        let item = feed.rx.recv().await?;
+        feed.credits.add_permits(1);
+        Some((item, feed))
     });
     Ok((status, headers, Body::from_stream(body)).into_response())
+}
+
+/// The HTTP body's end of a download. Dropped (the client went away, or
+/// hyper gave up on the response), it closes the credits, so the task feeding
+/// it stops instead of waiting forever for room, and its connection is
+/// discarded rather than returned mid-pipeline.
+struct BodyFeed {
+    rx: mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>,
+    credits: Arc<Semaphore>,
+}
+
+impl Drop for BodyFeed {
+    fn drop(&mut self) {
+        self.credits.close();
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
