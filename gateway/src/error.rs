@@ -148,13 +148,10 @@ impl IntoResponse for GatewayError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        match &self {
-            GatewayError::RangeNotSatisfiable { size } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-            }
-            _ => {}
+        if let GatewayError::RangeNotSatisfiable { size } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
         resp
     }
