@@ -44,10 +44,20 @@ run() { "$BIN/step-bench" --addr "127.0.0.1:$1" --size "$SIZE" --runs "$RUNS" --
 python3 - "$WORK/results.txt" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
+errors = collections.Counter()
 for line in open(sys.argv[1]):
-    kv = dict(p.split("=", 1) for p in line.split())
-    rows[kv["label"]].append(float(kv["mb_per_s"]))
+    kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+    if "mb_per_s" in kv:
+        rows[kv["label"]].append(float(kv["mb_per_s"]))
+    else:
+        errors[kv.get("label", "?")] += 1
 print(f"{'label':32} {'median MB/s':>12} {'min':>8} {'max':>8}")
 for label, v in rows.items():
     print(f"{label:32} {statistics.median(v):12.1f} {min(v):8.1f} {max(v):8.1f}")
+for label, n in errors.items():
+    print(f"{label:32} {n} run(s) failed (see the lines above)")
+base = rows.get("reference/stop-and-wait")
+if base:
+    for label, v in rows.items():
+        print(f"ratio {label} / reference = {statistics.median(v) / statistics.median(base):.2f}x")
 PY

@@ -33,6 +33,9 @@ struct Args {
     label: String,
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Seconds to wait for any one answer before giving up on the run.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
 }
 
 fn content(size: u64) -> Bytes {
@@ -57,10 +60,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let user = format!("bench{}", std::process::id());
         let mut clients = Vec::new();
         let mut first = StepClient::connect(&args.addr).await?;
+        // The reference server can stall for good after a short read; a
+        // stalled run is reported, not waited on forever.
+        first.set_timeout(Some(std::time::Duration::from_secs(args.timeout)));
         let token = first.login(&user, &password_for(&user)).await?;
         for _ in 1..args.connections.max(1) {
             let mut c = StepClient::connect(&args.addr).await?;
             c.set_token(token.clone());
+            c.set_timeout(Some(std::time::Duration::from_secs(args.timeout)));
             clients.push(c);
         }
         let key = format!(

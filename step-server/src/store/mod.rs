@@ -79,6 +79,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Unfinished uploads kept open at once. Each holds two file descriptors;
+/// beyond this, uploads nobody is writing to are closed (their state is on
+/// disk and reloads on the next block), so abandoned uploads cannot exhaust
+/// the server's descriptors.
+const MAX_OPEN_UPLOADS: usize = 1024;
+
+fn evict_idle(uploads: &mut HashMap<(String, String), UploadSlot>) {
+    if uploads.len() >= MAX_OPEN_UPLOADS {
+        uploads.retain(|_, slot| Arc::strong_count(slot) > 1);
+    }
+}
+
 fn not_found_ok(r: io::Result<()>) -> io::Result<bool> {
     match r {
         Ok(()) => Ok(true),
@@ -291,6 +303,7 @@ impl Store {
                     "reloaded unfinished upload from disk"
                 );
                 let slot = Arc::new(Mutex::new(up));
+                evict_idle(&mut uploads);
                 uploads.insert(id, Arc::clone(&slot));
                 Ok(Some(slot))
             }
@@ -356,7 +369,24 @@ impl Store {
                     md5: Some(md5),
                 });
             }
-            let up = Upload::create(dir, plan)?;
+            // Refuse up front what cannot fit, with a clear NoSpace, instead
+            // of failing blocks later. Advisory: nothing is reserved, because
+            // a reservation would let anyone who can log in fill the disk
+            // with SAVEs alone; uploads racing for the last space still get
+            // NoSpace on the block that does not fit.
+            if plan.size > self.available_space() {
+                return Err(StepError::NoSpace);
+            }
+            let up = match Upload::create(dir.clone(), plan) {
+                Ok(up) => up,
+                Err(e) => {
+                    // A directory without a plan is no upload: nobody could
+                    // delete what it holds.
+                    let _ = upload::remove_dir(&dir);
+                    return Err(e.into());
+                }
+            };
+            evict_idle(&mut uploads);
             uploads.insert(id, Arc::new(Mutex::new(up)));
         }
         let total = plan.total();
@@ -366,6 +396,15 @@ impl Store {
             resumed: false,
             md5: None,
         })
+    }
+
+    /// Bytes the server may still write on the store's file system;
+    /// unknown counts as unlimited (the writes will tell).
+    fn available_space(&self) -> u64 {
+        match rustix::fs::statvfs(&self.root) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(_) => u64::MAX,
+        }
     }
 
     fn complete_empty(&self, user: &str, key: &str) -> Result<String, StepError> {
@@ -397,12 +436,27 @@ impl Store {
                 fs::create_dir_all(parent)?;
             }
         }
-        fs::rename(content, &dest)?;
-        if let Some(parent) = dest.parent() {
-            sync_dir(parent)?;
-        }
+        // The meta is written before anything moves: on a full disk this is
+        // the step that fails, and then nothing has changed (the upload keeps
+        // its data and completes on a retried block). Renames need no space.
         let tmp = self.write_temp(&serde_json::to_vec(meta).map_err(io::Error::from)?)?;
-        fs::rename(&tmp, &meta_dest)?;
+        let moved = fs::rename(content, &dest).and_then(|()| {
+            // Content durable first, then the meta that makes it complete.
+            let placed = dest
+                .parent()
+                .map_or(Ok(()), sync_dir)
+                .and_then(|()| fs::rename(&tmp, &meta_dest));
+            if placed.is_err() {
+                // Content without meta is not a file, and nothing would ever
+                // delete it: put it back.
+                let _ = fs::rename(&dest, content);
+            }
+            placed
+        });
+        if let Err(e) = moved {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         if let Some(parent) = meta_dest.parent() {
             sync_dir(parent)?;
         }
