@@ -8,6 +8,8 @@
 //! restarted) fails its recycle check and is replaced.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
@@ -32,6 +34,10 @@ const PROBE_USER: &str = "step-gateway-probe";
 pub struct StepManager {
     addr: String,
     timeout: Duration,
+    /// Bumped whenever a connection is found dead: the server may have
+    /// restarted (perhaps with a new token secret), so cached tokens are
+    /// suspect.
+    losses: Arc<AtomicU64>,
 }
 
 impl managed::Manager for StepManager {
@@ -53,6 +59,7 @@ impl managed::Manager for StepManager {
         if client.is_idle() {
             Ok(())
         } else {
+            self.losses.fetch_add(1, Ordering::Relaxed);
             Err(RecycleError::message("connection closed or out of sync"))
         }
     }
@@ -114,7 +121,10 @@ pub struct Backend {
     pool: Pool,
     settings: TransferArgs,
     default_user: Option<String>,
-    default_token: Mutex<Option<(String, Instant)>>,
+    /// The default user's token, when it was minted, and the connection-loss
+    /// count then.
+    default_token: Mutex<Option<(String, Instant, u64)>>,
+    losses: Arc<AtomicU64>,
     pub metrics: GatewayMetrics,
 }
 
@@ -129,7 +139,12 @@ impl Backend {
         metrics: GatewayMetrics,
     ) -> Self {
         let timeout = settings.backend_timeout();
-        let manager = StepManager { addr, timeout };
+        let losses = Arc::new(AtomicU64::new(0));
+        let manager = StepManager {
+            addr,
+            timeout,
+            losses: Arc::clone(&losses),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
             .runtime(deadpool::Runtime::Tokio1)
@@ -143,6 +158,7 @@ impl Backend {
             settings,
             default_user,
             default_token: Mutex::new(None),
+            losses,
             metrics,
         }
     }
@@ -243,6 +259,7 @@ impl Backend {
                 } else {
                     warn!(error = %e, "discarding STEP connection");
                     self.metrics.backend_errors.inc();
+                    self.losses.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e.into())
             }
@@ -309,13 +326,19 @@ impl Backend {
             return Ok(None);
         };
         let mut cached = self.default_token.lock().await;
-        if let Some((token, at)) = cached.as_ref()
+        let losses = self.losses.load(Ordering::Relaxed);
+        if let Some((token, at, seen)) = cached.as_ref()
             && at.elapsed() < DEFAULT_TOKEN_REUSE
+            && *seen == losses
         {
             return Ok(Some(token.clone()));
         }
         let token = self.login(user, &password_for(user)).await?;
-        *cached = Some((token.clone(), Instant::now()));
+        *cached = Some((
+            token.clone(),
+            Instant::now(),
+            self.losses.load(Ordering::Relaxed),
+        ));
         Ok(Some(token))
     }
 

@@ -34,6 +34,7 @@ pub enum Span {
 /// Interpret a `Range` header against a resource of `size` bytes. Several
 /// ranges, or a header we cannot parse, mean the whole resource (RFC 9110
 /// lets a server ignore Range); a well-formed but unsatisfiable range is 416.
+/// A suffix longer than the resource means all of it (RFC 9110 §14.1.2).
 pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Span, GatewayError> {
     let Some(text) = value.and_then(|v| v.to_str().ok()) else {
         return Ok(Span::Whole);
@@ -44,6 +45,16 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Span, Gatew
     let Ok(parsed) = http_range_header::parse_range_header(text) else {
         return Ok(Span::Whole);
     };
+    match parsed.ranges.as_slice() {
+        [one] => {
+            if let http_range_header::StartPosition::FromLast(n) = one.start
+                && n > size
+            {
+                return Ok(Span::Part(0, size - 1));
+            }
+        }
+        _ => return Ok(Span::Whole),
+    }
     match parsed.validate(size) {
         Ok(ranges) if ranges.len() == 1 => {
             let r = &ranges[0];
@@ -270,6 +281,14 @@ mod tests {
         assert_eq!(
             parse_range(Some(&hv("bytes=0-1,5-6")), 100).expect("ok"),
             Span::Whole
+        );
+        assert_eq!(
+            parse_range(Some(&hv("bytes=0-50,40-60")), 100).expect("ok"),
+            Span::Whole
+        );
+        assert_eq!(
+            parse_range(Some(&hv("bytes=-1000")), 100).expect("ok"),
+            Span::Part(0, 99)
         );
         assert_eq!(
             parse_range(Some(&hv("items=0-1")), 100).expect("ok"),

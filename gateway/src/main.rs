@@ -1,6 +1,8 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
 use gateway::{AppState, app, backend::Backend};
@@ -8,9 +10,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+const HEALTH_CHECK: &str = "health-check";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = GatewayArgs::parse();
+    let matches = GatewayArgs::command()
+        .arg(
+            Arg::new(HEALTH_CHECK)
+                .long(HEALTH_CHECK)
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Probe the gateway these flags describe (--bind/--port; all interfaces means \
+                     loopback) instead of serving: GET /readyz must answer 200. Exits 0 if so, \
+                     1 otherwise (for container health checks)",
+                ),
+        )
+        .get_matches();
+    let args = GatewayArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if matches.get_flag(HEALTH_CHECK) {
+        return health_check(&args).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -91,4 +110,56 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     }
     info!("gateway stopped");
     result
+}
+
+/// `--health-check`: `GET /readyz` over plain HTTP/1.1 (ready means the STEP
+/// backend answers), so a `FROM scratch` image needs no curl.
+async fn health_check(args: &GatewayArgs) -> ExitCode {
+    let addr = match args.http_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let probe = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        let request =
+            format!("GET /readyz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(answer)) => {
+            let answer = String::from_utf8_lossy(&answer);
+            let status = answer.lines().next().unwrap_or_default();
+            if status.split_whitespace().nth(1) == Some("200") {
+                ExitCode::SUCCESS
+            } else {
+                let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+                eprintln!("gateway: health check: {target}/readyz: {status} {body}");
+                ExitCode::FAILURE
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("gateway: health check: {target}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("gateway: health check: {target} did not answer within 5 s");
+            ExitCode::FAILURE
+        }
+    }
 }

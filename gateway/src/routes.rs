@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -39,10 +40,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     ) -> Result<Self, GatewayError> {
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let text = value.to_str().unwrap_or_default().trim();
+            // The scheme is case-insensitive (RFC 9110 §11.1).
             let token = text
-                .strip_prefix("Bearer ")
-                .or_else(|| text.strip_prefix("bearer "))
-                .map(str::trim)
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| {
                     GatewayError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
@@ -93,6 +95,23 @@ fn json_body(body: Result<Json<Value>, JsonRejection>) -> Result<Value, GatewayE
         JsonRejection::BytesRejection(_) => GatewayError::TooLarge(e.body_text()),
         _ => GatewayError::Unprocessable(e.body_text()),
     })
+}
+
+/// The `{key}` of a route. A path that does not decode (invalid UTF-8 in its
+/// percent-encoding) is answered like every other error, in JSON.
+#[derive(Debug, Clone)]
+pub struct Key(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, GatewayError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(Key(key)),
+            Err(e) if e.status().is_server_error() => Err(GatewayError::Internal(e.body_text())),
+            Err(e) => Err(GatewayError::BadRequest(e.body_text())),
+        }
+    }
 }
 
 // ------------------------------------------------------------------ auth
@@ -233,9 +252,11 @@ async fn store_spooled(
 pub async fn upload_multipart(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Query(q): Query<UploadQuery>,
-    mut form: Multipart,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, GatewayError> {
+    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let mut form = form.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
     };
@@ -267,7 +288,7 @@ pub async fn upload_multipart(
 pub async fn put_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
@@ -296,7 +317,7 @@ pub async fn put_file(
 pub async fn get_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let result =
@@ -307,7 +328,7 @@ pub async fn get_file(
 pub async fn head_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let result =
@@ -318,7 +339,7 @@ pub async fn head_file(
 pub async fn delete_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
     let result = st.backend.file_delete(&auth.token, key).await;
     st.check(&auth, result).await?;
@@ -361,10 +382,7 @@ async fn save_record(
     let record = record_from(body)?;
     let result = st.backend.data_save(&auth.token, key, record).await;
     let key = st.check(auth, result).await?;
-    let url = format!(
-        "/records/{}",
-        upload::file_url(&key).trim_start_matches("/files/")
-    );
+    let url = upload::record_url(&key);
     let mut resp = (StatusCode::CREATED, Json(json!({"key": key, "url": url}))).into_response();
     if let Ok(v) = HeaderValue::from_str(&url) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -384,7 +402,7 @@ pub async fn create_record(
 pub async fn put_record(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, GatewayError> {
     let body = json_body(body)?;
@@ -394,7 +412,7 @@ pub async fn put_record(
 pub async fn get_record(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
 ) -> Result<Json<Value>, GatewayError> {
     let result = st.backend.data_get(&auth.token, key).await;
     Ok(Json(Value::Object(st.check(&auth, result).await?)))
@@ -403,7 +421,7 @@ pub async fn get_record(
 pub async fn delete_record(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(key): Path<String>,
+    Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
     let result = st.backend.data_delete(&auth.token, key).await;
     st.check(&auth, result).await?;
@@ -438,4 +456,86 @@ pub async fn openapi() -> impl IntoResponse {
 
 pub async fn not_found() -> GatewayError {
     GatewayError::NotFound("no such route; see /openapi.yaml".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use axum::http::Request;
+    use clap::Parser;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::backend::Backend;
+    use crate::config::GatewayArgs;
+    use crate::metrics::Metrics;
+
+    /// The router over a backend nobody listens on: requests that get past
+    /// their extractors end in 503.
+    fn app() -> axum::Router {
+        let args = GatewayArgs::try_parse_from(["gateway", "--pool-wait-ms", "200"])
+            .expect("default flags");
+        let backend = Backend::new("127.0.0.1:9".into(), args.transfer, None, Metrics::new());
+        crate::app(AppState::new(backend, args.http))
+    }
+
+    async fn send(req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+        let resp = app().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let kind = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        (
+            status,
+            kind,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    fn request(method: &str, uri: &str, auth: &str) -> axum::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, auth)
+    }
+
+    #[tokio::test]
+    async fn extractor_rejections_are_json_errors() {
+        let cases = [
+            request("GET", "/files/%FF", "Bearer t").body(Body::empty()),
+            request("DELETE", "/records/%C3", "Bearer t").body(Body::empty()),
+            request("POST", "/upload", "Bearer t")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from("x")),
+            request("POST", "/upload?key=a&key=b", "Bearer t")
+                .header(header::CONTENT_TYPE, "multipart/form-data; boundary=X")
+                .body(Body::from("--X--\r\n")),
+        ];
+        for req in cases {
+            let req = req.expect("request");
+            let what = format!("{} {}", req.method(), req.uri());
+            let (status, kind, body) = send(req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+            assert_eq!(kind.as_deref(), Some("application/json"), "{what}");
+            assert_eq!(body["error"], "bad_request", "{what}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bearer_scheme_is_case_insensitive() {
+        for auth in ["Bearer t", "bearer t", "BEARER  t"] {
+            let req = request("GET", "/files/x", auth).body(Body::empty());
+            let (status, _, body) = send(req.expect("request")).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{auth}: {body}");
+        }
+        for auth in ["Basic dTpw", "Bearer", "Bearer ", "Bearertoken"] {
+            let req = request("GET", "/files/x", auth).body(Body::empty());
+            let (status, _, body) = send(req.expect("request")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}: {body}");
+            assert_eq!(body["error"], "unauthorized", "{auth}");
+        }
+    }
 }

@@ -30,16 +30,35 @@ pub struct Stored {
     pub url: String,
 }
 
-/// Path under which a stored file is served.
+/// Path under which a stored file is served: each `/`-separated segment
+/// escaped, empty ones kept (`/abs` and `a//b` are keys of their own).
 pub fn file_url(key: &str) -> String {
     let mut out = String::from("/files/");
-    for segment in key.split('/') {
-        if !out.ends_with('/') {
+    for (i, segment) in key.split('/').enumerate() {
+        if i > 0 {
             out.push('/');
         }
-        out.extend(url_escape(segment));
+        push_segment(&mut out, segment);
     }
     out
+}
+
+/// Path under which a record is served: `/records/{key}` is one segment, so
+/// a `/` in the key is escaped too.
+pub fn record_url(key: &str) -> String {
+    let mut out = String::from("/records/");
+    push_segment(&mut out, key);
+    out
+}
+
+/// Append one escaped path segment. `.` and `..` are escaped as well: as
+/// they are, every client would resolve them away (RFC 3986 dot segments).
+fn push_segment(out: &mut String, segment: &str) {
+    match segment {
+        "." => out.push_str("%2E"),
+        ".." => out.push_str("%2E%2E"),
+        _ => out.extend(url_escape(segment)),
+    }
 }
 
 fn url_escape(s: &str) -> impl Iterator<Item = String> + '_ {
@@ -313,5 +332,10 @@ mod tests {
     fn urls_escape_each_segment() {
         assert_eq!(file_url("otter.jpg"), "/files/otter.jpg");
         assert_eq!(file_url("pics/my otter.jpg"), "/files/pics/my%20otter.jpg");
+        assert_eq!(file_url("/abs"), "/files//abs");
+        assert_eq!(file_url("a//b/"), "/files/a//b/");
+        assert_eq!(record_url("pets/otter 1"), "/records/pets%2Fotter%201");
+        assert_eq!(file_url("a/../b/./c.d"), "/files/a/%2E%2E/b/%2E/c.d");
+        assert_eq!(record_url(".."), "/records/%2E%2E");
     }
 }

@@ -586,8 +586,10 @@ async fn backend_down_then_back_recovers_without_restart() {
             .status(),
         StatusCode::OK
     );
-    // Back on the same port and store: the gateway reconnects by itself.
-    let _step = step_on(addr, dir).await;
+    // Back on the same port and store, with a new token secret (as a server
+    // without a configured secret gets at each start): the gateway reconnects
+    // and logs its default user in again by itself.
+    let _step = step_on(addr, dir, b"a new secret").await;
     let r = gw
         .client
         .get(gw.at("/files/a.txt"))
@@ -621,11 +623,15 @@ async fn backend_down_then_back_recovers_without_restart() {
 }
 
 /// A step-server on a given address (to come back where the old one was).
-async fn step_on(addr: SocketAddr, dir: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+async fn step_on(
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    secret: &[u8],
+) -> tokio::task::JoinHandle<()> {
     let store = step_server::store::Store::open(&dir).expect("store");
     let service = Arc::new(step_server::Service::new(
         store,
-        step_core::token::TokenKey::new(step_tests::TEST_SECRET, 86_400),
+        step_core::token::TokenKey::new(secret, 86_400),
         step_server::service::Limits::default(),
     ));
     let listener = loop {

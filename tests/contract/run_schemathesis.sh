@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Contract test: the running gateway against /openapi.yaml, with schemathesis.
+#
+#   tests/contract/run_schemathesis.sh [extra schemathesis run args...]
+#
+# 1. a Python venv under target/ with tests/contract/requirements.txt
+#    (schemathesis and openapi-spec-validator, every version pinned; reused
+#    while that file is unchanged), then openapi-spec-validator on openapi.yaml;
+# 2. the gateway binary ($GATEWAY_BIN, else `cargo build -p gateway`), started
+#    in embedded mode (in-process STEP server) on free ports over a temp store;
+# 3. waits for /healthz, runs `schemathesis run` over every operation and
+#    phase with every check, a bounded number of examples per operation;
+# 4. stops the gateway by its PID and exits with schemathesis' status.
+#
+# Exit status: schemathesis' (0 = no failures), 77 = skipped because Python or
+# the schemathesis install is not available here, anything else = setup error.
+#
+# Environment:
+#   GATEWAY_BIN            gateway binary to test (skips the cargo build)
+#   SCHEMATHESIS_VENV      venv directory (default: <target>/contract/venv)
+#   SCHEMATHESIS_EXAMPLES  max examples per operation and phase (default 100)
+#   SCHEMATHESIS_SEED      seed (default 20251125; "random" for a fresh one)
+#   SCHEMATHESIS_WORKERS   concurrent workers (default 1: hypothesis + CPython 3.11
+#                          threads can hit "AST constructor recursion depth mismatch")
+set -euo pipefail
+
+SCHEMATHESIS_VERSION=4.32.5
+SKIP=77
+
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+venv=${SCHEMATHESIS_VENV:-$target_dir/contract/venv}
+examples=${SCHEMATHESIS_EXAMPLES:-100}
+seed=${SCHEMATHESIS_SEED:-20251125}
+workers=${SCHEMATHESIS_WORKERS:-1}
+
+say() { echo "contract: $*" >&2; }
+skip() {
+    say "SKIP: $*"
+    exit "$SKIP"
+}
+
+# ---------------------------------------------------------------- 1. venv
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null 2>&1 || skip "no $python on PATH"
+requirements=$root/tests/contract/requirements.txt
+st="$venv/bin/schemathesis"
+install_venv() {
+    # The stamp holds the requirements the venv was made from.
+    if cmp -s "$requirements" "$venv/.requirements" && "$st" --version >/dev/null 2>&1; then
+        return 0
+    fi
+    say "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv" >&2 || {
+        rm -rf "$venv"
+        skip "$python -m venv failed (is the venv module installed?)"
+    }
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --requirement "$requirements" >&2 || {
+        rm -rf "$venv"
+        skip "pip could not install tests/contract/requirements.txt (offline? no wheels for $("$python" --version)?)"
+    }
+    cp "$requirements" "$venv/.requirements"
+}
+mkdir -p "$(dirname "$venv")"
+if command -v flock >/dev/null 2>&1; then
+    # Two runs at once (two checkouts sharing a target dir) install one at a time.
+    exec 9>"$venv.lock"
+    flock 9
+    install_venv
+    flock -u 9
+    exec 9>&-
+else
+    install_venv
+fi
+version=$("$st" --version)
+[[ $version == *"$SCHEMATHESIS_VERSION"* ]] || {
+    say "$venv has $version, expected $SCHEMATHESIS_VERSION"
+    exit 2
+}
+say "$version"
+"$venv/bin/openapi-spec-validator" "$root/openapi.yaml" >&2 || {
+    say "openapi.yaml is not a valid OpenAPI document"
+    exit 1
+}
+
+# ---------------------------------------------------------------- 2. gateway
+bin=${GATEWAY_BIN:-}
+if [[ -z $bin ]]; then
+    cargo build --quiet -p gateway >&2
+    bin=$target_dir/debug/gateway
+fi
+[[ -x $bin ]] || {
+    say "no gateway binary at $bin"
+    exit 2
+}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gateway-contract.XXXXXX")
+gateway_pid=
+cleanup() {
+    if [[ -n $gateway_pid ]] && kill -0 "$gateway_pid" 2>/dev/null; then
+        kill "$gateway_pid" 2>/dev/null || true
+        wait "$gateway_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+http_port=$(free_port)
+step_port=$(free_port)
+while [[ $step_port == "$http_port" ]]; do step_port=$(free_port); done
+
+# Only the flags below decide how the gateway runs: no inherited backend or
+# auth settings.
+env -u STEP_BACKEND -u GATEWAY_REQUIRE_AUTH -u GATEWAY_DEFAULT_USER -u GATEWAY_MAX_UPLOAD \
+    -u GATEWAY_CORS_ORIGINS -u STEP_DATA_DIR \
+    "$bin" --bind 127.0.0.1 --port "$http_port" \
+    --step-ip 127.0.0.1 --step-port "$step_port" \
+    --data-dir "$work/data" --spool-dir "$work" \
+    --log warn >"$work/gateway.log" 2>&1 &
+gateway_pid=$!
+base=http://127.0.0.1:$http_port
+
+# ---------------------------------------------------------------- 3. wait
+ready=
+for _ in $(seq 1 100); do
+    if ! kill -0 "$gateway_pid" 2>/dev/null; then
+        break
+    fi
+    if "$venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+        "$base/healthz" 2>/dev/null; then
+        ready=1
+        break
+    fi
+    sleep 0.1
+done
+if [[ -z $ready ]]; then
+    say "the gateway did not come up on $base; its log:"
+    cat "$work/gateway.log" >&2
+    exit 2
+fi
+say "gateway $bin (pid $gateway_pid) on $base, STEP on 127.0.0.1:$step_port"
+
+# ---------------------------------------------------------------- 4. run
+seed_args=()
+[[ $seed == random ]] || seed_args=(--seed "$seed")
+status=0
+# Every check is enabled by default (not naming them on the command line lets
+# tests/contract/schemathesis.toml adjust single operations; `--checks all`
+# would override it). Hypothesis' example database would land in the working
+# directory; keep none.
+"$st" --no-color --config-file tests/contract/schemathesis.toml run "$base/openapi.yaml" \
+    --url "$base" \
+    --phases examples,coverage,fuzzing,stateful \
+    --max-examples "$examples" \
+    --workers "$workers" \
+    --request-timeout 20 \
+    --generation-database none \
+    --suppress-health-check too_slow \
+    "${seed_args[@]}" \
+    "$@" || status=$?
+
+if ! kill -0 "$gateway_pid" 2>/dev/null; then
+    say "the gateway died during the run; its log:"
+    cat "$work/gateway.log" >&2
+    [[ $status != 0 ]] || status=1
+elif grep -q "panicked" "$work/gateway.log"; then
+    say "the gateway logged a panic:"
+    grep -A5 "panicked" "$work/gateway.log" >&2
+    [[ $status != 0 ]] || status=1
+fi
+say "schemathesis exited with $status"
+exit "$status"
