@@ -61,12 +61,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         Some(addr) => addr.clone(),
         None => {
             let addr = args.step_addr()?;
-            let (service, limits) = args.embedded.build().map_err(|e| {
-                format!(
-                    "cannot open the store at {}: {e}",
-                    args.embedded.data_dir.display()
-                )
-            })?;
+            let (service, limits) = args.embedded.build().map_err(|e| e.to_string())?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;

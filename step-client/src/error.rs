@@ -122,6 +122,10 @@ impl CliError {
                 addr,
                 reason: one_line(&m),
             },
+            ClientError::TimedOut(t) => CliError::Timeout {
+                addr,
+                secs: t.as_secs(),
+            },
             ClientError::NotLoggedIn => CliError::Protocol {
                 addr,
                 reason: "request sent before logging in".into(),

@@ -1,12 +1,33 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
-use step_server::config::ServerArgs;
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
+use step_core::message::field;
+use step_core::{Kind, Message, Operation, StepClient};
+use step_server::config::{ListenArgs, ServerArgs};
 use tracing_subscriber::EnvFilter;
+
+const HEALTH_CHECK: &str = "health-check";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = ServerArgs::parse();
+    let matches = ServerArgs::command()
+        .arg(
+            Arg::new(HEALTH_CHECK)
+                .long(HEALTH_CHECK)
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Probe the server these flags describe (--ip/--port; all interfaces means \
+                     loopback) instead of serving: a token-less GET must be refused with 403. \
+                     Exits 0 if so, 1 otherwise (for container health checks)",
+                ),
+        )
+        .get_matches();
+    let args = ServerArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if matches.get_flag(HEALTH_CHECK) {
+        return health_check(&args.listen).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -21,10 +42,7 @@ async fn main() -> ExitCode {
     let (service, limits) = match args.service.build() {
         Ok(built) => built,
         Err(e) => {
-            eprintln!(
-                "step-server: cannot open the store at {}: {e}",
-                args.service.data_dir.display()
-            );
+            eprintln!("step-server: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -37,4 +55,48 @@ async fn main() -> ExitCode {
     };
     step_server::run(listener, service, limits, step_server::shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// `--health-check`: one STEP round trip, the same probe the gateway's
+/// `/readyz` makes (a token-less request every STEP server answers with 403).
+async fn health_check(listen: &ListenArgs) -> ExitCode {
+    let addr = match listen.addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("step-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let probe = async {
+        let mut client = StepClient::connect(target).await?;
+        let request = Message::request(Operation::Get, Kind::Data).with(field::KEY, "healthcheck");
+        client.call(&request).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(resp)) if resp.status_code() == Some(403) => ExitCode::SUCCESS,
+        Ok(Ok(resp)) => {
+            eprintln!(
+                "step-server: health check: {target} answered status {:?}, not 403",
+                resp.status_code()
+            );
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("step-server: health check: {target}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("step-server: health check: {target} did not answer within 5 s");
+            ExitCode::FAILURE
+        }
+    }
 }
