@@ -33,6 +33,9 @@ pub mod field {
     pub const RESUME: &str = "resume";
     pub const MISSING_RANGES: &str = "missing_ranges";
     pub const RESUMED: &str = "resumed";
+    /// Names one upload of a key (SAVE answer); an UPLOAD carrying it is
+    /// refused with 408 once another SAVE has started the key over.
+    pub const UPLOAD_ID: &str = "upload_id";
 }
 
 macro_rules! wire_enum {

@@ -42,7 +42,9 @@ impl ListenArgs {
 
 /// Storage, tokens and limits: everything but the listening address, so an
 /// embedding program (the gateway) can reuse these flags as they are.
-#[derive(clap::Args, Debug, Clone)]
+/// `Debug` is written by hand so that printing the configuration can never
+/// print the token secret.
+#[derive(clap::Args, Clone)]
 pub struct ServiceArgs {
     /// Directory holding records, files and unfinished uploads.
     #[arg(long, env = "STEP_DATA_DIR", default_value = "step-data")]
@@ -72,19 +74,53 @@ pub struct ServiceArgs {
     /// Most connections served at once; further clients wait in the backlog.
     #[arg(long, env = "STEP_MAX_CONNECTIONS", default_value_t = 16384)]
     pub max_connections: usize,
-    /// Seconds a connection may go without a complete request.
+    /// Seconds a connection may go without a complete request, or without
+    /// taking a response it is sent.
     #[arg(long, env = "STEP_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
 }
 
+impl std::fmt::Debug for ServiceArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceArgs")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("token_secret_file", &self.token_secret_file)
+            .field("token_ttl", &self.token_ttl)
+            .field("max_file_size", &self.max_file_size)
+            .field("max_block_size", &self.max_block_size)
+            .field("max_json", &self.max_json)
+            .field("max_key_len", &self.max_key_len)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
 impl ServiceArgs {
     fn secret(&self) -> std::io::Result<Vec<u8>> {
+        // An empty secret would sign every token with a key anyone knows.
+        let non_empty = |secret: &[u8], from: &str| {
+            if secret.is_empty() {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the token secret from {from} is empty; set a real one or leave it unset for a random one"
+                    ),
+                ))
+            } else {
+                Ok(secret.to_vec())
+            }
+        };
         if let Some(path) = &self.token_secret_file {
             let text = std::fs::read_to_string(path)?;
-            return Ok(text.trim().as_bytes().to_vec());
+            return non_empty(text.trim().as_bytes(), &path.display().to_string());
         }
         if let Some(s) = &self.token_secret {
-            return Ok(s.as_bytes().to_vec());
+            return non_empty(s.as_bytes(), "--token-secret / STEP_TOKEN_SECRET");
         }
         warn!("no token secret configured: using a random one; tokens will not survive a restart");
         let mut secret = vec![0u8; 32];
@@ -94,7 +130,12 @@ impl ServiceArgs {
 
     /// Open the store and build the request service and connection limits.
     pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
-        let store = Store::open(&self.data_dir)?;
+        let store = Store::open(&self.data_dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open the store at {}: {e}", self.data_dir.display()),
+            )
+        })?;
         let tokens = TokenKey::new(&self.secret()?, self.token_ttl);
         let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);
         let limits = Limits {
@@ -141,6 +182,12 @@ mod tests {
         assert_eq!(
             reference_style.listen.addr().expect("addr").to_string(),
             "0.0.0.0:1400"
+        );
+        let empty =
+            ServerArgs::try_parse_from(["step-server", "--token-secret", ""]).expect("parses");
+        assert!(
+            empty.service.secret().is_err(),
+            "an empty secret is refused"
         );
     }
 }

@@ -19,6 +19,8 @@ pub enum StepError {
     NotPlanned(String),
     #[error("The \"key\" {0} is completely uploaded.")]
     AlreadyComplete(String),
+    #[error("The upload of \"key\" {0} was started over by another SAVE; SAVE again.")]
+    Superseded(String),
     #[error("This file \"size\" has to be included")]
     SizeMissing,
     #[error("Invalid \"size\": {0}")]
@@ -60,7 +62,9 @@ impl StepError {
                 Status::KeyExists
             }
             StepError::NotFound(_) | StepError::Unfinished(_) => Status::NotFound,
-            StepError::NotPlanned(_) | StepError::AlreadyComplete(_) => Status::WrongOperation,
+            StepError::NotPlanned(_) | StepError::AlreadyComplete(_) | StepError::Superseded(_) => {
+                Status::WrongOperation
+            }
             StepError::IndexTooLarge => Status::IndexTooLarge,
             StepError::OperationNotAllowed(_) => Status::WrongOperation,
             StepError::TypeNotAllowed(_) => Status::TypeNotAllowed,

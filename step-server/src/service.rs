@@ -360,6 +360,9 @@ impl Service {
         if let Some(md5) = outcome.md5 {
             m.set(field::MD5, md5);
         }
+        if let Some(id) = outcome.upload_id {
+            m.set(field::UPLOAD_ID, id);
+        }
         Ok(m)
     }
 
@@ -367,7 +370,11 @@ impl Service {
         let key = self.key(&msg, "FILE uploading")?.to_owned();
         let upload = self.store.open_upload(user, &key).await?;
         let index = Self::block_index(&msg)?;
-        let md5 = upload.put_block(index, msg.binary).await?;
+        let upload_id = match msg.str_field(field::UPLOAD_ID) {
+            Ok(id) => id.map(str::to_owned),
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        let md5 = upload.put_block(index, msg.binary, upload_id).await?;
         debug!(%user, %key, index, "block stored");
         let mut m = ok(
             Operation::Upload,

@@ -55,6 +55,8 @@ pub struct PlanOutcome {
     pub resumed: bool,
     /// Set when the file is already complete (size 0).
     pub md5: Option<String>,
+    /// The upload's id (`upload_id` extension); none when already complete.
+    pub upload_id: Option<String>,
 }
 
 /// The result of a FILE DELETE that found something.
@@ -348,12 +350,13 @@ impl Store {
                     missing,
                     resumed: true,
                     md5: None,
+                    upload_id: Some(up.id.clone()),
                 });
             }
         }
         // Start over: whatever was there is superseded.
         let dir = self.path(Area::Uploads, user, key);
-        {
+        let upload_id = {
             let mut uploads = lock(&self.uploads);
             if let Some(old) = uploads.remove(&id) {
                 lock(&old).phase = Phase::Discarded;
@@ -367,6 +370,7 @@ impl Store {
                     missing: Vec::new(),
                     resumed: false,
                     md5: Some(md5),
+                    upload_id: None,
                 });
             }
             // Refuse up front what cannot fit, with a clear NoSpace, instead
@@ -386,15 +390,18 @@ impl Store {
                     return Err(e.into());
                 }
             };
+            let upload_id = up.id.clone();
             evict_idle(&mut uploads);
             uploads.insert(id, Arc::new(Mutex::new(up)));
-        }
+            upload_id
+        };
         let total = plan.total();
         Ok(PlanOutcome {
             plan,
             missing: vec![[0, total]],
             resumed: false,
             md5: None,
+            upload_id: Some(upload_id),
         })
     }
 
@@ -569,20 +576,35 @@ pub struct UploadHandle {
 
 impl UploadHandle {
     /// UPLOAD, second half: check and write one block. Returns the file's md5
-    /// when this block completed it.
-    pub async fn put_block(self, index: i64, data: Bytes) -> Result<Option<String>, StepError> {
-        blocking(move || self.put_block_blocking(index, &data)).await
+    /// when this block completed it. With `upload_id`, the block is refused
+    /// unless it names the upload it would go into: checked under the same
+    /// lock as the write, so blocks of two uploads of one key never mix.
+    pub async fn put_block(
+        self,
+        index: i64,
+        data: Bytes,
+        upload_id: Option<String>,
+    ) -> Result<Option<String>, StepError> {
+        blocking(move || self.put_block_blocking(index, &data, upload_id.as_deref())).await
     }
 
-    fn put_block_blocking(&self, index: i64, data: &[u8]) -> Result<Option<String>, StepError> {
+    fn put_block_blocking(
+        &self,
+        index: i64,
+        data: &Bytes,
+        upload_id: Option<&str>,
+    ) -> Result<Option<String>, StepError> {
         let mut up = lock(&self.slot);
         match &up.phase {
             Phase::Receiving => {}
             Phase::Complete => return Err(StepError::AlreadyComplete(self.key.clone())),
             Phase::Discarded => return Err(StepError::NotPlanned(self.key.clone())),
         }
+        if upload_id.is_some_and(|want| want != up.id) {
+            return Err(StepError::Superseded(self.key.clone()));
+        }
         let index = up.check_block(index, data.len() as u64)?;
-        if !up.write_block(index, data)? {
+        if !up.write_block_shared(index, data)? {
             return Ok(None);
         }
         let md5 = up.finish_md5()?;

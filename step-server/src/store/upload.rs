@@ -10,7 +10,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use step_core::plan::{block_len, total_blocks};
@@ -18,8 +23,88 @@ use step_core::plan::{block_len, total_blocks};
 use crate::error::StepError;
 
 pub const DATA: &str = "data";
+/// Written bytes after which a background flush starts.
+const FLUSH_EVERY: u64 = 32 << 20;
 pub const RECEIPTS: &str = "blocks";
 pub const PLAN: &str = "plan.json";
+pub const ID: &str = "id";
+
+/// Uploads at least this large hash on a thread of their own.
+const THREAD_HASH_MIN: u64 = 16 << 20;
+/// Bytes of blocks that may wait for that thread (memory per upload).
+const HASH_QUEUE_BYTES: u64 = 4 << 20;
+
+/// The md5 of an upload's contiguous prefix. Small uploads hash inline; large
+/// ones on a thread of their own, fed in order through a bounded queue, so
+/// hashing one block (md5 runs at under 1 GB/s per core) overlaps receiving
+/// and writing the next ones instead of holding the upload's lock.
+#[derive(Debug)]
+enum PrefixHasher {
+    Inline(Md5),
+    Thread {
+        queue: SyncSender<Bytes>,
+        done: JoinHandle<Md5>,
+    },
+}
+
+impl PrefixHasher {
+    fn for_plan(plan: &PlanRecord) -> PrefixHasher {
+        if plan.size >= THREAD_HASH_MIN {
+            let blocks = (HASH_QUEUE_BYTES / plan.block_size.max(1)).max(2);
+            PrefixHasher::threaded(blocks as usize)
+        } else {
+            PrefixHasher::Inline(Md5::new())
+        }
+    }
+
+    /// A hashing thread with room for `blocks` queued blocks; inline if no
+    /// thread can be started.
+    fn threaded(blocks: usize) -> PrefixHasher {
+        let (queue, rx) = sync_channel::<Bytes>(blocks);
+        let spawned = std::thread::Builder::new()
+            .name("step-md5".into())
+            .spawn(move || {
+                let mut md5 = Md5::new();
+                for block in rx {
+                    md5.update(&block);
+                }
+                md5
+            });
+        match spawned {
+            Ok(done) => PrefixHasher::Thread { queue, done },
+            Err(_) => PrefixHasher::Inline(Md5::new()),
+        }
+    }
+
+    /// Hash the next block of the prefix; `shared` is the same bytes when
+    /// the caller holds them as `Bytes` (queued without a copy).
+    fn update(&mut self, data: &[u8], shared: Option<&Bytes>) -> io::Result<()> {
+        match self {
+            PrefixHasher::Inline(md5) => md5.update(data),
+            PrefixHasher::Thread { queue, .. } => {
+                let block = shared
+                    .cloned()
+                    .unwrap_or_else(|| Bytes::copy_from_slice(data));
+                queue
+                    .send(block)
+                    .map_err(|_| io::Error::other("md5 thread stopped"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<String> {
+        let md5 = match self {
+            PrefixHasher::Inline(md5) => md5,
+            PrefixHasher::Thread { queue, done } => {
+                drop(queue);
+                done.join()
+                    .map_err(|_| io::Error::other("md5 thread panicked"))?
+            }
+        };
+        Ok(hex::encode(md5.finalize()))
+    }
+}
 
 /// What SAVE decided, persisted so an upload survives a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,11 +135,18 @@ pub struct Upload {
     receipts: File,
     received: Vec<u64>,
     remaining: u64,
-    hasher: Md5,
+    hasher: PrefixHasher,
     hashed: u64,
     /// A block inside the hashed prefix was written again: hash from disk.
     rehash: bool,
+    /// Bytes written since the last background flush was started.
+    unflushed: u64,
+    flushing: Arc<AtomicBool>,
     pub phase: Phase,
+    /// Random name of this upload, different for every SAVE that starts one
+    /// (kept on disk, so it survives eviction and restarts): UPLOADs that
+    /// carry it are refused once another SAVE has started the key over.
+    pub id: String,
 }
 
 fn bit(bits: &[u64], i: u64) -> bool {
@@ -77,13 +169,15 @@ impl Upload {
             .create_new(true)
             .open(dir.join(RECEIPTS))?;
         receipts.set_len(plan.total())?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        fs::write(dir.join(ID), &id)?;
         // The plan file is written last and atomically: its presence marks
         // the directory as a usable upload.
         let tmp = dir.join("plan.tmp");
         fs::write(&tmp, serde_json::to_vec(&plan)?)?;
         File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, dir.join(PLAN))?;
-        Ok(Self::assemble(dir, plan, data, receipts, None))
+        Ok(Self::assemble(dir, plan, data, receipts, None, id))
     }
 
     /// Reload an upload left on disk by an earlier run.
@@ -104,7 +198,11 @@ impl Upload {
             ));
         }
         let bytes = fs::read(dir.join(RECEIPTS))?;
-        Ok(Self::assemble(dir, plan, data, receipts, Some(&bytes)))
+        // Lost (it is not fsynced) or from before ids: a fresh one only makes
+        // holders of the old one SAVE again.
+        let id = fs::read_to_string(dir.join(ID))
+            .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+        Ok(Self::assemble(dir, plan, data, receipts, Some(&bytes), id))
     }
 
     fn assemble(
@@ -113,6 +211,7 @@ impl Upload {
         data: File,
         receipts: File,
         bytes: Option<&[u8]>,
+        id: String,
     ) -> Upload {
         let total = plan.total();
         let mut received = vec![0u64; total.div_ceil(64) as usize];
@@ -132,10 +231,13 @@ impl Upload {
             receipts,
             received,
             remaining,
-            hasher: Md5::new(),
+            hasher: PrefixHasher::for_plan(&plan),
             hashed: 0,
             rehash: false,
+            unflushed: 0,
+            flushing: Arc::new(AtomicBool::new(false)),
             phase: Phase::Receiving,
+            id,
         }
     }
 
@@ -170,8 +272,23 @@ impl Upload {
     }
 
     /// Write one checked block. Returns true when it was the last one missing.
+    #[cfg(test)]
     pub fn write_block(&mut self, index: u64, data: &[u8]) -> io::Result<bool> {
+        self.write(index, data, None)
+    }
+
+    /// [`Upload::write_block`] for a block held as `Bytes` (the received
+    /// frame): queued for hashing without a copy.
+    pub fn write_block_shared(&mut self, index: u64, data: &Bytes) -> io::Result<bool> {
+        self.write(index, data, Some(data))
+    }
+
+    fn write(&mut self, index: u64, data: &[u8], shared: Option<&Bytes>) -> io::Result<bool> {
         self.data.write_all_at(data, index * self.plan.block_size)?;
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= FLUSH_EVERY {
+            self.start_background_flush();
+        }
         if index < self.hashed {
             self.rehash = true;
         }
@@ -181,7 +298,7 @@ impl Upload {
             self.remaining -= 1;
         }
         if index == self.hashed && !self.rehash {
-            self.hasher.update(data);
+            self.hasher.update(data, shared)?;
             self.hashed += 1;
             self.advance_hash()?;
         }
@@ -190,13 +307,13 @@ impl Upload {
 
     /// Extend the hashed prefix over blocks that arrived early.
     fn advance_hash(&mut self) -> io::Result<()> {
-        let mut buf = Vec::new();
         while self.hashed < self.plan.total() && self.is_received(self.hashed) {
             let len = block_len(self.plan.size, self.plan.block_size, self.hashed).unwrap_or(0);
-            buf.resize(len as usize, 0);
+            let mut buf = vec![0; len as usize];
             self.data
                 .read_exact_at(&mut buf, self.hashed * self.plan.block_size)?;
-            self.hasher.update(&buf);
+            let buf = Bytes::from(buf);
+            self.hasher.update(&buf, Some(&buf))?;
             self.hashed += 1;
         }
         Ok(())
@@ -207,13 +324,39 @@ impl Upload {
     /// the data back.
     pub fn finish_md5(&mut self) -> io::Result<String> {
         if self.rehash {
-            self.hasher = Md5::new();
+            self.hasher = PrefixHasher::Inline(Md5::new());
             self.hashed = 0;
             self.rehash = false;
         }
         self.advance_hash()?;
-        let hasher = std::mem::take(&mut self.hasher);
-        Ok(hex::encode(hasher.finalize()))
+        // Whatever happens next (publishing can fail), a block written again
+        // sets `rehash`: every index is below `hashed` now.
+        std::mem::replace(&mut self.hasher, PrefixHasher::Inline(Md5::new())).finish()
+    }
+
+    /// Start writing dirty pages out while the upload goes on, so the fsync
+    /// at completion has little left to do: with gigabytes of RAM the kernel
+    /// would otherwise hold the whole file dirty until that fsync. At most one
+    /// flush per upload runs at a time; the upload never waits for it.
+    fn start_background_flush(&mut self) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.flushing.store(false, Ordering::Release);
+            return;
+        };
+        let Ok(file) = self.data.try_clone() else {
+            self.flushing.store(false, Ordering::Release);
+            return;
+        };
+        self.unflushed = 0;
+        let flushing = Arc::clone(&self.flushing);
+        handle.spawn_blocking(move || {
+            // Failure here is not fatal: completion fsyncs and reports errors.
+            let _ = file.sync_data();
+            flushing.store(false, Ordering::Release);
+        });
     }
 
     /// Make the data durable before anything calls it complete.
@@ -273,6 +416,34 @@ mod tests {
                 done = up.write_block(idx, &body[start..end]).expect("write");
             }
             assert!(done);
+            assert_eq!(up.finish_md5().expect("md5"), md5(&body), "order {order:?}");
+        }
+    }
+
+    #[test]
+    fn hashing_on_a_thread_gives_the_same_md5_in_any_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let body = content(10 * 100 + 37);
+        let plan = PlanRecord {
+            size: body.len() as u64,
+            block_size: 100,
+        };
+        let orders: [Vec<u64>; 3] = [
+            (0..11).collect(),
+            vec![3, 0, 1, 2, 7, 4, 5, 6, 10, 8, 9],
+            vec![0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9, 10],
+        ];
+        for (n, order) in orders.iter().enumerate() {
+            let mut up = Upload::create(tmp.path().join(format!("t{n}")), plan).expect("create");
+            up.hasher = PrefixHasher::threaded(2);
+            assert!(matches!(up.hasher, PrefixHasher::Thread { .. }));
+            for &i in order {
+                let start = (i * 100) as usize;
+                let end = (start + 100).min(body.len());
+                let block = Bytes::copy_from_slice(&body[start..end]);
+                up.write_block_shared(i, &block).expect("write");
+            }
+            assert_eq!(up.remaining(), 0);
             assert_eq!(up.finish_md5().expect("md5"), md5(&body), "order {order:?}");
         }
     }
