@@ -8,7 +8,10 @@ fn curl_drives_the_gateway_binary() {
         eprintln!("skipped: curl is not installed");
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/shell/curl_gateway.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/shell/curl_gateway.sh"
+    );
     let out = Command::new("bash")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_gateway"))

@@ -123,7 +123,7 @@ pub async fn run(
         &addr,
         stall,
         || progress.done(),
-        upload_spread(&mut refs, &key, rx, tuning.window, &on_block),
+        upload_spread(&mut refs, &plan, rx, tuning.window, &on_block),
     )
     .await;
     let local = reader.await.map_err(|e| CliError::FileUnreadable {

@@ -106,6 +106,44 @@ pub struct UploadPlan {
     /// resume extension: every block.
     pub missing: Vec<[u64; 2]>,
     pub resumed: bool,
+    /// Identifies this upload (our server's extension): blocks sent with it
+    /// are refused once another SAVE has restarted the key, so two uploads
+    /// racing on one key cannot mix their blocks.
+    pub upload_id: Option<String>,
+}
+
+/// Where UPLOADs go: a key, and the upload id when the server gave one.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadTarget<'a> {
+    pub key: &'a str,
+    pub upload_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for UploadTarget<'a> {
+    fn from(key: &'a str) -> Self {
+        UploadTarget {
+            key,
+            upload_id: None,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for UploadTarget<'a> {
+    fn from(key: &'a String) -> Self {
+        UploadTarget {
+            key,
+            upload_id: None,
+        }
+    }
+}
+
+impl<'a> From<&'a UploadPlan> for UploadTarget<'a> {
+    fn from(plan: &'a UploadPlan) -> Self {
+        UploadTarget {
+            key: &plan.key,
+            upload_id: plan.upload_id.as_deref(),
+        }
+    }
 }
 
 /// A download plan (FILE GET response).
@@ -133,6 +171,9 @@ pub struct StepClient<T = TcpStream> {
     token: Option<String>,
     capabilities: Capabilities,
     timeout: Option<Duration>,
+    /// Answers may still be in flight after a failed exchange: the next one
+    /// read would belong to an earlier request, so nothing more is sent.
+    out_of_sync: bool,
 }
 
 impl StepClient<TcpStream> {
@@ -200,6 +241,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             token: None,
             capabilities: Capabilities::default(),
             timeout: None,
+            out_of_sync: false,
         }
     }
 
@@ -235,22 +277,57 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// Whether the connection looks usable for a new request: nothing unread
     /// is pending and the server has not closed it. Never blocks.
     pub fn is_idle(&mut self) -> bool {
-        self.reader.read_buffer().is_empty() && self.reader.next().now_or_never().is_none()
+        !self.out_of_sync
+            && self.reader.read_buffer().is_empty()
+            && self.reader.next().now_or_never().is_none()
+    }
+
+    /// Whether an earlier failure left answers unread on this connection; if
+    /// so it refuses further requests and must be replaced.
+    pub fn is_out_of_sync(&self) -> bool {
+        self.out_of_sync
+    }
+
+    fn check_in_sync(&self) -> Result<(), ClientError> {
+        if self.out_of_sync {
+            return Err(ClientError::Protocol(
+                "the connection is out of step after an interrupted exchange; reconnect".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Send one message (flushed).
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
+        self.check_in_sync()?;
         let timeout = self.timeout;
-        bounded(timeout, self.writer.send(msg)).await??;
-        Ok(())
+        let sent = bounded(timeout, self.writer.send(msg))
+            .await
+            .and_then(|r| r.map_err(ClientError::from));
+        if sent.is_err() {
+            self.out_of_sync = true;
+        }
+        sent
     }
 
     /// Read one message.
     pub async fn recv(&mut self) -> Result<Message, ClientError> {
         let timeout = self.timeout;
-        let frame = bounded(timeout, self.reader.next())
-            .await?
-            .ok_or(ClientError::Closed)??;
+        let frame = bounded(timeout, self.reader.next()).await;
+        let frame = match frame {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => return Err(ClientError::Closed),
+            Ok(Some(Err(e))) => {
+                self.out_of_sync = true;
+                return Err(e.into());
+            }
+            Err(e) => {
+                // Timed out: the answer may still come, and would be taken
+                // for the next request's.
+                self.out_of_sync = true;
+                return Err(e);
+            }
+        };
         Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
@@ -273,6 +350,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         S: Stream<Item = Result<Message, ClientError>>,
         F: FnMut(Message) -> Result<(), ClientError>,
     {
+        self.check_in_sync()?;
         let window = window.max(1);
         let credits = Semaphore::new(window);
         // Atomics rather than Cells so the future stays Send (axum handlers
@@ -301,10 +379,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             progress.notify_one();
             Ok::<(), ClientError>(())
         };
+        let received = AtomicU64::new(0);
         let receive_all = async {
-            let mut received = 0u64;
             loop {
-                if received == sent.load(Ordering::Acquire) {
+                if received.load(Ordering::Acquire) == sent.load(Ordering::Acquire) {
                     if finished.load(Ordering::Acquire) {
                         return Ok::<(), ClientError>(());
                     }
@@ -316,13 +394,16 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                     .ok_or(ClientError::Closed)??;
                 let resp =
                     Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                received += 1;
+                received.fetch_add(1, Ordering::AcqRel);
                 credits.add_permits(1);
                 on_response(resp)?;
             }
         };
-        futures::try_join!(send_all, receive_all)?;
-        Ok(())
+        let result = futures::try_join!(send_all, receive_all).map(drop);
+        if result.is_err() && received.load(Ordering::Acquire) != sent.load(Ordering::Acquire) {
+            self.out_of_sync = true;
+        }
+        result
     }
 
     /// LOGIN; keeps the token and whatever the server announces it can do.
@@ -414,31 +495,43 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             block_size: u64_field(&resp, field::BLOCK_SIZE)?,
             missing,
             resumed: resp.bool_field(field::RESUMED),
+            upload_id: resp
+                .get(field::UPLOAD_ID)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 
     /// The UPLOAD request for one block.
-    pub fn upload_request(
+    pub fn upload_request<'a>(
         &self,
-        key: &str,
+        target: impl Into<UploadTarget<'a>>,
         index: u64,
         data: Bytes,
     ) -> Result<Message, ClientError> {
-        Ok(self
-            .request(Operation::Upload, Kind::File)?
-            .with(field::KEY, key)
-            .with(field::BLOCK_INDEX, index)
-            .with_binary(data))
+        let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
+        Ok(Self::upload_message(token, target.into(), index, data))
+    }
+
+    fn upload_message(token: &str, target: UploadTarget<'_>, index: u64, data: Bytes) -> Message {
+        let mut m = Message::request(Operation::Upload, Kind::File)
+            .with(field::TOKEN, token)
+            .with(field::KEY, target.key)
+            .with(field::BLOCK_INDEX, index);
+        if let Some(id) = target.upload_id {
+            m.set(field::UPLOAD_ID, id);
+        }
+        m.with_binary(data)
     }
 
     /// UPLOAD one block; returns the file's md5 when this block completed it.
-    pub async fn upload_block(
+    pub async fn upload_block<'a>(
         &mut self,
-        key: &str,
+        target: impl Into<UploadTarget<'a>>,
         index: u64,
         data: Bytes,
     ) -> Result<Option<String>, ClientError> {
-        let req = self.upload_request(key, index, data)?;
+        let req = self.upload_request(target, index, data)?;
         let resp = expect_ok(self.call(&req).await?)?;
         Ok(resp
             .get(field::MD5)
@@ -449,9 +542,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// UPLOAD every block of `blocks` with up to `window` in flight; returns
     /// the md5 the server reported when the file completed (if it did), and
     /// calls `on_block` with each acknowledged block's length.
-    pub async fn upload_blocks<S>(
+    pub async fn upload_blocks<'a, S>(
         &mut self,
-        key: &str,
+        target: impl Into<UploadTarget<'a>>,
         blocks: S,
         window: usize,
         mut on_block: impl FnMut(u64),
@@ -460,16 +553,12 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         S: Stream<Item = Result<(u64, Bytes), ClientError>>,
     {
         let token = self.token.clone().ok_or(ClientError::NotLoggedIn)?;
-        let key_owned = key.to_owned();
+        let target = target.into();
         let lengths = Mutex::new(VecDeque::new());
         let requests = blocks.map(|b| {
             b.map(|(index, data)| {
                 lock(&lengths).push_back(data.len() as u64);
-                Message::request(Operation::Upload, Kind::File)
-                    .with(field::TOKEN, token.as_str())
-                    .with(field::KEY, key_owned.as_str())
-                    .with(field::BLOCK_INDEX, index)
-                    .with_binary(data)
+                Self::upload_message(&token, target, index, data)
             })
         });
         let mut md5 = None;

@@ -5,14 +5,16 @@
 //! `"<user>.<14 digits>.login"` followed by the reference's public salt.
 //!
 //! The public md5 proves nothing — anyone can compute it — so the 14 digits
-//! carry what does: 5 digits of issue time (minutes since the Unix epoch,
-//! modulo 100 000, about 69 days) and 9 digits of HMAC-SHA256 under a
-//! per-deployment secret over the user and the full issue minute. A token
+//! carry what does: 4 digits of issue time (ten-minute units since the Unix
+//! epoch, modulo 10 000, about 69 days) and 10 digits of HMAC-SHA256 under a
+//! per-deployment secret over the user and the full issue time. A token
 //! verifies only if both the public md5 and the keyed digits match and it has
 //! not expired. Tokens minted the reference's way (a date in those digits) fail
-//! the keyed check. The keyed part is ~30 bits: forging needs on the order of
-//! 10^9 online guesses, each a round trip the server can see and throttle;
+//! the keyed check. Ten keyed digits (~33 bits) are all the reference's shape
+//! leaves room for: forging needs ~5·10^9 online guesses on average, each a
+//! round trip the server sees (and throttles, see the server's auth limiter);
 //! no offline attack applies because the secret never leaves the server.
+//! Ten-minute issue units mean a token may expire up to ten minutes early.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -26,13 +28,15 @@ use crate::digest::md5_hex;
 /// forgeries as far as we are concerned.
 pub const PUBLIC_SALT: &str = "kjh20)*(1";
 
-const TIME_DIGITS: u32 = 5;
-const MAC_DIGITS: u32 = 9;
+const TIME_DIGITS: u32 = 4;
+const MAC_DIGITS: u32 = 10;
+/// Seconds in one unit of the issue-time digits.
+const UNIT_SECS: u64 = 600;
 const TIME_MODULUS: u64 = 10u64.pow(TIME_DIGITS);
 const MAC_MODULUS: u64 = 10u64.pow(MAC_DIGITS);
-/// Longest lifetime the 5-digit minute counter can express unambiguously,
-/// with a day of margin.
-pub const MAX_TTL_SECS: u64 = (TIME_MODULUS - 24 * 60) * 60;
+/// Longest lifetime the issue-time counter can express unambiguously, with a
+/// day of margin.
+pub const MAX_TTL_SECS: u64 = TIME_MODULUS * UNIT_SECS - 86_400;
 
 /// Why a token was refused. The messages match the reference's wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -92,12 +96,12 @@ impl TokenKey {
         self.ttl_secs
     }
 
-    fn keyed_digits(&self, user: &str, minute: u64) -> String {
+    fn keyed_digits(&self, user: &str, unit: u64) -> String {
         let mut mac = self.mac.clone();
-        mac.update(b"step-token-v1\0");
+        mac.update(b"step-token-v2\0");
         mac.update(user.as_bytes());
         mac.update(b"\0");
-        mac.update(&minute.to_be_bytes());
+        mac.update(&unit.to_be_bytes());
         let out = mac.finalize().into_bytes();
         let mut first = [0u8; 8];
         first.copy_from_slice(&out[..8]);
@@ -111,11 +115,11 @@ impl TokenKey {
     /// A token for `username`, issued at `now_unix` (seconds).
     pub fn mint(&self, username: &str, now_unix: u64) -> String {
         let user = user_part(username);
-        let minute = now_unix / 60;
+        let unit = now_unix / UNIT_SECS;
         let stamp = format!(
             "{:0width$}{}",
-            minute % TIME_MODULUS,
-            self.keyed_digits(&user, minute),
+            unit % TIME_MODULUS,
+            self.keyed_digits(&user, unit),
             width = TIME_DIGITS as usize
         );
         let payload = format!("{user}.{stamp}.login");
@@ -143,17 +147,17 @@ impl TokenKey {
         }
         let (time_digits, keyed) = stamp.split_at(TIME_DIGITS as usize);
         let counter: u64 = time_digits.parse().map_err(|_| TokenError::Signature)?;
-        // The latest minute not after now whose counter matches.
-        let now_minute = now_unix / 60;
-        let back = (now_minute % TIME_MODULUS + TIME_MODULUS - counter) % TIME_MODULUS;
-        let Some(minute) = now_minute.checked_sub(back) else {
+        // The latest unit not after now whose counter matches.
+        let now_unit = now_unix / UNIT_SECS;
+        let back = (now_unit % TIME_MODULUS + TIME_MODULUS - counter) % TIME_MODULUS;
+        let Some(unit) = now_unit.checked_sub(back) else {
             return Err(TokenError::Signature);
         };
-        let expected = self.keyed_digits(user, minute);
+        let expected = self.keyed_digits(user, unit);
         if !bool::from(expected.as_bytes().ct_eq(keyed.as_bytes())) {
             return Err(TokenError::Signature);
         }
-        if now_unix >= minute * 60 + self.ttl_secs {
+        if now_unix >= unit * UNIT_SECS + self.ttl_secs {
             return Err(TokenError::Expired);
         }
         Ok(user.to_owned())
@@ -190,10 +194,10 @@ mod tests {
     fn expires_after_ttl() {
         let key = TokenKey::new(b"secret", 3600);
         let token = key.mint("bob", NOW);
-        let issued_minute_start = NOW / 60 * 60;
-        assert!(key.verify(&token, issued_minute_start + 3599).is_ok());
+        let issued_unit_start = NOW / UNIT_SECS * UNIT_SECS;
+        assert!(key.verify(&token, issued_unit_start + 3599).is_ok());
         assert_eq!(
-            key.verify(&token, issued_minute_start + 3600),
+            key.verify(&token, issued_unit_start + 3600),
             Err(TokenError::Expired)
         );
         assert_eq!(
@@ -246,8 +250,8 @@ mod tests {
     #[test]
     fn survives_counter_wraparound() {
         let key = TokenKey::new(b"k", 86_400);
-        // Issued one minute before the 5-digit counter wraps.
-        let issued = (TIME_MODULUS * 300 - 1) * 60;
+        // Issued one unit before the counter wraps.
+        let issued = (TIME_MODULUS * 300 - 1) * UNIT_SECS;
         let token = key.mint("erin", issued);
         assert_eq!(key.verify(&token, issued + 120), Ok("erin".into()));
     }

@@ -14,14 +14,14 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::client::{ClientError, DownloadPlan, StepClient};
+use crate::client::{ClientError, DownloadPlan, StepClient, UploadTarget};
 
 /// Upload `blocks` (index, data) to `key` over every client in `clients`
 /// (each already holding a token), `window` blocks in flight on each.
 /// Returns the md5 the server reported when the file completed.
-pub async fn upload_spread<T, S>(
+pub async fn upload_spread<'a, T, S>(
     clients: &mut [&mut StepClient<T>],
-    key: &str,
+    target: impl Into<UploadTarget<'a>>,
     blocks: S,
     window: usize,
     on_block: &(dyn Fn(u64) + Sync),
@@ -31,6 +31,7 @@ where
     S: Stream<Item = Result<(u64, Bytes), ClientError>>,
 {
     let window = window.max(1);
+    let target = target.into();
     let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(clients.len().max(1) * window);
     let failure: Mutex<Option<ClientError>> = Mutex::new(None);
     let feed = async {
@@ -54,7 +55,7 @@ where
         let rx = rx.clone();
         async move {
             let result = client
-                .upload_blocks(key, rx.clone().map(Ok), window, on_block)
+                .upload_blocks(target, rx.clone().map(Ok), window, on_block)
                 .await;
             if result.is_err() {
                 // Stop the feeder and the other workers: the upload failed.

@@ -56,6 +56,10 @@ pub struct ServiceArgs {
     /// File whose contents (trimmed) are the token secret.
     #[arg(long, env = "STEP_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<PathBuf>,
+    /// Token refusals answered per second, server-wide (beyond a one-second
+    /// burst, further refusals wait): bounds online token guessing.
+    #[arg(long, env = "STEP_TOKEN_FAILURES_PER_SEC", default_value_t = 1000)]
+    pub token_failures_per_sec: u32,
     /// Token lifetime in seconds (at most about 68 days).
     #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400)]
     pub token_ttl: u64,
@@ -90,6 +94,7 @@ impl std::fmt::Debug for ServiceArgs {
             )
             .field("token_secret_file", &self.token_secret_file)
             .field("token_ttl", &self.token_ttl)
+            .field("token_failures_per_sec", &self.token_failures_per_sec)
             .field("max_file_size", &self.max_file_size)
             .field("max_block_size", &self.max_block_size)
             .field("max_json", &self.max_json)
@@ -143,6 +148,7 @@ impl ServiceArgs {
             max_username_len: 256,
             max_file_size: self.max_file_size,
             max_block_size: self.max_block_size,
+            token_failures_per_sec: self.token_failures_per_sec,
         };
         let conn = ConnectionLimits {
             max_connections: self.max_connections.max(1),

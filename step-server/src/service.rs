@@ -25,6 +25,9 @@ pub struct Limits {
     pub max_username_len: usize,
     pub max_file_size: u64,
     pub max_block_size: u64,
+    /// Token refusals answered per second, server-wide, beyond a burst of as
+    /// many; further refusals wait their turn. Bounds online token guessing.
+    pub token_failures_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
         Self {
             max_key_len: 1024,
             max_username_len: 256,
+            token_failures_per_sec: 1000,
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
         }
@@ -70,6 +74,41 @@ pub struct Service {
     store: Arc<Store>,
     tokens: TokenKey,
     limits: Limits,
+    refusals: Pacer,
+}
+
+/// Paces an event server-wide to a rate, with a burst of one second's worth
+/// (GCRA): within the rate nothing waits; beyond it each event waits for its
+/// slot. Valid tokens never pass through here, so only guessing slows down.
+#[derive(Debug)]
+struct Pacer {
+    interval: std::time::Duration,
+    burst: std::time::Duration,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = per_sec.max(1);
+        Self {
+            interval: std::time::Duration::from_secs(1) / per_sec,
+            burst: std::time::Duration::from_secs(1),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait_turn(&self) {
+        let now = tokio::time::Instant::now();
+        let allowed_at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot.checked_sub(self.burst).unwrap_or(now)
+        };
+        if allowed_at > now {
+            tokio::time::sleep_until(allowed_at).await;
+        }
+    }
 }
 
 fn now_unix() -> u64 {
@@ -92,6 +131,7 @@ impl Service {
         Self {
             store,
             tokens,
+            refusals: Pacer::new(limits.token_failures_per_sec),
             limits,
         }
     }
@@ -132,7 +172,10 @@ impl Service {
         }
         let user = match self.authenticate(&msg, op) {
             Ok(user) => user,
-            Err(refusal) => return refusal.into(),
+            Err(refusal) => {
+                self.refusals.wait_turn().await;
+                return refusal.into();
+            }
         };
         let span = tracing::debug_span!("request", %user, %op, %kind);
         let _enter = span.enter();

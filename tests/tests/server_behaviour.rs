@@ -923,3 +923,132 @@ async fn spread_transfers_over_several_connections_are_byte_identical() {
     }
     assert_eq!(out.into_inner().expect("lock"), body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guessing_is_paced_while_valid_tokens_are_not() {
+    let limits = step_server::service::Limits {
+        token_failures_per_sec: 20,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(TestConfig {
+        limits,
+        ..TestConfig::default()
+    })
+    .await;
+    let mut guesser = StepClient::connect(server.addr).await.expect("connect");
+    guesser.set_token(mint_reference_style("victim", "20261125093000"));
+    let guesses: Vec<_> = (0..60)
+        .map(|i| {
+            Ok(guesser
+                .request(Operation::Get, Kind::Data)
+                .expect("req")
+                .with(field::KEY, format!("k{i}")))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        let mut refused = 0;
+        guesser
+            .pipeline(futures::stream::iter(guesses), 60, |resp| {
+                assert_eq!(resp.status_code(), Some(403));
+                refused += 1;
+                Ok(())
+            })
+            .await
+            .expect("pipeline");
+        (refused, std::time::Instant::now())
+    });
+    // Meanwhile an honest client is answered before the guesses are.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut honest = login(&server, "honest").await;
+    honest
+        .data_save(Some("fine"), Map::new())
+        .await
+        .expect("valid token served");
+    let honest_done = std::time::Instant::now();
+    let (refused, flood_done) = flood.await.expect("join");
+    assert_eq!(refused, 60);
+    assert!(
+        honest_done < flood_done,
+        "the honest request did not wait behind the guesses"
+    );
+    // 20 in the burst, 40 more at 20/s: at least ~2 s for the lot.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "guesses were not paced: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stopped_mid_pipeline_refuses_to_go_on() {
+    let server = TestServer::start().await;
+    let mut c = login(&server, "desync").await;
+    let plan = c
+        .file_save(Some("d.bin"), 20480 * 8, SaveOptions::default())
+        .await
+        .expect("plan");
+    // Block 0 has the wrong length: its 406 stops the pipeline while the
+    // other seven are still in flight.
+    let mut blocks = vec![(0u64, Bytes::from(vec![0u8; 100]))];
+    blocks.extend((1..8).map(|i| (i, Bytes::from(vec![1u8; 20480]))));
+    let err = c
+        .upload_blocks(
+            &plan,
+            futures::stream::iter(blocks.into_iter().map(Ok)),
+            8,
+            |_| {},
+        )
+        .await
+        .expect_err("406");
+    assert_eq!(err.status(), Some(Status::BlockSizeMismatch));
+    assert!(c.is_out_of_sync());
+    assert!(!c.is_idle());
+    assert!(
+        matches!(c.data_get("x").await, Err(ClientError::Protocol(_))),
+        "refuses rather than misreading answers"
+    );
+}
+
+#[tokio::test]
+async fn upload_ids_keep_racing_uploads_of_one_key_apart() {
+    let server = TestServer::start().await;
+    let mut a = login(&server, "racer").await;
+    let mut b = login(&server, "racer").await;
+    let first = a
+        .file_save(Some("race.bin"), 30_000, SaveOptions::default())
+        .await
+        .expect("plan a");
+    assert!(first.upload_id.is_some(), "our server hands out upload ids");
+    let second = b
+        .file_save(Some("race.bin"), 30_000, SaveOptions::default())
+        .await
+        .expect("plan b");
+    assert_ne!(first.upload_id, second.upload_id);
+    // A's blocks belong to the superseded upload: refused, not mixed in.
+    let stale = a
+        .upload_block(&first, 0, Bytes::from(vec![b'a'; 20480]))
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.status(), Some(Status::WrongOperation));
+    let body = [vec![b'b'; 20480], vec![b'b'; 9520]].concat();
+    b.upload_block(&second, 0, Bytes::copy_from_slice(&body[..20480]))
+        .await
+        .expect("b0");
+    let md5 = b
+        .upload_block(&second, 1, Bytes::copy_from_slice(&body[20480..]))
+        .await
+        .expect("b1");
+    assert_eq!(md5.as_deref(), Some(md5_hex(&body).as_str()));
+    // Without an id (a reference client) the key alone still works.
+    let plain = a
+        .file_save(Some("plain.bin"), 10, SaveOptions::default())
+        .await
+        .expect("plan");
+    assert!(
+        a.upload_block(plain.key.as_str(), 0, Bytes::from(vec![1u8; 10]))
+            .await
+            .expect("upload")
+            .is_some()
+    );
+}
