@@ -173,6 +173,8 @@ impl Service {
         let user = match self.authenticate(&msg, op) {
             Ok(user) => user,
             Err(refusal) => {
+                // Why, never the token: a token is a credential.
+                debug!(%op, reason = refusal.status_msg(), "token refused");
                 self.refusals.wait_turn().await;
                 return refusal.into();
             }
