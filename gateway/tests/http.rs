@@ -939,3 +939,175 @@ async fn external_backend_flows() {
     );
     eprintln!("external backend {addr}: all flows passed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_dying_mid_upload_fails_cleanly_then_recovers() {
+    let parent = tempfile::tempdir().expect("tmp");
+    let dir = parent.path().join("store");
+    let step = TestServer::start_with(TestConfig {
+        data_dir: Some(dir.clone()),
+        ..TestConfig::default()
+    })
+    .await;
+    let addr = step.addr;
+    let gw = gateway(addr).await;
+    // A body that trickles in, so the backend can die in the middle of it.
+    let chunk = pattern(256 * 1024, 7);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let size = 64 * chunk.len();
+    let upload = {
+        let req = gw
+            .client
+            .put(gw.at("/files/interrupted.bin"))
+            .header("content-length", size)
+            .body(reqwest::Body::wrap_stream(futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+            )));
+        tokio::spawn(async move { req.send().await })
+    };
+    for _ in 0..8 {
+        tx.send(Ok(chunk.clone())).await.expect("feed");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    step.shutdown().await;
+    // Keep feeding until the gateway stops reading; then it must answer.
+    let started = std::time::Instant::now();
+    for _ in 8..64 {
+        if tx.send(Ok(chunk.clone())).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let resp = tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the gateway answers within its timeouts")
+        .expect("join");
+    match resp {
+        Ok(r) => {
+            let (status, code) = error_code(r).await;
+            assert!(status.is_server_error(), "{status} {code}");
+            assert!(
+                ["backend_unavailable", "backend_timeout", "bad_gateway"].contains(&code.as_str()),
+                "{code}"
+            );
+        }
+        // The gateway may also cut the request body off once it has
+        // answered; either way nothing hangs.
+        Err(e) => assert!(
+            e.is_request() || e.is_body() || e.is_connect() || e.is_timeout(),
+            "{e}"
+        ),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The server comes back; the half-finished key is not a file.
+    let _step = step_on(addr, dir, step_tests::TEST_SECRET).await;
+    let r = gw
+        .client
+        .get(gw.at("/files/interrupted.bin"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = gw
+        .client
+        .put(gw.at("/files/interrupted.bin"))
+        .body(pattern(1000, 1))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "recovered without restarting the gateway"
+    );
+}
+
+/// A smaller in-suite version of the mixed stress run: clients uploading
+/// through the gateway and the native port at once, every file checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_gateway_and_native_clients_lose_nothing() {
+    let step = TestServer::start().await;
+    let gw = Arc::new(gateway(step.addr).await);
+    let mut tasks = Vec::new();
+    for client in 0..12u8 {
+        let gw = Arc::clone(&gw);
+        let addr = step.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut native = if client % 2 == 1 {
+                let mut c = step_core::StepClient::connect(addr).await.expect("connect");
+                c.login("mixed", &step_core::digest::password_for("mixed"))
+                    .await
+                    .expect("login");
+                Some(c)
+            } else {
+                None
+            };
+            let token: String = match &native {
+                Some(c) => c.token().expect("token").to_owned(),
+                None => {
+                    let r = gw
+                        .client
+                        .post(gw.at("/login"))
+                        .json(&json!({"username": "mixed"}))
+                        .send()
+                        .await
+                        .expect("login");
+                    r.json::<Value>().await.expect("json")["token"]
+                        .as_str()
+                        .expect("token")
+                        .to_owned()
+                }
+            };
+            for n in 0..5u8 {
+                let body = pattern(
+                    50_000 + usize::from(client) * 1000 + usize::from(n),
+                    client.wrapping_mul(7).wrapping_add(n),
+                );
+                let key = format!("m-{client}-{n}");
+                match native.as_mut() {
+                    Some(c) => {
+                        let plan = c
+                            .file_save(Some(&key), body.len() as u64, Default::default())
+                            .await
+                            .expect("plan");
+                        let blocks: Vec<_> = body
+                            .chunks(plan.block_size as usize)
+                            .enumerate()
+                            .map(|(i, b)| Ok((i as u64, bytes::Bytes::copy_from_slice(b))))
+                            .collect();
+                        let md5 = c
+                            .upload_blocks(&plan, futures::stream::iter(blocks), 4, |_| {})
+                            .await
+                            .expect("upload");
+                        assert_eq!(md5.as_deref(), Some(md5_hex(&body).as_str()));
+                    }
+                    None => {
+                        let r = gw
+                            .client
+                            .put(gw.at(&format!("/files/{key}")))
+                            .bearer_auth(&token)
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .expect("put");
+                        assert_eq!(r.status(), StatusCode::CREATED);
+                    }
+                }
+                // Read back through the other door.
+                let r = gw
+                    .client
+                    .get(gw.at(&format!("/files/{key}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("get");
+                assert_eq!(r.status(), StatusCode::OK);
+                assert_eq!(r.bytes().await.expect("body").to_vec(), body, "{key}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+}
