@@ -122,7 +122,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/files/{*key}",
             put(routes::put_file)
                 .get(routes::get_file)
-                .head(routes::head_file)
+                .head(routes::get_file)
                 .delete(routes::delete_file),
         )
         .layer(DefaultBodyLimit::disable());

@@ -8,7 +8,7 @@ use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -314,25 +314,17 @@ pub async fn put_file(
     Ok(created(stored))
 }
 
+/// `GET` and `HEAD /files/{key}` (HEAD: the same headers, no body).
 pub async fn get_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
     Key(key): Key,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
+    let head = method == Method::HEAD;
     let result =
-        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, false).await;
-    st.check(&auth, result).await
-}
-
-pub async fn head_file(
-    State(st): State<Arc<AppState>>,
-    auth: Auth,
-    Key(key): Key,
-    headers: HeaderMap,
-) -> Result<Response, GatewayError> {
-    let result =
-        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, true).await;
+        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, head).await;
     st.check(&auth, result).await
 }
 

@@ -15,6 +15,21 @@ use crate::server::ConnectionLimits;
 use crate::service::{Limits, Service};
 use crate::store::Store;
 
+/// An address to reach a server bound to `addr` from this host: a wildcard
+/// bind (`0.0.0.0`, `::`) is reached on loopback.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
 /// Where the STEP server listens. `--ip`/`--port` are the reference's flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ListenArgs {

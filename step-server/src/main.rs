@@ -1,4 +1,3 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,15 +66,7 @@ async fn health_check(listen: &ListenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
+    let target = step_server::config::reachable(addr);
     let probe = async {
         let mut client = StepClient::connect(target).await?;
         let request = Message::request(Operation::Get, Kind::Data).with(field::KEY, "healthcheck");
