@@ -19,6 +19,10 @@ struct Args {
     /// Bytes to upload.
     #[arg(long, default_value_t = 100 << 20)]
     size: u64,
+    /// Upload exactly this many blocks of `--block-size` (default 20480)
+    /// instead of `--size` bytes (the original study's 515-block run).
+    #[arg(long, conflicts_with = "size")]
+    blocks: Option<u64>,
     /// Requests in flight per connection (1 = stop-and-wait).
     #[arg(long, default_value_t = 1)]
     window: usize,
@@ -51,69 +55,105 @@ fn content(size: u64) -> Bytes {
     Bytes::from(out)
 }
 
+type BoxError = Box<dyn std::error::Error>;
+
+/// One timed upload: connect and log in (untimed), then SAVE and every
+/// block (timed), md5 checked. Returns the seconds and the block size used.
+async fn one_run(
+    args: &Args,
+    body: &Bytes,
+    expected: &str,
+    run: usize,
+) -> Result<(f64, usize), BoxError> {
+    let timeout = Some(std::time::Duration::from_secs(args.timeout));
+    let user = format!("bench{}", std::process::id());
+    let mut clients = Vec::new();
+    let mut first = StepClient::connect(&args.addr).await?;
+    // The reference server can stall for good after a short read; a
+    // stalled run is reported, not waited on forever.
+    first.set_timeout(timeout);
+    let token = first.login(&user, &password_for(&user)).await?;
+    for _ in 1..args.connections.max(1) {
+        let mut c = StepClient::connect(&args.addr).await?;
+        c.set_token(token.clone());
+        c.set_timeout(timeout);
+        clients.push(c);
+    }
+    // ASCII only: the reference server mis-frames anything else.
+    let key = format!(
+        "{}-{run}-{}",
+        args.label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let started = Instant::now();
+    let plan = first
+        .file_save(
+            Some(&key),
+            args.size,
+            SaveOptions {
+                block_size: args.block_size,
+                resume: false,
+            },
+        )
+        .await?;
+    let bs = plan.block_size as usize;
+    let blocks = futures::stream::iter((0..plan.total_block).map(|i| {
+        Ok((
+            i,
+            body.slice(i as usize * bs..((i as usize + 1) * bs).min(body.len())),
+        ))
+    }));
+    let mut all: Vec<&mut StepClient> = std::iter::once(&mut first)
+        .chain(clients.iter_mut())
+        .collect();
+    let md5 = step_core::transfer::upload_spread(&mut all, &plan.key, blocks, args.window, &|_| {})
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    if md5.as_deref() != Some(expected) {
+        return Err(format!("md5 mismatch: server {md5:?}, expected {expected}").into());
+    }
+    let _ = first.file_delete(&plan.key).await;
+    Ok((secs, bs))
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> Result<(), BoxError> {
+    let mut args = Args::parse();
+    if let Some(n) = args.blocks {
+        let bs = *args.block_size.get_or_insert(step_core::DEFAULT_BLOCK_SIZE);
+        args.size = n * bs;
+    }
     let body = content(args.size);
     let expected = md5_hex(&body);
+    let mut failed = 0;
     for run in 0..args.runs {
-        let user = format!("bench{}", std::process::id());
-        let mut clients = Vec::new();
-        let mut first = StepClient::connect(&args.addr).await?;
-        // The reference server can stall for good after a short read; a
-        // stalled run is reported, not waited on forever.
-        first.set_timeout(Some(std::time::Duration::from_secs(args.timeout)));
-        let token = first.login(&user, &password_for(&user)).await?;
-        for _ in 1..args.connections.max(1) {
-            let mut c = StepClient::connect(&args.addr).await?;
-            c.set_token(token.clone());
-            c.set_timeout(Some(std::time::Duration::from_secs(args.timeout)));
-            clients.push(c);
-        }
-        let key = format!(
-            "{}-{run}-{}",
-            args.label,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        );
-        let started = Instant::now();
-        let plan = first
-            .file_save(
-                Some(&key),
+        match one_run(&args, &body, &expected, run).await {
+            Ok((secs, bs)) => println!(
+                "label={} run={run} size={} block_size={bs} window={} connections={} secs={secs:.6} mb_per_s={:.1}",
+                args.label,
                 args.size,
-                SaveOptions {
-                    block_size: args.block_size,
-                    resume: false,
-                },
-            )
-            .await?;
-        let bs = plan.block_size as usize;
-        let blocks = futures::stream::iter((0..plan.total_block).map(|i| {
-            Ok((
-                i,
-                body.slice(i as usize * bs..((i as usize + 1) * bs).min(body.len())),
-            ))
-        }));
-        let mut all: Vec<&mut StepClient> = std::iter::once(&mut first)
-            .chain(clients.iter_mut())
-            .collect();
-        let md5 =
-            step_core::transfer::upload_spread(&mut all, &plan.key, blocks, args.window, &|_| {})
-                .await?;
-        let secs = started.elapsed().as_secs_f64();
-        if md5.as_deref() != Some(expected.as_str()) {
-            return Err(format!("md5 mismatch: server {md5:?}, expected {expected}").into());
+                args.window,
+                args.connections,
+                args.size as f64 / secs / 1e6
+            ),
+            Err(e) => {
+                failed += 1;
+                // One line, so scripts can count failures per label.
+                let why = e.to_string().replace(char::is_whitespace, "_");
+                println!(
+                    "label={} run={run} size={} error={why}",
+                    args.label, args.size
+                );
+            }
         }
-        println!(
-            "label={} run={run} size={} block_size={bs} window={} connections={} secs={secs:.4} mb_per_s={:.1}",
-            args.label,
-            args.size,
-            args.window,
-            args.connections,
-            args.size as f64 / secs / 1e6
-        );
-        let _ = first.file_delete(&plan.key).await;
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} runs failed", args.runs).into());
     }
     Ok(())
 }

@@ -82,7 +82,32 @@ struct Chunker<S> {
     expected: u64,
     ended: bool,
     hasher: Arc<Mutex<Md5>>,
+    /// When set, body chunks go to a hashing thread instead of `hasher`.
+    hash_queue: Option<tokio::sync::mpsc::Sender<Bytes>>,
     failure: Arc<Mutex<Option<GatewayError>>>,
+}
+
+/// Bodies at least this large are hashed on a blocking thread: md5 runs at
+/// under 1 GB/s per core, and inline it would run on the one task that also
+/// reads the body and feeds every STEP connection of the upload.
+const THREAD_HASH_MIN: u64 = 1 << 20;
+/// Body chunks that may wait for that thread (hyper's are at most ~400 KiB).
+const HASH_QUEUE_CHUNKS: usize = 8;
+
+/// A thread hashing the chunks sent to it, in order, until the sender drops.
+fn hash_thread() -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Md5>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
+    let done = tokio::task::spawn_blocking(move || {
+        let mut md5 = Md5::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            md5.update(&chunk);
+        }
+        md5
+    });
+    (tx, done)
 }
 
 impl<S> Chunker<S>
@@ -135,10 +160,16 @@ where
                             self.expected
                         )));
                     }
-                    self.hasher
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .update(&chunk);
+                    if let Some(queue) = &self.hash_queue {
+                        if queue.send(chunk.clone()).await.is_err() {
+                            return self.fail(GatewayError::Internal("md5 thread stopped".into()));
+                        }
+                    } else {
+                        self.hasher
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .update(&chunk);
+                    }
                     self.pending = chunk;
                 }
                 Some(Err(e)) => return self.fail(e),
@@ -182,6 +213,12 @@ where
         .await;
     let plan = backend.settle_keep(&mut primary, planned)?;
     let hasher = Arc::new(Mutex::new(Md5::new()));
+    let (hash_queue, hash_done) = if size >= THREAD_HASH_MIN {
+        let (tx, done) = hash_thread();
+        (Some(tx), Some(done))
+    } else {
+        (None, None)
+    };
     let failure = Arc::new(Mutex::new(None));
     let chunker = Chunker {
         body,
@@ -193,6 +230,7 @@ where
         expected: size,
         ended: false,
         hasher: Arc::clone(&hasher),
+        hash_queue,
         failure: Arc::clone(&failure),
     };
     let blocks = futures::stream::unfold(chunker, |mut c| async move {
@@ -212,8 +250,7 @@ where
         }
     } else {
         let mut clients: Vec<&mut StepClient> = conns.iter_mut().map(|c| &mut **c).collect();
-        step_core::transfer::upload_spread(&mut clients, &plan.key, blocks, tp.window, &|_| {})
-            .await
+        step_core::transfer::upload_spread(&mut clients, &plan, blocks, tp.window, &|_| {}).await
     };
     let body_failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     let server_md5 = match (result, body_failure) {
@@ -234,9 +271,14 @@ where
         c.mark_clean();
     }
     drop(conns);
-    let received = hex::encode(
-        std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())).finalize(),
-    );
+    // The chunker (and with it the queue's sender) is gone: the thread ends.
+    let md5 = match hash_done {
+        Some(done) => done
+            .await
+            .map_err(|e| GatewayError::Internal(format!("md5 thread: {e}")))?,
+        None => std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())),
+    };
+    let received = hex::encode(md5.finalize());
     let Some(stored) = server_md5 else {
         backend.discard(token, key).await;
         return Err(GatewayError::BadGateway(
@@ -279,6 +321,7 @@ mod tests {
             expected,
             ended: false,
             hasher: Arc::new(Mutex::new(Md5::new())),
+            hash_queue: None,
             failure: Arc::new(Mutex::new(None)),
         }
     }

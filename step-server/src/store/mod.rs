@@ -426,9 +426,11 @@ impl Store {
         Ok(meta.md5)
     }
 
-    /// Make `content` the complete file `(user, key)` described by `meta`.
-    /// Content first, then meta: a crash in between leaves an orphan content
-    /// file (overwritten later), never a meta without its content.
+    /// Make `content` (already durable) the complete file `(user, key)`
+    /// described by `meta`. Content is renamed first, then the meta: a crash
+    /// in between leaves an orphan content file (overwritten later); a crash
+    /// that kept only the meta's rename leaves a meta without content, which
+    /// `open` removes.
     fn publish(
         &self,
         user: &str,
@@ -448,11 +450,7 @@ impl Store {
         // its data and completes on a retried block). Renames need no space.
         let tmp = self.write_temp(&serde_json::to_vec(meta).map_err(io::Error::from)?)?;
         let moved = fs::rename(content, &dest).and_then(|()| {
-            // Content durable first, then the meta that makes it complete.
-            let placed = dest
-                .parent()
-                .map_or(Ok(()), sync_dir)
-                .and_then(|()| fs::rename(&tmp, &meta_dest));
+            let placed = fs::rename(&tmp, &meta_dest);
             if placed.is_err() {
                 // Content without meta is not a file, and nothing would ever
                 // delete it: put it back.
@@ -464,7 +462,11 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(e.into());
         }
-        if let Some(parent) = meta_dest.parent() {
+        // Both renames made durable together, before anyone is told the file
+        // is complete: one journal commit rather than one per rename. Should
+        // a crash keep the meta's rename but lose the content's, `open`
+        // removes that meta (`drop_orphan_metas`), as it always has.
+        for parent in [dest.parent(), meta_dest.parent()].into_iter().flatten() {
             sync_dir(parent)?;
         }
         Ok(())

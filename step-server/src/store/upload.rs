@@ -23,8 +23,10 @@ use step_core::plan::{block_len, total_blocks};
 use crate::error::StepError;
 
 pub const DATA: &str = "data";
-/// Written bytes after which a background flush starts.
-const FLUSH_EVERY: u64 = 32 << 20;
+/// Written bytes after which a background flush starts. Small enough that
+/// the fsync at completion has little left (measured on 100 MiB uploads:
+/// 8 MiB gave ~12% more than 32 MiB; 1 GiB unchanged).
+const FLUSH_EVERY: u64 = 8 << 20;
 pub const RECEIPTS: &str = "blocks";
 pub const PLAN: &str = "plan.json";
 pub const ID: &str = "id";
@@ -172,10 +174,13 @@ impl Upload {
         let id = uuid::Uuid::new_v4().simple().to_string();
         fs::write(dir.join(ID), &id)?;
         // The plan file is written last and atomically: its presence marks
-        // the directory as a usable upload.
+        // the directory as a usable upload. It is not fsynced (an fsync here
+        // cost every SAVE a journal commit, milliseconds on a busy disk):
+        // the blocks and receipts of an unfinished upload are not either, and
+        // a plan lost or torn by a crash makes `load` fail, so the directory
+        // is discarded like any other half-written upload.
         let tmp = dir.join("plan.tmp");
         fs::write(&tmp, serde_json::to_vec(&plan)?)?;
-        File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, dir.join(PLAN))?;
         Ok(Self::assemble(dir, plan, data, receipts, None, id))
     }

@@ -1,0 +1,409 @@
+#!/usr/bin/env python3
+"""Turn bench/results/raw/*.txt (key=value lines) into runs.csv, summary.json,
+summary.md and plots. Run by bench/run_all.sh; can be rerun alone:
+
+    python3 bench/report.py bench/results
+"""
+import csv
+import json
+import os
+import statistics
+import sys
+from collections import OrderedDict, defaultdict
+
+RES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
+RAW = os.path.join(RES, "raw")
+
+
+def parse(name):
+    path = os.path.join(RAW, name)
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if not line.startswith("label=") and not line.startswith("phase="):
+            continue
+        kv = {}
+        # Labels contain spaces: split on " key=" boundaries.
+        parts = line.split("=")
+        key = parts[0]
+        for i in range(1, len(parts)):
+            chunk = parts[i]
+            if i == len(parts) - 1:
+                kv[key] = chunk
+            else:
+                val, _, nxt = chunk.rpartition(" ")
+                kv[key] = val
+                key = nxt
+        rows.append(kv)
+    return rows
+
+
+def fnum(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def stats(values):
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
+def fmt(s, unit="", digits=1, scale=1.0):
+    if not s:
+        return "—"
+    m, lo, hi = s["median"] * scale, s["min"] * scale, s["max"] * scale
+    return f"{m:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def ratio(a, b):
+    if not a or not b or not b["median"]:
+        return None
+    return a["median"] / b["median"]
+
+
+def fr(x, digits=1):
+    return "—" if x is None else f"{x:.{digits}f}×"
+
+
+machine = {}
+for r in open(os.path.join(RAW, "machine.txt"), encoding="utf-8") if os.path.exists(os.path.join(RAW, "machine.txt")) else []:
+    if "=" in r:
+        k, v = r.rstrip("\n").split("=", 1)
+        machine[k] = v
+
+summary = OrderedDict(machine=machine)
+md = []
+all_rows = []
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:  # plots are skipped, tables still written
+    plt = None
+    print("note: matplotlib missing (pip install matplotlib): no plots", file=sys.stderr)
+
+
+def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(RES, name), dpi=110)
+    plt.close(fig)
+
+
+def errors_of(rows, label, **match):
+    return sum(1 for r in rows if r.get("label") == label and "error" in r and all(r.get(k) == v for k, v in match.items()))
+
+
+# ------------------------------------------------------------------ fig 8
+rows = parse("fig8.txt")
+all_rows += [dict(section="fig8", **r) for r in rows]
+if rows:
+    labels = list(OrderedDict.fromkeys(r["label"] for r in rows))
+    sizes = sorted({int(r["size"]) for r in rows})
+    tab = {}
+    for lab in labels:
+        for s in sizes:
+            tab[(lab, s)] = stats([fnum(r.get("secs")) for r in rows if r["label"] == lab and int(r["size"]) == s])
+    summary["fig8"] = {lab: {str(s): tab[(lab, s)] for s in sizes} for lab in labels}
+    md.append("### 1. Figure 8 redone: upload time vs file size (ms, median (min–max))\n")
+    md.append("| size | " + " | ".join(labels) + " | python→reference ÷ step pipelined |")
+    md.append("|---" * (len(labels) + 2) + "|")
+    base = "python→reference"
+    best = next((l for l in labels if "pipelined" in l), None)
+    for s in sizes:
+        cells = []
+        for lab in labels:
+            e = errors_of(rows, lab, size=str(s))
+            cells.append(fmt(tab[(lab, s)], "", 2, 1e3) + (f" ⚠{e} failed" if e else ""))
+        md.append(f"| {s / 1024:.1f} KB | " + " | ".join(cells) + f" | {fr(ratio(tab.get((base, s)), tab.get((best, s))))} |")
+    md.append("")
+    if plt:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for lab in labels:
+            xs = [s / 1024 for s in sizes if tab[(lab, s)]]
+            st = [tab[(lab, s)] for s in sizes if tab[(lab, s)]]
+            med = [x["median"] * 1e3 for x in st]
+            lo = [x["median"] * 1e3 - x["min"] * 1e3 for x in st]
+            hi = [x["max"] * 1e3 - x["median"] * 1e3 for x in st]
+            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=lab)
+        ax.set_yscale("log")
+        ax.set_xlabel("file size (KB = 1024 B)")
+        ax.set_ylabel("upload time, SAVE → md5 answer (ms, log)")
+        ax.set_title("Figure 8 redone: upload time vs size (median, bars = min–max)")
+        ax.grid(True, which="both", linestyle="--", linewidth=0.4)
+        ax.legend(fontsize=8)
+        save(fig, "fig8_time_vs_size.png")
+
+# ------------------------------------------------------------------ fig 9
+rows = parse("fig9.txt")
+all_rows += [dict(section="fig9", **r) for r in rows]
+if rows:
+    configs = list(OrderedDict.fromkeys(r["label"].split("|", 1)[1] for r in rows))
+    targets = ["step-server", "reference"]
+    tab = {}
+    fails = {}
+    for t in targets:
+        for c in configs:
+            lab = f"{t}|{c}"
+            tab[(t, c)] = stats([fnum(r.get("secs")) for r in rows if r["label"] == lab])
+            n_all = sum(1 for r in rows if r["label"] == lab)
+            fails[(t, c)] = (errors_of(rows, lab), n_all)
+    summary["fig9"] = {f"{t}|{c}": dict(stats=tab[(t, c)], failed=fails[(t, c)][0], runs=fails[(t, c)][1]) for t in targets for c in configs}
+    md.append("### 2. Figure 9 redone: 515 blocks of 20 KiB (10.5 MB), time in ms, median (min–max)\n")
+    md.append("| client setup | step-server | MB/s | reference server | reference ÷ step-server |")
+    md.append("|---|---|---|---|---|")
+    for c in configs:
+        s, r = tab[(t := "step-server", c)], tab[("reference", c)]
+        fs, fr_ = fails[("step-server", c)], fails[("reference", c)]
+
+        def cell(st, f):
+            if f[1] == 0:
+                return "not run"
+            txt = fmt(st, "", 1, 1e3)
+            if f[0]:
+                txt += f" ⚠ {f[0]}/{f[1]} runs failed"
+            return txt
+
+        mbs = f"{515 * 20480 / s['median'] / 1e6:.0f}" if s else "—"
+        md.append(f"| {c} | {cell(s, fs)} | {mbs} | {cell(r, fr_)} | {fr(ratio(r, s))} |")
+    md.append("")
+    if plt:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        import numpy as np
+
+        x = np.arange(len(configs))
+        for k, t in enumerate(targets):
+            med = [tab[(t, c)]["median"] * 1e3 if tab[(t, c)] else 0 for c in configs]
+            lo = [(tab[(t, c)]["median"] - tab[(t, c)]["min"]) * 1e3 if tab[(t, c)] else 0 for c in configs]
+            hi = [(tab[(t, c)]["max"] - tab[(t, c)]["median"]) * 1e3 if tab[(t, c)] else 0 for c in configs]
+            ax.bar(x + (k - 0.5) * 0.4, med, 0.4, yerr=[lo, hi], capsize=3, label=t)
+            for i, c in enumerate(configs):
+                f = fails[(t, c)]
+                if f[0]:
+                    ax.text(x[i] + (k - 0.5) * 0.4, max(med[i], 1), f"{f[0]}/{f[1]}\nfailed", ha="center", va="bottom", fontsize=7, color="red")
+        ax.set_xticks(x)
+        ax.set_xticklabels(configs, rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("time for 515 blocks (ms, log)")
+        ax.set_title("Figure 9 redone: 515 × 20 KiB blocks (median, bars = min–max)")
+        ax.grid(True, axis="y", which="both", linestyle="--", linewidth=0.4)
+        ax.legend()
+        save(fig, "fig9_515_blocks.png")
+
+# ------------------------------------------------------------ large files
+rows = parse("large.txt")
+phys = parse("physical.txt")
+all_rows += [dict(section="large", **r) for r in rows] + [dict(section="physical", **r) for r in phys]
+large = {}
+if rows:
+    sizes = sorted({int(r["size"]) for r in rows if "size" in r and r["label"] != "verify"})
+    labels = list(OrderedDict.fromkeys(r["label"] for r in rows if r["label"] != "verify"))
+    md.append("### 3. Large files: MB/s (10⁶ bytes/s), median (min–max)\n")
+    plim = OrderedDict()
+    for p in phys:
+        plim.setdefault(p["label"], []).append(fnum(p.get("mb_per_s")))
+    plim = OrderedDict((k, stats(v)) for k, v in plim.items())
+    summary["physical"] = plim
+    if plim:
+        md.append("Physical limits, measured in the same run:\n")
+        md.append("| limit | MB/s |")
+        md.append("|---|---|")
+        for k, v in plim.items():
+            md.append(f"| {k} | {fmt(v)} |")
+        md.append("")
+    for s in sizes:
+        large[s] = {}
+        for lab in labels:
+            sel = [r for r in rows if r["label"] == lab and int(r.get("size", 0)) == s]
+            if not sel:
+                continue
+            large[s][lab] = dict(
+                mb_per_s=stats([fnum(r.get("mb_per_s")) for r in sel]),
+                failed=sum(1 for r in sel if "error" in r),
+                runs=len(sel),
+                gw_hwm_mib=stats([fnum(r.get("gw_hwm_kib")) and fnum(r["gw_hwm_kib"]) / 1024 for r in sel]),
+                step_hwm_mib=stats([fnum(r.get("step_hwm_kib")) and fnum(r["step_hwm_kib"]) / 1024 for r in sel]),
+                dufs_hwm_mib=stats([fnum(r.get("dufs_hwm_kib")) and fnum(r["dufs_hwm_kib"]) / 1024 for r in sel]),
+            )
+    summary["large"] = {str(s): v for s, v in large.items()}
+    for s in sizes:
+        name = f"{s / (1 << 20):.0f} MiB" if s < (1 << 30) else f"{s / (1 << 30):.0f} GiB"
+        dufs = large[s].get("dufs PUT", {}).get("mb_per_s")
+        refp = large[s].get("reference pair (python client → reference)", {}).get("mb_per_s")
+        md.append(f"**{name}**\n")
+        md.append("| path | MB/s | ÷ dufs PUT | ÷ reference pair | peak RSS gateway MiB | peak RSS step-server MiB |")
+        md.append("|---|---|---|---|---|---|")
+        for lab, v in large[s].items():
+            f = f" ⚠ {v['failed']}/{v['runs']} failed" if v["failed"] else ""
+            gw = fmt(v["gw_hwm_mib"], "", 0) if v["gw_hwm_mib"] else "—"
+            st = fmt(v["step_hwm_mib"], "", 0) if v["step_hwm_mib"] else "—"
+            if v["dufs_hwm_mib"]:
+                gw = f"(dufs {fmt(v['dufs_hwm_mib'], '', 0)})"
+            md.append(f"| {lab} | {fmt(v['mb_per_s'])}{f} | {fr(ratio(v['mb_per_s'], dufs), 2)} | {fr(ratio(v['mb_per_s'], refp), 1)} | {gw} | {st} |")
+        md.append("")
+    if plt:
+        fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
+        for ax, s in zip(axes[0], sizes):
+            labs = [l for l in large[s] if large[s][l]["mb_per_s"]]
+            med = [large[s][l]["mb_per_s"]["median"] for l in labs]
+            lo = [large[s][l]["mb_per_s"]["median"] - large[s][l]["mb_per_s"]["min"] for l in labs]
+            hi = [large[s][l]["mb_per_s"]["max"] - large[s][l]["mb_per_s"]["median"] for l in labs]
+            ax.barh(range(len(labs)), med, xerr=[lo, hi], capsize=3, color="steelblue")
+            ax.set_yticks(range(len(labs)))
+            ax.set_yticklabels(labs, fontsize=8)
+            ax.invert_yaxis()
+            colors = ["red", "green", "purple", "orange"]
+            lims = [(k, v) for k, v in plim.items() if v and "md5sum" not in k]
+            # Loopback TCP is far off to the right: scale to the transfers and
+            # the nearer limits, and name the far ones in the legend.
+            right = 1.15 * max([large[s][l]["mb_per_s"]["max"] for l in labs] + [v["median"] for k, v in lims if "loopback" not in k] + [1])
+            ax.set_xlim(0, right)
+            for k, (pl, v) in enumerate(lims):
+                if v["median"] <= right:
+                    ax.axvline(v["median"], color=colors[k % 4], linestyle="--", linewidth=1, label=f"{pl}: {v['median']:.0f}")
+                else:
+                    ax.plot([], [], color=colors[k % 4], linestyle="--", label=f"{pl}: {v['median']:.0f} (off scale)")
+            name = f"{s / (1 << 20):.0f} MiB" if s < (1 << 30) else f"{s / (1 << 30):.0f} GiB"
+            ax.set_title(f"{name} upload, MB/s (median, bars = min–max)")
+            ax.set_xlabel("MB/s")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.grid(True, axis="x", linestyle="--", linewidth=0.4)
+        save(fig, "large_files.png")
+
+# ------------------------------------------------------------ small files
+rows = parse("small.txt")
+all_rows += [dict(section="small", **r) for r in rows]
+small = {}
+if rows:
+    conc = sorted({int(r["concurrency"]) for r in rows})
+    targets = list(OrderedDict.fromkeys(r["label"] for r in rows))
+    for t in targets:
+        for c in conc:
+            sel = [r for r in rows if r["label"] == t and int(r["concurrency"]) == c]
+            small[(t, c)] = dict(
+                rps=stats([fnum(r["rps"]) for r in sel]),
+                p50_ms=stats([fnum(r["p50_ms"]) for r in sel]),
+                p99_ms=stats([fnum(r["p99_ms"]) for r in sel]),
+                failed=sum(int(r.get("failed", 0)) for r in sel),
+                ok=sum(int(r.get("ok", 0)) for r in sel),
+            )
+    summary["small"] = {f"{t}|{c}": v for (t, c), v in small.items()}
+    md.append("### 4. 10 KiB uploads (oha, PUT to a fresh key each request): median (min–max) over repetitions\n")
+    md.append("| concurrency | " + " | ".join(f"{t} req/s | {t} p50 ms | {t} p99 ms" for t in targets) + " | gateway ÷ dufs req/s |")
+    md.append("|---" * (1 + 3 * len(targets) + 1) + "|")
+    for c in conc:
+        cells = []
+        for t in targets:
+            v = small[(t, c)]
+            bad = f" ⚠{v['failed']} non-2xx" if v["failed"] else ""
+            cells += [fmt(v["rps"], "", 0) + bad, fmt(v["p50_ms"], "", 2), fmt(v["p99_ms"], "", 2)]
+        g, d = small.get(("gateway", c)), small.get(("dufs", c))
+        md.append(f"| {c} | " + " | ".join(cells) + f" | {fr(ratio(g and g['rps'], d and d['rps']), 2)} |")
+    md.append("")
+    if plt:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for k, t in enumerate(targets):
+            color = f"C{k}"
+            st = [small[(t, c)]["rps"] for c in conc]
+            a1.errorbar(conc, [x["median"] for x in st], yerr=[[x["median"] - x["min"] for x in st], [x["max"] - x["median"] for x in st]], marker="o", capsize=3, label=t, color=color)
+            p99 = [small[(t, c)]["p99_ms"]["median"] for c in conc]
+            p50 = [small[(t, c)]["p50_ms"]["median"] for c in conc]
+            a2.plot(conc, p99, marker="o", label=f"{t} p99", color=color)
+            a2.plot(conc, p50, marker="x", linestyle=":", label=f"{t} p50", color=color)
+        a2.axhline(30, color="red", linestyle="--", linewidth=1, label="target p99 30 ms")
+        for a in (a1, a2):
+            a.set_xscale("log", base=2)
+            a.set_xlabel("concurrent clients")
+            a.grid(True, which="both", linestyle="--", linewidth=0.4)
+            a.legend(fontsize=8)
+        a1.set_ylabel("requests/s (2xx)")
+        a1.set_title("10 KiB PUT: throughput")
+        a2.set_yscale("log")
+        a2.set_ylabel("latency ms (log)")
+        a2.set_title("10 KiB PUT: latency")
+        save(fig, "small_files.png")
+
+# ------------------------------------------------------------ idle conns
+rows = parse("idle.txt")
+all_rows += [dict(section="idle", **r) for r in rows]
+idle = {}
+for r in rows:
+    idle[r.get("phase", "?")] = r
+if idle:
+    summary["idle"] = idle
+    held, probe, before = idle.get("held", {}), idle.get("probe", {}), idle.get("before", {})
+    md.append("### 5. Idle connections held open to step-server\n")
+    md.append("| connections held | server RSS before | server RSS with them open | per connection | new client (connect+LOGIN+SAVE+UPLOAD 10 KiB) p50 / p99 / max, idle server | same, with them open | idle ones still answering |")
+    md.append("|---|---|---|---|---|---|---|")
+    kib = lambda k, d: f"{int(d.get(k, 0)) / 1024:.1f} MiB" if d.get(k) else "—"
+    md.append(
+        f"| {held.get('conns', '—')} (errors {held.get('errors', '—')}) | {kib('server_rss_kib', before)} | {kib('server_rss_kib', held)} | {held.get('per_conn_bytes', '—')} B | "
+        f"{probe.get('base_p50_ms', '—')} / — / {probe.get('base_max_ms', '—')} ms | {probe.get('loaded_p50_ms', '—')} / {probe.get('loaded_p99_ms', '—')} / {probe.get('loaded_max_ms', '—')} ms | {probe.get('idle_alive', '—')} |"
+    )
+    md.append("")
+
+# ------------------------------------------------------------ targets
+md_t = ["### Targets\n", "| target | measured | reached |", "|---|---|---|"]
+
+
+def target(name, measured, ok):
+    md_t.append(f"| {name} | {measured} | {'yes' if ok else ('**no**' if ok is not None else 'not measured')} |")
+
+
+GIB, MIB100 = 1 << 30, 100 << 20
+nat = None
+for lab in ("native step-client", "native 4 conn w8 1MiB", "native 1 conn w16 1MiB"):
+    v = large.get(GIB, {}).get(lab)
+    if v and v["mb_per_s"]:
+        target(f"native 1 GiB ≥ 500 MB/s ({lab})", f"{v['mb_per_s']['median']:.0f} MB/s", v["mb_per_s"]["median"] >= 500)
+refp = large.get(MIB100, {}).get("reference pair (python client → reference)", {}).get("mb_per_s")
+for lab in ("native step-client", "native 1 conn w16 1MiB", "native 4 conn w8 1MiB"):
+    v = large.get(MIB100, {}).get(lab, {}).get("mb_per_s")
+    r = ratio(v, refp)
+    target(f"native 100 MiB ≥ 15× the reference pair ({lab})", f"{fr(r)} ({v and v['median']:.0f} vs {refp and refp['median']:.1f} MB/s)" if r else "—", r >= 15 if r else None)
+dufs = large.get(GIB, {}).get("dufs PUT", {}).get("mb_per_s")
+for lab in ("gateway curl -T", "gateway curl -F"):
+    v = large.get(GIB, {}).get(lab, {}).get("mb_per_s")
+    r = ratio(v, dufs)
+    target(f"gateway 1 GiB ≥ 2× dufs PUT ({lab}, md5 checked)", f"{fr(r, 2)} ({v and v['median']:.0f} vs {dufs and dufs['median']:.0f} MB/s)" if r else "—", r >= 2 if r else None)
+g, d = small.get(("gateway", 32)), small.get(("dufs", 32))
+if g and d:
+    r = ratio(g["rps"], d["rps"])
+    target("10 KiB via gateway ≥ dufs req/s at c=32", f"{fr(r, 2)} ({g['rps']['median']:.0f} vs {d['rps']['median']:.0f} req/s)", r >= 1)
+    target("10 KiB via gateway p99 ≤ 30 ms at c=32", f"{g['p99_ms']['median']:.1f} ms", g["p99_ms"]["median"] <= 30)
+if idle.get("held"):
+    rss = int(idle["held"]["server_rss_kib"]) / 1024
+    target(f"{idle['held']['conns']} idle connections ≤ 100 MB server RSS", f"{rss:.1f} MiB", rss * 1.048576 <= 100)
+gw_hwm = [v["gw_hwm_mib"]["max"] for lab, v in large.get(GIB, {}).items() if v.get("gw_hwm_mib")]
+if gw_hwm:
+    target("gateway RSS ≤ 64 MB while streaming 1 GiB", f"{max(gw_hwm):.1f} MiB peak (max over runs, -T and -F)", max(gw_hwm) * 1.048576 <= 64)
+summary["targets"] = md_t[3:]
+
+head = [
+    f"Measured {machine.get('date', '?')} on {machine.get('nproc', '?')} × {machine.get('cpu', '?')}, "
+    f"{machine.get('mem_gib', '?')} GiB RAM, kernel {machine.get('kernel', '?')}, disk {machine.get('disk', '?')}; "
+    f"{machine.get('rustc', '')}; load average at start {machine.get('load_start', '?')}, at end {machine.get('load_end', '?')}"
+    + (" — QUICK mode" if machine.get("quick") == "1" else "")
+    + ".\n"
+]
+notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if os.path.exists(os.path.join(RAW, "notes.txt")) else ""
+if notes:
+    head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
+with open(os.path.join(RES, "summary.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(head + md_t + [""] + md) + "\n")
+with open(os.path.join(RES, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1, default=str)
+keys = ["section"] + sorted({k for r in all_rows for k in r} - {"section"})
+with open(os.path.join(RES, "runs.csv"), "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in all_rows:
+        w.writerow(r)
+print("\n".join(md_t))
