@@ -208,10 +208,11 @@ async fn client(args: Arc<Args>, id: usize, t: Shared, start: Arc<tokio::sync::B
                     break;
                 }
                 Err(e)
-                    if contended && e.status().map(|s| s.code()) == Some(408) && restarts < 20 =>
+                    if contended && e.status().map(|s| s.code()) == Some(408) && restarts < 100 =>
                 {
-                    // Superseded by a racer's SAVE: answers to blocks still in
-                    // flight would desync this connection, so start afresh.
+                    // Superseded by a racer's SAVE, or a racer completed the
+                    // key: answers to blocks still in flight would desync this
+                    // connection, so start afresh, and stop if the file is done.
                     restarts += 1;
                     tally(&t).contended_restarts += 1;
                     match connect(&args.addr, &user).await {
@@ -220,6 +221,10 @@ async fn client(args: Arc<Args>, id: usize, t: Shared, start: Arc<tokio::sync::B
                             tally(&t).error("reconnect", format!("{user}: {e}"));
                             return;
                         }
+                    }
+                    if c.file_get(&key, None).await.is_ok() {
+                        tally(&t).contended_lost += 1;
+                        break;
                     }
                 }
                 Err(e) => {
