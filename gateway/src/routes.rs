@@ -341,15 +341,9 @@ pub async fn delete_file(
 // ------------------------------------------------------------------ records
 
 /// Field names STEP reserves for itself; a record cannot use them.
-const RESERVED: [&str; 7] = [
-    field::OPERATION,
-    field::TYPE,
-    field::DIRECTION,
-    field::TOKEN,
-    field::STATUS,
-    field::STATUS_MSG,
-    field::KEY,
-];
+fn reserved() -> impl Iterator<Item = &'static str> {
+    field::ENVELOPE.into_iter().chain([field::KEY])
+}
 
 fn record_from(body: Value) -> Result<Map<String, Value>, GatewayError> {
     let Value::Object(map) = body else {
@@ -357,7 +351,7 @@ fn record_from(body: Value) -> Result<Map<String, Value>, GatewayError> {
             "a record must be a JSON object".into(),
         ));
     };
-    if let Some(bad) = RESERVED.iter().find(|f| map.contains_key(**f)) {
+    if let Some(bad) = reserved().find(|f| map.contains_key(*f)) {
         return Err(GatewayError::Unprocessable(format!(
             "field \"{bad}\" is reserved by STEP and cannot be part of a record"
         )));

@@ -28,6 +28,8 @@ pub mod field {
     pub const BLOCK_SIZE: &str = "block_size";
     pub const TOTAL_BLOCK: &str = "total_block";
     pub const MD5: &str = "md5";
+    /// The envelope of a message: never part of a DATA record's content.
+    pub const ENVELOPE: [&str; 6] = [OPERATION, TYPE, DIRECTION, TOKEN, STATUS, STATUS_MSG];
     // Extensions: extra fields, ignored by reference peers.
     pub const CAPABILITIES: &str = "capabilities";
     pub const RESUME: &str = "resume";

@@ -58,16 +58,6 @@ impl From<Message> for Reply {
     }
 }
 
-/// Envelope fields of a request that are not part of a DATA record.
-const ENVELOPE: [&str; 6] = [
-    field::OPERATION,
-    field::TYPE,
-    field::DIRECTION,
-    field::TOKEN,
-    field::STATUS,
-    field::STATUS_MSG,
-];
-
 /// Everything a connection needs to answer requests.
 #[derive(Debug)]
 pub struct Service {
@@ -329,7 +319,7 @@ impl Service {
             Operation::Save => {
                 let key = self.key_or_new(&msg)?;
                 let mut record = msg.fields;
-                for name in ENVELOPE {
+                for name in field::ENVELOPE {
                     record.remove(name);
                 }
                 record.insert(field::KEY.into(), Value::String(key.clone()));

@@ -127,3 +127,38 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A client logged in as `user` (password md5(user), as STEP defines it).
+pub async fn login(addr: SocketAddr, user: &str) -> step_core::StepClient {
+    let mut c = step_core::StepClient::connect(addr).await.expect("connect");
+    c.login(user, &step_core::digest::password_for(user))
+        .await
+        .expect("login");
+    c
+}
+
+/// `body` cut into numbered blocks of `block_size`.
+pub fn blocks(body: &[u8], block_size: usize) -> Vec<(u64, bytes::Bytes)> {
+    body.chunks(block_size)
+        .enumerate()
+        .map(|(i, c)| (i as u64, bytes::Bytes::copy_from_slice(c)))
+        .collect()
+}
+
+/// The whole file `key`, checked against the md5 of its download plan.
+pub async fn download(c: &mut step_core::StepClient, key: &str) -> Vec<u8> {
+    let plan = c.file_get(key, None).await.expect("get plan");
+    let mut out = Vec::with_capacity(plan.size as usize);
+    c.download_blocks(&plan, 0..plan.total_block, 8, |_, b| {
+        out.extend_from_slice(&b);
+        Ok(())
+    })
+    .await
+    .expect("download");
+    assert_eq!(
+        step_core::digest::md5_hex(&out),
+        plan.md5,
+        "downloaded bytes match the plan's md5"
+    );
+    out
+}

@@ -19,16 +19,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 use step_core::client::{ClientError, SaveOptions, StepClient, expect_ok};
-use step_core::digest::{md5_hex, password_for};
+use step_core::digest::md5_hex;
 use step_core::message::field;
 use step_core::{Kind, Operation};
-use step_tests::{TestServer, pattern};
-
-async fn login(addr: SocketAddr, user: &str) -> StepClient {
-    let mut c = StepClient::connect(addr).await.expect("connect");
-    c.login(user, &password_for(user)).await.expect("login");
-    c
-}
+use step_tests::{TestServer, download, login, pattern};
 
 fn blocks(body: &[u8], bs: usize) -> Vec<Result<(u64, Bytes), ClientError>> {
     body.chunks(bs)
@@ -51,18 +45,6 @@ async fn upload(c: &mut StepClient, key: &str, body: &[u8]) -> Result<Option<Str
 /// A size-0 SAVE completes at once; its md5 is the empty one.
 fn plan_md5(plan: &step_core::client::UploadPlan) -> Option<String> {
     (plan.total_block == 0).then(|| step_core::digest::EMPTY_MD5.to_owned())
-}
-
-async fn download(c: &mut StepClient, key: &str) -> Vec<u8> {
-    let plan = c.file_get(key, None).await.expect("plan");
-    let mut out = Vec::with_capacity(plan.size as usize);
-    c.download_blocks(&plan, 0..plan.total_block, 8, |_, b| {
-        out.extend_from_slice(&b);
-        Ok(())
-    })
-    .await
-    .expect("download");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use serde_json::{Map, json};
 use step_core::Status;
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
-use step_tests::{TestConfig, TestServer, pattern};
+use step_tests::{TestConfig, TestServer, download, pattern};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 256 << 10;
@@ -94,18 +94,6 @@ async fn upload(c: &mut StepClient, key: &str, body: &[u8]) -> Result<String, (u
             .map_err(|e| (i as u64, e))?;
     }
     Ok(md5.expect("the last block completes the file"))
-}
-
-async fn download(c: &mut StepClient, key: &str) -> Vec<u8> {
-    let plan = c.file_get(key, None).await.expect("plan");
-    let mut out = Vec::new();
-    c.download_blocks(&plan, 0..plan.total_block, 4, |_, b| {
-        out.extend_from_slice(&b);
-        Ok(())
-    })
-    .await
-    .expect("download");
-    out
 }
 
 fn assert_no_space(e: &ClientError, what: &str) {

@@ -12,22 +12,9 @@ use step_core::message::field;
 use step_core::token::mint_reference_style;
 use step_core::{Kind, Message, Operation, Status};
 use step_server::ConnectionLimits;
-use step_tests::{TestConfig, TestServer, pattern};
+use step_tests::{TestConfig, TestServer, blocks, download, login, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn login(server: &TestServer, user: &str) -> StepClient {
-    let mut c = StepClient::connect(server.addr).await.expect("connect");
-    c.login(user, &password_for(user)).await.expect("login");
-    c
-}
-
-fn blocks(body: &[u8], block_size: usize) -> Vec<(u64, Bytes)> {
-    body.chunks(block_size)
-        .enumerate()
-        .map(|(i, c)| (i as u64, Bytes::copy_from_slice(c)))
-        .collect()
-}
 
 /// Upload `body` under `key` with the given window; returns the reported md5.
 async fn upload(c: &mut StepClient, key: &str, body: &[u8], window: usize) -> Option<String> {
@@ -40,19 +27,6 @@ async fn upload(c: &mut StepClient, key: &str, body: &[u8], window: usize) -> Op
     c.upload_blocks(&plan.key, stream, window, |_| {})
         .await
         .expect("upload")
-}
-
-async fn download(c: &mut StepClient, key: &str) -> Vec<u8> {
-    let plan = c.file_get(key, None).await.expect("get plan");
-    let mut out = Vec::with_capacity(plan.size as usize);
-    c.download_blocks(&plan, 0..plan.total_block, 8, |_, b| {
-        out.extend_from_slice(&b);
-        Ok(())
-    })
-    .await
-    .expect("download");
-    assert_eq!(md5_hex(&out), plan.md5);
-    out
 }
 
 fn refusal(e: ClientError) -> (Status, String) {
@@ -101,7 +75,7 @@ async fn hostile_keys_and_usernames_stay_inside_the_data_dir() {
         long.as_str(),
     ];
     for user in ["../../root", "/etc", "a\\b", "ü.ser", "plain"] {
-        let mut c = login(&server, user).await;
+        let mut c = login(server.addr, user).await;
         for (n, key) in keys.iter().enumerate() {
             let body = pattern(1000 + n * 7, n as u8);
             let md5 = upload(&mut c, key, &body, 4).await;
@@ -145,7 +119,7 @@ async fn hostile_keys_and_usernames_stay_inside_the_data_dir() {
 #[tokio::test]
 async fn keys_that_cannot_be_stored_get_a_clear_410() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "keys").await;
+    let mut c = login(server.addr, "keys").await;
     let too_long = "x".repeat(1025);
     for key in ["", too_long.as_str()] {
         let (status, msg) = refusal(
@@ -167,7 +141,7 @@ async fn keys_that_cannot_be_stored_get_a_clear_410() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_even_split_byte_by_byte() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "pipe").await;
+    let mut c = login(server.addr, "pipe").await;
     let token = c.token().expect("token").to_owned();
     // 200 mixed requests, up to 32 in flight.
     let body = pattern(20480 * 10 + 5, 3);
@@ -250,7 +224,7 @@ async fn pipelined_requests_are_answered_in_order_even_split_byte_by_byte() {
 #[tokio::test]
 async fn zero_byte_files_complete_at_once() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "zero").await;
+    let mut c = login(server.addr, "zero").await;
     let req = c
         .request(Operation::Save, Kind::File)
         .expect("req")
@@ -277,7 +251,7 @@ async fn zero_byte_files_complete_at_once() {
 #[tokio::test]
 async fn file_delete_answers_with_operation_delete() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "del").await;
+    let mut c = login(server.addr, "del").await;
     upload(&mut c, "gone.bin", &pattern(100, 1), 1).await;
     let req = c
         .request(Operation::Delete, Kind::File)
@@ -308,7 +282,7 @@ async fn uploads_survive_a_restart_and_resume() {
     let body = pattern(20480 * 40 + 123, 9);
     let token;
     {
-        let mut c = login(&server, "resumer").await;
+        let mut c = login(server.addr, "resumer").await;
         token = c.token().expect("token").to_owned();
         let plan = c
             .file_save(Some("big.bin"), body.len() as u64, SaveOptions::default())
@@ -379,7 +353,7 @@ async fn uploads_survive_a_restart_and_resume() {
 #[tokio::test]
 async fn a_plain_save_of_an_unfinished_upload_starts_over() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "restart").await;
+    let mut c = login(server.addr, "restart").await;
     let old = pattern(50_000, 1);
     let new = pattern(50_000, 2);
     let plan = c
@@ -422,7 +396,7 @@ async fn a_plain_save_of_an_unfinished_upload_starts_over() {
 async fn md5_is_right_for_any_order_repeats_and_several_connections() {
     let server = TestServer::start().await;
     let body = pattern(20480 * 25 + 77, 5);
-    let mut a = login(&server, "multi").await;
+    let mut a = login(server.addr, "multi").await;
     let plan = a
         .file_save(
             Some("spread.bin"),
@@ -511,15 +485,15 @@ async fn tokens_are_keyed_and_expire() {
         ..TestConfig::default()
     })
     .await;
-    let mut e = login(&expiring, "late").await;
+    let mut e = login(expiring.addr, "late").await;
     let (status, msg) = refusal(e.data_get("x").await.expect_err("expired"));
     assert_eq!(status, Status::BadToken);
     assert!(msg.contains("expired"), "{msg}");
 
     // A good token works, and only for its own user's keys.
-    let mut alice = login(&server, "alice").await;
+    let mut alice = login(server.addr, "alice").await;
     upload(&mut alice, "secret.txt", b"alice's", 1).await;
-    let mut bob = login(&server, "bob").await;
+    let mut bob = login(server.addr, "bob").await;
     assert_eq!(
         refusal(
             bob.file_get("secret.txt", None)
@@ -559,7 +533,7 @@ async fn login_refuses_bad_usernames_and_announces_capabilities() {
 #[tokio::test]
 async fn wrong_field_types_get_status_codes_not_crashes() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "types").await;
+    let mut c = login(server.addr, "types").await;
     c.file_save(Some("t.bin"), 100, SaveOptions::default())
         .await
         .expect("plan");
@@ -632,7 +606,7 @@ async fn wrong_field_types_get_status_codes_not_crashes() {
 #[tokio::test]
 async fn huge_headers_and_garbage_close_only_that_connection() {
     let server = TestServer::start().await;
-    let mut bystander = login(&server, "bystander").await;
+    let mut bystander = login(server.addr, "bystander").await;
     for junk in [
         &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0][..],
         &[0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff][..],
@@ -675,7 +649,7 @@ async fn huge_headers_and_garbage_close_only_that_connection() {
 #[tokio::test]
 async fn bye_is_answered_and_closes() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "leaver").await;
+    let mut c = login(server.addr, "leaver").await;
     let resp = c
         .call(&c.request(Operation::Bye, Kind::Auth).expect("req"))
         .await
@@ -687,7 +661,7 @@ async fn bye_is_answered_and_closes() {
 #[tokio::test]
 async fn larger_block_sizes_are_honoured_within_the_cap() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "big").await;
+    let mut c = login(server.addr, "big").await;
     let body = pattern(3 * 1024 * 1024 + 11, 8);
     let plan = c
         .file_save(
@@ -771,13 +745,13 @@ async fn idle_connections_are_closed_and_the_cap_holds() {
         .expect("closed by the idle timeout");
     assert!(matches!(r, Ok(0) | Err(_)));
 
-    let mut a = login(&server, "a").await;
-    let _b = login(&server, "b").await;
+    let mut a = login(server.addr, "a").await;
+    let _b = login(server.addr, "b").await;
     // A third client connects (the kernel backlog accepts) but is not served
     // while two are open.
     let third = tokio::spawn({
         let addr = server.addr;
-        async move { login_addr(addr, "c").await }
+        async move { login(addr, "c").await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished(), "served beyond the cap");
@@ -789,16 +763,10 @@ async fn idle_connections_are_closed_and_the_cap_holds() {
         .expect("join");
 }
 
-async fn login_addr(addr: std::net::SocketAddr, user: &str) -> StepClient {
-    let mut c = StepClient::connect(addr).await.expect("connect");
-    c.login(user, &password_for(user)).await.expect("login");
-    c
-}
-
 #[tokio::test]
 async fn shutdown_finishes_the_request_in_flight() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "inflight").await;
+    let mut c = login(server.addr, "inflight").await;
     let body = pattern(4 << 20, 4);
     let plan = c
         .file_save(
@@ -838,7 +806,7 @@ async fn crash_leftovers_are_cleaned_on_start() {
         ..TestConfig::default()
     })
     .await;
-    let mut c = login(&server, "crash").await;
+    let mut c = login(server.addr, "crash").await;
     upload(&mut c, "kept.bin", &pattern(5000, 1), 2).await;
     drop(c);
     server.shutdown().await;
@@ -852,7 +820,7 @@ async fn crash_leftovers_are_cleaned_on_start() {
     })
     .await;
     assert_eq!(std::fs::read_dir(dir.join("tmp")).expect("ls").count(), 0);
-    let mut c = login(&server, "crash").await;
+    let mut c = login(server.addr, "crash").await;
     assert_eq!(download(&mut c, "kept.bin").await, pattern(5000, 1));
     assert_eq!(
         refusal(
@@ -869,7 +837,7 @@ async fn crash_leftovers_are_cleaned_on_start() {
 async fn spread_transfers_over_several_connections_are_byte_identical() {
     let server = TestServer::start().await;
     let body = pattern(5 * 1024 * 1024 + 3, 12);
-    let mut first = login(&server, "spread").await;
+    let mut first = login(server.addr, "spread").await;
     let token = first.token().expect("token").to_owned();
     let mut others = Vec::new();
     for _ in 0..3 {
@@ -960,7 +928,7 @@ async fn token_guessing_is_paced_while_valid_tokens_are_not() {
     });
     // Meanwhile an honest client is answered before the guesses are.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut honest = login(&server, "honest").await;
+    let mut honest = login(server.addr, "honest").await;
     honest
         .data_save(Some("fine"), Map::new())
         .await
@@ -983,7 +951,7 @@ async fn token_guessing_is_paced_while_valid_tokens_are_not() {
 #[tokio::test]
 async fn a_client_that_stopped_mid_pipeline_refuses_to_go_on() {
     let server = TestServer::start().await;
-    let mut c = login(&server, "desync").await;
+    let mut c = login(server.addr, "desync").await;
     let plan = c
         .file_save(Some("d.bin"), 20480 * 8, SaveOptions::default())
         .await
@@ -1013,8 +981,8 @@ async fn a_client_that_stopped_mid_pipeline_refuses_to_go_on() {
 #[tokio::test]
 async fn upload_ids_keep_racing_uploads_of_one_key_apart() {
     let server = TestServer::start().await;
-    let mut a = login(&server, "racer").await;
-    let mut b = login(&server, "racer").await;
+    let mut a = login(server.addr, "racer").await;
+    let mut b = login(server.addr, "racer").await;
     let first = a
         .file_save(Some("race.bin"), 30_000, SaveOptions::default())
         .await
