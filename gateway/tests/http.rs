@@ -82,8 +82,20 @@ impl Gateway {
             .expect("send")
     }
 
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.at(path)).send().await.expect("GET")
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.at(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
     async fn get_bytes(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-        let r = self.client.get(self.at(path)).send().await.expect("send");
+        let r = self.get(path).await;
         let (s, h) = (r.status(), r.headers().clone());
         (s, h, r.bytes().await.expect("body").to_vec())
     }
@@ -193,29 +205,14 @@ async fn multipart_upload_download_range_head_delete() {
         error_code(again).await,
         (StatusCode::CONFLICT, "key_exists".into())
     );
-    let del = gw
-        .client
-        .delete(gw.at("/files/otter.jpg"))
-        .send()
-        .await
-        .expect("delete");
+    let del = gw.delete("/files/otter.jpg").await;
     assert_eq!(del.status(), StatusCode::NO_CONTENT);
-    let gone = gw
-        .client
-        .get(gw.at("/files/otter.jpg"))
-        .send()
-        .await
-        .expect("get");
+    let gone = gw.get("/files/otter.jpg").await;
     assert_eq!(
         error_code(gone).await,
         (StatusCode::NOT_FOUND, "not_found".into())
     );
-    let gone = gw
-        .client
-        .delete(gw.at("/files/otter.jpg"))
-        .send()
-        .await
-        .expect("delete");
+    let gone = gw.delete("/files/otter.jpg").await;
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 }
 
@@ -309,19 +306,9 @@ async fn bad_uploads_get_clear_errors() {
         .expect("post");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Nothing half-stored is visible afterwards.
-    let r = gw
-        .client
-        .get(gw.at("/files/too-big"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/files/too-big").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = gw
-        .client
-        .get(gw.at("/no/such/route"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/no/such/route").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "not_found".into())
@@ -345,11 +332,8 @@ async fn records_round_trip_with_errors() {
         .expect("key")
         .to_owned();
     let got: Value = gw
-        .client
-        .get(gw.at(&format!("/records/{key}")))
-        .send()
+        .get(&format!("/records/{key}"))
         .await
-        .expect("get")
         .json()
         .await
         .expect("json");
@@ -419,20 +403,10 @@ async fn records_round_trip_with_errors() {
         .expect("post");
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
-        gw.client
-            .delete(gw.at("/records/mine"))
-            .send()
-            .await
-            .expect("del")
-            .status(),
+        gw.delete("/records/mine").await.status(),
         StatusCode::NO_CONTENT
     );
-    let r = gw
-        .client
-        .get(gw.at("/records/mine"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/records/mine").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "not_found".into())
@@ -494,12 +468,7 @@ async fn login_tokens_isolate_users_and_auth_can_be_required() {
     assert_eq!(r.text().await.expect("text"), "alice only");
     // The default user is somebody else.
     assert_eq!(
-        gw.client
-            .get(gw.at("/files/private.txt"))
-            .send()
-            .await
-            .expect("get")
-            .status(),
+        gw.get("/files/private.txt").await.status(),
         StatusCode::NOT_FOUND
     );
     for bad in ["Bearer not-a-token", "Bearer ", "Basic abc"] {
@@ -515,12 +484,7 @@ async fn login_tokens_isolate_users_and_auth_can_be_required() {
     }
 
     let strict = gateway_with(step.addr, |http, _| http.require_auth = true).await;
-    let r = strict
-        .client
-        .get(strict.at("/files/private.txt"))
-        .send()
-        .await
-        .expect("get");
+    let r = strict.get("/files/private.txt").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "unauthorized".into())
@@ -556,18 +520,10 @@ async fn backend_down_then_back_recovers_without_restart() {
             .status(),
         StatusCode::CREATED
     );
-    assert_eq!(
-        gw.client
-            .get(gw.at("/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(gw.get("/readyz").await.status(), StatusCode::OK);
     step.shutdown().await;
     for path in ["/readyz", "/files/a.txt"] {
-        let r = gw.client.get(gw.at(path)).send().await.expect("get");
+        let r = gw.get(path).await;
         assert_eq!(
             error_code(r).await,
             (
@@ -577,45 +533,16 @@ async fn backend_down_then_back_recovers_without_restart() {
             "{path}"
         );
     }
-    assert_eq!(
-        gw.client
-            .get(gw.at("/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(gw.get("/healthz").await.status(), StatusCode::OK);
     // Back on the same port and store, with a new token secret (as a server
     // without a configured secret gets at each start): the gateway reconnects
     // and logs its default user in again by itself.
     let _step = step_on(addr, dir, b"a new secret").await;
-    let r = gw
-        .client
-        .get(gw.at("/files/a.txt"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/files/a.txt").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.expect("text"), "before");
-    assert_eq!(
-        gw.client
-            .get(gw.at("/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status(),
-        StatusCode::OK
-    );
-    let metrics = gw
-        .client
-        .get(gw.at("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    assert_eq!(gw.get("/readyz").await.status(), StatusCode::OK);
+    let metrics = gw.get("/metrics").await.text().await.expect("text");
     assert!(
         metrics.contains("gateway_backend_errors_total"),
         "{metrics}"
@@ -661,12 +588,7 @@ async fn silent_backend_gives_504_and_no_backend_503() {
     });
     let gw = gateway_with(silent_addr, |_, t| t.backend_timeout = 1).await;
     let started = std::time::Instant::now();
-    let r = gw
-        .client
-        .get(gw.at("/records/x"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/records/x").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::GATEWAY_TIMEOUT, "backend_timeout".into())
@@ -720,19 +642,9 @@ async fn exhausted_pool_answers_503_then_recovers() {
         StatusCode::CREATED
     );
     // A download whose body is not read holds the only connection.
-    let held = gw
-        .client
-        .get(gw.at("/files/held.bin"))
-        .send()
-        .await
-        .expect("get");
+    let held = gw.get("/files/held.bin").await;
     assert_eq!(held.status(), StatusCode::OK);
-    let r = gw
-        .client
-        .get(gw.at("/records/any"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/records/any").await;
     assert_eq!(
         error_code(r).await,
         (
@@ -743,12 +655,7 @@ async fn exhausted_pool_answers_503_then_recovers() {
     drop(held);
     let mut ok = false;
     for _ in 0..50 {
-        let r = gw
-            .client
-            .get(gw.at("/records/any"))
-            .send()
-            .await
-            .expect("get");
+        let r = gw.get("/records/any").await;
         if r.status() == StatusCode::NOT_FOUND {
             ok = true;
             break;
@@ -902,12 +809,7 @@ async fn external_backend_flows() {
         body[20000..=50000].to_vec()
     );
     assert_eq!(
-        gw.client
-            .delete(gw.at(&format!("/files/{put}")))
-            .send()
-            .await
-            .expect("del")
-            .status(),
+        gw.delete(&format!("/files/{put}")).await.status(),
         StatusCode::NO_CONTENT
     );
     let r = gw
@@ -919,24 +821,13 @@ async fn external_backend_flows() {
         .expect("put");
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = gw
-        .client
-        .get(gw.at(&format!("/records/rec-{tag}")))
-        .send()
+        .get(&format!("/records/rec-{tag}"))
         .await
-        .expect("get")
         .json()
         .await
         .expect("json");
     assert_eq!(v["v"], 1);
-    assert_eq!(
-        gw.client
-            .get(gw.at("/readyz"))
-            .send()
-            .await
-            .expect("readyz")
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(gw.get("/readyz").await.status(), StatusCode::OK);
     eprintln!("external backend {addr}: all flows passed");
 }
 
@@ -1002,12 +893,7 @@ async fn backend_dying_mid_upload_fails_cleanly_then_recovers() {
     assert!(started.elapsed() < Duration::from_secs(20));
     // The server comes back; the half-finished key is not a file.
     let _step = step_on(addr, dir, step_tests::TEST_SECRET).await;
-    let r = gw
-        .client
-        .get(gw.at("/files/interrupted.bin"))
-        .send()
-        .await
-        .expect("get");
+    let r = gw.get("/files/interrupted.bin").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = gw
         .client
