@@ -178,6 +178,7 @@ mod tests {
             operation: "SAVE".into(),
             code: 402,
             message: "exists".into(),
+            reason: None,
         };
         assert_eq!(GatewayError::from(refused).status(), StatusCode::CONFLICT);
         assert_eq!(

@@ -101,6 +101,7 @@ impl CliError {
                 operation,
                 code,
                 message,
+                ..
             } => CliError::Refused {
                 operation,
                 code,
@@ -182,6 +183,7 @@ mod tests {
             operation: "SAVE".into(),
             code,
             message: "multi\nline".into(),
+            reason: None,
         }
     }
 

@@ -207,6 +207,8 @@ mod tests {
         pipelining: true,
         resume: true,
         max_block_size: 8 << 20,
+        token_ttl: None,
+        max_file_size: None,
     };
 
     #[test]

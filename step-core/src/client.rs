@@ -22,7 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::{CodecError, StepCodec};
-use crate::message::{Kind, Message, Operation, Status, field};
+use crate::message::{Kind, Message, Operation, Reason, Status, field};
 
 /// What went wrong talking to a STEP server.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum ClientError {
         operation: String,
         code: u64,
         message: String,
+        /// Our server's `reason` extension, when it sent one.
+        reason: Option<Reason>,
     },
     #[error("the STEP server did not answer within {0:?}")]
     TimedOut(std::time::Duration),
@@ -66,6 +68,10 @@ pub struct Capabilities {
     pub pipelining: bool,
     pub resume: bool,
     pub max_block_size: u64,
+    /// Seconds a freshly minted token is valid for, at least.
+    pub token_ttl: Option<u64>,
+    /// Largest file size a SAVE may announce.
+    pub max_file_size: Option<u64>,
 }
 
 impl Capabilities {
@@ -83,15 +89,26 @@ impl Capabilities {
                 .get("max_block_size")
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
+            token_ttl: caps.get("token_ttl").and_then(Value::as_u64),
+            max_file_size: caps.get("max_file_size").and_then(Value::as_u64),
         }
     }
 
     pub fn to_json(self) -> Value {
-        serde_json::json!({
+        let mut caps = serde_json::json!({
             "pipelining": self.pipelining,
             "resume": self.resume,
             "max_block_size": self.max_block_size,
-        })
+        });
+        for (name, value) in [
+            ("token_ttl", self.token_ttl),
+            ("max_file_size", self.max_file_size),
+        ] {
+            if let Some(v) = value {
+                caps[name] = v.into();
+            }
+        }
+        caps
     }
 }
 
@@ -227,6 +244,10 @@ pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
                 .to_owned(),
             code,
             message: resp.status_msg().to_owned(),
+            reason: resp
+                .get(field::REASON)
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok()),
         }),
         None => Err(ClientError::Protocol("response has no status".into())),
     }
@@ -654,6 +675,21 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = self
             .request(Operation::Delete, Kind::File)?
             .with(field::KEY, key);
+        expect_ok(self.call(&req).await?).map(drop)
+    }
+
+    /// FILE DELETE of one upload only (our server's extension): the
+    /// unfinished upload `upload_id`, or the complete file it produced;
+    /// anything else under `key` is left alone (404, reason `other_upload`).
+    pub async fn file_delete_upload(
+        &mut self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), ClientError> {
+        let req = self
+            .request(Operation::Delete, Kind::File)?
+            .with(field::KEY, key)
+            .with(field::UPLOAD_ID, upload_id);
         expect_ok(self.call(&req).await?).map(drop)
     }
 }

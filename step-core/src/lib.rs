@@ -19,7 +19,7 @@ pub mod transfer;
 
 pub use client::{ClientError, StepClient};
 pub use codec::{CodecError, Frame, StepCodec};
-pub use message::{Direction, Kind, Message, Operation, Status};
+pub use message::{Direction, Kind, Message, Operation, Reason, Status};
 
 /// The TCP port STEP servers listen on.
 pub const DEFAULT_PORT: u16 = 1379;

@@ -38,6 +38,9 @@ pub mod field {
     /// Names one upload of a key (SAVE answer); an UPLOAD carrying it is
     /// refused with 408 once another SAVE has started the key over.
     pub const UPLOAD_ID: &str = "upload_id";
+    /// Why our server refused a request, as a [`super::Reason`] (error
+    /// responses only; the status stays the reference's).
+    pub const REASON: &str = "reason";
 }
 
 macro_rules! wire_enum {
@@ -89,6 +92,26 @@ wire_enum!(
         File = "FILE",
         Data = "DATA",
         Auth = "AUTH",
+    }
+);
+
+wire_enum!(
+    /// The `reason` extension of an error response: what the reference's
+    /// status codes cannot say, so a client (the gateway) can answer
+    /// precisely. Reference peers ignore the field.
+    Reason {
+        // Storage is full (also a SAVE larger than the free space).
+        NoSpace = "no_space",
+        // A SAVE size above the server's `max_file_size`.
+        TooLarge = "too_large",
+        // The `upload_id` is no longer the key's current upload.
+        Superseded = "superseded",
+        // Stored bytes failed their at-rest checksum.
+        Integrity = "integrity",
+        // A per-user cap on unfinished uploads was reached.
+        Quota = "quota",
+        // A DELETE with `upload_id` found something other than that upload.
+        OtherUpload = "other_upload",
     }
 );
 

@@ -135,6 +135,8 @@ impl Service {
             pipelining: true,
             resume: true,
             max_block_size: self.limits.max_block_size,
+            token_ttl: Some(self.tokens.ttl_secs()),
+            max_file_size: Some(self.limits.max_file_size),
         }
     }
 
