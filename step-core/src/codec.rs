@@ -165,6 +165,190 @@ impl Encoder<&Message> for StepCodec {
     }
 }
 
+/// Largest piece the [`RequestCodec`] asks to have read at once while it
+/// skips or collects a binary part: what one connection buffers beyond the
+/// body itself.
+pub const BODY_READ_CHUNK: usize = 64 << 10;
+
+/// One piece of a request off the wire, from [`RequestCodec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPart {
+    /// A frame's JSON part and the announced length of its binary part, which
+    /// is still unread. Unless [`RequestCodec::read_body`] is called before
+    /// the next decode, that binary part is skipped: read and dropped in
+    /// pieces of at most [`BODY_READ_CHUNK`] bytes, never stored.
+    Head { json: Bytes, binary_len: usize },
+    /// The binary part of the previous head, after [`RequestCodec::read_body`].
+    Body(Bytes),
+}
+
+#[derive(Debug, Default)]
+enum ReadState {
+    /// Waiting for a header and its JSON part.
+    #[default]
+    Head,
+    /// A head with a binary part was yielded; nothing decided yet.
+    Undecided(usize),
+    /// Dropping this many more bytes of a binary part.
+    Skip(usize),
+    /// Collecting a binary part of `len` bytes into a buffer of exactly that
+    /// capacity.
+    Body { len: usize, buf: BytesMut },
+}
+
+/// A server's decoder that splits each frame in two: the header and JSON part
+/// first ([`RequestPart::Head`]), so the request can be checked before a byte
+/// of its binary part is buffered; then, only if the caller asks for it, the
+/// binary part ([`RequestPart::Body`]). Responses are encoded as by
+/// [`StepCodec`], with the same caps.
+#[derive(Debug, Default)]
+pub struct RequestCodec {
+    caps: StepCodec,
+    state: ReadState,
+}
+
+impl RequestCodec {
+    pub fn new(caps: StepCodec) -> Self {
+        Self {
+            caps,
+            state: ReadState::Head,
+        }
+    }
+
+    pub fn caps(&self) -> StepCodec {
+        self.caps
+    }
+
+    /// Collect the binary part of the head just yielded (instead of skipping
+    /// it); the next decoded item is its [`RequestPart::Body`]. Returns the
+    /// body's length, or `None` when there is no binary part pending (none
+    /// announced, or already decided).
+    pub fn read_body(&mut self) -> Option<usize> {
+        match self.state {
+            ReadState::Undecided(len) => {
+                self.state = ReadState::Body {
+                    len,
+                    buf: BytesMut::with_capacity(len),
+                };
+                Some(len)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the next head is already whole in `src` (no binary part still
+    /// to skip or collect): a server flushes its answers only when not, so
+    /// pipelined requests are answered in batches.
+    pub fn head_buffered(&self, src: &BytesMut) -> bool {
+        if !matches!(self.state, ReadState::Head) || src.len() < HEADER_LEN {
+            return false;
+        }
+        let json = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        src.len() >= HEADER_LEN.saturating_add(json)
+    }
+
+    /// Make room to read the next piece of a binary part of which `remaining`
+    /// bytes are still to come, at most [`BODY_READ_CHUNK`].
+    fn reserve_chunk(src: &mut BytesMut, remaining: usize) {
+        src.reserve(remaining.min(BODY_READ_CHUNK).saturating_sub(src.len()));
+    }
+}
+
+impl Decoder for RequestCodec {
+    type Item = RequestPart;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<RequestPart>, CodecError> {
+        loop {
+            match &mut self.state {
+                ReadState::Head => {
+                    if src.len() < HEADER_LEN {
+                        src.reserve(HEADER_LEN - src.len());
+                        return Ok(None);
+                    }
+                    let json_len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+                    let binary_len = u32::from_be_bytes([src[4], src[5], src[6], src[7]]);
+                    self.caps
+                        .check(u64::from(json_len), u64::from(binary_len))?;
+                    // Only the header and JSON part are waited for here; the
+                    // binary part is not reserved (it may never be read).
+                    let head = HEADER_LEN + json_len as usize;
+                    if src.len() < head {
+                        src.reserve(head - src.len());
+                        return Ok(None);
+                    }
+                    src.advance(HEADER_LEN);
+                    let json = src.split_to(json_len as usize).freeze();
+                    let binary_len = binary_len as usize;
+                    if binary_len > 0 {
+                        self.state = ReadState::Undecided(binary_len);
+                    }
+                    return Ok(Some(RequestPart::Head { json, binary_len }));
+                }
+                // The caller did not ask for the body: skip it.
+                ReadState::Undecided(len) => {
+                    let len = *len;
+                    self.state = ReadState::Skip(len);
+                }
+                ReadState::Skip(remaining) => {
+                    let n = (*remaining).min(src.len());
+                    src.advance(n);
+                    *remaining -= n;
+                    if *remaining > 0 {
+                        Self::reserve_chunk(src, *remaining);
+                        return Ok(None);
+                    }
+                    self.state = ReadState::Head;
+                }
+                ReadState::Body { len, buf } => {
+                    let n = (*len - buf.len()).min(src.len());
+                    buf.extend_from_slice(&src[..n]);
+                    src.advance(n);
+                    if buf.len() < *len {
+                        Self::reserve_chunk(src, *len - buf.len());
+                        return Ok(None);
+                    }
+                    let body = std::mem::take(buf).freeze();
+                    self.state = ReadState::Head;
+                    return Ok(Some(RequestPart::Body(body)));
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<RequestPart>, CodecError> {
+        match self.decode(src)? {
+            Some(part) => Ok(Some(part)),
+            None if src.is_empty() && matches!(self.state, ReadState::Head) => Ok(None),
+            None => {
+                let collected = match &self.state {
+                    ReadState::Body { buf, .. } => buf.len(),
+                    _ => 0,
+                };
+                Err(CodecError::Truncated {
+                    buffered: src.len() + collected,
+                })
+            }
+        }
+    }
+}
+
+impl Encoder<&Message> for RequestCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Message>::encode(&mut self.caps, msg, dst)
+    }
+}
+
+impl Encoder<Message> for RequestCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Message>::encode(&mut self.caps, &msg, dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +488,119 @@ mod tests {
             .expect("frame");
         let back = Message::from_frame(frame).expect("parse");
         assert_eq!(back, msg);
+    }
+
+    /// Decode `chunks` with a [`RequestCodec`] that reads the body of every
+    /// head whose JSON is `read_me`; returns what it yielded.
+    fn split_decode(chunks: &[&[u8]], read_me: &[u8]) -> Vec<RequestPart> {
+        let mut codec = RequestCodec::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            while let Some(part) = codec.decode(&mut buf).expect("decode") {
+                if let RequestPart::Head { json, .. } = &part
+                    && &json[..] == read_me
+                {
+                    codec.read_body();
+                }
+                out.push(part);
+            }
+        }
+        assert!(codec.decode_eof(&mut buf).expect("clean end").is_none());
+        out
+    }
+
+    #[test]
+    fn request_codec_yields_heads_and_only_the_bodies_asked_for() {
+        let mut stream = encode_frame(br#"{"skip":1}"#, &[1u8; 300]);
+        stream.extend_from_slice(&encode_frame(br#"{"read":1}"#, &[2u8; 70]));
+        stream.extend_from_slice(&encode_frame(br#"{"none":1}"#, b""));
+        stream.extend_from_slice(&encode_frame(br#"{"skip":2}"#, &[3u8; 5]));
+        let whole = stream.freeze();
+        let expected = vec![
+            RequestPart::Head {
+                json: Bytes::from_static(br#"{"skip":1}"#),
+                binary_len: 300,
+            },
+            RequestPart::Head {
+                json: Bytes::from_static(br#"{"read":1}"#),
+                binary_len: 70,
+            },
+            RequestPart::Body(Bytes::from(vec![2u8; 70])),
+            RequestPart::Head {
+                json: Bytes::from_static(br#"{"none":1}"#),
+                binary_len: 0,
+            },
+            RequestPart::Head {
+                json: Bytes::from_static(br#"{"skip":2}"#),
+                binary_len: 5,
+            },
+        ];
+        for cut in 0..=whole.len() {
+            let got = split_decode(&[&whole[..cut], &whole[cut..]], br#"{"read":1}"#);
+            assert_eq!(got, expected, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+        assert_eq!(split_decode(&bytes, br#"{"read":1}"#), expected);
+    }
+
+    #[test]
+    fn request_codec_skips_without_buffering_the_body() {
+        let mut codec = RequestCodec::default();
+        let mut buf = encode_frame(br#"{"a":1}"#, b"");
+        buf[4..8].copy_from_slice(&(DEFAULT_MAX_BINARY as u32).to_be_bytes());
+        let head = codec.decode(&mut buf).expect("decode").expect("head");
+        assert_eq!(
+            head,
+            RequestPart::Head {
+                json: Bytes::from_static(br#"{"a":1}"#),
+                binary_len: DEFAULT_MAX_BINARY
+            }
+        );
+        // The body arrives in pieces and is dropped as it comes.
+        let piece = vec![0u8; 100_000];
+        let mut fed = 0;
+        while fed < DEFAULT_MAX_BINARY {
+            let n = piece.len().min(DEFAULT_MAX_BINARY - fed);
+            buf.extend_from_slice(&piece[..n]);
+            fed += n;
+            assert!(codec.decode(&mut buf).expect("decode").is_none());
+            assert!(buf.is_empty(), "nothing of the body is kept");
+            assert!(buf.capacity() <= 2 * BODY_READ_CHUNK + piece.len());
+        }
+        assert!(codec.decode_eof(&mut buf).expect("clean").is_none());
+    }
+
+    #[test]
+    fn request_codec_caps_and_truncation() {
+        let mut codec = RequestCodec::new(StepCodec::new(10, 4));
+        let mut too_big = BytesMut::from(&[0u8, 0, 0, 2, 0, 0, 0, 5][..]);
+        let cap_before = too_big.capacity();
+        assert!(matches!(
+            codec.decode(&mut too_big),
+            Err(CodecError::BinaryTooLong { len: 5, .. })
+        ));
+        assert_eq!(too_big.capacity(), cap_before, "nothing reserved");
+
+        let mut codec = RequestCodec::default();
+        let mut partial = encode_frame(b"{}", b"xyz");
+        partial.truncate(11);
+        assert!(codec.decode(&mut partial).expect("head").is_some());
+        assert_eq!(codec.read_body(), Some(3));
+        assert!(matches!(
+            codec.decode_eof(&mut partial),
+            Err(CodecError::Truncated { buffered: 1 })
+        ));
+        // A whole next head is buffered only once any body before it is gone.
+        let mut codec = RequestCodec::default();
+        let mut two = encode_frame(b"{}", b"abc");
+        two.extend_from_slice(&encode_frame(b"{}", b""));
+        assert!(codec.head_buffered(&two));
+        assert!(codec.decode(&mut two).expect("head").is_some());
+        assert!(!codec.head_buffered(&two), "its body is still to skip");
+        assert!(codec.decode(&mut two).expect("head").is_some());
+        assert!(!codec.head_buffered(&two), "nothing left");
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

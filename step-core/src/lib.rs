@@ -18,7 +18,7 @@ pub mod token;
 pub mod transfer;
 
 pub use client::{ClientError, StepClient};
-pub use codec::{CodecError, Frame, StepCodec};
+pub use codec::{CodecError, Frame, RequestCodec, RequestPart, StepCodec};
 pub use message::{Direction, Kind, Message, Operation, Reason, Status};
 
 /// The TCP port STEP servers listen on.

@@ -14,7 +14,21 @@
 //! leaves room for: forging needs ~5·10^9 online guesses on average, each a
 //! round trip the server sees (and throttles, see the server's auth limiter);
 //! no offline attack applies because the secret never leaves the server.
-//! Ten-minute issue units mean a token may expire up to ten minutes early.
+//!
+//! Lifetime: the token only records its ten-minute issue unit, so expiry is
+//! counted from the *end* of that unit: a token is valid until
+//! `end of issue unit + ttl`, i.e. for at least `ttl` and less than
+//! `ttl + 600` seconds after it was minted. `ttl` is therefore the guaranteed
+//! minimum (what LOGIN announces as `token_ttl`), and every TTL from 1 s to
+//! [`MAX_TTL_SECS`] works; 0 and longer TTLs cannot be expressed and are
+//! refused by [`TokenKey::try_new`].
+//!
+//! User part: the username with `%` written `%25` and `.` written `%2E` (the
+//! part may not contain dots, they separate the parts). The encoding is
+//! injective, so `alice.smith` and `alice_smith` are different users (the
+//! reference's `.`→`_` made them one); names without `.` or `%` keep exactly
+//! the reference's shape. The public md5 covers the parts as they appear, so a
+//! client that re-checks it still accepts our tokens.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -65,10 +79,49 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
-/// The user part of a token: the reference replaces dots with underscores.
+/// The user part of a token: `%` → `%25`, `.` → `%2E`, nothing else changed.
+/// Injective, unlike the reference's `.` → `_`.
 pub fn user_part(username: &str) -> String {
-    username.replace('.', "_")
+    let mut out = String::with_capacity(username.len());
+    for c in username.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '.' => out.push_str("%2E"),
+            c => out.push(c),
+        }
+    }
+    out
 }
+
+/// The username a token's user part names: the inverse of [`user_part`].
+/// Any other `%` sequence (which [`user_part`] never writes) is refused, so
+/// each user part names exactly one user.
+pub fn username_of(part: &str) -> Option<String> {
+    let mut out = String::with_capacity(part.len());
+    let mut rest = part;
+    while let Some(at) = rest.find(['%', '.']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("%25") {
+            out.push('%');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("%2E") {
+            out.push('.');
+            rest = after;
+        } else {
+            return None;
+        }
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// A TTL the token format cannot express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "token ttl of {0} s cannot be expressed: it must be between 1 and {MAX_TTL_SECS} seconds (about 68 days)"
+)]
+pub struct TtlError(pub u64);
 
 /// The md5 the reference (and clients that re-check) expect as the 4th part.
 pub fn public_signature(first_three: &str) -> String {
@@ -76,22 +129,34 @@ pub fn public_signature(first_three: &str) -> String {
 }
 
 /// A token exactly as the reference server would mint it, for tests and
-/// comparisons: `stamp` is its `YYYYmmddHHMMSS`.
+/// comparisons: `stamp` is its `YYYYmmddHHMMSS` (dots in the name become `_`,
+/// as the reference does).
 pub fn mint_reference_style(username: &str, stamp: &str) -> String {
-    let payload = format!("{}.{stamp}.login", user_part(username));
+    let payload = format!("{}.{stamp}.login", username.replace('.', "_"));
     let sig = public_signature(&payload);
     STANDARD.encode(format!("{payload}.{sig}"))
 }
 
 impl TokenKey {
-    /// `ttl_secs` is clamped to [`MAX_TTL_SECS`].
+    /// `ttl_secs` is clamped to `1..=`[`MAX_TTL_SECS`]; configuration should
+    /// use [`TokenKey::try_new`], which refuses what it cannot express.
     pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
         Self {
             mac: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length"),
-            ttl_secs: ttl_secs.min(MAX_TTL_SECS),
+            ttl_secs: ttl_secs.clamp(1, MAX_TTL_SECS),
         }
     }
 
+    /// Like [`TokenKey::new`], but a TTL outside `1..=`[`MAX_TTL_SECS`] is an
+    /// error instead of being clamped.
+    pub fn try_new(secret: &[u8], ttl_secs: u64) -> Result<Self, TtlError> {
+        if !(1..=MAX_TTL_SECS).contains(&ttl_secs) {
+            return Err(TtlError(ttl_secs));
+        }
+        Ok(Self::new(secret, ttl_secs))
+    }
+
+    /// The guaranteed minimum lifetime of a freshly minted token.
     pub fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }
@@ -127,7 +192,8 @@ impl TokenKey {
         STANDARD.encode(format!("{payload}.{sig}"))
     }
 
-    /// The user a token belongs to, if it is ours, intact and unexpired.
+    /// The username a token belongs to (decoded, see [`username_of`]), if the
+    /// token is ours, intact and unexpired.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
         let raw = STANDARD
             .decode(token.trim())
@@ -157,10 +223,11 @@ impl TokenKey {
         if !bool::from(expected.as_bytes().ct_eq(keyed.as_bytes())) {
             return Err(TokenError::Signature);
         }
-        if now_unix >= unit * UNIT_SECS + self.ttl_secs {
+        // Counted from the end of the issue unit: at least `ttl` after minting.
+        if now_unix >= (unit + 1) * UNIT_SECS + self.ttl_secs {
             return Err(TokenError::Expired);
         }
-        Ok(user.to_owned())
+        username_of(user).ok_or(TokenError::Format)
     }
 }
 
@@ -177,36 +244,91 @@ mod tests {
     #[test]
     fn has_reference_shape_and_passes_public_recheck() {
         let key = TokenKey::new(b"secret", 86_400);
-        let token = key.mint("alice.smith", NOW);
-        let text = decode(&token);
-        let parts: Vec<&str> = text.split('.').collect();
-        assert_eq!(parts.len(), 4);
-        assert_eq!(parts[0], "alice_smith");
-        assert_eq!(parts[1].len(), 14);
-        assert!(parts[1].bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(parts[2], "login");
-        // What the re-checking client computes:
-        assert_eq!(parts[3], public_signature(&parts[..3].join(".")));
-        assert_eq!(key.verify(&token, NOW + 5), Ok("alice_smith".into()));
+        for (name, part) in [
+            ("alice", "alice"),
+            ("alice_smith", "alice_smith"),
+            ("alice.smith", "alice%2Esmith"),
+            ("100%.sure", "100%25%2Esure"),
+        ] {
+            let token = key.mint(name, NOW);
+            let text = decode(&token);
+            let parts: Vec<&str> = text.split('.').collect();
+            assert_eq!(parts.len(), 4, "{name}");
+            assert_eq!(parts[0], part);
+            assert_eq!(parts[1].len(), 14);
+            assert!(parts[1].bytes().all(|b| b.is_ascii_digit()));
+            assert_eq!(parts[2], "login");
+            // What the re-checking client computes:
+            assert_eq!(parts[3], public_signature(&parts[..3].join(".")));
+            assert_eq!(key.verify(&token, NOW + 5), Ok(name.to_owned()));
+        }
+    }
+
+    #[test]
+    fn user_parts_are_injective_and_decode_back() {
+        let names = [
+            "alice.smith",
+            "alice_smith",
+            "alice%2Esmith",
+            "alice%252Esmith",
+            "%",
+            ".",
+            "..",
+            "%2E",
+            "a.b%c",
+            "über.ß",
+        ];
+        let parts: std::collections::HashSet<String> = names.iter().map(|n| user_part(n)).collect();
+        assert_eq!(parts.len(), names.len(), "no two names share a user part");
+        for name in names {
+            let part = user_part(name);
+            assert!(!part.contains('.'), "{part}");
+            assert_eq!(username_of(&part).as_deref(), Some(name));
+        }
+        for foreign in ["a%2e", "a%", "a%41", "a.b", "%2"] {
+            assert_eq!(username_of(foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn a_token_lives_at_least_its_ttl() {
+        let key = TokenKey::new(b"secret", 60);
+        // Minted at the last second of an issue unit.
+        let last_second = (NOW / UNIT_SECS + 1) * UNIT_SECS - 1;
+        let token = key.mint("bob", last_second);
+        assert!(key.verify(&token, last_second).is_ok(), "valid when minted");
+        assert!(
+            key.verify(&token, last_second + 59).is_ok(),
+            "valid 59 s later"
+        );
+        assert!(key.verify(&token, last_second + 60).is_ok(), "and at ttl");
+        assert_eq!(
+            key.verify(&token, last_second + 61),
+            Err(TokenError::Expired)
+        );
+        // Minted at the first second of a unit: at most ttl + 600 s.
+        let first_second = NOW / UNIT_SECS * UNIT_SECS;
+        let token = key.mint("bob", first_second);
+        assert!(key.verify(&token, first_second + 659).is_ok());
+        assert_eq!(
+            key.verify(&token, first_second + 660),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
     fn expires_after_ttl() {
         let key = TokenKey::new(b"secret", 3600);
         let token = key.mint("bob", NOW);
-        let issued_unit_start = NOW / UNIT_SECS * UNIT_SECS;
-        assert!(key.verify(&token, issued_unit_start + 3599).is_ok());
+        let issued_unit_end = (NOW / UNIT_SECS + 1) * UNIT_SECS;
+        assert!(key.verify(&token, NOW + 3600).is_ok());
+        assert!(key.verify(&token, issued_unit_end + 3599).is_ok());
         assert_eq!(
-            key.verify(&token, issued_unit_start + 3600),
+            key.verify(&token, issued_unit_end + 3600),
             Err(TokenError::Expired)
         );
         assert_eq!(
             key.verify(&token, NOW + 40 * 86_400),
-            Err(TokenError::Expired)
-        );
-        let zero = TokenKey::new(b"secret", 0);
-        assert_eq!(
-            zero.verify(&zero.mint("bob", NOW), NOW),
             Err(TokenError::Expired)
         );
     }
@@ -254,6 +376,7 @@ mod tests {
         let issued = (TIME_MODULUS * 300 - 1) * UNIT_SECS;
         let token = key.mint("erin", issued);
         assert_eq!(key.verify(&token, issued + 120), Ok("erin".into()));
+        assert_eq!(key.verify(&token, issued + 86_400), Ok("erin".into()));
     }
 
     #[test]
@@ -263,7 +386,20 @@ mod tests {
     }
 
     #[test]
-    fn ttl_is_clamped() {
+    fn inexpressible_ttls_are_refused_by_try_new_and_clamped_by_new() {
         assert_eq!(TokenKey::new(b"k", u64::MAX).ttl_secs(), MAX_TTL_SECS);
+        assert_eq!(TokenKey::new(b"k", 0).ttl_secs(), 1);
+        for bad in [0, MAX_TTL_SECS + 1, u64::MAX] {
+            let err = TokenKey::try_new(b"k", bad).expect_err("refused");
+            assert_eq!(err, TtlError(bad));
+            assert!(err.to_string().contains("between 1 and"), "{err}");
+        }
+        for good in [1, 60, 599, 600, 86_400, MAX_TTL_SECS] {
+            let key = TokenKey::try_new(b"k", good).expect("accepted");
+            assert_eq!(key.ttl_secs(), good);
+            // The longest lifetime is still unambiguous for the counter.
+            let token = key.mint("x", NOW);
+            assert!(key.verify(&token, NOW + good).is_ok(), "{good}");
+        }
     }
 }

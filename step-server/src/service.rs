@@ -101,6 +101,13 @@ impl Pacer {
     }
 }
 
+/// A 403 for a request's token, and whether it counts as a guess (a token
+/// was presented) and so waits in the refusal pacer.
+struct TokenRefusal {
+    message: Message,
+    guess: bool,
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -166,9 +173,15 @@ impl Service {
             Ok(user) => user,
             Err(refusal) => {
                 // Why, never the token: a token is a credential.
-                debug!(%op, reason = refusal.status_msg(), "token refused");
-                self.refusals.wait_turn().await;
-                return refusal.into();
+                debug!(%op, reason = refusal.message.status_msg(), "token refused");
+                // Only a presented token can be a guess. A request with no
+                // token at all (health probes: `--health-check`, /readyz) is
+                // refused at once, so a guessing flood cannot make the
+                // service look dead.
+                if refusal.guess {
+                    self.refusals.wait_turn().await;
+                }
+                return refusal.message.into();
             }
         };
         let span = tracing::debug_span!("request", %user, %op, %kind);
@@ -250,18 +263,19 @@ impl Service {
     }
 
     /// The user a request acts for, or the 403 the reference gives.
-    fn authenticate(&self, msg: &Message, op: Operation) -> Result<String, Message> {
-        let refuse = |text: String| {
-            Message::response(op.as_str(), Kind::Auth.as_str(), Status::BadToken, text)
+    fn authenticate(&self, msg: &Message, op: Operation) -> Result<String, TokenRefusal> {
+        let refuse = |text: String, guess: bool| TokenRefusal {
+            message: Message::response(op.as_str(), Kind::Auth.as_str(), Status::BadToken, text),
+            guess,
         };
         let token = match msg.get(field::TOKEN) {
-            None => return Err(refuse("No token.".into())),
+            None => return Err(refuse("No token.".into(), false)),
             Some(Value::String(t)) => t,
-            Some(_) => return Err(refuse("Token format is wrong.".into())),
+            Some(_) => return Err(refuse("Token format is wrong.".into(), true)),
         };
         self.tokens
             .verify(token, now_unix())
-            .map_err(|e| refuse(e.to_string()))
+            .map_err(|e| refuse(e.to_string(), true))
     }
 
     fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {
