@@ -75,8 +75,11 @@ pub struct ServiceArgs {
     /// burst, further refusals wait): bounds online token guessing.
     #[arg(long, env = "STEP_TOKEN_FAILURES_PER_SEC", default_value_t = 1000)]
     pub token_failures_per_sec: u32,
-    /// Token lifetime in seconds (at most about 68 days).
-    #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400)]
+    /// Token lifetime in seconds: the least a freshly minted token is valid
+    /// for (it may live up to 600 s longer). From 1 to 5913600 (about 68 days);
+    /// other values are refused at start-up.
+    #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=step_core::token::MAX_TTL_SECS))]
     pub token_ttl: u64,
     /// Largest file a SAVE may announce, in bytes.
     #[arg(long, env = "STEP_MAX_FILE_SIZE", default_value_t = 1 << 40)]
@@ -84,6 +87,11 @@ pub struct ServiceArgs {
     /// Largest block (binary part) accepted or planned, in bytes.
     #[arg(long, env = "STEP_MAX_BLOCK_SIZE", default_value_t = step_core::codec::DEFAULT_MAX_BINARY as u64)]
     pub max_block_size: u64,
+    /// Bytes of request binary parts (blocks) buffered at once, server-wide.
+    /// A connection waits for its share before it reads a block, so honest
+    /// clients get back-pressure, never failure. At least --max-block-size.
+    #[arg(long, env = "STEP_FRAME_BUDGET", default_value_t = 256 << 20)]
+    pub frame_budget: u64,
     /// Largest JSON part accepted, in bytes.
     #[arg(long, env = "STEP_MAX_JSON", default_value_t = step_core::codec::DEFAULT_MAX_JSON)]
     pub max_json: usize,
@@ -112,6 +120,7 @@ impl std::fmt::Debug for ServiceArgs {
             .field("token_failures_per_sec", &self.token_failures_per_sec)
             .field("max_file_size", &self.max_file_size)
             .field("max_block_size", &self.max_block_size)
+            .field("frame_budget", &self.frame_budget)
             .field("max_json", &self.max_json)
             .field("max_key_len", &self.max_key_len)
             .field("max_connections", &self.max_connections)
@@ -149,14 +158,35 @@ impl ServiceArgs {
     }
 
     /// Open the store and build the request service and connection limits.
+    /// Settings that cannot work are refused here, with a message that says
+    /// which flag to change, before anything is opened.
     pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        let invalid = |text: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, text);
+        if let Err(e) = TokenKey::try_new(b"check", self.token_ttl) {
+            return Err(invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")));
+        }
+        if self.max_block_size > u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "--max-block-size / STEP_MAX_BLOCK_SIZE: {} exceeds what a frame header can announce ({})",
+                self.max_block_size,
+                u32::MAX
+            )));
+        }
+        if self.frame_budget < self.max_block_size {
+            return Err(invalid(format!(
+                "--frame-budget / STEP_FRAME_BUDGET ({}) must be at least --max-block-size ({}): \
+                 a block larger than the whole budget could never be read",
+                self.frame_budget, self.max_block_size
+            )));
+        }
         let store = Store::open(&self.data_dir).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot open the store at {}: {e}", self.data_dir.display()),
             )
         })?;
-        let tokens = TokenKey::new(&self.secret()?, self.token_ttl);
+        let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
+            .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;
         let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);
         let limits = Limits {
             max_key_len: self.max_key_len,
@@ -169,6 +199,7 @@ impl ServiceArgs {
             max_connections: self.max_connections.max(1),
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             codec: StepCodec::new(self.max_json, max_binary),
+            frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
         };
         Ok((Arc::new(Service::new(store, tokens, limits)), conn))
     }
@@ -210,5 +241,41 @@ mod tests {
             empty.service.secret().is_err(),
             "an empty secret is refused"
         );
+    }
+
+    #[test]
+    fn inexpressible_token_ttls_are_refused_at_start_up() {
+        for bad in ["0", "5913601", "99999999999"] {
+            let err = ServerArgs::try_parse_from(["step-server", "--token-ttl", bad])
+                .expect_err("refused");
+            assert!(err.to_string().contains("--token-ttl"), "{err}");
+        }
+        for good in ["1", "60", "5913600"] {
+            let args = ServerArgs::try_parse_from(["step-server", "--token-ttl", good])
+                .expect("accepted");
+            assert_eq!(args.service.token_ttl.to_string(), good);
+        }
+        // Built by hand (an embedding program): refused by build(), too.
+        let mut args = ServerArgs::try_parse_from(["step-server"]).expect("parse");
+        let dir = std::env::temp_dir().join(format!("step-config-test-{}", std::process::id()));
+        args.service.data_dir = dir.clone();
+        args.service.token_ttl = 0;
+        let err = args.service.build().expect_err("ttl 0 refused");
+        assert!(err.to_string().contains("--token-ttl"), "{err}");
+        assert!(!dir.exists(), "refused before the store is opened");
+    }
+
+    #[test]
+    fn a_frame_budget_below_one_block_is_refused() {
+        let args = ServerArgs::try_parse_from([
+            "step-server",
+            "--max-block-size",
+            "1048576",
+            "--frame-budget",
+            "1048575",
+        ])
+        .expect("parse");
+        let err = args.service.build().expect_err("refused");
+        assert!(err.to_string().contains("--frame-budget"), "{err}");
     }
 }

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde_json::Value;
 use step_core::client::Capabilities;
 use step_core::message::{RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
 use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::error::StepError;
 use crate::store::{Deleted, PlanRecord, Store};
@@ -101,6 +102,32 @@ impl Pacer {
     }
 }
 
+/// What [`Service::admit`] decided about a request from its JSON part.
+#[derive(Debug)]
+pub enum Admission {
+    /// Answered already; its binary part (if any) is not needed.
+    Answer(Reply),
+    /// Authenticated and not refused yet: [`Service::serve`] answers it.
+    Proceed(Admitted),
+}
+
+/// An authenticated request waiting for [`Service::serve`].
+#[derive(Debug)]
+pub struct Admitted {
+    msg: Message,
+    op: Operation,
+    kind: Kind,
+    user: String,
+}
+
+impl Admitted {
+    /// Whether answering needs the request's binary part: only FILE UPLOAD
+    /// stores one; every other request's binary part is skipped unread.
+    pub fn wants_body(&self) -> bool {
+        (self.op, self.kind) == (Operation::Upload, Kind::File)
+    }
+}
+
 /// A 403 for a request's token, and whether it counts as a guess (a token
 /// was presented) and so waits in the refusal pacer.
 struct TokenRefusal {
@@ -147,27 +174,44 @@ impl Service {
         }
     }
 
-    /// Answer one frame.
+    /// Answer one frame (JSON and binary part already read).
     pub async fn handle(&self, frame: Frame) -> Reply {
-        let msg = match Message::from_frame(frame) {
+        match self.admit(frame.json).await {
+            Admission::Answer(reply) => reply,
+            Admission::Proceed(request) => self.serve(request, frame.binary).await,
+        }
+    }
+
+    /// Everything that can be decided from a request's JSON part alone, before
+    /// its binary part is read: envelope, LOGIN, token, BYE, and for UPLOAD
+    /// the key. A request answered here never has its binary part buffered
+    /// (the connection skips it); only an admitted FILE UPLOAD needs one
+    /// ([`Admitted::wants_body`]).
+    pub async fn admit(&self, json: Bytes) -> Admission {
+        let msg = match Message::from_frame(Frame {
+            json,
+            binary: Bytes::new(),
+        }) {
             Ok(m) => m,
             Err(e) => {
-                return Message::response(
-                    "ERROR",
-                    "ERROR",
-                    Status::CompulsoryFieldMissing,
-                    e.to_string(),
-                )
-                .into();
+                return Admission::Answer(
+                    Message::response(
+                        "ERROR",
+                        "ERROR",
+                        Status::CompulsoryFieldMissing,
+                        e.to_string(),
+                    )
+                    .into(),
+                );
             }
         };
         let head = match RequestHead::parse(&msg) {
             Ok(h) => h,
-            Err(rejection) => return rejection.into_message().into(),
+            Err(rejection) => return Admission::Answer(rejection.into_message().into()),
         };
         let (op, kind) = (head.operation, head.kind);
         if op == Operation::Login {
-            return self.login(&msg, kind).into();
+            return Admission::Answer(self.login(&msg, kind).into());
         }
         let user = match self.authenticate(&msg, op) {
             Ok(user) => user,
@@ -181,25 +225,53 @@ impl Service {
                 if refusal.guess {
                     self.refusals.wait_turn().await;
                 }
-                return refusal.message.into();
+                return Admission::Answer(refusal.message.into());
             }
         };
-        let span = tracing::debug_span!("request", %user, %op, %kind);
-        let _enter = span.enter();
         if op == Operation::Bye {
             info!(%user, "client said BYE");
-            return Reply {
+            return Admission::Answer(Reply {
                 message: ok(op, kind, "Bye."),
                 close: true,
-            };
+            });
         }
-        let result = match kind {
-            Kind::Data => self.data(op, &user, msg).await,
-            Kind::File => self.file(op, &user, msg).await,
-            Kind::Auth => Err(StepError::TypeNotAllowed(format!(
-                "Type AUTH is not allowed for {op}."
-            ))),
-        };
+        // The first of UPLOAD's checks (the reference's order) needs no
+        // store; the rest need the plan and come with the body.
+        if (op, kind) == (Operation::Upload, Kind::File)
+            && let Err(e) = self.key(&msg, "FILE uploading")
+        {
+            return Admission::Answer(refuse(op, kind, &e).into());
+        }
+        Admission::Proceed(Admitted {
+            msg,
+            op,
+            kind,
+            user,
+        })
+    }
+
+    /// Answer an admitted request; `binary` is its binary part (empty unless
+    /// [`Admitted::wants_body`]).
+    pub async fn serve(&self, request: Admitted, binary: Bytes) -> Reply {
+        let Admitted {
+            mut msg,
+            op,
+            kind,
+            user,
+        } = request;
+        msg.binary = binary;
+        let span = tracing::debug_span!("request", %user, %op, %kind);
+        let result = async {
+            match kind {
+                Kind::Data => self.data(op, &user, msg).await,
+                Kind::File => self.file(op, &user, msg).await,
+                Kind::Auth => Err(StepError::TypeNotAllowed(format!(
+                    "Type AUTH is not allowed for {op}."
+                ))),
+            }
+        }
+        .instrument(span)
+        .await;
         match result {
             Ok(m) => m.into(),
             Err(e) => {
