@@ -166,9 +166,12 @@ impl Encoder<&Message> for StepCodec {
 }
 
 /// Largest piece the [`RequestCodec`] asks to have read at once while it
-/// skips or collects a binary part: what one connection buffers beyond the
-/// body itself.
+/// collects a binary part (beyond the body's own buffer).
 pub const BODY_READ_CHUNK: usize = 64 << 10;
+/// Largest piece the [`RequestCodec`] asks to have read at once while it
+/// skips a binary part: small, because any number of connections may be
+/// skipping at once.
+pub const SKIP_READ_CHUNK: usize = 8 << 10;
 
 /// One piece of a request off the wire, from [`RequestCodec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +179,7 @@ pub enum RequestPart {
     /// A frame's JSON part and the announced length of its binary part, which
     /// is still unread. Unless [`RequestCodec::read_body`] is called before
     /// the next decode, that binary part is skipped: read and dropped in
-    /// pieces of at most [`BODY_READ_CHUNK`] bytes, never stored.
+    /// pieces of at most [`SKIP_READ_CHUNK`] bytes, never stored.
     Head { json: Bytes, binary_len: usize },
     /// The binary part of the previous head, after [`RequestCodec::read_body`].
     Body(Bytes),
@@ -248,9 +251,9 @@ impl RequestCodec {
     }
 
     /// Make room to read the next piece of a binary part of which `remaining`
-    /// bytes are still to come, at most [`BODY_READ_CHUNK`].
-    fn reserve_chunk(src: &mut BytesMut, remaining: usize) {
-        src.reserve(remaining.min(BODY_READ_CHUNK).saturating_sub(src.len()));
+    /// bytes are still to come, at most `chunk`.
+    fn reserve_chunk(src: &mut BytesMut, remaining: usize, chunk: usize) {
+        src.reserve(remaining.min(chunk).saturating_sub(src.len()));
     }
 }
 
@@ -295,7 +298,7 @@ impl Decoder for RequestCodec {
                     src.advance(n);
                     *remaining -= n;
                     if *remaining > 0 {
-                        Self::reserve_chunk(src, *remaining);
+                        Self::reserve_chunk(src, *remaining, SKIP_READ_CHUNK);
                         return Ok(None);
                     }
                     self.state = ReadState::Head;
@@ -305,7 +308,7 @@ impl Decoder for RequestCodec {
                     buf.extend_from_slice(&src[..n]);
                     src.advance(n);
                     if buf.len() < *len {
-                        Self::reserve_chunk(src, *len - buf.len());
+                        Self::reserve_chunk(src, *len - buf.len(), BODY_READ_CHUNK);
                         return Ok(None);
                     }
                     let body = std::mem::take(buf).freeze();
@@ -567,7 +570,7 @@ mod tests {
             fed += n;
             assert!(codec.decode(&mut buf).expect("decode").is_none());
             assert!(buf.is_empty(), "nothing of the body is kept");
-            assert!(buf.capacity() <= 2 * BODY_READ_CHUNK + piece.len());
+            assert!(buf.capacity() <= 2 * SKIP_READ_CHUNK + piece.len());
         }
         assert!(codec.decode_eof(&mut buf).expect("clean").is_none());
     }

@@ -1,0 +1,259 @@
+//! Frame floods against the real `step-server` binary (issue 11, item 5).
+//!
+//! * Many connections each announce a near-maximal binary part behind a JSON
+//!   part that is refused (no token, a wrong token): each gets its 403 as
+//!   soon as its JSON is in, while it is still sending; the binary parts are
+//!   dropped unbuffered, so the server's peak RSS (VmHWM of the child
+//!   process) stays far below the sum of the announced sizes; the connections
+//!   stay in sync (a request after the skipped binary is answered); an honest
+//!   client keeps working meanwhile.
+//! * With a frame budget of two blocks, concurrent honest uploads all
+//!   complete: the budget is back-pressure, not failure.
+//!
+//! `STEP_FLOOD_CONNECTIONS` (default 100) sets the flood's size, e.g. 1000
+//! for a measurement; the measured peak RSS is printed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use step_core::client::{SaveOptions, StepClient};
+use step_core::digest::{md5_hex, password_for};
+use step_core::message::field;
+use step_core::{Kind, Message, Operation, StepCodec};
+use support::{ServerProc, pattern};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Just under the default binary cap (8 MiB).
+const NEAR_MAX: usize = (8 << 20) - 1;
+/// Generous bound for "promptly" on a loaded two-core machine.
+const PROMPTLY: Duration = Duration::from_secs(5);
+const MIB: u64 = 1 << 20;
+
+/// A field of `/proc/<pid>/status`, in KiB.
+fn proc_status_kib(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /proc/{pid}/status"))
+}
+
+/// Header and JSON part of a frame announcing `binary_len` bytes.
+fn head(msg: &Message, binary_len: usize) -> BytesMut {
+    let mut out = BytesMut::new();
+    StepCodec::default().encode(msg, &mut out).expect("encode");
+    out[4..8].copy_from_slice(&(binary_len as u32).to_be_bytes());
+    out
+}
+
+/// Read one response frame from a raw socket.
+async fn read_response(s: &mut TcpStream, buf: &mut BytesMut) -> Message {
+    let mut codec = StepCodec::default();
+    loop {
+        if let Some(frame) = codec.decode(buf).expect("response frame") {
+            return Message::from_frame(frame).expect("response json");
+        }
+        let n = s.read_buf(buf).await.expect("read");
+        assert!(n > 0, "server closed the connection");
+    }
+}
+
+/// One flooding connection: announce a near-maximal binary part behind a
+/// refused JSON part, expect the 403 while still sending, send the rest,
+/// then check the connection is still in sync. Returns the 403's latency.
+async fn flood_one(addr: SocketAddr, i: usize) -> Duration {
+    let mut req = Message::request(Operation::Upload, Kind::File)
+        .with(field::KEY, format!("flood-{i}"))
+        .with(field::BLOCK_INDEX, 0);
+    if i % 2 == 1 {
+        // A presented but wrong token (paced, within the default burst).
+        req.set(field::TOKEN, "bm90LWEtdG9rZW4=");
+    }
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    s.write_all(&head(&req, NEAR_MAX)).await.expect("head");
+    let chunk = vec![0x5a; 64 << 10];
+    s.write_all(&chunk).await.expect("first piece");
+    let mut buf = BytesMut::new();
+    let answer = tokio::time::timeout(PROMPTLY, read_response(&mut s, &mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("connection {i}: no answer within {PROMPTLY:?} of the JSON"));
+    let latency = started.elapsed();
+    assert_eq!(answer.status_code(), Some(403), "connection {i}");
+    // Trickle the rest (the server must drop it, not keep it).
+    let mut left = NEAR_MAX - chunk.len();
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).await.expect("rest of the binary");
+        left -= n;
+        if left % (1 << 20) < chunk.len() {
+            tokio::task::yield_now().await;
+        }
+    }
+    // In sync: the next request (a token-less GET) is answered as such.
+    let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "after");
+    s.write_all(&head(&probe, 0)).await.expect("probe");
+    let answer = tokio::time::timeout(Duration::from_secs(60), read_response(&mut s, &mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("connection {i}: no answer after the skipped binary"));
+    assert_eq!(answer.status_code(), Some(403));
+    assert_eq!(answer.status_msg(), "No token.", "connection {i} out of sync");
+    latency
+}
+
+async fn honest_session(addr: SocketAddr, user: &str, size: usize, seed: u8) {
+    let mut c = StepClient::connect(addr).await.expect("connect");
+    c.set_timeout(Some(Duration::from_secs(120)));
+    c.login(user, &password_for(user)).await.expect("login");
+    let body = pattern(size, seed);
+    let plan = c
+        .file_save(Some("honest.bin"), body.len() as u64, SaveOptions::default())
+        .await
+        .expect("plan");
+    let bs = plan.block_size as usize;
+    let blocks = body
+        .chunks(bs)
+        .enumerate()
+        .map(|(i, b)| Ok((i as u64, Bytes::copy_from_slice(b))))
+        .collect::<Vec<_>>();
+    let md5 = c
+        .upload_blocks(&plan.key, futures::stream::iter(blocks), 8, |_| {})
+        .await
+        .expect("upload");
+    assert_eq!(md5.as_deref(), Some(md5_hex(&body).as_str()));
+    let dplan = c.file_get("honest.bin", None).await.expect("get");
+    let mut back = Vec::new();
+    c.download_blocks(&dplan, 0..dplan.total_block, 8, |_, b| {
+        back.extend_from_slice(&b);
+        Ok(())
+    })
+    .await
+    .expect("download");
+    assert!(back == body, "{user}: downloaded bytes differ");
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_frames_are_answered_at_once_and_never_buffered() {
+    let connections: usize = std::env::var("STEP_FLOOD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("server.log");
+    let server = ServerProc::start(&tmp.path().join("data"), &log, &["--log", "warn"]).await;
+    let pid = server.child.id();
+    let rss_before = proc_status_kib(pid, "VmRSS");
+
+    let floods: Vec<_> = (0..connections)
+        .map(|i| tokio::spawn(flood_one(server.addr, i)))
+        .collect();
+    // An honest client meanwhile: a 3 MiB file up and down.
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        honest_session(server.addr, "honest", 3 << 20, 7),
+    )
+    .await
+    .expect("the honest client is served during the flood");
+    let mut worst = Duration::ZERO;
+    for f in futures::stream::iter(floods).buffer_unordered(usize::MAX).collect::<Vec<_>>().await {
+        let latency = f.unwrap_or_else(|e| panic!("flood task: {e}; server log:\n{}", tail(&log)));
+        worst = worst.max(latency);
+    }
+    let peak = proc_status_kib(pid, "VmHWM");
+    let rss_after = proc_status_kib(pid, "VmRSS");
+    let announced = connections as u64 * NEAR_MAX as u64;
+    eprintln!(
+        "frame flood: {connections} connections x {NEAR_MAX} B announced ({} MiB): \
+         server VmRSS before {} MiB, peak (VmHWM) {} MiB, after {} MiB; slowest 403 {worst:?}",
+        announced / MIB,
+        rss_before / 1024,
+        peak / 1024,
+        rss_after / 1024,
+    );
+    assert!(
+        peak * 1024 < 200 * MIB,
+        "peak RSS {} MiB under a flood announcing {} MiB",
+        peak / 1024,
+        announced / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_frame_budget_is_back_pressure_not_failure() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("server.log");
+    // Room for two default blocks at a time, server-wide.
+    let server = ServerProc::start(
+        &tmp.path().join("data"),
+        &log,
+        &[
+            "--log",
+            "warn",
+            "--max-block-size",
+            "20480",
+            "--frame-budget",
+            "40960",
+        ],
+    )
+    .await;
+    let sessions: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                honest_session(addr, &format!("user{i}"), 40 * 20480 + 17, i as u8).await;
+            })
+        })
+        .collect();
+    for s in sessions {
+        tokio::time::timeout(Duration::from_secs(120), s)
+            .await
+            .expect("every upload completes")
+            .unwrap_or_else(|e| panic!("session: {e}; server log:\n{}", tail(&log)));
+    }
+}
+
+/// The budget must hold at least one block: refused at start-up, clearly.
+#[test]
+fn a_budget_below_one_block_is_refused_at_start_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
+        .args(["--ip", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(tmp.path())
+        .args(["--max-block-size", "65536", "--frame-budget", "1000"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--frame-budget"), "{stderr}");
+}
+
+/// A TTL the token format cannot express is refused at start-up.
+#[test]
+fn an_inexpressible_token_ttl_is_refused_at_start_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for ttl in ["0", "100000000"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
+            .args(["--ip", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(tmp.path())
+            .env("STEP_TOKEN_TTL", ttl)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "ttl {ttl} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--token-ttl"), "{stderr}");
+    }
+}
