@@ -226,34 +226,52 @@ async fn a_tiny_frame_budget_is_back_pressure_not_failure() {
     }
 }
 
+/// Run the binary with flags that must be refused: it exits non-zero within
+/// a few seconds (instead of serving) and its stderr names `flag`.
+fn assert_refused_at_start_up(args: &[&str], env: &[(&str, &str)], flag: &str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
+        .args(["--ip", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(tmp.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} {env:?}: the server started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains(flag), "{stderr}");
+}
+
 /// The budget must hold at least one block: refused at start-up, clearly.
 #[test]
 fn a_budget_below_one_block_is_refused_at_start_up() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
-        .args(["--ip", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(tmp.path())
-        .args(["--max-block-size", "65536", "--frame-budget", "1000"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--frame-budget"), "{stderr}");
+    assert_refused_at_start_up(
+        &["--max-block-size", "65536", "--frame-budget", "1000"],
+        &[],
+        "--frame-budget",
+    );
 }
 
 /// A TTL the token format cannot express is refused at start-up.
 #[test]
 fn an_inexpressible_token_ttl_is_refused_at_start_up() {
-    let tmp = tempfile::tempdir().expect("tempdir");
     for ttl in ["0", "100000000"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
-            .args(["--ip", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(tmp.path())
-            .env("STEP_TOKEN_TTL", ttl)
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "ttl {ttl} accepted");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("--token-ttl"), "{stderr}");
+        assert_refused_at_start_up(&[], &[("STEP_TOKEN_TTL", ttl)], "--token-ttl");
     }
 }
