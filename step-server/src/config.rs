@@ -251,8 +251,8 @@ mod tests {
             assert!(err.to_string().contains("--token-ttl"), "{err}");
         }
         for good in ["1", "60", "5913600"] {
-            let args = ServerArgs::try_parse_from(["step-server", "--token-ttl", good])
-                .expect("accepted");
+            let args =
+                ServerArgs::try_parse_from(["step-server", "--token-ttl", good]).expect("accepted");
             assert_eq!(args.service.token_ttl.to_string(), good);
         }
         // Built by hand (an embedding program): refused by build(), too.

@@ -105,7 +105,11 @@ async fn flood_one(addr: SocketAddr, i: usize) -> Duration {
         .await
         .unwrap_or_else(|_| panic!("connection {i}: no answer after the skipped binary"));
     assert_eq!(answer.status_code(), Some(403));
-    assert_eq!(answer.status_msg(), "No token.", "connection {i} out of sync");
+    assert_eq!(
+        answer.status_msg(),
+        "No token.",
+        "connection {i} out of sync"
+    );
     latency
 }
 
@@ -115,7 +119,11 @@ async fn honest_session(addr: SocketAddr, user: &str, size: usize, seed: u8) {
     c.login(user, &password_for(user)).await.expect("login");
     let body = pattern(size, seed);
     let plan = c
-        .file_save(Some("honest.bin"), body.len() as u64, SaveOptions::default())
+        .file_save(
+            Some("honest.bin"),
+            body.len() as u64,
+            SaveOptions::default(),
+        )
         .await
         .expect("plan");
     let bs = plan.block_size as usize;
@@ -169,7 +177,11 @@ async fn refused_frames_are_answered_at_once_and_never_buffered() {
     .await
     .expect("the honest client is served during the flood");
     let mut worst = Duration::ZERO;
-    for f in futures::stream::iter(floods).buffer_unordered(usize::MAX).collect::<Vec<_>>().await {
+    for f in futures::stream::iter(floods)
+        .buffer_unordered(usize::MAX)
+        .collect::<Vec<_>>()
+        .await
+    {
         let latency = f.unwrap_or_else(|e| panic!("flood task: {e}; server log:\n{}", tail(&log)));
         worst = worst.max(latency);
     }

@@ -488,10 +488,8 @@ async fn tokens_are_keyed_and_expire() {
         .as_secs();
     let mut e = StepClient::connect(server.addr).await.expect("connect");
     e.set_token(
-        step_core::token::TokenKey::new(step_tests::TEST_SECRET, 86_400).mint(
-            "late",
-            now - 86_400 - 600 - 1,
-        ),
+        step_core::token::TokenKey::new(step_tests::TEST_SECRET, 86_400)
+            .mint("late", now - 86_400 - 600 - 1),
     );
     let (status, msg) = refusal(e.data_get("x").await.expect_err("expired"));
     assert_eq!(status, Status::BadToken);
