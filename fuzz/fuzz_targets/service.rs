@@ -48,6 +48,7 @@ fn world() -> &'static World {
             max_username_len: 64,
             max_file_size: 1 << 20,
             max_block_size: 64 << 10,
+            ..Limits::default()
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
