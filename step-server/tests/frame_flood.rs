@@ -287,3 +287,66 @@ fn an_inexpressible_token_ttl_is_refused_at_start_up() {
         assert_refused_at_start_up(&[], &[("STEP_TOKEN_TTL", ttl)], "--token-ttl");
     }
 }
+
+/// At the default connection cap (16384, or `STEP_FLOOD_CONNECTIONS`): all
+/// but one connection announce a near-maximal binary part behind a refused JSON
+/// part, sends 128 KiB of it, gets its 403 and then holds the connection
+/// open mid-frame; the server's peak RSS is printed and must stay far below
+/// what buffering would take. Ignored by default: it opens 16384 sockets
+/// on each side and takes about a minute on two cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement at the default connection cap (16384 sockets each side): run with --ignored"]
+async fn refused_frames_held_open_at_the_connection_cap() {
+    let connections: usize = std::env::var("STEP_FLOOD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16384);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("server.log");
+    let server = ServerProc::start(&tmp.path().join("data"), &log, &["--log", "warn"]).await;
+    let pid = server.child.id();
+    let rss_before = proc_status_kib(pid, "VmRSS");
+    let started = Instant::now();
+    // All but one slot: the honest client below takes the last.
+    let opened: Vec<_> = futures::stream::iter(0..connections.saturating_sub(1))
+        .map(|i| {
+            let addr = server.addr;
+            let log = log.clone();
+            async move {
+                let req = Message::request(Operation::Upload, Kind::File)
+                    .with(field::KEY, format!("held-{i}"))
+                    .with(field::BLOCK_INDEX, 0);
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                s.write_all(&head(&req, NEAR_MAX)).await.expect("head");
+                s.write_all(&[0x5a; 128 << 10])
+                    .await
+                    .expect("part of the binary");
+                let mut buf = BytesMut::new();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(60), read_response(&mut s, &mut buf))
+                        .await
+                        .unwrap_or_else(|_| panic!("connection {i}: no answer"));
+                assert_eq!(answer.status_code(), Some(403));
+                s
+            }
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    let peak = proc_status_kib(pid, "VmHWM");
+    let rss_now = proc_status_kib(pid, "VmRSS");
+    eprintln!(
+        "held frame flood: {} connections each mid-way through an announced {NEAR_MAX} B binary \
+         ({} GiB announced) after {:?}: server VmRSS before {} MiB, now {} MiB, peak {} MiB",
+        opened.len(),
+        opened.len() as u64 * NEAR_MAX as u64 >> 30,
+        started.elapsed(),
+        rss_before / 1024,
+        rss_now / 1024,
+        peak / 1024,
+    );
+    // Still serving an honest client with all of them open.
+    honest_session(server.addr, "honest", 1 << 20, 9).await;
+    drop(opened);
+    assert!(peak * 1024 < 1024 * MIB, "peak RSS {} MiB", peak / 1024);
+}
