@@ -176,6 +176,12 @@ pub const SKIP_READ_CHUNK: usize = 8 << 10;
 /// One piece of a request off the wire, from [`RequestCodec`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestPart {
+    /// The header announced a JSON part longer than the codec's allowance
+    /// ([`RequestCodec::with_json_allowance`]); nothing of it is buffered yet.
+    /// It is read from the next poll on: a server takes `json_len` bytes of
+    /// its budget before polling again. Yielded once per such frame, before
+    /// its [`RequestPart::Head`].
+    LargeHead { json_len: usize },
     /// A frame's JSON part and the announced length of its binary part, which
     /// is still unread. Unless [`RequestCodec::read_body`] is called before
     /// the next decode, that binary part is skipped: read and dropped in
@@ -190,6 +196,8 @@ enum ReadState {
     /// Waiting for a header and its JSON part.
     #[default]
     Head,
+    /// As `Head`, for a frame whose large JSON part was announced already.
+    AnnouncedHead,
     /// A head with a binary part was yielded; nothing decided yet.
     Undecided(usize),
     /// Dropping this many more bytes of a binary part.
@@ -204,10 +212,17 @@ enum ReadState {
 /// of its binary part is buffered; then, only if the caller asks for it, the
 /// binary part ([`RequestPart::Body`]). Responses are encoded as by
 /// [`StepCodec`], with the same caps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCodec {
     caps: StepCodec,
     state: ReadState,
+    json_allowance: usize,
+}
+
+impl Default for RequestCodec {
+    fn default() -> Self {
+        Self::new(StepCodec::default())
+    }
 }
 
 impl RequestCodec {
@@ -215,7 +230,15 @@ impl RequestCodec {
         Self {
             caps,
             state: ReadState::Head,
+            json_allowance: usize::MAX,
         }
+    }
+
+    /// JSON parts longer than `bytes` are announced with
+    /// [`RequestPart::LargeHead`] before any of them is buffered.
+    pub fn with_json_allowance(mut self, bytes: usize) -> Self {
+        self.json_allowance = bytes;
+        self
     }
 
     pub fn caps(&self) -> StepCodec {
@@ -243,7 +266,9 @@ impl RequestCodec {
     /// to skip or collect): a server flushes its answers only when not, so
     /// pipelined requests are answered in batches.
     pub fn head_buffered(&self, src: &BytesMut) -> bool {
-        if !matches!(self.state, ReadState::Head) || src.len() < HEADER_LEN {
+        if !matches!(self.state, ReadState::Head | ReadState::AnnouncedHead)
+            || src.len() < HEADER_LEN
+        {
             return false;
         }
         let json = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
@@ -264,7 +289,7 @@ impl Decoder for RequestCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<RequestPart>, CodecError> {
         loop {
             match &mut self.state {
-                ReadState::Head => {
+                ReadState::Head | ReadState::AnnouncedHead => {
                     if src.len() < HEADER_LEN {
                         src.reserve(HEADER_LEN - src.len());
                         return Ok(None);
@@ -273,6 +298,14 @@ impl Decoder for RequestCodec {
                     let binary_len = u32::from_be_bytes([src[4], src[5], src[6], src[7]]);
                     self.caps
                         .check(u64::from(json_len), u64::from(binary_len))?;
+                    if matches!(self.state, ReadState::Head)
+                        && json_len as usize > self.json_allowance
+                    {
+                        self.state = ReadState::AnnouncedHead;
+                        return Ok(Some(RequestPart::LargeHead {
+                            json_len: json_len as usize,
+                        }));
+                    }
                     // Only the header and JSON part are waited for here; the
                     // binary part is not reserved (it may never be read).
                     let head = HEADER_LEN + json_len as usize;
@@ -283,9 +316,11 @@ impl Decoder for RequestCodec {
                     src.advance(HEADER_LEN);
                     let json = src.split_to(json_len as usize).freeze();
                     let binary_len = binary_len as usize;
-                    if binary_len > 0 {
-                        self.state = ReadState::Undecided(binary_len);
-                    }
+                    self.state = if binary_len > 0 {
+                        ReadState::Undecided(binary_len)
+                    } else {
+                        ReadState::Head
+                    };
                     return Ok(Some(RequestPart::Head { json, binary_len }));
                 }
                 // The caller did not ask for the body: skip it.
@@ -573,6 +608,37 @@ mod tests {
             assert!(buf.capacity() <= 2 * SKIP_READ_CHUNK + piece.len());
         }
         assert!(codec.decode_eof(&mut buf).expect("clean").is_none());
+    }
+
+    #[test]
+    fn request_codec_announces_large_json_before_buffering_it() {
+        let mut codec = RequestCodec::default().with_json_allowance(8);
+        let mut buf = encode_frame(br#"{"a":"0123456789"}"#, b"xy");
+        buf.extend_from_slice(&encode_frame(b"{}", b""));
+        let whole = buf.clone();
+        buf.truncate(HEADER_LEN);
+        let cap_before = buf.capacity();
+        assert_eq!(
+            codec.decode(&mut buf).expect("decode"),
+            Some(RequestPart::LargeHead { json_len: 18 })
+        );
+        assert_eq!(buf.capacity(), cap_before, "nothing reserved for it yet");
+        // Once announced, the same frame proceeds as usual.
+        assert!(codec.decode(&mut buf).expect("decode").is_none());
+        buf.extend_from_slice(&whole[HEADER_LEN..]);
+        assert!(matches!(
+            codec.decode(&mut buf).expect("decode"),
+            Some(RequestPart::Head { binary_len: 2, .. })
+        ));
+        // Small JSON parts are not announced.
+        assert_eq!(
+            codec.decode(&mut buf).expect("decode"),
+            Some(RequestPart::Head {
+                json: Bytes::from_static(b"{}"),
+                binary_len: 0
+            })
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]

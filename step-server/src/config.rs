@@ -92,6 +92,11 @@ pub struct ServiceArgs {
     /// clients get back-pressure, never failure. At least --max-block-size.
     #[arg(long, env = "STEP_FRAME_BUDGET", default_value_t = 256 << 20)]
     pub frame_budget: u64,
+    /// Bytes of long JSON parts (above 16 KiB) buffered at once,
+    /// server-wide; a connection waits for its share before reading one.
+    /// At least --max-json.
+    #[arg(long, env = "STEP_JSON_BUDGET", default_value_t = 64 << 20)]
+    pub json_budget: u64,
     /// Largest JSON part accepted, in bytes.
     #[arg(long, env = "STEP_MAX_JSON", default_value_t = step_core::codec::DEFAULT_MAX_JSON)]
     pub max_json: usize,
@@ -121,6 +126,7 @@ impl std::fmt::Debug for ServiceArgs {
             .field("max_file_size", &self.max_file_size)
             .field("max_block_size", &self.max_block_size)
             .field("frame_budget", &self.frame_budget)
+            .field("json_budget", &self.json_budget)
             .field("max_json", &self.max_json)
             .field("max_key_len", &self.max_key_len)
             .field("max_connections", &self.max_connections)
@@ -179,6 +185,15 @@ impl ServiceArgs {
                 self.frame_budget, self.max_block_size
             )));
         }
+        if self.json_budget < self.max_json as u64 || self.max_json as u64 > u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "--json-budget / STEP_JSON_BUDGET ({}) must be at least --max-json ({}), \
+                 which a frame header can announce only up to {}",
+                self.json_budget,
+                self.max_json,
+                u32::MAX
+            )));
+        }
         let store = Store::open(&self.data_dir).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -200,6 +215,7 @@ impl ServiceArgs {
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             codec: StepCodec::new(self.max_json, max_binary),
             frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
+            json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
         };
         Ok((Arc::new(Service::new(store, tokens, limits)), conn))
     }

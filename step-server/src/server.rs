@@ -17,6 +17,13 @@
 //! whose token expired gets its 403s and can log in again on the same
 //! connection); it costs the server no memory, and the bytes skipped are at
 //! most the codec's binary cap per request, which the peer had to send.
+//!
+//! JSON parts must be read before anything can be checked, so those longer
+//! than [`UNBUDGETED_JSON`] wait for a share of a JSON budget of their own
+//! before a byte of them is buffered. It is separate from the block budget so
+//! that unauthenticated peers trickling large JSON parts can delay only other
+//! large JSON parts, never uploads; ordinary requests are far below the
+//! threshold and never wait.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +36,7 @@ use futures::{SinkExt, StreamExt};
 use step_core::{Message, RequestCodec, RequestPart, StepCodec};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,10 +55,19 @@ pub struct ConnectionLimits {
     /// Bytes of binary parts buffered at once, server-wide (see the module
     /// docs). Raised to the codec's binary cap if below it.
     pub frame_budget: usize,
+    /// Bytes of JSON parts longer than [`UNBUDGETED_JSON`] buffered at once,
+    /// server-wide. Raised to the codec's JSON cap if below it.
+    pub json_budget: usize,
 }
 
 /// Default of [`ConnectionLimits::frame_budget`]: 32 of the largest blocks.
 pub const DEFAULT_FRAME_BUDGET: usize = 256 << 20;
+/// Default of [`ConnectionLimits::json_budget`]: 64 of the largest JSON parts.
+pub const DEFAULT_JSON_BUDGET: usize = 64 << 20;
+/// JSON parts up to this long are read without budget: every ordinary
+/// request is far smaller, and at the default connection cap this is at most
+/// 256 MiB in all.
+pub const UNBUDGETED_JSON: usize = 16 << 10;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -60,6 +76,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(300),
             codec: StepCodec::default(),
             frame_budget: DEFAULT_FRAME_BUDGET,
+            json_budget: DEFAULT_JSON_BUDGET,
         }
     }
 }
@@ -73,18 +90,10 @@ pub async fn run(
     shutdown: impl Future,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let budget_bytes = limits
-        .frame_budget
-        .max(limits.codec.max_binary())
-        .min(Semaphore::MAX_PERMITS);
-    if budget_bytes != limits.frame_budget {
-        warn!(
-            configured = limits.frame_budget,
-            used = budget_bytes,
-            "frame budget adjusted to hold one largest block"
-        );
-    }
-    let budget = Arc::new(Semaphore::new(budget_bytes));
+    let budget = Arc::new(Budgets {
+        blocks: budget("frame", limits.frame_budget, limits.codec.max_binary()),
+        json: budget("JSON", limits.json_budget, limits.codec.max_json()),
+    });
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let next_id = AtomicU64::new(1);
@@ -132,6 +141,44 @@ pub async fn run(
     info!("all connections closed");
 }
 
+/// The server-wide byte budgets, as semaphores counting bytes.
+#[derive(Debug)]
+struct Budgets {
+    blocks: Arc<Semaphore>,
+    json: Arc<Semaphore>,
+}
+
+/// A budget of `configured` bytes, raised if needed so that the largest
+/// single part (`largest`) fits: a part larger than the whole budget would
+/// wait forever.
+fn budget(what: &str, configured: usize, largest: usize) -> Arc<Semaphore> {
+    let bytes = configured.max(largest).min(Semaphore::MAX_PERMITS);
+    if bytes != configured {
+        warn!(
+            configured,
+            used = bytes,
+            "{what} budget adjusted to hold one largest part"
+        );
+    }
+    Arc::new(Semaphore::new(bytes))
+}
+
+/// `bytes` of `budget`, waiting for them unless the server stops first.
+async fn take_share(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    stop: &CancellationToken,
+) -> Result<OwnedSemaphorePermit, Closing> {
+    // Frame headers announce u32 lengths, capped by the codec below the budget.
+    let bytes = u32::try_from(bytes).map_err(|_| "bad frame")?;
+    tokio::select! {
+        () = stop.cancelled() => Err("server shutting down"),
+        share = Arc::clone(budget).acquire_many_owned(bytes) => {
+            share.map_err(|_| "server shutting down")
+        }
+    }
+}
+
 /// Give back the read and write buffers of a connection that has nothing
 /// buffered: it may stay quiet for minutes, and ten thousand quiet
 /// connections should not hold 16 KiB each (measured: 11.4 KB of RSS per idle
@@ -175,11 +222,18 @@ async fn next_part(
 async fn next_reply(
     framed: &mut Framed<TcpStream, RequestCodec>,
     service: &Service,
-    budget: &Arc<Semaphore>,
+    budget: &Budgets,
     limits: &ConnectionLimits,
     stop: &CancellationToken,
 ) -> Result<Reply, Closing> {
-    let RequestPart::Head { json, binary_len } = next_part(framed, limits, stop).await? else {
+    let mut part = next_part(framed, limits, stop).await?;
+    // Held until the request is answered (its parsed JSON lives that long).
+    let mut _json_share = None;
+    if let RequestPart::LargeHead { json_len } = part {
+        _json_share = Some(take_share(&budget.json, json_len, stop).await?);
+        part = next_part(framed, limits, stop).await?;
+    }
+    let RequestPart::Head { json, binary_len } = part else {
         // A body comes only after read_body(), which is always followed by
         // reading it below.
         error!("request body without a head; closing");
@@ -194,16 +248,10 @@ async fn next_reply(
     if !request.wants_body() || binary_len == 0 {
         return Ok(service.serve(request, Bytes::new()).await);
     }
-    // The codec caps binary parts at u32 (and at the budget: see `run`).
-    let bytes = u32::try_from(binary_len).map_err(|_| "bad frame")?;
     // Wait for budget before reading a byte of the block: under load an
-    // honest client's block waits in its own socket buffers.
-    let share = tokio::select! {
-        () = stop.cancelled() => return Err("server shutting down"),
-        share = Arc::clone(budget).acquire_many_owned(bytes) => {
-            share.map_err(|_| "server shutting down")?
-        }
-    };
+    // honest client's block waits in its own socket buffers. (Always JSON
+    // share first, then block share: no cycle, no deadlock.)
+    let share = take_share(&budget.blocks, binary_len, stop).await?;
     framed.codec_mut().read_body();
     let RequestPart::Body(body) = next_part(framed, limits, stop).await? else {
         error!("expected a request body; closing");
@@ -219,13 +267,14 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<Service>,
-    budget: Arc<Semaphore>,
+    budget: Arc<Budgets>,
     limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     info!(%peer, "new connection");
-    let mut framed = Framed::new(stream, RequestCodec::new(limits.codec));
+    let codec = RequestCodec::new(limits.codec).with_json_allowance(UNBUDGETED_JSON);
+    let mut framed = Framed::new(stream, codec);
     release_buffers(&mut framed);
     let mut requests = 0u64;
     // A peer that stops reading would otherwise hold its slot (and a task)

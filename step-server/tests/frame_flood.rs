@@ -238,6 +238,74 @@ async fn a_tiny_frame_budget_is_back_pressure_not_failure() {
     }
 }
 
+/// Unauthenticated connections announcing maximal JSON parts and sending
+/// all of them but the last byte: only the JSON budget's worth (64 MiB by
+/// default) is ever buffered; the rest wait unread, and an honest client's
+/// ordinary requests do not wait at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_json_parts_wait_for_the_json_budget() {
+    const CONNECTIONS: usize = 300;
+    const JSON_LEN: usize = 1 << 20; // the default --max-json
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("server.log");
+    let server = ServerProc::start(&tmp.path().join("data"), &log, &["--log", "warn"]).await;
+    let pid = server.child.id();
+    let rss_before = proc_status_kib(pid, "VmRSS");
+    let mut floods = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        floods.push(tokio::spawn(async move {
+            let mut frame = BytesMut::with_capacity(8 + JSON_LEN);
+            frame.extend_from_slice(&(JSON_LEN as u32).to_be_bytes());
+            frame.extend_from_slice(&0u32.to_be_bytes());
+            frame.extend_from_slice(b"{\"pad\":\"");
+            frame.resize(8 + JSON_LEN - 1, b'x');
+            // Kernel buffers take what the server does not read; a
+            // connection waiting for budget may never take it all.
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.write_all(&frame)).await;
+            s
+        }));
+    }
+    let mut held = Vec::new();
+    for f in floods {
+        held.push(f.await.expect("flood task"));
+    }
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        honest_session(server.addr, "honest", 200_000, 5),
+    )
+    .await
+    .expect("ordinary requests do not wait for the JSON budget");
+    let peak = proc_status_kib(pid, "VmHWM");
+    eprintln!(
+        "JSON flood: {CONNECTIONS} connections x {JSON_LEN} B JSON parts (all but one byte sent): \
+         server VmRSS before {} MiB, peak {} MiB",
+        rss_before / 1024,
+        peak / 1024
+    );
+    assert!(
+        peak * 1024 < 150 * MIB,
+        "peak RSS {} MiB: JSON parts buffered beyond the budget",
+        peak / 1024
+    );
+    // Once they are gone, a long JSON part (a large DATA record) is served.
+    drop(held);
+    let mut c = StepClient::connect(server.addr).await.expect("connect");
+    c.set_timeout(Some(Duration::from_secs(60)));
+    c.login("big", &password_for("big")).await.expect("login");
+    let mut record = serde_json::Map::new();
+    record.insert("pad".into(), "y".repeat(600_000).into());
+    c.data_save(Some("big"), record)
+        .await
+        .expect("a 600 KB record");
+    assert_eq!(
+        c.data_get("big").await.expect("get")["pad"]
+            .as_str()
+            .map(str::len),
+        Some(600_000)
+    );
+}
+
 /// Run the binary with flags that must be refused: it exits non-zero within
 /// a few seconds (instead of serving) and its stderr names `flag`.
 fn assert_refused_at_start_up(args: &[&str], env: &[(&str, &str)], flag: &str) {
