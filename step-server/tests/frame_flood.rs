@@ -379,7 +379,6 @@ async fn refused_frames_held_open_at_the_connection_cap() {
     let opened: Vec<_> = futures::stream::iter(0..connections.saturating_sub(1))
         .map(|i| {
             let addr = server.addr;
-            let log = log.clone();
             async move {
                 let req = Message::request(Operation::Upload, Kind::File)
                     .with(field::KEY, format!("held-{i}"))
@@ -407,7 +406,7 @@ async fn refused_frames_held_open_at_the_connection_cap() {
         "held frame flood: {} connections each mid-way through an announced {NEAR_MAX} B binary \
          ({} GiB announced) after {:?}: server VmRSS before {} MiB, now {} MiB, peak {} MiB",
         opened.len(),
-        opened.len() as u64 * NEAR_MAX as u64 >> 30,
+        (opened.len() as u64 * NEAR_MAX as u64) >> 30,
         started.elapsed(),
         rss_before / 1024,
         rss_now / 1024,
