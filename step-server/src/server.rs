@@ -163,19 +163,47 @@ fn budget(what: &str, configured: usize, largest: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(bytes))
 }
 
-/// `bytes` of `budget`, waiting for them unless the server stops first.
+/// `bytes` of `budget`. When they are not free at once, the answers this
+/// connection has already produced are flushed first (a pipelining client
+/// must not wait for them while this request waits for budget); then wait,
+/// unless the server stops first.
 async fn take_share(
+    framed: &mut Framed<TcpStream, RequestCodec>,
+    limits: &ConnectionLimits,
     budget: &Arc<Semaphore>,
     bytes: usize,
     stop: &CancellationToken,
 ) -> Result<OwnedSemaphorePermit, Closing> {
     // Frame headers announce u32 lengths, capped by the codec below the budget.
     let bytes = u32::try_from(bytes).map_err(|_| "bad frame")?;
+    if let Ok(share) = Arc::clone(budget).try_acquire_many_owned(bytes) {
+        return Ok(share);
+    }
+    flush(framed, limits).await?;
     tokio::select! {
         () = stop.cancelled() => Err("server shutting down"),
         share = Arc::clone(budget).acquire_many_owned(bytes) => {
             share.map_err(|_| "server shutting down")
         }
+    }
+}
+
+/// Why a connection ends when its peer does not take what it is sent.
+const STALLED: Closing = "peer stopped reading";
+
+/// Send what is buffered, waiting at most as long as a read may.
+async fn flush(
+    framed: &mut Framed<TcpStream, RequestCodec>,
+    limits: &ConnectionLimits,
+) -> Result<(), Closing> {
+    let flush = SinkExt::<Message>::flush(framed);
+    match tokio::time::timeout(limits.idle_timeout, flush).await {
+        Err(_) => Err(STALLED),
+        Ok(Err(e)) => {
+            debug!(error = %e, "flush failed");
+            Err("write failed")
+        }
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -230,7 +258,7 @@ async fn next_reply(
     // Held until the request is answered (its parsed JSON lives that long).
     let mut _json_share = None;
     if let RequestPart::LargeHead { json_len } = part {
-        _json_share = Some(take_share(&budget.json, json_len, stop).await?);
+        _json_share = Some(take_share(framed, limits, &budget.json, json_len, stop).await?);
         part = next_part(framed, limits, stop).await?;
     }
     let RequestPart::Head { json, binary_len } = part else {
@@ -251,7 +279,7 @@ async fn next_reply(
     // Wait for budget before reading a byte of the block: under load an
     // honest client's block waits in its own socket buffers. (Always JSON
     // share first, then block share: no cycle, no deadlock.)
-    let share = take_share(&budget.blocks, binary_len, stop).await?;
+    let share = take_share(framed, limits, &budget.blocks, binary_len, stop).await?;
     framed.codec_mut().read_body();
     let RequestPart::Body(body) = next_part(framed, limits, stop).await? else {
         error!("expected a request body; closing");
@@ -279,7 +307,6 @@ async fn serve_connection(
     let mut requests = 0u64;
     // A peer that stops reading would otherwise hold its slot (and a task)
     // forever: every write waits at most as long as a read may.
-    let mut stalled = false;
     let reason = loop {
         let reply = match next_reply(&mut framed, &service, &budget, &limits, &stop).await {
             Ok(reply) => reply,
@@ -287,10 +314,7 @@ async fn serve_connection(
         };
         requests += 1;
         match tokio::time::timeout(limits.idle_timeout, framed.feed(reply.message)).await {
-            Err(_) => {
-                stalled = true;
-                break "peer stopped reading";
-            }
+            Err(_) => break STALLED,
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot send response");
                 break "write failed";
@@ -304,24 +328,14 @@ async fn serve_connection(
         // before skipping a refused request's binary part, so the refusal
         // reaches the client while it is still sending.
         if !framed.codec().head_buffered(framed.read_buffer()) {
-            let flush = SinkExt::<Message>::flush(&mut framed);
-            match tokio::time::timeout(limits.idle_timeout, flush).await {
-                Err(_) => {
-                    stalled = true;
-                    break "peer stopped reading";
-                }
-                Ok(Err(e)) => {
-                    debug!(error = %e, "flush failed");
-                    break "write failed";
-                }
-                Ok(Ok(())) => {}
+            if let Err(reason) = flush(&mut framed, &limits).await {
+                break reason;
             }
             release_buffers(&mut framed);
         }
     };
-    if !stalled {
-        let flush = SinkExt::<Message>::flush(&mut framed);
-        let _ = tokio::time::timeout(limits.idle_timeout, flush).await;
+    if reason != STALLED {
+        let _ = flush(&mut framed, &limits).await;
         let _ = tokio::time::timeout(limits.idle_timeout, framed.get_mut().shutdown()).await;
     }
     info!(%peer, requests, reason, "connection closed");
