@@ -417,3 +417,62 @@ async fn refused_frames_held_open_at_the_connection_cap() {
     drop(opened);
     assert!(peak * 1024 < 1024 * MIB, "peak RSS {} MiB", peak / 1024);
 }
+
+/// `step-server --health-check` (a token-less GET) passes promptly while a
+/// token-guessing flood keeps the refusal pacer saturated (issue 11, item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_passes_during_a_guessing_flood() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("server.log");
+    let server = ServerProc::start(
+        &tmp.path().join("data"),
+        &log,
+        &["--log", "warn", "--token-failures-per-sec", "2"],
+    )
+    .await;
+    let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let mut floods = Vec::new();
+    for conn in 0..4 {
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        let answered_tx = answered_tx.clone();
+        floods.push(tokio::spawn(async move {
+            let mut wire = BytesMut::new();
+            for i in 0..50 {
+                let guess = Message::request(Operation::Get, Kind::Data)
+                    .with(field::TOKEN, format!("guess-{conn}-{i}"))
+                    .with(field::KEY, "k");
+                wire.extend_from_slice(&head(&guess, 0));
+            }
+            s.write_all(&wire).await.expect("guesses");
+            let mut buf = BytesMut::new();
+            loop {
+                let answer = read_response(&mut s, &mut buf).await;
+                assert_eq!(answer.status_code(), Some(403));
+                let _ = answered_tx.send(());
+            }
+        }));
+    }
+    // The one-second burst (2 refusals) is spent; ~200 guesses wait their turn.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), answered.recv())
+            .await
+            .expect("the burst is answered");
+    }
+    let addr = server.addr.to_string();
+    let (ip, port) = addr.rsplit_once(':').expect("addr");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_step-server"))
+            .args(["--health-check", "--ip", ip, "--port", port])
+            .status()
+            .await
+            .expect("run --health-check");
+        let took = started.elapsed();
+        eprintln!("--health-check during a guessing flood: {status} in {took:?}");
+        assert!(status.success(), "health check failed after {took:?}");
+        assert!(took < Duration::from_secs(2), "health check took {took:?}");
+    }
+    for f in floods {
+        f.abort();
+    }
+}
