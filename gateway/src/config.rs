@@ -90,6 +90,30 @@ pub struct HttpArgs {
     /// Seconds a non-streaming request may take.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
+    /// A file body must bring at least --body-min-bytes every
+    /// --body-interval-secs, or the request is cut with 408: a client
+    /// dripping bytes holds memory and a connection slot, so it must keep up
+    /// a minimum rate (the last, shorter stretch of a body is exempt).
+    #[arg(long, env = "GATEWAY_BODY_MIN_BYTES", default_value_t = 1024)]
+    pub body_min_bytes: u64,
+    /// See --body-min-bytes.
+    #[arg(long, env = "GATEWAY_BODY_INTERVAL_SECS", default_value_t = 30)]
+    pub body_interval_secs: u64,
+    /// Seconds a connection may take to send a request's headers (idle
+    /// keep-alive connections are closed after --idle-timeout-secs).
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+    /// Seconds a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Open HTTP connections at most; further clients wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(long, env = "GATEWAY_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub http_max_connections: usize,
+    /// Bytes of multipart uploads held in memory across all requests; beyond
+    /// it, uploads spool to disk even when under --spool-threshold.
+    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
     /// Allowed CORS origins, comma-separated; `*` for any. Empty: no CORS headers.
     #[arg(
         long,
@@ -107,6 +131,20 @@ impl GatewayArgs {
 
     pub fn step_addr(&self) -> Result<SocketAddr, String> {
         parse_addr(&self.step_ip, self.step_port)
+    }
+}
+
+impl HttpArgs {
+    pub fn body_interval(&self) -> Duration {
+        Duration::from_secs(self.body_interval_secs.max(1))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
     }
 }
 

@@ -168,3 +168,15 @@ pub fn app(state: Arc<AppState>) -> Router {
     }
     router.with_state(state)
 }
+
+/// Serve the gateway on `listener` until `shutdown` resolves, then let the
+/// requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
