@@ -99,13 +99,11 @@ pub struct HttpArgs {
     /// See --body-min-bytes.
     #[arg(long, env = "GATEWAY_BODY_INTERVAL_SECS", default_value_t = 30)]
     pub body_interval_secs: u64,
-    /// Seconds a connection may take to send a request's headers (idle
-    /// keep-alive connections are closed after --idle-timeout-secs).
+    /// Seconds a connection may wait before sending a complete request head:
+    /// from accept, or from the end of the previous response on a keep-alive
+    /// connection (so it is the idle timeout too). Then it is closed.
     #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
-    /// Seconds a keep-alive connection may sit idle between requests.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
-    pub idle_timeout_secs: u64,
     /// Open HTTP connections at most; further clients wait in the kernel's
     /// accept queue until one closes.
     #[arg(long, env = "GATEWAY_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -141,10 +139,6 @@ impl HttpArgs {
 
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_secs.max(1))
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs.max(1))
     }
 }
 

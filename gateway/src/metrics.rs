@@ -27,6 +27,10 @@ pub struct Metrics {
     pub download_seconds: Histogram,
     pub backend_errors: Counter,
     pub pool_waits: Counter,
+    /// Cleanups of failed or abandoned uploads (each scoped to its upload).
+    pub upload_cleanups: Counter,
+    /// HTTP connections accepted.
+    pub http_connections: Counter,
     pool_size: Gauge,
     pool_in_use: Gauge,
     pool_waiting: Gauge,
@@ -83,6 +87,18 @@ impl Metrics {
             "Requests that found no idle STEP connection",
             pool_waits.clone(),
         );
+        let upload_cleanups = Counter::default();
+        r.register(
+            "upload_cleanups",
+            "Failed or abandoned uploads cleaned up (only their own unfinished upload)",
+            upload_cleanups.clone(),
+        );
+        let http_connections = Counter::default();
+        r.register(
+            "http_connections_accepted",
+            "HTTP connections accepted",
+            http_connections.clone(),
+        );
         let pool_size = Gauge::default();
         r.register("pool_size", "STEP connections open", pool_size.clone());
         let pool_in_use = Gauge::default();
@@ -106,6 +122,8 @@ impl Metrics {
             download_seconds,
             backend_errors,
             pool_waits,
+            upload_cleanups,
+            http_connections,
             pool_size,
             pool_in_use,
             pool_waiting,

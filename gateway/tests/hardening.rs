@@ -316,7 +316,6 @@ async fn idle_and_header_dripping_connections_are_closed() {
     let step = TestServer::start().await;
     let gw = gateway_with(step.addr, |h, _| {
         h.header_timeout_secs = 1;
-        h.idle_timeout_secs = 1;
     })
     .await;
     let mut idle = TcpStream::connect(gw.addr).await.expect("connect");
@@ -355,7 +354,6 @@ async fn connection_cap_makes_extra_clients_wait_not_fail() {
     let gw = gateway_with(step.addr, |h, _| {
         h.http_max_connections = 8;
         h.header_timeout_secs = 2;
-        h.idle_timeout_secs = 2;
     })
     .await;
     let mut idle = Vec::new();
