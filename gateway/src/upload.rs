@@ -193,6 +193,18 @@ where
 /// keeps it; a slow one gives it back between blocks.
 const LINGER: Duration = Duration::from_millis(50);
 
+/// UPLOAD one block on a connection of its own (waiting for the pool).
+async fn send_one(
+    backend: &Backend,
+    token: &str,
+    plan: &UploadPlan,
+    (index, data): (u64, Bytes),
+) -> Result<Option<String>, GatewayError> {
+    let mut conn = backend.conn(token).await?;
+    let sent = conn.upload_block(plan, index, data).await;
+    backend.settle(conn, sent)
+}
+
 /// SAVE `key` (asking for a plan) on a pooled connection that goes straight
 /// back: nothing is held while the body arrives. A SAVE above the size the
 /// server announced is refused here, before it is sent.
@@ -415,10 +427,30 @@ where
         }
         tx.close();
     };
-    let worker = |rx: async_channel::Receiver<(u64, Bytes)>| async move {
+    let worker = |rx: async_channel::Receiver<(u64, Bytes)>,
+                  tx: async_channel::Sender<(u64, Bytes)>,
+                  primary: bool| async move {
         let mut md5 = None;
         while let Ok(first) = rx.recv().await {
-            let mut conn = match backend.conn(token).await {
+            // Only the first worker waits for a pooled connection; the
+            // others take an idle one or leave the block to the first (a
+            // fan-out is an optimisation, never a reason to wait or fail).
+            let conn = if primary {
+                backend.conn(token).await
+            } else {
+                match backend.extra_conns(token, 1).await.pop() {
+                    Some(c) => Ok(c),
+                    None => match tx.send(first).await {
+                        Ok(()) => return Ok(md5),
+                        // The feed is done and the channel closed: this
+                        // block is ours to send after all.
+                        Err(async_channel::SendError(block)) => {
+                            return send_one(backend, token, plan, block).await.map(|m| m.or(md5));
+                        }
+                    },
+                }
+            };
+            let mut conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     rx.close();
@@ -444,7 +476,9 @@ where
         }
         Ok(md5)
     };
-    let workers: Vec<_> = (0..tp.fan_out.max(1)).map(|_| worker(rx.clone())).collect();
+    let workers: Vec<_> = (0..tp.fan_out.max(1))
+        .map(|i| worker(rx.clone(), tx.clone(), i == 0))
+        .collect();
     drop(rx);
     let (_, results) = futures::join!(feed, futures::future::join_all(workers));
     let mut md5 = None;
