@@ -7,8 +7,8 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use step_core::{Reason, Status};
 use step_core::client::ClientError;
+use step_core::{Reason, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

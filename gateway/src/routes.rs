@@ -372,11 +372,11 @@ pub async fn delete_file(
     Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
     st.with_token(&auth, |t| {
-            let key = key.clone();
-            let backend = Arc::clone(&st.backend);
-            async move { backend.file_delete(&t, key).await }
-        })
-        .await?;
+        let key = key.clone();
+        let backend = Arc::clone(&st.backend);
+        async move { backend.file_delete(&t, key).await }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -463,11 +463,11 @@ pub async fn delete_record(
     Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
     st.with_token(&auth, |t| {
-            let key = key.clone();
-            let backend = Arc::clone(&st.backend);
-            async move { backend.data_delete(&t, key).await }
-        })
-        .await?;
+        let key = key.clone();
+        let backend = Arc::clone(&st.backend);
+        async move { backend.data_delete(&t, key).await }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -445,7 +445,9 @@ where
                         // The feed is done and the channel closed: this
                         // block is ours to send after all.
                         Err(async_channel::SendError(block)) => {
-                            return send_one(backend, token, plan, block).await.map(|m| m.or(md5));
+                            return send_one(backend, token, plan, block)
+                                .await
+                                .map(|m| m.or(md5));
                         }
                     },
                 }
