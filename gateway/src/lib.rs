@@ -186,8 +186,10 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 /// Requests whose URI is longer than this are answered 414 (hyper's own
-/// limit, 64 KiB, answers with an empty body before any handler runs).
-pub const MAX_URI_LEN: usize = 8 * 1024;
+/// limit, 64 KiB, answers with an empty body before any handler runs). It
+/// stays above the longest path a valid key makes: 1024 characters of up to
+/// 4 bytes, percent-encoded, is 12 KiB.
+pub const MAX_URI_LEN: usize = 16 * 1024;
 
 /// Serve the gateway on `listener` until `shutdown` resolves, then let the
 /// requests in progress finish.

@@ -517,7 +517,7 @@ async fn every_refusal_has_its_status_and_a_json_body() {
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
     );
     // A URI too long.
-    let long = format!("/files/{}", "k".repeat(20_000));
+    let long = format!("/files/{}", "k".repeat(40_000));
     let r = gw.get(&long).await;
     assert_eq!(
         json_error(r).await,
