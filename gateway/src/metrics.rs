@@ -27,13 +27,13 @@ pub struct Metrics {
     pub download_seconds: Histogram,
     pub backend_errors: Counter,
     pub pool_waits: Counter,
+    pool_size: Gauge,
+    pool_in_use: Gauge,
+    pool_waiting: Gauge,
     /// Cleanups of failed or abandoned uploads (each scoped to its upload).
     pub upload_cleanups: Counter,
     /// HTTP connections accepted.
     pub http_connections: Counter,
-    pool_size: Gauge,
-    pool_in_use: Gauge,
-    pool_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,18 +87,6 @@ impl Metrics {
             "Requests that found no idle STEP connection",
             pool_waits.clone(),
         );
-        let upload_cleanups = Counter::default();
-        r.register(
-            "upload_cleanups",
-            "Failed or abandoned uploads cleaned up (only their own unfinished upload)",
-            upload_cleanups.clone(),
-        );
-        let http_connections = Counter::default();
-        r.register(
-            "http_connections_accepted",
-            "HTTP connections accepted",
-            http_connections.clone(),
-        );
         let pool_size = Gauge::default();
         r.register("pool_size", "STEP connections open", pool_size.clone());
         let pool_in_use = Gauge::default();
@@ -113,6 +101,18 @@ impl Metrics {
             "Requests waiting for a STEP connection",
             pool_waiting.clone(),
         );
+        let upload_cleanups = Counter::default();
+        r.register(
+            "upload_cleanups",
+            "Failed or abandoned uploads cleaned up (only their own unfinished upload)",
+            upload_cleanups.clone(),
+        );
+        let http_connections = Counter::default();
+        r.register(
+            "http_connections_accepted",
+            "HTTP connections accepted",
+            http_connections.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -122,11 +122,11 @@ impl Metrics {
             download_seconds,
             backend_errors,
             pool_waits,
-            upload_cleanups,
-            http_connections,
             pool_size,
             pool_in_use,
             pool_waiting,
+            upload_cleanups,
+            http_connections,
         }
     }
 
