@@ -510,3 +510,16 @@ impl Backend {
         &self.settings
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_token_is_renewed_well_before_it_expires() {
+        assert_eq!(token_reuse(None), DEFAULT_TOKEN_REUSE);
+        assert_eq!(token_reuse(Some(86_400)), DEFAULT_TOKEN_REUSE);
+        assert_eq!(token_reuse(Some(120)), Duration::from_secs(60));
+        assert_eq!(token_reuse(Some(1)), Duration::ZERO);
+    }
+}

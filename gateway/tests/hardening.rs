@@ -541,3 +541,65 @@ async fn every_refusal_has_its_status_and_a_json_body() {
     let body: Value = serde_json::from_str(body).expect("JSON error body");
     assert!(body["error"].is_string(), "{body}");
 }
+
+/// A multipart upload that drips is cut with 408 too (its body error
+/// passes through the multipart parser).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripping_multipart_upload_is_cut_with_408() {
+    let step = TestServer::start().await;
+    let gw = gateway_with(step.addr, |h, _| {
+        h.body_min_bytes = 1024;
+        h.body_interval_secs = 1;
+    })
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let head = "POST /upload HTTP/1.1\r\nHost: t\r\n\
+        Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n\r\n\
+        --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"drip.bin\"\r\n\r\n";
+    s.write_all(head.as_bytes()).await.expect("head");
+    let (mut rd, mut wr) = s.into_split();
+    let writer = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(b"x").await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        let _ = rd.read_to_end(&mut got).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let text = tokio::time::timeout(PATIENCE, async {
+        tokio::select! {
+            t = reader => t,
+            () = writer => unreachable!(),
+        }
+    })
+    .await
+    .expect("the dripping upload is answered");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
+}
+
+/// With the in-memory budget spent, multipart uploads spill to disk rather
+/// than fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_beyond_the_memory_budget_spools_instead_of_failing() {
+    let step = TestServer::start().await;
+    let gw = gateway_with(step.addr, |h, _| h.max_buffered_bytes = 10).await;
+    let body = pattern(100_000, 5);
+    let part = reqwest::multipart::Part::bytes(body.clone()).file_name("budget.bin");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let r = gw
+        .client
+        .post(gw.at("/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = gw.get("/files/budget.bin").await;
+    assert_eq!(r.bytes().await.expect("body").to_vec(), body);
+}
