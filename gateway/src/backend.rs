@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
-use step_core::client::{ClientError, DownloadPlan, StepClient};
+use step_core::client::{Capabilities, ClientError, DownloadPlan, StepClient};
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
@@ -121,15 +121,34 @@ pub struct Backend {
     pool: Pool,
     settings: TransferArgs,
     default_user: Option<String>,
-    /// The default user's token, when it was minted, and the connection-loss
-    /// count then.
-    default_token: Mutex<Option<(String, Instant, u64)>>,
+    /// The default user's token while it may be reused.
+    default_token: Mutex<Option<CachedToken>>,
     losses: Arc<AtomicU64>,
     pub metrics: GatewayMetrics,
 }
 
-/// How long a cached default-user token is reused before logging in again.
+/// The default user's token and when to stop reusing it.
+#[derive(Debug)]
+struct CachedToken {
+    token: String,
+    renew_at: Instant,
+    /// The connection-loss count when it was minted.
+    losses: u64,
+}
+
+/// The longest a default-user token is reused before logging in again.
 const DEFAULT_TOKEN_REUSE: Duration = Duration::from_secs(600);
+
+/// How long a token the server says lives `token_ttl` seconds is reused:
+/// half its life, so it is renewed well before it expires (clocks and the
+/// token format's rounding need not be trusted to the second); at most
+/// [`DEFAULT_TOKEN_REUSE`], which also applies when the server does not say.
+pub fn token_reuse(token_ttl: Option<u64>) -> Duration {
+    match token_ttl {
+        Some(ttl) => Duration::from_secs(ttl / 2).min(DEFAULT_TOKEN_REUSE),
+        None => DEFAULT_TOKEN_REUSE,
+    }
+}
 
 impl Backend {
     pub fn new(
@@ -311,35 +330,60 @@ impl Backend {
 
     /// LOGIN; returns the token.
     pub async fn login(&self, username: &str, password: &str) -> Result<String, GatewayError> {
+        self.login_caps(username, password).await.map(|(t, _)| t)
+    }
+
+    /// LOGIN; returns the token and what the server announced with it.
+    async fn login_caps(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(String, Capabilities), GatewayError> {
         let (u, p) = (username.to_owned(), password.to_owned());
         // LOGIN needs no token; the pooled connection's is overwritten below.
         self.call("", |mut c| async move {
-            let r = c.login(&u, &p).await;
+            let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
             (c, r)
         })
         .await
     }
 
-    /// The default user's token, logging in when there is none or it is old.
+    /// The default user's token, logging in when there is none or it is due
+    /// for renewal (half the TTL the server announced).
     pub async fn default_token(&self) -> Result<Option<String>, GatewayError> {
         let Some(user) = &self.default_user else {
             return Ok(None);
         };
+        // Held across the LOGIN on purpose: concurrent requests wait for the
+        // one login instead of each minting a token.
         let mut cached = self.default_token.lock().await;
         let losses = self.losses.load(Ordering::Relaxed);
-        if let Some((token, at, seen)) = cached.as_ref()
-            && at.elapsed() < DEFAULT_TOKEN_REUSE
-            && *seen == losses
+        if let Some(c) = cached.as_ref()
+            && Instant::now() < c.renew_at
+            && c.losses == losses
         {
-            return Ok(Some(token.clone()));
+            return Ok(Some(c.token.clone()));
         }
-        let token = self.login(user, &password_for(user)).await?;
-        *cached = Some((
-            token.clone(),
-            Instant::now(),
-            self.losses.load(Ordering::Relaxed),
-        ));
+        let minted = Instant::now();
+        let (token, caps) = self.login_caps(user, &password_for(user)).await?;
+        *cached = Some(CachedToken {
+            token: token.clone(),
+            renew_at: minted + token_reuse(caps.token_ttl),
+            losses: self.losses.load(Ordering::Relaxed),
+        });
         Ok(Some(token))
+    }
+
+    /// After the server refused the default token `stale`: forget it (unless
+    /// another request already replaced it) and return a fresh one.
+    pub async fn renew_default_token(&self, stale: &str) -> Result<Option<String>, GatewayError> {
+        {
+            let mut cached = self.default_token.lock().await;
+            if cached.as_ref().is_some_and(|c| c.token == stale) {
+                *cached = None;
+            }
+        }
+        self.default_token().await
     }
 
     /// Forget the cached default token (after the server refused it).
@@ -420,10 +464,39 @@ impl Backend {
         .await
     }
 
-    /// Delete whatever is under `key` after a failed upload, ignoring "not
-    /// found" (the unfinished upload may already be gone).
-    pub async fn discard(&self, token: &str, key: &str) {
-        match self.file_delete(token, key.to_owned()).await {
+    /// Remove this request's own upload of `key` after it failed: only the
+    /// upload `upload_id` names (unfinished, or complete when `completed` —
+    /// the md5-mismatch case), never what another request stored meanwhile.
+    ///
+    /// Without an upload id (a reference server) nothing can be scoped, so
+    /// a failed upload's unfinished file is left where it is (a later SAVE of
+    /// the key restarts it); only a file this request itself just completed
+    /// with a wrong md5 is deleted by key.
+    pub async fn discard_upload(
+        &self,
+        token: &str,
+        key: &str,
+        upload_id: Option<&str>,
+        completed: bool,
+    ) {
+        self.metrics.upload_cleanups.inc();
+        let result = match upload_id {
+            Some(id) => {
+                let (key, id) = (key.to_owned(), id.to_owned());
+                self.call(token, |mut c| async move {
+                    let r = c.file_delete_upload(&key, &id).await;
+                    (c, r)
+                })
+                .await
+            }
+            None if completed => self.file_delete(token, key.to_owned()).await,
+            None => {
+                debug!(%key, "no upload id: leaving the unfinished upload in place");
+                return;
+            }
+        };
+        match result {
+            // Gone already, or the key now holds someone else's upload.
             Ok(())
             | Err(GatewayError::Step {
                 status: Status::NotFound,
@@ -435,5 +508,18 @@ impl Backend {
 
     pub fn transfer_settings(&self) -> &TransferArgs {
         &self.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_token_is_renewed_well_before_it_expires() {
+        assert_eq!(token_reuse(None), DEFAULT_TOKEN_REUSE);
+        assert_eq!(token_reuse(Some(86_400)), DEFAULT_TOKEN_REUSE);
+        assert_eq!(token_reuse(Some(120)), Duration::from_secs(60));
+        assert_eq!(token_reuse(Some(1)), Duration::ZERO);
     }
 }

@@ -90,6 +90,28 @@ pub struct HttpArgs {
     /// Seconds a non-streaming request may take.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
+    /// A file body must bring at least --body-min-bytes every
+    /// --body-interval-secs, or the request is cut with 408: a client
+    /// dripping bytes holds memory and a connection slot, so it must keep up
+    /// a minimum rate (the last, shorter stretch of a body is exempt).
+    #[arg(long, env = "GATEWAY_BODY_MIN_BYTES", default_value_t = 1024)]
+    pub body_min_bytes: u64,
+    /// See --body-min-bytes.
+    #[arg(long, env = "GATEWAY_BODY_INTERVAL_SECS", default_value_t = 30)]
+    pub body_interval_secs: u64,
+    /// Seconds a connection may wait before sending a complete request head:
+    /// from accept, or from the end of the previous response on a keep-alive
+    /// connection (so it is the idle timeout too). Then it is closed.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+    /// Open HTTP connections at most; further clients wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(long, env = "GATEWAY_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub http_max_connections: usize,
+    /// Bytes of multipart uploads held in memory across all requests; beyond
+    /// it, uploads spool to disk even when under --spool-threshold.
+    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
     /// Allowed CORS origins, comma-separated; `*` for any. Empty: no CORS headers.
     #[arg(
         long,
@@ -107,6 +129,16 @@ impl GatewayArgs {
 
     pub fn step_addr(&self) -> Result<SocketAddr, String> {
         parse_addr(&self.step_ip, self.step_port)
+    }
+}
+
+impl HttpArgs {
+    pub fn body_interval(&self) -> Duration {
+        Duration::from_secs(self.body_interval_secs.max(1))
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs.max(1))
     }
 }
 

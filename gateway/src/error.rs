@@ -7,14 +7,20 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use step_core::Status;
 use step_core::client::ClientError;
+use step_core::{Reason, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The STEP server refused the request.
     #[error("{message}")]
-    Step { status: Status, message: String },
+    Step {
+        status: Status,
+        message: String,
+        /// Why, when our server said (the `reason` field); it decides the
+        /// HTTP status before the STEP status does.
+        reason: Option<Reason>,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -25,6 +31,16 @@ pub enum GatewayError {
     Unprocessable(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The request body did not keep up the minimum rate.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// A non-streaming request took longer than --request-timeout.
+    #[error("the request took longer than {0} s")]
+    RequestTimeout(u64),
+    #[error("this route does not allow the method")]
+    MethodNotAllowed,
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(usize),
     #[error("range not satisfiable for a resource of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("STEP backend unavailable: {0}")]
@@ -59,10 +75,33 @@ pub fn http_status_for(step: Status) -> StatusCode {
     }
 }
 
+/// Our server's refusal reason → HTTP status; it is more precise than the
+/// STEP status it comes with (a SAVE above max_file_size is a 402 "key
+/// exists" to reference clients, but 413 here).
+pub fn http_status_for_reason(reason: Reason) -> StatusCode {
+    match reason {
+        Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        // A per-user cap on unfinished uploads is storage the user cannot
+        // have now (RFC 4918 §11.5), like a full disk; not a rate (429).
+        Reason::NoSpace | Reason::Quota => StatusCode::INSUFFICIENT_STORAGE,
+        Reason::Integrity => StatusCode::BAD_GATEWAY,
+        Reason::Superseded => StatusCode::CONFLICT,
+        Reason::OtherUpload => StatusCode::NOT_FOUND,
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
+            GatewayError::Step {
+                reason: Some(reason),
+                ..
+            } => http_status_for_reason(*reason),
             GatewayError::Step { status, .. } => http_status_for(*status),
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -81,6 +120,10 @@ impl GatewayError {
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            GatewayError::Step {
+                reason: Some(reason),
+                ..
+            } => reason.as_str(),
             GatewayError::Step { status, .. } => match status {
                 Status::KeyExists => "key_exists",
                 Status::NotFound => "not_found",
@@ -92,6 +135,10 @@ impl GatewayError {
                 }
                 _ => "backend_refused",
             },
+            GatewayError::BodyTimeout(_) => "body_timeout",
+            GatewayError::RequestTimeout(_) => "timeout",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Unauthorized(_) => "unauthorized",
             GatewayError::BadRequest(_) => "bad_request",
@@ -121,8 +168,17 @@ impl GatewayError {
 impl From<ClientError> for GatewayError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Refused { code, message, .. } => match Status::from_code(code) {
-                Some(status) => GatewayError::Step { status, message },
+            ClientError::Refused {
+                code,
+                message,
+                reason,
+                ..
+            } => match Status::from_code(code) {
+                Some(status) => GatewayError::Step {
+                    status,
+                    message,
+                    reason,
+                },
                 None => GatewayError::BadGateway(format!("unknown STEP status {code}: {message}")),
             },
             ClientError::TimedOut(_) => GatewayError::BackendTimeout,
@@ -181,6 +237,22 @@ mod tests {
             reason: None,
         };
         assert_eq!(GatewayError::from(refused).status(), StatusCode::CONFLICT);
+        for (reason, status) in [
+            (Reason::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+            (Reason::NoSpace, StatusCode::INSUFFICIENT_STORAGE),
+            (Reason::Quota, StatusCode::INSUFFICIENT_STORAGE),
+            (Reason::Integrity, StatusCode::BAD_GATEWAY),
+        ] {
+            let refused = ClientError::Refused {
+                operation: "SAVE".into(),
+                code: 402,
+                message: "no".into(),
+                reason: Some(reason),
+            };
+            let e = GatewayError::from(refused);
+            assert_eq!(e.status(), status, "{reason:?}");
+            assert_eq!(e.code(), reason.as_str());
+        }
         assert_eq!(
             GatewayError::from(ClientError::TimedOut(std::time::Duration::from_secs(1))).status(),
             StatusCode::GATEWAY_TIMEOUT

@@ -8,6 +8,7 @@
 //! * [`metrics`] — Prometheus text at `/metrics`.
 
 pub mod backend;
+pub mod body;
 pub mod config;
 pub mod download;
 pub mod error;
@@ -20,14 +21,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::backend::Backend;
@@ -44,15 +47,22 @@ pub struct AppState {
     pub backend: Arc<Backend>,
     pub http: HttpArgs,
     pub require_auth: bool,
+    /// Bytes of multipart bodies held in memory, across all requests
+    /// (--max-buffered-bytes); beyond it uploads spool to disk.
+    pub buffered: Arc<Semaphore>,
 }
 
 impl AppState {
     pub fn new(backend: Backend, http: HttpArgs) -> Arc<Self> {
         let require_auth = http.require_auth || http.default_user.is_empty();
+        let buffered = Arc::new(Semaphore::new(
+            http.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+        ));
         Arc::new(Self {
             backend: Arc::new(backend),
             http,
             require_auth,
+            buffered,
         })
     }
 }
@@ -125,7 +135,11 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .head(routes::get_file)
                 .delete(routes::delete_file),
         )
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            body_min_rate,
+        ));
     let small = Router::new()
         .route("/login", post(routes::login))
         .route("/records", post(routes::create_record))
@@ -140,14 +154,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/openapi.yaml", get(routes::openapi))
         .layer(DefaultBodyLimit::max(state.http.max_json_body))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            Duration::from_secs(state.http.request_timeout.max(1)),
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            request_timeout,
         ));
     let mut router = Router::new()
         .merge(files)
         .merge(small)
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             record_metrics,
@@ -167,4 +183,117 @@ pub fn app(state: Arc<AppState>) -> Router {
         router = router.layer(cors);
     }
     router.with_state(state)
+}
+
+/// Requests whose URI is longer than this are answered 414 (hyper's own
+/// limit, 64 KiB, answers with an empty body before any handler runs). It
+/// stays above the longest path a valid key makes: 1024 characters of up to
+/// 4 bytes, percent-encoded, is 12 KiB.
+pub const MAX_URI_LEN: usize = 16 * 1024;
+
+/// Serve the gateway on `listener` until `shutdown` resolves, then let the
+/// requests in progress finish.
+///
+/// Our own accept loop rather than `axum::serve`, for what that one cannot
+/// do: at most `--http-max-connections` connections (a permit is taken
+/// before accepting, so extra clients wait in the kernel's backlog instead
+/// of failing, and descriptors are never exhausted), and hyper's header
+/// read timeout, which also closes connections idle before a request
+/// (new or kept alive).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let router = app(Arc::clone(&state));
+    let permits = Arc::new(Semaphore::new(state.http.http_max_connections.max(1)));
+    let header_timeout = state.http.header_timeout();
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of descriptors: back off briefly instead of
+                    // spinning on an accept that keeps failing.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        state.backend.metrics.http_connections.inc();
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP connection ended");
+                    }
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// 414 with the JSON error body for URIs over [`MAX_URI_LEN`].
+async fn limit_uri(req: Request, next: Next) -> Response {
+    let len = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
+    if len > MAX_URI_LEN {
+        return GatewayError::UriTooLong(MAX_URI_LEN).into_response();
+    }
+    next.run(req).await
+}
+
+/// --request-timeout for non-streaming routes, answered with the JSON error
+/// body (tower-http's TimeoutLayer answers with an empty one).
+async fn request_timeout(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let secs = st.http.request_timeout.max(1);
+    match tokio::time::timeout(Duration::from_secs(secs), next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => GatewayError::RequestTimeout(secs).into_response(),
+    }
+}
+
+/// File bodies must keep up --body-min-bytes per --body-interval-secs.
+async fn body_min_rate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (min, interval) = (st.http.body_min_bytes, st.http.body_interval());
+    let req = req.map(|body| {
+        axum::body::Body::from_stream(body::MinRate::new(body.into_data_stream(), min, interval))
+    });
+    next.run(req).await
+}
+
+async fn method_not_allowed() -> GatewayError {
+    GatewayError::MethodNotAllowed
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
-use gateway::{AppState, app, backend::Backend};
+use gateway::{AppState, backend::Backend};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -93,11 +93,12 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
     info!(%addr, "gateway listening");
-    let serve = axum::serve(listener, app(state)).with_graceful_shutdown({
+    let result = gateway::serve(listener, state, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
-    });
-    let result = serve.await.map_err(|e| format!("HTTP server failed: {e}"));
+    })
+    .await
+    .map_err(|e| format!("HTTP server failed: {e}"));
     stop.cancel();
     if let Some(task) = embedded {
         let _ = task.await;

@@ -30,6 +30,10 @@ pub struct Metrics {
     pool_size: Gauge,
     pool_in_use: Gauge,
     pool_waiting: Gauge,
+    /// Cleanups of failed or abandoned uploads (each scoped to its upload).
+    pub upload_cleanups: Counter,
+    /// HTTP connections accepted.
+    pub http_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +101,18 @@ impl Metrics {
             "Requests waiting for a STEP connection",
             pool_waiting.clone(),
         );
+        let upload_cleanups = Counter::default();
+        r.register(
+            "upload_cleanups",
+            "Failed or abandoned uploads cleaned up (only their own unfinished upload)",
+            upload_cleanups.clone(),
+        );
+        let http_connections = Counter::default();
+        r.register(
+            "http_connections_accepted",
+            "HTTP connections accepted",
+            http_connections.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -109,6 +125,8 @@ impl Metrics {
             pool_size,
             pool_in_use,
             pool_waiting,
+            upload_cleanups,
+            http_connections,
         }
     }
 

@@ -18,6 +18,7 @@ use step_core::Status;
 use step_core::digest::password_for;
 use step_core::message::field;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::AppState;
 use crate::error::GatewayError;
@@ -70,22 +71,28 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 }
 
 impl AppState {
-    /// A refused default token is forgotten, so the next request logs in again
-    /// (e.g. after the STEP server restarted with a new secret).
-    async fn check<T>(
-        &self,
-        auth: &Auth,
-        result: Result<T, GatewayError>,
-    ) -> Result<T, GatewayError> {
-        if auth.default
-            && let Err(GatewayError::Step {
+    /// Run `op` with the request's token; when the token is the gateway's
+    /// default user's and the server refuses it (it restarted with a new
+    /// secret, or the token expired), log in again and run `op` once more.
+    async fn with_token<T, F, Fut>(&self, auth: &Auth, op: F) -> Result<T, GatewayError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+    {
+        match op(auth.token.clone()).await {
+            Err(GatewayError::Step {
                 status: Status::BadToken,
                 ..
-            }) = &result
-        {
-            self.backend.forget_default_token().await;
+            }) if auth.default => {
+                let fresh = self
+                    .backend
+                    .renew_default_token(&auth.token)
+                    .await?
+                    .ok_or_else(|| GatewayError::Unauthorized("a token is required".into()))?;
+                op(fresh).await
+            }
+            other => other,
         }
-        result
     }
 }
 
@@ -171,26 +178,37 @@ type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError
 /// A body of not-yet-known length, held in memory while small and in a temp
 /// file beyond the spool threshold.
 enum Spooled {
-    Memory(Bytes),
+    /// The bytes and their share of --max-buffered-bytes.
+    Memory(Bytes, Option<OwnedSemaphorePermit>),
     File(tokio::fs::File, u64, tempfile::TempPath),
+}
+
+/// What must live until a spooled upload has been stored (held, never read).
+#[allow(dead_code)]
+enum KeepUntilDone {
+    Permit(OwnedSemaphorePermit),
+    Path(tempfile::TempPath),
 }
 
 impl Spooled {
     fn len(&self) -> u64 {
         match self {
-            Spooled::Memory(b) => b.len() as u64,
+            Spooled::Memory(b, _) => b.len() as u64,
             Spooled::File(_, n, _) => *n,
         }
     }
 
-    fn into_stream(self) -> (ByteStream, Option<tempfile::TempPath>) {
+    fn into_stream(self) -> (ByteStream, Option<KeepUntilDone>) {
         match self {
-            Spooled::Memory(b) => (Box::pin(futures::stream::iter([Ok(b)])), None),
+            Spooled::Memory(b, permit) => (
+                Box::pin(futures::stream::iter([Ok(b)])),
+                permit.map(KeepUntilDone::Permit),
+            ),
             Spooled::File(f, _, path) => {
                 let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map_err(|e| {
                     GatewayError::Internal(format!("reading the spooled upload: {e}"))
                 });
-                (Box::pin(s), Some(path))
+                (Box::pin(s), Some(KeepUntilDone::Path(path)))
             }
         }
     }
@@ -201,6 +219,9 @@ where
     S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
 {
     let mut mem = BytesMut::new();
+    // The memory held is counted against the gateway-wide budget; when the
+    // budget is spent, this upload goes to disk like a large one.
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut file: Option<(tokio::fs::File, tempfile::TempPath)> = None;
     let mut total = 0u64;
     let io = |e: std::io::Error| GatewayError::Internal(format!("spooling the upload: {e}"));
@@ -208,7 +229,15 @@ where
         let chunk = chunk?;
         total += chunk.len() as u64;
         check_size(st, total)?;
-        if file.is_none() && mem.len() + chunk.len() <= st.http.spool_threshold {
+        if file.is_none()
+            && mem.len() + chunk.len() <= st.http.spool_threshold
+            && let Ok(more) = u32::try_from(chunk.len())
+            && let Ok(more) = Arc::clone(&st.buffered).try_acquire_many_owned(more)
+        {
+            match permit.as_mut() {
+                Some(p) => p.merge(more),
+                None => permit = Some(more),
+            }
             mem.extend_from_slice(&chunk);
             continue;
         }
@@ -219,6 +248,7 @@ where
             let mut f = tokio::fs::File::from_std(std_file);
             f.write_all(&mem).await.map_err(io)?;
             mem = BytesMut::new();
+            permit = None;
             file = Some((f, path));
         }
         if let Some((f, _)) = file.as_mut() {
@@ -226,7 +256,7 @@ where
         }
     }
     match file {
-        None => Ok(Spooled::Memory(mem.freeze())),
+        None => Ok(Spooled::Memory(mem.freeze(), permit)),
         Some((mut f, path)) => {
             f.flush().await.map_err(io)?;
             f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
@@ -243,8 +273,15 @@ async fn store_spooled(
 ) -> Result<Stored, GatewayError> {
     let size = spooled.len();
     let (stream, _keep_until_done) = spooled.into_stream();
-    let result = upload::store(&st.backend, &auth.token, key, size, stream).await;
-    st.check(auth, result).await
+    upload::store(&st.backend, &auth.token, auth.default, key, size, stream).await
+}
+
+fn multipart_error(e: &axum::extract::multipart::MultipartError) -> GatewayError {
+    if crate::body::is_too_slow(e) {
+        GatewayError::BodyTimeout(e.body_text())
+    } else {
+        GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
 }
 
 /// `POST /upload` (multipart/form-data): the first file part is stored under
@@ -257,9 +294,7 @@ pub async fn upload_multipart(
 ) -> Result<Response, GatewayError> {
     let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
     let mut form = form.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
-    };
+    let bad = |e: axum::extract::multipart::MultipartError| multipart_error(&e);
     while let Some(part) = form.next_field().await.map_err(bad)? {
         let file_name = part.file_name().map(str::to_owned);
         if file_name.is_none() && part.name() != Some("file") {
@@ -271,9 +306,7 @@ pub async fn upload_multipart(
             .filter(|k| !k.is_empty())
             .or(file_name.filter(|n| !n.is_empty()))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let chunks = part.map_err(|e| {
-            GatewayError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
-        });
+        let chunks = part.map_err(|e| multipart_error(&e));
         let spooled = spool(&st, chunks).await?;
         let stored = store_spooled(&st, &auth, &key, spooled).await?;
         return Ok(created(stored));
@@ -292,9 +325,13 @@ pub async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let chunks = body
-        .into_data_stream()
-        .map_err(|e| GatewayError::BadRequest(format!("reading the request body: {e}")));
+    let chunks = body.into_data_stream().map_err(|e| {
+        if crate::body::is_too_slow(&e) {
+            GatewayError::BodyTimeout(e.to_string())
+        } else {
+            GatewayError::BadRequest(format!("reading the request body: {e}"))
+        }
+    });
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -302,9 +339,8 @@ pub async fn put_file(
     let stored = match length {
         Some(size) => {
             check_size(&st, size)?;
-            let result =
-                upload::store(&st.backend, &auth.token, &key, size, Box::pin(chunks)).await;
-            st.check(&auth, result).await?
+            let chunks = Box::pin(chunks);
+            upload::store(&st.backend, &auth.token, auth.default, &key, size, chunks).await?
         }
         None => {
             let spooled = spool(&st, Box::pin(chunks)).await?;
@@ -323,9 +359,11 @@ pub async fn get_file(
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     let head = method == Method::HEAD;
-    let result =
-        crate::download::respond(Arc::clone(&st.backend), &auth.token, &key, &headers, head).await;
-    st.check(&auth, result).await
+    st.with_token(&auth, |token| {
+        let (backend, key, headers) = (Arc::clone(&st.backend), key.clone(), headers.clone());
+        async move { crate::download::respond(backend, &token, &key, &headers, head).await }
+    })
+    .await
 }
 
 pub async fn delete_file(
@@ -333,8 +371,12 @@ pub async fn delete_file(
     auth: Auth,
     Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
-    let result = st.backend.file_delete(&auth.token, key).await;
-    st.check(&auth, result).await?;
+    st.with_token(&auth, |t| {
+        let key = key.clone();
+        let backend = Arc::clone(&st.backend);
+        async move { backend.file_delete(&t, key).await }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -366,8 +408,13 @@ async fn save_record(
     body: Value,
 ) -> Result<Response, GatewayError> {
     let record = record_from(body)?;
-    let result = st.backend.data_save(&auth.token, key, record).await;
-    let key = st.check(auth, result).await?;
+    let key = st
+        .with_token(auth, |t| {
+            let (key, record) = (key.clone(), record.clone());
+            let backend = Arc::clone(&st.backend);
+            async move { backend.data_save(&t, key, record).await }
+        })
+        .await?;
     let url = upload::record_url(&key);
     let mut resp = (StatusCode::CREATED, Json(json!({"key": key, "url": url}))).into_response();
     if let Ok(v) = HeaderValue::from_str(&url) {
@@ -400,8 +447,14 @@ pub async fn get_record(
     auth: Auth,
     Key(key): Key,
 ) -> Result<Json<Value>, GatewayError> {
-    let result = st.backend.data_get(&auth.token, key).await;
-    Ok(Json(Value::Object(st.check(&auth, result).await?)))
+    let record = st
+        .with_token(&auth, |t| {
+            let key = key.clone();
+            let backend = Arc::clone(&st.backend);
+            async move { backend.data_get(&t, key).await }
+        })
+        .await?;
+    Ok(Json(Value::Object(record)))
 }
 
 pub async fn delete_record(
@@ -409,8 +462,12 @@ pub async fn delete_record(
     auth: Auth,
     Key(key): Key,
 ) -> Result<StatusCode, GatewayError> {
-    let result = st.backend.data_delete(&auth.token, key).await;
-    st.check(&auth, result).await?;
+    st.with_token(&auth, |t| {
+        let key = key.clone();
+        let backend = Arc::clone(&st.backend);
+        async move { backend.data_delete(&t, key).await }
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

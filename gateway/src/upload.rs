@@ -8,17 +8,18 @@
 //! the file is deleted and the request fails.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
-use step_core::client::{ClientError, SaveOptions, StepClient};
+use step_core::Status;
+use step_core::client::{ClientError, SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, Conn};
+use crate::backend::{Backend, TransferPlan};
 use crate::error::GatewayError;
 
 /// What the gateway answers after storing a file.
@@ -187,21 +188,43 @@ where
     }
 }
 
-/// Store `body` (exactly `size` bytes) as `key`.
-pub async fn store<S>(
+/// How long a connection sending an upload's blocks waits for the next
+/// block before going back to the pool: a body arriving at network speed
+/// keeps it; a slow one gives it back between blocks.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// UPLOAD one block on a connection of its own (waiting for the pool).
+async fn send_one(
+    backend: &Backend,
+    token: &str,
+    plan: &UploadPlan,
+    (index, data): (u64, Bytes),
+) -> Result<Option<String>, GatewayError> {
+    let mut conn = backend.conn(token).await?;
+    let sent = conn.upload_block(plan, index, data).await;
+    backend.settle(conn, sent)
+}
+
+/// SAVE `key` (asking for a plan) on a pooled connection that goes straight
+/// back: nothing is held while the body arrives. A SAVE above the size the
+/// server announced is refused here, before it is sent.
+async fn begin(
     backend: &Backend,
     token: &str,
     key: &str,
     size: u64,
-    body: S,
-) -> Result<Stored, GatewayError>
-where
-    S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
-{
-    let started = Instant::now();
-    let mut primary = backend.conn(token).await?;
-    let tp = backend.plan_for(&primary);
-    let planned = primary
+) -> Result<(UploadPlan, TransferPlan), GatewayError> {
+    let mut conn = backend.conn(token).await?;
+    let tp = backend.plan_for(&conn);
+    if let Some(max) = conn.capabilities().max_file_size
+        && size > max
+    {
+        conn.mark_clean();
+        return Err(GatewayError::TooLarge(format!(
+            "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
+        )));
+    }
+    let planned = conn
         .file_save(
             Some(key),
             size,
@@ -211,7 +234,94 @@ where
             },
         )
         .await;
-    let plan = backend.settle_keep(&mut primary, planned)?;
+    let plan = backend.settle(conn, planned)?;
+    Ok((plan, tp))
+}
+
+/// Removes the request's own unfinished upload unless disarmed: awaited on
+/// the failure paths, and spawned from `Drop` when the request future is
+/// dropped (the HTTP client went away and hyper cancelled the handler).
+struct Cleanup {
+    backend: Arc<Backend>,
+    token: String,
+    key: String,
+    upload_id: Option<String>,
+    armed: bool,
+}
+
+impl Cleanup {
+    /// Clean up now (the request failed).
+    async fn run(mut self, completed: bool) {
+        self.armed = false;
+        self.backend
+            .discard_upload(&self.token, &self.key, self.upload_id.as_deref(), completed)
+            .await;
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = Arc::clone(&self.backend);
+        let (token, key, id) = (
+            std::mem::take(&mut self.token),
+            std::mem::take(&mut self.key),
+            self.upload_id.take(),
+        );
+        rt.spawn(async move {
+            backend
+                .discard_upload(&token, &key, id.as_deref(), false)
+                .await;
+        });
+    }
+}
+
+/// Store `body` (exactly `size` bytes) as `key`. When `default` (the token
+/// is the gateway's default user's) and the server refuses it — it
+/// restarted with a new secret — SAVE is retried once with a fresh token;
+/// no body byte has been read by then.
+pub async fn store<S>(
+    backend: &Arc<Backend>,
+    token: &str,
+    default: bool,
+    key: &str,
+    size: u64,
+    body: S,
+) -> Result<Stored, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
+{
+    let started = Instant::now();
+    let (token, (plan, tp)) = match begin(backend, token, key, size).await {
+        Err(GatewayError::Step {
+            status: Status::BadToken,
+            ..
+        }) if default => {
+            let fresh = backend
+                .renew_default_token(token)
+                .await?
+                .ok_or_else(|| GatewayError::Unauthorized("a token is required".into()))?;
+            let begun = begin(backend, &fresh, key, size).await?;
+            (fresh, begun)
+        }
+        other => (token.to_owned(), other?),
+    };
+    let cleanup = Cleanup {
+        backend: Arc::clone(backend),
+        token: token.clone(),
+        key: key.to_owned(),
+        upload_id: plan.upload_id.clone(),
+        armed: true,
+    };
     let hasher = Arc::new(Mutex::new(Md5::new()));
     let (hash_queue, hash_done) = if size >= THREAD_HASH_MIN {
         let (tx, done) = hash_thread();
@@ -237,40 +347,24 @@ where
         c.next_block().await.map(|b| (b, c))
     });
 
-    let mut conns: Vec<Conn> = vec![primary];
-    if tp.fan_out > 1 && plan.total_block >= (tp.window * tp.fan_out) as u64 {
-        conns.extend(backend.extra_conns(token, tp.fan_out - 1).await);
-    }
     let result = if plan.total_block == 0 {
         // Nothing to send; the body must still be empty.
         let mut blocks = std::pin::pin!(blocks);
         match blocks.next().await {
             None => Ok(Some(EMPTY_MD5.to_owned())),
-            Some(_) => Err(ClientError::Source("unexpected body".into())),
+            Some(_) => Err(GatewayError::BadRequest("unexpected body".into())),
         }
     } else {
-        let mut clients: Vec<&mut StepClient> = conns.iter_mut().map(|c| &mut **c).collect();
-        step_core::transfer::upload_spread(&mut clients, &plan, blocks, tp.window, &|_| {}).await
+        send_blocks(backend, &token, &plan, tp, blocks).await
     };
     let body_failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     let server_md5 = match (result, body_failure) {
-        (_, Some(e)) => {
-            drop(conns);
-            backend.discard(token, key).await;
-            return Err(e);
-        }
-        (Err(e), None) => {
-            drop(conns);
-            let e = GatewayError::from(e);
-            backend.discard(token, key).await;
+        (_, Some(e)) | (Err(e), None) => {
+            cleanup.run(false).await;
             return Err(e);
         }
         (Ok(md5), None) => md5,
     };
-    for c in &mut conns {
-        c.mark_clean();
-    }
-    drop(conns);
     // The chunker (and with it the queue's sender) is gone: the thread ends.
     let md5 = match hash_done {
         Some(done) => done
@@ -280,16 +374,18 @@ where
     };
     let received = hex::encode(md5.finalize());
     let Some(stored) = server_md5 else {
-        backend.discard(token, key).await;
+        cleanup.run(false).await;
         return Err(GatewayError::BadGateway(
             "every block was acknowledged but the file was not completed".into(),
         ));
     };
     if !stored.eq_ignore_ascii_case(&received) {
         warn!(%key, %received, %stored, "md5 mismatch after upload; deleting");
-        backend.discard(token, key).await;
+        // This request's own upload just completed: it is removed.
+        cleanup.run(true).await;
         return Err(GatewayError::Md5Mismatch { received, stored });
     }
+    cleanup.disarm();
     let secs = started.elapsed().as_secs_f64();
     backend.metrics.upload_bytes.inc_by(size);
     backend.metrics.upload_seconds.observe(secs);
@@ -300,6 +396,100 @@ where
         size,
         md5: received,
     })
+}
+
+/// Send `blocks` of `plan`, taking pooled connections only while there are
+/// blocks to send: the body is read into a small queue with no connection
+/// held; a worker takes a connection when a block is ready, pipelines what
+/// is queued, and gives the connection back once the queue stays empty for
+/// [`LINGER`]. Further workers (up to the fan-out) find blocks only when
+/// they queue up faster than one connection drains them. Returns the md5 the
+/// server reported when the file completed.
+async fn send_blocks<S>(
+    backend: &Backend,
+    token: &str,
+    plan: &UploadPlan,
+    tp: TransferPlan,
+    blocks: S,
+) -> Result<Option<String>, GatewayError>
+where
+    S: Stream<Item = Result<(u64, Bytes), ClientError>>,
+{
+    let window = tp.window.max(1);
+    let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(window);
+    let feed = async {
+        let mut blocks = std::pin::pin!(blocks);
+        // A body failure is recorded by the chunker itself.
+        while let Some(Ok(block)) = blocks.next().await {
+            if tx.send(block).await.is_err() {
+                break; // every worker stopped
+            }
+        }
+        tx.close();
+    };
+    let worker = |rx: async_channel::Receiver<(u64, Bytes)>,
+                  tx: async_channel::Sender<(u64, Bytes)>,
+                  primary: bool| async move {
+        let mut md5 = None;
+        while let Ok(first) = rx.recv().await {
+            // Only the first worker waits for a pooled connection; the
+            // others take an idle one or leave the block to the first (a
+            // fan-out is an optimisation, never a reason to wait or fail).
+            let conn = if primary {
+                backend.conn(token).await
+            } else {
+                match backend.extra_conns(token, 1).await.pop() {
+                    Some(c) => Ok(c),
+                    None => match tx.send(first).await {
+                        Ok(()) => return Ok(md5),
+                        // The feed is done and the channel closed: this
+                        // block is ours to send after all.
+                        Err(async_channel::SendError(block)) => {
+                            return send_one(backend, token, plan, block)
+                                .await
+                                .map(|m| m.or(md5));
+                        }
+                    },
+                }
+            };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    rx.close();
+                    return Err(e);
+                }
+            };
+            let more = futures::stream::unfold(rx.clone(), |rx| async move {
+                match tokio::time::timeout(LINGER, rx.recv()).await {
+                    Ok(Ok(block)) => Some((Ok(block), rx)),
+                    _ => None,
+                }
+            });
+            let queued = futures::stream::once(async { Ok(first) }).chain(more);
+            let sent = conn.upload_blocks(plan, queued, window, |_| {}).await;
+            match backend.settle(conn, sent) {
+                Ok(Some(m)) => md5 = Some(m),
+                Ok(None) => {}
+                Err(e) => {
+                    rx.close();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(md5)
+    };
+    let workers: Vec<_> = (0..tp.fan_out.max(1))
+        .map(|i| worker(rx.clone(), tx.clone(), i == 0))
+        .collect();
+    drop(rx);
+    let (_, results) = futures::join!(feed, futures::future::join_all(workers));
+    let mut md5 = None;
+    for r in results {
+        if let Some(m) = r? {
+            md5 = Some(m);
+        }
+    }
+    Ok(md5)
 }
 
 #[cfg(test)]
