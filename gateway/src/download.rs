@@ -3,12 +3,27 @@
 //! One pooled connection pipelines DOWNLOADs of the blocks covering the
 //! requested bytes. Backpressure: a request for the next block is sent only
 //! when a credit is free, and credits come back as the HTTP body consumes
-//! blocks, so a slow client holds at most `window` blocks in memory. A full
-//! download is hashed on the way; if it does not match the plan's md5 the
-//! body is cut short with an error rather than completed.
+//! blocks, so a slow client holds at most `window` (+1, see below) blocks in
+//! memory.
+//!
+//! Integrity. A download of the whole file (no Range, or one covering every
+//! byte) is hashed on the way, and its last block is held back until the md5
+//! is known: on a mismatch the body ends with an error instead of that block,
+//! so hyper closes the connection short of its Content-Length and no client
+//! ever sees a complete, clean response with wrong bytes. A partial range
+//! cannot be checked against the whole-file md5; our server checks each block
+//! against a per-4 KiB checksum at rest and refuses a bad one (`integrity`),
+//! which aborts the body like any other mid-stream error. Against a reference
+//! server a partial range is not verified.
+//!
+//! Stalls. A client that stops reading (or never reads) stops returning
+//! credits; after [`STALL_FACTOR`] × the backend timeout without one, the
+//! download gives up: its STEP connection is discarded (it may have answers
+//! in flight) and the body ends with an error.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,12 +31,20 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
+use step_core::Reason;
 use step_core::client::{ClientError, DownloadPlan, StepClient, expect_ok};
 use tokio::sync::{Semaphore, mpsc};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::backend::{Backend, Conn};
 use crate::error::GatewayError;
+
+/// A download whose HTTP client takes no block for this many backend
+/// timeouts (60 s with the default 15 s) is abandoned. Generous, because a
+/// block is up to 512 KiB and a slow but honest client must get through; the
+/// point is that a client that never reads cannot keep a pooled STEP
+/// connection forever.
+pub const STALL_FACTOR: u32 = 4;
 
 /// Which bytes to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +152,12 @@ pub async fn respond(
     }
 
     let window = tp.window.max(1);
-    let credits = Arc::new(Semaphore::new(window));
+    // Every byte of the file goes out: check it against the md5.
+    let verify = first == 0 && last + 1 == plan.size;
+    // A verified download holds its latest block back, so it needs one
+    // credit more than its window or a window of 1 would wait forever.
+    let credits = Arc::new(Semaphore::new(window + usize::from(verify)));
     let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
-    let verify = span == Span::Whole;
     tokio::spawn(stream_blocks(
         backend,
         conn,
@@ -179,22 +205,35 @@ async fn stream_blocks(
     verify: bool,
 ) {
     let started = Instant::now();
+    let stall: Duration = backend.transfer_settings().backend_timeout() * STALL_FACTOR;
+    let stalled = AtomicBool::new(false);
     let bs = plan.block_size.max(1);
     let (first_block, last_block) = (first / bs, last / bs);
     let token = conn.token().unwrap_or_default().to_owned();
     let gated = futures::stream::iter(first_block..=last_block).then(|i| {
         let credits = Arc::clone(&credits);
+        let stalled = &stalled;
         let req = StepClient::<tokio::net::TcpStream>::download_request(&token, &plan, i);
         async move {
-            credits
-                .acquire()
-                .await
-                .map_err(|_| ClientError::Closed)?
-                .forget();
+            match tokio::time::timeout(stall, credits.acquire()).await {
+                // Closed credits: the HTTP body was dropped (client gone).
+                Ok(permit) => permit
+                    .map_err(|_| ClientError::Source("HTTP client went away".into()))?
+                    .forget(),
+                Err(_) => {
+                    stalled.store(true, Ordering::Relaxed);
+                    return Err(ClientError::Source(format!(
+                        "the HTTP client took no data for {stall:?}"
+                    )));
+                }
+            }
             Ok(req)
         }
     });
     let mut hasher = verify.then(Md5::new);
+    // The latest block of a verified download, sent only once the next one
+    // arrives or the md5 is known to match.
+    let mut held: Option<Bytes> = None;
     let mut index = first_block;
     let mut sent = 0u64;
     let result = conn
@@ -213,35 +252,61 @@ async fn stream_blocks(
             }
             let lo = first.saturating_sub(block_start) as usize;
             let hi = ((last + 1).min(block_start + want) - block_start) as usize;
-            let piece = resp.binary.slice(lo..hi);
+            let mut piece = resp.binary.slice(lo..hi);
             sent += piece.len() as u64;
             index += 1;
+            if verify {
+                match held.replace(piece) {
+                    Some(previous) => piece = previous,
+                    None => return Ok(()),
+                }
+            }
             tx.send(Ok(piece))
                 .map_err(|_| ClientError::Source("HTTP client went away".into()))
         })
         .await;
+    let metrics = &backend.metrics;
     match result {
         Ok(()) => {
+            // The pipeline ran to its end: the connection is in sync.
+            conn.mark_clean();
             if let Some(h) = hasher {
                 let got = hex::encode(h.finalize());
                 if !got.eq_ignore_ascii_case(&plan.md5) {
-                    warn!(key = %plan.key, expected = %plan.md5, %got, "download md5 mismatch; cutting the response short");
+                    error!(key = %plan.key, expected = %plan.md5, %got,
+                        "download md5 mismatch: stored bytes are corrupt; aborting the response before its last block");
+                    metrics.download_integrity_failures.inc();
                     let _ = tx.send(Err(std::io::Error::other("md5 mismatch")));
                     return;
                 }
             }
-            conn.mark_clean();
-            backend.metrics.download_bytes.inc_by(sent);
-            backend
-                .metrics
+            if let Some(tail) = held.take() {
+                let _ = tx.send(Ok(tail));
+            }
+            metrics.download_bytes.inc_by(sent);
+            metrics
                 .download_seconds
                 .observe(started.elapsed().as_secs_f64());
             debug!(key = %plan.key, sent, "download streamed");
         }
+        Err(ClientError::Source(e)) if stalled.load(Ordering::Relaxed) => {
+            warn!(key = %plan.key, error = %e, "download stalled; giving its STEP connection back");
+            metrics.download_stalls.inc();
+            let _ = tx.send(Err(std::io::Error::other(e)));
+        }
         Err(ClientError::Source(_)) => debug!(key = %plan.key, "client disconnected mid-download"),
         Err(e) => {
-            warn!(key = %plan.key, error = %e, "download failed mid-stream");
-            backend.metrics.backend_errors.inc();
+            if let ClientError::Refused {
+                reason: Some(Reason::Integrity),
+                ..
+            } = &e
+            {
+                error!(key = %plan.key, error = %e, "the STEP server found stored bytes corrupt; aborting the response");
+                metrics.download_integrity_failures.inc();
+            } else {
+                warn!(key = %plan.key, error = %e, "download failed mid-stream");
+                metrics.backend_errors.inc();
+            }
             let _ = tx.send(Err(std::io::Error::other(e.to_string())));
         }
     }

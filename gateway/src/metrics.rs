@@ -27,6 +27,8 @@ pub struct Metrics {
     pub download_seconds: Histogram,
     pub backend_errors: Counter,
     pub pool_waits: Counter,
+    pub download_integrity_failures: Counter,
+    pub download_stalls: Counter,
     pool_size: Gauge,
     pool_in_use: Gauge,
     pool_waiting: Gauge,
@@ -87,6 +89,18 @@ impl Metrics {
             "Requests that found no idle STEP connection",
             pool_waits.clone(),
         );
+        let download_integrity_failures = Counter::default();
+        r.register(
+            "download_integrity_failures",
+            "Downloads aborted because the stored bytes failed a checksum (whole-file md5, or the server's per-block check)",
+            download_integrity_failures.clone(),
+        );
+        let download_stalls = Counter::default();
+        r.register(
+            "download_stalls",
+            "Downloads abandoned because the HTTP client took no block for the stall timeout",
+            download_stalls.clone(),
+        );
         let pool_size = Gauge::default();
         r.register("pool_size", "STEP connections open", pool_size.clone());
         let pool_in_use = Gauge::default();
@@ -122,6 +136,8 @@ impl Metrics {
             download_seconds,
             backend_errors,
             pool_waits,
+            download_integrity_failures,
+            download_stalls,
             pool_size,
             pool_in_use,
             pool_waiting,

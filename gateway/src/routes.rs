@@ -308,6 +308,11 @@ pub async fn upload_multipart(
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let chunks = part.map_err(|e| multipart_error(&e));
         let spooled = spool(&st, chunks).await?;
+        // Read (and skip) the rest of the form before storing anything: a
+        // body that is not well-formed multipart to its end — e.g. a part
+        // name with control characters, which openapi.yaml forbids — is
+        // refused as a whole rather than half-accepted.
+        while form.next_field().await.map_err(bad)?.is_some() {}
         let stored = store_spooled(&st, &auth, &key, spooled).await?;
         return Ok(created(stored));
     }

@@ -19,7 +19,9 @@
 #   GATEWAY_BIN            gateway binary to test (skips the cargo build)
 #   SCHEMATHESIS_VENV      venv directory (default: <target>/contract/venv)
 #   SCHEMATHESIS_EXAMPLES  max examples per operation and phase (default 100)
-#   SCHEMATHESIS_SEED      seed (default 20251125; "random" for a fresh one)
+#   SCHEMATHESIS_SEED      seed (default 20251125, the fixed one CI uses; "random" for a fresh
+#                          one, printed as "contract: seed N" so a failure can be replayed with
+#                          SCHEMATHESIS_SEED=N)
 #   SCHEMATHESIS_WORKERS   concurrent workers (default 1: hypothesis + CPython 3.11
 #                          threads can hit "AST constructor recursion depth mismatch")
 set -euo pipefail
@@ -147,8 +149,14 @@ fi
 say "gateway $bin (pid $gateway_pid) on $base, STEP on 127.0.0.1:$step_port"
 
 # ---------------------------------------------------------------- 4. run
-seed_args=()
-[[ $seed == random ]] || seed_args=(--seed "$seed")
+if [[ $seed == random ]]; then
+    seed=$("$venv/bin/python" -c 'import secrets; print(secrets.randbits(32))')
+fi
+[[ $seed =~ ^[0-9]+$ ]] || {
+    say "SCHEMATHESIS_SEED must be a number or \"random\", not $seed"
+    exit 2
+}
+say "seed $seed, at most $examples examples per operation and phase"
 status=0
 # Every check is enabled by default (not naming them on the command line lets
 # tests/contract/schemathesis.toml adjust single operations; `--checks all`
@@ -162,7 +170,7 @@ status=0
     --request-timeout 20 \
     --generation-database none \
     --suppress-health-check too_slow \
-    "${seed_args[@]}" \
+    --seed "$seed" \
     "$@" || status=$?
 
 if ! kill -0 "$gateway_pid" 2>/dev/null; then
