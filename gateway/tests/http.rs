@@ -782,6 +782,7 @@ async fn backend_dying_mid_upload_fails_cleanly_then_recovers() {
     let chunk = pattern(256 * 1024, 7);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     let size = 64 * chunk.len();
+    let before = step_tests::wait::dir_bytes(&dir);
     let upload = {
         let req = gw
             .client
@@ -796,7 +797,15 @@ async fn backend_dying_mid_upload_fails_cleanly_then_recovers() {
     for _ in 0..8 {
         tx.send(Ok(chunk.clone())).await.expect("feed");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The backend dies once the upload has begun there (its store grew: the
+    // SAVE's file or the first blocks), not after a fixed wait that may come
+    // before the upload reached it.
+    step_tests::wait::until(
+        "the upload to reach the backend's store",
+        Duration::from_secs(10),
+        || step_tests::wait::dir_bytes(&dir) > before,
+    )
+    .await;
     step.shutdown().await;
     // Keep feeding until the gateway stops reading; then it must answer.
     let started = std::time::Instant::now();

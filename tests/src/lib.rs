@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod prereq;
+pub mod wait;
 
 /// The token secret every test server uses unless told otherwise.
 pub const TEST_SECRET: &[u8] = b"test-deployment-secret";
