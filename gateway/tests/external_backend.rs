@@ -20,8 +20,7 @@ fn main() {
         "external_backend_flows",
         || {
             let addr = std::env::var("STEP_EXTERNAL_BACKEND").map_err(|_| {
-                "set STEP_EXTERNAL_BACKEND=host:port to run against another STEP server"
-                    .to_string()
+                "set STEP_EXTERNAL_BACKEND=host:port to run against another STEP server".to_string()
             })?;
             addr.parse::<SocketAddr>()
                 .map_err(|e| format!("STEP_EXTERNAL_BACKEND={addr} is not host:port ({e})"))

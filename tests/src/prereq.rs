@@ -77,7 +77,11 @@ pub fn block_on_threads<F: Future>(workers: usize, fut: F) -> F::Output {
 
 /// Ok when `program` runs (`program --version` or the given arguments exit 0).
 pub fn command_works(program: &str, args: &[&str]) -> Result<(), String> {
-    let args = if args.is_empty() { &["--version"][..] } else { args };
+    let args = if args.is_empty() {
+        &["--version"][..]
+    } else {
+        args
+    };
     match Command::new(program)
         .args(args)
         .stdin(Stdio::null())

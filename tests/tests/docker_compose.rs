@@ -30,8 +30,7 @@ fn docker_compose_available() -> Result<(), String> {
     if std::env::var_os("STEP_SKIP_DOCKER_TEST").is_some() {
         return Err("STEP_SKIP_DOCKER_TEST is set".into());
     }
-    command_works("docker", &["info"])
-        .map_err(|e| format!("no Docker engine answers: {e}"))?;
+    command_works("docker", &["info"]).map_err(|e| format!("no Docker engine answers: {e}"))?;
     command_works("docker", &["compose", "version"])
         .or_else(|_| command_works("docker-compose", &["version"]))
         .map_err(|_| "no docker compose (neither the v2 plugin nor docker-compose)".to_string())?;
