@@ -945,10 +945,10 @@ async fn token_guessing_is_paced_while_valid_tokens_are_not() {
                 assert_eq!(resp.status_code(), Some(403));
                 refused += 1;
                 // Past the burst of 20: the pacer is holding the rest back.
-                if refused == 21 {
-                    if let Some(tx) = pacing.take() {
-                        let _ = tx.send(());
-                    }
+                if refused == 21
+                    && let Some(tx) = pacing.take()
+                {
+                    let _ = tx.send(());
                 }
                 Ok(())
             })
