@@ -37,6 +37,8 @@ pub fn needs<T: 'static>(
 /// The outcome of a test whose prerequisite is missing: ignored with the
 /// reason, or failed when [`REQUIRE_ALL`] is set.
 pub fn skip(reason: &str) -> Result<Completion, Failed> {
+    // One line in the summary, whatever a tool printed.
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     if required() {
         Err(Failed::from(format!(
             "cannot run: {reason} ({REQUIRE_ALL} is set, so every test must run)"
