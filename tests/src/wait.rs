@@ -106,3 +106,33 @@ pub fn unread_by(addr: SocketAddr) -> Option<u64> {
             .sum(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_proc_net_tcp_does() {
+        let addr: SocketAddr = "127.0.0.1:1379".parse().expect("addr");
+        assert_eq!(proc_addr(addr).as_deref(), Some("0100007F:0563"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_not_accepted_is_seen_in_the_accept_queue() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert_eq!(accept_queue(addr), Some(0));
+        let _waiting = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        until(
+            "the connection in the queue",
+            Duration::from_secs(10),
+            || accept_queue(addr) == Some(1),
+        )
+        .await;
+        let (_accepted, _) = listener.accept().await.expect("accept");
+        assert_eq!(accept_queue(addr), Some(0));
+        assert_eq!(unread_by(addr), Some(0));
+    }
+}
