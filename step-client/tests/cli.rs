@@ -427,44 +427,6 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A download into a nearly full file system fails with "disk full", as one
-/// line. Needs a private mount namespace (root with CAP_SYS_ADMIN); skipped
-/// elsewhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn download_to_a_full_disk() {
-    let can_mount = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !can_mount {
-        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace here");
-        return;
-    }
-    let server = TestServer::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    write(dir.path(), "four.bin", &pattern(4 << 20, 5));
-    assert_ok(&run(&server, dir.path(), "full", &["upload", "four.bin"]).await);
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).expect("mkdir");
-    let port = server.addr.port().to_string();
-    let script = format!(
-        "mount -t tmpfs -o size=1m tmpfs '{small}' && exec '{BIN}' --server-ip 127.0.0.1 --port {port} --id full download four.bin -o '{small}/four.bin'",
-        small = small.display()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .output()
-        .await
-        .expect("run");
-    let r = Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_one_line_error(&r, "disk full while writing");
-}
-
 /// Kill an upload part-way, run it again: the second run sends only what the
 /// server lacks, and the result is byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod prereq;
+pub mod wait;
+
 /// The token secret every test server uses unless told otherwise.
 pub const TEST_SECRET: &[u8] = b"test-deployment-secret";
 

@@ -1,5 +1,6 @@
 //! Disk full (issue 7): a store on an 8 MiB tmpfs that the test mounts (as
-//! root; the test is skipped, saying why, where mounting is not allowed).
+//! root). Where mounting is not allowed each test is reported as ignored with
+//! the reason (a failure under `STEP_REQUIRE_ALL_TESTS`; `step_tests::prereq`).
 //!
 //! What must hold: a SAVE that cannot fit is refused with a clear status and
 //! message; an upload that fills the disk half-way gets the same clear error
@@ -15,7 +16,23 @@ use serde_json::{Map, json};
 use step_core::Status;
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
+use step_tests::prereq::{self, block_on};
 use step_tests::{TestConfig, TestServer, download, pattern};
+
+fn main() {
+    prereq::main(vec![
+        prereq::needs(
+            "a_full_disk_gives_clear_errors_and_the_space_back",
+            || Tmpfs::mount("8m"),
+            |fs| block_on(a_full_disk_gives_clear_errors_and_the_space_back(fs)),
+        ),
+        prereq::needs(
+            "completing_on_a_full_disk_is_all_or_nothing",
+            || Tmpfs::mount("2m"),
+            |fs| block_on(completing_on_a_full_disk_is_all_or_nothing(fs)),
+        ),
+    ]);
+}
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 256 << 10;
@@ -113,15 +130,7 @@ fn assert_no_space(e: &ClientError, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_full_disk_gives_clear_errors_and_the_space_back() {
-    let fs = match Tmpfs::mount("8m") {
-        Ok(fs) => fs,
-        Err(reason) => {
-            println!("skipping disk_full: {reason}");
-            return;
-        }
-    };
+async fn a_full_disk_gives_clear_errors_and_the_space_back(fs: Tmpfs) {
     let store = fs.dir.join("store");
     let server = TestServer::start_with(TestConfig {
         data_dir: Some(store.clone()),
@@ -232,15 +241,7 @@ async fn a_full_disk_gives_clear_errors_and_the_space_back() {
 /// The disk fills exactly when the last block is in: the data fits, the
 /// file's metadata does not. The file must not become complete (nor half
 /// published), and once a page is free a retried block completes it intact.
-#[tokio::test]
-async fn completing_on_a_full_disk_is_all_or_nothing() {
-    let fs = match Tmpfs::mount("2m") {
-        Ok(fs) => fs,
-        Err(reason) => {
-            println!("skipping disk_full: {reason}");
-            return;
-        }
-    };
+async fn completing_on_a_full_disk_is_all_or_nothing(fs: Tmpfs) {
     let server = TestServer::start_with(TestConfig {
         data_dir: Some(fs.dir.join("store")),
         ..TestConfig::default()

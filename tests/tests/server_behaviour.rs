@@ -753,14 +753,27 @@ async fn idle_connections_are_closed_and_the_cap_holds() {
     let mut a = login(server.addr, "a").await;
     let _b = login(server.addr, "b").await;
     // A third client connects (the kernel backlog accepts) but is not served
-    // while two are open.
+    // while two are open: the server takes a slot before accept(), so the
+    // connection waits in the kernel's accept queue. That is the event waited
+    // for, not a fixed time after which "not served yet" would prove nothing.
     let third = tokio::spawn({
         let addr = server.addr;
         async move { login(addr, "c").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "served beyond the cap");
+    step_tests::wait::until(
+        "the third connection to wait in the accept queue",
+        Duration::from_secs(10),
+        || step_tests::wait::accept_queue(server.addr) == Some(1),
+    )
+    .await;
     a.data_save(None, Map::new()).await.expect("a still served");
+    // The server has run meanwhile (it answered a), and still has not taken it.
+    assert_eq!(
+        step_tests::wait::accept_queue(server.addr),
+        Some(1),
+        "accepted beyond the cap"
+    );
+    assert!(!third.is_finished(), "served beyond the cap");
     drop(a);
     tokio::time::timeout(Duration::from_secs(5), third)
         .await
@@ -791,7 +804,16 @@ async fn shutdown_finishes_the_request_in_flight() {
     )
     .await
     .expect("send");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Shut down once the request has arrived: once the server has read every
+    // byte sent to it, the whole frame is in and being handled (a fixed wait
+    // could stop it first, or long after the answer went out).
+    let addr = server.addr;
+    step_tests::wait::until(
+        "the server to read the whole request",
+        Duration::from_secs(10),
+        || step_tests::wait::unread_by(addr) == Some(0),
+    )
+    .await;
     let stopping = tokio::spawn(server.shutdown());
     let resp = c.recv().await.expect("answer before close");
     assert_eq!(resp.get("md5"), Some(&json!(md5_hex(&body))));
@@ -919,20 +941,33 @@ async fn token_guessing_is_paced_while_valid_tokens_are_not() {
         })
         .collect();
     let started = std::time::Instant::now();
+    let (pacing, paced) = tokio::sync::oneshot::channel();
     let flood = tokio::spawn(async move {
         let mut refused = 0;
+        let mut pacing = Some(pacing);
         guesser
             .pipeline(futures::stream::iter(guesses), 100, |resp| {
                 assert_eq!(resp.status_code(), Some(403));
                 refused += 1;
+                // Past the burst of 20: the pacer is holding the rest back.
+                if refused == 21
+                    && let Some(tx) = pacing.take()
+                {
+                    let _ = tx.send(());
+                }
                 Ok(())
             })
             .await
             .expect("pipeline");
         (refused, std::time::Instant::now())
     });
-    // Meanwhile an honest client is answered before the guesses are.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile (once the guesses are being paced, not after a fixed wait
+    // that may come before the flood) an honest client is answered before
+    // the guesses are.
+    tokio::time::timeout(Duration::from_secs(30), paced)
+        .await
+        .expect("the guesses reach the pacer")
+        .expect("the flood task is running");
     let mut honest = login(server.addr, "honest").await;
     honest
         .data_save(Some("fine"), Map::new())
