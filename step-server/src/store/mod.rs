@@ -1084,3 +1084,81 @@ impl UploadHandle {
         Ok(Some(md5))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn complete(store: &Arc<Store>, user: &str, key: &str, body: &[u8]) -> FileMeta {
+        let plan = PlanRecord {
+            size: body.len() as u64,
+            block_size: 20480,
+        };
+        store
+            .file_plan(user, key, plan, false)
+            .await
+            .expect("plan");
+        for (i, block) in body.chunks(20480).enumerate() {
+            let up = store.open_upload(user, key).await.expect("open");
+            up.put_block(i as i64, Bytes::copy_from_slice(block), None)
+                .await
+                .expect("block");
+        }
+        store.file_meta(user, key).await.expect("complete")
+    }
+
+    #[tokio::test]
+    async fn checksums_that_describe_no_complete_file_are_dropped_at_open() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("store");
+        let body: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let other: Vec<u8> = body.iter().map(|b| b ^ 0x5A).collect();
+        {
+            let store = Store::open(&root).expect("open");
+            let meta = complete(&store, "u", "a", &body).await;
+            assert_eq!(meta.upload_id.is_some(), true);
+            complete(&store, "u", "b", &other).await;
+        }
+        let sums_a = root.join("sums/u/a");
+        let sums_b = root.join("sums/u/b");
+        // A crash kept b's old sidecar under a (another file's sums), and
+        // left a sidecar for a key whose meta never landed.
+        fs::copy(&sums_b, &sums_a).expect("copy");
+        fs::copy(&sums_b, root.join("sums/u/ghost")).expect("copy");
+        let store = Store::open(&root).expect("reopen");
+        assert!(!sums_a.exists(), "a's mismatched sidecar is removed");
+        assert!(!root.join("sums/u/ghost").exists(), "a stray sidecar is removed");
+        assert!(sums_b.exists(), "b's own sidecar stays");
+        // a is served unverified (and right), never refused for b's sums.
+        let meta = store.file_meta("u", "a").await.expect("meta");
+        let got = store.file_read("u", &meta, 20480, 20480).await.expect("read");
+        assert_eq!(got.as_ref(), &body[20480..40960]);
+        // b is still checked.
+        let meta = store.file_meta("u", "b").await.expect("meta");
+        let got = store.file_read("u", &meta, 40960, 50_000 - 40960).await.expect("read");
+        assert_eq!(got.as_ref(), &other[40960..]);
+    }
+
+    #[tokio::test]
+    async fn a_meta_from_before_upload_ids_never_matches_a_scoped_delete() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open(tmp.path().join("store")).expect("open");
+        complete(&store, "u", "old", b"hello").await;
+        // Rewrite the meta as an older server wrote it: no upload_id.
+        let meta_path = store.path(Area::Meta, "u", "old");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(&meta_path).expect("read")).expect("json");
+        let id = meta["upload_id"].as_str().expect("id").to_owned();
+        meta.as_object_mut().expect("object").remove("upload_id");
+        fs::write(&meta_path, serde_json::to_vec(&meta).expect("json")).expect("write");
+        assert!(matches!(
+            store.file_delete("u", "old", Some(&id)).await,
+            Err(StepError::OtherUpload(_))
+        ));
+        assert_eq!(
+            store.file_delete("u", "old", None).await.expect("delete"),
+            Deleted::File
+        );
+        assert!(!store.path(Area::Sums, "u", "old").exists(), "sums go with the file");
+    }
+}
