@@ -108,7 +108,11 @@ pub struct ServiceArgs {
     pub max_unfinished_bytes_per_user: u64,
     /// Unfinished uploads one user may have at once; a SAVE beyond is
     /// refused (406, reason `quota`).
-    #[arg(long, env = "STEP_MAX_UNFINISHED_UPLOADS_PER_USER", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "STEP_MAX_UNFINISHED_UPLOADS_PER_USER",
+        default_value_t = 1000
+    )]
     pub max_unfinished_uploads_per_user: u64,
 }
 

@@ -119,12 +119,36 @@ mod tests {
     fn each_reason_has_its_error_and_status() {
         let k = || "k".to_owned();
         let cases = [
-            (StepError::NoSpace, Status::BlockSizeMismatch, Reason::NoSpace),
-            (StepError::TooLarge(k()), Status::KeyExists, Reason::TooLarge),
-            (StepError::Superseded(k()), Status::WrongOperation, Reason::Superseded),
-            (StepError::Integrity(k()), Status::BlockSizeMismatch, Reason::Integrity),
-            (StepError::Quota(k()), Status::BlockSizeMismatch, Reason::Quota),
-            (StepError::OtherUpload(k()), Status::NotFound, Reason::OtherUpload),
+            (
+                StepError::NoSpace,
+                Status::BlockSizeMismatch,
+                Reason::NoSpace,
+            ),
+            (
+                StepError::TooLarge(k()),
+                Status::KeyExists,
+                Reason::TooLarge,
+            ),
+            (
+                StepError::Superseded(k()),
+                Status::WrongOperation,
+                Reason::Superseded,
+            ),
+            (
+                StepError::Integrity(k()),
+                Status::BlockSizeMismatch,
+                Reason::Integrity,
+            ),
+            (
+                StepError::Quota(k()),
+                Status::BlockSizeMismatch,
+                Reason::Quota,
+            ),
+            (
+                StepError::OtherUpload(k()),
+                Status::NotFound,
+                Reason::OtherUpload,
+            ),
         ];
         for (e, status, reason) in cases {
             assert_eq!(e.status(), status, "{e}");

@@ -155,7 +155,10 @@ async fn an_upload_being_written_is_not_expired() {
     assert_eq!(server.store.sweep_expired(much_later), 0);
     let before = SystemTime::now();
     let second = bytes::Bytes::copy_from_slice(&body[BS..2 * BS]);
-    assert_eq!(handle.put_block(1, second, None).await.expect("write"), None);
+    assert_eq!(
+        handle.put_block(1, second, None).await.expect("write"),
+        None
+    );
 
     // Each block renews it: one expiry after that block, it is still kept.
     assert_eq!(
@@ -210,7 +213,11 @@ async fn uploads_left_on_disk_expire_when_the_store_opens() {
         f.set_modified(two_days_ago).expect("mtime");
     }
     let store = Store::open(&dir).expect("reopen");
-    assert_eq!(store.unfinished_stats().count, 1, "only the fresh one stays");
+    assert_eq!(
+        store.unfinished_stats().count,
+        1,
+        "only the fresh one stays"
+    );
     assert!(!dir.join("uploads/alice/old").exists());
     assert!(dir.join("uploads/alice/fresh").exists());
 }

@@ -33,7 +33,10 @@ async fn upload_some(
         .file_save(Some(key), body.len() as u64, SaveOptions::default())
         .await
         .expect("plan");
-    let id = plan.upload_id.clone().expect("our server hands out upload ids");
+    let id = plan
+        .upload_id
+        .clone()
+        .expect("our server hands out upload ids");
     let mut md5 = None;
     for (i, b) in blocks(body, plan.block_size as usize) {
         if which(i) {
@@ -71,7 +74,9 @@ async fn delete_with_an_upload_id_removes_only_that_upload() {
     assert_eq!(download(&mut c, "k").await, second, "B's file is intact");
 
     // B's own id removes B's complete file (the md5-mismatch cleanup).
-    c.file_delete_upload("k", &b).await.expect("B deletes its own file");
+    c.file_delete_upload("k", &b)
+        .await
+        .expect("B deletes its own file");
     let err = c.file_get("k", None).await.expect_err("gone");
     assert_eq!(refusal(err).0, Status::NotFound);
 
@@ -82,7 +87,10 @@ async fn delete_with_an_upload_id_removes_only_that_upload() {
     // An unfinished upload is deleted by its own id (404 "temporary files
     // deleted", as an unscoped DELETE of an unfinished upload answers) ...
     let (c1, _) = upload_some(&mut c, "u", &first, |i| i == 0).await;
-    let err = c.file_delete_upload("u", &c1).await.expect_err("unfinished");
+    let err = c
+        .file_delete_upload("u", &c1)
+        .await
+        .expect_err("unfinished");
     assert_eq!(refusal(err), (Status::NotFound, None));
     let again = c
         .file_save(
@@ -162,7 +170,9 @@ async fn bytes_corrupted_at_rest_are_refused_not_served() {
     for i in 0..plan.total_block {
         let got = block(&mut c, &plan, i).await;
         if i == 2 || i == plan.total_block - 1 {
-            let err = got.map(|b| b.len()).expect_err("a corrupt block is not served");
+            let err = got
+                .map(|b| b.len())
+                .expect_err("a corrupt block is not served");
             assert_eq!(
                 refusal(err),
                 (Status::BlockSizeMismatch, Some(Reason::Integrity)),

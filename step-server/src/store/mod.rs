@@ -246,7 +246,13 @@ impl Store {
     /// and removing those idle beyond the expiry.
     pub fn open_with(root: impl Into<PathBuf>, limits: StoreLimits) -> io::Result<Arc<Store>> {
         let root = root.into();
-        for area in [Area::Data, Area::Files, Area::Meta, Area::Sums, Area::Uploads] {
+        for area in [
+            Area::Data,
+            Area::Files,
+            Area::Meta,
+            Area::Sums,
+            Area::Uploads,
+        ] {
             fs::create_dir_all(root.join(area.dir()))?;
         }
         let tmp = root.join("tmp");
@@ -424,8 +430,8 @@ impl Store {
     /// is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let period = (self.limits.upload_expiry / 4)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let period =
+            (self.limits.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let store = Arc::downgrade(self);
         Some(runtime.spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -690,7 +696,9 @@ impl Store {
                 .pending
                 .iter()
                 .filter(|(other, _)| other.0 == id.0)
-                .fold((0u64, 0u64), |(n, b), (_, p)| (n + 1, b.saturating_add(p.planned)));
+                .fold((0u64, 0u64), |(n, b), (_, p)| {
+                    (n + 1, b.saturating_add(p.planned))
+                });
             if count >= self.limits.max_unfinished_uploads_per_user {
                 return Err(StepError::Quota(format!(
                     "{count} unfinished uploads already, the most one user may have; finish or delete one"
@@ -804,8 +812,8 @@ impl Store {
             }
         };
         let moved = fs::rename(content, &dest).and_then(|()| {
-            let placed = fs::rename(&sums_tmp, &sums_dest)
-                .and_then(|()| fs::rename(&tmp, &meta_dest));
+            let placed =
+                fs::rename(&sums_tmp, &sums_dest).and_then(|()| fs::rename(&tmp, &meta_dest));
             if placed.is_err() {
                 // Content without meta is not a file, and nothing would ever
                 // delete it: put it back.
@@ -1094,10 +1102,7 @@ mod tests {
             size: body.len() as u64,
             block_size: 20480,
         };
-        store
-            .file_plan(user, key, plan, false)
-            .await
-            .expect("plan");
+        store.file_plan(user, key, plan, false).await.expect("plan");
         for (i, block) in body.chunks(20480).enumerate() {
             let up = store.open_upload(user, key).await.expect("open");
             up.put_block(i as i64, Bytes::copy_from_slice(block), None)
@@ -1116,7 +1121,7 @@ mod tests {
         {
             let store = Store::open(&root).expect("open");
             let meta = complete(&store, "u", "a", &body).await;
-            assert_eq!(meta.upload_id.is_some(), true);
+            assert!(meta.upload_id.is_some());
             complete(&store, "u", "b", &other).await;
         }
         let sums_a = root.join("sums/u/a");
@@ -1127,15 +1132,24 @@ mod tests {
         fs::copy(&sums_b, root.join("sums/u/ghost")).expect("copy");
         let store = Store::open(&root).expect("reopen");
         assert!(!sums_a.exists(), "a's mismatched sidecar is removed");
-        assert!(!root.join("sums/u/ghost").exists(), "a stray sidecar is removed");
+        assert!(
+            !root.join("sums/u/ghost").exists(),
+            "a stray sidecar is removed"
+        );
         assert!(sums_b.exists(), "b's own sidecar stays");
         // a is served unverified (and right), never refused for b's sums.
         let meta = store.file_meta("u", "a").await.expect("meta");
-        let got = store.file_read("u", &meta, 20480, 20480).await.expect("read");
+        let got = store
+            .file_read("u", &meta, 20480, 20480)
+            .await
+            .expect("read");
         assert_eq!(got.as_ref(), &body[20480..40960]);
         // b is still checked.
         let meta = store.file_meta("u", "b").await.expect("meta");
-        let got = store.file_read("u", &meta, 40960, 50_000 - 40960).await.expect("read");
+        let got = store
+            .file_read("u", &meta, 40960, 50_000 - 40960)
+            .await
+            .expect("read");
         assert_eq!(got.as_ref(), &other[40960..]);
     }
 
@@ -1159,6 +1173,9 @@ mod tests {
             store.file_delete("u", "old", None).await.expect("delete"),
             Deleted::File
         );
-        assert!(!store.path(Area::Sums, "u", "old").exists(), "sums go with the file");
+        assert!(
+            !store.path(Area::Sums, "u", "old").exists(),
+            "sums go with the file"
+        );
     }
 }

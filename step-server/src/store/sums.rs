@@ -103,8 +103,7 @@ pub fn matches(file: &File, size: u64, md5_hex: &str) -> io::Result<bool> {
     expected.extend_from_slice(&(CHUNK as u32).to_le_bytes());
     expected.extend_from_slice(&size.to_le_bytes());
     expected.extend_from_slice(&md5);
-    Ok(header[..] == expected[..]
-        && file.metadata()?.len() == HEADER_LEN + 4 * chunks(size))
+    Ok(header[..] == expected[..] && file.metadata()?.len() == HEADER_LEN + 4 * chunks(size))
 }
 
 /// The chunk-aligned span `[start, end)` that covers `len` bytes at
@@ -112,7 +111,10 @@ pub fn matches(file: &File, size: u64, md5_hex: &str) -> io::Result<bool> {
 pub fn covering(offset: u64, len: u64, size: u64) -> (u64, u64, u64) {
     let first = offset / CHUNK;
     let start = first * CHUNK;
-    let end = (offset + len).div_ceil(CHUNK).saturating_mul(CHUNK).min(size);
+    let end = (offset + len)
+        .div_ceil(CHUNK)
+        .saturating_mul(CHUNK)
+        .min(size);
     (first, start, end.max(start))
 }
 
@@ -187,7 +189,9 @@ mod tests {
             .expect("write");
         assert!(matches(&side, body.len() as u64, md5).expect("read"));
         assert!(!matches(&side, body.len() as u64 + 1, md5).expect("read"));
-        assert!(!matches(&side, body.len() as u64, "ff112233445566778899aabbccddeeff").expect("read"));
+        assert!(
+            !matches(&side, body.len() as u64, "ff112233445566778899aabbccddeeff").expect("read")
+        );
 
         let mut bad = body.clone();
         bad[5 * CHUNK as usize + 999] ^= 1;

@@ -273,7 +273,9 @@ impl Upload {
         fs::write(&tmp, serde_json::to_vec(&plan)?)?;
         fs::rename(&tmp, dir.join(PLAN))?;
         let activity = Activity::new(0, SystemTime::now());
-        Ok(Self::assemble(dir, plan, data, receipts, None, id, activity))
+        Ok(Self::assemble(
+            dir, plan, data, receipts, None, id, activity,
+        ))
     }
 
     /// Reload an upload left on disk by an earlier run (or closed to save
