@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::server::ConnectionLimits;
 use crate::service::{Limits, Service};
-use crate::store::Store;
+use crate::store::{Store, StoreLimits};
 
 /// An address to reach a server bound to `addr` from this host: a wildcard
 /// bind (`0.0.0.0`, `::`) is reached on loopback.
@@ -110,6 +110,23 @@ pub struct ServiceArgs {
     /// taking a response it is sent.
     #[arg(long, env = "STEP_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
+    // --- Unfinished uploads (store): expiry and per-user caps. ---
+    /// Seconds an unfinished upload may go without a SAVE or block before
+    /// it is removed (checked periodically and at start).
+    #[arg(long, env = "STEP_UPLOAD_EXPIRY", default_value_t = 86_400)]
+    pub upload_expiry: u64,
+    /// Bytes one user's unfinished uploads may plan in total; a SAVE beyond
+    /// is refused (406, reason `quota`).
+    #[arg(long, env = "STEP_MAX_UNFINISHED_BYTES_PER_USER", default_value_t = 64 << 30)]
+    pub max_unfinished_bytes_per_user: u64,
+    /// Unfinished uploads one user may have at once; a SAVE beyond is
+    /// refused (406, reason `quota`).
+    #[arg(
+        long,
+        env = "STEP_MAX_UNFINISHED_UPLOADS_PER_USER",
+        default_value_t = 1000
+    )]
+    pub max_unfinished_uploads_per_user: u64,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -131,6 +148,15 @@ impl std::fmt::Debug for ServiceArgs {
             .field("max_key_len", &self.max_key_len)
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("upload_expiry", &self.upload_expiry)
+            .field(
+                "max_unfinished_bytes_per_user",
+                &self.max_unfinished_bytes_per_user,
+            )
+            .field(
+                "max_unfinished_uploads_per_user",
+                &self.max_unfinished_uploads_per_user,
+            )
             .finish()
     }
 }
@@ -164,6 +190,8 @@ impl ServiceArgs {
     }
 
     /// Open the store and build the request service and connection limits.
+    /// Inside a tokio runtime, also start the store's sweeper of idle
+    /// unfinished uploads (it stops when the store is dropped).
     /// Settings that cannot work are refused here, with a message that says
     /// which flag to change, before anything is opened.
     pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
@@ -194,12 +222,18 @@ impl ServiceArgs {
                 u32::MAX
             )));
         }
-        let store = Store::open(&self.data_dir).map_err(|e| {
+        let store_limits = StoreLimits {
+            upload_expiry: Duration::from_secs(self.upload_expiry.max(1)),
+            max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
+            max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
+        };
+        let store = Store::open_with(&self.data_dir, store_limits).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot open the store at {}: {e}", self.data_dir.display()),
             )
         })?;
+        let _sweeper = store.spawn_sweeper();
         let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
             .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;
         let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);

@@ -147,7 +147,11 @@ fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
 }
 
 fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
-    Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string())
+    let m = Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string());
+    match e.reason() {
+        Some(reason) => m.with(field::REASON, reason.as_str()),
+        None => m,
+    }
 }
 
 impl Service {
@@ -456,7 +460,7 @@ impl Service {
                 return Err(StepError::SizeInvalid("it must not be negative".into()));
             }
             Ok(Some(s)) if s as u64 > self.limits.max_file_size => {
-                return Err(StepError::SizeInvalid(format!(
+                return Err(StepError::TooLarge(format!(
                     "{s} bytes exceeds this server's limit of {}",
                     self.limits.max_file_size
                 )));
@@ -541,7 +545,7 @@ impl Service {
         };
         let data = self
             .store
-            .file_read(user, key, index as u64 * block_size, len)
+            .file_read(user, &meta, index as u64 * block_size, len)
             .await?;
         debug!(%user, %key, index, "block sent");
         Ok(ok(Operation::Download, Kind::File, "An available block.")
@@ -553,7 +557,13 @@ impl Service {
 
     async fn file_delete(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE delete")?;
-        match self.store.file_delete(user, key).await? {
+        // Our extension: DELETE of one upload only (its own cleanup), never
+        // of what another upload stored under the key meanwhile.
+        let upload_id = match msg.str_field(field::UPLOAD_ID) {
+            Ok(id) => id,
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        match self.store.file_delete(user, key, upload_id).await? {
             Deleted::File => {
                 info!(%user, %key, "file deleted");
                 Ok(ok(

@@ -157,20 +157,37 @@ async fn a_full_disk_gives_clear_errors_and_the_space_back(fs: Tmpfs) {
         .expect_err("nothing planned");
     assert_eq!(e.status(), Some(Status::WrongOperation), "{e}");
 
-    // 2. Two uploads that each fit but not together: the second fills the
-    //    disk half-way and gets the clear error on the block that did not fit.
+    // 2. Two uploads that each fit but not together: the space promised to
+    //    the first is reserved, so the second is refused at SAVE (issue 11).
     let a = pattern(5 * MIB as usize, 1);
-    let b = pattern(5 * MIB as usize, 2);
     c.file_save(Some("a"), a.len() as u64, opts())
         .await
         .expect("a fits");
-    c.file_save(Some("b"), b.len() as u64, opts())
+    let e = c
+        .file_save(Some("b"), 5 * MIB, opts())
         .await
-        .expect("b fits on its own");
+        .expect_err("5 MiB more cannot fit beside a's 5 MiB");
+    assert_no_space(&e, "SAVE beyond the unreserved space");
     assert_eq!(
         upload(&mut c, "a", &a).await.expect("a completes"),
         md5_hex(&a)
     );
+    //    An upload that fits when planned, but whose space is then taken by
+    //    something else (records here), fills the disk half-way and gets the
+    //    clear error on the block that did not fit.
+    let b = pattern(5 * MIB as usize / 2, 2);
+    c.file_save(Some("b"), b.len() as u64, opts())
+        .await
+        .expect("b fits on its own");
+    let filler = "f".repeat(3000);
+    for i in 0..256 {
+        c.data_save(
+            Some(&format!("ballast{i}")),
+            Map::from_iter([("x".into(), json!(filler))]),
+        )
+        .await
+        .expect("ballast");
+    }
     let before_b = df_avail(&fs.dir);
     let (at, e) = upload(&mut c, "b", &b)
         .await
@@ -288,8 +305,19 @@ async fn completing_on_a_full_disk_is_all_or_nothing(fs: Tmpfs) {
     let e = c.file_get("c", None).await.expect_err("not complete");
     assert_eq!(e.status(), Some(Status::NotFound), "{e}");
 
-    // One page free again: a retried block completes the file, intact.
+    // One page free: still not enough for the metadata and the checksums,
+    // and still nothing half done.
     c.data_delete("ballast0").await.expect("free a page");
+    let e = c
+        .upload_block("c", 2, blocks[2].clone())
+        .await
+        .expect_err("no page left for the checksums");
+    assert_no_space(&e, "the completing block, one page free");
+    let e = c.file_get("c", None).await.expect_err("not complete");
+    assert_eq!(e.status(), Some(Status::NotFound), "{e}");
+
+    // Two pages free: a retried block completes the file, intact.
+    c.data_delete("ballast1").await.expect("free another page");
     let md5 = c
         .upload_block("c", 2, blocks[2].clone())
         .await

@@ -8,6 +8,7 @@
 //! data/<user>/<key>            DATA record (JSON)
 //! files/<user>/<key>           complete file content
 //! meta/<user>/<key>            complete file's size and md5 (JSON)
+//! sums/<user>/<key>            complete file's CRC32C per 4 KiB (see `sums.rs`)
 //! uploads/<user>/<key>/        unfinished upload (see `upload.rs`)
 //! tmp/                         temp files, emptied at start
 //! ```
@@ -16,8 +17,13 @@
 //! its directory. Every file that becomes visible is written to `tmp/`,
 //! fsynced, then linked or renamed into place. A file is complete exactly when
 //! its meta exists; the meta is written only after the content is durable.
+//!
+//! Unfinished uploads are accounted for in memory (planned and received
+//! bytes, last use), so SAVE can enforce per-user caps and reserve the space
+//! promised to them, and a sweeper can expire the idle ones.
 
 mod names;
+mod sums;
 mod upload;
 
 use std::collections::HashMap;
@@ -25,17 +31,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use step_core::digest::EMPTY_MD5;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::StepError;
 pub use upload::PlanRecord;
-use upload::{Phase, Upload};
+use upload::{Activity, Phase, Upload};
 
 /// A complete file's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +51,39 @@ pub struct FileMeta {
     pub key: String,
     pub size: u64,
     pub md5: String,
+    /// The upload that produced the file, so its uploader (and only it) can
+    /// delete it by that id. Files stored before ids were kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+/// Limits on unfinished uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// An unfinished upload with no SAVE or block for this long is removed.
+    pub upload_expiry: Duration,
+    /// Bytes planned by one user's unfinished uploads, at most.
+    pub max_unfinished_bytes_per_user: u64,
+    /// Unfinished uploads of one user, at most.
+    pub max_unfinished_uploads_per_user: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            upload_expiry: Duration::from_secs(86_400),
+            max_unfinished_bytes_per_user: 64 << 30,
+            max_unfinished_uploads_per_user: 1000,
+        }
+    }
+}
+
+/// Totals over every unfinished upload (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnfinishedStats {
+    pub count: u64,
+    pub bytes_planned: u64,
+    pub bytes_received: u64,
 }
 
 /// The result of a FILE SAVE.
@@ -68,12 +109,68 @@ pub enum Deleted {
 
 type UploadSlot = Arc<Mutex<Upload>>;
 
+/// An upload's identity in the registry: the encoded user and key, i.e. its
+/// directory names (injective, and known for uploads found on disk).
+type Id = (String, String);
+
+fn id_of(user: &str, key: &str) -> Id {
+    (names::encode(user), names::encode(key))
+}
+
+/// One unfinished upload, on disk and possibly open.
+#[derive(Debug)]
+struct Pending {
+    planned: u64,
+    activity: Arc<Activity>,
+    /// Open and shared by every connection writing it; `None` when closed
+    /// (reopened from disk on the next block).
+    slot: Option<UploadSlot>,
+}
+
+impl Pending {
+    fn promised(&self) -> u64 {
+        self.planned
+            .saturating_sub(self.activity.received.load(Ordering::Relaxed))
+    }
+}
+
+/// Every unfinished upload the store has.
+#[derive(Debug, Default)]
+struct Registry {
+    pending: HashMap<Id, Pending>,
+}
+
+impl Registry {
+    /// Close uploads nobody is writing to when too many are open.
+    fn evict_idle(&mut self) {
+        if self.pending.len() < MAX_OPEN_UPLOADS {
+            return;
+        }
+        let open = self.pending.values().filter(|p| p.slot.is_some()).count();
+        if open >= MAX_OPEN_UPLOADS {
+            for p in self.pending.values_mut() {
+                if p.slot.as_ref().is_some_and(|s| Arc::strong_count(s) == 1) {
+                    p.slot = None;
+                }
+            }
+        }
+    }
+
+    /// Mark an entry's open upload (if any) discarded: blocks for it are refused.
+    fn discard(p: &Pending) {
+        if let Some(slot) = &p.slot {
+            lock(slot).phase = Phase::Discarded;
+        }
+    }
+}
+
 /// The server's storage on one local file system.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    /// Unfinished uploads in use, shared by every connection that writes them.
-    uploads: Mutex<HashMap<(String, String), UploadSlot>>,
+    limits: StoreLimits,
+    /// Unfinished uploads. Lock order: registry, then an upload's slot.
+    registry: Mutex<Registry>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,12 +183,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// disk and reloads on the next block), so abandoned uploads cannot exhaust
 /// the server's descriptors.
 const MAX_OPEN_UPLOADS: usize = 1024;
-
-fn evict_idle(uploads: &mut HashMap<(String, String), UploadSlot>) {
-    if uploads.len() >= MAX_OPEN_UPLOADS {
-        uploads.retain(|_, slot| Arc::strong_count(slot) > 1);
-    }
-}
 
 fn not_found_ok(r: io::Result<()>) -> io::Result<bool> {
     match r {
@@ -110,6 +201,7 @@ enum Area {
     Data,
     Files,
     Meta,
+    Sums,
     Uploads,
 }
 
@@ -119,8 +211,18 @@ impl Area {
             Area::Data => "data",
             Area::Files => "files",
             Area::Meta => "meta",
+            Area::Sums => "sums",
             Area::Uploads => "uploads",
         }
+    }
+}
+
+/// The entries of `dir` (none if it does not exist).
+fn entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd.collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 
@@ -133,11 +235,24 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Store {
-    /// Open (creating if needed) a store at `root`, cleaning what an earlier
-    /// crash may have left: temp files and metas whose content is missing.
+    /// Open (creating if needed) a store at `root` with default limits.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Arc<Store>> {
+        Self::open_with(root, StoreLimits::default())
+    }
+
+    /// Open (creating if needed) a store at `root`, cleaning what an earlier
+    /// crash may have left (temp files, metas whose content is missing,
+    /// checksums of no file), accounting for the unfinished uploads on disk
+    /// and removing those idle beyond the expiry.
+    pub fn open_with(root: impl Into<PathBuf>, limits: StoreLimits) -> io::Result<Arc<Store>> {
         let root = root.into();
-        for area in [Area::Data, Area::Files, Area::Meta, Area::Uploads] {
+        for area in [
+            Area::Data,
+            Area::Files,
+            Area::Meta,
+            Area::Sums,
+            Area::Uploads,
+        ] {
             fs::create_dir_all(root.join(area.dir()))?;
         }
         let tmp = root.join("tmp");
@@ -147,14 +262,25 @@ impl Store {
         fs::create_dir_all(&tmp)?;
         let store = Store {
             root,
-            uploads: Mutex::new(HashMap::new()),
+            limits,
+            registry: Mutex::new(Registry::default()),
         };
         store.drop_orphan_metas()?;
+        store.drop_stray_sums()?;
+        store.index_uploads()?;
+        let expired = store.sweep_expired(SystemTime::now());
+        if expired > 0 {
+            info!(expired, "removed unfinished uploads idle beyond the expiry");
+        }
         Ok(Arc::new(store))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
     }
 
     fn drop_orphan_metas(&self) -> io::Result<()> {
@@ -175,6 +301,169 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Remove checksum sidecars that do not describe a complete file: left
+    /// by a crash between their rename and the meta's, or kept from an older
+    /// file when a crash lost the newer one's rename. Such a file is then
+    /// served unverified, never refused for another file's sums.
+    fn drop_stray_sums(&self) -> io::Result<()> {
+        let sums_root = self.root.join(Area::Sums.dir());
+        for user in entries(&sums_root)? {
+            for entry in entries(&user.path())? {
+                let meta_path = self
+                    .root
+                    .join(Area::Meta.dir())
+                    .join(user.file_name())
+                    .join(entry.file_name());
+                let keep = match fs::read(&meta_path) {
+                    Ok(bytes) => match serde_json::from_slice::<FileMeta>(&bytes) {
+                        Ok(meta) => {
+                            sums::matches(&File::open(entry.path())?, meta.size, &meta.md5)?
+                        }
+                        Err(_) => false,
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(e),
+                };
+                if !keep {
+                    warn!(sums = %entry.path().display(), "removing checksums that describe no complete file");
+                    fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Account for every unfinished upload on disk; unusable ones are removed.
+    fn index_uploads(&self) -> io::Result<()> {
+        let uploads_root = self.root.join(Area::Uploads.dir());
+        let mut reg = lock(&self.registry);
+        for user in entries(&uploads_root)? {
+            let Ok(user_name) = user.file_name().into_string() else {
+                continue;
+            };
+            for entry in entries(&user.path())? {
+                let Ok(key_name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                match upload::scan(&entry.path()) {
+                    Ok(found) => {
+                        reg.pending.insert(
+                            (user_name.clone(), key_name),
+                            Pending {
+                                planned: found.plan.size,
+                                activity: Activity::new(found.received, found.modified),
+                                slot: None,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        warn!(upload = %entry.path().display(), error = %e, "discarding unreadable unfinished upload");
+                        upload::remove_dir(&entry.path())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove unfinished uploads with no SAVE or block for longer than the
+    /// expiry, as of `now`; returns how many. An upload a request is using
+    /// at this moment is never removed. The periodic sweeper calls this;
+    /// tests call it with a `now` of their choosing.
+    pub fn sweep_expired(&self, now: SystemTime) -> usize {
+        let expiry_ms = u64::try_from(self.limits.upload_expiry.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = upload::unix_ms(now).saturating_sub(expiry_ms);
+        let mut doomed = Vec::new();
+        {
+            let mut reg = lock(&self.registry);
+            reg.pending.retain(|id, p| {
+                if p.activity.last_ms.load(Ordering::Relaxed) >= cutoff {
+                    return true;
+                }
+                if let Some(slot) = &p.slot {
+                    // Handles are only made under the registry lock: a count
+                    // of one means no request holds it, nor can get it now.
+                    if Arc::strong_count(slot) > 1 {
+                        return true;
+                    }
+                    match slot.try_lock() {
+                        Ok(mut up) => up.phase = Phase::Discarded,
+                        Err(TryLockError::Poisoned(p)) => p.into_inner().phase = Phase::Discarded,
+                        Err(TryLockError::WouldBlock) => return true,
+                    }
+                }
+                doomed.push(id.clone());
+                false
+            });
+            // Moved aside under the lock (a rename, no data), so a SAVE of
+            // the same key that follows cannot have its new upload removed.
+            doomed.retain_mut(|id| {
+                let dir = self.root.join(Area::Uploads.dir()).join(&id.0).join(&id.1);
+                let aside = self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
+                match fs::rename(&dir, &aside) {
+                    Ok(()) => {
+                        id.1 = aside.to_string_lossy().into_owned();
+                        true
+                    }
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            warn!(upload = %dir.display(), error = %e, "cannot remove an expired upload");
+                        }
+                        false
+                    }
+                }
+            });
+        }
+        for (user, aside) in &doomed {
+            info!(user = %user, "expired an idle unfinished upload");
+            if let Err(e) = upload::remove_dir(Path::new(aside)) {
+                warn!(error = %e, "cannot remove an expired upload's files");
+            }
+        }
+        doomed.len()
+    }
+
+    /// Run [`Store::sweep_expired`] periodically (a fraction of the expiry,
+    /// at most a minute apart) on the current tokio runtime, until the store
+    /// is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let period =
+            (self.limits.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let store = Arc::downgrade(self);
+        Some(runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                let swept =
+                    tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now()))
+                        .await;
+                if let Ok(n) = swept
+                    && n > 0
+                {
+                    info!(expired = n, "removed idle unfinished uploads");
+                }
+            }
+        }))
+    }
+
+    /// Count, planned bytes and received bytes of every unfinished upload.
+    pub fn unfinished_stats(&self) -> UnfinishedStats {
+        let reg = lock(&self.registry);
+        let mut stats = UnfinishedStats::default();
+        for p in reg.pending.values() {
+            stats.count += 1;
+            stats.bytes_planned += p.planned;
+            stats.bytes_received += p.activity.received.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     fn path(&self, area: Area, user: &str, key: &str) -> PathBuf {
@@ -287,16 +576,31 @@ impl Store {
 
     /// The upload slot for `(user, key)`: in memory, or reloaded from disk.
     fn upload_slot(&self, user: &str, key: &str) -> Result<Option<UploadSlot>, StepError> {
-        let id = (user.to_owned(), key.to_owned());
-        let mut uploads = lock(&self.uploads);
-        if let Some(slot) = uploads.get(&id) {
+        let mut reg = lock(&self.registry);
+        self.upload_slot_locked(&mut reg, user, key)
+    }
+
+    fn upload_slot_locked(
+        &self,
+        reg: &mut Registry,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<UploadSlot>, StepError> {
+        let id = id_of(user, key);
+        if let Some(slot) = reg.pending.get(&id).and_then(|p| p.slot.as_ref()) {
             return Ok(Some(Arc::clone(slot)));
         }
         let dir = self.path(Area::Uploads, user, key);
         if !dir.join(upload::PLAN).exists() {
+            // Gone from disk under us: forget it.
+            reg.pending.remove(&id);
             return Ok(None);
         }
-        match Upload::load(dir.clone()) {
+        let activity = match reg.pending.get(&id) {
+            Some(p) => Arc::clone(&p.activity),
+            None => Activity::new(0, SystemTime::now()),
+        };
+        match Upload::load(dir.clone(), activity) {
             Ok(up) => {
                 info!(
                     user,
@@ -304,13 +608,25 @@ impl Store {
                     remaining = up.remaining(),
                     "reloaded unfinished upload from disk"
                 );
+                let entry = Pending {
+                    planned: up.plan.size,
+                    activity: Arc::clone(&up.activity),
+                    slot: None,
+                };
                 let slot = Arc::new(Mutex::new(up));
-                evict_idle(&mut uploads);
-                uploads.insert(id, Arc::clone(&slot));
+                reg.evict_idle();
+                reg.pending.insert(
+                    id,
+                    Pending {
+                        slot: Some(Arc::clone(&slot)),
+                        ..entry
+                    },
+                );
                 Ok(Some(slot))
             }
             Err(e) => {
                 warn!(user, key, error = %e, "discarding unreadable unfinished upload");
+                reg.pending.remove(&id);
                 upload::remove_dir(&dir)?;
                 Ok(None)
             }
@@ -340,10 +656,11 @@ impl Store {
         if self.read_meta(user, key)?.is_some() {
             return Err(StepError::KeyExists(key.to_owned()));
         }
-        let id = (user.to_owned(), key.to_owned());
+        let id = id_of(user, key);
         if resume && let Some(slot) = self.upload_slot(user, key)? {
             let up = lock(&slot);
             if matches!(up.phase, Phase::Receiving) && up.plan == plan {
+                up.activity.touch(SystemTime::now());
                 let missing = step_core::plan::to_ranges(up.missing());
                 return Ok(PlanOutcome {
                     plan,
@@ -357,13 +674,13 @@ impl Store {
         // Start over: whatever was there is superseded.
         let dir = self.path(Area::Uploads, user, key);
         let upload_id = {
-            let mut uploads = lock(&self.uploads);
-            if let Some(old) = uploads.remove(&id) {
-                lock(&old).phase = Phase::Discarded;
+            let mut reg = lock(&self.registry);
+            if let Some(old) = reg.pending.remove(&id) {
+                Registry::discard(&old);
             }
             upload::remove_dir(&dir)?;
             if plan.size == 0 {
-                drop(uploads);
+                drop(reg);
                 let md5 = self.complete_empty(user, key)?;
                 return Ok(PlanOutcome {
                     plan,
@@ -373,12 +690,36 @@ impl Store {
                     upload_id: None,
                 });
             }
+            // Per-user caps first: they stop one user from reserving the
+            // disk (or the inodes) with SAVEs alone.
+            let (count, planned) = reg
+                .pending
+                .iter()
+                .filter(|(other, _)| other.0 == id.0)
+                .fold((0u64, 0u64), |(n, b), (_, p)| {
+                    (n + 1, b.saturating_add(p.planned))
+                });
+            if count >= self.limits.max_unfinished_uploads_per_user {
+                return Err(StepError::Quota(format!(
+                    "{count} unfinished uploads already, the most one user may have; finish or delete one"
+                )));
+            }
+            if planned.saturating_add(plan.size) > self.limits.max_unfinished_bytes_per_user {
+                return Err(StepError::Quota(format!(
+                    "unfinished uploads would total {} bytes, above the {} one user may have",
+                    planned.saturating_add(plan.size),
+                    self.limits.max_unfinished_bytes_per_user
+                )));
+            }
             // Refuse up front what cannot fit, with a clear NoSpace, instead
-            // of failing blocks later. Advisory: nothing is reserved, because
-            // a reservation would let anyone who can log in fill the disk
-            // with SAVEs alone; uploads racing for the last space still get
-            // NoSpace on the block that does not fit.
-            if plan.size > self.available_space() {
+            // of failing blocks later: the free space must hold this upload
+            // and what every unfinished upload was promised and has not
+            // written yet (their data files are sparse).
+            let promised = reg
+                .pending
+                .values()
+                .fold(0u64, |sum, p| sum.saturating_add(p.promised()));
+            if plan.size.saturating_add(promised) > self.available_space() {
                 return Err(StepError::NoSpace);
             }
             let up = match Upload::create(dir.clone(), plan) {
@@ -391,8 +732,15 @@ impl Store {
                 }
             };
             let upload_id = up.id.clone();
-            evict_idle(&mut uploads);
-            uploads.insert(id, Arc::new(Mutex::new(up)));
+            reg.evict_idle();
+            reg.pending.insert(
+                id,
+                Pending {
+                    planned: plan.size,
+                    activity: Arc::clone(&up.activity),
+                    slot: Some(Arc::new(Mutex::new(up))),
+                },
+            );
             upload_id
         };
         let total = plan.total();
@@ -421,52 +769,72 @@ impl Store {
             key: key.to_owned(),
             size: 0,
             md5: EMPTY_MD5.to_owned(),
+            upload_id: None,
         };
-        self.publish(user, key, &tmp, &meta)?;
+        self.publish(user, key, &tmp, &meta, &[])?;
         Ok(meta.md5)
     }
 
     /// Make `content` (already durable) the complete file `(user, key)`
-    /// described by `meta`. Content is renamed first, then the meta: a crash
-    /// in between leaves an orphan content file (overwritten later); a crash
-    /// that kept only the meta's rename leaves a meta without content, which
-    /// `open` removes.
+    /// described by `meta`, with its chunk checksums `crcs`. Content is
+    /// renamed first, then the checksums, then the meta: a crash in between
+    /// leaves an orphan content file (overwritten later) or checksums of no
+    /// file (removed at `open`); a crash that kept only the meta's rename
+    /// leaves a meta without content, which `open` removes.
     fn publish(
         &self,
         user: &str,
         key: &str,
         content: &Path,
         meta: &FileMeta,
+        crcs: &[u32],
     ) -> Result<(), StepError> {
         let dest = self.path(Area::Files, user, key);
+        let sums_dest = self.path(Area::Sums, user, key);
         let meta_dest = self.path(Area::Meta, user, key);
-        for d in [&dest, &meta_dest] {
+        for d in [&dest, &sums_dest, &meta_dest] {
             if let Some(parent) = d.parent() {
                 fs::create_dir_all(parent)?;
             }
         }
-        // The meta is written before anything moves: on a full disk this is
-        // the step that fails, and then nothing has changed (the upload keeps
-        // its data and completes on a retried block). Renames need no space.
+        // Meta and checksums are written before anything moves: on a full
+        // disk this is the step that fails, and then nothing has changed (the
+        // upload keeps its data and completes on a retried block). Renames
+        // need no space.
         let tmp = self.write_temp(&serde_json::to_vec(meta).map_err(io::Error::from)?)?;
+        let sums_tmp = match sums::encode(meta.size, &meta.md5, crcs)
+            .and_then(|bytes| self.write_temp(&bytes))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
         let moved = fs::rename(content, &dest).and_then(|()| {
-            let placed = fs::rename(&tmp, &meta_dest);
+            let placed =
+                fs::rename(&sums_tmp, &sums_dest).and_then(|()| fs::rename(&tmp, &meta_dest));
             if placed.is_err() {
                 // Content without meta is not a file, and nothing would ever
                 // delete it: put it back.
                 let _ = fs::rename(&dest, content);
+                let _ = fs::remove_file(&sums_dest);
             }
             placed
         });
         if let Err(e) = moved {
             let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&sums_tmp);
             return Err(e.into());
         }
-        // Both renames made durable together, before anyone is told the file
+        // The renames made durable together, before anyone is told the file
         // is complete: one journal commit rather than one per rename. Should
         // a crash keep the meta's rename but lose the content's, `open`
         // removes that meta (`drop_orphan_metas`), as it always has.
-        for parent in [dest.parent(), meta_dest.parent()].into_iter().flatten() {
+        for parent in [dest.parent(), sums_dest.parent(), meta_dest.parent()]
+            .into_iter()
+            .flatten()
+        {
             sync_dir(parent)?;
         }
         Ok(())
@@ -509,61 +877,146 @@ impl Store {
         .await
     }
 
-    /// Read `len` bytes at `offset` of a complete file.
+    /// Read `len` bytes at `offset` of the complete file `meta` describes,
+    /// checked against its chunk checksums: bytes that fail are refused with
+    /// [`StepError::Integrity`], never returned. Files stored before
+    /// checksums were kept are read unchecked.
     pub async fn file_read(
         &self,
         user: &str,
-        key: &str,
+        meta: &FileMeta,
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StepError> {
-        let path = self.path(Area::Files, user, key);
-        let key = key.to_owned();
+        let path = self.path(Area::Files, user, &meta.key);
+        let sums_path = self.path(Area::Sums, user, &meta.key);
+        let (user, meta) = (user.to_owned(), meta.clone());
         blocking(move || {
+            let gone = || StepError::NotFound(meta.key.clone());
             let file = match File::open(&path) {
                 Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
+                Err(e) => return Err(e.into()),
+            };
+            let side = match File::open(&sums_path) {
+                Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StepError::NotFound(key));
+                    debug!(%user, key = %meta.key, "no checksums kept for this file: served unverified");
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, offset)?;
+                    return Ok(Bytes::from(buf));
                 }
                 Err(e) => return Err(e.into()),
             };
-            let mut buf = vec![0u8; len as usize];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
+            // The checksums must be this file's: opened after a DELETE and a
+            // new upload of the key, they describe another one.
+            if !sums::matches(&side, meta.size, &meta.md5)? {
+                return Err(gone());
+            }
+            let (first, start, end) = sums::covering(offset, len, meta.size);
+            let mut buf = vec![0u8; (end - start) as usize];
+            match file.read_exact_at(&mut buf, start) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    error!(%user, key = %meta.key, offset, "stored file is shorter than its meta says: block refused");
+                    return Err(StepError::Integrity(meta.key.clone()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(bad) = sums::verify(&side, first, &buf)? {
+                error!(%user, key = %meta.key, offset, chunk_offset = bad, "stored bytes fail their checksum: block refused");
+                return Err(StepError::Integrity(meta.key.clone()));
+            }
+            let from = (offset - start) as usize;
+            Ok(Bytes::from(buf).slice(from..from + len as usize))
         })
         .await
     }
 
-    /// FILE DELETE.
+    /// Remove the complete file `(user, key)`; false if there was none.
+    fn remove_file_of(&self, user: &str, key: &str) -> Result<bool, StepError> {
+        // Meta first: from that instant the file is no longer complete.
+        if !not_found_ok(fs::remove_file(self.path(Area::Meta, user, key)))? {
+            return Ok(false);
+        }
+        not_found_ok(fs::remove_file(self.path(Area::Files, user, key)))?;
+        not_found_ok(fs::remove_file(self.path(Area::Sums, user, key)))?;
+        Ok(true)
+    }
+
+    /// FILE DELETE. With `upload_id`, only that upload goes: the unfinished
+    /// upload with that id, or the complete file it produced; anything else
+    /// under the key is left alone ([`StepError::OtherUpload`]).
     pub async fn file_delete(
         self: &Arc<Self>,
         user: &str,
         key: &str,
+        upload_id: Option<&str>,
     ) -> Result<Deleted, StepError> {
         let this = Arc::clone(self);
         let (user, key) = (user.to_owned(), key.to_owned());
-        blocking(move || {
-            // Meta first: from that instant the file is no longer complete.
-            if not_found_ok(fs::remove_file(this.path(Area::Meta, &user, &key)))? {
-                not_found_ok(fs::remove_file(this.path(Area::Files, &user, &key)))?;
-                return Ok(Deleted::File);
-            }
-            let id = (user.clone(), key.clone());
-            let mut uploads = lock(&this.uploads);
-            let known = uploads.remove(&id);
-            if let Some(old) = &known {
-                lock(old).phase = Phase::Discarded;
-            }
-            let dir = this.path(Area::Uploads, &user, &key);
-            let on_disk = dir.exists();
-            upload::remove_dir(&dir)?;
-            if known.is_some() || on_disk {
-                Ok(Deleted::UnfinishedUpload)
-            } else {
-                Err(StepError::NotFound(key))
-            }
+        let upload_id = upload_id.map(str::to_owned);
+        blocking(move || match upload_id {
+            Some(want) => this.delete_upload_blocking(&user, &key, &want),
+            None => this.delete_blocking(&user, &key),
         })
         .await
+    }
+
+    fn delete_blocking(&self, user: &str, key: &str) -> Result<Deleted, StepError> {
+        if self.remove_file_of(user, key)? {
+            return Ok(Deleted::File);
+        }
+        let mut reg = lock(&self.registry);
+        let known = reg.pending.remove(&id_of(user, key));
+        if let Some(old) = &known {
+            Registry::discard(old);
+        }
+        let dir = self.path(Area::Uploads, user, key);
+        let on_disk = dir.exists();
+        upload::remove_dir(&dir)?;
+        if known.is_some() || on_disk {
+            Ok(Deleted::UnfinishedUpload)
+        } else {
+            Err(StepError::NotFound(key.to_owned()))
+        }
+    }
+
+    /// DELETE scoped to one upload. Decided and done under the registry
+    /// lock and the upload's own lock, which completion holds while it
+    /// publishes: a completion cannot slip in between the check and the
+    /// delete, and a new SAVE of the key waits for both.
+    fn delete_upload_blocking(
+        &self,
+        user: &str,
+        key: &str,
+        want: &str,
+    ) -> Result<Deleted, StepError> {
+        let mut reg = lock(&self.registry);
+        let slot = self.upload_slot_locked(&mut reg, user, key)?;
+        let up = slot.as_ref().map(|s| lock(s));
+        if let Some(meta) = self.read_meta(user, key)? {
+            if meta.upload_id.as_deref() != Some(want) {
+                return Err(StepError::OtherUpload(key.to_owned()));
+            }
+            self.remove_file_of(user, key)?;
+            return Ok(Deleted::File);
+        }
+        let Some(mut up) = up else {
+            return Err(StepError::NotFound(key.to_owned()));
+        };
+        if !matches!(up.phase, Phase::Receiving) {
+            // Completed and deleted, or discarded, just now: nothing there.
+            return Err(StepError::NotFound(key.to_owned()));
+        }
+        if up.id != want {
+            return Err(StepError::OtherUpload(key.to_owned()));
+        }
+        up.phase = Phase::Discarded;
+        drop(up);
+        reg.pending.remove(&id_of(user, key));
+        upload::remove_dir(&self.path(Area::Uploads, user, key))?;
+        Ok(Deleted::UnfinishedUpload)
     }
 }
 
@@ -606,28 +1059,123 @@ impl UploadHandle {
             return Err(StepError::Superseded(self.key.clone()));
         }
         let index = up.check_block(index, data.len() as u64)?;
+        // In use: the sweeper leaves it alone for another expiry period.
+        up.activity.touch(SystemTime::now());
         if !up.write_block_shared(index, data)? {
             return Ok(None);
         }
-        let md5 = up.finish_md5()?;
+        let (md5, crcs) = up.finish_digests()?;
         up.sync_data()?;
         let meta = FileMeta {
             key: self.key.clone(),
             size: up.plan.size,
             md5: md5.clone(),
+            upload_id: Some(up.id.clone()),
         };
         self.store
-            .publish(&self.user, &self.key, &up.data_path(), &meta)?;
+            .publish(&self.user, &self.key, &up.data_path(), &meta, &crcs)?;
         upload::remove_dir(&up.dir)?;
         up.phase = Phase::Complete;
         // Lock order is registry, then slot: release the slot first.
         drop(up);
-        let id = (self.user.clone(), self.key.clone());
-        let mut uploads = lock(&self.store.uploads);
-        if uploads.get(&id).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
-            uploads.remove(&id);
+        let id = id_of(&self.user, &self.key);
+        let mut reg = lock(&self.store.registry);
+        if reg
+            .pending
+            .get(&id)
+            .and_then(|p| p.slot.as_ref())
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            reg.pending.remove(&id);
         }
         info!(user = %self.user, key = %self.key, size = meta.size, md5 = %md5, "file complete");
         Ok(Some(md5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn complete(store: &Arc<Store>, user: &str, key: &str, body: &[u8]) -> FileMeta {
+        let plan = PlanRecord {
+            size: body.len() as u64,
+            block_size: 20480,
+        };
+        store.file_plan(user, key, plan, false).await.expect("plan");
+        for (i, block) in body.chunks(20480).enumerate() {
+            let up = store.open_upload(user, key).await.expect("open");
+            up.put_block(i as i64, Bytes::copy_from_slice(block), None)
+                .await
+                .expect("block");
+        }
+        store.file_meta(user, key).await.expect("complete")
+    }
+
+    #[tokio::test]
+    async fn checksums_that_describe_no_complete_file_are_dropped_at_open() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("store");
+        let body: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let other: Vec<u8> = body.iter().map(|b| b ^ 0x5A).collect();
+        {
+            let store = Store::open(&root).expect("open");
+            let meta = complete(&store, "u", "a", &body).await;
+            assert!(meta.upload_id.is_some());
+            complete(&store, "u", "b", &other).await;
+        }
+        let sums_a = root.join("sums/u/a");
+        let sums_b = root.join("sums/u/b");
+        // A crash kept b's old sidecar under a (another file's sums), and
+        // left a sidecar for a key whose meta never landed.
+        fs::copy(&sums_b, &sums_a).expect("copy");
+        fs::copy(&sums_b, root.join("sums/u/ghost")).expect("copy");
+        let store = Store::open(&root).expect("reopen");
+        assert!(!sums_a.exists(), "a's mismatched sidecar is removed");
+        assert!(
+            !root.join("sums/u/ghost").exists(),
+            "a stray sidecar is removed"
+        );
+        assert!(sums_b.exists(), "b's own sidecar stays");
+        // a is served unverified (and right), never refused for b's sums.
+        let meta = store.file_meta("u", "a").await.expect("meta");
+        let got = store
+            .file_read("u", &meta, 20480, 20480)
+            .await
+            .expect("read");
+        assert_eq!(got.as_ref(), &body[20480..40960]);
+        // b is still checked.
+        let meta = store.file_meta("u", "b").await.expect("meta");
+        let got = store
+            .file_read("u", &meta, 40960, 50_000 - 40960)
+            .await
+            .expect("read");
+        assert_eq!(got.as_ref(), &other[40960..]);
+    }
+
+    #[tokio::test]
+    async fn a_meta_from_before_upload_ids_never_matches_a_scoped_delete() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open(tmp.path().join("store")).expect("open");
+        complete(&store, "u", "old", b"hello").await;
+        // Rewrite the meta as an older server wrote it: no upload_id.
+        let meta_path = store.path(Area::Meta, "u", "old");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(&meta_path).expect("read")).expect("json");
+        let id = meta["upload_id"].as_str().expect("id").to_owned();
+        meta.as_object_mut().expect("object").remove("upload_id");
+        fs::write(&meta_path, serde_json::to_vec(&meta).expect("json")).expect("write");
+        assert!(matches!(
+            store.file_delete("u", "old", Some(&id)).await,
+            Err(StepError::OtherUpload(_))
+        ));
+        assert_eq!(
+            store.file_delete("u", "old", None).await.expect("delete"),
+            Deleted::File
+        );
+        assert!(
+            !store.path(Area::Sums, "u", "old").exists(),
+            "sums go with the file"
+        );
     }
 }

@@ -11,15 +11,17 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use step_core::plan::{block_len, total_blocks};
 
+use super::sums::ChunkSums;
 use crate::error::StepError;
 
 pub const DATA: &str = "data";
@@ -36,16 +38,31 @@ const THREAD_HASH_MIN: u64 = 16 << 20;
 /// Bytes of blocks that may wait for that thread (memory per upload).
 const HASH_QUEUE_BYTES: u64 = 4 << 20;
 
-/// The md5 of an upload's contiguous prefix. Small uploads hash inline; large
-/// ones on a thread of their own, fed in order through a bounded queue, so
-/// hashing one block (md5 runs at under 1 GB/s per core) overlaps receiving
-/// and writing the next ones instead of holding the upload's lock.
+/// The md5 and the at-rest chunk CRCs of an upload's contiguous prefix:
+/// every byte passes here once, in order, so the CRCs cost no extra pass.
+#[derive(Debug, Default)]
+struct Digests {
+    md5: Md5,
+    sums: ChunkSums,
+}
+
+impl Digests {
+    fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.sums.update(data);
+    }
+}
+
+/// The digests of an upload's contiguous prefix. Small uploads hash inline;
+/// large ones on a thread of their own, fed in order through a bounded queue,
+/// so hashing one block (md5 runs at under 1 GB/s per core) overlaps
+/// receiving and writing the next ones instead of holding the upload's lock.
 #[derive(Debug)]
 enum PrefixHasher {
-    Inline(Md5),
+    Inline(Digests),
     Thread {
         queue: SyncSender<Bytes>,
-        done: JoinHandle<Md5>,
+        done: JoinHandle<Digests>,
     },
 }
 
@@ -55,7 +72,7 @@ impl PrefixHasher {
             let blocks = (HASH_QUEUE_BYTES / plan.block_size.max(1)).max(2);
             PrefixHasher::threaded(blocks as usize)
         } else {
-            PrefixHasher::Inline(Md5::new())
+            PrefixHasher::Inline(Digests::default())
         }
     }
 
@@ -66,15 +83,15 @@ impl PrefixHasher {
         let spawned = std::thread::Builder::new()
             .name("step-md5".into())
             .spawn(move || {
-                let mut md5 = Md5::new();
+                let mut digests = Digests::default();
                 for block in rx {
-                    md5.update(&block);
+                    digests.update(&block);
                 }
-                md5
+                digests
             });
         match spawned {
             Ok(done) => PrefixHasher::Thread { queue, done },
-            Err(_) => PrefixHasher::Inline(Md5::new()),
+            Err(_) => PrefixHasher::Inline(Digests::default()),
         }
     }
 
@@ -82,7 +99,7 @@ impl PrefixHasher {
     /// the caller holds them as `Bytes` (queued without a copy).
     fn update(&mut self, data: &[u8], shared: Option<&Bytes>) -> io::Result<()> {
         match self {
-            PrefixHasher::Inline(md5) => md5.update(data),
+            PrefixHasher::Inline(digests) => digests.update(data),
             PrefixHasher::Thread { queue, .. } => {
                 let block = shared
                     .cloned()
@@ -95,16 +112,17 @@ impl PrefixHasher {
         Ok(())
     }
 
-    fn finish(self) -> io::Result<String> {
-        let md5 = match self {
-            PrefixHasher::Inline(md5) => md5,
+    /// The md5 (hex) and the chunk CRCs of everything hashed.
+    fn finish(self) -> io::Result<(String, Vec<u32>)> {
+        let digests = match self {
+            PrefixHasher::Inline(digests) => digests,
             PrefixHasher::Thread { queue, done } => {
                 drop(queue);
                 done.join()
                     .map_err(|_| io::Error::other("md5 thread panicked"))?
             }
         };
-        Ok(hex::encode(md5.finalize()))
+        Ok((hex::encode(digests.md5.finalize()), digests.sums.finish()))
     }
 }
 
@@ -119,6 +137,76 @@ impl PlanRecord {
     pub fn total(&self) -> u64 {
         total_blocks(self.size, self.block_size)
     }
+}
+
+/// What the store's accounting of unfinished uploads needs to see of an
+/// upload without taking its lock: bytes received and when it was last used.
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub received: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last SAVE or block.
+    pub last_ms: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Activity {
+    pub fn new(received: u64, last: SystemTime) -> Arc<Activity> {
+        Arc::new(Activity {
+            received: AtomicU64::new(received),
+            last_ms: AtomicU64::new(unix_ms(last)),
+        })
+    }
+
+    pub fn touch(&self, now: SystemTime) {
+        self.last_ms.fetch_max(unix_ms(now), Ordering::Relaxed);
+    }
+}
+
+/// What the store needs to know of an upload on disk, read without opening
+/// it for writing (at start, to account for every unfinished upload).
+#[derive(Debug)]
+pub struct Scanned {
+    pub plan: PlanRecord,
+    pub received: u64,
+    /// Newest modification time of its files: when it was last written.
+    pub modified: SystemTime,
+}
+
+/// Read the state of the upload in `dir`; an error means it is unusable.
+pub fn scan(dir: &Path) -> io::Result<Scanned> {
+    let plan: PlanRecord = serde_json::from_slice(&fs::read(dir.join(PLAN))?)?;
+    let receipts = fs::read(dir.join(RECEIPTS))?;
+    let data = fs::metadata(dir.join(DATA))?;
+    if data.len() != plan.size || receipts.len() as u64 != plan.total() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "upload files do not match the plan",
+        ));
+    }
+    let mut modified = data.modified()?;
+    for name in [RECEIPTS, PLAN] {
+        modified = modified.max(fs::metadata(dir.join(name))?.modified()?);
+    }
+    Ok(Scanned {
+        received: received_bytes(&plan, &receipts),
+        plan,
+        modified,
+    })
+}
+
+fn received_bytes(plan: &PlanRecord, receipts: &[u8]) -> u64 {
+    receipts
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b != 0)
+        .map(|(i, _)| block_len(plan.size, plan.block_size, i as u64).unwrap_or(0))
+        .sum()
 }
 
 #[derive(Debug)]
@@ -149,6 +237,8 @@ pub struct Upload {
     /// (kept on disk, so it survives eviction and restarts): UPLOADs that
     /// carry it are refused once another SAVE has started the key over.
     pub id: String,
+    /// Shared with the store's accounting of unfinished uploads.
+    pub activity: Arc<Activity>,
 }
 
 fn bit(bits: &[u64], i: u64) -> bool {
@@ -182,11 +272,16 @@ impl Upload {
         let tmp = dir.join("plan.tmp");
         fs::write(&tmp, serde_json::to_vec(&plan)?)?;
         fs::rename(&tmp, dir.join(PLAN))?;
-        Ok(Self::assemble(dir, plan, data, receipts, None, id))
+        let activity = Activity::new(0, SystemTime::now());
+        Ok(Self::assemble(
+            dir, plan, data, receipts, None, id, activity,
+        ))
     }
 
-    /// Reload an upload left on disk by an earlier run.
-    pub fn load(dir: PathBuf) -> io::Result<Upload> {
+    /// Reload an upload left on disk by an earlier run (or closed to save
+    /// descriptors); `activity` is the store's record of it, brought up to
+    /// date with what is on disk.
+    pub fn load(dir: PathBuf, activity: Arc<Activity>) -> io::Result<Upload> {
         let plan: PlanRecord = serde_json::from_slice(&fs::read(dir.join(PLAN))?)?;
         let data = OpenOptions::new()
             .read(true)
@@ -207,7 +302,18 @@ impl Upload {
         // holders of the old one SAVE again.
         let id = fs::read_to_string(dir.join(ID))
             .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
-        Ok(Self::assemble(dir, plan, data, receipts, Some(&bytes), id))
+        activity
+            .received
+            .store(received_bytes(&plan, &bytes), Ordering::Relaxed);
+        Ok(Self::assemble(
+            dir,
+            plan,
+            data,
+            receipts,
+            Some(&bytes),
+            id,
+            activity,
+        ))
     }
 
     fn assemble(
@@ -217,6 +323,7 @@ impl Upload {
         receipts: File,
         bytes: Option<&[u8]>,
         id: String,
+        activity: Arc<Activity>,
     ) -> Upload {
         let total = plan.total();
         let mut received = vec![0u64; total.div_ceil(64) as usize];
@@ -243,6 +350,7 @@ impl Upload {
             flushing: Arc::new(AtomicBool::new(false)),
             phase: Phase::Receiving,
             id,
+            activity,
         }
     }
 
@@ -301,6 +409,9 @@ impl Upload {
             self.receipts.write_all_at(&[1], index)?;
             self.received[(index / 64) as usize] |= 1 << (index % 64);
             self.remaining -= 1;
+            self.activity
+                .received
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if index == self.hashed && !self.rehash {
             self.hasher.update(data, shared)?;
@@ -324,19 +435,19 @@ impl Upload {
         Ok(())
     }
 
-    /// The md5 of the whole file: from the prefix hash where it covers
-    /// everything, otherwise (after a restart or a rewritten block) by reading
-    /// the data back.
-    pub fn finish_md5(&mut self) -> io::Result<String> {
+    /// The md5 and chunk CRCs of the whole file: from the prefix hash where
+    /// it covers everything, otherwise (after a restart or a rewritten block)
+    /// by reading the data back.
+    pub fn finish_digests(&mut self) -> io::Result<(String, Vec<u32>)> {
         if self.rehash {
-            self.hasher = PrefixHasher::Inline(Md5::new());
+            self.hasher = PrefixHasher::Inline(Digests::default());
             self.hashed = 0;
             self.rehash = false;
         }
         self.advance_hash()?;
         // Whatever happens next (publishing can fail), a block written again
         // sets `rehash`: every index is below `hashed` now.
-        std::mem::replace(&mut self.hasher, PrefixHasher::Inline(Md5::new())).finish()
+        std::mem::replace(&mut self.hasher, PrefixHasher::Inline(Digests::default())).finish()
     }
 
     /// Start writing dirty pages out while the upload goes on, so the fsync
@@ -394,6 +505,21 @@ mod tests {
         hex::encode(Md5::digest(b))
     }
 
+    impl Upload {
+        /// The md5, after checking the CRCs that came with it.
+        fn finish_md5(&mut self) -> String {
+            let (md5, sums) = self.finish_digests().expect("digests");
+            let mut data = vec![0; self.plan.size as usize];
+            self.data.read_exact_at(&mut data, 0).expect("read back");
+            let want: Vec<u32> = data
+                .chunks(super::super::sums::CHUNK as usize)
+                .map(crc32c::crc32c)
+                .collect();
+            assert_eq!(sums, want, "chunk CRCs of the whole file");
+            md5
+        }
+    }
+
     #[test]
     fn in_order_out_of_order_and_rewrites_all_give_the_right_md5() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -421,7 +547,7 @@ mod tests {
                 done = up.write_block(idx, &body[start..end]).expect("write");
             }
             assert!(done);
-            assert_eq!(up.finish_md5().expect("md5"), md5(&body), "order {order:?}");
+            assert_eq!(up.finish_md5(), md5(&body), "order {order:?}");
         }
     }
 
@@ -449,7 +575,7 @@ mod tests {
                 up.write_block_shared(i, &block).expect("write");
             }
             assert_eq!(up.remaining(), 0);
-            assert_eq!(up.finish_md5().expect("md5"), md5(&body), "order {order:?}");
+            assert_eq!(up.finish_md5(), md5(&body), "order {order:?}");
         }
     }
 
@@ -467,7 +593,9 @@ mod tests {
             up.write_block(0, &body[..100]).expect("w");
             up.write_block(2, &body[200..300]).expect("w");
         }
-        let mut up = Upload::load(dir).expect("load");
+        let activity = Activity::new(0, SystemTime::UNIX_EPOCH);
+        let mut up = Upload::load(dir, Arc::clone(&activity)).expect("load");
+        assert_eq!(activity.received.load(Ordering::Relaxed), 200);
         assert_eq!(up.missing().collect::<Vec<_>>(), vec![1, 3, 4]);
         for i in [1u64, 3, 4] {
             let s = (i * 100) as usize;
@@ -475,7 +603,8 @@ mod tests {
             up.write_block(i, &body[s..e]).expect("w");
         }
         assert_eq!(up.remaining(), 0);
-        assert_eq!(up.finish_md5().expect("md5"), md5(&body));
+        assert_eq!(activity.received.load(Ordering::Relaxed), 450);
+        assert_eq!(up.finish_md5(), md5(&body));
     }
 
     #[test]
