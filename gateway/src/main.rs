@@ -56,11 +56,13 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     // With no --backend, the product runs whole in this process: native STEP
     // on --step-port and HTTP on --port, over the same store.
     let mut embedded = None;
+    let mut metrics = Metrics::new();
     let backend_addr = match &args.backend {
         Some(addr) => addr.clone(),
         None => {
             let addr = args.step_addr()?;
             let (service, limits) = args.embedded.build().map_err(|e| e.to_string())?;
+            metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;
@@ -85,7 +87,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         backend_addr,
         args.transfer.clone(),
         default_user,
-        Metrics::new(),
+        metrics,
     );
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use step_server::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -36,6 +37,12 @@ pub struct Metrics {
     pub upload_cleanups: Counter,
     /// HTTP connections accepted.
     pub http_connections: Counter,
+    /// The embedded server's store, whose unfinished uploads are reported
+    /// (a separate step-server's are not visible from here).
+    store: Option<Arc<Store>>,
+    unfinished_uploads: Gauge,
+    unfinished_bytes_planned: Gauge,
+    unfinished_bytes_received: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +134,24 @@ impl Metrics {
             "HTTP connections accepted",
             http_connections.clone(),
         );
+        let unfinished_uploads = Gauge::default();
+        r.register(
+            "unfinished_uploads",
+            "Unfinished uploads held by the embedded STEP server",
+            unfinished_uploads.clone(),
+        );
+        let unfinished_bytes_planned = Gauge::default();
+        r.register(
+            "unfinished_bytes_planned",
+            "Bytes announced by the embedded server's unfinished uploads",
+            unfinished_bytes_planned.clone(),
+        );
+        let unfinished_bytes_received = Gauge::default();
+        r.register(
+            "unfinished_bytes_received",
+            "Bytes received so far by the embedded server's unfinished uploads",
+            unfinished_bytes_received.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -143,7 +168,17 @@ impl Metrics {
             pool_waiting,
             upload_cleanups,
             http_connections,
+            store: None,
+            unfinished_uploads,
+            unfinished_bytes_planned,
+            unfinished_bytes_received,
         }
+    }
+
+    /// Also report the unfinished uploads of `store` (the embedded server's).
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// The exposition text, with pool gauges read now.
@@ -152,6 +187,13 @@ impl Metrics {
         self.pool_in_use
             .set(pool.size.saturating_sub(pool.available) as i64);
         self.pool_waiting.set(pool.waiting as i64);
+        if let Some(store) = &self.store {
+            let u = store.unfinished_stats();
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.unfinished_uploads.set(gauge(u.count));
+            self.unfinished_bytes_planned.set(gauge(u.bytes_planned));
+            self.unfinished_bytes_received.set(gauge(u.bytes_received));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -263,7 +263,6 @@ async fn whole_get_of_bytes_corrupted_at_rest_never_completes() {
 /// server checks a CRC per 4 KiB at rest on DOWNLOAD and refuses a bad block
 /// (406, reason `integrity`), and the gateway aborts the response then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's per-4KiB at-rest checksum on DOWNLOAD (issue 11 item 2, server side); un-ignore once merged"]
 async fn range_over_a_block_corrupted_at_rest_fails() {
     let step = TestServer::start().await;
     let gw = gateway_with(step.addr, |_| {}).await;
