@@ -1,8 +1,8 @@
-//! The gateway binary in front of whatever STEP server `STEP_EXTERNAL_BACKEND`
-//! names (e.g. the reference Python server run by hand; CI starts a separate
-//! step-server process for it). Without the variable the test is reported as
-//! ignored with the reason (a failure under `STEP_REQUIRE_ALL_TESTS`; see
-//! `step_tests::prereq`).
+//! The gateway binary in front of a STEP server in another process's
+//! place: the one `STEP_EXTERNAL_BACKEND` names (e.g. the reference Python
+//! server run by hand), or, without the variable, a step-server started here
+//! on a free port. A malformed variable is reported as ignored with the
+//! reason (a failure under `STEP_REQUIRE_ALL_TESTS`; see `step_tests::prereq`).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -11,21 +11,31 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use step_core::digest::md5_hex;
-use step_tests::pattern;
 use step_tests::prereq::{self, block_on_threads};
+use step_tests::{TestServer, pattern};
 use tokio::process::{Child, Command};
 
 fn main() {
     prereq::main(vec![prereq::needs(
         "external_backend_flows",
-        || {
-            let addr = std::env::var("STEP_EXTERNAL_BACKEND").map_err(|_| {
-                "set STEP_EXTERNAL_BACKEND=host:port to run against another STEP server".to_string()
-            })?;
-            addr.parse::<SocketAddr>()
-                .map_err(|e| format!("STEP_EXTERNAL_BACKEND={addr} is not host:port ({e})"))
+        || match std::env::var("STEP_EXTERNAL_BACKEND") {
+            Err(_) => Ok(None),
+            Ok(addr) => addr
+                .parse::<SocketAddr>()
+                .map(Some)
+                .map_err(|e| format!("STEP_EXTERNAL_BACKEND={addr} is not host:port ({e})")),
         },
-        |addr| block_on_threads(2, external_backend_flows(addr)),
+        |addr| {
+            block_on_threads(2, async move {
+                match addr {
+                    Some(addr) => external_backend_flows(addr).await,
+                    None => {
+                        let server = TestServer::start().await;
+                        external_backend_flows(server.addr).await;
+                    }
+                }
+            })
+        },
     )]);
 }
 

@@ -382,8 +382,10 @@ async fn failures_are_one_clear_line() {
     assert_one_line_error(&r, "no user id");
 }
 
-/// Flip one byte of a stored file behind the server's back: the plan still
-/// carries the original md5, so the download must be refused and nothing saved.
+/// Flip one byte of a stored file behind the server's back. The server's
+/// per-chunk checksums catch it first; with those gone (a file stored before
+/// they existed) the plan still carries the original md5, so the client's
+/// own check refuses it. Either way nothing is saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_md5_mismatch_saves_nothing() {
     let server = TestServer::start().await;
@@ -396,16 +398,21 @@ async fn download_md5_mismatch_saves_nothing() {
     bytes[1000] ^= 0xff;
     std::fs::write(&stored, &bytes).expect("corrupt");
 
-    let r = run(
-        &server,
-        dir.path(),
-        "m",
-        &["download", "cor.bin", "-o", "out.bin"],
-    )
-    .await;
+    let download = || run(&server, dir.path(), "m", &["download", "cor.bin", "-o", "out.bin"]);
+    let r = download().await;
+    assert_one_line_error(&r, "cor.bin failed its integrity check");
+    assert_nothing_saved(dir.path());
+
+    let sums = find_file(&server.data_dir().join("sums"), "cor.bin").expect("checksums");
+    std::fs::remove_file(sums).expect("drop checksums");
+    let r = download().await;
     assert_one_line_error(&r, "md5 mismatch for cor.bin");
-    assert!(!dir.path().join("out.bin").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+    assert_nothing_saved(dir.path());
+}
+
+fn assert_nothing_saved(dir: &Path) {
+    assert!(!dir.join("out.bin").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .expect("list")
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
