@@ -83,12 +83,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
 
     let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
         .then(|| args.http.default_user.clone());
-    let backend = Backend::new(
-        backend_addr,
-        args.transfer.clone(),
-        default_user,
-        metrics,
-    );
+    let backend = Backend::new(backend_addr, args.transfer.clone(), default_user, metrics);
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)

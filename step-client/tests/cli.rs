@@ -398,7 +398,14 @@ async fn download_md5_mismatch_saves_nothing() {
     bytes[1000] ^= 0xff;
     std::fs::write(&stored, &bytes).expect("corrupt");
 
-    let download = || run(&server, dir.path(), "m", &["download", "cor.bin", "-o", "out.bin"]);
+    let download = || {
+        run(
+            &server,
+            dir.path(),
+            "m",
+            &["download", "cor.bin", "-o", "out.bin"],
+        )
+    };
     let r = download().await;
     assert_one_line_error(&r, "cor.bin failed its integrity check");
     assert_nothing_saved(dir.path());
