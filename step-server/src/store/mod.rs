@@ -22,6 +22,7 @@
 //! bytes, last use), so SAVE can enforce per-user caps and reserve the space
 //! promised to them, and a sweeper can expire the idle ones.
 
+pub mod api;
 mod names;
 mod sums;
 mod upload;
@@ -36,26 +37,16 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use crate::error::StepError;
-pub use upload::PlanRecord;
+pub use api::{
+    Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError, StoreResult,
+    UnfinishedStats, UploadWriter,
+};
 use upload::{Activity, Phase, Upload};
-
-/// A complete file's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileMeta {
-    pub key: String,
-    pub size: u64,
-    pub md5: String,
-    /// The upload that produced the file, so its uploader (and only it) can
-    /// delete it by that id. Files stored before ids were kept have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upload_id: Option<String>,
-}
 
 /// Limits on unfinished uploads.
 #[derive(Debug, Clone, Copy)]
@@ -76,35 +67,6 @@ impl Default for StoreLimits {
             max_unfinished_uploads_per_user: 1000,
         }
     }
-}
-
-/// Totals over every unfinished upload (for metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UnfinishedStats {
-    pub count: u64,
-    pub bytes_planned: u64,
-    pub bytes_received: u64,
-}
-
-/// The result of a FILE SAVE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanOutcome {
-    pub plan: PlanRecord,
-    /// Block indexes still needed.
-    pub missing: Vec<[u64; 2]>,
-    /// An unfinished upload was continued rather than started over.
-    pub resumed: bool,
-    /// Set when the file is already complete (size 0).
-    pub md5: Option<String>,
-    /// The upload's id (`upload_id` extension); none when already complete.
-    pub upload_id: Option<String>,
-}
-
-/// The result of a FILE DELETE that found something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deleted {
-    File,
-    UnfinishedUpload,
 }
 
 type UploadSlot = Arc<Mutex<Upload>>;
@@ -770,6 +732,7 @@ impl Store {
             size: 0,
             md5: EMPTY_MD5.to_owned(),
             upload_id: None,
+            completed_unix: api::unix_now(),
         };
         self.publish(user, key, &tmp, &meta, &[])?;
         Ok(meta.md5)
@@ -1071,6 +1034,7 @@ impl UploadHandle {
             size: up.plan.size,
             md5: md5.clone(),
             upload_id: Some(up.id.clone()),
+            completed_unix: api::unix_now(),
         };
         self.store
             .publish(&self.user, &self.key, &up.data_path(), &meta, &crcs)?;

@@ -18,9 +18,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use serde::{Deserialize, Serialize};
 use step_core::plan::{block_len, total_blocks};
 
+use super::api::PlanRecord;
 use super::sums::ChunkSums;
 use crate::error::StepError;
 
@@ -124,13 +124,6 @@ impl PrefixHasher {
         };
         Ok((hex::encode(digests.md5.finalize()), digests.sums.finish()))
     }
-}
-
-/// What SAVE decided, persisted so an upload survives a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanRecord {
-    pub size: u64,
-    pub block_size: u64,
 }
 
 impl PlanRecord {

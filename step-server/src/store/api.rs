@@ -1,0 +1,213 @@
+//! The storage interface: everything the service keeps, in the vocabulary it
+//! speaks — users, keys, records, upload plans, blocks, completion, head,
+//! ranged reads, deletes and listings — never paths, objects or wire values.
+//!
+//! Implementations: [`super::disk::DiskStore`] (local file system, the
+//! default) and [`super::object::ObjectStorage`] (any `object_store` backend:
+//! S3-compatible servers, and its in-memory store for fast tests). One
+//! contract suite (`tests/tests/store_contract.rs`) runs against each.
+//!
+//! Protocol rules stay in the service: the service checks a block's index
+//! and length against the plan ([`UploadWriter::plan`]) before handing over
+//! an index it has validated; an implementation re-checks only what it needs
+//! for its own safety.
+
+use std::fmt::Debug;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What the storage layer can fail with. The service maps each to a STEP
+/// status (and `reason`) in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing under that key (record, file or upload).
+    #[error("not found")]
+    NotFound,
+    /// The key is taken (records are create-only; a complete file is never
+    /// replaced by a SAVE).
+    #[error("already exists")]
+    Exists,
+    /// The key holds an unfinished upload, not a complete file.
+    #[error("not completely uploaded")]
+    Unfinished,
+    /// No unfinished upload to put a block into.
+    #[error("no upload planned")]
+    NotPlanned,
+    /// The upload is already complete.
+    #[error("already complete")]
+    AlreadyComplete,
+    /// The block names an upload (`upload_id`) that is no longer the key's
+    /// current one, or the plan changed under it.
+    #[error("superseded by another upload")]
+    Superseded,
+    /// A DELETE scoped to one upload found something else under the key.
+    #[error("the key holds another upload")]
+    OtherUpload,
+    /// Stored bytes failed their checksum at `offset`.
+    #[error("stored bytes at offset {offset} failed their integrity check")]
+    Integrity { offset: u64 },
+    /// A per-user cap on unfinished uploads.
+    #[error("{0}")]
+    Quota(String),
+    /// Out of space (also: a plan larger than the space left).
+    #[error("out of storage space")]
+    NoSpace,
+    /// The backing service cannot be reached or refused to serve (e.g. S3
+    /// 5xx, timeouts); the request may succeed later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (I/O errors, corrupt metadata).
+    #[error("storage error: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Seconds since the Unix epoch, now (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What SAVE decided, persisted so an upload survives a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub size: u64,
+    pub block_size: u64,
+}
+
+/// A complete file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub key: String,
+    pub size: u64,
+    pub md5: String,
+    /// The upload that produced the file (its uploader may delete it by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    /// When the file became complete, seconds since the Unix epoch
+    /// (0 when unknown: files from before it was kept).
+    #[serde(default)]
+    pub completed_unix: u64,
+}
+
+/// The result of a FILE SAVE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOutcome {
+    pub plan: PlanRecord,
+    /// Block indexes still needed, as `[start, end)` ranges.
+    pub missing: Vec<[u64; 2]>,
+    /// An unfinished upload was continued rather than started over.
+    pub resumed: bool,
+    /// Set when the file is complete already (size 0).
+    pub md5: Option<String>,
+    /// The upload's id; none when already complete.
+    pub upload_id: Option<String>,
+}
+
+/// The result of a FILE DELETE that found something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    File,
+    UnfinishedUpload,
+}
+
+/// Totals over every unfinished upload (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnfinishedStats {
+    pub count: u64,
+    pub bytes_planned: u64,
+    pub bytes_received: u64,
+}
+
+/// One page of a listing of a user's complete files, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub files: Vec<FileMeta>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// An unfinished upload opened for one block (UPLOAD): the service reads the
+/// plan, checks the block against it, then hands the block over.
+#[async_trait]
+pub trait UploadWriter: Send + Debug {
+    /// The plan blocks are checked against.
+    fn plan(&self) -> PlanRecord;
+    /// Write block `index` (already checked against [`Self::plan`]). With
+    /// `upload_id`, the block is refused ([`StoreError::Superseded`]) unless
+    /// it names this upload — checked atomically with the write, so blocks
+    /// of two uploads of one key never mix. Returns the file's md5 when this
+    /// block completed it (exactly one block's answer carries it).
+    async fn put_block(
+        self: Box<Self>,
+        index: u64,
+        data: Bytes,
+        upload_id: Option<String>,
+    ) -> StoreResult<Option<String>>;
+}
+
+/// Everything the STEP service keeps.
+#[async_trait]
+pub trait Storage: Send + Sync + Debug {
+    // ------------------------------------------------------------ records
+    /// Store a record under a new key ([`StoreError::Exists`] if taken).
+    async fn record_create(
+        &self,
+        user: &str,
+        key: &str,
+        record: Map<String, Value>,
+    ) -> StoreResult<()>;
+    async fn record_get(&self, user: &str, key: &str) -> StoreResult<Map<String, Value>>;
+    async fn record_delete(&self, user: &str, key: &str) -> StoreResult<()>;
+
+    // ------------------------------------------------------------ files
+    /// SAVE: plan an upload (resume an unfinished one with the same plan when
+    /// `resume`; otherwise start over). [`StoreError::Exists`] when the key
+    /// holds a complete file; a size-0 plan completes at once.
+    async fn plan_upload(
+        &self,
+        user: &str,
+        key: &str,
+        plan: PlanRecord,
+        resume: bool,
+    ) -> StoreResult<PlanOutcome>;
+    /// UPLOAD, first half: the unfinished upload under `key`
+    /// ([`StoreError::AlreadyComplete`], [`StoreError::NotPlanned`]).
+    async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>>;
+    /// A complete file's metadata ([`StoreError::Unfinished`] for an
+    /// unfinished upload, [`StoreError::NotFound`]).
+    async fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta>;
+    /// `len` bytes at `offset` of the complete file `meta` describes,
+    /// verified against the checksums kept with it where there are some.
+    async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes>;
+    /// DELETE: the complete file or unfinished upload under `key`; with
+    /// `upload_id`, only that upload (or the file it completed), else
+    /// [`StoreError::OtherUpload`].
+    async fn delete_file(
+        &self,
+        user: &str,
+        key: &str,
+        upload_id: Option<&str>,
+    ) -> StoreResult<Deleted>;
+    /// Complete files of `user` whose keys start with `prefix`, in key
+    /// order, after the key `after`, at most `limit`.
+    async fn list_files(
+        &self,
+        user: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<ListPage>;
+
+    // ------------------------------------------------------------ upkeep
+    fn unfinished_stats(&self) -> UnfinishedStats;
+    /// Remove unfinished uploads idle since before `now − expiry`; returns
+    /// how many went. Run periodically by the server.
+    async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize>;
+}
