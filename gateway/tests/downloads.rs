@@ -8,80 +8,26 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use futures::StreamExt;
-use gateway::backend::Backend;
-use gateway::config::{GatewayArgs, HttpArgs, TransferArgs};
-use gateway::metrics::Metrics;
-use gateway::{AppState, app};
+use gateway::config::TransferArgs;
 use reqwest::StatusCode;
 use step_tests::{TestServer, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::Gateway;
 
 /// Every wait on the gateway in these tests is bounded by this (generous: the
 /// machine may be loaded); none of them is expected to come close.
 const BOUND: Duration = Duration::from_secs(90);
 
-struct Gateway {
-    addr: SocketAddr,
-    url: String,
-    stop: CancellationToken,
-    client: reqwest::Client,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 async fn gateway_with(backend: SocketAddr, tweak: impl FnOnce(&mut TransferArgs)) -> Gateway {
-    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
-    let (http, mut transfer): (HttpArgs, TransferArgs) = (args.http, args.transfer);
-    transfer.backend_timeout = 2;
-    tweak(&mut transfer);
-    let default_user = Some(http.default_user.clone());
-    let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
-    let state = AppState::new(backend, http);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
-    });
-    Gateway {
-        addr,
-        url: format!("http://{addr}"),
-        stop,
-        client: reqwest::Client::new(),
-    }
-}
-
-impl Gateway {
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn put(&self, key: &str, body: Vec<u8>) {
-        let r = self
-            .client
-            .put(self.at(&format!("/files/{key}")))
-            .body(body)
-            .send()
-            .await
-            .expect("PUT");
-        assert_eq!(r.status(), StatusCode::CREATED, "PUT {key}");
-    }
-
-    async fn metrics(&self) -> String {
-        let r = self.client.get(self.at("/metrics")).send().await;
-        r.expect("GET /metrics").text().await.expect("metrics text")
-    }
+    support::gateway_with(backend, |_, transfer| {
+        transfer.pool_wait_ms = 2000;
+        tweak(transfer);
+    })
+    .await
 }
 
 /// The value of an unlabelled series in Prometheus text.
@@ -195,11 +141,11 @@ async fn whole_get_of_bytes_corrupted_at_rest_never_completes() {
     let size = 3 * 1024 * 1024 + 17;
     let body = pattern(size, 7);
     for (key, offset) in [("head.bin", 100u64), ("tail.bin", size as u64 - 10)] {
-        gw.put(key, body.clone()).await;
+        gw.store(key, body.clone()).await;
         corrupt_at_rest(step.data_dir(), key, offset);
     }
     // An intact file still downloads whole (the tail held back is released).
-    gw.put("intact.bin", body.clone()).await;
+    gw.store("intact.bin", body.clone()).await;
     let (status, length, got, failed) = reqwest_get(&gw, "/files/intact.bin", None).await;
     assert_eq!(
         (status, length, failed),
@@ -267,7 +213,7 @@ async fn range_over_a_block_corrupted_at_rest_fails() {
     let step = TestServer::start().await;
     let gw = gateway_with(step.addr, |_| {}).await;
     let body = pattern(1024 * 1024, 9);
-    gw.put("range.bin", body).await;
+    gw.store("range.bin", body).await;
     corrupt_at_rest(step.data_dir(), "range.bin", 600_000);
     let range = "bytes=590000-610000";
     let (status, _, got, failed) = reqwest_get(&gw, "/files/range.bin", Some(range)).await;
@@ -457,8 +403,8 @@ async fn unread_download_bodies_give_their_connections_back() {
     .await;
     let size = 8 * 1024 * 1024;
     let body = pattern(size, 3);
-    gw.put("big.bin", body.clone()).await;
-    gw.put("small.txt", b"still served\n".to_vec()).await;
+    gw.store("big.bin", body.clone()).await;
+    gw.store("small.txt", b"still served\n".to_vec()).await;
 
     let mut stalled = Vec::new();
     for _ in 0..2 {
@@ -589,7 +535,7 @@ async fn multipart_part_names_with_control_characters_are_refused() {
 async fn head_with_an_unsatisfiable_range_is_416() {
     let step = TestServer::start().await;
     let gw = gateway_with(step.addr, |_| {}).await;
-    gw.put("h.bin", pattern(1000, 1)).await;
+    gw.store("h.bin", pattern(1000, 1)).await;
     let r = gw
         .client
         .head(gw.at("/files/h.bin"))

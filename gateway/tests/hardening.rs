@@ -7,94 +7,30 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use gateway::backend::Backend;
-use gateway::config::{GatewayArgs, HttpArgs, TransferArgs};
-use gateway::metrics::Metrics;
-use gateway::{AppState, serve};
+use gateway::config::{HttpArgs, TransferArgs};
 use reqwest::StatusCode;
 use serde_json::Value;
 use step_tests::{TestConfig, TestServer, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::Gateway;
 
 /// Every wait on the gateway in these tests ends by this deadline.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-struct Gateway {
-    addr: SocketAddr,
-    url: String,
-    stop: CancellationToken,
-    client: reqwest::Client,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
+/// The shared test gateway with the waits these tests were written for.
 async fn gateway_with(
     backend: SocketAddr,
     tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
 ) -> Gateway {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("off".into()))
-        .with_test_writer()
-        .try_init();
-    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
-    let (mut http, mut transfer) = (args.http, args.transfer);
-    transfer.backend_timeout = 5;
-    transfer.pool_wait_ms = 2000;
-    tweak(&mut http, &mut transfer);
-    let default_user =
-        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
-    let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
-    let state = AppState::new(backend, http);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = serve(listener, state, async move { s.cancelled().await }).await;
-    });
-    Gateway {
-        addr,
-        url: format!("http://{addr}"),
-        stop,
-        client: reqwest::Client::builder()
-            .timeout(PATIENCE)
-            .build()
-            .expect("client"),
-    }
-}
-
-impl Gateway {
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn put(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
-        self.client
-            .put(self.at(path))
-            .body(body)
-            .send()
-            .await
-            .expect("PUT")
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.at(path)).send().await.expect("GET")
-    }
-
-    /// The value of counter `name` in /metrics (0 when absent).
-    async fn counter(&self, name: &str) -> u64 {
-        let text = self.get("/metrics").await.text().await.expect("metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
-    }
+    support::gateway_with(backend, |http, transfer| {
+        transfer.backend_timeout = 5;
+        transfer.pool_wait_ms = 2000;
+        tweak(http, transfer);
+    })
+    .await
 }
 
 /// A raw HTTP/1.1 request head for a PUT of `len` bytes.

@@ -5,101 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use gateway::backend::Backend;
-use gateway::config::{GatewayArgs, HttpArgs, TransferArgs};
-use gateway::metrics::Metrics;
-use gateway::{AppState, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use step_core::digest::md5_hex;
 use step_tests::{TestConfig, TestServer, pattern};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-struct Gateway {
-    url: String,
-    stop: CancellationToken,
-    client: reqwest::Client,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn defaults() -> (HttpArgs, TransferArgs) {
-    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
-    (args.http, args.transfer)
-}
-
-async fn gateway_with(
-    backend: SocketAddr,
-    tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
-) -> Gateway {
-    let (mut http, mut transfer) = defaults();
-    transfer.backend_timeout = 2;
-    transfer.pool_wait_ms = 300;
-    tweak(&mut http, &mut transfer);
-    let default_user =
-        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
-    let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
-    let state = AppState::new(backend, http);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
-    });
-    Gateway {
-        url,
-        stop,
-        client: reqwest::Client::new(),
-    }
-}
-
-async fn gateway(backend: SocketAddr) -> Gateway {
-    gateway_with(backend, |_, _| {}).await
-}
-
-impl Gateway {
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn multipart(&self, name: &str, body: Vec<u8>) -> reqwest::Response {
-        let part = reqwest::multipart::Part::bytes(body).file_name(name.to_owned());
-        let form = reqwest::multipart::Form::new().part("file", part);
-        self.client
-            .post(self.at("/upload"))
-            .multipart(form)
-            .send()
-            .await
-            .expect("send")
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.at(path)).send().await.expect("GET")
-    }
-
-    async fn delete(&self, path: &str) -> reqwest::Response {
-        self.client
-            .delete(self.at(path))
-            .send()
-            .await
-            .expect("DELETE")
-    }
-
-    async fn get_bytes(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-        let r = self.get(path).await;
-        let (s, h) = (r.status(), r.headers().clone());
-        (s, h, r.bytes().await.expect("body").to_vec())
-    }
-}
+mod support;
+use support::{gateway, gateway_with};
 
 async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();

@@ -1,0 +1,134 @@
+//! A gateway on a free loopback port in this process, served by the
+//! production accept loop (`gateway::serve`: header and idle timeouts, the
+//! connection cap), in front of a STEP server the test started.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use gateway::backend::Backend;
+use gateway::config::{GatewayArgs, HttpArgs, TransferArgs};
+use gateway::metrics::Metrics;
+use gateway::{AppState, serve};
+use reqwest::StatusCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: CancellationToken,
+    pub client: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The gateway's defaults, with short backend waits (tests fail fast), as
+/// adjusted by `tweak`.
+pub async fn gateway_with(
+    backend: SocketAddr,
+    tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
+) -> Gateway {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("off".into()))
+        .with_test_writer()
+        .try_init();
+    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
+    let (mut http, mut transfer) = (args.http, args.transfer);
+    transfer.backend_timeout = 2;
+    transfer.pool_wait_ms = 300;
+    tweak(&mut http, &mut transfer);
+    let default_user =
+        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
+    let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
+    let state = AppState::new(backend, http);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = serve(listener, state, async move { s.cancelled().await }).await;
+    });
+    Gateway {
+        addr,
+        url: format!("http://{addr}"),
+        stop,
+        // Every request of a test ends by this bound, whatever the gateway does.
+        client: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(90))
+            .build()
+            .expect("client"),
+    }
+}
+
+pub async fn gateway(backend: SocketAddr) -> Gateway {
+    gateway_with(backend, |_, _| {}).await
+}
+
+impl Gateway {
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.at(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let r = self.get(path).await;
+        let (s, h) = (r.status(), r.headers().clone());
+        (s, h, r.bytes().await.expect("body").to_vec())
+    }
+
+    pub async fn put(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .put(self.at(path))
+            .body(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    /// `PUT /files/{key}`, which must answer 201.
+    pub async fn store(&self, key: &str, body: Vec<u8>) {
+        let r = self.put(&format!("/files/{key}"), body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "PUT {key}");
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.at(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    pub async fn multipart(&self, name: &str, body: Vec<u8>) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(body).file_name(name.to_owned());
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.client
+            .post(self.at("/upload"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.expect("metrics")
+    }
+
+    /// The value of counter `name` in /metrics (0 when absent).
+    pub async fn counter(&self, name: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+}
