@@ -83,7 +83,6 @@ impl StepError {
         }
     }
 
-
     /// The one place where failures become STEP status codes.
     pub fn status(&self) -> Status {
         match self {

@@ -65,8 +65,11 @@ pub trait Subject: Send + Sync {
     async fn fresh(&self, limits: StoreLimits) -> Instance;
     /// The storage at `place` opened again, as by a restarted server (the
     /// case has dropped every handle to the previous one).
-    async fn reopen(&self, place: &(dyn Any + Send + Sync), limits: StoreLimits)
-    -> Arc<dyn Storage>;
+    async fn reopen(
+        &self,
+        place: &(dyn Any + Send + Sync),
+        limits: StoreLimits,
+    ) -> Arc<dyn Storage>;
     fn features(&self) -> Features;
     /// Flip stored bytes of the complete file `(user, key)` at `offset`,
     /// behind the storage's back (only with [`Features::integrity`]).
@@ -330,7 +333,10 @@ pub async fn plans(subject: &dyn Subject) {
     let inst = fresh(subject).await;
     let s = &*inst.storage;
     let plan = plan_of(4 * BS + 1);
-    let out = s.plan_upload("alice", "p", plan, false).await.expect("plan");
+    let out = s
+        .plan_upload("alice", "p", plan, false)
+        .await
+        .expect("plan");
     assert_eq!(out.plan, plan);
     assert_eq!(out.missing, vec![[0, 5]]);
     assert!(!out.resumed);
@@ -438,7 +444,10 @@ pub async fn repeated_blocks(subject: &dyn Subject) {
     let (_, answers) = upload_in(s, "alice", "rep", &body, &[0, 0, 1, 3, 1, 0, 3, 2, 4]).await;
     let done: Vec<_> = answers.iter().flatten().collect();
     assert_eq!(done, vec![&md5_hex(&body)], "{answers:?}");
-    assert!(answers.last().cloned().flatten().is_some(), "the last completes");
+    assert!(
+        answers.last().cloned().flatten().is_some(),
+        "the last completes"
+    );
     let meta = s.head("alice", "rep").await.expect("head");
     assert_eq!(read_all(s, "alice", &meta).await, body);
     // A block rewritten with other bytes before completion: the last
@@ -472,7 +481,10 @@ pub async fn resume_in_process(subject: &dyn Subject) {
     let body = body(6 * BS as usize, 5);
     let plan = plan_of(body.len() as u64);
     let (out, _) = upload_in(s, "alice", "res", &body, &[0, 2, 3]).await;
-    let resumed = s.plan_upload("alice", "res", plan, true).await.expect("resume");
+    let resumed = s
+        .plan_upload("alice", "res", plan, true)
+        .await
+        .expect("resume");
     assert!(resumed.resumed);
     assert_eq!(resumed.missing, vec![[1, 2], [4, 6]]);
     assert_eq!(resumed.upload_id, out.upload_id, "the same upload");
@@ -516,7 +528,10 @@ pub async fn resume_after_reopen(subject: &dyn Subject) {
         s.head("alice", "kept").await.expect("complete file kept"),
         done
     );
-    let resumed = s.plan_upload("alice", "r", plan, true).await.expect("resume");
+    let resumed = s
+        .plan_upload("alice", "r", plan, true)
+        .await
+        .expect("resume");
     assert!(resumed.resumed, "resumed after reopen");
     assert_eq!(resumed.missing, vec![[2, 4], [5, 7]]);
     assert_eq!(resumed.upload_id, out.upload_id);
@@ -555,9 +570,7 @@ pub async fn racing_uploads_are_kept_apart(subject: &dyn Subject) {
         "A's block after B's SAVE",
     );
     assert_err(
-        stale
-            .put_block(1, block(&a, 1), Some(ida.clone()))
-            .await,
+        stale.put_block(1, block(&a, 1), Some(ida.clone())).await,
         |e| matches!(e, StoreError::Superseded | StoreError::NotPlanned),
         "A's block through a writer opened before B's SAVE",
     );
@@ -586,11 +599,11 @@ pub async fn racing_uploads_one_completes(subject: &dyn Subject) {
         let key = format!("race-{round}");
         let start = Arc::new(tokio::sync::Barrier::new(racers as usize));
         let mut tasks = Vec::new();
-        for r in 0..racers as usize {
+        for (r, body) in bodies.iter().enumerate() {
             let (s, key, body, start) = (
                 Arc::clone(&inst.storage),
                 key.clone(),
-                bodies[r].clone(),
+                body.clone(),
                 Arc::clone(&start),
             );
             tasks.push(tokio::spawn(async move {
@@ -632,7 +645,11 @@ pub async fn racing_uploads_one_completes(subject: &dyn Subject) {
         let meta = inst.storage.head("alice", &key).await.expect("head");
         assert_eq!(&meta.md5, md5);
         assert_eq!(read_all(&*inst.storage, "alice", &meta).await, bodies[*r]);
-        assert_eq!(inst.storage.unfinished_stats().count, 0, "nothing left over");
+        assert_eq!(
+            inst.storage.unfinished_stats().count,
+            0,
+            "nothing left over"
+        );
     }
 }
 
@@ -673,7 +690,9 @@ pub async fn delete_complete(subject: &dyn Subject) {
     );
     assert_eq!(s.head("alice", "d").await.expect("kept"), meta);
     assert_eq!(
-        s.delete_file("alice", "d", Some(&id)).await.expect("delete"),
+        s.delete_file("alice", "d", Some(&id))
+            .await
+            .expect("delete"),
         Deleted::File
     );
     assert_err(
@@ -727,7 +746,9 @@ pub async fn delete_unfinished(subject: &dyn Subject) {
         .expect("still there");
     assert!(resumed.resumed);
     assert_eq!(
-        s.delete_file("alice", "u", Some(&id)).await.expect("delete"),
+        s.delete_file("alice", "u", Some(&id))
+            .await
+            .expect("delete"),
         Deleted::UnfinishedUpload
     );
     assert_err(
@@ -788,7 +809,10 @@ pub async fn listing(subject: &dyn Subject) {
     assert!(b.contains(&long.as_str()) && b.len() == 5, "{b:?}");
     let page = s.list_files("alice", "b/ü", None, 100).await.expect("list");
     assert_eq!(keys(&page), vec!["b/über"]);
-    let page = s.list_files("alice", "nope", None, 100).await.expect("list");
+    let page = s
+        .list_files("alice", "nope", None, 100)
+        .await
+        .expect("list");
     assert_eq!((page.files.len(), page.next), (0, None));
     let page = s.list_files("nobody", "", None, 100).await.expect("list");
     assert_eq!((page.files.len(), page.next), (0, None));
@@ -796,12 +820,26 @@ pub async fn listing(subject: &dyn Subject) {
     assert_eq!(keys(&bob), vec!["b/bobs"]);
     // After deletes and completions, the listing follows.
     s.delete_file("alice", "a", None).await.expect("delete");
-    put(s, "alice", "b/unfinished", &body(3 * BS as usize, 1), 1, None)
-        .await
-        .expect("b1");
-    put(s, "alice", "b/unfinished", &body(3 * BS as usize, 1), 2, None)
-        .await
-        .expect("b2");
+    put(
+        s,
+        "alice",
+        "b/unfinished",
+        &body(3 * BS as usize, 1),
+        1,
+        None,
+    )
+    .await
+    .expect("b1");
+    put(
+        s,
+        "alice",
+        "b/unfinished",
+        &body(3 * BS as usize, 1),
+        2,
+        None,
+    )
+    .await
+    .expect("b2");
     let page = s.list_files("alice", "b/u", None, 100).await.expect("list");
     assert_eq!(keys(&page), vec!["b/unfinished"], "complete now");
     let all = s.list_files("alice", "", None, 100).await.expect("list");
@@ -857,7 +895,10 @@ pub async fn listing_pages(subject: &dyn Subject) {
         .await
         .expect("page");
     assert_eq!((keys(&page), page.next.as_deref()), (vec!["q"], None));
-    let page = s.list_files("alice", "", Some("q"), 10).await.expect("page");
+    let page = s
+        .list_files("alice", "", Some("q"), 10)
+        .await
+        .expect("page");
     assert_eq!((page.files.len(), page.next), (0, None));
 }
 
@@ -931,7 +972,9 @@ pub async fn every_error(subject: &dyn Subject) {
         |e| matches!(e, StoreError::NotFound),
         "NotFound",
     );
-    s.record_create("alice", "x", record(1)).await.expect("create");
+    s.record_create("alice", "x", record(1))
+        .await
+        .expect("create");
     assert_err(
         s.record_create("alice", "x", record(1)).await,
         |e| matches!(e, StoreError::Exists),
@@ -1062,7 +1105,8 @@ pub async fn no_space(subject: &dyn Subject) {
         .await;
     let s = &*inst.storage;
     assert_err(
-        s.plan_upload("alice", "huge", plan_of(1 << 60), false).await,
+        s.plan_upload("alice", "huge", plan_of(1 << 60), false)
+            .await,
         |e| matches!(e, StoreError::NoSpace),
         "NoSpace",
     );

@@ -34,11 +34,7 @@ impl Subject for Disk {
         }
     }
 
-    async fn reopen(
-        &self,
-        p: &(dyn Any + Send + Sync),
-        limits: StoreLimits,
-    ) -> Arc<dyn Storage> {
+    async fn reopen(&self, p: &(dyn Any + Send + Sync), limits: StoreLimits) -> Arc<dyn Storage> {
         DiskStore::open_with(&place(p).root, limits).expect("reopen")
     }
 

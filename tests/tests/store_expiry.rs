@@ -166,10 +166,7 @@ async fn an_upload_being_written_is_not_expired() {
     );
 
     // Each block renews it: one expiry after that block, it is still kept.
-    assert_eq!(
-        sweep(&server, before + Duration::from_secs(1)).await,
-        0
-    );
+    assert_eq!(sweep(&server, before + Duration::from_secs(1)).await, 0);
     let (i, b) = blocks(&body, BS).remove(2);
     let md5 = c.upload_block("busy", i, b).await.expect("last block");
     assert!(md5.is_some(), "completes");

@@ -909,9 +909,7 @@ impl Disk {
                 // Hashed (or foreign) name: the meta says which key it holds.
                 None => match fs::read(entry.path()) {
                     Ok(bytes) => match serde_json::from_slice::<FileMeta>(&bytes) {
-                        Ok(meta) if names::encode(&meta.key) == name.to_string_lossy() => {
-                            meta.key
-                        }
+                        Ok(meta) if names::encode(&meta.key) == name.to_string_lossy() => meta.key,
                         _ => {
                             warn!(meta = %entry.path().display(), "skipping unreadable metadata in a listing");
                             continue;
@@ -938,7 +936,9 @@ impl Disk {
         let mut files = Vec::with_capacity(page.len());
         for (_, name) in &page {
             match fs::read(dir.join(name)) {
-                Ok(bytes) => files.push(serde_json::from_slice::<FileMeta>(&bytes).map_err(json_err)?),
+                Ok(bytes) => {
+                    files.push(serde_json::from_slice::<FileMeta>(&bytes).map_err(json_err)?)
+                }
                 // Deleted since the directory was read: not in the page.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
@@ -1105,7 +1105,11 @@ impl DiskUpload {
         // does not fit would write outside the data file or break the md5.
         if !up.fits(index, data.len() as u64) {
             return Err(StoreError::Other(
-                format!("block {index} of {} bytes does not fit the plan", data.len()).into(),
+                format!(
+                    "block {index} of {} bytes does not fit the plan",
+                    data.len()
+                )
+                .into(),
             ));
         }
         // In use: the sweeper leaves it alone for another expiry period.
@@ -1192,10 +1196,7 @@ mod tests {
         assert!(sums_b.exists(), "b's own sidecar stays");
         // a is served unverified (and right), never refused for b's sums.
         let meta = store.head("u", "a").await.expect("meta");
-        let got = store
-            .read("u", &meta, 20480, 20480)
-            .await
-            .expect("read");
+        let got = store.read("u", &meta, 20480, 20480).await.expect("read");
         assert_eq!(got.as_ref(), &body[20480..40960]);
         // b is still checked.
         let meta = store.head("u", "b").await.expect("meta");
@@ -1230,5 +1231,45 @@ mod tests {
             !store.disk.path(Area::Sums, "u", "old").exists(),
             "sums go with the file"
         );
+    }
+
+    /// The cost of a listing page over many files (run by hand, in release:
+    /// `cargo test --release -p step-server --lib listing_cost -- --ignored --nocapture`).
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn listing_cost() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = DiskStore::open(tmp.path().join("store")).expect("open");
+        for n in [10_000usize, 100_000] {
+            let user = format!("u{n}");
+            let dir = store.root().join("meta").join(names::encode(&user));
+            fs::create_dir_all(&dir).expect("dir");
+            for i in 0..n {
+                let meta = FileMeta {
+                    key: format!("photos/{i:07}.jpg"),
+                    size: 1,
+                    md5: EMPTY_MD5.to_owned(),
+                    upload_id: None,
+                    completed_unix: 0,
+                };
+                fs::write(
+                    dir.join(names::encode(&meta.key)),
+                    serde_json::to_vec(&meta).expect("json"),
+                )
+                .expect("write");
+            }
+            for (what, after) in [
+                ("first page", None),
+                ("middle page", Some("photos/0005000.jpg")),
+            ] {
+                let t = std::time::Instant::now();
+                let page = store
+                    .list_files(&user, "photos/", after, 100)
+                    .await
+                    .expect("list");
+                assert_eq!(page.files.len(), 100);
+                eprintln!("{n} files, {what} of 100: {:?}", t.elapsed());
+            }
+        }
     }
 }
