@@ -86,3 +86,103 @@ pub fn spawn_sweeper(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use serde_json::{Map, Value};
+    use tokio::sync::mpsc;
+
+    /// A storage that only reports its sweeps.
+    #[derive(Debug)]
+    struct Sweeps(mpsc::UnboundedSender<()>);
+
+    #[async_trait]
+    impl Storage for Sweeps {
+        async fn record_create(&self, _: &str, _: &str, _: Map<String, Value>) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn record_get(&self, _: &str, _: &str) -> StoreResult<Map<String, Value>> {
+            Err(StoreError::NotFound)
+        }
+        async fn record_delete(&self, _: &str, _: &str) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn plan_upload(
+            &self,
+            _: &str,
+            _: &str,
+            _: PlanRecord,
+            _: bool,
+        ) -> StoreResult<PlanOutcome> {
+            Err(StoreError::NotFound)
+        }
+        async fn open_upload(&self, _: &str, _: &str) -> StoreResult<Box<dyn UploadWriter>> {
+            Err(StoreError::NotPlanned)
+        }
+        async fn head(&self, _: &str, _: &str) -> StoreResult<FileMeta> {
+            Err(StoreError::NotFound)
+        }
+        async fn read(&self, _: &str, _: &FileMeta, _: u64, _: u64) -> StoreResult<Bytes> {
+            Err(StoreError::NotFound)
+        }
+        async fn delete_file(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Deleted> {
+            Err(StoreError::NotFound)
+        }
+        async fn list_files(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> StoreResult<ListPage> {
+            Err(StoreError::NotFound)
+        }
+        fn unfinished_stats(&self) -> UnfinishedStats {
+            UnfinishedStats::default()
+        }
+        async fn sweep_expired(&self, _: SystemTime) -> StoreResult<usize> {
+            let _ = self.0.send(());
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_sweeps_any_storage_until_its_holder_lets_go() {
+        let bound = Duration::from_secs(10);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let storage: Arc<dyn Storage> = Arc::new(Sweeps(tx));
+        let sweeper = spawn_sweeper(&storage, Duration::from_millis(5)).expect("in a runtime");
+        for _ in 0..3 {
+            tokio::time::timeout(bound, rx.recv())
+                .await
+                .expect("a sweep each period")
+                .expect("sweeper alive");
+        }
+        drop(storage);
+        // The next tick finds the storage gone and ends the task, which
+        // drops the last sender and so closes the channel.
+        tokio::time::timeout(bound, sweeper)
+            .await
+            .expect("the sweeper stops")
+            .expect("cleanly");
+        while let Ok(Some(())) = tokio::time::timeout(bound, rx.recv()).await {}
+        assert!(rx.is_closed());
+    }
+
+    #[test]
+    fn sweep_period_is_a_quarter_expiry_within_bounds() {
+        let period = |secs| {
+            StoreLimits {
+                upload_expiry: Duration::from_secs(secs),
+                ..StoreLimits::default()
+            }
+            .sweep_period()
+        };
+        assert_eq!(period(1), Duration::from_secs(1));
+        assert_eq!(period(100), Duration::from_secs(25));
+        assert_eq!(period(86_400), Duration::from_secs(60));
+    }
+}
