@@ -29,6 +29,15 @@ pub fn encode(s: &str) -> String {
     out
 }
 
+/// What the readable encoding of every string starting with `prefix` starts
+/// with (hashed encodings aside).
+pub fn encode_prefix(prefix: &str) -> String {
+    match prefix.strip_prefix('.') {
+        Some(rest) => format!("%2E{}", utf8_percent_encode(rest, KEEP)),
+        None => utf8_percent_encode(prefix, KEEP).to_string(),
+    }
+}
+
 /// The string `name` is the encoding of, when it can be told from the name
 /// alone: `None` for a hashed name (`~…`) and for anything [`encode`] does
 /// not produce.
@@ -85,6 +94,25 @@ mod tests {
         let encoded: std::collections::HashSet<_> = names.iter().map(|n| encode(n)).collect();
         assert_eq!(encoded.len(), names.len());
         assert!(encode(&"x".repeat(300)).starts_with('~'));
+    }
+
+    #[test]
+    fn encodings_of_keys_with_a_prefix_start_with_its_encoding() {
+        for (prefix, key) in [
+            ("", "x"),
+            (".", ".hidden"),
+            (".h", ".hidden"),
+            ("b/", "b/1"),
+            ("b/ü", "b/über"),
+            ("🦦", "🦦.jpg"),
+            ("a b", "a b c"),
+        ] {
+            assert!(
+                encode(key).starts_with(&encode_prefix(prefix)),
+                "{prefix:?} {key:?}"
+            );
+        }
+        assert!(!encode("b-1").starts_with(&encode_prefix("b/")));
     }
 
     #[test]

@@ -902,8 +902,16 @@ impl Disk {
         // (the one more tells whether another page follows).
         let mut best: std::collections::BinaryHeap<(String, std::ffi::OsString)> =
             std::collections::BinaryHeap::new();
+        // Readable names of keys with this prefix start with its encoding:
+        // the others are passed over without decoding.
+        let name_prefix = names::encode_prefix(prefix);
         for entry in entries(&dir)? {
             let name = entry.file_name();
+            if let Some(readable) = name.to_str().filter(|n| !n.starts_with('~'))
+                && !readable.starts_with(&name_prefix)
+            {
+                continue;
+            }
             let key = match name.to_str().and_then(names::decode) {
                 Some(key) => key,
                 // Hashed (or foreign) name: the meta says which key it holds.
@@ -1258,13 +1266,14 @@ mod tests {
                 )
                 .expect("write");
             }
-            for (what, after) in [
-                ("first page", None),
-                ("middle page", Some("photos/0005000.jpg")),
+            for (what, prefix, after) in [
+                ("first page", "photos/", None),
+                ("middle page", "photos/", Some("photos/0005000.jpg")),
+                ("narrow prefix, whole", "photos/00000", None),
             ] {
                 let t = std::time::Instant::now();
                 let page = store
-                    .list_files(&user, "photos/", after, 100)
+                    .list_files(&user, prefix, after, 100)
                     .await
                     .expect("list");
                 assert_eq!(page.files.len(), 100);
