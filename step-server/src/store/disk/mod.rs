@@ -112,10 +112,15 @@ impl Registry {
         }
     }
 
-    /// Mark an entry's open upload (if any) discarded: blocks for it are refused.
+    /// Mark an entry's open upload (if any) discarded: blocks for it are
+    /// refused. Waits for a block being written to it; one that completed
+    /// the upload leaves it complete.
     fn discard(p: &Pending) {
         if let Some(slot) = &p.slot {
-            lock(&slot.upload).phase = Phase::Discarded;
+            let mut up = lock(&slot.upload);
+            if matches!(up.phase, Phase::Receiving) {
+                up.phase = Phase::Discarded;
+            }
         }
     }
 }
@@ -586,6 +591,12 @@ impl Disk {
                 Registry::discard(&old);
             }
             upload::remove_dir(&dir)?;
+            // Checked again under the lock: a block may have completed the
+            // key since the check above (`discard` waited for it), and a
+            // complete key takes no new upload.
+            if self.read_meta(user, key)?.is_some() {
+                return Err(StoreError::Exists);
+            }
             if plan.size == 0 {
                 drop(reg);
                 let md5 = self.complete_empty(user, key)?;
