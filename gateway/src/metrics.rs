@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use step_server::store::Store;
+use step_server::store::Storage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -39,7 +39,7 @@ pub struct Metrics {
     pub http_connections: Counter,
     /// The embedded server's store, whose unfinished uploads are reported
     /// (a separate step-server's are not visible from here).
-    store: Option<Arc<Store>>,
+    store: Option<Arc<dyn Storage>>,
     unfinished_uploads: Gauge,
     unfinished_bytes_planned: Gauge,
     unfinished_bytes_received: Gauge,
@@ -176,7 +176,7 @@ impl Metrics {
     }
 
     /// Also report the unfinished uploads of `store` (the embedded server's).
-    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+    pub fn with_store(mut self, store: Arc<dyn Storage>) -> Self {
         self.store = Some(store);
         self
     }

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::server::ConnectionLimits;
 use crate::service::{Limits, Service};
-use crate::store::{Store, StoreLimits};
+use crate::store::{self, DiskStore, Storage, StoreLimits};
 
 /// An address to reach a server bound to `addr` from this host: a wildcard
 /// bind (`0.0.0.0`, `::`) is reached on loopback.
@@ -189,9 +189,9 @@ impl ServiceArgs {
         Ok(secret)
     }
 
-    /// Open the store and build the request service and connection limits.
-    /// Inside a tokio runtime, also start the store's sweeper of idle
-    /// unfinished uploads (it stops when the store is dropped).
+    /// Open the storage and build the request service and connection limits.
+    /// Inside a tokio runtime, also start the sweeper of idle unfinished
+    /// uploads (it stops when the service, the storage's holder, is dropped).
     /// Settings that cannot work are refused here, with a message that says
     /// which flag to change, before anything is opened.
     pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
@@ -227,13 +227,14 @@ impl ServiceArgs {
             max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
             max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
         };
-        let store = Store::open_with(&self.data_dir, store_limits).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot open the store at {}: {e}", self.data_dir.display()),
-            )
-        })?;
-        let _sweeper = store.spawn_sweeper();
+        let storage: Arc<dyn Storage> = DiskStore::open_with(&self.data_dir, store_limits)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot open the store at {}: {e}", self.data_dir.display()),
+                )
+            })?;
+        let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());
         let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
             .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;
         let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);
@@ -251,7 +252,7 @@ impl ServiceArgs {
             frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
             json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
         };
-        Ok((Arc::new(Service::new(store, tokens, limits)), conn))
+        Ok((Arc::new(Service::new(storage, tokens, limits)), conn))
     }
 }
 

@@ -1,6 +1,10 @@
-//! The server's one error type, and its one mapping to STEP status codes.
+//! The server's one error type, and its one mapping to STEP status codes;
+//! the storage layer's errors become it in one place too
+//! ([`StepError::from_store`]).
 
 use step_core::{Reason, Status};
+
+use crate::store::StoreError;
 
 /// Everything a request can fail with once it has passed authentication.
 #[derive(Debug, thiserror::Error)]
@@ -50,21 +54,35 @@ pub enum StepError {
     /// A DELETE scoped to an upload found something else under the key.
     #[error("The \"key\" {0} holds another upload's file or upload; nothing was deleted.")]
     OtherUpload(String),
+    /// The storage cannot be reached just now (an object store's 5xx or
+    /// timeout); the request may succeed later.
+    #[error("Storage is unavailable; the request was not carried out, try again later.")]
+    Unavailable(String),
     #[error("Storage error; the request was not carried out.")]
-    Io(#[source] std::io::Error),
-}
-
-impl From<std::io::Error> for StepError {
-    fn from(e: std::io::Error) -> Self {
-        // ENOSPC / EDQUOT: say so plainly, the client can do something about it.
-        match e.raw_os_error() {
-            Some(28) | Some(122) => StepError::NoSpace,
-            _ => StepError::Io(e),
-        }
-    }
+    Storage(#[source] StoreError),
 }
 
 impl StepError {
+    /// The one place where storage failures become request failures;
+    /// `key` is the key the request named (for the message).
+    pub fn from_store(e: StoreError, key: &str) -> StepError {
+        let key = || key.to_owned();
+        match e {
+            StoreError::NotFound => StepError::NotFound(key()),
+            StoreError::Exists => StepError::KeyExists(key()),
+            StoreError::Unfinished => StepError::Unfinished(key()),
+            StoreError::NotPlanned => StepError::NotPlanned(key()),
+            StoreError::AlreadyComplete => StepError::AlreadyComplete(key()),
+            StoreError::Superseded => StepError::Superseded(key()),
+            StoreError::OtherUpload => StepError::OtherUpload(key()),
+            StoreError::Integrity { .. } => StepError::Integrity(key()),
+            StoreError::Quota(text) => StepError::Quota(text),
+            StoreError::NoSpace => StepError::NoSpace,
+            StoreError::Unavailable(text) => StepError::Unavailable(text),
+            e @ StoreError::Other(_) => StepError::Storage(e),
+        }
+    }
+
     /// The one place where failures become STEP status codes.
     pub fn status(&self) -> Status {
         match self {
@@ -90,7 +108,8 @@ impl StepError {
             // Integrity and quota likewise: the block or the upload cannot be
             // taken, which a reference client treats as a failed transfer.
             StepError::NoSpace
-            | StepError::Io(_)
+            | StepError::Unavailable(_)
+            | StepError::Storage(_)
             | StepError::Integrity(_)
             | StepError::Quota(_) => Status::BlockSizeMismatch,
         }
@@ -158,11 +177,79 @@ mod tests {
             StepError::NotFound(k()),
             StepError::KeyExists(k()),
             StepError::SizeInvalid(k()),
-            StepError::Io(std::io::Error::other("x")),
+            StepError::Storage(StoreError::Other("x".into())),
         ] {
             assert_eq!(e.reason(), None, "{e}");
         }
-        let enospc = StepError::from(std::io::Error::from_raw_os_error(28));
-        assert_eq!(enospc.reason(), Some(Reason::NoSpace));
+        let enospc = StoreError::from(std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            StepError::from_store(enospc, "k").reason(),
+            Some(Reason::NoSpace)
+        );
+    }
+
+    #[test]
+    fn every_store_error_maps_to_its_status_and_names_the_key() {
+        let cases = [
+            (StoreError::NotFound, Status::NotFound, None),
+            (StoreError::Exists, Status::KeyExists, None),
+            (StoreError::Unfinished, Status::NotFound, None),
+            (StoreError::NotPlanned, Status::WrongOperation, None),
+            (StoreError::AlreadyComplete, Status::WrongOperation, None),
+            (
+                StoreError::Superseded,
+                Status::WrongOperation,
+                Some(Reason::Superseded),
+            ),
+            (
+                StoreError::OtherUpload,
+                Status::NotFound,
+                Some(Reason::OtherUpload),
+            ),
+            (
+                StoreError::Integrity { offset: 7 },
+                Status::BlockSizeMismatch,
+                Some(Reason::Integrity),
+            ),
+            (
+                StoreError::Quota("cap".into()),
+                Status::BlockSizeMismatch,
+                Some(Reason::Quota),
+            ),
+            (
+                StoreError::NoSpace,
+                Status::BlockSizeMismatch,
+                Some(Reason::NoSpace),
+            ),
+            (
+                StoreError::Unavailable("down".into()),
+                Status::BlockSizeMismatch,
+                None,
+            ),
+            (
+                StoreError::Other("x".into()),
+                Status::BlockSizeMismatch,
+                None,
+            ),
+        ];
+        for (store, status, reason) in cases {
+            let named = matches!(
+                store,
+                StoreError::NotFound
+                    | StoreError::Exists
+                    | StoreError::Unfinished
+                    | StoreError::NotPlanned
+                    | StoreError::AlreadyComplete
+                    | StoreError::Superseded
+                    | StoreError::OtherUpload
+                    | StoreError::Integrity { .. }
+            );
+            let e = StepError::from_store(store, "the-key");
+            assert_eq!(e.status(), status, "{e}");
+            assert_eq!(e.reason(), reason, "{e}");
+            if named {
+                assert!(e.to_string().contains("the-key"), "{e}");
+            }
+        }
     }
 }

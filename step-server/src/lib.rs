@@ -2,7 +2,8 @@
 //!
 //! * [`server::run`] — accept loop and per-connection request loop.
 //! * [`service::Service`] — answers one request (checks, auth, dispatch).
-//! * [`store::Store`] — records and files on local disk.
+//! * [`store::Storage`] — the storage interface; [`store::DiskStore`] keeps
+//!   records and files on local disk.
 //! * [`config`] — command-line flags and environment variables.
 //! * [`error::StepError`] — failures and their STEP status codes.
 

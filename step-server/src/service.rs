@@ -2,7 +2,10 @@
 //!
 //! [`Service::handle`] applies the reference's order of checks (envelope,
 //! LOGIN, token) and then dispatches to thin per-operation handlers that call
-//! the [`Store`]. Failures are [`StepError`]s, turned into responses in one place.
+//! the [`Storage`] interface. Protocol rules live here, not in the storage:
+//! wire values are checked (a block's index and length against the upload's
+//! plan) before anything reaches it. Failures are [`StepError`]s, turned into
+//! responses in one place; storage failures become them in one place too.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +20,7 @@ use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, dig
 use tracing::{Instrument, debug, info};
 
 use crate::error::StepError;
-use crate::store::{Deleted, PlanRecord, Store};
+use crate::store::{Deleted, PlanRecord, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +65,7 @@ impl From<Message> for Reply {
 /// Everything a connection needs to answer requests.
 #[derive(Debug)]
 pub struct Service {
-    store: Arc<Store>,
+    store: Arc<dyn Storage>,
     tokens: TokenKey,
     limits: Limits,
     refusals: Pacer,
@@ -142,6 +145,29 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Maps a storage failure for `key` to the request's failure.
+fn in_store(key: &str) -> impl FnOnce(StoreError) -> StepError + '_ {
+    move |e| StepError::from_store(e, key)
+}
+
+/// Check a block's wire index and length against its upload's plan, in the
+/// reference's order: 405 (index too large), 410 (negative), 406 (wrong
+/// length). Only an index that passes reaches the storage.
+fn check_block(plan: PlanRecord, index: i64, len: u64) -> Result<u64, StepError> {
+    let total = total_blocks(plan.size, plan.block_size);
+    if index >= 0 && index as u64 >= total {
+        return Err(StepError::IndexTooLarge);
+    }
+    let Ok(index) = u64::try_from(index) else {
+        return Err(StepError::IndexNegative);
+    };
+    let expected = block_len(plan.size, plan.block_size, index).unwrap_or(0);
+    if len != expected {
+        return Err(StepError::BlockSize { expected, got: len });
+    }
+    Ok(index)
+}
+
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
     Message::response(op.as_str(), kind.as_str(), Status::Ok, msg)
 }
@@ -155,16 +181,16 @@ fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
 }
 
 impl Service {
-    pub fn new(store: Arc<Store>, tokens: TokenKey, limits: Limits) -> Self {
+    pub fn new(storage: Arc<dyn Storage>, tokens: TokenKey, limits: Limits) -> Self {
         Self {
-            store,
+            store: storage,
             tokens,
             refusals: Pacer::new(limits.token_failures_per_sec),
             limits,
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Storage> {
         &self.store
     }
 
@@ -415,20 +441,30 @@ impl Service {
                     record.remove(name);
                 }
                 record.insert(field::KEY.into(), Value::String(key.clone()));
-                self.store.data_save(user, &key, record).await?;
+                self.store
+                    .record_create(user, &key, record)
+                    .await
+                    .map_err(in_store(&key))?;
                 info!(%user, %key, "record saved");
                 Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
             }
             Operation::Get => {
                 let key = self.key(&msg, "DATA GET")?;
-                let mut record = self.store.data_get(user, key).await?;
+                let mut record = self
+                    .store
+                    .record_get(user, key)
+                    .await
+                    .map_err(in_store(key))?;
                 let envelope = ok(op, kind, "OK");
                 record.extend(envelope.fields);
                 Ok(Message::new(record))
             }
             Operation::Delete => {
                 let key = self.key(&msg, "DATA delete")?;
-                self.store.data_delete(user, key).await?;
+                self.store
+                    .record_delete(user, key)
+                    .await
+                    .map_err(in_store(key))?;
                 info!(%user, %key, "record deleted");
                 Ok(ok(op, kind, format!("The \"key\" {key} is deleted.")).with(field::KEY, key))
             }
@@ -472,7 +508,11 @@ impl Service {
             block_size: self.block_size(msg),
         };
         let resume = msg.bool_field(field::RESUME);
-        let outcome = self.store.file_plan(user, &key, plan, resume).await?;
+        let outcome = self
+            .store
+            .plan_upload(user, &key, plan, resume)
+            .await
+            .map_err(in_store(&key))?;
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -495,13 +535,28 @@ impl Service {
 
     async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
         let key = self.key(&msg, "FILE uploading")?.to_owned();
-        let upload = self.store.open_upload(user, &key).await?;
+        let upload = self
+            .store
+            .open_upload(user, &key)
+            .await
+            .map_err(in_store(&key))?;
         let index = Self::block_index(&msg)?;
         let upload_id = match msg.str_field(field::UPLOAD_ID) {
             Ok(id) => id.map(str::to_owned),
             Err(e) => return Err(StepError::Invalid(e.to_string())),
         };
-        let md5 = upload.put_block(index, msg.binary, upload_id).await?;
+        // A block naming another upload is refused as such before it is
+        // checked against this upload's plan, which a racing SAVE made.
+        if let (Some(want), Some(current)) = (upload_id.as_deref(), upload.upload_id())
+            && want != current
+        {
+            return Err(StepError::Superseded(key));
+        }
+        let checked = check_block(upload.plan(), index, msg.binary.len() as u64)?;
+        let md5 = upload
+            .put_block(checked, msg.binary, upload_id)
+            .await
+            .map_err(in_store(&key))?;
         debug!(%user, %key, index, "block stored");
         let mut m = ok(
             Operation::Upload,
@@ -518,7 +573,7 @@ impl Service {
 
     async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE GET")?;
-        let meta = self.store.file_meta(user, key).await?;
+        let meta = self.store.head(user, key).await.map_err(in_store(key))?;
         let block_size = self.block_size(msg);
         Ok(
             ok(Operation::Get, Kind::File, "OK. This is the download plan.")
@@ -532,7 +587,7 @@ impl Service {
 
     async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE downloading")?;
-        let meta = self.store.file_meta(user, key).await?;
+        let meta = self.store.head(user, key).await.map_err(in_store(key))?;
         let index = Self::block_index(msg)?;
         let block_size = self.block_size(msg);
         if index < 0 {
@@ -545,8 +600,9 @@ impl Service {
         };
         let data = self
             .store
-            .file_read(user, &meta, index as u64 * block_size, len)
-            .await?;
+            .read(user, &meta, index as u64 * block_size, len)
+            .await
+            .map_err(in_store(key))?;
         debug!(%user, %key, index, "block sent");
         Ok(ok(Operation::Download, Kind::File, "An available block.")
             .with(field::KEY, key)
@@ -563,7 +619,12 @@ impl Service {
             Ok(id) => id,
             Err(e) => return Err(StepError::Invalid(e.to_string())),
         };
-        match self.store.file_delete(user, key, upload_id).await? {
+        match self
+            .store
+            .delete_file(user, key, upload_id)
+            .await
+            .map_err(in_store(key))?
+        {
             Deleted::File => {
                 info!(%user, %key, "file deleted");
                 Ok(ok(
@@ -580,5 +641,44 @@ impl Service {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_checks_follow_reference_order() {
+        let plan = PlanRecord {
+            size: 250,
+            block_size: 100,
+        };
+        assert!(matches!(
+            check_block(plan, 3, 100),
+            Err(StepError::IndexTooLarge)
+        ));
+        assert!(matches!(
+            check_block(plan, 3, 7),
+            Err(StepError::IndexTooLarge)
+        ));
+        assert!(matches!(
+            check_block(plan, -1, 100),
+            Err(StepError::IndexNegative)
+        ));
+        assert!(matches!(
+            check_block(plan, i64::MIN, 100),
+            Err(StepError::IndexNegative)
+        ));
+        assert!(matches!(
+            check_block(plan, 0, 99),
+            Err(StepError::BlockSize { .. })
+        ));
+        assert!(matches!(
+            check_block(plan, 2, 100),
+            Err(StepError::BlockSize { .. })
+        ));
+        assert_eq!(check_block(plan, 2, 50).expect("ok"), 2);
+        assert_eq!(check_block(plan, 0, 100).expect("ok"), 0);
     }
 }

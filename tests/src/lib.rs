@@ -8,11 +8,12 @@ use std::time::Duration;
 use step_core::token::TokenKey;
 use step_server::ConnectionLimits;
 use step_server::service::{Limits, Service};
-use step_server::store::Store;
+use step_server::store::{DiskStore, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod contract;
 pub mod prereq;
 pub mod wait;
 
@@ -64,7 +65,7 @@ impl TestServer {
                 (Some(t), d)
             }
         };
-        let store = Store::open(&data_dir).expect("open store");
+        let store: Arc<dyn Storage> = DiskStore::open(&data_dir).expect("open store");
         let service = Arc::new(Service::new(
             store,
             TokenKey::new(TEST_SECRET, cfg.token_ttl),

@@ -12,7 +12,7 @@ use step_core::token::TokenKey;
 use step_core::{Reason, Status};
 use step_server::ConnectionLimits;
 use step_server::service::{Limits, Service};
-use step_server::store::{Store, StoreLimits, UnfinishedStats};
+use step_server::store::{Storage, Store, StoreLimits, UnfinishedStats};
 use step_tests::{TEST_SECRET, blocks, download, login, pattern};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -29,7 +29,7 @@ struct Server {
 async fn start_in(tmp: tempfile::TempDir, store_limits: StoreLimits, limits: Limits) -> Server {
     let store = Store::open_with(tmp.path().join("store"), store_limits).expect("open store");
     let service = Arc::new(Service::new(
-        Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn Storage>,
         TokenKey::new(TEST_SECRET, 86_400),
         limits,
     ));
@@ -50,6 +50,11 @@ async fn start_in(tmp: tempfile::TempDir, store_limits: StoreLimits, limits: Lim
         _stop: stop,
         _tmp: tmp,
     }
+}
+
+/// Expire idle uploads as of `now`; how many went.
+async fn sweep(server: &Server, now: SystemTime) -> usize {
+    server.store.sweep_expired(now).await.expect("sweep")
 }
 
 async fn start(store_limits: StoreLimits) -> Server {
@@ -110,10 +115,10 @@ async fn an_idle_upload_expires_and_its_key_starts_over() {
     );
 
     // Just used: not expired as of now.
-    assert_eq!(server.store.sweep_expired(SystemTime::now()), 0);
+    assert_eq!(sweep(&server, SystemTime::now()).await, 0);
     // Idle for longer than the expiry: gone.
     let later = SystemTime::now() + Duration::from_secs(2);
-    assert_eq!(server.store.sweep_expired(later), 1);
+    assert_eq!(sweep(&server, later).await, 1);
     assert_eq!(server.store.unfinished_stats(), UnfinishedStats::default());
 
     // A block for it is refused as for any upload that is not planned ...
@@ -152,7 +157,7 @@ async fn an_upload_being_written_is_not_expired() {
         .await
         .expect("open");
     let much_later = SystemTime::now() + Duration::from_secs(86_400);
-    assert_eq!(server.store.sweep_expired(much_later), 0);
+    assert_eq!(sweep(&server, much_later).await, 0);
     let before = SystemTime::now();
     let second = bytes::Bytes::copy_from_slice(&body[BS..2 * BS]);
     assert_eq!(
@@ -161,10 +166,7 @@ async fn an_upload_being_written_is_not_expired() {
     );
 
     // Each block renews it: one expiry after that block, it is still kept.
-    assert_eq!(
-        server.store.sweep_expired(before + Duration::from_secs(1)),
-        0
-    );
+    assert_eq!(sweep(&server, before + Duration::from_secs(1)).await, 0);
     let (i, b) = blocks(&body, BS).remove(2);
     let md5 = c.upload_block("busy", i, b).await.expect("last block");
     assert!(md5.is_some(), "completes");
@@ -178,7 +180,7 @@ async fn uploads_left_on_disk_expire_when_the_store_opens() {
     {
         let store = Store::open(&dir).expect("open");
         let upload = store
-            .file_plan(
+            .plan_upload(
                 "alice",
                 "old",
                 step_server::store::PlanRecord {
@@ -191,7 +193,7 @@ async fn uploads_left_on_disk_expire_when_the_store_opens() {
             .expect("plan");
         assert!(upload.upload_id.is_some());
         store
-            .file_plan(
+            .plan_upload(
                 "alice",
                 "fresh",
                 step_server::store::PlanRecord {

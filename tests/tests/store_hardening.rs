@@ -208,3 +208,43 @@ async fn bytes_corrupted_at_rest_are_refused_not_served() {
     assert_eq!(fourth.as_ref(), &body[3 * 20481..4 * 20481]);
     server.shutdown().await;
 }
+
+/// A block of an upload that another SAVE of the key started over, with
+/// another size, is refused as superseded (408, reason `superseded`) rather
+/// than as a block that fits neither plan: the service checks the upload id
+/// before the block against the plan.
+#[tokio::test]
+async fn a_superseded_block_is_refused_as_superseded_whatever_the_new_plan() {
+    let server = TestServer::start().await;
+    let mut a = login(server.addr, "alice").await;
+    let mut b = login(server.addr, "alice").await;
+    let small = pattern(BS + 9, 3);
+    let plan_a = a
+        .file_save(Some("k"), small.len() as u64, SaveOptions::default())
+        .await
+        .expect("plan a");
+    let id_a = plan_a.upload_id.expect("id");
+    b.file_save(Some("k"), 5 * BS as u64, SaveOptions::default())
+        .await
+        .expect("plan b");
+    // A's last block: 9 bytes, which B's plan (full blocks) would call a
+    // wrong length; and A's block 1 of B's 5 would be in range.
+    let (i, last) = blocks(&small, BS).remove(1);
+    let target = UploadTarget {
+        key: "k",
+        upload_id: Some(&id_a),
+    };
+    let err = a.upload_block(target, i, last).await.expect_err("stale");
+    assert_eq!(
+        refusal(err),
+        (Status::WrongOperation, Some(Reason::Superseded))
+    );
+    // Without an id (a reference client) the block is checked against the
+    // key's current plan, as the reference does.
+    let (i, last) = blocks(&small, BS).remove(1);
+    let err = a
+        .upload_block("k", i, last)
+        .await
+        .expect_err("wrong length");
+    assert_eq!(refusal(err).0, Status::BlockSizeMismatch);
+}

@@ -67,6 +67,16 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC / EDQUOT: said plainly, a client can do something about it.
+        match e.raw_os_error() {
+            Some(28) | Some(122) => StoreError::NoSpace,
+            _ => StoreError::Other(Box::new(e)),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, now (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -139,6 +149,14 @@ pub struct ListPage {
 pub trait UploadWriter: Send + Debug {
     /// The plan blocks are checked against.
     fn plan(&self) -> PlanRecord;
+    /// The id of the upload this writer opened, where the implementation
+    /// knows it without a round trip: lets the service refuse a block that
+    /// names another upload as superseded before checking it against this
+    /// upload's plan (a racing SAVE may have planned another size). `None`
+    /// leaves that to [`Self::put_block`].
+    fn upload_id(&self) -> Option<&str> {
+        None
+    }
     /// Write block `index` (already checked against [`Self::plan`]). With
     /// `upload_id`, the block is refused ([`StoreError::Superseded`]) unless
     /// it names this upload — checked atomically with the write, so blocks

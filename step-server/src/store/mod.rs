@@ -1,52 +1,31 @@
-//! Storage: DATA records and FILE content on local disk.
+//! Storage: everything the server keeps, behind one interface
+//! ([`Storage`], in `api.rs`), with the local disk ([`disk::DiskStore`]) as
+//! the default implementation.
 //!
-//! Everything the server keeps goes through [`Store`], whose methods speak in
-//! users, keys, records, plans and blocks — never paths — so an object store
-//! can stand behind the same methods later. Layout under the data root:
-//!
-//! ```text
-//! data/<user>/<key>            DATA record (JSON)
-//! files/<user>/<key>           complete file content
-//! meta/<user>/<key>            complete file's size and md5 (JSON)
-//! sums/<user>/<key>            complete file's CRC32C per 4 KiB (see `sums.rs`)
-//! uploads/<user>/<key>/        unfinished upload (see `upload.rs`)
-//! tmp/                         temp files, emptied at start
-//! ```
-//!
-//! Names are encoded by [`names::encode`], so no key or user reaches outside
-//! its directory. Every file that becomes visible is written to `tmp/`,
-//! fsynced, then linked or renamed into place. A file is complete exactly when
-//! its meta exists; the meta is written only after the content is durable.
-//!
-//! Unfinished uploads are accounted for in memory (planned and received
-//! bytes, last use), so SAVE can enforce per-user caps and reserve the space
-//! promised to them, and a sweeper can expire the idle ones.
+//! The service holds an `Arc<dyn Storage>` and speaks to it in users, keys,
+//! records, plans and blocks; protocol rules (wire values, block checks,
+//! STEP statuses) stay in the service. What is generic over every
+//! implementation lives here: the limits on unfinished uploads and the
+//! periodic sweeper of idle ones.
 
 pub mod api;
+pub mod disk;
 mod names;
 mod sums;
-mod upload;
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use serde_json::{Map, Value};
-use step_core::digest::EMPTY_MD5;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
-use crate::error::StepError;
 pub use api::{
     Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError, StoreResult,
     UnfinishedStats, UploadWriter,
 };
-use upload::{Activity, Phase, Upload};
+pub use disk::DiskStore;
+
+/// The local-disk store under its historical name.
+pub type Store = DiskStore;
 
 /// Limits on unfinished uploads.
 #[derive(Debug, Clone, Copy)]
@@ -69,1077 +48,141 @@ impl Default for StoreLimits {
     }
 }
 
-type UploadSlot = Arc<Mutex<Upload>>;
-
-/// An upload's identity in the registry: the encoded user and key, i.e. its
-/// directory names (injective, and known for uploads found on disk).
-type Id = (String, String);
-
-fn id_of(user: &str, key: &str) -> Id {
-    (names::encode(user), names::encode(key))
-}
-
-/// One unfinished upload, on disk and possibly open.
-#[derive(Debug)]
-struct Pending {
-    planned: u64,
-    activity: Arc<Activity>,
-    /// Open and shared by every connection writing it; `None` when closed
-    /// (reopened from disk on the next block).
-    slot: Option<UploadSlot>,
-}
-
-impl Pending {
-    fn promised(&self) -> u64 {
-        self.planned
-            .saturating_sub(self.activity.received.load(Ordering::Relaxed))
+impl StoreLimits {
+    /// How often the sweeper looks for idle uploads: a fraction of the
+    /// expiry, so one is removed at most a quarter expiry late, but never
+    /// more often than each second nor less often than each minute.
+    pub fn sweep_period(&self) -> Duration {
+        (self.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }
 
-/// Every unfinished upload the store has.
-#[derive(Debug, Default)]
-struct Registry {
-    pending: HashMap<Id, Pending>,
-}
-
-impl Registry {
-    /// Close uploads nobody is writing to when too many are open.
-    fn evict_idle(&mut self) {
-        if self.pending.len() < MAX_OPEN_UPLOADS {
-            return;
-        }
-        let open = self.pending.values().filter(|p| p.slot.is_some()).count();
-        if open >= MAX_OPEN_UPLOADS {
-            for p in self.pending.values_mut() {
-                if p.slot.as_ref().is_some_and(|s| Arc::strong_count(s) == 1) {
-                    p.slot = None;
-                }
-            }
-        }
-    }
-
-    /// Mark an entry's open upload (if any) discarded: blocks for it are refused.
-    fn discard(p: &Pending) {
-        if let Some(slot) = &p.slot {
-            lock(slot).phase = Phase::Discarded;
-        }
-    }
-}
-
-/// The server's storage on one local file system.
-#[derive(Debug)]
-pub struct Store {
-    root: PathBuf,
-    limits: StoreLimits,
-    /// Unfinished uploads. Lock order: registry, then an upload's slot.
-    registry: Mutex<Registry>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take the store down with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Unfinished uploads kept open at once. Each holds two file descriptors;
-/// beyond this, uploads nobody is writing to are closed (their state is on
-/// disk and reloads on the next block), so abandoned uploads cannot exhaust
-/// the server's descriptors.
-const MAX_OPEN_UPLOADS: usize = 1024;
-
-fn not_found_ok(r: io::Result<()>) -> io::Result<bool> {
-    match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[derive(Clone, Copy)]
-enum Area {
-    Data,
-    Files,
-    Meta,
-    Sums,
-    Uploads,
-}
-
-impl Area {
-    fn dir(self) -> &'static str {
-        match self {
-            Area::Data => "data",
-            Area::Files => "files",
-            Area::Meta => "meta",
-            Area::Sums => "sums",
-            Area::Uploads => "uploads",
-        }
-    }
-}
-
-/// The entries of `dir` (none if it does not exist).
-fn entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd.collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StepError> + Send + 'static,
-) -> Result<T, StepError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StepError::Io(io::Error::other(e)))?
-}
-
-impl Store {
-    /// Open (creating if needed) a store at `root` with default limits.
-    pub fn open(root: impl Into<PathBuf>) -> io::Result<Arc<Store>> {
-        Self::open_with(root, StoreLimits::default())
-    }
-
-    /// Open (creating if needed) a store at `root`, cleaning what an earlier
-    /// crash may have left (temp files, metas whose content is missing,
-    /// checksums of no file), accounting for the unfinished uploads on disk
-    /// and removing those idle beyond the expiry.
-    pub fn open_with(root: impl Into<PathBuf>, limits: StoreLimits) -> io::Result<Arc<Store>> {
-        let root = root.into();
-        for area in [
-            Area::Data,
-            Area::Files,
-            Area::Meta,
-            Area::Sums,
-            Area::Uploads,
-        ] {
-            fs::create_dir_all(root.join(area.dir()))?;
-        }
-        let tmp = root.join("tmp");
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
-        }
-        fs::create_dir_all(&tmp)?;
-        let store = Store {
-            root,
-            limits,
-            registry: Mutex::new(Registry::default()),
-        };
-        store.drop_orphan_metas()?;
-        store.drop_stray_sums()?;
-        store.index_uploads()?;
-        let expired = store.sweep_expired(SystemTime::now());
-        if expired > 0 {
-            info!(expired, "removed unfinished uploads idle beyond the expiry");
-        }
-        Ok(Arc::new(store))
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn limits(&self) -> StoreLimits {
-        self.limits
-    }
-
-    fn drop_orphan_metas(&self) -> io::Result<()> {
-        let meta_root = self.root.join(Area::Meta.dir());
-        for user in fs::read_dir(&meta_root)? {
-            let user = user?;
-            for entry in fs::read_dir(user.path())? {
-                let entry = entry?;
-                let content = self
-                    .root
-                    .join(Area::Files.dir())
-                    .join(user.file_name())
-                    .join(entry.file_name());
-                if !content.exists() {
-                    warn!(meta = %entry.path().display(), "removing metadata of a file whose content is missing");
-                    fs::remove_file(entry.path())?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove checksum sidecars that do not describe a complete file: left
-    /// by a crash between their rename and the meta's, or kept from an older
-    /// file when a crash lost the newer one's rename. Such a file is then
-    /// served unverified, never refused for another file's sums.
-    fn drop_stray_sums(&self) -> io::Result<()> {
-        let sums_root = self.root.join(Area::Sums.dir());
-        for user in entries(&sums_root)? {
-            for entry in entries(&user.path())? {
-                let meta_path = self
-                    .root
-                    .join(Area::Meta.dir())
-                    .join(user.file_name())
-                    .join(entry.file_name());
-                let keep = match fs::read(&meta_path) {
-                    Ok(bytes) => match serde_json::from_slice::<FileMeta>(&bytes) {
-                        Ok(meta) => {
-                            sums::matches(&File::open(entry.path())?, meta.size, &meta.md5)?
-                        }
-                        Err(_) => false,
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(e) => return Err(e),
-                };
-                if !keep {
-                    warn!(sums = %entry.path().display(), "removing checksums that describe no complete file");
-                    fs::remove_file(entry.path())?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Account for every unfinished upload on disk; unusable ones are removed.
-    fn index_uploads(&self) -> io::Result<()> {
-        let uploads_root = self.root.join(Area::Uploads.dir());
-        let mut reg = lock(&self.registry);
-        for user in entries(&uploads_root)? {
-            let Ok(user_name) = user.file_name().into_string() else {
-                continue;
-            };
-            for entry in entries(&user.path())? {
-                let Ok(key_name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                match upload::scan(&entry.path()) {
-                    Ok(found) => {
-                        reg.pending.insert(
-                            (user_name.clone(), key_name),
-                            Pending {
-                                planned: found.plan.size,
-                                activity: Activity::new(found.received, found.modified),
-                                slot: None,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        warn!(upload = %entry.path().display(), error = %e, "discarding unreadable unfinished upload");
-                        upload::remove_dir(&entry.path())?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Remove unfinished uploads with no SAVE or block for longer than the
-    /// expiry, as of `now`; returns how many. An upload a request is using
-    /// at this moment is never removed. The periodic sweeper calls this;
-    /// tests call it with a `now` of their choosing.
-    pub fn sweep_expired(&self, now: SystemTime) -> usize {
-        let expiry_ms = u64::try_from(self.limits.upload_expiry.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = upload::unix_ms(now).saturating_sub(expiry_ms);
-        let mut doomed = Vec::new();
-        {
-            let mut reg = lock(&self.registry);
-            reg.pending.retain(|id, p| {
-                if p.activity.last_ms.load(Ordering::Relaxed) >= cutoff {
-                    return true;
-                }
-                if let Some(slot) = &p.slot {
-                    // Handles are only made under the registry lock: a count
-                    // of one means no request holds it, nor can get it now.
-                    if Arc::strong_count(slot) > 1 {
-                        return true;
-                    }
-                    match slot.try_lock() {
-                        Ok(mut up) => up.phase = Phase::Discarded,
-                        Err(TryLockError::Poisoned(p)) => p.into_inner().phase = Phase::Discarded,
-                        Err(TryLockError::WouldBlock) => return true,
-                    }
-                }
-                doomed.push(id.clone());
-                false
-            });
-            // Moved aside under the lock (a rename, no data), so a SAVE of
-            // the same key that follows cannot have its new upload removed.
-            doomed.retain_mut(|id| {
-                let dir = self.root.join(Area::Uploads.dir()).join(&id.0).join(&id.1);
-                let aside = self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
-                match fs::rename(&dir, &aside) {
-                    Ok(()) => {
-                        id.1 = aside.to_string_lossy().into_owned();
-                        true
-                    }
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::NotFound {
-                            warn!(upload = %dir.display(), error = %e, "cannot remove an expired upload");
-                        }
-                        false
-                    }
-                }
-            });
-        }
-        for (user, aside) in &doomed {
-            info!(user = %user, "expired an idle unfinished upload");
-            if let Err(e) = upload::remove_dir(Path::new(aside)) {
-                warn!(error = %e, "cannot remove an expired upload's files");
-            }
-        }
-        doomed.len()
-    }
-
-    /// Run [`Store::sweep_expired`] periodically (a fraction of the expiry,
-    /// at most a minute apart) on the current tokio runtime, until the store
-    /// is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let period =
-            (self.limits.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let store = Arc::downgrade(self);
-        Some(runtime.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Run [`Storage::sweep_expired`] every `period` on the current tokio
+/// runtime, for whatever implementation stands behind `storage`, until the
+/// last holder of the storage (the service) lets go of it. `None` outside a
+/// runtime.
+pub fn spawn_sweeper(
+    storage: &Arc<dyn Storage>,
+    period: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    // Weak: the sweeper must not keep the storage (and so the server's
+    // state) alive after the service is gone.
+    let storage: Weak<dyn Storage> = Arc::downgrade(storage);
+    Some(runtime.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else {
-                    return;
-                };
-                let swept =
-                    tokio::task::spawn_blocking(move || store.sweep_expired(SystemTime::now()))
-                        .await;
-                if let Ok(n) = swept
-                    && n > 0
-                {
-                    info!(expired = n, "removed idle unfinished uploads");
-                }
-            }
-        }))
-    }
-
-    /// Count, planned bytes and received bytes of every unfinished upload.
-    pub fn unfinished_stats(&self) -> UnfinishedStats {
-        let reg = lock(&self.registry);
-        let mut stats = UnfinishedStats::default();
-        for p in reg.pending.values() {
-            stats.count += 1;
-            stats.bytes_planned += p.planned;
-            stats.bytes_received += p.activity.received.load(Ordering::Relaxed);
-        }
-        stats
-    }
-
-    fn path(&self, area: Area, user: &str, key: &str) -> PathBuf {
-        self.root
-            .join(area.dir())
-            .join(names::encode(user))
-            .join(names::encode(key))
-    }
-
-    fn temp_file(&self) -> io::Result<(PathBuf, File)> {
-        let path = self
-            .root
-            .join("tmp")
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok((path, file))
-    }
-
-    /// Write `bytes` durably to a temp file and return its path.
-    fn write_temp(&self, bytes: &[u8]) -> io::Result<PathBuf> {
-        let (path, mut file) = self.temp_file()?;
-        let result = file.write_all(bytes).and_then(|()| file.sync_all());
-        if let Err(e) = result {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(path)
-    }
-
-    /// Put `bytes` at `dest` unless something is there already (returns false).
-    fn create_exclusive(&self, dest: &Path, bytes: &[u8]) -> io::Result<bool> {
-        let parent = dest.parent().ok_or_else(|| io::Error::other("no parent"))?;
-        fs::create_dir_all(parent)?;
-        let tmp = self.write_temp(bytes)?;
-        let linked = fs::hard_link(&tmp, dest);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {
-                sync_dir(parent)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    // ------------------------------------------------------------------ DATA
-
-    /// Store a record under a new key; `KeyExists` if the key is taken.
-    pub async fn data_save(
-        self: &Arc<Self>,
-        user: &str,
-        key: &str,
-        record: Map<String, Value>,
-    ) -> Result<(), StepError> {
-        let this = Arc::clone(self);
-        let path = self.path(Area::Data, user, key);
-        let key = key.to_owned();
-        blocking(move || {
-            let bytes = serde_json::to_vec(&record).map_err(io::Error::from)?;
-            if this.create_exclusive(&path, &bytes)? {
-                Ok(())
-            } else {
-                Err(StepError::KeyExists(key))
-            }
-        })
-        .await
-    }
-
-    pub async fn data_get(&self, user: &str, key: &str) -> Result<Map<String, Value>, StepError> {
-        let path = self.path(Area::Data, user, key);
-        let key = key.to_owned();
-        blocking(move || match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| StepError::Io(io::Error::from(e)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StepError::NotFound(key)),
-            Err(e) => Err(e.into()),
-        })
-        .await
-    }
-
-    pub async fn data_delete(&self, user: &str, key: &str) -> Result<(), StepError> {
-        let path = self.path(Area::Data, user, key);
-        let key = key.to_owned();
-        blocking(move || {
-            if not_found_ok(fs::remove_file(&path))? {
-                Ok(())
-            } else {
-                Err(StepError::NotFound(key))
-            }
-        })
-        .await
-    }
-
-    // ------------------------------------------------------------------ FILE
-
-    fn read_meta(&self, user: &str, key: &str) -> Result<Option<FileMeta>, StepError> {
-        match fs::read(self.path(Area::Meta, user, key)) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).map_err(io::Error::from)?,
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The upload slot for `(user, key)`: in memory, or reloaded from disk.
-    fn upload_slot(&self, user: &str, key: &str) -> Result<Option<UploadSlot>, StepError> {
-        let mut reg = lock(&self.registry);
-        self.upload_slot_locked(&mut reg, user, key)
-    }
-
-    fn upload_slot_locked(
-        &self,
-        reg: &mut Registry,
-        user: &str,
-        key: &str,
-    ) -> Result<Option<UploadSlot>, StepError> {
-        let id = id_of(user, key);
-        if let Some(slot) = reg.pending.get(&id).and_then(|p| p.slot.as_ref()) {
-            return Ok(Some(Arc::clone(slot)));
-        }
-        let dir = self.path(Area::Uploads, user, key);
-        if !dir.join(upload::PLAN).exists() {
-            // Gone from disk under us: forget it.
-            reg.pending.remove(&id);
-            return Ok(None);
-        }
-        let activity = match reg.pending.get(&id) {
-            Some(p) => Arc::clone(&p.activity),
-            None => Activity::new(0, SystemTime::now()),
-        };
-        match Upload::load(dir.clone(), activity) {
-            Ok(up) => {
-                info!(
-                    user,
-                    key,
-                    remaining = up.remaining(),
-                    "reloaded unfinished upload from disk"
-                );
-                let entry = Pending {
-                    planned: up.plan.size,
-                    activity: Arc::clone(&up.activity),
-                    slot: None,
-                };
-                let slot = Arc::new(Mutex::new(up));
-                reg.evict_idle();
-                reg.pending.insert(
-                    id,
-                    Pending {
-                        slot: Some(Arc::clone(&slot)),
-                        ..entry
-                    },
-                );
-                Ok(Some(slot))
-            }
-            Err(e) => {
-                warn!(user, key, error = %e, "discarding unreadable unfinished upload");
-                reg.pending.remove(&id);
-                upload::remove_dir(&dir)?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// FILE SAVE: plan an upload of `size` bytes in blocks of `block_size`.
-    pub async fn file_plan(
-        self: &Arc<Self>,
-        user: &str,
-        key: &str,
-        plan: PlanRecord,
-        resume: bool,
-    ) -> Result<PlanOutcome, StepError> {
-        let this = Arc::clone(self);
-        let (user, key) = (user.to_owned(), key.to_owned());
-        blocking(move || this.file_plan_blocking(&user, &key, plan, resume)).await
-    }
-
-    fn file_plan_blocking(
-        &self,
-        user: &str,
-        key: &str,
-        plan: PlanRecord,
-        resume: bool,
-    ) -> Result<PlanOutcome, StepError> {
-        if self.read_meta(user, key)?.is_some() {
-            return Err(StepError::KeyExists(key.to_owned()));
-        }
-        let id = id_of(user, key);
-        if resume && let Some(slot) = self.upload_slot(user, key)? {
-            let up = lock(&slot);
-            if matches!(up.phase, Phase::Receiving) && up.plan == plan {
-                up.activity.touch(SystemTime::now());
-                let missing = step_core::plan::to_ranges(up.missing());
-                return Ok(PlanOutcome {
-                    plan,
-                    missing,
-                    resumed: true,
-                    md5: None,
-                    upload_id: Some(up.id.clone()),
-                });
-            }
-        }
-        // Start over: whatever was there is superseded.
-        let dir = self.path(Area::Uploads, user, key);
-        let upload_id = {
-            let mut reg = lock(&self.registry);
-            if let Some(old) = reg.pending.remove(&id) {
-                Registry::discard(&old);
-            }
-            upload::remove_dir(&dir)?;
-            if plan.size == 0 {
-                drop(reg);
-                let md5 = self.complete_empty(user, key)?;
-                return Ok(PlanOutcome {
-                    plan,
-                    missing: Vec::new(),
-                    resumed: false,
-                    md5: Some(md5),
-                    upload_id: None,
-                });
-            }
-            // Per-user caps first: they stop one user from reserving the
-            // disk (or the inodes) with SAVEs alone.
-            let (count, planned) = reg
-                .pending
-                .iter()
-                .filter(|(other, _)| other.0 == id.0)
-                .fold((0u64, 0u64), |(n, b), (_, p)| {
-                    (n + 1, b.saturating_add(p.planned))
-                });
-            if count >= self.limits.max_unfinished_uploads_per_user {
-                return Err(StepError::Quota(format!(
-                    "{count} unfinished uploads already, the most one user may have; finish or delete one"
-                )));
-            }
-            if planned.saturating_add(plan.size) > self.limits.max_unfinished_bytes_per_user {
-                return Err(StepError::Quota(format!(
-                    "unfinished uploads would total {} bytes, above the {} one user may have",
-                    planned.saturating_add(plan.size),
-                    self.limits.max_unfinished_bytes_per_user
-                )));
-            }
-            // Refuse up front what cannot fit, with a clear NoSpace, instead
-            // of failing blocks later: the free space must hold this upload
-            // and what every unfinished upload was promised and has not
-            // written yet (their data files are sparse).
-            let promised = reg
-                .pending
-                .values()
-                .fold(0u64, |sum, p| sum.saturating_add(p.promised()));
-            if plan.size.saturating_add(promised) > self.available_space() {
-                return Err(StepError::NoSpace);
-            }
-            let up = match Upload::create(dir.clone(), plan) {
-                Ok(up) => up,
-                Err(e) => {
-                    // A directory without a plan is no upload: nobody could
-                    // delete what it holds.
-                    let _ = upload::remove_dir(&dir);
-                    return Err(e.into());
-                }
+            let Some(storage) = storage.upgrade() else {
+                return;
             };
-            let upload_id = up.id.clone();
-            reg.evict_idle();
-            reg.pending.insert(
-                id,
-                Pending {
-                    planned: plan.size,
-                    activity: Arc::clone(&up.activity),
-                    slot: Some(Arc::new(Mutex::new(up))),
-                },
-            );
-            upload_id
-        };
-        let total = plan.total();
-        Ok(PlanOutcome {
-            plan,
-            missing: vec![[0, total]],
-            resumed: false,
-            md5: None,
-            upload_id: Some(upload_id),
-        })
-    }
-
-    /// Bytes the server may still write on the store's file system;
-    /// unknown counts as unlimited (the writes will tell).
-    fn available_space(&self) -> u64 {
-        match rustix::fs::statvfs(&self.root) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
-            Err(_) => u64::MAX,
-        }
-    }
-
-    fn complete_empty(&self, user: &str, key: &str) -> Result<String, StepError> {
-        let (tmp, file) = self.temp_file()?;
-        file.sync_all()?;
-        let meta = FileMeta {
-            key: key.to_owned(),
-            size: 0,
-            md5: EMPTY_MD5.to_owned(),
-            upload_id: None,
-            completed_unix: api::unix_now(),
-        };
-        self.publish(user, key, &tmp, &meta, &[])?;
-        Ok(meta.md5)
-    }
-
-    /// Make `content` (already durable) the complete file `(user, key)`
-    /// described by `meta`, with its chunk checksums `crcs`. Content is
-    /// renamed first, then the checksums, then the meta: a crash in between
-    /// leaves an orphan content file (overwritten later) or checksums of no
-    /// file (removed at `open`); a crash that kept only the meta's rename
-    /// leaves a meta without content, which `open` removes.
-    fn publish(
-        &self,
-        user: &str,
-        key: &str,
-        content: &Path,
-        meta: &FileMeta,
-        crcs: &[u32],
-    ) -> Result<(), StepError> {
-        let dest = self.path(Area::Files, user, key);
-        let sums_dest = self.path(Area::Sums, user, key);
-        let meta_dest = self.path(Area::Meta, user, key);
-        for d in [&dest, &sums_dest, &meta_dest] {
-            if let Some(parent) = d.parent() {
-                fs::create_dir_all(parent)?;
+            match storage.sweep_expired(SystemTime::now()).await {
+                Ok(0) => {}
+                Ok(n) => info!(expired = n, "removed idle unfinished uploads"),
+                Err(e) => warn!(error = %e, "sweeping idle unfinished uploads failed"),
             }
         }
-        // Meta and checksums are written before anything moves: on a full
-        // disk this is the step that fails, and then nothing has changed (the
-        // upload keeps its data and completes on a retried block). Renames
-        // need no space.
-        let tmp = self.write_temp(&serde_json::to_vec(meta).map_err(io::Error::from)?)?;
-        let sums_tmp = match sums::encode(meta.size, &meta.md5, crcs)
-            .and_then(|bytes| self.write_temp(&bytes))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        let moved = fs::rename(content, &dest).and_then(|()| {
-            let placed =
-                fs::rename(&sums_tmp, &sums_dest).and_then(|()| fs::rename(&tmp, &meta_dest));
-            if placed.is_err() {
-                // Content without meta is not a file, and nothing would ever
-                // delete it: put it back.
-                let _ = fs::rename(&dest, content);
-                let _ = fs::remove_file(&sums_dest);
-            }
-            placed
-        });
-        if let Err(e) = moved {
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::remove_file(&sums_tmp);
-            return Err(e.into());
-        }
-        // The renames made durable together, before anyone is told the file
-        // is complete: one journal commit rather than one per rename. Should
-        // a crash keep the meta's rename but lose the content's, `open`
-        // removes that meta (`drop_orphan_metas`), as it always has.
-        for parent in [dest.parent(), sums_dest.parent(), meta_dest.parent()]
-            .into_iter()
-            .flatten()
-        {
-            sync_dir(parent)?;
-        }
-        Ok(())
-    }
-
-    /// UPLOAD, first half: the unfinished upload `key` refers to (408s).
-    pub async fn open_upload(
-        self: &Arc<Self>,
-        user: &str,
-        key: &str,
-    ) -> Result<UploadHandle, StepError> {
-        let this = Arc::clone(self);
-        let (user, key) = (user.to_owned(), key.to_owned());
-        blocking(move || {
-            if this.read_meta(&user, &key)?.is_some() {
-                return Err(StepError::AlreadyComplete(key));
-            }
-            match this.upload_slot(&user, &key)? {
-                Some(slot) => Ok(UploadHandle {
-                    store: Arc::clone(&this),
-                    user,
-                    key,
-                    slot,
-                }),
-                None => Err(StepError::NotPlanned(key)),
-            }
-        })
-        .await
-    }
-
-    /// FILE GET / DOWNLOAD: a complete file's metadata (404s).
-    pub async fn file_meta(self: &Arc<Self>, user: &str, key: &str) -> Result<FileMeta, StepError> {
-        let this = Arc::clone(self);
-        let (user, key) = (user.to_owned(), key.to_owned());
-        blocking(move || match this.read_meta(&user, &key)? {
-            Some(meta) => Ok(meta),
-            None if this.upload_slot(&user, &key)?.is_some() => Err(StepError::Unfinished(key)),
-            None => Err(StepError::NotFound(key)),
-        })
-        .await
-    }
-
-    /// Read `len` bytes at `offset` of the complete file `meta` describes,
-    /// checked against its chunk checksums: bytes that fail are refused with
-    /// [`StepError::Integrity`], never returned. Files stored before
-    /// checksums were kept are read unchecked.
-    pub async fn file_read(
-        &self,
-        user: &str,
-        meta: &FileMeta,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, StepError> {
-        let path = self.path(Area::Files, user, &meta.key);
-        let sums_path = self.path(Area::Sums, user, &meta.key);
-        let (user, meta) = (user.to_owned(), meta.clone());
-        blocking(move || {
-            let gone = || StepError::NotFound(meta.key.clone());
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
-                Err(e) => return Err(e.into()),
-            };
-            let side = match File::open(&sums_path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    debug!(%user, key = %meta.key, "no checksums kept for this file: served unverified");
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset)?;
-                    return Ok(Bytes::from(buf));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // The checksums must be this file's: opened after a DELETE and a
-            // new upload of the key, they describe another one.
-            if !sums::matches(&side, meta.size, &meta.md5)? {
-                return Err(gone());
-            }
-            let (first, start, end) = sums::covering(offset, len, meta.size);
-            let mut buf = vec![0u8; (end - start) as usize];
-            match file.read_exact_at(&mut buf, start) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    error!(%user, key = %meta.key, offset, "stored file is shorter than its meta says: block refused");
-                    return Err(StepError::Integrity(meta.key.clone()));
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if let Some(bad) = sums::verify(&side, first, &buf)? {
-                error!(%user, key = %meta.key, offset, chunk_offset = bad, "stored bytes fail their checksum: block refused");
-                return Err(StepError::Integrity(meta.key.clone()));
-            }
-            let from = (offset - start) as usize;
-            Ok(Bytes::from(buf).slice(from..from + len as usize))
-        })
-        .await
-    }
-
-    /// Remove the complete file `(user, key)`; false if there was none.
-    fn remove_file_of(&self, user: &str, key: &str) -> Result<bool, StepError> {
-        // Meta first: from that instant the file is no longer complete.
-        if !not_found_ok(fs::remove_file(self.path(Area::Meta, user, key)))? {
-            return Ok(false);
-        }
-        not_found_ok(fs::remove_file(self.path(Area::Files, user, key)))?;
-        not_found_ok(fs::remove_file(self.path(Area::Sums, user, key)))?;
-        Ok(true)
-    }
-
-    /// FILE DELETE. With `upload_id`, only that upload goes: the unfinished
-    /// upload with that id, or the complete file it produced; anything else
-    /// under the key is left alone ([`StepError::OtherUpload`]).
-    pub async fn file_delete(
-        self: &Arc<Self>,
-        user: &str,
-        key: &str,
-        upload_id: Option<&str>,
-    ) -> Result<Deleted, StepError> {
-        let this = Arc::clone(self);
-        let (user, key) = (user.to_owned(), key.to_owned());
-        let upload_id = upload_id.map(str::to_owned);
-        blocking(move || match upload_id {
-            Some(want) => this.delete_upload_blocking(&user, &key, &want),
-            None => this.delete_blocking(&user, &key),
-        })
-        .await
-    }
-
-    fn delete_blocking(&self, user: &str, key: &str) -> Result<Deleted, StepError> {
-        if self.remove_file_of(user, key)? {
-            return Ok(Deleted::File);
-        }
-        let mut reg = lock(&self.registry);
-        let known = reg.pending.remove(&id_of(user, key));
-        if let Some(old) = &known {
-            Registry::discard(old);
-        }
-        let dir = self.path(Area::Uploads, user, key);
-        let on_disk = dir.exists();
-        upload::remove_dir(&dir)?;
-        if known.is_some() || on_disk {
-            Ok(Deleted::UnfinishedUpload)
-        } else {
-            Err(StepError::NotFound(key.to_owned()))
-        }
-    }
-
-    /// DELETE scoped to one upload. Decided and done under the registry
-    /// lock and the upload's own lock, which completion holds while it
-    /// publishes: a completion cannot slip in between the check and the
-    /// delete, and a new SAVE of the key waits for both.
-    fn delete_upload_blocking(
-        &self,
-        user: &str,
-        key: &str,
-        want: &str,
-    ) -> Result<Deleted, StepError> {
-        let mut reg = lock(&self.registry);
-        let slot = self.upload_slot_locked(&mut reg, user, key)?;
-        let up = slot.as_ref().map(|s| lock(s));
-        if let Some(meta) = self.read_meta(user, key)? {
-            if meta.upload_id.as_deref() != Some(want) {
-                return Err(StepError::OtherUpload(key.to_owned()));
-            }
-            self.remove_file_of(user, key)?;
-            return Ok(Deleted::File);
-        }
-        let Some(mut up) = up else {
-            return Err(StepError::NotFound(key.to_owned()));
-        };
-        if !matches!(up.phase, Phase::Receiving) {
-            // Completed and deleted, or discarded, just now: nothing there.
-            return Err(StepError::NotFound(key.to_owned()));
-        }
-        if up.id != want {
-            return Err(StepError::OtherUpload(key.to_owned()));
-        }
-        up.phase = Phase::Discarded;
-        drop(up);
-        reg.pending.remove(&id_of(user, key));
-        upload::remove_dir(&self.path(Area::Uploads, user, key))?;
-        Ok(Deleted::UnfinishedUpload)
-    }
-}
-
-/// An unfinished upload that blocks can be written to.
-#[derive(Debug)]
-pub struct UploadHandle {
-    store: Arc<Store>,
-    user: String,
-    key: String,
-    slot: UploadSlot,
-}
-
-impl UploadHandle {
-    /// UPLOAD, second half: check and write one block. Returns the file's md5
-    /// when this block completed it. With `upload_id`, the block is refused
-    /// unless it names the upload it would go into: checked under the same
-    /// lock as the write, so blocks of two uploads of one key never mix.
-    pub async fn put_block(
-        self,
-        index: i64,
-        data: Bytes,
-        upload_id: Option<String>,
-    ) -> Result<Option<String>, StepError> {
-        blocking(move || self.put_block_blocking(index, &data, upload_id.as_deref())).await
-    }
-
-    fn put_block_blocking(
-        &self,
-        index: i64,
-        data: &Bytes,
-        upload_id: Option<&str>,
-    ) -> Result<Option<String>, StepError> {
-        let mut up = lock(&self.slot);
-        match &up.phase {
-            Phase::Receiving => {}
-            Phase::Complete => return Err(StepError::AlreadyComplete(self.key.clone())),
-            Phase::Discarded => return Err(StepError::NotPlanned(self.key.clone())),
-        }
-        if upload_id.is_some_and(|want| want != up.id) {
-            return Err(StepError::Superseded(self.key.clone()));
-        }
-        let index = up.check_block(index, data.len() as u64)?;
-        // In use: the sweeper leaves it alone for another expiry period.
-        up.activity.touch(SystemTime::now());
-        if !up.write_block_shared(index, data)? {
-            return Ok(None);
-        }
-        let (md5, crcs) = up.finish_digests()?;
-        up.sync_data()?;
-        let meta = FileMeta {
-            key: self.key.clone(),
-            size: up.plan.size,
-            md5: md5.clone(),
-            upload_id: Some(up.id.clone()),
-            completed_unix: api::unix_now(),
-        };
-        self.store
-            .publish(&self.user, &self.key, &up.data_path(), &meta, &crcs)?;
-        upload::remove_dir(&up.dir)?;
-        up.phase = Phase::Complete;
-        // Lock order is registry, then slot: release the slot first.
-        drop(up);
-        let id = id_of(&self.user, &self.key);
-        let mut reg = lock(&self.store.registry);
-        if reg
-            .pending
-            .get(&id)
-            .and_then(|p| p.slot.as_ref())
-            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
-        {
-            reg.pending.remove(&id);
-        }
-        info!(user = %self.user, key = %self.key, size = meta.size, md5 = %md5, "file complete");
-        Ok(Some(md5))
-    }
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use serde_json::{Map, Value};
+    use tokio::sync::mpsc;
 
-    async fn complete(store: &Arc<Store>, user: &str, key: &str, body: &[u8]) -> FileMeta {
-        let plan = PlanRecord {
-            size: body.len() as u64,
-            block_size: 20480,
-        };
-        store.file_plan(user, key, plan, false).await.expect("plan");
-        for (i, block) in body.chunks(20480).enumerate() {
-            let up = store.open_upload(user, key).await.expect("open");
-            up.put_block(i as i64, Bytes::copy_from_slice(block), None)
+    /// A storage that only reports its sweeps.
+    #[derive(Debug)]
+    struct Sweeps(mpsc::UnboundedSender<()>);
+
+    #[async_trait]
+    impl Storage for Sweeps {
+        async fn record_create(&self, _: &str, _: &str, _: Map<String, Value>) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn record_get(&self, _: &str, _: &str) -> StoreResult<Map<String, Value>> {
+            Err(StoreError::NotFound)
+        }
+        async fn record_delete(&self, _: &str, _: &str) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn plan_upload(
+            &self,
+            _: &str,
+            _: &str,
+            _: PlanRecord,
+            _: bool,
+        ) -> StoreResult<PlanOutcome> {
+            Err(StoreError::NotFound)
+        }
+        async fn open_upload(&self, _: &str, _: &str) -> StoreResult<Box<dyn UploadWriter>> {
+            Err(StoreError::NotPlanned)
+        }
+        async fn head(&self, _: &str, _: &str) -> StoreResult<FileMeta> {
+            Err(StoreError::NotFound)
+        }
+        async fn read(&self, _: &str, _: &FileMeta, _: u64, _: u64) -> StoreResult<Bytes> {
+            Err(StoreError::NotFound)
+        }
+        async fn delete_file(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Deleted> {
+            Err(StoreError::NotFound)
+        }
+        async fn list_files(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> StoreResult<ListPage> {
+            Err(StoreError::NotFound)
+        }
+        fn unfinished_stats(&self) -> UnfinishedStats {
+            UnfinishedStats::default()
+        }
+        async fn sweep_expired(&self, _: SystemTime) -> StoreResult<usize> {
+            let _ = self.0.send(());
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_sweeps_any_storage_until_its_holder_lets_go() {
+        let bound = Duration::from_secs(10);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let storage: Arc<dyn Storage> = Arc::new(Sweeps(tx));
+        let sweeper = spawn_sweeper(&storage, Duration::from_millis(5)).expect("in a runtime");
+        for _ in 0..3 {
+            tokio::time::timeout(bound, rx.recv())
                 .await
-                .expect("block");
+                .expect("a sweep each period")
+                .expect("sweeper alive");
         }
-        store.file_meta(user, key).await.expect("complete")
+        drop(storage);
+        // The next tick finds the storage gone and ends the task, which
+        // drops the last sender and so closes the channel.
+        tokio::time::timeout(bound, sweeper)
+            .await
+            .expect("the sweeper stops")
+            .expect("cleanly");
+        while let Ok(Some(())) = tokio::time::timeout(bound, rx.recv()).await {}
+        assert!(rx.is_closed());
     }
 
-    #[tokio::test]
-    async fn checksums_that_describe_no_complete_file_are_dropped_at_open() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let root = tmp.path().join("store");
-        let body: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
-        let other: Vec<u8> = body.iter().map(|b| b ^ 0x5A).collect();
-        {
-            let store = Store::open(&root).expect("open");
-            let meta = complete(&store, "u", "a", &body).await;
-            assert!(meta.upload_id.is_some());
-            complete(&store, "u", "b", &other).await;
-        }
-        let sums_a = root.join("sums/u/a");
-        let sums_b = root.join("sums/u/b");
-        // A crash kept b's old sidecar under a (another file's sums), and
-        // left a sidecar for a key whose meta never landed.
-        fs::copy(&sums_b, &sums_a).expect("copy");
-        fs::copy(&sums_b, root.join("sums/u/ghost")).expect("copy");
-        let store = Store::open(&root).expect("reopen");
-        assert!(!sums_a.exists(), "a's mismatched sidecar is removed");
-        assert!(
-            !root.join("sums/u/ghost").exists(),
-            "a stray sidecar is removed"
-        );
-        assert!(sums_b.exists(), "b's own sidecar stays");
-        // a is served unverified (and right), never refused for b's sums.
-        let meta = store.file_meta("u", "a").await.expect("meta");
-        let got = store
-            .file_read("u", &meta, 20480, 20480)
-            .await
-            .expect("read");
-        assert_eq!(got.as_ref(), &body[20480..40960]);
-        // b is still checked.
-        let meta = store.file_meta("u", "b").await.expect("meta");
-        let got = store
-            .file_read("u", &meta, 40960, 50_000 - 40960)
-            .await
-            .expect("read");
-        assert_eq!(got.as_ref(), &other[40960..]);
-    }
-
-    #[tokio::test]
-    async fn a_meta_from_before_upload_ids_never_matches_a_scoped_delete() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let store = Store::open(tmp.path().join("store")).expect("open");
-        complete(&store, "u", "old", b"hello").await;
-        // Rewrite the meta as an older server wrote it: no upload_id.
-        let meta_path = store.path(Area::Meta, "u", "old");
-        let mut meta: serde_json::Value =
-            serde_json::from_slice(&fs::read(&meta_path).expect("read")).expect("json");
-        let id = meta["upload_id"].as_str().expect("id").to_owned();
-        meta.as_object_mut().expect("object").remove("upload_id");
-        fs::write(&meta_path, serde_json::to_vec(&meta).expect("json")).expect("write");
-        assert!(matches!(
-            store.file_delete("u", "old", Some(&id)).await,
-            Err(StepError::OtherUpload(_))
-        ));
-        assert_eq!(
-            store.file_delete("u", "old", None).await.expect("delete"),
-            Deleted::File
-        );
-        assert!(
-            !store.path(Area::Sums, "u", "old").exists(),
-            "sums go with the file"
-        );
+    #[test]
+    fn sweep_period_is_a_quarter_expiry_within_bounds() {
+        let period = |secs| {
+            StoreLimits {
+                upload_expiry: Duration::from_secs(secs),
+                ..StoreLimits::default()
+            }
+            .sweep_period()
+        };
+        assert_eq!(period(1), Duration::from_secs(1));
+        assert_eq!(period(100), Duration::from_secs(25));
+        assert_eq!(period(86_400), Duration::from_secs(60));
     }
 }

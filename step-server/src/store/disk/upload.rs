@@ -20,9 +20,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use step_core::plan::{block_len, total_blocks};
 
-use super::api::PlanRecord;
-use super::sums::ChunkSums;
-use crate::error::StepError;
+use crate::store::api::PlanRecord;
+use crate::store::sums::ChunkSums;
 
 pub const DATA: &str = "data";
 /// Written bytes after which a background flush starts. Small enough that
@@ -360,21 +359,10 @@ impl Upload {
         (0..self.plan.total()).filter(|i| !self.is_received(*i))
     }
 
-    /// Check `index` and `len` against the plan (reference order: 405, 410, 406).
-    pub fn check_block(&self, index: i64, len: u64) -> Result<u64, StepError> {
-        let total = self.plan.total();
-        if index >= 0 && index as u64 >= total {
-            return Err(StepError::IndexTooLarge);
-        }
-        if index < 0 {
-            return Err(StepError::IndexNegative);
-        }
-        let index = index as u64;
-        let expected = block_len(self.plan.size, self.plan.block_size, index).unwrap_or(0);
-        if len != expected {
-            return Err(StepError::BlockSize { expected, got: len });
-        }
-        Ok(index)
+    /// Whether block `index` of `len` bytes is one of this plan's blocks
+    /// (the service checked it; this guards the data file).
+    pub fn fits(&self, index: u64, len: u64) -> bool {
+        block_len(self.plan.size, self.plan.block_size, index) == Some(len)
     }
 
     /// Write one checked block. Returns true when it was the last one missing.
@@ -505,7 +493,7 @@ mod tests {
             let mut data = vec![0; self.plan.size as usize];
             self.data.read_exact_at(&mut data, 0).expect("read back");
             let want: Vec<u32> = data
-                .chunks(super::super::sums::CHUNK as usize)
+                .chunks(crate::store::sums::CHUNK as usize)
                 .map(crc32c::crc32c)
                 .collect();
             assert_eq!(sums, want, "chunk CRCs of the whole file");
@@ -534,10 +522,8 @@ mod tests {
                 assert!(!done, "completed early");
                 let start = (i * 100) as usize;
                 let end = (start + 100).min(body.len());
-                let idx = up
-                    .check_block(i as i64, (end - start) as u64)
-                    .expect("check");
-                done = up.write_block(idx, &body[start..end]).expect("write");
+                assert!(up.fits(i, (end - start) as u64));
+                done = up.write_block(i, &body[start..end]).expect("write");
             }
             assert!(done);
             assert_eq!(up.finish_md5(), md5(&body), "order {order:?}");
@@ -598,35 +584,5 @@ mod tests {
         assert_eq!(up.remaining(), 0);
         assert_eq!(activity.received.load(Ordering::Relaxed), 450);
         assert_eq!(up.finish_md5(), md5(&body));
-    }
-
-    #[test]
-    fn checks_follow_reference_order() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let up = Upload::create(
-            tmp.path().join("u"),
-            PlanRecord {
-                size: 250,
-                block_size: 100,
-            },
-        )
-        .expect("c");
-        assert!(matches!(
-            up.check_block(3, 100),
-            Err(StepError::IndexTooLarge)
-        ));
-        assert!(matches!(
-            up.check_block(-1, 100),
-            Err(StepError::IndexNegative)
-        ));
-        assert!(matches!(
-            up.check_block(0, 99),
-            Err(StepError::BlockSize { .. })
-        ));
-        assert!(matches!(
-            up.check_block(2, 100),
-            Err(StepError::BlockSize { .. })
-        ));
-        assert_eq!(up.check_block(2, 50).expect("ok"), 2);
     }
 }
