@@ -23,6 +23,7 @@
 //! promised to them, and a sweeper can expire the idle ones.
 
 pub mod api;
+pub mod object;
 mod names;
 mod sums;
 mod upload;

@@ -1,0 +1,1383 @@
+//! [`ObjectStorage`]: the [`Storage`] interface over any
+//! [`object_store::ObjectStore`] (AWS S3 and S3-compatible servers such as
+//! Garage; `object_store`'s in-memory store for fast tests), under a key
+//! prefix. Everything lives in the bucket; nothing is kept locally but
+//! caches, so a second instance on an empty directory serves every file and
+//! resumes every unfinished upload.
+//!
+//! # Layout under the prefix
+//!
+//! ```text
+//! rec/<user>/<key>                   DATA record (JSON), create-only
+//! meta/<user>/<key>                  complete file's FileMeta (JSON): THE completion marker
+//! file/<user>/<key>/<upload_id>      complete file's content (absent for size 0)
+//! up/<user>/<key>/state              unfinished upload: id, plan (JSON)
+//! up/<user>/<key>/b-<upload_id>/<i>  block i of that upload, staged as its own object
+//! ```
+//!
+//! `<user>` and `<key>` are encoded ([`user_seg`], [`key_seg`]) into
+//! segments of lowercase letters only — nothing `object_store`'s `Path`
+//! rejects or escapes, never `.`/`..`, never empty. Key segments preserve
+//! byte order and prefixes (a hex variant), so LIST of `meta/<user>/`
+//! returns files in key order and a key prefix is a segment prefix; keys
+//! over 256 bytes keep their first 256 bytes in order and end in a hash (S3
+//! keys are limited to 1024 bytes), and the listing re-sorts those few by
+//! their real key (see [`Inner::list_files`]).
+//!
+//! # What decides what
+//!
+//! Existence is never decided by LIST (Garage may show deleted keys) nor by
+//! conditional PUTs (Garage ignores them): "first SAVE wins", create-only
+//! records and "exactly one completion" are decided under an in-process
+//! per-key async lock, then checked with a HEAD/GET of a known object. This
+//! holds for one instance per bucket and prefix. LIST serves only listings,
+//! finding which blocks are staged when an upload is reloaded (a block LIST
+//! misses just shows as missing, and the client sends it again), and upkeep.
+//!
+//! A file is complete exactly when its meta object exists. Completion writes
+//! the content first (one PUT, or a multipart upload completed in one
+//! request), then the meta, then removes the upload's state and staged
+//! blocks. A crash before the meta leaves content nobody points at (under a
+//! fresh `upload_id`, so it never replaces a file; removed with the key on
+//! DELETE) and an upload whose blocks are all staged: the next SAVE-resume or
+//! block completes it. A crash after the meta leaves a stale upload state,
+//! dropped when the key is next loaded. An abandoned multipart upload is
+//! aborted on error; one cut off by a crash is invisible and should be
+//! reaped by the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
+//!
+//! # Blocks and S3's part rules
+//!
+//! Every block is acknowledged only once durable: it is PUT as its own
+//! object (repeats of a staged block are not written again). At completion
+//! the staged blocks are read back in order (8 GETs in flight) and written
+//! as the file: with one PUT when the file is at most [`PART_MIN`], else
+//! with a multipart upload whose parts are runs of consecutive blocks of at
+//! least [`PART_MIN`] bytes (8 MiB, raised for files over 80 GB so there
+//! are never more than ~9,000 parts; only the last part is smaller), which
+//! is within AWS's rules (≥ 5 MiB but the last, ≤ 10,000 parts) and does
+//! not depend on Garage's looser ones. The md5 (and nothing else) is
+//! computed over the content as it streams through, so it needs no saved
+//! state and survives any restart; S3's ETag is never used as an md5.
+//!
+//! # Cost per byte of content (measured by the tests, see
+//! `bytes_crossing_and_written_per_content_byte`)
+//!
+//! | | in order | out of order / repeated |
+//! |---|---|---|
+//! | server → store (PUT) | 2 (staged block, then file) | 2 |
+//! | store → server (GET) | 1 (read back at completion) | 1 |
+//! | written by the store | 2 (then the staged copy is deleted) | 2 |
+//!
+//! Repeats of a block already staged cost nothing more (not re-PUT). The
+//! order makes no difference in this design: the price is paid at
+//! completion, which for a large file takes about as long again as the
+//! upload itself. Not done yet: coalescing progressively (PUTting parts of a
+//! multipart upload as contiguous runs of ≥ 8 MiB complete, which would
+//! make in-order uploads cost 1 PUT per byte plus the part of the tail);
+//! that needs the md5 of the prefix to survive a restart, i.e. a saved hash
+//! state, which md-5 0.10 (this workspace) cannot export — md-5 0.11 can.
+//!
+//! # Integrity of ranged reads
+//!
+//! Unlike the disk store, no per-4-KiB checksums are kept: a ranged read is
+//! a ranged GET, checked only for its length. Whole downloads are verified
+//! against the md5 by the gateway and clients; S3 itself checksums objects
+//! at rest.
+//!
+//! # Accounting
+//!
+//! Unfinished uploads are accounted for in memory (planned and received
+//! bytes, last activity) for [`Storage::unfinished_stats`], per-user caps and
+//! expiry. A fresh instance learns about uploads already in the bucket with
+//! one LIST of `up/` (and a GET per upload state) before its first SAVE,
+//! block or DELETE, or at the first sweep — so stats read before that are
+//! those of this instance only. Idle time after a restart comes from the
+//! objects' `last_modified`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use step_core::digest::EMPTY_MD5;
+use step_core::plan::{block_len, to_ranges, total_blocks};
+use tracing::{info, warn};
+
+use super::StoreLimits;
+use super::api::{
+    Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError, StoreResult,
+    UnfinishedStats, UploadWriter, unix_now,
+};
+
+/// Smallest multipart part written (AWS requires 5 MiB but for the last).
+pub const PART_MIN: u64 = 8 << 20;
+/// Parts per file at most (AWS allows 10,000).
+const MAX_PARTS: u64 = 9_000;
+/// Staged blocks read back concurrently during completion.
+const READ_AHEAD: usize = 8;
+/// Multipart parts in flight at once during completion.
+const PARTS_IN_FLIGHT: usize = 3;
+/// Key bytes kept in order in a key's segment; longer keys end in a hash.
+const KEY_ORDERED_BYTES: usize = 256;
+/// Users up to this many bytes are kept readable-ish; longer ones hashed.
+const USER_PLAIN_BYTES: usize = 64;
+/// Metadata objects fetched concurrently by a listing.
+const LIST_FETCH: usize = 16;
+
+// ------------------------------------------------------------------ names
+
+/// Order-preserving hex with the alphabet `b..=q`: every byte is two
+/// letters, so byte order is string order; `a` (below) and `x`, `z` (above)
+/// stay free for bounds and markers.
+fn nibbles(bytes: &[u8], out: &mut String) {
+    for b in bytes {
+        out.push(char::from(b'b' + (b >> 4)));
+        out.push(char::from(b'b' + (b & 0x0f)));
+    }
+}
+
+/// A user's path segment (injective; order does not matter for users).
+fn user_seg(user: &str) -> String {
+    let mut out = String::with_capacity(1 + 2 * USER_PLAIN_BYTES);
+    if user.len() <= USER_PLAIN_BYTES {
+        out.push('u');
+        nibbles(user.as_bytes(), &mut out);
+    } else {
+        out.push('x');
+        nibbles(&Sha256::digest(user.as_bytes()), &mut out);
+    }
+    out
+}
+
+/// The part of a key segment that sorts: `k` and the first
+/// [`KEY_ORDERED_BYTES`] bytes of `key`.
+fn key_seg_ordered(key: &[u8]) -> String {
+    let head = &key[..key.len().min(KEY_ORDERED_BYTES)];
+    let mut out = String::with_capacity(2 + 2 * head.len() + 64);
+    out.push('k');
+    nibbles(head, &mut out);
+    out
+}
+
+/// A key's path segment: injective, in key order for keys up to
+/// [`KEY_ORDERED_BYTES`]; longer keys sharing those first bytes form a
+/// group (`<ordered>x<hash>`) that sorts after all of them but in hash order.
+fn key_seg(key: &str) -> String {
+    let mut out = key_seg_ordered(key.as_bytes());
+    if key.len() > KEY_ORDERED_BYTES {
+        out.push('x');
+        nibbles(&Sha256::digest(key.as_bytes()), &mut out);
+    }
+    out
+}
+
+/// An upload's identity: its encoded user and key.
+type Id = (String, String);
+
+#[derive(Debug, Clone)]
+struct Names {
+    user: String,
+    key: String,
+    us: String,
+    ks: String,
+}
+
+impl Names {
+    fn new(user: &str, key: &str) -> Names {
+        Names {
+            user: user.to_owned(),
+            key: key.to_owned(),
+            us: user_seg(user),
+            ks: key_seg(key),
+        }
+    }
+
+    fn id(&self) -> Id {
+        (self.us.clone(), self.ks.clone())
+    }
+}
+
+// ------------------------------------------------------------------ errors
+
+/// The one place `object_store` errors become [`StoreError`]s.
+fn store_err(e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound,
+        // HTTP failures after retries: connection refused, 5xx, timeouts.
+        object_store::Error::Generic { .. } => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Other(Box::new(other)),
+    }
+}
+
+fn other(msg: impl Into<String>) -> StoreError {
+    StoreError::Other(msg.into().into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// ------------------------------------------------------------------ state
+
+/// An unfinished upload as kept in the bucket (`up/<user>/<key>/state`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UploadState {
+    upload_id: String,
+    size: u64,
+    block_size: u64,
+    user: String,
+    key: String,
+    #[serde(default)]
+    created_unix: u64,
+}
+
+/// An unfinished upload as known in memory.
+#[derive(Debug)]
+struct Upload {
+    id: String,
+    plan: PlanRecord,
+    received: Vec<bool>,
+    remaining: u64,
+}
+
+impl Upload {
+    fn missing(&self) -> Vec<[u64; 2]> {
+        to_ranges(
+            self.received
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !**r)
+                .map(|(i, _)| i as u64),
+        )
+    }
+}
+
+/// What one key holds, guarded by the key's async lock: the lock that
+/// serialises SAVE, completion and DELETE of that key (its whole point; the
+/// object I/O done under it is that key's own).
+#[derive(Debug, Default)]
+struct KeyState {
+    /// `upload` reflects the bucket (loaded since this entry was made).
+    loaded: bool,
+    upload: Option<Upload>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<KeyState>>;
+
+/// Accounting of one unfinished upload (kept apart from the key locks so
+/// that stats never wait for I/O).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    planned: u64,
+    received: u64,
+    last_ms: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    limits: StoreLimits,
+    files: Mutex<HashMap<Id, Slot>>,
+    records: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
+    pending: Mutex<HashMap<Id, Pending>>,
+    /// Uploads already in the bucket have been accounted for.
+    scanned: tokio::sync::OnceCell<()>,
+}
+
+/// The [`Storage`] interface on an object store; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ObjectStorage {
+    inner: Arc<Inner>,
+}
+
+impl ObjectStorage {
+    /// Storage on `store` under `prefix` (`""` for the bucket's root).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, limits: StoreLimits) -> ObjectStorage {
+        ObjectStorage {
+            inner: Arc::new(Inner {
+                store,
+                root: Path::from(prefix),
+                limits,
+                files: Mutex::new(HashMap::new()),
+                records: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                scanned: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// On a fresh `object_store` in-memory store (tests).
+    pub fn in_memory() -> ObjectStorage {
+        Self::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            StoreLimits::default(),
+        )
+    }
+
+    /// Account for the unfinished uploads already in the bucket now rather
+    /// than before the first request that needs it.
+    pub async fn recover(&self) -> StoreResult<()> {
+        self.inner.ensure_scanned().await
+    }
+
+    /// The object store underneath.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+}
+
+/// What a LIST of `up/` found for one key.
+#[derive(Debug, Default)]
+struct ScannedKey {
+    state: Option<(Path, u64)>,
+    /// Per upload id: its staged blocks' paths, bytes, newest change (ms).
+    blocks: HashMap<String, (Vec<Path>, u64, u64)>,
+}
+
+impl Inner {
+    // -------------------------------------------------------------- paths
+
+    fn path(&self, parts: &[&str]) -> Path {
+        let mut p = self.root.clone();
+        for part in parts {
+            p = p.clone().join(*part);
+        }
+        p
+    }
+
+    fn rec_path(&self, n: &Names) -> Path {
+        self.path(&["rec", &n.us, &n.ks])
+    }
+    fn meta_dir(&self, us: &str) -> Path {
+        self.path(&["meta", us])
+    }
+    fn meta_path(&self, n: &Names) -> Path {
+        self.path(&["meta", &n.us, &n.ks])
+    }
+    fn content_dir(&self, n: &Names) -> Path {
+        self.path(&["file", &n.us, &n.ks])
+    }
+    fn content_path(&self, n: &Names, upload_id: &str) -> Path {
+        self.path(&["file", &n.us, &n.ks, upload_id])
+    }
+    fn state_path(&self, n: &Names) -> Path {
+        self.path(&["up", &n.us, &n.ks, "state"])
+    }
+    fn blocks_dir(&self, n: &Names, upload_id: &str) -> Path {
+        self.path(&["up", &n.us, &n.ks, &format!("b-{upload_id}")])
+    }
+    fn block_path(&self, n: &Names, upload_id: &str, index: u64) -> Path {
+        self.path(&[
+            "up",
+            &n.us,
+            &n.ks,
+            &format!("b-{upload_id}"),
+            &index.to_string(),
+        ])
+    }
+
+    // -------------------------------------------------------------- object I/O
+
+    async fn get_bytes(&self, path: &Path) -> StoreResult<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(store_err)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> StoreResult<Option<T>> {
+        match self.get_bytes(path).await? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| other(format!("corrupt object {path}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_json<T: Serialize>(&self, path: &Path, value: &T) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Other(Box::new(e)))?;
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn exists(&self, path: &Path) -> StoreResult<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn delete_paths(&self, paths: Vec<Path>) -> StoreResult<()> {
+        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let mut deleted = self.store.delete_stream(stream);
+        while let Some(r) = deleted.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete every object under `dir` (found by LIST: what it misses is
+    /// left for the sweep).
+    async fn delete_dir(&self, dir: &Path) -> StoreResult<()> {
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(store_err)?;
+        self.delete_paths(paths).await
+    }
+
+    // -------------------------------------------------------------- key slots
+
+    fn file_slot(&self, id: &Id) -> Slot {
+        Arc::clone(lock(&self.files).entry(id.clone()).or_default())
+    }
+
+    /// Forget a key's slot once nobody uses it and it holds no upload (the
+    /// bucket stays the truth; the slot is reloaded when needed).
+    fn release_slot(&self, id: &Id, slot: Slot) {
+        let mut files = lock(&self.files);
+        // Clones are made only under `files`: two references (the map's and
+        // ours) mean nobody else holds it, nor can get it now.
+        if Arc::strong_count(&slot) == 2
+            && let Ok(st) = slot.try_lock()
+            && st.upload.is_none()
+            && files.get(id).is_some_and(|s| Arc::ptr_eq(s, &slot))
+        {
+            drop(st);
+            files.remove(id);
+        }
+    }
+
+    fn record_lock(&self, id: &Id) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(lock(&self.records).entry(id.clone()).or_default())
+    }
+
+    fn release_record_lock(&self, id: &Id, l: Arc<tokio::sync::Mutex<()>>) {
+        let mut records = lock(&self.records);
+        if Arc::strong_count(&l) == 2 && files_ptr_eq(records.get(id), &l) {
+            records.remove(id);
+        }
+    }
+
+    // -------------------------------------------------------------- accounting
+
+    async fn ensure_scanned(&self) -> StoreResult<()> {
+        self.scanned
+            .get_or_try_init(|| async {
+                let found = self.scan().await?;
+                let mut accounted = 0;
+                for ((us, ks), k) in found {
+                    let Some((state_path, state_ms)) = k.state else {
+                        continue;
+                    };
+                    let Some(state) = self.get_json::<UploadState>(&state_path).await? else {
+                        continue;
+                    };
+                    let (received, last) = k
+                        .blocks
+                        .get(&state.upload_id)
+                        .map_or((0, 0), |b| (b.1, b.2));
+                    lock(&self.pending)
+                        .entry((us, ks))
+                        .or_insert(Pending {
+                            planned: state.size,
+                            received,
+                            last_ms: last.max(state_ms),
+                        });
+                    accounted += 1;
+                }
+                if accounted > 0 {
+                    info!(uploads = accounted, "accounted for unfinished uploads in the bucket");
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// One LIST of `up/`: every upload state and staged block.
+    async fn scan(&self) -> StoreResult<HashMap<Id, ScannedKey>> {
+        let up = self.path(&["up"]);
+        let prefix_parts = up.parts().count();
+        let mut found: HashMap<Id, ScannedKey> = HashMap::new();
+        let mut list = self.store.list(Some(&up));
+        while let Some(m) = list.next().await {
+            let m = m.map_err(store_err)?;
+            let parts: Vec<String> = m
+                .location
+                .parts()
+                .skip(prefix_parts)
+                .map(|p| p.as_ref().to_owned())
+                .collect();
+            let ms = u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0);
+            match parts.as_slice() {
+                [us, ks, state] if state == "state" => {
+                    found.entry((us.clone(), ks.clone())).or_default().state =
+                        Some((m.location, ms));
+                }
+                [us, ks, dir, _index] if dir.starts_with("b-") => {
+                    let e = found
+                        .entry((us.clone(), ks.clone()))
+                        .or_default()
+                        .blocks
+                        .entry(dir[2..].to_owned())
+                        .or_default();
+                    e.0.push(m.location);
+                    e.1 += m.size;
+                    e.2 = e.2.max(ms);
+                }
+                _ => warn!(path = %m.location, "unexpected object under up/"),
+            }
+        }
+        Ok(found)
+    }
+
+    fn touch(&self, id: &Id, received_more: u64) {
+        if let Some(p) = lock(&self.pending).get_mut(id) {
+            p.received += received_more;
+            p.last_ms = unix_ms(SystemTime::now());
+        }
+    }
+
+    // -------------------------------------------------------------- uploads
+
+    /// Bring a key's slot up to date with the bucket, once.
+    async fn load(&self, n: &Names, st: &mut KeyState) -> StoreResult<()> {
+        if st.loaded {
+            return Ok(());
+        }
+        let Some(state) = self.get_json::<UploadState>(&self.state_path(n)).await? else {
+            st.upload = None;
+            st.loaded = true;
+            lock(&self.pending).remove(&n.id());
+            return Ok(());
+        };
+        if self.exists(&self.meta_path(n)).await? {
+            // Completion got as far as the meta: the rest is leftovers.
+            info!(user = %n.user, key = %n.key, "removing the leftovers of a completed upload");
+            self.discard(n, &state.upload_id).await?;
+            st.upload = None;
+            st.loaded = true;
+            return Ok(());
+        }
+        let plan = PlanRecord {
+            size: state.size,
+            block_size: state.block_size,
+        };
+        let total = total_blocks(plan.size, plan.block_size);
+        let mut received = vec![false; usize::try_from(total).map_err(|_| other("plan too large"))?];
+        let mut remaining = total;
+        let mut bytes = 0;
+        let mut last = 0;
+        let mut list = self.store.list(Some(&self.blocks_dir(n, &state.upload_id)));
+        while let Some(m) = list.next().await {
+            let m = m.map_err(store_err)?;
+            let Some(index) = m.location.filename().and_then(|f| f.parse::<u64>().ok()) else {
+                continue;
+            };
+            // A block of the wrong length is not this plan's: sent again.
+            if block_len(plan.size, plan.block_size, index) == Some(m.size)
+                && let Some(r) = received.get_mut(index as usize)
+                && !*r
+            {
+                *r = true;
+                remaining -= 1;
+                bytes += m.size;
+                last = last.max(u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0));
+            }
+        }
+        info!(user = %n.user, key = %n.key, remaining, "loaded unfinished upload from the bucket");
+        lock(&self.pending).entry(n.id()).or_insert(Pending {
+            planned: plan.size,
+            received: bytes,
+            last_ms: last.max(state.created_unix.saturating_mul(1000)),
+        });
+        st.upload = Some(Upload {
+            id: state.upload_id,
+            plan,
+            received,
+            remaining,
+        });
+        st.loaded = true;
+        Ok(())
+    }
+
+    /// Remove an upload's state (first: from then on it is gone) and its
+    /// staged blocks.
+    async fn discard(&self, n: &Names, upload_id: &str) -> StoreResult<()> {
+        lock(&self.pending).remove(&n.id());
+        match self.store.delete(&self.state_path(n)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        self.delete_dir(&self.blocks_dir(n, upload_id)).await
+    }
+
+    /// Make the upload in `st` (all blocks staged) the complete file: content,
+    /// then meta, then cleanup. Called under the key's lock.
+    async fn complete(&self, n: &Names, st: &mut KeyState) -> StoreResult<String> {
+        let Some(up) = st.upload.as_mut() else {
+            return Err(StoreError::NotPlanned);
+        };
+        let md5 = match self.assemble(n, up).await {
+            Ok(md5) => md5,
+            Err(Missing(Some(index))) => {
+                // Lost from the bucket behind our back: to be sent again.
+                if let Some(r) = up.received.get_mut(index as usize) {
+                    *r = false;
+                    up.remaining += 1;
+                }
+                return Err(other(format!(
+                    "staged block {index} is missing; SAVE again to resume"
+                )));
+            }
+            Err(Missing(None)) => return Err(other("completion failed")),
+            Err(Failed(e)) => return Err(e),
+        };
+        let meta = FileMeta {
+            key: n.key.clone(),
+            size: up.plan.size,
+            md5: md5.clone(),
+            upload_id: Some(up.id.clone()),
+            completed_unix: unix_now(),
+        };
+        self.put_json(&self.meta_path(n), &meta).await?;
+        let id = up.id.clone();
+        st.upload = None;
+        if let Err(e) = self.discard(n, &id).await {
+            // The file is complete; leftovers go when the key is next loaded.
+            warn!(user = %n.user, key = %n.key, error = %e, "cannot remove a completed upload's blocks");
+        }
+        info!(user = %n.user, key = %n.key, size = meta.size, md5 = %md5, "file complete");
+        Ok(md5)
+    }
+
+    /// Read the staged blocks back in order and write them as the file's
+    /// content, hashing as they pass.
+    async fn assemble(&self, n: &Names, up: &Upload) -> Result<String, AssembleError> {
+        let plan = up.plan;
+        let total = total_blocks(plan.size, plan.block_size);
+        let dest = self.content_path(n, &up.id);
+        let mut blocks = futures::stream::iter(0..total)
+            .map(|i| {
+                let path = self.block_path(n, &up.id, i);
+                async move {
+                    match self.store.get(&path).await {
+                        Ok(r) => r.bytes().await.map(|b| (i, b)).map_err(|e| (i, e)),
+                        Err(e) => Err((i, e)),
+                    }
+                }
+            })
+            .buffered(READ_AHEAD);
+        let mut md5 = Md5::new();
+        let mut next = |r: Option<Result<(u64, Bytes), (u64, object_store::Error)>>| match r {
+            None => Err(Missing(None)),
+            Some(Ok((i, b))) => {
+                if Some(b.len() as u64) != block_len(plan.size, plan.block_size, i) {
+                    return Err(Missing(Some(i)));
+                }
+                md5.update(&b);
+                Ok(b)
+            }
+            Some(Err((i, object_store::Error::NotFound { .. }))) => Err(Missing(Some(i))),
+            Some(Err((_, e))) => Err(Failed(store_err(e))),
+        };
+        if plan.size <= PART_MIN {
+            let mut parts = Vec::with_capacity(total as usize);
+            for _ in 0..total {
+                parts.push(next(blocks.next().await)?);
+            }
+            drop(blocks);
+            self.store
+                .put(&dest, PutPayload::from_iter(parts))
+                .await
+                .map_err(|e| Failed(store_err(e)))?;
+            return Ok(hex::encode(md5.finalize()));
+        }
+        let part_size = PART_MIN.max(plan.size.div_ceil(MAX_PARTS));
+        let mut mp = self
+            .store
+            .put_multipart(&dest)
+            .await
+            .map_err(|e| Failed(store_err(e)))?;
+        let result: Result<(), AssembleError> = async {
+            let mut in_flight = FuturesUnordered::new();
+            let mut part: Vec<Bytes> = Vec::new();
+            let mut part_len = 0u64;
+            for i in 0..total {
+                let b = next(blocks.next().await)?;
+                part_len += b.len() as u64;
+                part.push(b);
+                if part_len >= part_size || i + 1 == total {
+                    in_flight.push(mp.put_part(PutPayload::from_iter(std::mem::take(&mut part))));
+                    part_len = 0;
+                    while in_flight.len() >= PARTS_IN_FLIGHT {
+                        if let Some(r) = in_flight.next().await {
+                            r.map_err(|e| Failed(store_err(e)))?;
+                        }
+                    }
+                }
+            }
+            while let Some(r) = in_flight.next().await {
+                r.map_err(|e| Failed(store_err(e)))?;
+            }
+            Ok(())
+        }
+        .await;
+        drop(blocks);
+        match result {
+            Ok(()) => {
+                mp.complete().await.map_err(|e| Failed(store_err(e)))?;
+                Ok(hex::encode(md5.finalize()))
+            }
+            Err(e) => {
+                if let Err(abort) = mp.abort().await {
+                    warn!(error = %abort, "cannot abort a multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn plan_upload(
+        &self,
+        n: &Names,
+        st: &mut KeyState,
+        plan: PlanRecord,
+        resume: bool,
+    ) -> StoreResult<PlanOutcome> {
+        self.load(n, st).await?;
+        if self.exists(&self.meta_path(n)).await? {
+            return Err(StoreError::Exists);
+        }
+        if resume
+            && let Some(up) = st.upload.as_ref()
+            && up.plan == plan
+        {
+            let upload_id = up.id.clone();
+            if up.remaining == 0 {
+                // Every block staged, the completion cut short: finish it.
+                let md5 = self.complete(n, st).await?;
+                return Ok(PlanOutcome {
+                    plan,
+                    missing: Vec::new(),
+                    resumed: true,
+                    md5: Some(md5),
+                    upload_id: Some(upload_id),
+                });
+            }
+            self.touch(&n.id(), 0);
+            return Ok(PlanOutcome {
+                plan,
+                missing: up.missing(),
+                resumed: true,
+                md5: None,
+                upload_id: Some(upload_id),
+            });
+        }
+        if let Some(old) = st.upload.take() {
+            self.discard(n, &old.id).await?;
+        }
+        if plan.size == 0 {
+            let meta = FileMeta {
+                key: n.key.clone(),
+                size: 0,
+                md5: EMPTY_MD5.to_owned(),
+                upload_id: None,
+                completed_unix: unix_now(),
+            };
+            self.put_json(&self.meta_path(n), &meta).await?;
+            return Ok(PlanOutcome {
+                plan,
+                missing: Vec::new(),
+                resumed: false,
+                md5: Some(meta.md5),
+                upload_id: None,
+            });
+        }
+        {
+            let pending = lock(&self.pending);
+            let (count, planned) = pending
+                .iter()
+                .filter(|(other, _)| other.0 == n.us)
+                .fold((0u64, 0u64), |(c, b), (_, p)| {
+                    (c + 1, b.saturating_add(p.planned))
+                });
+            if count >= self.limits.max_unfinished_uploads_per_user {
+                return Err(StoreError::Quota(format!(
+                    "{count} unfinished uploads already, the most one user may have; finish or delete one"
+                )));
+            }
+            if planned.saturating_add(plan.size) > self.limits.max_unfinished_bytes_per_user {
+                return Err(StoreError::Quota(format!(
+                    "unfinished uploads would total {} bytes, above the {} one user may have",
+                    planned.saturating_add(plan.size),
+                    self.limits.max_unfinished_bytes_per_user
+                )));
+            }
+        }
+        let total = total_blocks(plan.size, plan.block_size);
+        let slots = usize::try_from(total).map_err(|_| other("plan too large"))?;
+        let state = UploadState {
+            upload_id: uuid::Uuid::new_v4().simple().to_string(),
+            size: plan.size,
+            block_size: plan.block_size,
+            user: n.user.clone(),
+            key: n.key.clone(),
+            created_unix: unix_now(),
+        };
+        self.put_json(&self.state_path(n), &state).await?;
+        lock(&self.pending).insert(
+            n.id(),
+            Pending {
+                planned: plan.size,
+                received: 0,
+                last_ms: unix_ms(SystemTime::now()),
+            },
+        );
+        st.upload = Some(Upload {
+            id: state.upload_id.clone(),
+            plan,
+            received: vec![false; slots],
+            remaining: total,
+        });
+        Ok(PlanOutcome {
+            plan,
+            missing: vec![[0, total]],
+            resumed: false,
+            md5: None,
+            upload_id: Some(state.upload_id),
+        })
+    }
+
+    async fn delete_file(
+        &self,
+        n: &Names,
+        st: &mut KeyState,
+        upload_id: Option<&str>,
+    ) -> StoreResult<Deleted> {
+        self.load(n, st).await?;
+        if let Some(meta) = self.get_json::<FileMeta>(&self.meta_path(n)).await? {
+            if upload_id.is_some_and(|want| meta.upload_id.as_deref() != Some(want)) {
+                return Err(StoreError::OtherUpload);
+            }
+            // Meta first: from that instant the file is no longer complete.
+            match self.store.delete(&self.meta_path(n)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            // Also any content a crashed completion left.
+            self.delete_dir(&self.content_dir(n)).await?;
+            return Ok(Deleted::File);
+        }
+        let Some(up) = st.upload.as_ref() else {
+            return Err(StoreError::NotFound);
+        };
+        if upload_id.is_some_and(|want| want != up.id) {
+            return Err(StoreError::OtherUpload);
+        }
+        let id = up.id.clone();
+        st.upload = None;
+        self.discard(n, &id).await?;
+        Ok(Deleted::UnfinishedUpload)
+    }
+
+    async fn list_files(
+        &self,
+        user: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<ListPage> {
+        if limit == 0 {
+            return Ok(ListPage {
+                files: Vec::new(),
+                next: after.map(str::to_owned),
+            });
+        }
+        let dir = self.meta_dir(&user_seg(user));
+        // Every key starting with `prefix` has a segment starting with this.
+        let pre_seg = key_seg_ordered(prefix.as_bytes());
+        // Exclusive lower bounds: just below `pre_seg` (its last letter
+        // lowered, then above any continuation), and `after`'s place.
+        let mut offset: Option<String> = (pre_seg.len() > 1).then(|| {
+            let mut s = pre_seg.clone();
+            if let Some(c) = s.pop() {
+                s.push(char::from(c as u8 - 1));
+            }
+            s.push_str("zz");
+            s
+        });
+        if let Some(a) = after {
+            // A long `after` is in a group sorted by hash: start at the
+            // group and let the key filter below drop what is not after it.
+            let a_seg = if a.len() > KEY_ORDERED_BYTES {
+                key_seg_ordered(a.as_bytes())
+            } else {
+                key_seg(a)
+            };
+            if offset.as_ref().is_none_or(|o| a_seg > *o) {
+                offset = Some(a_seg);
+            }
+        }
+        let mut list = match &offset {
+            Some(o) => self.store.list_with_offset(Some(&dir), &dir.clone().join(o.as_str())),
+            None => self.store.list(Some(&dir)),
+        }
+        .peekable();
+        let group_of = |seg: &str| seg.split('x').next().unwrap_or("").to_owned();
+        let mut files: Vec<FileMeta> = Vec::new();
+        let mut ended = false;
+        while files.len() <= limit && !ended {
+            // A batch of candidates, never ending inside a group.
+            let mut batch: Vec<Path> = Vec::new();
+            loop {
+                let Some(m) = std::pin::Pin::new(&mut list).next().await else {
+                    ended = true;
+                    break;
+                };
+                let m = m.map_err(store_err)?;
+                let Some(seg) = m.location.filename().map(str::to_owned) else {
+                    continue;
+                };
+                if m.location.parts().count() != dir.parts().count() + 1 {
+                    continue;
+                }
+                if !seg.starts_with(&pre_seg) {
+                    if seg > pre_seg {
+                        ended = true;
+                        break;
+                    }
+                    continue;
+                }
+                batch.push(m.location);
+                if batch.len() > limit - files.len() {
+                    let group = group_of(&seg);
+                    let same_group_next = match std::pin::Pin::new(&mut list).peek().await {
+                        Some(Ok(next)) => next
+                            .location
+                            .filename()
+                            .is_some_and(|f| f.contains('x') && group_of(f) == group),
+                        _ => false,
+                    };
+                    if !same_group_next {
+                        break;
+                    }
+                }
+            }
+            let metas: Vec<Option<FileMeta>> = futures::stream::iter(batch)
+                .map(|p| async move { self.get_json::<FileMeta>(&p).await })
+                .buffered(LIST_FETCH)
+                .try_collect()
+                .await?;
+            let mut got: Vec<FileMeta> = metas
+                .into_iter()
+                .flatten()
+                .filter(|m| m.key.starts_with(prefix) && after.is_none_or(|a| m.key.as_str() > a))
+                .collect();
+            got.sort_by(|a, b| a.key.cmp(&b.key));
+            files.extend(got);
+        }
+        let next = if files.len() > limit {
+            files.truncate(limit);
+            files.last().map(|m| m.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage { files, next })
+    }
+
+    async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize> {
+        self.ensure_scanned().await?;
+        let expiry_ms = u64::try_from(self.limits.upload_expiry.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = unix_ms(now).saturating_sub(expiry_ms);
+        let idle: Vec<Id> = lock(&self.pending)
+            .iter()
+            .filter(|(_, p)| p.last_ms < cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut swept = 0;
+        for id in idle {
+            let slot = self.file_slot(&id);
+            let mut st = slot.lock().await;
+            // Rechecked under the key's lock: a block may have come since.
+            let still_idle = lock(&self.pending).get(&id).is_some_and(|p| p.last_ms < cutoff);
+            if still_idle {
+                // Names from the state object (segments are not reversible).
+                let probe = Names {
+                    user: String::new(),
+                    key: String::new(),
+                    us: id.0.clone(),
+                    ks: id.1.clone(),
+                };
+                self.load(&probe, &mut st).await?;
+                if let Some(up) = st.upload.take() {
+                    self.discard(&probe, &up.id).await?;
+                    info!(upload_id = %up.id, "expired an idle unfinished upload");
+                    swept += 1;
+                }
+            }
+            drop(st);
+            self.release_slot(&id, slot);
+        }
+        // Blocks of uploads that are no longer current (superseded, deleted
+        // while a block was in flight) once they are as old as the expiry.
+        let found = self.scan().await?;
+        let mut orphans = Vec::new();
+        for (_, k) in found {
+            let current = match &k.state {
+                Some((p, _)) => self.get_json::<UploadState>(p).await?.map(|s| s.upload_id),
+                None => None,
+            };
+            for (upload_id, (paths, _, last)) in k.blocks {
+                if Some(&upload_id) != current.as_ref() && last < cutoff {
+                    orphans.extend(paths);
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            info!(objects = orphans.len(), "removing blocks of uploads that are gone");
+            self.delete_paths(orphans).await?;
+        }
+        Ok(swept)
+    }
+}
+
+fn files_ptr_eq<T>(a: Option<&Arc<T>>, b: &Arc<T>) -> bool {
+    a.is_some_and(|a| Arc::ptr_eq(a, b))
+}
+
+/// Why an assembly stopped.
+enum AssembleError {
+    /// A staged block is missing or has the wrong length (its index), or the
+    /// block stream ended early.
+    Missing(Option<u64>),
+    Failed(StoreError),
+}
+use AssembleError::{Failed, Missing};
+
+// ------------------------------------------------------------------ the trait
+
+#[async_trait]
+impl Storage for ObjectStorage {
+    async fn record_create(
+        &self,
+        user: &str,
+        key: &str,
+        record: Map<String, Value>,
+    ) -> StoreResult<()> {
+        let n = Names::new(user, key);
+        let id = n.id();
+        let l = self.inner.record_lock(&id);
+        let result = async {
+            let _g = l.lock().await;
+            let path = self.inner.rec_path(&n);
+            if self.inner.exists(&path).await? {
+                return Err(StoreError::Exists);
+            }
+            self.inner.put_json(&path, &record).await
+        }
+        .await;
+        self.inner.release_record_lock(&id, l);
+        result
+    }
+
+    async fn record_get(&self, user: &str, key: &str) -> StoreResult<Map<String, Value>> {
+        let n = Names::new(user, key);
+        self.inner
+            .get_json(&self.inner.rec_path(&n))
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn record_delete(&self, user: &str, key: &str) -> StoreResult<()> {
+        let n = Names::new(user, key);
+        let id = n.id();
+        let l = self.inner.record_lock(&id);
+        let result = async {
+            let _g = l.lock().await;
+            let path = self.inner.rec_path(&n);
+            if !self.inner.exists(&path).await? {
+                return Err(StoreError::NotFound);
+            }
+            self.inner.store.delete(&path).await.map_err(store_err)
+        }
+        .await;
+        self.inner.release_record_lock(&id, l);
+        result
+    }
+
+    async fn plan_upload(
+        &self,
+        user: &str,
+        key: &str,
+        plan: PlanRecord,
+        resume: bool,
+    ) -> StoreResult<PlanOutcome> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let mut st = slot.lock().await;
+        let result = self.inner.plan_upload(&n, &mut st, plan, resume).await;
+        if result.is_err() {
+            // The bucket may be ahead of what we think: reload next time.
+            st.loaded = false;
+        }
+        drop(st);
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
+    async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let mut st = slot.lock().await;
+        let result = match self.inner.load(&n, &mut st).await {
+            Err(e) => Err(e),
+            Ok(()) => match st.upload.as_ref() {
+                Some(up) => Ok((up.id.clone(), up.plan)),
+                None if self.inner.exists(&self.inner.meta_path(&n)).await? => {
+                    Err(StoreError::AlreadyComplete)
+                }
+                None => Err(StoreError::NotPlanned),
+            },
+        };
+        drop(st);
+        match result {
+            Ok((upload_id, plan)) => Ok(Box::new(ObjectUpload {
+                inner: Arc::clone(&self.inner),
+                names: n,
+                slot,
+                upload_id,
+                plan,
+            })),
+            Err(e) => {
+                self.inner.release_slot(&id, slot);
+                Err(e)
+            }
+        }
+    }
+
+    async fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta> {
+        let n = Names::new(user, key);
+        if let Some(meta) = self.inner.get_json(&self.inner.meta_path(&n)).await? {
+            return Ok(meta);
+        }
+        // An upload's state tells it apart from nothing (a GET, no lock).
+        if self.inner.exists(&self.inner.state_path(&n)).await? {
+            Err(StoreError::Unfinished)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|end| *end <= meta.size)
+            .ok_or_else(|| other("read past the end of the file"))?;
+        let Some(upload_id) = meta.upload_id.as_deref() else {
+            return Err(StoreError::NotFound);
+        };
+        let n = Names::new(user, &meta.key);
+        let range: Range<u64> = offset..end;
+        let bytes = self
+            .inner
+            .store
+            .get_range(&self.inner.content_path(&n, upload_id), range)
+            .await
+            .map_err(store_err)?;
+        if bytes.len() as u64 != len {
+            return Err(StoreError::Integrity { offset });
+        }
+        Ok(bytes)
+    }
+
+    async fn delete_file(
+        &self,
+        user: &str,
+        key: &str,
+        upload_id: Option<&str>,
+    ) -> StoreResult<Deleted> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let mut st = slot.lock().await;
+        let result = self.inner.delete_file(&n, &mut st, upload_id).await;
+        if result.is_err() {
+            st.loaded = false;
+        }
+        drop(st);
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
+    async fn list_files(
+        &self,
+        user: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<ListPage> {
+        self.inner.list_files(user, prefix, after, limit).await
+    }
+
+    fn unfinished_stats(&self) -> UnfinishedStats {
+        let pending = lock(&self.inner.pending);
+        let mut stats = UnfinishedStats::default();
+        for p in pending.values() {
+            stats.count += 1;
+            stats.bytes_planned += p.planned;
+            stats.bytes_received += p.received;
+        }
+        stats
+    }
+
+    async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize> {
+        self.inner.sweep_expired(now).await
+    }
+}
+
+/// An unfinished upload opened for one block.
+#[derive(Debug)]
+struct ObjectUpload {
+    inner: Arc<Inner>,
+    names: Names,
+    slot: Slot,
+    /// The upload this handle was opened on.
+    upload_id: String,
+    plan: PlanRecord,
+}
+
+impl ObjectUpload {
+    async fn put(&self, index: u64, data: Bytes, want: Option<String>) -> StoreResult<Option<String>> {
+        let inner = &self.inner;
+        let n = &self.names;
+        let expected = block_len(self.plan.size, self.plan.block_size, index)
+            .ok_or_else(|| other(format!("block {index} is outside the plan")))?;
+        if data.len() as u64 != expected {
+            return Err(other(format!(
+                "block {index} has {} bytes, the plan says {expected}",
+                data.len()
+            )));
+        }
+        {
+            let mut st = self.slot.lock().await;
+            inner.load(n, &mut st).await?;
+            let up = self.current(&st, want.as_deref()).await?;
+            let (staged, all) = (up.received[index as usize], up.remaining == 0);
+            if staged {
+                // Staged already; a repeat is not written again, but it
+                // completes an upload whose completion was cut short.
+                if all {
+                    return inner.complete(n, &mut st).await.map(Some);
+                }
+                inner.touch(&n.id(), 0);
+                return Ok(None);
+            }
+        }
+        // Not under the lock: blocks of one upload are staged concurrently.
+        // A block landing in an upload discarded meanwhile is under that
+        // upload's id, never mixed with another's; the sweep removes it.
+        let path = inner.block_path(n, &self.upload_id, index);
+        inner
+            .store
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map_err(store_err)?;
+        let mut st = self.slot.lock().await;
+        inner.load(n, &mut st).await?;
+        let up = match self.current(&st, want.as_deref()).await {
+            Ok(_) => st.upload.as_mut().ok_or(StoreError::NotPlanned)?,
+            Err(e) => {
+                let _ = inner.store.delete(&path).await;
+                return Err(e);
+            }
+        };
+        if !up.received[index as usize] {
+            up.received[index as usize] = true;
+            up.remaining -= 1;
+            inner.touch(&n.id(), expected);
+        }
+        if up.remaining > 0 {
+            return Ok(None);
+        }
+        inner.complete(n, &mut st).await.map(Some)
+    }
+
+    /// The key's upload, if it is still the one this handle was opened on
+    /// (and the one the client names).
+    async fn current<'a>(&self, st: &'a KeyState, want: Option<&str>) -> StoreResult<&'a Upload> {
+        match st.upload.as_ref() {
+            Some(up) if want.is_some_and(|w| w != up.id) => Err(StoreError::Superseded),
+            Some(up) if up.id == self.upload_id => Ok(up),
+            Some(_) => Err(if want.is_some() {
+                StoreError::Superseded
+            } else {
+                StoreError::NotPlanned
+            }),
+            None if self.inner.exists(&self.inner.meta_path(&self.names)).await? => {
+                Err(StoreError::AlreadyComplete)
+            }
+            None => Err(StoreError::NotPlanned),
+        }
+    }
+}
+
+#[async_trait]
+impl UploadWriter for ObjectUpload {
+    fn plan(&self) -> PlanRecord {
+        self.plan
+    }
+
+    async fn put_block(
+        self: Box<Self>,
+        index: u64,
+        data: Bytes,
+        upload_id: Option<String>,
+    ) -> StoreResult<Option<String>> {
+        let result = self.put(index, data, upload_id).await;
+        let ObjectUpload {
+            inner, names, slot, ..
+        } = *self;
+        inner.release_slot(&names.id(), slot);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {}
