@@ -1380,4 +1380,4 @@ impl UploadWriter for ObjectUpload {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;
