@@ -23,8 +23,8 @@
 //! promised to them, and a sweeper can expire the idle ones.
 
 pub mod api;
-pub mod object;
 mod names;
+pub mod object;
 mod sums;
 mod upload;
 

@@ -186,7 +186,11 @@ async fn upload(s: &ObjectStorage, user: &str, key: &str, data: &[u8]) -> String
     let mut md5 = None;
     for i in 0..total {
         let got = put(s, user, key, data, i).await;
-        assert_eq!(got.is_some(), i + 1 == total, "only the last block completes");
+        assert_eq!(
+            got.is_some(),
+            i + 1 == total,
+            "only the last block completes"
+        );
         md5 = got;
     }
     md5.expect("complete")
@@ -215,7 +219,10 @@ fn segments_are_safe_injective_and_keep_key_order() {
     let mut segs = std::collections::HashSet::new();
     for k in keys {
         let s = key_seg(k);
-        assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()), "{s}");
+        assert!(
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()),
+            "{s}"
+        );
         assert!(segs.insert(s.clone()), "injective");
         // Survives object_store's Path unchanged, as one segment.
         let p = Path::from("x").join(s.as_str());
@@ -237,7 +244,9 @@ async fn records_are_create_only() {
     let mut rec = Map::new();
     rec.insert("v".into(), Value::from(1));
     for key in ["k", "..", "a/b/../c", "", "ünï", &"x".repeat(1000)] {
-        s.record_create("u", key, rec.clone()).await.expect("create");
+        s.record_create("u", key, rec.clone())
+            .await
+            .expect("create");
         assert!(matches!(
             s.record_create("u", key, Map::new()).await,
             Err(StoreError::Exists)
@@ -271,10 +280,7 @@ async fn racing_record_creates_one_wins() {
         })
     });
     let results = futures::future::join_all(tries).await;
-    let won = results
-        .iter()
-        .filter(|r| matches!(r, Ok(Ok(()))))
-        .count();
+    let won = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
     let lost = results
         .iter()
         .filter(|r| matches!(r, Ok(Err(StoreError::Exists))))
@@ -285,7 +291,10 @@ async fn racing_record_creates_one_wins() {
 #[tokio::test]
 async fn size_zero_completes_at_save() {
     let s = ObjectStorage::in_memory();
-    let out = s.plan_upload("u", "empty", plan_of(0), false).await.expect("plan");
+    let out = s
+        .plan_upload("u", "empty", plan_of(0), false)
+        .await
+        .expect("plan");
     assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
     assert!(out.missing.is_empty() && out.upload_id.is_none());
     let meta = s.head("u", "empty").await.expect("head");
@@ -299,8 +308,14 @@ async fn size_zero_completes_at_save() {
         s.open_upload("u", "empty").await,
         Err(StoreError::AlreadyComplete)
     ));
-    assert_eq!(s.delete_file("u", "empty", None).await.expect("del"), Deleted::File);
-    assert!(matches!(s.head("u", "empty").await, Err(StoreError::NotFound)));
+    assert_eq!(
+        s.delete_file("u", "empty", None).await.expect("del"),
+        Deleted::File
+    );
+    assert!(matches!(
+        s.head("u", "empty").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[tokio::test]
@@ -312,9 +327,15 @@ async fn in_order_small_upload_reads_back() {
         s.open_upload("u", "f").await,
         Err(StoreError::NotPlanned)
     ));
-    let out = s.plan_upload("u", "f", plan_of(data.len()), false).await.expect("plan");
+    let out = s
+        .plan_upload("u", "f", plan_of(data.len()), false)
+        .await
+        .expect("plan");
     assert_eq!(out.missing, vec![[0, 3]]);
-    assert!(matches!(s.head("u", "f").await, Err(StoreError::Unfinished)));
+    assert!(matches!(
+        s.head("u", "f").await,
+        Err(StoreError::Unfinished)
+    ));
     assert_eq!(s.unfinished_stats().count, 1);
     put(&s, "u", "f", &data, 0).await;
     put(&s, "u", "f", &data, 1).await;
@@ -356,7 +377,10 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
     let len = 12 << 20;
     let data = body(len, 7);
     let total = total_blocks(len as u64, BS);
-    let out = s.plan_upload("u", "big", plan_of(len), false).await.expect("plan");
+    let out = s
+        .plan_upload("u", "big", plan_of(len), false)
+        .await
+        .expect("plan");
     let upload_id = out.upload_id.expect("id");
     let order = shuffled(total);
     let mut md5s = Vec::new();
@@ -374,16 +398,23 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
             assert_eq!(put(&s, "u", "big", &data, i).await, None);
         }
     }
-    assert_eq!(md5s, vec![md5_hex(&data)], "exactly one block reports the md5");
+    assert_eq!(
+        md5s,
+        vec![md5_hex(&data)],
+        "exactly one block reports the md5"
+    );
     let meta = s.head("u", "big").await.expect("head");
-    assert_eq!((meta.size, meta.md5.as_str()), (len as u64, md5s[0].as_str()));
+    assert_eq!(
+        (meta.size, meta.md5.as_str()),
+        (len as u64, md5s[0].as_str())
+    );
     let got = s.read("u", &meta, 0, len as u64).await.expect("read");
     assert!(got.as_ref() == data.as_slice());
     // What reached the store: parts of ≥ 5 MiB but the last, one object.
     let parts = lock(&counters.parts).clone();
     assert!(parts.len() >= 2, "{parts:?}");
     let (last, rest) = parts.split_last().expect("parts");
-    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20 && *n >= PART_MIN));
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20));
     assert!(last.1 <= PART_MIN + BS);
     assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), len as u64);
     let content: Vec<_> = mem
@@ -391,8 +422,12 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
         .try_collect()
         .await
         .expect("list");
-    assert_eq!(content.len(), 1);
-    assert_eq!(content[0].size, len as u64);
+    let sizes: Vec<u64> = content.iter().map(|m| m.size).collect();
+    assert_eq!(
+        sizes,
+        vec![len as u64, (len as u64 / CHUNK) * 4],
+        "content, sums"
+    );
 }
 
 /// Bytes put and got per byte of content, printed (run with --nocapture);
@@ -408,7 +443,9 @@ async fn bytes_crossing_and_written_per_content_byte() {
         let (mem, counters, s) = recording();
         let data = body(len, 3);
         let total = total_blocks(len as u64, BS);
-        s.plan_upload("u", "f", plan_of(len), false).await.expect("plan");
+        s.plan_upload("u", "f", plan_of(len), false)
+            .await
+            .expect("plan");
         let base_put = counters.put_bytes.load(Ordering::Relaxed);
         let order = if shuffle {
             shuffled(total)
@@ -423,7 +460,8 @@ async fn bytes_crossing_and_written_per_content_byte() {
         let meta_bytes = serde_json::to_vec(&s.head("u", "f").await.expect("head"))
             .expect("json")
             .len() as u64;
-        let content_put = put_bytes - meta_bytes;
+        let sums_bytes = (len as u64).div_ceil(CHUNK) * 4;
+        let content_put = put_bytes - meta_bytes - sums_bytes;
         println!(
             "{name}: {len} B: put {:.3}/B, got {:.3}/B",
             content_put as f64 / len as f64,
@@ -431,14 +469,21 @@ async fn bytes_crossing_and_written_per_content_byte() {
         );
         assert_eq!(content_put, 2 * len as u64, "{name}");
         // Staged blocks read once (plus the small JSON state objects).
-        assert!(got_bytes >= len as u64 && got_bytes < len as u64 + 4096, "{name}");
+        assert!(
+            got_bytes >= len as u64 && got_bytes < len as u64 + 4096,
+            "{name}"
+        );
         let stored: u64 = mem
             .list(None)
             .map_ok(|m| m.size)
             .try_fold(0, |a, b| async move { Ok(a + b) })
             .await
             .expect("list");
-        assert_eq!(stored, len as u64 + meta_bytes, "{name}: only the file is left");
+        assert_eq!(
+            stored,
+            len as u64 + sums_bytes + meta_bytes,
+            "{name}: only the file is left"
+        );
     }
 }
 
@@ -448,7 +493,9 @@ async fn concurrent_blocks_complete_exactly_once() {
     let len = 3 << 20;
     let data = Arc::new(body(len, 11));
     let total = total_blocks(len as u64, BS);
-    s.plan_upload("u", "c", plan_of(len), false).await.expect("plan");
+    s.plan_upload("u", "c", plan_of(len), false)
+        .await
+        .expect("plan");
     // Every block twice, all at once.
     let tasks = (0..2 * total).map(|n| {
         let (s, data) = (s.clone(), Arc::clone(&data));
@@ -475,11 +522,17 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
     let s = ObjectStorage::in_memory();
     let a = body(60_000, 1);
     let b = body(60_000, 2);
-    let first = s.plan_upload("u", "k", plan_of(a.len()), false).await.expect("a");
+    let first = s
+        .plan_upload("u", "k", plan_of(a.len()), false)
+        .await
+        .expect("a");
     let id_a = first.upload_id.expect("id");
     let w_a = s.open_upload("u", "k").await.expect("open");
     put(&s, "u", "k", &a, 0).await;
-    let second = s.plan_upload("u", "k", plan_of(b.len()), false).await.expect("b");
+    let second = s
+        .plan_upload("u", "k", plan_of(b.len()), false)
+        .await
+        .expect("b");
     let id_b = second.upload_id.expect("id");
     assert_ne!(id_a, id_b);
     assert!(!second.resumed);
@@ -495,7 +548,10 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
         Err(StoreError::NotPlanned)
     ));
     // Resume with the same plan keeps b.
-    let again = s.plan_upload("u", "k", plan_of(b.len()), true).await.expect("resume");
+    let again = s
+        .plan_upload("u", "k", plan_of(b.len()), true)
+        .await
+        .expect("resume");
     assert!(again.resumed);
     assert_eq!(again.upload_id.as_deref(), Some(id_b.as_str()));
     let mut md5 = None;
@@ -528,7 +584,10 @@ async fn racing_saves_leave_one_upload() {
     assert_eq!(s.unfinished_stats().count, 1);
     // Only the last SAVE's upload is in the bucket; a reload agrees.
     let fresh = ObjectStorage::new(Arc::clone(s.object_store()), "", StoreLimits::default());
-    let out = fresh.plan_upload("u", "r", plan_of(50_000), true).await.expect("resume");
+    let out = fresh
+        .plan_upload("u", "r", plan_of(50_000), true)
+        .await
+        .expect("resume");
     assert!(out.resumed);
     let current = out.upload_id.expect("id");
     assert!(ids.contains(&current));
@@ -545,7 +604,10 @@ async fn racing_saves_leave_one_upload() {
 async fn scoped_deletes() {
     let s = ObjectStorage::in_memory();
     let data = body(30_000, 5);
-    let out = s.plan_upload("u", "d", plan_of(data.len()), false).await.expect("plan");
+    let out = s
+        .plan_upload("u", "d", plan_of(data.len()), false)
+        .await
+        .expect("plan");
     let id = out.upload_id.expect("id");
     put(&s, "u", "d", &data, 0).await;
     assert!(matches!(
@@ -583,7 +645,9 @@ async fn scoped_deletes() {
         Err(StoreError::NotFound)
     ));
     // Unscoped delete of an unfinished upload.
-    s.plan_upload("u", "d", plan_of(10), false).await.expect("plan");
+    s.plan_upload("u", "d", plan_of(10), false)
+        .await
+        .expect("plan");
     assert_eq!(
         s.delete_file("u", "d", None).await.expect("del"),
         Deleted::UnfinishedUpload
@@ -619,7 +683,10 @@ async fn a_second_instance_serves_files_and_resumes_uploads() {
     assert_eq!(meta.md5, md5);
     let got = s.read("u", &meta, 100, 250_000).await.expect("read");
     assert_eq!(got.as_ref(), &data[100..250_100]);
-    assert!(matches!(s.head("u", "half").await, Err(StoreError::Unfinished)));
+    assert!(matches!(
+        s.head("u", "half").await,
+        Err(StoreError::Unfinished)
+    ));
     s.recover().await.expect("recover");
     assert_eq!(
         s.unfinished_stats(),
@@ -642,7 +709,10 @@ async fn a_second_instance_serves_files_and_resumes_uploads() {
     assert_eq!(md5, Some(md5_hex(&half)));
     let page = s.list_files("u", "", None, 10).await.expect("list");
     assert_eq!(
-        page.files.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+        page.files
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect::<Vec<_>>(),
         ["done", "half"]
     );
 }
@@ -668,7 +738,10 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
     mem.put(&last, PutPayload::from(block(&data, 4)))
         .await
         .expect("stage");
-    assert!(matches!(s.head("u", "cut").await, Err(StoreError::Unfinished)));
+    assert!(matches!(
+        s.head("u", "cut").await,
+        Err(StoreError::Unfinished)
+    ));
     let out = s
         .plan_upload("u", "cut", plan_of(data.len()), true)
         .await
@@ -763,7 +836,15 @@ async fn listing_in_key_order_with_pagination_and_prefix() {
         .expect("plan");
     let mut expected = keys.clone();
     expected.sort();
-    for (prefix, limit) in [("", 1), ("", 3), ("", 100), ("a", 2), (&long[..], 2), ("LL", 4), ("nope", 5)] {
+    for (prefix, limit) in [
+        ("", 1),
+        ("", 3),
+        ("", 100),
+        ("a", 2),
+        (&long[..], 2),
+        ("LL", 4),
+        ("nope", 5),
+    ] {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
         let mut pages = 0;
@@ -799,10 +880,17 @@ async fn listing_in_key_order_with_pagination_and_prefix() {
         .map(String::as_str)
         .collect();
     assert_eq!(
-        page.files.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+        page.files
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect::<Vec<_>>(),
         want
     );
-    let meta = &s.list_files("other", "", None, 10).await.expect("list").files;
+    let meta = &s
+        .list_files("other", "", None, 10)
+        .await
+        .expect("list")
+        .files;
     assert_eq!(meta.len(), 1);
     assert_eq!(meta[0].md5, md5_hex(b"x"));
 }
@@ -832,11 +920,19 @@ async fn idle_uploads_expire_and_stray_blocks_go() {
     assert_eq!(s.unfinished_stats(), UnfinishedStats::default());
     let left: Vec<_> = mem.list(None).try_collect().await.expect("list");
     assert!(left.is_empty(), "{left:?}");
-    assert!(matches!(s.head("u", "idle").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.head("u", "idle").await,
+        Err(StoreError::NotFound)
+    ));
     // A fresh instance learns idle time from the bucket.
-    s.plan_upload("u", "idle2", plan_of(10), false).await.expect("plan");
+    s.plan_upload("u", "idle2", plan_of(10), false)
+        .await
+        .expect("plan");
     let fresh = ObjectStorage::new(Arc::clone(&mem) as Arc<dyn ObjectStore>, "", limits);
-    assert_eq!(fresh.sweep_expired(SystemTime::now()).await.expect("sweep"), 0);
+    assert_eq!(
+        fresh.sweep_expired(SystemTime::now()).await.expect("sweep"),
+        0
+    );
     assert_eq!(fresh.sweep_expired(later).await.expect("sweep"), 1);
 }
 
@@ -848,17 +944,23 @@ async fn per_user_caps_on_unfinished_uploads() {
         ..StoreLimits::default()
     };
     let s = ObjectStorage::new(Arc::new(InMemory::new()), "p", limits);
-    s.plan_upload("u", "a", plan_of(400), false).await.expect("a");
+    s.plan_upload("u", "a", plan_of(400), false)
+        .await
+        .expect("a");
     assert!(matches!(
         s.plan_upload("u", "b", plan_of(700), false).await,
         Err(StoreError::Quota(_))
     ));
-    s.plan_upload("u", "b", plan_of(500), false).await.expect("b");
+    s.plan_upload("u", "b", plan_of(500), false)
+        .await
+        .expect("b");
     assert!(matches!(
         s.plan_upload("u", "c", plan_of(1), false).await,
         Err(StoreError::Quota(_))
     ));
-    s.plan_upload("v", "c", plan_of(1), false).await.expect("other user");
+    s.plan_upload("v", "c", plan_of(1), false)
+        .await
+        .expect("other user");
 }
 
 #[tokio::test]
@@ -883,5 +985,42 @@ async fn object_store_errors_map_to_store_errors() {
             implementer: "y".into()
         }),
         StoreError::Other(_)
+    ));
+}
+
+#[tokio::test]
+async fn ranged_reads_are_verified_against_the_sums() {
+    let mem = Arc::new(InMemory::new());
+    let s = over(&mem);
+    let data = body(100_000, 8);
+    upload(&s, "u", "v", &data).await;
+    let meta = s.head("u", "v").await.expect("head");
+    let n = Names::new("u", "v");
+    let content = s
+        .inner
+        .content_path(&n, meta.upload_id.as_deref().expect("id"));
+    // Rot one byte at rest.
+    let mut rotten = data.clone();
+    rotten[50_000] ^= 1;
+    mem.put(&content, PutPayload::from(rotten))
+        .await
+        .expect("rot");
+    let bad = s.read("u", &meta, 40_960, 20_480).await;
+    assert!(
+        matches!(bad, Err(StoreError::Integrity { offset: 49_152 })),
+        "{bad:?}"
+    );
+    // Ranges not covering the bad chunk are served.
+    let ok = s.read("u", &meta, 0, 20_480).await.expect("read");
+    assert_eq!(ok.as_ref(), &data[..20_480]);
+    let ok = s.read("u", &meta, 61_440, 38_560).await.expect("read");
+    assert_eq!(ok.as_ref(), &data[61_440..]);
+    // A shortened object is refused too.
+    mem.put(&content, PutPayload::from(data[..90_000].to_vec()))
+        .await
+        .expect("cut");
+    assert!(matches!(
+        s.read("u", &meta, 81_920, 18_080).await,
+        Err(StoreError::Integrity { .. })
     ));
 }
