@@ -99,7 +99,7 @@
 //! those of this instance only. Idle time after a restart comes from the
 //! objects' `last_modified`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,7 +108,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, UploadPart};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -256,6 +256,18 @@ struct Upload {
     plan: PlanRecord,
     received: Vec<bool>,
     remaining: u64,
+    /// Assembling the file as blocks arrive (large uploads started by this
+    /// instance; lost with it, and then done at completion instead).
+    assembler: Option<Assembler>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Discarded (or completed without it): its multipart goes too.
+        if let Some(a) = &self.assembler {
+            a.cancel.cancel();
+        }
+    }
 }
 
 impl Upload {
@@ -637,6 +649,7 @@ impl Inner {
             plan,
             received,
             remaining,
+            assembler: None,
         });
         st.loaded = true;
         Ok(())
@@ -655,7 +668,13 @@ impl Inner {
 
     /// Make the upload in `st` (all blocks staged) the complete file: content,
     /// then meta, then cleanup. Called under the key's lock.
-    async fn complete(&self, n: &Names, st: &mut KeyState) -> StoreResult<String> {
+    /// `last` is the block that completed it, if it was just staged.
+    async fn complete(
+        &self,
+        n: &Names,
+        st: &mut KeyState,
+        last: Option<(u64, Bytes)>,
+    ) -> StoreResult<String> {
         let Some(up) = st.upload.as_mut() else {
             return Err(StoreError::NotPlanned);
         };
@@ -668,7 +687,11 @@ impl Inner {
             self.discard(n, &id).await?;
             return Ok(meta.md5);
         }
-        let (md5, crcs) = match self.assemble(n, up).await {
+        let progress = match up.assembler.take() {
+            Some(a) => a.finish(last).await,
+            None => None,
+        };
+        let (md5, crcs) = match self.assemble(n, up, progress).await {
             Ok(done) => done,
             Err(Missing(Some(index))) => {
                 // Lost from the bucket behind our back: to be sent again.
@@ -710,7 +733,12 @@ impl Inner {
 
     /// Read the staged blocks back in order and write them as the file's
     /// content; returns the md5 and the chunk CRCs computed as they pass.
-    async fn assemble(&self, n: &Names, up: &Upload) -> Result<(String, Vec<u32>), AssembleError> {
+    async fn assemble(
+        &self,
+        n: &Names,
+        up: &Upload,
+        progress: Option<Progress>,
+    ) -> Result<(String, Vec<u32>), AssembleError> {
         let plan = up.plan;
         let total = total_blocks(plan.size, plan.block_size);
         let dest = self.content_path(n, &up.id);
@@ -752,54 +780,71 @@ impl Inner {
                 .map_err(|e| Failed(store_err(e)))?;
             return Ok((hex::encode(md5.finalize()), crcs.finish()));
         }
-        let part_size = PART_MIN.max(plan.size.div_ceil(MAX_PARTS));
-        let mut mp = self
-            .store
-            .put_multipart(&dest)
-            .await
-            .map_err(|e| Failed(store_err(e)))?;
-        let result: Result<(), AssembleError> = async {
-            let mut in_flight = FuturesUnordered::new();
-            let mut part: Vec<Bytes> = Vec::new();
-            let mut part_len = 0u64;
-            for i in 0..total {
-                let b = next(blocks.next().await)?;
-                part_len += b.len() as u64;
-                part.push(b);
-                if part_len >= part_size || i + 1 == total {
-                    in_flight.push(mp.put_part(PutPayload::from_iter(std::mem::take(&mut part))));
-                    part_len = 0;
-                    while in_flight.len() >= PARTS_IN_FLIGHT {
-                        if let Some(r) = in_flight.next().await {
-                            r.map_err(|e| Failed(store_err(e)))?;
-                        }
-                    }
-                }
-            }
-            while let Some(r) = in_flight.next().await {
-                r.map_err(|e| Failed(store_err(e)))?;
-            }
-            Ok(())
-        }
-        .await;
         drop(blocks);
+        let mut p = match progress {
+            Some(p) => p,
+            None => Progress::new(
+                self.store
+                    .put_multipart(&dest)
+                    .await
+                    .map_err(|e| Failed(store_err(e)))?,
+                plan,
+            ),
+        };
+        let result = self.assemble_rest(n, up, &mut p).await;
         match result {
-            Ok(()) => match mp.complete().await {
-                Ok(_) => Ok((hex::encode(md5.finalize()), crcs.finish())),
-                Err(e) => {
-                    if let Err(abort) = mp.abort().await {
-                        warn!(error = %abort, "cannot abort a multipart upload");
-                    }
-                    Err(Failed(store_err(e)))
-                }
-            },
+            Ok(()) => p.finish().await.map_err(Failed),
             Err(e) => {
-                if let Err(abort) = mp.abort().await {
-                    warn!(error = %abort, "cannot abort a multipart upload");
-                }
+                p.abort().await;
                 Err(e)
             }
         }
+    }
+
+    /// Feed `p` every block it has not seen: from memory when it holds
+    /// them, else read back from the bucket.
+    async fn assemble_rest(
+        &self,
+        n: &Names,
+        up: &Upload,
+        p: &mut Progress,
+    ) -> Result<(), AssembleError> {
+        let plan = up.plan;
+        let total = total_blocks(plan.size, plan.block_size);
+        let mut held = std::mem::take(&mut p.held);
+        p.held_bytes = 0;
+        let mut blocks = futures::stream::iter(p.next..total)
+            .map(|i| {
+                let kept = held.remove(&i);
+                let path = self.block_path(n, &up.id, i);
+                async move {
+                    if let Some(b) = kept {
+                        return Ok((i, b));
+                    }
+                    match self.store.get(&path).await {
+                        Ok(r) => r.bytes().await.map(|b| (i, b)).map_err(|e| (i, e)),
+                        Err(e) => Err((i, e)),
+                    }
+                }
+            })
+            .buffered(READ_AHEAD);
+        while let Some(r) = blocks.next().await {
+            let b = match r {
+                Ok((i, b)) => {
+                    if Some(b.len() as u64) != block_len(plan.size, plan.block_size, i) {
+                        return Err(Missing(Some(i)));
+                    }
+                    b
+                }
+                Err((i, object_store::Error::NotFound { .. })) => return Err(Missing(Some(i))),
+                Err((_, e)) => return Err(Failed(store_err(e))),
+            };
+            p.feed(b).await.map_err(Failed)?;
+        }
+        if p.next != total {
+            return Err(Missing(None));
+        }
+        Ok(())
     }
 
     async fn plan_upload(
@@ -820,7 +865,7 @@ impl Inner {
             let upload_id = up.id.clone();
             if up.remaining == 0 {
                 // Every block staged, the completion cut short: finish it.
-                let md5 = self.complete(n, st).await?;
+                let md5 = self.complete(n, st, None).await?;
                 return Ok(PlanOutcome {
                     plan,
                     missing: Vec::new(),
@@ -890,6 +935,25 @@ impl Inner {
             created_unix: unix_now(),
         };
         self.put_json(&self.state_path(n), &state).await?;
+        let assembler = if plan.size > PART_MIN {
+            match self
+                .store
+                .put_multipart(&self.content_path(n, &state.upload_id))
+                .await
+            {
+                Ok(mp) => Some(Assembler::start(
+                    Arc::clone(&self.store),
+                    self.blocks_dir(n, &state.upload_id),
+                    Progress::new(mp, plan),
+                )),
+                Err(e) => {
+                    warn!(error = %e, "cannot start a multipart upload: assembling at completion");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         lock(&self.pending).insert(
             n.id(),
             Pending {
@@ -903,6 +967,7 @@ impl Inner {
             plan,
             received: vec![false; slots],
             remaining: total,
+            assembler,
         });
         Ok(PlanOutcome {
             plan,
@@ -1110,6 +1175,198 @@ impl Inner {
             self.delete_paths(orphans).await?;
         }
         Ok(swept)
+    }
+}
+
+// ------------------------------------------------------------------ assembly
+
+/// A large file's content being written as a multipart upload, in order:
+/// blocks `[0, next)` are hashed and in parts (sent, or in `part`), and
+/// `held` keeps early blocks in memory (up to [`HELD_BYTES`]).
+struct Progress {
+    mp: Box<dyn MultipartUpload>,
+    part_size: u64,
+    next: u64,
+    md5: Md5,
+    crcs: ChunkCrcs,
+    part: Vec<Bytes>,
+    part_len: u64,
+    in_flight: FuturesUnordered<UploadPart>,
+    held: BTreeMap<u64, Bytes>,
+    held_bytes: u64,
+    /// Early blocks known staged but not held (read back when reached).
+    staged: BTreeSet<u64>,
+}
+
+/// Early blocks one upload's assembly keeps in memory, at most.
+const HELD_BYTES: u64 = 32 << 20;
+
+impl Progress {
+    fn new(mp: Box<dyn MultipartUpload>, plan: PlanRecord) -> Progress {
+        Progress {
+            mp,
+            part_size: PART_MIN.max(plan.size.div_ceil(MAX_PARTS)),
+            next: 0,
+            md5: Md5::new(),
+            crcs: ChunkCrcs::default(),
+            part: Vec::new(),
+            part_len: 0,
+            in_flight: FuturesUnordered::new(),
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            staged: BTreeSet::new(),
+        }
+    }
+
+    /// Append block `next`.
+    async fn feed(&mut self, b: Bytes) -> StoreResult<()> {
+        self.md5.update(&b);
+        self.crcs.update(&b);
+        self.part_len += b.len() as u64;
+        self.part.push(b);
+        self.next += 1;
+        if self.part_len >= self.part_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> StoreResult<()> {
+        let part = PutPayload::from_iter(std::mem::take(&mut self.part));
+        self.part_len = 0;
+        self.in_flight.push(self.mp.put_part(part));
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            if let Some(r) = self.in_flight.next().await {
+                r.map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last part, then the multipart's completion: the content is in
+    /// place (not yet a file: no meta).
+    async fn finish(mut self) -> StoreResult<(String, Vec<u32>)> {
+        let done: StoreResult<()> = async {
+            if !self.part.is_empty() {
+                self.flush().await?;
+            }
+            while let Some(r) = self.in_flight.next().await {
+                r.map_err(store_err)?;
+            }
+            self.mp.complete().await.map_err(store_err)?;
+            Ok(())
+        }
+        .await;
+        match done {
+            Ok(()) => Ok((hex::encode(self.md5.finalize()), self.crcs.finish())),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&mut self) {
+        self.in_flight.clear();
+        if let Err(e) = self.mp.abort().await {
+            warn!(error = %e, "cannot abort a multipart upload");
+        }
+    }
+}
+
+/// A task that writes a large upload's parts while its blocks arrive, so
+/// completion has only the tail left. Fed `(index, bytes)` of every block
+/// once staged; blocks in order go straight into parts (never read back),
+/// early ones are held in memory up to [`HELD_BYTES`] or read back when
+/// the prefix reaches them. Only a cache: the staged blocks stay the truth
+/// until the meta is written, so a lost or failed assembler costs time,
+/// never data.
+struct Assembler {
+    tx: tokio::sync::mpsc::Sender<(u64, Bytes)>,
+    cancel: tokio_util::sync::CancellationToken,
+    done: tokio::task::JoinHandle<StoreResult<Progress>>,
+}
+
+impl std::fmt::Debug for Assembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembler").finish_non_exhaustive()
+    }
+}
+
+impl Assembler {
+    fn start(store: Arc<dyn ObjectStore>, blocks_dir: Path, p: Progress) -> Assembler {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(64);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        let done = tokio::spawn(async move {
+            let mut p = p;
+            let run = async {
+                while let Some((i, b)) = rx.recv().await {
+                    if i < p.next || p.held.contains_key(&i) || p.staged.contains(&i) {
+                        continue;
+                    }
+                    if i == p.next {
+                        p.feed(b).await?;
+                    } else if p.held_bytes + b.len() as u64 <= HELD_BYTES {
+                        p.held_bytes += b.len() as u64;
+                        p.held.insert(i, b);
+                    } else {
+                        p.staged.insert(i);
+                    }
+                    loop {
+                        if let Some(b) = p.held.remove(&p.next) {
+                            p.held_bytes -= b.len() as u64;
+                            p.feed(b).await?;
+                        } else if p.staged.remove(&p.next) {
+                            let path = blocks_dir.clone().join(p.next.to_string().as_str());
+                            let b = store
+                                .get(&path)
+                                .await
+                                .map_err(store_err)?
+                                .bytes()
+                                .await
+                                .map_err(store_err)?;
+                            p.feed(b).await?;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                Ok::<(), StoreError>(())
+            };
+            let result = tokio::select! {
+                r = run => r,
+                () = stop.cancelled() => Err(other("upload discarded")),
+            };
+            match result {
+                Ok(()) => Ok(p),
+                Err(e) => {
+                    p.abort().await;
+                    Err(e)
+                }
+            }
+        });
+        Assembler { tx, cancel, done }
+    }
+
+    /// Hand over the last block (if any), wait for what was sent before,
+    /// and take the progress made; `None` if the assembler failed.
+    async fn finish(self, last: Option<(u64, Bytes)>) -> Option<Progress> {
+        if let Some(b) = last {
+            let _ = self.tx.send(b).await;
+        }
+        drop(self.tx);
+        match self.done.await {
+            Ok(Ok(p)) => Some(p),
+            Ok(Err(e)) => {
+                warn!(error = %e, "progressive assembly failed: assembling at completion");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "progressive assembly stopped: assembling at completion");
+                None
+            }
+        }
     }
 }
 
@@ -1424,7 +1681,7 @@ impl ObjectUpload {
                 // Staged already; a repeat is not written again, but it
                 // completes an upload whose completion was cut short.
                 if all {
-                    return inner.complete(n, &mut st).await.map(Some);
+                    return inner.complete(n, &mut st, None).await.map(Some);
                 }
                 inner.touch(&n.id(), 0);
                 return Ok(None);
@@ -1436,7 +1693,7 @@ impl ObjectUpload {
         let path = inner.block_path(n, &self.upload_id, index);
         inner
             .store
-            .put(&path, PutPayload::from_bytes(data))
+            .put(&path, PutPayload::from_bytes(data.clone()))
             .await
             .map_err(store_err)?;
         let mut st = self.slot.lock().await;
@@ -1453,10 +1710,20 @@ impl ObjectUpload {
             up.remaining -= 1;
             inner.touch(&n.id(), expected);
         }
-        if up.remaining > 0 {
-            return Ok(None);
+        if up.remaining == 0 {
+            return inner
+                .complete(n, &mut st, Some((index, data)))
+                .await
+                .map(Some);
         }
-        inner.complete(n, &mut st).await.map(Some)
+        let feed = up.assembler.as_ref().map(|a| a.tx.clone());
+        drop(st);
+        // After the lock: the assembler may be busy writing a part, and a
+        // completion waits for every block sent to it before.
+        if let Some(tx) = feed {
+            let _ = tx.send((index, data)).await;
+        }
+        Ok(None)
     }
 
     /// The key's upload, if it is still the one this handle was opened on

@@ -268,7 +268,7 @@ async fn records_are_create_only() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_record_creates_one_wins() {
     let s = ObjectStorage::in_memory();
     let tries = (0..16).map(|i| {
@@ -434,45 +434,72 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
 /// asserted at what the module docs say.
 #[tokio::test]
 async fn bytes_crossing_and_written_per_content_byte() {
-    for (name, len, shuffle) in [
-        ("small in order", 1 << 20, false),
-        ("small out of order", 1 << 20, true),
-        ("large in order", 20 << 20, false),
-        ("large out of order", 20 << 20, true),
+    #[derive(Clone, Copy)]
+    enum Order {
+        InOrder,
+        Shuffled,
+        Reversed,
+    }
+    use Order::*;
+    // name, size, order, restart half-way, (put, got) per byte expected.
+    for (name, len, order, restart, want_put, want_got) in [
+        ("small, in order", 1 << 20, InOrder, false, 2.0, 1.0),
+        ("small, shuffled", 1 << 20, Shuffled, false, 2.0, 1.0),
+        ("large, in order", 20 << 20, InOrder, false, 2.0, 0.0),
+        ("large, shuffled", 20 << 20, Shuffled, false, 2.0, 0.0),
+        // 32 MiB of early blocks are held; the other 8 MiB read back.
+        ("large, reversed", 40 << 20, Reversed, false, 2.0, 0.2),
+        // The new instance assembles everything at completion; the first
+        // one's part (8 of its 10 MiB) is lost with it.
+        (
+            "large, in order, restart",
+            20 << 20,
+            InOrder,
+            true,
+            2.4,
+            1.0,
+        ),
     ] {
-        let (mem, counters, s) = recording();
+        let (mem, counters, mut s) = recording();
         let data = body(len, 3);
         let total = total_blocks(len as u64, BS);
         s.plan_upload("u", "f", plan_of(len), false)
             .await
             .expect("plan");
         let base_put = counters.put_bytes.load(Ordering::Relaxed);
-        let order = if shuffle {
-            shuffled(total)
-        } else {
-            (0..total).collect()
+        let indexes: Vec<u64> = match order {
+            InOrder => (0..total).collect(),
+            Shuffled => shuffled(total),
+            Reversed => (0..total).rev().collect(),
         };
-        for i in order {
+        for (n, i) in indexes.into_iter().enumerate() {
+            if restart && n as u64 == total / 2 {
+                s = ObjectStorage::new(
+                    Arc::clone(s.object_store()),
+                    "pre/fix",
+                    StoreLimits::default(),
+                );
+                s.plan_upload("u", "f", plan_of(len), true)
+                    .await
+                    .expect("resume");
+            }
             put(&s, "u", "f", &data, i).await;
         }
         let put_bytes = counters.put_bytes.load(Ordering::Relaxed) - base_put;
+        // (Includes a state object's few hundred bytes after the restart.)
         let got_bytes = counters.got_bytes.load(Ordering::Relaxed);
-        let meta_bytes = serde_json::to_vec(&s.head("u", "f").await.expect("head"))
-            .expect("json")
-            .len() as u64;
+        let meta = s.head("u", "f").await.expect("head");
+        assert_eq!(meta.md5, md5_hex(&data), "{name}");
+        let meta_bytes = serde_json::to_vec(&meta).expect("json").len() as u64;
         let sums_bytes = (len as u64).div_ceil(CHUNK) * 4;
-        let content_put = put_bytes - meta_bytes - sums_bytes;
-        println!(
-            "{name}: {len} B: put {:.3}/B, got {:.3}/B",
-            content_put as f64 / len as f64,
-            got_bytes as f64 / len as f64
-        );
-        assert_eq!(content_put, 2 * len as u64, "{name}");
-        // Staged blocks read once (plus the small JSON state objects).
+        let content_put = (put_bytes - meta_bytes - sums_bytes) as f64 / len as f64;
+        let got = got_bytes as f64 / len as f64;
+        println!("{name}: {len} B: put {content_put:.3}/B, got {got:.3}/B");
         assert!(
-            got_bytes >= len as u64 && got_bytes < len as u64 + 4096,
-            "{name}"
+            (content_put - want_put).abs() < 0.01,
+            "{name}: put {content_put}"
         );
+        assert!((got - want_got).abs() < 0.01, "{name}: got {got}");
         let stored: u64 = mem
             .list(None)
             .map_ok(|m| m.size)
@@ -487,10 +514,11 @@ async fn bytes_crossing_and_written_per_content_byte() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_blocks_complete_exactly_once() {
-    let s = ObjectStorage::in_memory();
-    let len = 3 << 20;
+    let (_, counters, s) = recording();
+    // Large enough for parts written while blocks arrive.
+    let len = 12 << 20;
     let data = Arc::new(body(len, 11));
     let total = total_blocks(len as u64, BS);
     s.plan_upload("u", "c", plan_of(len), false)
@@ -515,6 +543,12 @@ async fn concurrent_blocks_complete_exactly_once() {
         }
     }
     assert_eq!(md5s, vec![md5_hex(data.as_slice())]);
+    let meta = s.head("u", "c").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    let parts = lock(&counters.parts).clone();
+    let (_, rest) = parts.split_last().expect("parts");
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20), "{parts:?}");
 }
 
 #[tokio::test]
@@ -569,7 +603,7 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_saves_leave_one_upload() {
     let s = ObjectStorage::in_memory();
     let tries = (0..8).map(|_| {
