@@ -36,8 +36,8 @@
 //! misses just shows as missing, and the client sends it again), and upkeep.
 //!
 //! A file is complete exactly when its meta object exists. Completion writes
-//! the content first (one PUT, or a multipart upload completed in one
-//! request), then the meta, then removes the upload's state and staged
+//! the content first (one PUT, or a multipart upload's completion: one
+//! request), then its sums, then the meta, then removes the upload's state and staged
 //! blocks. A completion cancelled after the meta finishes the cleanup at
 //! the next block or SAVE. A crash before the meta leaves content nobody points at (under a
 //! fresh `upload_id`, so it never replaces a file; removed with the key on
@@ -50,34 +50,54 @@
 //! # Blocks and S3's part rules
 //!
 //! Every block is acknowledged only once durable: it is PUT as its own
-//! object (repeats of a staged block are not written again). At completion
-//! the staged blocks are read back in order (8 GETs in flight) and written
-//! as the file: with one PUT when the file is at most [`PART_MIN`], else
-//! with a multipart upload whose parts are runs of consecutive blocks of at
-//! least [`PART_MIN`] bytes (8 MiB, raised for files over 80 GB so there
-//! are never more than ~9,000 parts; only the last part is smaller), which
-//! is within AWS's rules (≥ 5 MiB but the last, ≤ 10,000 parts) and does
-//! not depend on Garage's looser ones. The md5 (and nothing else) is
-//! computed over the content as it streams through, so it needs no saved
-//! state and survives any restart; S3's ETag is never used as an md5.
+//! object (repeats of a staged block are not written again). The staged
+//! blocks are the truth until the file's meta exists.
+//!
+//! A file of at most [`PART_MIN`] is written at completion with one PUT of
+//! its staged blocks read back in order (8 GETs in flight).
+//!
+//! A larger file is written as a multipart upload whose parts are runs of
+//! consecutive blocks of at least [`PART_MIN`] bytes (8 MiB, raised for
+//! files over 72 GiB so there are at most ~9,000 parts; only the last part is
+//! smaller) — within AWS's rules (≥ 5 MiB but the last, ≤ 10,000 parts),
+//! not depending on Garage's looser ones. The parts are written *while the
+//! blocks arrive*: SAVE starts the multipart upload and an assembler task
+//! ([`Assembler`]) that each staged block is handed to; blocks that extend
+//! the contiguous prefix go straight into the next part (never read back),
+//! early ones are held in memory (up to [`HELD_BYTES`] per upload and
+//! [`HELD_BYTES_TOTAL`] in all) or, past that, read back when the prefix
+//! reaches them. Memory per large upload being received: up to
+//! [`PARTS_IN_FLIGHT`] parts being sent plus the one being filled (24 MiB),
+//! plus what it holds. Completion then has only
+//! the tail to write. The assembler is a cache: an upload reloaded by a new
+//! instance (or whose assembler failed) is assembled from its staged blocks
+//! at completion, as small files are; its old multipart upload is aborted
+//! when discarded, or — cut off by a crash — left invisible for the
+//! bucket's lifecycle rule (AbortIncompleteMultipartUpload) to reap.
+//!
+//! The md5 and the chunk CRCs are computed over the content in order as it
+//! goes into the file, so they need no saved state: after a restart they
+//! are computed again from the staged blocks (md-5 0.10 in this workspace
+//! cannot save a running hash's state; with md-5 0.11 the prefix's state
+//! could be kept in the bucket next to the multipart's part list, which
+//! `object_store`'s `ObjectStore` trait does not expose — its
+//! `MultipartStore` does). S3's ETag is never used as an md5.
 //!
 //! # Cost per byte of content (measured by the tests, see
 //! `bytes_crossing_and_written_per_content_byte`)
 //!
-//! | | in order | out of order / repeated |
-//! |---|---|---|
-//! | server → store (PUT) | 2 (staged block, then file) | 2 |
-//! | store → server (GET) | 1 (read back at completion) | 1 |
-//! | written by the store | 2 (then the staged copy is deleted) | 2 |
+//! | upload | PUT (server → store) | GET (store → server) | written |
+//! |---|---|---|---|
+//! | ≤ 8 MiB, any order | 2 (staged, file) | 1 (read back) | 2 |
+//! | large, in order or shuffled within 32 MiB | 2 (staged, part) | 0 | 2 |
+//! | large, reversed (40 MiB) | 2 | 0.2 (past the 32 MiB held) | 2 |
+//! | large, instance restarted half-way | 2.4 (+ lost parts) | 1 | 2 (+ lost parts) |
 //!
-//! Repeats of a block already staged cost nothing more (not re-PUT). The
-//! order makes no difference in this design: the price is paid at
-//! completion, which for a large file takes about as long again as the
-//! upload itself. Not done yet: coalescing progressively (PUTting parts of a
-//! multipart upload as contiguous runs of ≥ 8 MiB complete, which would
-//! make in-order uploads cost 1 PUT per byte plus the part of the tail);
-//! that needs the md5 of the prefix to survive a restart, i.e. a saved hash
-//! state, which md-5 0.10 (this workspace) cannot export — md-5 0.11 can.
+//! plus 4 bytes per 4 KiB of sums and the small JSON objects; each staged
+//! block is deleted once the file is complete, so the bucket ends with one
+//! copy. Repeats of a block already staged cost nothing more. For a large
+//! upload completion waits only for the last part and the multipart's
+//! completion; for a restarted one it reads and writes the whole file.
 //!
 //! # Integrity of ranged reads
 //!
@@ -100,6 +120,7 @@
 //! objects' `last_modified`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -129,7 +150,7 @@ const MAX_PARTS: u64 = 9_000;
 /// Staged blocks read back concurrently during completion.
 const READ_AHEAD: usize = 8;
 /// Multipart parts in flight at once during completion.
-const PARTS_IN_FLIGHT: usize = 3;
+const PARTS_IN_FLIGHT: usize = 2;
 /// Key bytes kept in order in a key's segment; longer keys end in a hash.
 const KEY_ORDERED_BYTES: usize = 256;
 /// Users up to this many bytes are kept readable-ish; longer ones hashed.
@@ -313,6 +334,8 @@ struct Inner {
     pending: Mutex<HashMap<Id, Pending>>,
     /// Uploads already in the bucket have been accounted for.
     scanned: tokio::sync::OnceCell<()>,
+    /// Bytes of early blocks held by all assemblies.
+    held_total: Arc<AtomicU64>,
 }
 
 /// The [`Storage`] interface on an object store; see the module docs.
@@ -333,6 +356,7 @@ impl ObjectStorage {
                 records: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 scanned: tokio::sync::OnceCell::new(),
+                held_total: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -789,6 +813,7 @@ impl Inner {
                     .await
                     .map_err(|e| Failed(store_err(e)))?,
                 plan,
+                Arc::clone(&self.held_total),
             ),
         };
         let result = self.assemble_rest(n, up, &mut p).await;
@@ -811,8 +836,7 @@ impl Inner {
     ) -> Result<(), AssembleError> {
         let plan = up.plan;
         let total = total_blocks(plan.size, plan.block_size);
-        let mut held = std::mem::take(&mut p.held);
-        p.held_bytes = 0;
+        let mut held = p.take_all_held();
         let mut blocks = futures::stream::iter(p.next..total)
             .map(|i| {
                 let kept = held.remove(&i);
@@ -944,7 +968,7 @@ impl Inner {
                 Ok(mp) => Some(Assembler::start(
                     Arc::clone(&self.store),
                     self.blocks_dir(n, &state.upload_id),
-                    Progress::new(mp, plan),
+                    Progress::new(mp, plan, Arc::clone(&self.held_total)),
                 )),
                 Err(e) => {
                     warn!(error = %e, "cannot start a multipart upload: assembling at completion");
@@ -1194,15 +1218,26 @@ struct Progress {
     in_flight: FuturesUnordered<UploadPart>,
     held: BTreeMap<u64, Bytes>,
     held_bytes: u64,
+    /// Bytes held by every assembly of the store (shared budget).
+    held_total: Arc<AtomicU64>,
     /// Early blocks known staged but not held (read back when reached).
     staged: BTreeSet<u64>,
 }
 
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.held_total
+            .fetch_sub(self.held_bytes, Ordering::Relaxed);
+    }
+}
+
 /// Early blocks one upload's assembly keeps in memory, at most.
 const HELD_BYTES: u64 = 32 << 20;
+/// Early blocks all assemblies keep in memory, at most.
+const HELD_BYTES_TOTAL: u64 = 256 << 20;
 
 impl Progress {
-    fn new(mp: Box<dyn MultipartUpload>, plan: PlanRecord) -> Progress {
+    fn new(mp: Box<dyn MultipartUpload>, plan: PlanRecord, held_total: Arc<AtomicU64>) -> Progress {
         Progress {
             mp,
             part_size: PART_MIN.max(plan.size.div_ceil(MAX_PARTS)),
@@ -1214,8 +1249,41 @@ impl Progress {
             in_flight: FuturesUnordered::new(),
             held: BTreeMap::new(),
             held_bytes: 0,
+            held_total,
             staged: BTreeSet::new(),
         }
+    }
+
+    /// Keep early block `i` in memory if the budgets allow.
+    fn hold(&mut self, i: u64, b: Bytes) -> bool {
+        let len = b.len() as u64;
+        if self.held_bytes + len > HELD_BYTES {
+            return false;
+        }
+        let total = self.held_total.fetch_add(len, Ordering::Relaxed);
+        if total + len > HELD_BYTES_TOTAL {
+            self.held_total.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        self.held_bytes += len;
+        self.held.insert(i, b);
+        true
+    }
+
+    /// Everything held (no longer counted against the budgets: consumed
+    /// right away by the completion).
+    fn take_all_held(&mut self) -> BTreeMap<u64, Bytes> {
+        self.held_total
+            .fetch_sub(self.held_bytes, Ordering::Relaxed);
+        self.held_bytes = 0;
+        std::mem::take(&mut self.held)
+    }
+
+    fn take_held(&mut self, i: u64) -> Option<Bytes> {
+        let b = self.held.remove(&i)?;
+        self.held_bytes -= b.len() as u64;
+        self.held_total.fetch_sub(b.len() as u64, Ordering::Relaxed);
+        Some(b)
     }
 
     /// Append block `next`.
@@ -1258,7 +1326,10 @@ impl Progress {
         }
         .await;
         match done {
-            Ok(()) => Ok((hex::encode(self.md5.finalize()), self.crcs.finish())),
+            Ok(()) => Ok((
+                hex::encode(std::mem::take(&mut self.md5).finalize()),
+                std::mem::take(&mut self.crcs).finish(),
+            )),
             Err(e) => {
                 self.abort().await;
                 Err(e)
@@ -1307,15 +1378,11 @@ impl Assembler {
                     }
                     if i == p.next {
                         p.feed(b).await?;
-                    } else if p.held_bytes + b.len() as u64 <= HELD_BYTES {
-                        p.held_bytes += b.len() as u64;
-                        p.held.insert(i, b);
-                    } else {
+                    } else if !p.hold(i, b) {
                         p.staged.insert(i);
                     }
                     loop {
-                        if let Some(b) = p.held.remove(&p.next) {
-                            p.held_bytes -= b.len() as u64;
+                        if let Some(b) = p.take_held(p.next) {
                             p.feed(b).await?;
                         } else if p.staged.remove(&p.next) {
                             let path = blocks_dir.clone().join(p.next.to_string().as_str());

@@ -436,16 +436,16 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
 async fn bytes_crossing_and_written_per_content_byte() {
     #[derive(Clone, Copy)]
     enum Order {
-        InOrder,
+        Forward,
         Shuffled,
         Reversed,
     }
     use Order::*;
     // name, size, order, restart half-way, (put, got) per byte expected.
     for (name, len, order, restart, want_put, want_got) in [
-        ("small, in order", 1 << 20, InOrder, false, 2.0, 1.0),
+        ("small, in order", 1 << 20, Forward, false, 2.0, 1.0),
         ("small, shuffled", 1 << 20, Shuffled, false, 2.0, 1.0),
-        ("large, in order", 20 << 20, InOrder, false, 2.0, 0.0),
+        ("large, in order", 20 << 20, Forward, false, 2.0, 0.0),
         ("large, shuffled", 20 << 20, Shuffled, false, 2.0, 0.0),
         // 32 MiB of early blocks are held; the other 8 MiB read back.
         ("large, reversed", 40 << 20, Reversed, false, 2.0, 0.2),
@@ -454,7 +454,7 @@ async fn bytes_crossing_and_written_per_content_byte() {
         (
             "large, in order, restart",
             20 << 20,
-            InOrder,
+            Forward,
             true,
             2.4,
             1.0,
@@ -468,7 +468,7 @@ async fn bytes_crossing_and_written_per_content_byte() {
             .expect("plan");
         let base_put = counters.put_bytes.load(Ordering::Relaxed);
         let indexes: Vec<u64> = match order {
-            InOrder => (0..total).collect(),
+            Forward => (0..total).collect(),
             Shuffled => shuffled(total),
             Reversed => (0..total).rev().collect(),
         };
@@ -500,6 +500,11 @@ async fn bytes_crossing_and_written_per_content_byte() {
             "{name}: put {content_put}"
         );
         assert!((got - want_got).abs() < 0.01, "{name}: got {got}");
+        assert_eq!(
+            s.inner.held_total.load(Ordering::Relaxed),
+            0,
+            "{name}: memory budget returned"
+        );
         let stored: u64 = mem
             .list(None)
             .map_ok(|m| m.size)
