@@ -1063,3 +1063,42 @@ async fn ranged_reads_are_verified_against_the_sums() {
         Err(StoreError::Integrity { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_or_deleted_large_upload_leaves_nothing_behind() {
+    let (mem, _, s) = recording();
+    let len = 12 << 20;
+    let old = body(len, 21);
+    let new = body(len, 22);
+    let total = total_blocks(len as u64, BS);
+    for round in 0..2 {
+        s.plan_upload("u", "big", plan_of(len), false)
+            .await
+            .expect("plan");
+        // Parts written (in order) and early blocks held (from the end).
+        for i in (0..total / 2).chain((total * 3 / 4..total).rev()) {
+            put(&s, "u", "big", &old, i).await;
+        }
+        if round == 1 {
+            assert_eq!(
+                s.delete_file("u", "big", None).await.expect("delete"),
+                Deleted::UnfinishedUpload
+            );
+        }
+    }
+    // A new SAVE supersedes (round 0) or follows the delete (round 1).
+    let md5 = upload(&s, "u", "big", &new).await;
+    assert_eq!(md5, md5_hex(&new));
+    let meta = s.head("u", "big").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == new.as_slice());
+    let objects: Vec<_> = mem.list(None).try_collect().await.expect("list");
+    let id = meta.upload_id.expect("id");
+    assert_eq!(objects.len(), 3, "meta, content, sums: {objects:?}");
+    assert!(
+        objects
+            .iter()
+            .all(|o| o.location.as_ref().contains("/meta/") || o.location.as_ref().contains(&id)),
+        "{objects:?}"
+    );
+}
