@@ -70,9 +70,10 @@
 //! [`PARTS_IN_FLIGHT`] parts being sent plus the one being filled (24 MiB),
 //! plus what it holds. Completion then has only
 //! the tail to write. The assembler is a cache: an upload reloaded by a new
-//! instance (or whose assembler failed) is assembled from its staged blocks
-//! at completion, as small files are; its old multipart upload is aborted
-//! when discarded, or — cut off by a crash — left invisible for the
+//! instance gets a new one at its next block, which reads back what was
+//! staged before, in order, while the rest arrives; if it fails, completion
+//! assembles from the staged blocks, as for small files. A multipart upload
+//! no longer wanted is aborted, or — cut off by a crash — left invisible for the
 //! bucket's lifecycle rule (AbortIncompleteMultipartUpload) to reap.
 //!
 //! The md5 and the chunk CRCs are computed over the content in order as it
@@ -91,13 +92,13 @@
 //! | ≤ 8 MiB, any order | 2 (staged, file) | 1 (read back) | 2 |
 //! | large, in order or shuffled within 32 MiB | 2 (staged, part) | 0 | 2 |
 //! | large, reversed (40 MiB) | 2 | 0.2 (past the 32 MiB held) | 2 |
-//! | large, instance restarted half-way | 2.4 (+ lost parts) | 1 | 2 (+ lost parts) |
+//! | large, in order, instance restarted half-way | 2.4 (lost parts) | 0.5 (what was staged before) | 2 (+ lost parts) |
 //!
 //! plus 4 bytes per 4 KiB of sums and the small JSON objects; each staged
 //! block is deleted once the file is complete, so the bucket ends with one
 //! copy. Repeats of a block already staged cost nothing more. For a large
 //! upload completion waits only for the last part and the multipart's
-//! completion; for a restarted one it reads and writes the whole file.
+//! completion.
 //!
 //! # Integrity of ranged reads
 //!
@@ -277,9 +278,12 @@ struct Upload {
     plan: PlanRecord,
     received: Vec<bool>,
     remaining: u64,
-    /// Assembling the file as blocks arrive (large uploads started by this
-    /// instance; lost with it, and then done at completion instead).
+    /// Assembling the file as blocks arrive (large uploads; lost with the
+    /// instance, and started again at the next block after a reload).
     assembler: Option<Assembler>,
+    /// An assembler was started (once per upload and instance: one that
+    /// failed is not retried, completion does the work).
+    assembler_tried: bool,
 }
 
 impl Drop for Upload {
@@ -674,6 +678,7 @@ impl Inner {
             received,
             remaining,
             assembler: None,
+            assembler_tried: false,
         });
         st.loaded = true;
         Ok(())
@@ -960,21 +965,8 @@ impl Inner {
         };
         self.put_json(&self.state_path(n), &state).await?;
         let assembler = if plan.size > PART_MIN {
-            match self
-                .store
-                .put_multipart(&self.content_path(n, &state.upload_id))
+            self.start_assembler(n, &state.upload_id, plan, BTreeSet::new())
                 .await
-            {
-                Ok(mp) => Some(Assembler::start(
-                    Arc::clone(&self.store),
-                    self.blocks_dir(n, &state.upload_id),
-                    Progress::new(mp, plan, Arc::clone(&self.held_total)),
-                )),
-                Err(e) => {
-                    warn!(error = %e, "cannot start a multipart upload: assembling at completion");
-                    None
-                }
-            }
         } else {
             None
         };
@@ -992,6 +984,7 @@ impl Inner {
             received: vec![false; slots],
             remaining: total,
             assembler,
+            assembler_tried: true,
         });
         Ok(PlanOutcome {
             plan,
@@ -1000,6 +993,37 @@ impl Inner {
             md5: None,
             upload_id: Some(state.upload_id),
         })
+    }
+
+    /// Start a large upload's multipart upload and the task writing its
+    /// parts, `staged` being the blocks already in the bucket. `None` if the
+    /// store refuses: then it is all done at completion.
+    async fn start_assembler(
+        &self,
+        n: &Names,
+        upload_id: &str,
+        plan: PlanRecord,
+        staged: BTreeSet<u64>,
+    ) -> Option<Assembler> {
+        match self
+            .store
+            .put_multipart(&self.content_path(n, upload_id))
+            .await
+        {
+            Ok(mp) => {
+                let mut p = Progress::new(mp, plan, Arc::clone(&self.held_total));
+                p.staged = staged;
+                Some(Assembler::start(
+                    Arc::clone(&self.store),
+                    self.blocks_dir(n, upload_id),
+                    p,
+                ))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot start a multipart upload: assembling at completion");
+                None
+            }
+        }
     }
 
     async fn delete_file(
@@ -1372,6 +1396,8 @@ impl Assembler {
         let done = tokio::spawn(async move {
             let mut p = p;
             let run = async {
+                // Blocks staged before it started (a reloaded upload).
+                advance(&mut p, &store, &blocks_dir).await?;
                 while let Some((i, b)) = rx.recv().await {
                     if i < p.next || p.held.contains_key(&i) || p.staged.contains(&i) {
                         continue;
@@ -1381,23 +1407,7 @@ impl Assembler {
                     } else if !p.hold(i, b) {
                         p.staged.insert(i);
                     }
-                    loop {
-                        if let Some(b) = p.take_held(p.next) {
-                            p.feed(b).await?;
-                        } else if p.staged.remove(&p.next) {
-                            let path = blocks_dir.clone().join(p.next.to_string().as_str());
-                            let b = store
-                                .get(&path)
-                                .await
-                                .map_err(store_err)?
-                                .bytes()
-                                .await
-                                .map_err(store_err)?;
-                            p.feed(b).await?;
-                        } else {
-                            break;
-                        }
-                    }
+                    advance(&mut p, &store, &blocks_dir).await?;
                 }
                 Ok::<(), StoreError>(())
             };
@@ -1433,6 +1443,43 @@ impl Assembler {
                 warn!(error = %e, "progressive assembly stopped: assembling at completion");
                 None
             }
+        }
+    }
+}
+
+/// Feed `p` the blocks that follow its prefix and that it holds or knows
+/// staged, reading the staged ones back [`READ_AHEAD`] at a time.
+async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> StoreResult<()> {
+    loop {
+        let mut run: Vec<(u64, Option<Bytes>)> = Vec::new();
+        let mut i = p.next;
+        while run.len() < 64 {
+            if let Some(b) = p.take_held(i) {
+                run.push((i, Some(b)));
+            } else if p.staged.remove(&i) {
+                run.push((i, None));
+            } else {
+                break;
+            }
+            i += 1;
+        }
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut blocks = futures::stream::iter(run)
+            .map(|(i, kept)| {
+                let path = dir.clone().join(i.to_string().as_str());
+                let store = Arc::clone(store);
+                async move {
+                    match kept {
+                        Some(b) => Ok(b),
+                        None => store.get(&path).await?.bytes().await,
+                    }
+                }
+            })
+            .buffered(READ_AHEAD);
+        while let Some(b) = blocks.next().await {
+            p.feed(b.map_err(store_err)?).await?;
         }
     }
 }
@@ -1782,6 +1829,19 @@ impl ObjectUpload {
                 .complete(n, &mut st, Some((index, data)))
                 .await
                 .map(Some);
+        }
+        if up.assembler.is_none() && !up.assembler_tried && up.plan.size > PART_MIN {
+            // Reloaded: write the parts of what is staged in the background
+            // from now on, rather than all at completion.
+            up.assembler_tried = true;
+            let staged = up
+                .received
+                .iter()
+                .enumerate()
+                .filter(|(i, r)| **r && *i as u64 != index)
+                .map(|(i, _)| i as u64)
+                .collect();
+            up.assembler = inner.start_assembler(n, &up.id, up.plan, staged).await;
         }
         let feed = up.assembler.as_ref().map(|a| a.tx.clone());
         drop(st);
