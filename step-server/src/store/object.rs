@@ -695,6 +695,17 @@ impl Inner {
         self.delete_dir(&self.blocks_dir(n, upload_id)).await
     }
 
+    /// Remove an unfinished upload: [`Self::discard`], and any content a
+    /// failed completion of it wrote (never visible: it has no meta).
+    async fn discard_unfinished(&self, n: &Names, upload_id: &str) -> StoreResult<()> {
+        self.discard(n, upload_id).await?;
+        self.delete_paths(vec![
+            self.content_path(n, upload_id),
+            self.sums_path(n, upload_id),
+        ])
+        .await
+    }
+
     /// Make the upload in `st` (all blocks staged) the complete file: content,
     /// then meta, then cleanup. Called under the key's lock.
     /// `last` is the block that completed it, if it was just staged.
@@ -913,7 +924,7 @@ impl Inner {
             });
         }
         if let Some(old) = st.upload.take() {
-            self.discard(n, &old.id).await?;
+            self.discard_unfinished(n, &old.id).await?;
         }
         if plan.size == 0 {
             let meta = FileMeta {
@@ -1054,7 +1065,7 @@ impl Inner {
         }
         let id = up.id.clone();
         st.upload = None;
-        self.discard(n, &id).await?;
+        self.discard_unfinished(n, &id).await?;
         Ok(Deleted::UnfinishedUpload)
     }
 
@@ -1192,7 +1203,7 @@ impl Inner {
                 };
                 self.load(&probe, &mut st).await?;
                 if let Some(up) = st.upload.take() {
-                    self.discard(&probe, &up.id).await?;
+                    self.discard_unfinished(&probe, &up.id).await?;
                     info!(upload_id = %up.id, "expired an idle unfinished upload");
                     swept += 1;
                 }

@@ -1234,3 +1234,34 @@ async fn on_a_real_s3_server() {
         .expect("list");
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn content_of_a_failed_completion_goes_with_its_upload() {
+    let mem = Arc::new(InMemory::new());
+    let s = over(&mem);
+    let data = body(30_000, 4);
+    let out = s
+        .plan_upload("u", "f", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    let id = out.upload_id.expect("id");
+    put(&s, "u", "f", &data, 0).await;
+    // A completion that wrote the content and failed before the meta.
+    let n = Names::new("u", "f");
+    mem.put(
+        &s.inner.content_path(&n, &id),
+        PutPayload::from(data.clone()),
+    )
+    .await
+    .expect("content");
+    assert!(matches!(
+        s.head("u", "f").await,
+        Err(StoreError::Unfinished)
+    ));
+    assert_eq!(
+        s.delete_file("u", "f", None).await.expect("delete"),
+        Deleted::UnfinishedUpload
+    );
+    let left: Vec<_> = mem.list(None).try_collect().await.expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
