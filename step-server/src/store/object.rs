@@ -53,8 +53,10 @@
 //! object (repeats of a staged block are not written again). The staged
 //! blocks are the truth until the file's meta exists.
 //!
-//! A file of at most [`PART_MIN`] is written at completion with one PUT of
-//! its staged blocks read back in order (8 GETs in flight).
+//! A file of at most [`PART_MIN`] is written at completion with one PUT;
+//! its blocks are kept in memory as they come (within a budget shared by
+//! the store, [`HELD_BYTES_TOTAL`]), and those that are not (staged before
+//! a restart, or past the budget) are read back, [`read_ahead`] at a time.
 //!
 //! A larger file is written as a multipart upload whose parts are runs of
 //! consecutive blocks of at least [`PART_MIN`] bytes (8 MiB, raised for
@@ -89,7 +91,8 @@
 //!
 //! | upload | PUT (server → store) | GET (store → server) | written |
 //! |---|---|---|---|
-//! | ≤ 8 MiB, any order | 2 (staged, file) | 1 (read back) | 2 |
+//! | ≤ 8 MiB, any order | 2 (staged, file) | 0 | 2 |
+//! | ≤ 8 MiB, instance restarted half-way | 2 | 0.5 (what was staged before) | 2 |
 //! | large, in order or shuffled within 32 MiB | 2 (staged, part) | 0 | 2 |
 //! | large, reversed (40 MiB) | 2 | 0.2 (past the 32 MiB held) | 2 |
 //! | large, in order, instance restarted half-way | 2.4 (lost parts) | 0.5 (what was staged before) | 2 (+ lost parts) |
@@ -148,8 +151,16 @@ use super::api::{
 pub const PART_MIN: u64 = 8 << 20;
 /// Parts per file at most (AWS allows 10,000).
 const MAX_PARTS: u64 = 9_000;
-/// Staged blocks read back concurrently during completion.
-const READ_AHEAD: usize = 8;
+/// Bytes of staged blocks read back at once (small requests are slow on
+/// some servers: Garage answers each in 45–90 ms, so depth matters).
+const READ_AHEAD_BYTES: u64 = 2 << 20;
+
+/// Staged blocks read back concurrently.
+fn read_ahead(block_size: u64) -> usize {
+    usize::try_from(READ_AHEAD_BYTES / block_size.max(1))
+        .unwrap_or(64)
+        .clamp(4, 64)
+}
 /// Multipart parts in flight at once during completion.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Key bytes kept in order in a key's segment; longer keys end in a hash.
@@ -284,6 +295,8 @@ struct Upload {
     /// An assembler was started (once per upload and instance: one that
     /// failed is not retried, completion does the work).
     assembler_tried: bool,
+    /// A small upload's blocks, kept so completion need not read them back.
+    held: Held,
 }
 
 impl Drop for Upload {
@@ -679,6 +692,7 @@ impl Inner {
             remaining,
             assembler: None,
             assembler_tried: false,
+            held: self.small_held(plan),
         });
         st.loaded = true;
         Ok(())
@@ -693,6 +707,13 @@ impl Inner {
             Err(e) => return Err(store_err(e)),
         }
         self.delete_dir(&self.blocks_dir(n, upload_id)).await
+    }
+
+    /// Room to keep a small upload's blocks in memory (large ones keep them
+    /// in their assembler).
+    fn small_held(&self, plan: PlanRecord) -> Held {
+        let cap = if plan.size <= PART_MIN { PART_MIN } else { 0 };
+        Held::new(Arc::clone(&self.held_total), cap)
     }
 
     /// Remove an unfinished upload: [`Self::discard`], and any content a
@@ -776,23 +797,29 @@ impl Inner {
     async fn assemble(
         &self,
         n: &Names,
-        up: &Upload,
+        up: &mut Upload,
         progress: Option<Progress>,
     ) -> Result<(String, Vec<u32>), AssembleError> {
         let plan = up.plan;
         let total = total_blocks(plan.size, plan.block_size);
         let dest = self.content_path(n, &up.id);
+        let mut held = up.held.take_all();
+        let up: &Upload = up;
         let mut blocks = futures::stream::iter(0..total)
             .map(|i| {
+                let kept = held.remove(&i);
                 let path = self.block_path(n, &up.id, i);
                 async move {
+                    if let Some(b) = kept {
+                        return Ok((i, b));
+                    }
                     match self.store.get(&path).await {
                         Ok(r) => r.bytes().await.map(|b| (i, b)).map_err(|e| (i, e)),
                         Err(e) => Err((i, e)),
                     }
                 }
             })
-            .buffered(READ_AHEAD);
+            .buffered(read_ahead(plan.block_size));
         let mut md5 = Md5::new();
         let mut crcs = ChunkCrcs::default();
         let mut next = |r: Option<Result<(u64, Bytes), (u64, object_store::Error)>>| match r {
@@ -852,7 +879,7 @@ impl Inner {
     ) -> Result<(), AssembleError> {
         let plan = up.plan;
         let total = total_blocks(plan.size, plan.block_size);
-        let mut held = p.take_all_held();
+        let mut held = p.held.take_all();
         let mut blocks = futures::stream::iter(p.next..total)
             .map(|i| {
                 let kept = held.remove(&i);
@@ -867,7 +894,7 @@ impl Inner {
                     }
                 }
             })
-            .buffered(READ_AHEAD);
+            .buffered(read_ahead(plan.block_size));
         while let Some(r) = blocks.next().await {
             let b = match r {
                 Ok((i, b)) => {
@@ -996,6 +1023,7 @@ impl Inner {
             remaining: total,
             assembler,
             assembler_tried: true,
+            held: self.small_held(plan),
         });
         Ok(PlanOutcome {
             plan,
@@ -1239,6 +1267,68 @@ impl Inner {
 
 // ------------------------------------------------------------------ assembly
 
+/// Blocks kept in memory so they need not be read back from the bucket,
+/// within a per-upload cap and a budget shared by the whole store.
+#[derive(Debug)]
+struct Held {
+    map: BTreeMap<u64, Bytes>,
+    bytes: u64,
+    cap: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl Held {
+    fn new(total: Arc<AtomicU64>, cap: u64) -> Held {
+        Held {
+            map: BTreeMap::new(),
+            bytes: 0,
+            cap,
+            total,
+        }
+    }
+
+    /// Keep block `i` if the budgets allow.
+    fn hold(&mut self, i: u64, b: Bytes) -> bool {
+        let len = b.len() as u64;
+        if self.map.contains_key(&i) || self.bytes + len > self.cap {
+            return false;
+        }
+        let before = self.total.fetch_add(len, Ordering::Relaxed);
+        if before + len > HELD_BYTES_TOTAL {
+            self.total.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes += len;
+        self.map.insert(i, b);
+        true
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        self.map.contains_key(&i)
+    }
+
+    fn take(&mut self, i: u64) -> Option<Bytes> {
+        let b = self.map.remove(&i)?;
+        self.bytes -= b.len() as u64;
+        self.total.fetch_sub(b.len() as u64, Ordering::Relaxed);
+        Some(b)
+    }
+
+    /// Everything held (no longer counted against the budgets: consumed
+    /// right away by the completion).
+    fn take_all(&mut self) -> BTreeMap<u64, Bytes> {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+        std::mem::take(&mut self.map)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A large file's content being written as a multipart upload, in order:
 /// blocks `[0, next)` are hashed and in parts (sent, or in `part`), and
 /// `held` keeps early blocks in memory (up to [`HELD_BYTES`]).
@@ -1251,19 +1341,10 @@ struct Progress {
     part: Vec<Bytes>,
     part_len: u64,
     in_flight: FuturesUnordered<UploadPart>,
-    held: BTreeMap<u64, Bytes>,
-    held_bytes: u64,
-    /// Bytes held by every assembly of the store (shared budget).
-    held_total: Arc<AtomicU64>,
+    held: Held,
+    read_ahead: usize,
     /// Early blocks known staged but not held (read back when reached).
     staged: BTreeSet<u64>,
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.held_total
-            .fetch_sub(self.held_bytes, Ordering::Relaxed);
-    }
 }
 
 /// Early blocks one upload's assembly keeps in memory, at most.
@@ -1282,43 +1363,10 @@ impl Progress {
             part: Vec::new(),
             part_len: 0,
             in_flight: FuturesUnordered::new(),
-            held: BTreeMap::new(),
-            held_bytes: 0,
-            held_total,
+            held: Held::new(held_total, HELD_BYTES),
+            read_ahead: read_ahead(plan.block_size),
             staged: BTreeSet::new(),
         }
-    }
-
-    /// Keep early block `i` in memory if the budgets allow.
-    fn hold(&mut self, i: u64, b: Bytes) -> bool {
-        let len = b.len() as u64;
-        if self.held_bytes + len > HELD_BYTES {
-            return false;
-        }
-        let total = self.held_total.fetch_add(len, Ordering::Relaxed);
-        if total + len > HELD_BYTES_TOTAL {
-            self.held_total.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
-        self.held_bytes += len;
-        self.held.insert(i, b);
-        true
-    }
-
-    /// Everything held (no longer counted against the budgets: consumed
-    /// right away by the completion).
-    fn take_all_held(&mut self) -> BTreeMap<u64, Bytes> {
-        self.held_total
-            .fetch_sub(self.held_bytes, Ordering::Relaxed);
-        self.held_bytes = 0;
-        std::mem::take(&mut self.held)
-    }
-
-    fn take_held(&mut self, i: u64) -> Option<Bytes> {
-        let b = self.held.remove(&i)?;
-        self.held_bytes -= b.len() as u64;
-        self.held_total.fetch_sub(b.len() as u64, Ordering::Relaxed);
-        Some(b)
     }
 
     /// Append block `next`.
@@ -1410,12 +1458,12 @@ impl Assembler {
                 // Blocks staged before it started (a reloaded upload).
                 advance(&mut p, &store, &blocks_dir).await?;
                 while let Some((i, b)) = rx.recv().await {
-                    if i < p.next || p.held.contains_key(&i) || p.staged.contains(&i) {
+                    if i < p.next || p.held.contains(i) || p.staged.contains(&i) {
                         continue;
                     }
                     if i == p.next {
                         p.feed(b).await?;
-                    } else if !p.hold(i, b) {
+                    } else if !p.held.hold(i, b) {
                         p.staged.insert(i);
                     }
                     advance(&mut p, &store, &blocks_dir).await?;
@@ -1459,13 +1507,13 @@ impl Assembler {
 }
 
 /// Feed `p` the blocks that follow its prefix and that it holds or knows
-/// staged, reading the staged ones back [`READ_AHEAD`] at a time.
+/// staged, reading the staged ones back [`read_ahead`] at a time.
 async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> StoreResult<()> {
     loop {
         let mut run: Vec<(u64, Option<Bytes>)> = Vec::new();
         let mut i = p.next;
         while run.len() < 64 {
-            if let Some(b) = p.take_held(i) {
+            if let Some(b) = p.held.take(i) {
                 run.push((i, Some(b)));
             } else if p.staged.remove(&i) {
                 run.push((i, None));
@@ -1477,6 +1525,7 @@ async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> 
         if run.is_empty() {
             return Ok(());
         }
+        let depth = p.read_ahead;
         let mut blocks = futures::stream::iter(run)
             .map(|(i, kept)| {
                 let path = dir.clone().join(i.to_string().as_str());
@@ -1488,7 +1537,7 @@ async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> 
                     }
                 }
             })
-            .buffered(READ_AHEAD);
+            .buffered(depth);
         while let Some(b) = blocks.next().await {
             p.feed(b.map_err(store_err)?).await?;
         }
@@ -1834,6 +1883,7 @@ impl ObjectUpload {
             up.received[index as usize] = true;
             up.remaining -= 1;
             inner.touch(&n.id(), expected);
+            up.held.hold(index, data.clone());
         }
         if up.remaining == 0 {
             return inner
