@@ -70,7 +70,10 @@
 //! [`HELD_BYTES_TOTAL`] in all) or, past that, read back when the prefix
 //! reaches them. Memory per large upload being received: up to
 //! [`PARTS_IN_FLIGHT`] parts being sent plus the one being filled (24 MiB),
-//! plus what it holds. Completion then has only
+//! plus what it holds; at most [`MAX_ASSEMBLERS`] run at once (an upload
+//! that finds none free gets one at a later block if one frees, else is
+//! assembled at completion with read-back). An idle upload keeps its
+//! assembler (and its part buffer) until it completes or expires. Completion then has only
 //! the tail to write. The assembler is a cache: an upload reloaded by a new
 //! instance gets a new one at its next block, which reads back what was
 //! staged before, in order, while the rest arrives; if it fails, completion
@@ -353,6 +356,8 @@ struct Inner {
     scanned: tokio::sync::OnceCell<()>,
     /// Bytes of early blocks held by all assemblies.
     held_total: Arc<AtomicU64>,
+    /// Assemblers that may run at once (each buffers up to three parts).
+    assemblers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The [`Storage`] interface on an object store; see the module docs.
@@ -374,6 +379,7 @@ impl ObjectStorage {
                 pending: Mutex::new(HashMap::new()),
                 scanned: tokio::sync::OnceCell::new(),
                 held_total: Arc::new(AtomicU64::new(0)),
+                assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
             }),
         }
     }
@@ -1021,8 +1027,8 @@ impl Inner {
             plan,
             received: vec![false; slots],
             remaining: total,
+            assembler_tried: assembler.is_some() || plan.size <= PART_MIN,
             assembler,
-            assembler_tried: true,
             held: self.small_held(plan),
         });
         Ok(PlanOutcome {
@@ -1044,6 +1050,9 @@ impl Inner {
         plan: PlanRecord,
         staged: BTreeSet<u64>,
     ) -> Option<Assembler> {
+        let Ok(permit) = Arc::clone(&self.assemblers).try_acquire_owned() else {
+            return None;
+        };
         match self
             .store
             .put_multipart(&self.content_path(n, upload_id))
@@ -1056,6 +1065,7 @@ impl Inner {
                     Arc::clone(&self.store),
                     self.blocks_dir(n, upload_id),
                     p,
+                    permit,
                 ))
             }
             Err(e) => {
@@ -1349,6 +1359,10 @@ struct Progress {
 
 /// Early blocks one upload's assembly keeps in memory, at most.
 const HELD_BYTES: u64 = 32 << 20;
+/// Large uploads whose parts are written while their blocks arrive, at
+/// most; others are assembled at completion (with read-back). Bounds the
+/// memory of part buffers: ~24 MiB each.
+const MAX_ASSEMBLERS: usize = 16;
 /// Early blocks all assemblies keep in memory, at most.
 const HELD_BYTES_TOTAL: u64 = 256 << 20;
 
@@ -1448,11 +1462,17 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    fn start(store: Arc<dyn ObjectStore>, blocks_dir: Path, p: Progress) -> Assembler {
+    fn start(
+        store: Arc<dyn ObjectStore>,
+        blocks_dir: Path,
+        p: Progress,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Assembler {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(64);
         let cancel = tokio_util::sync::CancellationToken::new();
         let stop = cancel.clone();
         let done = tokio::spawn(async move {
+            let _permit = permit;
             let mut p = p;
             let run = async {
                 // Blocks staged before it started (a reloaded upload).
@@ -1891,9 +1911,14 @@ impl ObjectUpload {
                 .await
                 .map(Some);
         }
-        if up.assembler.is_none() && !up.assembler_tried && up.plan.size > PART_MIN {
-            // Reloaded: write the parts of what is staged in the background
-            // from now on, rather than all at completion.
+        if up.assembler.is_none()
+            && !up.assembler_tried
+            && up.plan.size > PART_MIN
+            && inner.assemblers.available_permits() > 0
+        {
+            // Reloaded (or none was free at SAVE): write the parts of what
+            // is staged in the background from now on, rather than all at
+            // completion.
             up.assembler_tried = true;
             let staged = up
                 .received

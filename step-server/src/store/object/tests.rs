@@ -1268,3 +1268,27 @@ async fn content_of_a_failed_completion_goes_with_its_upload() {
     let left: Vec<_> = mem.list(None).try_collect().await.expect("list");
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
+    let (_, counters, s) = recording();
+    let len = (PART_MIN + 3 * BS) as usize;
+    for k in 0..MAX_ASSEMBLERS {
+        s.plan_upload("u", &format!("k{k}"), plan_of(len), false)
+            .await
+            .expect("plan");
+    }
+    assert_eq!(s.inner.assemblers.available_permits(), 0);
+    let data = body(len, 30);
+    let md5 = upload(&s, "u", "extra", &data).await;
+    assert_eq!(md5, md5_hex(&data));
+    let meta = s.head("u", "extra").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    // Assembled at completion from what was staged: read back once, in
+    // lawful parts.
+    assert!(counters.got_bytes.load(Ordering::Relaxed) >= len as u64);
+    let parts = lock(&counters.parts).clone();
+    let (_, rest) = parts.split_last().expect("parts");
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20), "{parts:?}");
+}
