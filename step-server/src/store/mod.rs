@@ -11,6 +11,7 @@
 pub mod api;
 pub mod disk;
 mod names;
+pub mod object;
 mod sums;
 
 use std::sync::{Arc, Weak};

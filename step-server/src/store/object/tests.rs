@@ -1,0 +1,1294 @@
+//! [`ObjectStorage`] against `object_store`'s in-memory store, through a
+//! decorator that counts the bytes crossing to and from the store and keeps
+//! the size of every multipart part.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    PutMultipartOptions, PutOptions, PutResult, UploadPart,
+};
+use step_core::digest::md5_hex;
+
+use super::*;
+
+const BS: u64 = 20480;
+
+/// Counts what crosses between the server and the store.
+#[derive(Debug, Default)]
+struct Counters {
+    put_bytes: AtomicU64,
+    got_bytes: AtomicU64,
+    /// Sizes of every multipart part, in order of put_part calls, by object.
+    parts: Mutex<Vec<(Path, u64)>>,
+}
+
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<InMemory>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Display for Recording {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Recording({})", self.inner)
+    }
+}
+
+#[derive(Debug)]
+struct RecordingUpload {
+    inner: Box<dyn MultipartUpload>,
+    location: Path,
+    counters: Arc<Counters>,
+}
+
+#[async_trait]
+impl MultipartUpload for RecordingUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let len = data.content_length() as u64;
+        self.counters.put_bytes.fetch_add(len, Ordering::Relaxed);
+        lock(&self.counters.parts).push((self.location.clone(), len));
+        self.inner.put_part(data)
+    }
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Recording {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.counters
+            .put_bytes
+            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(RecordingUpload {
+            inner,
+            location: location.clone(),
+            counters: Arc::clone(&self.counters),
+        }))
+    }
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let r = self.inner.get_opts(location, options).await?;
+        if !r.meta.location.as_ref().is_empty() {
+            self.counters
+                .got_bytes
+                .fetch_add(r.range.end - r.range.start, Ordering::Relaxed);
+        }
+        Ok(r)
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+fn recording() -> (Arc<InMemory>, Arc<Counters>, ObjectStorage) {
+    let mem = Arc::new(InMemory::new());
+    let counters = Arc::new(Counters::default());
+    let store = Arc::new(Recording {
+        inner: Arc::clone(&mem),
+        counters: Arc::clone(&counters),
+    });
+    let storage = ObjectStorage::new(store, "pre/fix", StoreLimits::default());
+    (mem, counters, storage)
+}
+
+fn over(mem: &Arc<InMemory>) -> ObjectStorage {
+    ObjectStorage::new(
+        Arc::clone(mem) as Arc<dyn ObjectStore>,
+        "pre/fix",
+        StoreLimits::default(),
+    )
+}
+
+fn body(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn plan_of(len: usize) -> PlanRecord {
+    PlanRecord {
+        size: len as u64,
+        block_size: BS,
+    }
+}
+
+fn block(data: &[u8], i: u64) -> Bytes {
+    let start = (i * BS) as usize;
+    let end = (start + BS as usize).min(data.len());
+    Bytes::copy_from_slice(&data[start..end])
+}
+
+async fn put(s: &ObjectStorage, user: &str, key: &str, data: &[u8], i: u64) -> Option<String> {
+    let w = s.open_upload(user, key).await.expect("open");
+    w.put_block(i, block(data, i), None).await.expect("block")
+}
+
+/// Upload `data` in order; returns the md5 the last block reported.
+async fn upload(s: &ObjectStorage, user: &str, key: &str, data: &[u8]) -> String {
+    let out = s
+        .plan_upload(user, key, plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    if let Some(md5) = out.md5 {
+        return md5;
+    }
+    let total = total_blocks(data.len() as u64, BS);
+    let mut md5 = None;
+    for i in 0..total {
+        let got = put(s, user, key, data, i).await;
+        assert_eq!(
+            got.is_some(),
+            i + 1 == total,
+            "only the last block completes"
+        );
+        md5 = got;
+    }
+    md5.expect("complete")
+}
+
+/// A fixed permutation of `0..n` (deterministic, far from in order).
+fn shuffled(n: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+#[test]
+fn segments_are_safe_injective_and_keep_key_order() {
+    let long_a = format!("{}a", "z".repeat(300));
+    let long_b = format!("{}b", "z".repeat(300));
+    let keys = [
+        "", ".", "..", "/", "a/b", "a", "ab", "a\u{0}", "é", "~x", "%2E", &long_a, &long_b,
+    ];
+    let mut segs = std::collections::HashSet::new();
+    for k in keys {
+        let s = key_seg(k);
+        assert!(
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()),
+            "{s}"
+        );
+        assert!(segs.insert(s.clone()), "injective");
+        // Survives object_store's Path unchanged, as one segment.
+        let p = Path::from("x").join(s.as_str());
+        assert_eq!(p.filename(), Some(s.as_str()));
+        let u = user_seg(k);
+        assert!(u.bytes().all(|b| b.is_ascii_lowercase()));
+    }
+    let short: Vec<&str> = vec!["", "a", "a\u{0}", "ab", "b", "é", "\u{10FFFF}"];
+    for w in short.windows(2) {
+        assert!(key_seg(w[0]) < key_seg(w[1]), "{:?} < {:?}", w[0], w[1]);
+    }
+    let kilo = "é".repeat(512);
+    assert!(key_seg(&kilo).len() < 600 && user_seg(&kilo).len() < 140);
+}
+
+#[tokio::test]
+async fn records_are_create_only() {
+    let s = ObjectStorage::in_memory();
+    let mut rec = Map::new();
+    rec.insert("v".into(), Value::from(1));
+    for key in ["k", "..", "a/b/../c", "", "ünï", &"x".repeat(1000)] {
+        s.record_create("u", key, rec.clone())
+            .await
+            .expect("create");
+        assert!(matches!(
+            s.record_create("u", key, Map::new()).await,
+            Err(StoreError::Exists)
+        ));
+        assert_eq!(s.record_get("u", key).await.expect("get"), rec);
+        assert!(matches!(
+            s.record_get("other", key).await,
+            Err(StoreError::NotFound)
+        ));
+        s.record_delete("u", key).await.expect("delete");
+        assert!(matches!(
+            s.record_get("u", key).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.record_delete("u", key).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_record_creates_one_wins() {
+    let s = ObjectStorage::in_memory();
+    let tries = (0..16).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut rec = Map::new();
+            rec.insert("who".into(), Value::from(i));
+            s.record_create("u", "k", rec).await
+        })
+    });
+    let results = futures::future::join_all(tries).await;
+    let won = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(StoreError::Exists))))
+        .count();
+    assert_eq!((won, lost), (1, 15));
+}
+
+#[tokio::test]
+async fn size_zero_completes_at_save() {
+    let s = ObjectStorage::in_memory();
+    let out = s
+        .plan_upload("u", "empty", plan_of(0), false)
+        .await
+        .expect("plan");
+    assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
+    assert!(out.missing.is_empty() && out.upload_id.is_none());
+    let meta = s.head("u", "empty").await.expect("head");
+    assert_eq!((meta.size, meta.md5.as_str()), (0, EMPTY_MD5));
+    assert!(s.read("u", &meta, 0, 0).await.expect("read").is_empty());
+    assert!(matches!(
+        s.plan_upload("u", "empty", plan_of(0), false).await,
+        Err(StoreError::Exists)
+    ));
+    assert!(matches!(
+        s.open_upload("u", "empty").await,
+        Err(StoreError::AlreadyComplete)
+    ));
+    assert_eq!(
+        s.delete_file("u", "empty", None).await.expect("del"),
+        Deleted::File
+    );
+    assert!(matches!(
+        s.head("u", "empty").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn in_order_small_upload_reads_back() {
+    let s = ObjectStorage::in_memory();
+    let data = body(50_000, 1);
+    assert!(matches!(s.head("u", "f").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.open_upload("u", "f").await,
+        Err(StoreError::NotPlanned)
+    ));
+    let out = s
+        .plan_upload("u", "f", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    assert_eq!(out.missing, vec![[0, 3]]);
+    assert!(matches!(
+        s.head("u", "f").await,
+        Err(StoreError::Unfinished)
+    ));
+    assert_eq!(s.unfinished_stats().count, 1);
+    put(&s, "u", "f", &data, 0).await;
+    put(&s, "u", "f", &data, 1).await;
+    assert_eq!(
+        s.unfinished_stats(),
+        UnfinishedStats {
+            count: 1,
+            bytes_planned: 50_000,
+            bytes_received: 40_960
+        }
+    );
+    let md5 = put(&s, "u", "f", &data, 2).await.expect("md5");
+    assert_eq!(md5, md5_hex(&data));
+    assert_eq!(s.unfinished_stats(), UnfinishedStats::default());
+    let meta = s.head("u", "f").await.expect("head");
+    assert_eq!(meta.size, 50_000);
+    assert_eq!(meta.upload_id, out.upload_id);
+    for (off, len) in [(0u64, 50_000u64), (20480, 20480), (49_999, 1), (7, 3)] {
+        let got = s.read("u", &meta, off, len).await.expect("read");
+        assert_eq!(got.as_ref(), &data[off as usize..(off + len) as usize]);
+    }
+    assert!(s.read("u", &meta, 49_999, 2).await.is_err());
+    // A repeat after completion.
+    let w = s.open_upload("u", "f").await;
+    assert!(matches!(w, Err(StoreError::AlreadyComplete)));
+    // Nothing of the upload is left in the bucket.
+    let left: Vec<_> = s
+        .object_store()
+        .list(Some(&Path::from("up")))
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
+    let (mem, counters, s) = recording();
+    let len = 12 << 20;
+    let data = body(len, 7);
+    let total = total_blocks(len as u64, BS);
+    let out = s
+        .plan_upload("u", "big", plan_of(len), false)
+        .await
+        .expect("plan");
+    let upload_id = out.upload_id.expect("id");
+    let order = shuffled(total);
+    let mut md5s = Vec::new();
+    for (n, &i) in order.iter().enumerate() {
+        let w = s.open_upload("u", "big").await.expect("open");
+        if let Some(m) = w
+            .put_block(i, block(&data, i), Some(upload_id.clone()))
+            .await
+            .expect("block")
+        {
+            md5s.push(m);
+        }
+        // Every tenth block is sent twice.
+        if n % 10 == 0 && n + 1 < order.len() {
+            assert_eq!(put(&s, "u", "big", &data, i).await, None);
+        }
+    }
+    assert_eq!(
+        md5s,
+        vec![md5_hex(&data)],
+        "exactly one block reports the md5"
+    );
+    let meta = s.head("u", "big").await.expect("head");
+    assert_eq!(
+        (meta.size, meta.md5.as_str()),
+        (len as u64, md5s[0].as_str())
+    );
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    // What reached the store: parts of ≥ 5 MiB but the last, one object.
+    let parts = lock(&counters.parts).clone();
+    assert!(parts.len() >= 2, "{parts:?}");
+    let (last, rest) = parts.split_last().expect("parts");
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20));
+    assert!(last.1 <= PART_MIN + BS);
+    assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), len as u64);
+    let content: Vec<_> = mem
+        .list(Some(&Path::from("pre/fix/file")))
+        .try_collect()
+        .await
+        .expect("list");
+    let sizes: Vec<u64> = content.iter().map(|m| m.size).collect();
+    assert_eq!(
+        sizes,
+        vec![len as u64, (len as u64 / CHUNK) * 4],
+        "content, sums"
+    );
+}
+
+/// Bytes put and got per byte of content, printed (run with --nocapture);
+/// asserted at what the module docs say.
+#[tokio::test]
+async fn bytes_crossing_and_written_per_content_byte() {
+    #[derive(Clone, Copy)]
+    enum Order {
+        Forward,
+        Shuffled,
+        Reversed,
+    }
+    use Order::*;
+    // name, size, order, restart half-way, (put, got) per byte expected.
+    for (name, len, order, restart, want_put, want_got) in [
+        // Small files keep their blocks in memory for the one PUT.
+        ("small, in order", 1 << 20, Forward, false, 2.0, 0.0),
+        ("small, shuffled", 1 << 20, Shuffled, false, 2.0, 0.0),
+        // ... but what came before a restart is read back.
+        ("small, in order, restart", 1 << 20, Forward, true, 2.0, 0.5),
+        ("large, in order", 20 << 20, Forward, false, 2.0, 0.0),
+        ("large, shuffled", 20 << 20, Shuffled, false, 2.0, 0.0),
+        // 32 MiB of early blocks are held; the other 8 MiB read back.
+        ("large, reversed", 40 << 20, Reversed, false, 2.0, 0.2),
+        // The new instance reads back what was staged before it (half) and
+        // takes the rest as it comes; the first one's part (8 of its 10
+        // MiB) is lost with it.
+        (
+            "large, in order, restart",
+            20 << 20,
+            Forward,
+            true,
+            2.4,
+            0.5,
+        ),
+    ] {
+        let (mem, counters, mut s) = recording();
+        let data = body(len, 3);
+        let total = total_blocks(len as u64, BS);
+        s.plan_upload("u", "f", plan_of(len), false)
+            .await
+            .expect("plan");
+        let base_put = counters.put_bytes.load(Ordering::Relaxed);
+        let indexes: Vec<u64> = match order {
+            Forward => (0..total).collect(),
+            Shuffled => shuffled(total),
+            Reversed => (0..total).rev().collect(),
+        };
+        for (n, i) in indexes.into_iter().enumerate() {
+            if restart && n as u64 == total / 2 {
+                s = ObjectStorage::new(
+                    Arc::clone(s.object_store()),
+                    "pre/fix",
+                    StoreLimits::default(),
+                );
+                s.plan_upload("u", "f", plan_of(len), true)
+                    .await
+                    .expect("resume");
+            }
+            put(&s, "u", "f", &data, i).await;
+        }
+        let put_bytes = counters.put_bytes.load(Ordering::Relaxed) - base_put;
+        // (Includes a state object's few hundred bytes after the restart.)
+        let got_bytes = counters.got_bytes.load(Ordering::Relaxed);
+        let meta = s.head("u", "f").await.expect("head");
+        assert_eq!(meta.md5, md5_hex(&data), "{name}");
+        let meta_bytes = serde_json::to_vec(&meta).expect("json").len() as u64;
+        let sums_bytes = (len as u64).div_ceil(CHUNK) * 4;
+        let content_put = (put_bytes - meta_bytes - sums_bytes) as f64 / len as f64;
+        let got = got_bytes as f64 / len as f64;
+        println!("{name}: {len} B: put {content_put:.3}/B, got {got:.3}/B");
+        assert!(
+            (content_put - want_put).abs() < 0.01,
+            "{name}: put {content_put}"
+        );
+        assert!((got - want_got).abs() < 0.01, "{name}: got {got}");
+        assert_eq!(
+            s.inner.held_total.load(Ordering::Relaxed),
+            0,
+            "{name}: memory budget returned"
+        );
+        let stored: u64 = mem
+            .list(None)
+            .map_ok(|m| m.size)
+            .try_fold(0, |a, b| async move { Ok(a + b) })
+            .await
+            .expect("list");
+        assert_eq!(
+            stored,
+            len as u64 + sums_bytes + meta_bytes,
+            "{name}: only the file is left"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blocks_complete_exactly_once() {
+    let (_, counters, s) = recording();
+    // Large enough for parts written while blocks arrive.
+    let len = 12 << 20;
+    let data = Arc::new(body(len, 11));
+    let total = total_blocks(len as u64, BS);
+    s.plan_upload("u", "c", plan_of(len), false)
+        .await
+        .expect("plan");
+    // Every block twice, all at once.
+    let tasks = (0..2 * total).map(|n| {
+        let (s, data) = (s.clone(), Arc::clone(&data));
+        tokio::spawn(async move {
+            let i = n % total;
+            let w = s.open_upload("u", "c").await?;
+            w.put_block(i, block(&data, i), None).await
+        })
+    });
+    let results = futures::future::join_all(tasks).await;
+    let mut md5s = Vec::new();
+    for r in results {
+        match r.expect("task") {
+            Ok(Some(m)) => md5s.push(m),
+            Ok(None) | Err(StoreError::AlreadyComplete) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(md5s, vec![md5_hex(data.as_slice())]);
+    let meta = s.head("u", "c").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    let parts = lock(&counters.parts).clone();
+    let (_, rest) = parts.split_last().expect("parts");
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20), "{parts:?}");
+}
+
+#[tokio::test]
+async fn a_new_save_supersedes_and_blocks_never_mix() {
+    let s = ObjectStorage::in_memory();
+    let a = body(60_000, 1);
+    let b = body(60_000, 2);
+    let first = s
+        .plan_upload("u", "k", plan_of(a.len()), false)
+        .await
+        .expect("a");
+    let id_a = first.upload_id.expect("id");
+    let w_a = s.open_upload("u", "k").await.expect("open");
+    put(&s, "u", "k", &a, 0).await;
+    let second = s
+        .plan_upload("u", "k", plan_of(b.len()), false)
+        .await
+        .expect("b");
+    let id_b = second.upload_id.expect("id");
+    assert_ne!(id_a, id_b);
+    assert!(!second.resumed);
+    assert_eq!(second.missing, vec![[0, 3]], "a's block is not b's");
+    // A block naming a, or through a handle opened on a, is refused.
+    let w = s.open_upload("u", "k").await.expect("open");
+    assert!(matches!(
+        w.put_block(1, block(&a, 1), Some(id_a.clone())).await,
+        Err(StoreError::Superseded)
+    ));
+    assert!(matches!(
+        w_a.put_block(1, block(&a, 1), None).await,
+        Err(StoreError::NotPlanned)
+    ));
+    // Resume with the same plan keeps b.
+    let again = s
+        .plan_upload("u", "k", plan_of(b.len()), true)
+        .await
+        .expect("resume");
+    assert!(again.resumed);
+    assert_eq!(again.upload_id.as_deref(), Some(id_b.as_str()));
+    let mut md5 = None;
+    for i in 0..3 {
+        let w = s.open_upload("u", "k").await.expect("open");
+        md5 = w
+            .put_block(i, block(&b, i), Some(id_b.clone()))
+            .await
+            .expect("block");
+    }
+    assert_eq!(md5, Some(md5_hex(&b)));
+    assert!(matches!(
+        s.plan_upload("u", "k", plan_of(b.len()), true).await,
+        Err(StoreError::Exists)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_saves_leave_one_upload() {
+    let s = ObjectStorage::in_memory();
+    let tries = (0..8).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.plan_upload("u", "r", plan_of(50_000), false).await })
+    });
+    let ids: Vec<String> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task").expect("plan").upload_id.expect("id"))
+        .collect();
+    assert_eq!(s.unfinished_stats().count, 1);
+    // Only the last SAVE's upload is in the bucket; a reload agrees.
+    let fresh = ObjectStorage::new(Arc::clone(s.object_store()), "", StoreLimits::default());
+    let out = fresh
+        .plan_upload("u", "r", plan_of(50_000), true)
+        .await
+        .expect("resume");
+    assert!(out.resumed);
+    let current = out.upload_id.expect("id");
+    assert!(ids.contains(&current));
+    let states: Vec<_> = s
+        .object_store()
+        .list(Some(&Path::from("up")))
+        .try_collect()
+        .await
+        .expect("list");
+    assert_eq!(states.len(), 1, "one state, no blocks: {states:?}");
+}
+
+#[tokio::test]
+async fn scoped_deletes() {
+    let s = ObjectStorage::in_memory();
+    let data = body(30_000, 5);
+    let out = s
+        .plan_upload("u", "d", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    let id = out.upload_id.expect("id");
+    put(&s, "u", "d", &data, 0).await;
+    assert!(matches!(
+        s.delete_file("u", "d", Some("nope")).await,
+        Err(StoreError::OtherUpload)
+    ));
+    assert_eq!(
+        s.delete_file("u", "d", Some(&id)).await.expect("del"),
+        Deleted::UnfinishedUpload
+    );
+    assert!(matches!(s.head("u", "d").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.delete_file("u", "d", Some(&id)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.unfinished_stats(), UnfinishedStats::default());
+    let md5 = upload(&s, "u", "d", &data).await;
+    let meta = s.head("u", "d").await.expect("head");
+    assert_eq!(meta.md5, md5);
+    let id = meta.upload_id.clone().expect("id");
+    assert!(matches!(
+        s.delete_file("u", "d", Some("nope")).await,
+        Err(StoreError::OtherUpload)
+    ));
+    assert_eq!(
+        s.delete_file("u", "d", Some(&id)).await.expect("del"),
+        Deleted::File
+    );
+    assert!(matches!(
+        s.read("u", &meta, 0, 10).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_file("u", "d", None).await,
+        Err(StoreError::NotFound)
+    ));
+    // Unscoped delete of an unfinished upload.
+    s.plan_upload("u", "d", plan_of(10), false)
+        .await
+        .expect("plan");
+    assert_eq!(
+        s.delete_file("u", "d", None).await.expect("del"),
+        Deleted::UnfinishedUpload
+    );
+    let left: Vec<_> = s
+        .object_store()
+        .list(None)
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_second_instance_serves_files_and_resumes_uploads() {
+    let mem = Arc::new(InMemory::new());
+    let data = body(300_000, 9);
+    let half = body(200_000, 4);
+    let md5 = {
+        let s = over(&mem);
+        let md5 = upload(&s, "u", "done", &data).await;
+        s.plan_upload("u", "half", plan_of(half.len()), false)
+            .await
+            .expect("plan");
+        for i in [0u64, 2, 3, 7] {
+            put(&s, "u", "half", &half, i).await;
+        }
+        md5
+        // Dropped without any shutdown: like a kill -9 (nothing local).
+    };
+    let s = over(&mem);
+    let meta = s.head("u", "done").await.expect("head");
+    assert_eq!(meta.md5, md5);
+    let got = s.read("u", &meta, 100, 250_000).await.expect("read");
+    assert_eq!(got.as_ref(), &data[100..250_100]);
+    assert!(matches!(
+        s.head("u", "half").await,
+        Err(StoreError::Unfinished)
+    ));
+    s.recover().await.expect("recover");
+    assert_eq!(
+        s.unfinished_stats(),
+        UnfinishedStats {
+            count: 1,
+            bytes_planned: 200_000,
+            bytes_received: 4 * BS
+        }
+    );
+    let out = s
+        .plan_upload("u", "half", plan_of(half.len()), true)
+        .await
+        .expect("resume");
+    assert!(out.resumed);
+    assert_eq!(out.missing, vec![[1, 2], [4, 7], [8, 10]]);
+    let mut md5 = None;
+    for i in step_core::plan::from_ranges(&out.missing) {
+        md5 = put(&s, "u", "half", &half, i).await;
+    }
+    assert_eq!(md5, Some(md5_hex(&half)));
+    let page = s.list_files("u", "", None, 10).await.expect("list");
+    assert_eq!(
+        page.files
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect::<Vec<_>>(),
+        ["done", "half"]
+    );
+}
+
+#[tokio::test]
+async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
+    let mem = Arc::new(InMemory::new());
+    let data = body(100_000, 2);
+    let id = {
+        let s = over(&mem);
+        let out = s
+            .plan_upload("u", "cut", plan_of(data.len()), false)
+            .await
+            .expect("plan");
+        for i in 0..4 {
+            put(&s, "u", "cut", &data, i).await;
+        }
+        out.upload_id.expect("id")
+    };
+    // The last block was staged, then the server died before completing.
+    let s = over(&mem);
+    let last = s.inner.block_path(&Names::new("u", "cut"), &id, 4);
+    mem.put(&last, PutPayload::from(block(&data, 4)))
+        .await
+        .expect("stage");
+    assert!(matches!(
+        s.head("u", "cut").await,
+        Err(StoreError::Unfinished)
+    ));
+    let out = s
+        .plan_upload("u", "cut", plan_of(data.len()), true)
+        .await
+        .expect("resume");
+    assert_eq!(out.md5, Some(md5_hex(&data)));
+    assert!(out.missing.is_empty());
+    assert_eq!(s.head("u", "cut").await.expect("head").md5, md5_hex(&data));
+
+    // Same, finished by a repeated block instead of a SAVE.
+    let id = {
+        let s = over(&mem);
+        let out = s
+            .plan_upload("u", "cut2", plan_of(data.len()), false)
+            .await
+            .expect("plan");
+        for i in 0..4 {
+            put(&s, "u", "cut2", &data, i).await;
+        }
+        out.upload_id.expect("id")
+    };
+    let s = over(&mem);
+    let last = s.inner.block_path(&Names::new("u", "cut2"), &id, 4);
+    mem.put(&last, PutPayload::from(block(&data, 4)))
+        .await
+        .expect("stage");
+    assert_eq!(put(&s, "u", "cut2", &data, 1).await, Some(md5_hex(&data)));
+}
+
+#[tokio::test]
+async fn leftovers_of_a_completed_upload_never_show() {
+    let mem = Arc::new(InMemory::new());
+    let data = body(30_000, 6);
+    let s = over(&mem);
+    let md5 = upload(&s, "u", "x", &data).await;
+    let meta = s.head("u", "x").await.expect("head");
+    // A crash after the meta, before the cleanup: state and a block remain.
+    let n = Names::new("u", "x");
+    let upload_id = meta.upload_id.clone().expect("id");
+    let state = UploadState {
+        upload_id: upload_id.clone(),
+        size: 30_000,
+        block_size: BS,
+        user: "u".into(),
+        key: "x".into(),
+        created_unix: 0,
+    };
+    s.inner
+        .put_json(&s.inner.state_path(&n), &state)
+        .await
+        .expect("state");
+    mem.put(
+        &s.inner.block_path(&n, &upload_id, 0),
+        PutPayload::from(block(&data, 0)),
+    )
+    .await
+    .expect("block");
+    let s = over(&mem);
+    assert_eq!(s.head("u", "x").await.expect("head").md5, md5);
+    assert!(matches!(
+        s.open_upload("u", "x").await,
+        Err(StoreError::AlreadyComplete)
+    ));
+    let left: Vec<_> = mem
+        .list(Some(&Path::from("pre/fix/up")))
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "cleaned when loaded: {left:?}");
+}
+
+#[tokio::test]
+async fn listing_in_key_order_with_pagination_and_prefix() {
+    let s = ObjectStorage::in_memory();
+    let long = "L".repeat(KEY_ORDERED_BYTES);
+    let mut keys: Vec<String> = [
+        "a", "a/b", "a/c", "ab", "b", "", "é", "a\u{0}", "zz", "a.b", "..",
+    ]
+    .iter()
+    .map(|k| k.to_string())
+    .collect();
+    // Long keys sharing their first 256 bytes: a group sorted by hash.
+    for tail in ["z", "a", "m", "b", "aa", ""] {
+        keys.push(format!("{long}{tail}"));
+    }
+    keys.push(format!("{}x", "L".repeat(KEY_ORDERED_BYTES - 1)));
+    for (i, k) in keys.iter().enumerate() {
+        upload(&s, "u", k, &body(10 + i, i as u32)).await;
+    }
+    upload(&s, "other", "a", b"x").await;
+    s.plan_upload("u", "a-unfinished", plan_of(100), false)
+        .await
+        .expect("plan");
+    let mut expected = keys.clone();
+    expected.sort();
+    for (prefix, limit) in [
+        ("", 1),
+        ("", 3),
+        ("", 100),
+        ("a", 2),
+        (&long[..], 2),
+        ("LL", 4),
+        ("nope", 5),
+    ] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s
+                .list_files("u", prefix, after.as_deref(), limit)
+                .await
+                .expect("list");
+            assert!(page.files.len() <= limit);
+            pages += 1;
+            assert!(pages < 100);
+            seen.extend(page.files.iter().map(|f| f.key.clone()));
+            match page.next {
+                Some(n) => {
+                    assert_eq!(Some(&n), page.files.last().map(|f| &f.key));
+                    after = Some(n);
+                }
+                None => break,
+            }
+        }
+        let want: Vec<String> = expected
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        assert_eq!(seen, want, "prefix {prefix:?} limit {limit}");
+    }
+    let page = s.list_files("u", "a", Some("a/b"), 2).await.expect("list");
+    let want: Vec<&str> = expected
+        .iter()
+        .filter(|k| k.starts_with('a') && k.as_str() > "a/b")
+        .take(2)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        page.files
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect::<Vec<_>>(),
+        want
+    );
+    let meta = &s
+        .list_files("other", "", None, 10)
+        .await
+        .expect("list")
+        .files;
+    assert_eq!(meta.len(), 1);
+    assert_eq!(meta[0].md5, md5_hex(b"x"));
+}
+
+#[tokio::test]
+async fn idle_uploads_expire_and_stray_blocks_go() {
+    let mem = Arc::new(InMemory::new());
+    let limits = StoreLimits {
+        upload_expiry: Duration::from_secs(3600),
+        ..StoreLimits::default()
+    };
+    let s = ObjectStorage::new(Arc::clone(&mem) as Arc<dyn ObjectStore>, "", limits);
+    let data = body(60_000, 1);
+    s.plan_upload("u", "idle", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    put(&s, "u", "idle", &data, 0).await;
+    // A block of a superseded upload, landed after its discard.
+    let stray = s.inner.block_path(&Names::new("u", "idle"), "0123", 0);
+    mem.put(&stray, PutPayload::from_static(b"stale"))
+        .await
+        .expect("stray");
+    assert_eq!(s.sweep_expired(SystemTime::now()).await.expect("sweep"), 0);
+    assert_eq!(s.unfinished_stats().count, 1);
+    let later = SystemTime::now() + Duration::from_secs(7200);
+    assert_eq!(s.sweep_expired(later).await.expect("sweep"), 1);
+    assert_eq!(s.unfinished_stats(), UnfinishedStats::default());
+    let left: Vec<_> = mem.list(None).try_collect().await.expect("list");
+    assert!(left.is_empty(), "{left:?}");
+    assert!(matches!(
+        s.head("u", "idle").await,
+        Err(StoreError::NotFound)
+    ));
+    // A fresh instance learns idle time from the bucket.
+    s.plan_upload("u", "idle2", plan_of(10), false)
+        .await
+        .expect("plan");
+    let fresh = ObjectStorage::new(Arc::clone(&mem) as Arc<dyn ObjectStore>, "", limits);
+    assert_eq!(
+        fresh.sweep_expired(SystemTime::now()).await.expect("sweep"),
+        0
+    );
+    assert_eq!(fresh.sweep_expired(later).await.expect("sweep"), 1);
+}
+
+#[tokio::test]
+async fn per_user_caps_on_unfinished_uploads() {
+    let limits = StoreLimits {
+        max_unfinished_uploads_per_user: 2,
+        max_unfinished_bytes_per_user: 1000,
+        ..StoreLimits::default()
+    };
+    let s = ObjectStorage::new(Arc::new(InMemory::new()), "p", limits);
+    s.plan_upload("u", "a", plan_of(400), false)
+        .await
+        .expect("a");
+    assert!(matches!(
+        s.plan_upload("u", "b", plan_of(700), false).await,
+        Err(StoreError::Quota(_))
+    ));
+    s.plan_upload("u", "b", plan_of(500), false)
+        .await
+        .expect("b");
+    assert!(matches!(
+        s.plan_upload("u", "c", plan_of(1), false).await,
+        Err(StoreError::Quota(_))
+    ));
+    s.plan_upload("v", "c", plan_of(1), false)
+        .await
+        .expect("other user");
+}
+
+#[tokio::test]
+async fn object_store_errors_map_to_store_errors() {
+    assert!(matches!(
+        store_err(object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into()
+        }),
+        StoreError::NotFound
+    ));
+    assert!(matches!(
+        store_err(object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into()
+        }),
+        StoreError::Unavailable(_)
+    ));
+    assert!(matches!(
+        store_err(object_store::Error::NotImplemented {
+            operation: "x".into(),
+            implementer: "y".into()
+        }),
+        StoreError::Other(_)
+    ));
+}
+
+#[tokio::test]
+async fn ranged_reads_are_verified_against_the_sums() {
+    let mem = Arc::new(InMemory::new());
+    let s = over(&mem);
+    let data = body(100_000, 8);
+    upload(&s, "u", "v", &data).await;
+    let meta = s.head("u", "v").await.expect("head");
+    let n = Names::new("u", "v");
+    let content = s
+        .inner
+        .content_path(&n, meta.upload_id.as_deref().expect("id"));
+    // Rot one byte at rest.
+    let mut rotten = data.clone();
+    rotten[50_000] ^= 1;
+    mem.put(&content, PutPayload::from(rotten))
+        .await
+        .expect("rot");
+    let bad = s.read("u", &meta, 40_960, 20_480).await;
+    assert!(
+        matches!(bad, Err(StoreError::Integrity { offset: 49_152 })),
+        "{bad:?}"
+    );
+    // Ranges not covering the bad chunk are served.
+    let ok = s.read("u", &meta, 0, 20_480).await.expect("read");
+    assert_eq!(ok.as_ref(), &data[..20_480]);
+    let ok = s.read("u", &meta, 61_440, 38_560).await.expect("read");
+    assert_eq!(ok.as_ref(), &data[61_440..]);
+    // A shortened object is refused too.
+    mem.put(&content, PutPayload::from(data[..90_000].to_vec()))
+        .await
+        .expect("cut");
+    assert!(matches!(
+        s.read("u", &meta, 81_920, 18_080).await,
+        Err(StoreError::Integrity { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_or_deleted_large_upload_leaves_nothing_behind() {
+    let (mem, _, s) = recording();
+    let len = 12 << 20;
+    let old = body(len, 21);
+    let new = body(len, 22);
+    let total = total_blocks(len as u64, BS);
+    for round in 0..2 {
+        s.plan_upload("u", "big", plan_of(len), false)
+            .await
+            .expect("plan");
+        // Parts written (in order) and early blocks held (from the end).
+        for i in (0..total / 2).chain((total * 3 / 4..total).rev()) {
+            put(&s, "u", "big", &old, i).await;
+        }
+        if round == 1 {
+            assert_eq!(
+                s.delete_file("u", "big", None).await.expect("delete"),
+                Deleted::UnfinishedUpload
+            );
+        }
+    }
+    // A new SAVE supersedes (round 0) or follows the delete (round 1).
+    let md5 = upload(&s, "u", "big", &new).await;
+    assert_eq!(md5, md5_hex(&new));
+    let meta = s.head("u", "big").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == new.as_slice());
+    let objects: Vec<_> = mem.list(None).try_collect().await.expect("list");
+    let id = meta.upload_id.expect("id");
+    assert_eq!(objects.len(), 3, "meta, content, sums: {objects:?}");
+    assert!(
+        objects
+            .iter()
+            .all(|o| o.location.as_ref().contains("/meta/") || o.location.as_ref().contains(&id)),
+        "{objects:?}"
+    );
+}
+
+/// Storage on a real S3 endpoint, under a fresh prefix: the bucket named by
+/// `STEP_TEST_S3_BUCKET`, endpoint and credentials from the standard AWS
+/// variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
+fn s3_from_env() -> (Arc<dyn ObjectStore>, String) {
+    let bucket = std::env::var("STEP_TEST_S3_BUCKET").expect("STEP_TEST_S3_BUCKET");
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_allow_http(true)
+        .build()
+        .expect("s3");
+    let prefix = format!("step-test-{}", uuid::Uuid::new_v4().simple());
+    (Arc::new(store), prefix)
+}
+
+/// The same scenarios over HTTP against an S3 server (e.g. moto, which
+/// enforces AWS's 5 MiB minimum part size, or Garage). Run with
+/// `STEP_TEST_S3_BUCKET=... AWS_ENDPOINT_URL=... cargo test -p step-server
+/// --lib store::object -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3 endpoint: STEP_TEST_S3_BUCKET and the AWS_* variables"]
+async fn on_a_real_s3_server() {
+    let (store, prefix) = s3_from_env();
+    let s = ObjectStorage::new(Arc::clone(&store), &prefix, StoreLimits::default());
+    // Records.
+    let mut rec = Map::new();
+    rec.insert("v".into(), Value::from("x"));
+    s.record_create("u", "r", rec.clone())
+        .await
+        .expect("record");
+    assert!(matches!(
+        s.record_create("u", "r", rec.clone()).await,
+        Err(StoreError::Exists)
+    ));
+    assert_eq!(s.record_get("u", "r").await.expect("get"), rec);
+    // Size 0 and a small file.
+    let out = s
+        .plan_upload("u", "empty", plan_of(0), false)
+        .await
+        .expect("plan");
+    assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
+    let small = body(70_000, 1);
+    assert_eq!(upload(&s, "u", "small", &small).await, md5_hex(&small));
+    // Large, shuffled and repeated, blocks in parallel: parts while they
+    // arrive, then the tail.
+    let len = 12 << 20;
+    let data = Arc::new(body(len, 2));
+    let total = total_blocks(len as u64, BS);
+    s.plan_upload("u", "big", plan_of(len), false)
+        .await
+        .expect("plan");
+    let order = shuffled(total);
+    let mut md5s = Vec::new();
+    for chunk in order.chunks(16) {
+        let tasks = chunk.iter().map(|&i| {
+            let (s, data) = (s.clone(), Arc::clone(&data));
+            tokio::spawn(async move {
+                let w = s.open_upload("u", "big").await?;
+                w.put_block(i, block(&data, i), None).await
+            })
+        });
+        for r in futures::future::join_all(tasks).await {
+            if let Some(m) = r.expect("task").expect("block") {
+                md5s.push(m);
+            }
+        }
+    }
+    assert_eq!(md5s, vec![md5_hex(data.as_slice())]);
+    let meta = s.head("u", "big").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    let got = s.read("u", &meta, 5_000_000, 20_480).await.expect("read");
+    assert_eq!(got.as_ref(), &data[5_000_000..5_020_480]);
+    // Half an upload, then a second instance resumes and completes it from
+    // what is staged (its parts are all written at completion).
+    let other = body(len, 3);
+    s.plan_upload("u", "half", plan_of(len), false)
+        .await
+        .expect("plan");
+    for i in 0..total / 2 {
+        put(&s, "u", "half", &other, i).await;
+    }
+    drop(s);
+    let s = ObjectStorage::new(Arc::clone(&store), &prefix, StoreLimits::default());
+    assert_eq!(s.head("u", "big").await.expect("head").md5, md5s[0]);
+    let out = s
+        .plan_upload("u", "half", plan_of(len), true)
+        .await
+        .expect("resume");
+    assert!(out.resumed);
+    assert_eq!(out.missing, vec![[total / 2, total]]);
+    let mut md5 = None;
+    for i in total / 2..total {
+        md5 = put(&s, "u", "half", &other, i).await;
+    }
+    assert_eq!(md5, Some(md5_hex(&other)));
+    // Listing in key order over S3's LIST (start-after), long keys too.
+    let long = "L".repeat(KEY_ORDERED_BYTES);
+    let mut keys: Vec<String> = vec!["big".into(), "empty".into(), "half".into(), "small".into()];
+    for tail in ["z", "a", "m"] {
+        let k = format!("{long}{tail}");
+        upload(&s, "u", &k, b"tiny").await;
+        keys.push(k);
+    }
+    keys.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .list_files("u", "", after.as_deref(), 2)
+            .await
+            .expect("list");
+        seen.extend(page.files.iter().map(|f| f.key.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, keys);
+    // Clean up what the test wrote.
+    for k in &keys {
+        s.delete_file("u", k, None).await.expect("delete");
+    }
+    s.record_delete("u", "r").await.expect("delete");
+    let left: Vec<_> = store
+        .list(Some(&Path::from(prefix.as_str())))
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn content_of_a_failed_completion_goes_with_its_upload() {
+    let mem = Arc::new(InMemory::new());
+    let s = over(&mem);
+    let data = body(30_000, 4);
+    let out = s
+        .plan_upload("u", "f", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    let id = out.upload_id.expect("id");
+    put(&s, "u", "f", &data, 0).await;
+    // A completion that wrote the content and failed before the meta.
+    let n = Names::new("u", "f");
+    mem.put(
+        &s.inner.content_path(&n, &id),
+        PutPayload::from(data.clone()),
+    )
+    .await
+    .expect("content");
+    assert!(matches!(
+        s.head("u", "f").await,
+        Err(StoreError::Unfinished)
+    ));
+    assert_eq!(
+        s.delete_file("u", "f", None).await.expect("delete"),
+        Deleted::UnfinishedUpload
+    );
+    let left: Vec<_> = mem.list(None).try_collect().await.expect("list");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
+    let (_, counters, s) = recording();
+    let len = (PART_MIN + 3 * BS) as usize;
+    for k in 0..MAX_ASSEMBLERS {
+        s.plan_upload("u", &format!("k{k}"), plan_of(len), false)
+            .await
+            .expect("plan");
+    }
+    assert_eq!(s.inner.assemblers.available_permits(), 0);
+    let data = body(len, 30);
+    let md5 = upload(&s, "u", "extra", &data).await;
+    assert_eq!(md5, md5_hex(&data));
+    let meta = s.head("u", "extra").await.expect("head");
+    let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+    assert!(got.as_ref() == data.as_slice());
+    // Assembled at completion from what was staged: read back once, in
+    // lawful parts.
+    assert!(counters.got_bytes.load(Ordering::Relaxed) >= len as u64);
+    let parts = lock(&counters.parts).clone();
+    let (_, rest) = parts.split_last().expect("parts");
+    assert!(rest.iter().all(|(_, n)| *n >= 5 << 20), "{parts:?}");
+}
