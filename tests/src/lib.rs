@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod contract;
+pub mod object_subject;
 pub mod prereq;
 pub mod wait;
 

@@ -50,8 +50,9 @@
 //! # Blocks and S3's part rules
 //!
 //! Every block is acknowledged only once durable: it is PUT as its own
-//! object (repeats of a staged block are not written again). The staged
-//! blocks are the truth until the file's meta exists.
+//! object (a repeat with the same bytes is not written again; one with
+//! other bytes replaces the staged block, as the reference's last write
+//! wins). The staged blocks are the truth until the file's meta exists.
 //!
 //! A file of at most [`PART_MIN`] is written at completion with one PUT;
 //! its blocks are kept in memory as they come (within a budget shared by
@@ -102,7 +103,9 @@
 //!
 //! plus 4 bytes per 4 KiB of sums and the small JSON objects; each staged
 //! block is deleted once the file is complete, so the bucket ends with one
-//! copy. Repeats of a block already staged cost nothing more. For a large
+//! copy. A repeat of a staged block costs one GET of it (unless held); one
+//! with other bytes also a PUT, and the file is then assembled from the
+//! staged blocks at completion. For a large
 //! upload completion waits only for the last part and the multipart's
 //! completion.
 //!
@@ -1317,6 +1320,10 @@ impl Held {
         self.map.contains_key(&i)
     }
 
+    fn get(&self, i: u64) -> Option<Bytes> {
+        self.map.get(&i).cloned()
+    }
+
     fn take(&mut self, i: u64) -> Option<Bytes> {
         let b = self.map.remove(&i)?;
         self.bytes -= b.len() as u64;
@@ -1866,20 +1873,18 @@ impl ObjectUpload {
                 data.len()
             )));
         }
-        {
+        let earlier = {
             let mut st = self.slot.lock().await;
             inner.load(n, &mut st).await?;
             let up = self.current(&st, want.as_deref()).await?;
-            let (staged, all) = (up.received[index as usize], up.remaining == 0);
-            if staged {
-                // Staged already; a repeat is not written again, but it
-                // completes an upload whose completion was cut short.
-                if all {
-                    return inner.complete(n, &mut st, None).await.map(Some);
-                }
-                inner.touch(&n.id(), 0);
-                return Ok(None);
+            if up.received[index as usize] {
+                Some(up.held.get(index))
+            } else {
+                None
             }
+        };
+        if let Some(held) = earlier {
+            return self.repeat(index, data, want, held).await;
         }
         // Not under the lock: blocks of one upload are staged concurrently.
         // A block landing in an upload discarded meanwhile is under that
@@ -1935,6 +1940,59 @@ impl ObjectUpload {
         // completion waits for every block sent to it before.
         if let Some(tx) = feed {
             let _ = tx.send((index, data)).await;
+        }
+        Ok(None)
+    }
+
+    /// A block staged already. The reference keeps the last bytes written at
+    /// an index, so: the same bytes again (the usual resend) change nothing;
+    /// other bytes replace the staged block, and since the assembler may
+    /// have consumed the old ones, the file is then assembled from the staged
+    /// blocks at completion. Either way a repeat completes an upload whose
+    /// completion was cut short.
+    async fn repeat(
+        &self,
+        index: u64,
+        data: Bytes,
+        want: Option<String>,
+        held: Option<Bytes>,
+    ) -> StoreResult<Option<String>> {
+        let inner = &self.inner;
+        let n = &self.names;
+        let path = inner.block_path(n, &self.upload_id, index);
+        let before = match held {
+            Some(b) => Some(b),
+            // Not under the lock: one GET of one block.
+            None => match inner.store.get(&path).await {
+                Ok(r) => Some(r.bytes().await.map_err(store_err)?),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(store_err(e)),
+            },
+        };
+        let changed = before.as_ref() != Some(&data);
+        if changed {
+            inner
+                .store
+                .put(&path, PutPayload::from_bytes(data.clone()))
+                .await
+                .map_err(store_err)?;
+        }
+        let mut st = self.slot.lock().await;
+        inner.load(n, &mut st).await?;
+        self.current(&st, want.as_deref()).await?;
+        let up = st.upload.as_mut().ok_or(StoreError::NotPlanned)?;
+        if changed {
+            if let Some(a) = up.assembler.take() {
+                a.cancel.cancel();
+            }
+            up.assembler_tried = true;
+            if up.held.take(index).is_some() {
+                up.held.hold(index, data);
+            }
+        }
+        inner.touch(&n.id(), 0);
+        if up.remaining == 0 {
+            return inner.complete(n, &mut st, None).await.map(Some);
         }
         Ok(None)
     }
