@@ -127,6 +127,13 @@ pub struct ServiceArgs {
         default_value_t = 1000
     )]
     pub max_unfinished_uploads_per_user: u64,
+    /// Where records, files and unfinished uploads live: `disk` (under
+    /// --data-dir) or `s3://BUCKET[/PREFIX]`, with the endpoint, credentials
+    /// and region from the standard AWS variables (AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
+    #[arg(long, env = "STEP_STORAGE", default_value = "disk",
+          value_parser = crate::store::s3::StorageChoice::parse)]
+    pub storage: crate::store::s3::StorageChoice,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -157,6 +164,7 @@ impl std::fmt::Debug for ServiceArgs {
                 "max_unfinished_uploads_per_user",
                 &self.max_unfinished_uploads_per_user,
             )
+            .field("storage", &self.storage)
             .finish()
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod api;
 mod names;
+pub mod s3;
 mod sums;
 mod upload;
 
