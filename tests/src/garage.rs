@@ -31,9 +31,12 @@ use std::time::{Duration, Instant};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{ObjectStore, RetryConfig};
 
-/// The version `tests/garage/install.sh` installs (its `--single-node`
-/// and `--default-bucket` flags are what [`Garage::start`] relies on).
-pub const GARAGE_VERSION: &str = "2.5.0";
+/// The version `tests/garage/install.sh` installs, from
+/// `tests/garage/VERSION` (its `--single-node` and `--default-bucket` flags
+/// are what [`Garage::start`] relies on).
+pub fn garage_version() -> &'static str {
+    include_str!("../garage/VERSION").trim()
+}
 
 /// The S3 region Garage is configured with (requests are signed for it).
 pub const REGION: &str = "garage";
@@ -66,43 +69,49 @@ enum Attempt {
 }
 
 impl Garage {
-    /// Where the `garage` binary is, or why there is none.
+    /// The `garage` binary to run, or why there is none: `$GARAGE_BIN` when
+    /// set, else the first of `garage` on `PATH` and `$CARGO_HOME/bin/garage`
+    /// that is the pinned major version.
     pub fn binary() -> Result<PathBuf, String> {
         if let Some(bin) = std::env::var_os("GARAGE_BIN") {
             let bin = PathBuf::from(bin);
-            return if bin.is_file() {
-                Ok(bin)
-            } else {
-                Err(format!("GARAGE_BIN={} is not a file", bin.display()))
-            };
-        }
-        if let Some(path) = std::env::var_os("PATH")
-            && let Some(bin) = std::env::split_paths(&path)
-                .map(|dir| dir.join("garage"))
-                .find(|p| p.is_file())
-        {
+            check_version(&bin)?;
             return Ok(bin);
         }
+        let on_path = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("garage"))
+                .find(|p| p.is_file())
+        });
         let cargo_home = std::env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-        if let Some(bin) = cargo_home
+        let in_cargo = cargo_home
             .map(|c| c.join("bin/garage"))
-            .filter(|p| p.is_file())
-        {
-            return Ok(bin);
+            .filter(|p| p.is_file());
+        let mut refused = Vec::new();
+        for bin in on_path.into_iter().chain(in_cargo) {
+            match check_version(&bin) {
+                Ok(()) => return Ok(bin),
+                Err(e) => refused.push(e),
+            }
         }
+        let version = garage_version();
         Err(format!(
-            "garage (the S3 server these tests run) is not installed: run tests/garage/install.sh \
-             (cargo install garage --locked --version {GARAGE_VERSION}, about 9 minutes on 2 cores), \
-             or set GARAGE_BIN"
+            "garage v{version} (the S3 server these tests run) is not installed{}: run tests/garage/install.sh \
+             (cargo install garage --locked --version {version}, about 9 minutes on 2 cores), \
+             or set GARAGE_BIN",
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", refused.join("; "))
+            }
         ))
     }
 
     /// Start a fresh node on free loopback ports, with bucket `step-test`.
     pub fn start() -> Result<Garage, String> {
         let binary = Self::binary()?;
-        check_version(&binary)?;
         let mut last = String::new();
         // Free ports are chosen by binding port 0 and letting go, so another
         // process can take one before Garage binds it: then try other ports.
@@ -341,12 +350,13 @@ fn check_version(binary: &Path) -> Result<(), String> {
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let major = GARAGE_VERSION.split('.').next().unwrap_or_default();
+    let version = garage_version();
+    let major = version.split('.').next().unwrap_or_default();
     if out.status.success() && text.contains(&format!("v{major}.")) {
         Ok(())
     } else {
         Err(format!(
-            "{} --version says {:?}; these tests need Garage v{major}.x (tests/garage/install.sh installs {GARAGE_VERSION})",
+            "{} --version says {:?}; these tests need Garage v{major}.x (tests/garage/install.sh installs {version})",
             binary.display(),
             text.trim()
         ))
