@@ -16,7 +16,8 @@ version=$(tr -d '[:space:]' <"$here/VERSION")
 bin_dir=${CARGO_HOME:-$HOME/.cargo}/bin
 
 installed() { # installed BINARY -> 0 when it is the pinned version
-  [[ -x $1 ]] && "$1" --version 2>/dev/null | grep -q "v$version\b"
+  # "garage v2.5.0 [...]" (release build) or "garage cargo:2.5.0 [...]".
+  [[ -x $1 ]] && "$1" --version 2>/dev/null | grep -Eq "^garage (v|cargo:)${version//./\\.}( |$)"
 }
 for candidate in "${GARAGE_BIN:-}" "$(command -v garage || true)" "$bin_dir/garage"; do
   if [[ -n $candidate ]] && installed "$candidate"; then

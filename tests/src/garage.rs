@@ -90,7 +90,9 @@ impl Garage {
             .map(|c| c.join("bin/garage"))
             .filter(|p| p.is_file());
         let mut refused = Vec::new();
-        for bin in on_path.into_iter().chain(in_cargo) {
+        let mut candidates: Vec<PathBuf> = on_path.into_iter().chain(in_cargo).collect();
+        candidates.dedup();
+        for bin in candidates {
             match check_version(&bin) {
                 Ok(()) => return Ok(bin),
                 Err(e) => refused.push(e),
@@ -98,7 +100,7 @@ impl Garage {
         }
         let version = garage_version();
         Err(format!(
-            "garage v{version} (the S3 server these tests run) is not installed{}: run tests/garage/install.sh \
+            "garage {version} (the S3 server these tests run) is not installed{}: run tests/garage/install.sh \
              (cargo install garage --locked --version {version}, about 9 minutes on 2 cores), \
              or set GARAGE_BIN",
             if refused.is_empty() {
@@ -352,11 +354,18 @@ fn check_version(binary: &Path) -> Result<(), String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let version = garage_version();
     let major = version.split('.').next().unwrap_or_default();
-    if out.status.success() && text.contains(&format!("v{major}.")) {
+    // "garage v2.5.0 [features: ...]" from a release build, "garage
+    // cargo:2.5.0 [...]" from `cargo install`.
+    let found = text
+        .split_whitespace()
+        .nth(1)
+        .map(|v| v.trim_start_matches("cargo:").trim_start_matches('v'))
+        .unwrap_or_default();
+    if out.status.success() && found.split('.').next() == Some(major) {
         Ok(())
     } else {
         Err(format!(
-            "{} --version says {:?}; these tests need Garage v{major}.x (tests/garage/install.sh installs {version})",
+            "{} --version says {:?}; these tests need Garage {major}.x (tests/garage/install.sh installs {version})",
             binary.display(),
             text.trim()
         ))
