@@ -6,6 +6,7 @@
 #
 #   bench/garage_ceiling.sh [RUNS]      # default 3 runs of each measurement
 #   BENCH_QUICK=1 bench/garage_ceiling.sh   # 100 MiB instead of 1 GiB, fewer PUTs
+#   GARAGE_SECTIONS=small bench/garage_ceiling.sh   # only the small objects ("big small")
 #
 # Series (one Garage node each, fresh directory):
 #   garage          stock configuration (Garage's defaults: no fsync of data
@@ -17,7 +18,8 @@
 #                   only; the difference to `garage` is what Nagle costs
 # Measured: a multipart PUT of 1 GiB (8 MiB parts, 8 in flight), its GET
 # (one stream, and 8 ranged GETs in flight), 10 KiB PUTs one at a time and
-# 32 in flight (latency percentiles). Lines key=value, appended to
+# 32 in flight, then GETs and HEADs of them the same way (latency
+# percentiles). Lines key=value, appended to
 # $RESULTS/raw/garage_ceiling.txt (RESULTS defaults to bench/results).
 # Needs garage (tests/garage/install.sh), python3 (free ports), cc for the
 # nodelay shim (that series is skipped with a note without it).
@@ -30,6 +32,8 @@ RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 OUT=$RAW/garage_ceiling.txt
 mkdir -p "$RAW"
+SECTIONS=" ${GARAGE_SECTIONS:-big small} "
+want() { [[ $SECTIONS == *" $1 "* ]]; }
 if [[ $QUICK == 1 ]]; then BIG=$((100 << 20)); SEQ=50; PAR=500; else BIG=$((1 << 30)); SEQ=200; PAR=2000; fi
 
 note() { echo "$*" | tee -a "$RAW/notes.txt" >&2; }
@@ -106,20 +110,26 @@ record() { tee -a "$OUT"; }
   echo "# garage_ceiling $(date -u +%FT%TZ) $("$GARAGE" --version | head -1) cores=$(nproc) runs=$RUNS quick=$QUICK load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
 } | record
 
-echo "== garage: 1 GiB multipart PUT, GET; 10 KiB PUTs" >&2
+echo "== garage: stock" >&2
 start_garage garage false
-"$CEILING" --mode big --label garage --size "$BIG" --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" | record
-"$CEILING" --mode small --label garage --size 10240 --count "$SEQ" --concurrency 1 --runs "$RUNS" | record
-"$CEILING" --mode small --label garage --size 10240 --count "$PAR" --concurrency 32 --runs "$RUNS" | record
+if want big; then
+  "$CEILING" --mode big --label garage --size "$BIG" --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" | record
+fi
+if want small; then
+  "$CEILING" --mode small --label garage --size 10240 --count "$SEQ" --concurrency 1 --runs "$RUNS" | record
+  "$CEILING" --mode small --label garage --size 10240 --count "$PAR" --concurrency 32 --runs "$RUNS" | record
+fi
 stop_garage
 
-echo "== garage-fsync: 1 GiB multipart PUT" >&2
-start_garage garage-fsync true
-"$CEILING" --mode big --label garage-fsync --size "$BIG" --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" | record
-stop_garage
+if want big; then
+  echo "== garage-fsync: large multipart PUT" >&2
+  start_garage garage-fsync true
+  "$CEILING" --mode big --label garage-fsync --size "$BIG" --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" | record
+  stop_garage
+fi
 
-if [[ -n $SHIM ]]; then
-  echo "== garage-nodelay: 10 KiB PUTs with TCP_NODELAY on Garage's sockets" >&2
+if [[ -n $SHIM ]] && want small; then
+  echo "== garage-nodelay: 10 KiB PUTs and GETs with TCP_NODELAY on Garage's sockets" >&2
   start_garage garage-nodelay false "$SHIM"
   "$CEILING" --mode small --label garage-nodelay --size 10240 --count "$SEQ" --concurrency 1 --runs "$RUNS" | record
   "$CEILING" --mode small --label garage-nodelay --size 10240 --count "$PAR" --concurrency 32 --runs "$RUNS" | record

@@ -181,7 +181,7 @@ async fn small(s3: Arc<AmazonS3>, args: &Args, run: usize) -> Result<(), BoxErro
         })
         .collect();
     let started = Instant::now();
-    let mut latencies: Vec<Duration> = futures::stream::iter(bodies.into_iter().enumerate())
+    let latencies: Vec<Duration> = futures::stream::iter(bodies.into_iter().enumerate())
         .map(|(i, body)| {
             let s3 = s3.clone();
             let path = Path::from(format!("{prefix}/{i}"));
@@ -195,9 +195,58 @@ async fn small(s3: Arc<AmazonS3>, args: &Args, run: usize) -> Result<(), BoxErro
         .try_collect()
         .await?;
     let secs = started.elapsed().as_secs_f64();
+    print_latencies("small_put", args, run, secs, latencies);
+
+    // Read them back: a response with a body is where a server without
+    // TCP_NODELAY can hold its second segment until the client ACKs.
+    let started = Instant::now();
+    let latencies: Vec<Duration> = futures::stream::iter(0..args.count)
+        .map(|i| {
+            let s3 = s3.clone();
+            let path = Path::from(format!("{prefix}/{i}"));
+            let size = args.size;
+            async move {
+                let t = Instant::now();
+                let got = s3.get(&path).await?.bytes().await?;
+                if got.len() != size {
+                    return Err(object_store::Error::Generic {
+                        store: "s3_ceiling",
+                        source: format!("GET {path}: {} bytes, not {size}", got.len()).into(),
+                    });
+                }
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    print_latencies("small_get", args, run, secs, latencies);
+
+    // HEAD: a response of headers only, written at once.
+    let started = Instant::now();
+    let latencies: Vec<Duration> = futures::stream::iter(0..args.count)
+        .map(|i| {
+            let s3 = s3.clone();
+            let path = Path::from(format!("{prefix}/{i}"));
+            async move {
+                let t = Instant::now();
+                s3.head(&path).await?;
+                Ok::<_, object_store::Error>(t.elapsed())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    print_latencies("small_head", args, run, secs, latencies);
+    Ok(())
+}
+
+fn print_latencies(op: &str, args: &Args, run: usize, secs: f64, mut latencies: Vec<Duration>) {
     latencies.sort();
     println!(
-        "label={} run={run} op=small_put size={} count={} concurrency={} secs={secs:.3} ops_per_s={:.1} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "label={} run={run} op={op} size={} count={} concurrency={} secs={secs:.3} ops_per_s={:.1} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         args.label,
         args.size,
         args.count,
@@ -208,7 +257,6 @@ async fn small(s3: Arc<AmazonS3>, args: &Args, run: usize) -> Result<(), BoxErro
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0),
     );
-    Ok(())
 }
 
 #[tokio::main]
