@@ -14,7 +14,7 @@
 #   garage-fsync    data_fsync and metadata_fsync on (durable like the disk
 #                   store, which fsyncs): large PUT only
 #   garage-nodelay  stock, with TCP_NODELAY forced on Garage's accepted
-#                   sockets (LD_PRELOAD bench/garage_nodelay.c): small PUTs
+#                   sockets (LD_PRELOAD bench/garage_nodelay.c): small objects
 #                   only; the difference to `garage` is what Nagle costs
 # Measured: a multipart PUT of 1 GiB (8 MiB parts, 8 in flight), its GET
 # (one stream, and 8 ranged GETs in flight), 10 KiB PUTs one at a time and
@@ -135,3 +135,25 @@ if [[ -n $SHIM ]] && want small; then
   "$CEILING" --mode small --label garage-nodelay --size 10240 --count "$PAR" --concurrency 32 --runs "$RUNS" | record
   stop_garage
 fi
+
+# Medians of this run's lines (after its "#" header), as a Markdown table.
+python3 - "$OUT" >"$RESULTS/garage_ceiling.md" <<'PY'
+import statistics, sys
+lines = open(sys.argv[1]).read().splitlines()
+start = max(i for i, l in enumerate(lines) if l.startswith("#"))
+header, rows = lines[start], {}
+for line in lines[start + 1:]:
+    kv = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    key = (kv["label"], kv["op"], int(kv["size"]), int(kv.get("concurrency", 1)))
+    rows.setdefault(key, []).append(kv)
+print(f"Garage's ceiling (bench/garage_ceiling.sh), medians of runs. {header[2:]}\n")
+print("| series | op | size | in flight | MB/s | ops/s | p50 ms | p99 ms |")
+print("|---|---|---|---|---|---|---|---|")
+med = lambda runs, k: f"{statistics.median(float(r[k]) for r in runs):.1f}" if k in runs[0] else ""
+med2 = lambda runs, k: f"{statistics.median(float(r[k]) for r in runs):.2f}" if k in runs[0] else ""
+for (label, op, size, conc), runs in rows.items():
+    size_text = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+    print(f"| {label} | {op} | {size_text} | {conc} | {med(runs, 'mb_per_s')} | {med(runs, 'ops_per_s')} "
+          f"| {med2(runs, 'p50_ms')} | {med2(runs, 'p99_ms')} |")
+PY
+cat "$RESULTS/garage_ceiling.md" >&2
