@@ -13,6 +13,8 @@ use tracing::warn;
 
 use crate::server::ConnectionLimits;
 use crate::service::{Limits, Service};
+use crate::store::object::ObjectStorage;
+use crate::store::s3::{StorageChoice, object_store_from_env};
 use crate::store::{self, DiskStore, Storage, StoreLimits};
 
 /// An address to reach a server bound to `addr` from this host: a wildcard
@@ -127,6 +129,13 @@ pub struct ServiceArgs {
         default_value_t = 1000
     )]
     pub max_unfinished_uploads_per_user: u64,
+    /// Where records, files and unfinished uploads live: `disk` (under
+    /// --data-dir) or `s3://BUCKET[/PREFIX]`, with the endpoint, credentials
+    /// and region from the standard AWS variables (AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
+    #[arg(long, env = "STEP_STORAGE", default_value = "disk",
+          value_parser = StorageChoice::parse)]
+    pub storage: StorageChoice,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -157,6 +166,7 @@ impl std::fmt::Debug for ServiceArgs {
                 "max_unfinished_uploads_per_user",
                 &self.max_unfinished_uploads_per_user,
             )
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -187,6 +197,39 @@ impl ServiceArgs {
         let mut secret = vec![0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         Ok(secret)
+    }
+
+    /// The storage `--storage` names: local disk under `--data-dir`, or an
+    /// S3 bucket (credentials and endpoint from the standard AWS variables).
+    fn open_storage(&self, limits: StoreLimits) -> std::io::Result<Arc<dyn Storage>> {
+        match &self.storage {
+            StorageChoice::Disk => {
+                let disk = DiskStore::open_with(&self.data_dir, limits).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open the store at {}: {e}", self.data_dir.display()),
+                    )
+                })?;
+                Ok(disk)
+            }
+            StorageChoice::S3 { bucket, prefix } => {
+                let objects = object_store_from_env(bucket, prefix).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                let storage = ObjectStorage::new(objects, "", limits);
+                // Count the unfinished uploads already in the bucket now
+                // rather than at the first request that needs them.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let recovering = storage.clone();
+                    rt.spawn(async move {
+                        if let Err(e) = recovering.recover().await {
+                            warn!(error = %e, "cannot list the bucket's unfinished uploads yet");
+                        }
+                    });
+                }
+                Ok(Arc::new(storage))
+            }
+        }
     }
 
     /// Open the storage and build the request service and connection limits.
@@ -227,13 +270,7 @@ impl ServiceArgs {
             max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
             max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
         };
-        let storage: Arc<dyn Storage> = DiskStore::open_with(&self.data_dir, store_limits)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot open the store at {}: {e}", self.data_dir.display()),
-                )
-            })?;
+        let storage = self.open_storage(store_limits)?;
         let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());
         let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
             .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;

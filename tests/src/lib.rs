@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 pub mod contract;
 pub mod object_subject;
+pub mod garage;
 pub mod prereq;
 pub mod wait;
 

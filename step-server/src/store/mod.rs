@@ -12,6 +12,7 @@ pub mod api;
 pub mod disk;
 mod names;
 pub mod object;
+pub mod s3;
 mod sums;
 
 use std::sync::{Arc, Weak};

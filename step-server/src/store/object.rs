@@ -21,9 +21,10 @@
 //! rejects or escapes, never `.`/`..`, never empty. Key segments preserve
 //! byte order and prefixes (a hex variant), so LIST of `meta/<user>/`
 //! returns files in key order and a key prefix is a segment prefix; keys
-//! over 256 bytes keep their first 256 bytes in order and end in a hash (S3
-//! keys are limited to 1024 bytes), and the listing re-sorts those few by
-//! their real key (see [`Inner::list_files`]).
+//! over [`KEY_ORDERED_BYTES`] keep those first bytes in order and end in a
+//! hash (object names must stay short: 1024 bytes on AWS, about 470 on
+//! Garage), and the listing re-sorts those few by their real key (see
+//! [`Inner::list_files`]). Users over [`USER_PLAIN_BYTES`] are hashed.
 //!
 //! # What decides what
 //!
@@ -170,9 +171,12 @@ fn read_ahead(block_size: u64) -> usize {
 /// Multipart parts in flight at once during completion.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Key bytes kept in order in a key's segment; longer keys end in a hash.
-const KEY_ORDERED_BYTES: usize = 256;
+/// Small enough that a whole object name stays well under what S3 servers
+/// take: AWS allows 1024 bytes, Garage on LMDB about 470 (its index key,
+/// with the bucket id, is limited to 511 bytes; found by the contract suite).
+const KEY_ORDERED_BYTES: usize = 96;
 /// Users up to this many bytes are kept readable-ish; longer ones hashed.
-const USER_PLAIN_BYTES: usize = 64;
+const USER_PLAIN_BYTES: usize = 32;
 /// Metadata objects fetched concurrently by a listing.
 const LIST_FETCH: usize = 16;
 
