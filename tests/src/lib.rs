@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod contract;
-pub mod object_subject;
 pub mod garage;
+pub mod object_subject;
 pub mod prereq;
 pub mod wait;
 
@@ -30,6 +30,8 @@ pub struct TestConfig {
     pub conn: ConnectionLimits,
     /// Reuse this data directory (to test restarts) instead of a fresh one.
     pub data_dir: Option<PathBuf>,
+    /// Serve this storage instead of a disk store in `data_dir`.
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl Default for TestConfig {
@@ -39,6 +41,7 @@ impl Default for TestConfig {
             limits: Limits::default(),
             conn: ConnectionLimits::default(),
             data_dir: None,
+            storage: None,
         }
     }
 }
@@ -67,7 +70,10 @@ impl TestServer {
                 (Some(t), d)
             }
         };
-        let store: Arc<dyn Storage> = DiskStore::open(&data_dir).expect("open store");
+        let store: Arc<dyn Storage> = match cfg.storage {
+            Some(storage) => storage,
+            None => DiskStore::open(&data_dir).expect("open store"),
+        };
         let service = Arc::new(Service::new(
             store,
             TokenKey::new(TEST_SECRET, cfg.token_ttl),

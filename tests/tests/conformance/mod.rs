@@ -7,11 +7,13 @@
 //! - [`wire`]: frame encoding, blocking connections, reading/classifying answers
 //! - [`check`]: expectation matching (`$one_of`, `$regex`, `$token_for`, ...)
 //! - [`runner`]: the step actions of one case
+//! - [`suite`]: the vector files checked and replayed against a server
 
 pub mod check;
 pub mod content;
 pub mod pyvalue;
 pub mod runner;
+pub mod suite;
 pub mod vectors;
 pub mod wire;
 
