@@ -76,7 +76,13 @@ async fn reqwest_get(
     path: &str,
     range: Option<&str>,
 ) -> (StatusCode, u64, Vec<u8>, bool) {
-    let mut req = gw.client.get(gw.at(path));
+    // A connection of its own: after a body cut short the gateway closes its
+    // connection, and a pooled one could be picked just as it closes.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut req = client.get(gw.at(path));
     if let Some(r) = range {
         req = req.header("range", r);
     }
