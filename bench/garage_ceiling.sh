@@ -6,7 +6,7 @@
 #
 #   bench/garage_ceiling.sh [RUNS]      # default 3 runs of each measurement
 #   BENCH_QUICK=1 bench/garage_ceiling.sh   # 100 MiB instead of 1 GiB, fewer PUTs
-#   GARAGE_SECTIONS=small bench/garage_ceiling.sh   # only the small objects ("big small")
+#   GARAGE_SECTIONS=small bench/garage_ceiling.sh   # only the small objects ("big small store")
 #
 # Series (one Garage node each, fresh directory):
 #   garage          stock configuration (Garage's defaults: no fsync of data
@@ -19,7 +19,9 @@
 # Measured: a multipart PUT of 1 GiB (8 MiB parts, 8 in flight), its GET
 # (one stream, and 8 ranged GETs in flight), 10 KiB PUTs one at a time and
 # 32 in flight, then GETs and HEADs of them the same way (latency
-# percentiles). Lines key=value, appended to
+# percentiles); and ("store") the step-server's native 100 MiB uploads with
+# its storage on Garage next to the same on local disk and Garage's own
+# 100 MiB multipart PUT ($RESULTS/raw/store_on_s3.txt). Lines key=value, appended to
 # $RESULTS/raw/garage_ceiling.txt (RESULTS defaults to bench/results).
 # Needs garage (tests/garage/install.sh), python3 (free ports), cc for the
 # nodelay shim (that series is skipped with a note without it).
@@ -32,7 +34,7 @@ RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 OUT=$RAW/garage_ceiling.txt
 mkdir -p "$RAW"
-SECTIONS=" ${GARAGE_SECTIONS:-big small} "
+SECTIONS=" ${GARAGE_SECTIONS:-big small store} "
 want() { [[ $SECTIONS == *" $1 "* ]]; }
 if [[ $QUICK == 1 ]]; then BIG=$((100 << 20)); SEQ=50; PAR=500; else BIG=$((1 << 30)); SEQ=200; PAR=2000; fi
 
@@ -120,6 +122,32 @@ if want small; then
   "$CEILING" --mode small --label garage --size 10240 --count "$PAR" --concurrency 32 --runs "$RUNS" | record
 fi
 stop_garage
+
+if want store; then
+  # The step-server itself with its storage on this Garage, next to the same
+  # server on local disk and to Garage's own multipart PUT of the same size,
+  # in this run (native uploads with step-bench, 100 MiB).
+  echo "== step-server on Garage vs on disk (100 MiB native uploads)" >&2
+  cargo build --release -q -p step-server -p step-bench
+  STORE_OUT=$RAW/store_on_s3.txt
+  echo "# store_on_s3 $(date -u +%FT%TZ) runs=$RUNS load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)" | tee -a "$STORE_OUT"
+  start_garage garage-store false
+  for where in disk s3; do
+    port=$(free_port)
+    if [[ $where == s3 ]]; then storage=s3://bench/step; else storage=disk; fi
+    "$TARGET/release/step-server" --ip 127.0.0.1 --port "$port" --data-dir "$WORK/store-$where" \
+      --storage "$storage" --log warn &
+    S_PID=$!
+    wait_port "$port" "$S_PID"
+    for blocks in 20480 1048576; do
+      "$TARGET/release/step-bench" --addr "127.0.0.1:$port" --size $((100 << 20)) --runs "$RUNS" \
+        --label "step-server-$where/window16-bs$blocks" --window 16 --block-size "$blocks" | tee -a "$STORE_OUT"
+    done
+    kill "$S_PID"; wait "$S_PID" 2>/dev/null || true
+  done
+  "$CEILING" --mode big --label garage-100MiB --size $((100 << 20)) --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" | tee -a "$STORE_OUT"
+  stop_garage
+fi
 
 if want big; then
   echo "== garage-fsync: large multipart PUT" >&2
