@@ -6,11 +6,8 @@
 //! storages (each case gets its own), opens one again as a restarted server
 //! would, and declares which optional behaviours it has ([`Features`]).
 //! [`storage_contract!`](crate::storage_contract) then makes one test per
-//! case, so a failure names its case:
-//!
-//! ```ignore
-//! step_tests::storage_contract!(my_subject());
-//! ```
+//! case, so a failure names its case: `storage_contract!(my_subject())` in a
+//! test file (see `tests/tests/store_contract*.rs`).
 //!
 //! Cases assert on results and [`StoreError`] variants only — never on
 //! paths, objects or timings.
