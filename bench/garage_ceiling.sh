@@ -128,7 +128,7 @@ if want store; then
   # server on local disk and to Garage's own multipart PUT of the same size,
   # in this run (native uploads with step-bench, 100 MiB).
   echo "== step-server on Garage vs on disk (100 MiB native uploads)" >&2
-  cargo build --release -q -p step-server -p step-bench
+  cargo build --release -q -p step-server -p step-bench -p gateway
   STORE_OUT=$RAW/store_on_s3.txt
   echo "# store_on_s3 $(date -u +%FT%TZ) runs=$RUNS load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)" | tee -a "$STORE_OUT"
   start_garage garage-store false
@@ -142,6 +142,21 @@ if want store; then
     for blocks in 20480 1048576; do
       "$TARGET/release/step-bench" --addr "127.0.0.1:$port" --size $((100 << 20)) --runs "$RUNS" \
         --label "step-server-$where/window16-bs$blocks" --window 16 --block-size "$blocks" | tee -a "$STORE_OUT"
+    done
+    if [[ $QUICK != 1 ]]; then
+      "$TARGET/release/step-bench" --addr "127.0.0.1:$port" --size $((1 << 30)) --runs 1 \
+        --label "step-server-$where/1GiB-window16-bs1048576" --window 16 --block-size 1048576 | tee -a "$STORE_OUT"
+    fi
+    kill "$S_PID"; wait "$S_PID" 2>/dev/null || true
+    # 10 KiB PUTs through the gateway (its embedded server on this storage).
+    hport=$(free_port); sport=$(free_port)
+    "$TARGET/release/gateway" --bind 127.0.0.1 --port "$hport" --step-ip 127.0.0.1 --step-port "$sport" \
+      --data-dir "$WORK/gw-$where" --storage "${storage/step/gw}" --log warn &
+    S_PID=$!
+    wait_port "$hport" "$S_PID"
+    for _ in $(seq "$RUNS"); do
+      python3 bench/small_puts.py "http://127.0.0.1:$hport" --count $((QUICK == 1 ? 300 : 2000)) \
+        --size 10240 --concurrency 32 --label "gateway-$where-$RANDOM" | tee -a "$STORE_OUT"
     done
     kill "$S_PID"; wait "$S_PID" 2>/dev/null || true
   done

@@ -14,7 +14,9 @@
 #   REF_DIR=/tmp/ref      local checkout of the reference Python server and
 #                         client (xjtlu/server.py, xjtlu/client.py); never
 #                         committed. Absent: the reference series are skipped.
-#   SECTIONS="fig8 fig9 large small idle"   run only some sections
+#   SECTIONS="fig8 fig9 large small idle garage"   run only some sections
+#                         (garage: bench/garage_ceiling.sh, the step-server on
+#                         Garage next to disk and Garage's own throughput)
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
 # Tools: iperf3 (apt-get install iperf3), oha (cargo install oha --locked),
@@ -27,7 +29,7 @@ QUICK=${BENCH_QUICK:-0}
 REF_DIR=${REF_DIR:-/tmp/ref}
 REF_SERVER=$REF_DIR/xjtlu/server.py
 PY_CLIENT=$REF_DIR/xjtlu/client.py
-SECTIONS=${SECTIONS:-"fig8 fig9 large small idle"}
+SECTIONS=${SECTIONS:-"fig8 fig9 large small idle garage"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 mkdir -p "$RAW"
@@ -349,6 +351,12 @@ section_idle() {
     stop "$STEP_PID"
   )
   return 0
+}
+
+section_garage() {
+  echo "== garage: Garage's ceiling and the step-server with its storage on Garage"
+  RESULTS=$RESULTS BENCH_QUICK=$QUICK bash bench/garage_ceiling.sh "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" ||
+    note "garage_ceiling failed"
 }
 
 for s in $SECTIONS; do "section_$s"; done
