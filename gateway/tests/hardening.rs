@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::config::{HttpArgs, TransferArgs};
@@ -12,10 +11,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use step_tests::{TestConfig, TestServer, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 mod support;
-use support::Gateway;
+use support::{Gateway, step_on};
 
 /// Every wait on the gateway in these tests ends by this deadline.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -330,8 +329,12 @@ async fn connection_cap_makes_extra_clients_wait_not_fail() {
 
 // ---------------------------------------------------------------- item 8
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_restart_with_new_secret_needs_no_client_retry() {
+/// A gateway whose backend stored `a.txt` ("before") and then restarted on
+/// the same address and store with another secret: the gateway's cached
+/// default-user token is stale now.
+async fn gateway_after_backend_restart(
+    secret: &[u8],
+) -> (Gateway, tokio::task::JoinHandle<()>, tempfile::TempDir) {
     let parent = tempfile::tempdir().expect("tmp");
     let dir = parent.path().join("store");
     let step = TestServer::start_with(TestConfig {
@@ -346,7 +349,13 @@ async fn backend_restart_with_new_secret_needs_no_client_retry() {
         StatusCode::CREATED
     );
     step.shutdown().await;
-    let _step = step_on(addr, dir, b"another secret entirely").await;
+    let step = step_on(addr, dir, secret).await;
+    (gw, step, parent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_restart_with_new_secret_needs_no_client_retry() {
+    let (gw, _step, _dir) = gateway_after_backend_restart(b"another secret entirely").await;
     let r = gw.put("/files/b.txt", b"after".to_vec()).await;
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
     let r = gw.get("/files/a.txt").await;
@@ -356,54 +365,10 @@ async fn backend_restart_with_new_secret_needs_no_client_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_restart_with_new_secret_get_first() {
-    let parent = tempfile::tempdir().expect("tmp");
-    let dir = parent.path().join("store");
-    let step = TestServer::start_with(TestConfig {
-        data_dir: Some(dir.clone()),
-        ..TestConfig::default()
-    })
-    .await;
-    let addr = step.addr;
-    let gw = gateway_with(addr, |_, _| {}).await;
-    assert_eq!(
-        gw.put("/files/a.txt", b"before".to_vec()).await.status(),
-        StatusCode::CREATED
-    );
-    step.shutdown().await;
-    let _step = step_on(addr, dir, b"yet another secret").await;
+    let (gw, _step, _dir) = gateway_after_backend_restart(b"yet another secret").await;
     let r = gw.get("/files/a.txt").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().await.expect("text"), "before");
-}
-
-/// A step-server on a given address (to come back where the old one was).
-async fn step_on(
-    addr: SocketAddr,
-    dir: std::path::PathBuf,
-    secret: &[u8],
-) -> tokio::task::JoinHandle<()> {
-    let store = step_server::store::Store::open(&dir).expect("store");
-    let service = Arc::new(step_server::Service::new(
-        store,
-        step_core::token::TokenKey::new(secret, 86_400),
-        step_server::service::Limits::default(),
-    ));
-    let deadline = Instant::now() + PATIENCE;
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "rebind {addr}: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    tokio::spawn(step_server::run(
-        listener,
-        service,
-        step_server::ConnectionLimits::default(),
-        std::future::pending::<()>(),
-    ))
 }
 
 // ---------------------------------------------------------------- item 9

@@ -12,7 +12,7 @@ use step_tests::{TestConfig, TestServer, pattern};
 use tokio::net::TcpListener;
 
 mod support;
-use support::{gateway, gateway_with};
+use support::{gateway, gateway_with, step_on};
 
 async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
@@ -460,32 +460,6 @@ async fn backend_down_then_back_recovers_without_restart() {
         metrics.contains("gateway_backend_errors_total"),
         "{metrics}"
     );
-}
-
-/// A step-server on a given address (to come back where the old one was).
-async fn step_on(
-    addr: SocketAddr,
-    dir: std::path::PathBuf,
-    secret: &[u8],
-) -> tokio::task::JoinHandle<()> {
-    let store = step_server::store::Store::open(&dir).expect("store");
-    let service = Arc::new(step_server::Service::new(
-        store,
-        step_core::token::TokenKey::new(secret, 86_400),
-        step_server::service::Limits::default(),
-    ));
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    tokio::spawn(step_server::run(
-        listener,
-        service,
-        step_server::ConnectionLimits::default(),
-        std::future::pending::<()>(),
-    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gateway::backend::Backend;
@@ -131,4 +133,36 @@ impl Gateway {
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     }
+}
+
+/// A step-server on a given address with `secret`, over the store in `dir`:
+/// a backend coming back where the old one was (perhaps with a new secret).
+pub async fn step_on(
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+    secret: &[u8],
+) -> tokio::task::JoinHandle<()> {
+    let store = step_server::store::Store::open(&dir).expect("store");
+    let service = Arc::new(step_server::Service::new(
+        store,
+        step_core::token::TokenKey::new(secret, 86_400),
+        step_server::service::Limits::default(),
+    ));
+    // The old server's socket may take a moment to go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "rebind {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    tokio::spawn(step_server::run(
+        listener,
+        service,
+        step_server::ConnectionLimits::default(),
+        std::future::pending::<()>(),
+    ))
 }

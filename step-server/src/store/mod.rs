@@ -51,6 +51,25 @@ impl Default for StoreLimits {
 }
 
 impl StoreLimits {
+    /// Whether a user with `count` unfinished uploads planning `planned`
+    /// bytes may start one more of `size` bytes (the per-user caps, checked
+    /// by every implementation at SAVE).
+    pub fn admit_unfinished(&self, count: u64, planned: u64, size: u64) -> StoreResult<()> {
+        if count >= self.max_unfinished_uploads_per_user {
+            return Err(StoreError::Quota(format!(
+                "{count} unfinished uploads already, the most one user may have; finish or delete one"
+            )));
+        }
+        let total = planned.saturating_add(size);
+        if total > self.max_unfinished_bytes_per_user {
+            return Err(StoreError::Quota(format!(
+                "unfinished uploads would total {total} bytes, above the {} one user may have",
+                self.max_unfinished_bytes_per_user
+            )));
+        }
+        Ok(())
+    }
+
     /// How often the sweeper looks for idle uploads: a fraction of the
     /// expiry, so one is removed at most a quarter expiry late, but never
     /// more often than each second nor less often than each minute.

@@ -144,6 +144,8 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, Upl
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
+
+use super::sums::{CHUNK, ChunkSums};
 use step_core::digest::EMPTY_MD5;
 use step_core::plan::{block_len, to_ranges, total_blocks};
 use tracing::{debug, error, info, warn};
@@ -834,7 +836,7 @@ impl Inner {
             })
             .buffered(read_ahead(plan.block_size));
         let mut md5 = Md5::new();
-        let mut crcs = ChunkCrcs::default();
+        let mut crcs = ChunkSums::default();
         let mut next = |r: Option<Result<(u64, Bytes), (u64, object_store::Error)>>| match r {
             None => Err(Missing(None)),
             Some(Ok((i, b))) => {
@@ -991,18 +993,7 @@ impl Inner {
                 .fold((0u64, 0u64), |(c, b), (_, p)| {
                     (c + 1, b.saturating_add(p.planned))
                 });
-            if count >= self.limits.max_unfinished_uploads_per_user {
-                return Err(StoreError::Quota(format!(
-                    "{count} unfinished uploads already, the most one user may have; finish or delete one"
-                )));
-            }
-            if planned.saturating_add(plan.size) > self.limits.max_unfinished_bytes_per_user {
-                return Err(StoreError::Quota(format!(
-                    "unfinished uploads would total {} bytes, above the {} one user may have",
-                    planned.saturating_add(plan.size),
-                    self.limits.max_unfinished_bytes_per_user
-                )));
-            }
+            self.limits.admit_unfinished(count, planned, plan.size)?;
         }
         let total = total_blocks(plan.size, plan.block_size);
         let slots = usize::try_from(total).map_err(|_| other("plan too large"))?;
@@ -1358,7 +1349,7 @@ struct Progress {
     part_size: u64,
     next: u64,
     md5: Md5,
-    crcs: ChunkCrcs,
+    crcs: ChunkSums,
     part: Vec<Bytes>,
     part_len: u64,
     in_flight: FuturesUnordered<UploadPart>,
@@ -1384,7 +1375,7 @@ impl Progress {
             part_size: PART_MIN.max(plan.size.div_ceil(MAX_PARTS)),
             next: 0,
             md5: Md5::new(),
-            crcs: ChunkCrcs::default(),
+            crcs: ChunkSums::default(),
             part: Vec::new(),
             part_len: 0,
             in_flight: FuturesUnordered::new(),
@@ -1572,41 +1563,6 @@ async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> 
         while let Some(b) = blocks.next().await {
             p.feed(b.map_err(store_err)?).await?;
         }
-    }
-}
-
-/// Bytes per CRC32C of a complete file's content (as on disk).
-const CHUNK: u64 = 4096;
-
-/// CRC32C of every [`CHUNK`] of a byte stream fed in order.
-#[derive(Debug, Default)]
-struct ChunkCrcs {
-    done: Vec<u32>,
-    current: u32,
-    current_len: u64,
-}
-
-impl ChunkCrcs {
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = (CHUNK - self.current_len) as usize;
-            let (head, rest) = data.split_at(room.min(data.len()));
-            self.current = crc32c::crc32c_append(self.current, head);
-            self.current_len += head.len() as u64;
-            if self.current_len == CHUNK {
-                self.done.push(self.current);
-                self.current = 0;
-                self.current_len = 0;
-            }
-            data = rest;
-        }
-    }
-
-    fn finish(mut self) -> Vec<u32> {
-        if self.current_len > 0 {
-            self.done.push(self.current);
-        }
-        self.done
     }
 }
 

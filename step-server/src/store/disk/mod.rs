@@ -617,18 +617,7 @@ impl Disk {
                 .fold((0u64, 0u64), |(n, b), (_, p)| {
                     (n + 1, b.saturating_add(p.planned))
                 });
-            if count >= self.limits.max_unfinished_uploads_per_user {
-                return Err(StoreError::Quota(format!(
-                    "{count} unfinished uploads already, the most one user may have; finish or delete one"
-                )));
-            }
-            if planned.saturating_add(plan.size) > self.limits.max_unfinished_bytes_per_user {
-                return Err(StoreError::Quota(format!(
-                    "unfinished uploads would total {} bytes, above the {} one user may have",
-                    planned.saturating_add(plan.size),
-                    self.limits.max_unfinished_bytes_per_user
-                )));
-            }
+            self.limits.admit_unfinished(count, planned, plan.size)?;
             // Refuse up front what cannot fit, with a clear NoSpace, instead
             // of failing blocks later: the free space must hold this upload
             // and what every unfinished upload was promised and has not
