@@ -818,23 +818,9 @@ impl Inner {
         let plan = up.plan;
         let total = total_blocks(plan.size, plan.block_size);
         let dest = self.content_path(n, &up.id);
-        let mut held = up.held.take_all();
+        let held = up.held.take_all();
         let up: &Upload = up;
-        let mut blocks = futures::stream::iter(0..total)
-            .map(|i| {
-                let kept = held.remove(&i);
-                let path = self.block_path(n, &up.id, i);
-                async move {
-                    if let Some(b) = kept {
-                        return Ok((i, b));
-                    }
-                    match self.store.get(&path).await {
-                        Ok(r) => r.bytes().await.map(|b| (i, b)).map_err(|e| (i, e)),
-                        Err(e) => Err((i, e)),
-                    }
-                }
-            })
-            .buffered(read_ahead(plan.block_size));
+        let mut blocks = self.staged_blocks(n, &up.id, plan, 0..total, held);
         let mut md5 = Md5::new();
         let mut crcs = ChunkSums::default();
         let mut next = |r: Option<Result<(u64, Bytes), (u64, object_store::Error)>>| match r {
@@ -884,21 +870,20 @@ impl Inner {
         }
     }
 
-    /// Feed `p` every block it has not seen: from memory when it holds
-    /// them, else read back from the bucket.
-    async fn assemble_rest(
-        &self,
-        n: &Names,
-        up: &Upload,
-        p: &mut Progress,
-    ) -> Result<(), AssembleError> {
-        let plan = up.plan;
-        let total = total_blocks(plan.size, plan.block_size);
-        let mut held = p.held.take_all();
-        let mut blocks = futures::stream::iter(p.next..total)
-            .map(|i| {
+    /// Blocks `range` of upload `id`, in order: from `held` where kept, else
+    /// read back from the bucket (a few GETs ahead).
+    fn staged_blocks<'a>(
+        &'a self,
+        n: &'a Names,
+        id: &'a str,
+        plan: PlanRecord,
+        range: std::ops::Range<u64>,
+        mut held: BTreeMap<u64, Bytes>,
+    ) -> impl futures::Stream<Item = Result<(u64, Bytes), (u64, object_store::Error)>> + 'a {
+        futures::stream::iter(range)
+            .map(move |i| {
                 let kept = held.remove(&i);
-                let path = self.block_path(n, &up.id, i);
+                let path = self.block_path(n, id, i);
                 async move {
                     if let Some(b) = kept {
                         return Ok((i, b));
@@ -909,7 +894,21 @@ impl Inner {
                     }
                 }
             })
-            .buffered(read_ahead(plan.block_size));
+            .buffered(read_ahead(plan.block_size))
+    }
+
+    /// Feed `p` every block it has not seen: from memory when it holds
+    /// them, else read back from the bucket.
+    async fn assemble_rest(
+        &self,
+        n: &Names,
+        up: &Upload,
+        p: &mut Progress,
+    ) -> Result<(), AssembleError> {
+        let plan = up.plan;
+        let total = total_blocks(plan.size, plan.block_size);
+        let held = p.held.take_all();
+        let mut blocks = self.staged_blocks(n, &up.id, plan, p.next..total, held);
         while let Some(r) = blocks.next().await {
             let b = match r {
                 Ok((i, b)) => {
