@@ -4,14 +4,15 @@
 //! `STEP_REQUIRE_ALL_TESTS`; see `step_tests::prereq`). Kept apart from
 //! cli.rs so that file keeps the standard harness.
 
-use std::path::Path;
 use std::process::Stdio;
 
 use step_tests::prereq::{self, block_on_threads};
 use step_tests::{TestServer, pattern};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_step-client");
+mod support;
+
+use support::{BIN, Run, assert_one_line_error, client};
 
 fn main() {
     prereq::main(vec![prereq::needs(
@@ -35,51 +36,6 @@ fn can_mount_tmpfs() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-#[derive(Debug)]
-struct Run {
-    ok: bool,
-    // Read only through Debug, in assertion messages.
-    #[allow(dead_code)]
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn of(out: std::process::Output) -> Run {
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-/// As in cli.rs: the client with no STEP_* variables from the environment.
-fn client(dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir).kill_on_drop(true);
-    for var in [
-        "STEP_SERVER",
-        "STEP_PORT",
-        "STEP_ID",
-        "STEP_PASSWORD",
-        "STEP_TIMEOUT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-/// A failure must be exactly one line on stderr, with no panic or debug dump.
-fn assert_one_line_error(r: &Run, needle: &str) {
-    assert!(!r.ok, "step-client should have failed: {r:?}");
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "want one line on stderr: {r:?}");
-    assert!(lines[0].starts_with("step-client: error: "), "{r:?}");
-    assert!(lines[0].contains(needle), "want {needle:?} in {r:?}");
-    assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
 
 /// A download into a nearly full file system fails with "disk full", as one
