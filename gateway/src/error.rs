@@ -4,7 +4,7 @@
 //! (plus `step_status` when the STEP server refused), with a fitting status.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use step_core::client::ClientError;
@@ -55,6 +55,22 @@ pub enum GatewayError {
     Md5Mismatch { received: String, stored: String },
     #[error("{0}")]
     Internal(String),
+    /// The backend cannot do what the route needs (e.g. resume uploads).
+    #[error("{0}")]
+    NotImplemented(String),
+    // ---- tus (gateway/src/tus.rs)
+    #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
+    TusVersion,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error(
+        "Upload-Offset is {got} but the upload is at {expected}; HEAD it and continue from there"
+    )]
+    OffsetMismatch { expected: u64, got: u64 },
+    #[error("the body's md5 does not match Upload-Checksum; the chunk was not kept")]
+    ChecksumMismatch,
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// STEP status → HTTP status, in one table.
@@ -114,6 +130,15 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::TusVersion => StatusCode::PRECONDITION_FAILED,
+            GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::OffsetMismatch { .. } => StatusCode::CONFLICT,
+            // tus's checksum extension: "460 Checksum Mismatch".
+            GatewayError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            GatewayError::Locked(_) => StatusCode::LOCKED,
         }
     }
 
@@ -150,6 +175,12 @@ impl GatewayError {
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::Md5Mismatch { .. } => "md5_mismatch",
             GatewayError::Internal(_) => "internal",
+            GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::TusVersion => "tus_version",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
+            GatewayError::OffsetMismatch { .. } => "offset_mismatch",
+            GatewayError::ChecksumMismatch => "checksum_mismatch",
+            GatewayError::Locked(_) => "locked",
         }
     }
 
@@ -208,6 +239,12 @@ impl IntoResponse for GatewayError {
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        if let GatewayError::TusVersion = &self {
+            resp.headers_mut().insert(
+                HeaderName::from_static("tus-version"),
+                HeaderValue::from_static("1.0.0"),
+            );
         }
         resp
     }

@@ -13,7 +13,9 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod metrics;
+pub mod page;
 pub mod routes;
+pub mod tus;
 pub mod upload;
 
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct AppState {
     /// Bytes of multipart bodies held in memory, across all requests
     /// (--max-buffered-bytes); beyond it uploads spool to disk.
     pub buffered: Arc<Semaphore>,
+    /// tus uploads' per-upload locks and kept partial blocks.
+    pub tus: tus::Tails,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
             http,
             require_auth,
             buffered,
+            tus: tus::Tails::default(),
         })
     }
 }
@@ -115,6 +120,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 Method::PUT,
                 Method::POST,
                 Method::DELETE,
+                Method::PATCH,
+                Method::OPTIONS,
             ])
             .allow_headers(Any)
             .expose_headers(Any),
@@ -135,12 +142,14 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .head(routes::get_file)
                 .delete(routes::delete_file),
         )
+        .merge(tus::router())
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             body_min_rate,
         ));
     let small = Router::new()
+        .merge(page::router())
         .route("/login", post(routes::login))
         .route("/records", post(routes::create_record))
         .route(

@@ -74,7 +74,7 @@ impl AppState {
     /// Run `op` with the request's token; when the token is the gateway's
     /// default user's and the server refuses it (it restarted with a new
     /// secret, or the token expired), log in again and run `op` once more.
-    async fn with_token<T, F, Fut>(&self, auth: &Auth, op: F) -> Result<T, GatewayError>
+    pub(crate) async fn with_token<T, F, Fut>(&self, auth: &Auth, op: F) -> Result<T, GatewayError>
     where
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, GatewayError>>,
@@ -163,7 +163,7 @@ fn created(stored: Stored) -> Response {
     resp
 }
 
-fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
+pub(crate) fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
     if st.http.max_upload > 0 && size > st.http.max_upload {
         return Err(GatewayError::TooLarge(format!(
             "{size} bytes exceeds this gateway's upload limit of {} bytes",
@@ -173,11 +173,12 @@ fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
     Ok(())
 }
 
-type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
+pub(crate) type ByteStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
 /// A body of not-yet-known length, held in memory while small and in a temp
 /// file beyond the spool threshold.
-enum Spooled {
+pub(crate) enum Spooled {
     /// The bytes and their share of --max-buffered-bytes.
     Memory(Bytes, Option<OwnedSemaphorePermit>),
     File(tokio::fs::File, u64, tempfile::TempPath),
@@ -185,20 +186,20 @@ enum Spooled {
 
 /// What must live until a spooled upload has been stored (held, never read).
 #[allow(dead_code)]
-enum KeepUntilDone {
+pub(crate) enum KeepUntilDone {
     Permit(OwnedSemaphorePermit),
     Path(tempfile::TempPath),
 }
 
 impl Spooled {
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Spooled::Memory(b, _) => b.len() as u64,
             Spooled::File(_, n, _) => *n,
         }
     }
 
-    fn into_stream(self) -> (ByteStream, Option<KeepUntilDone>) {
+    pub(crate) fn into_stream(self) -> (ByteStream, Option<KeepUntilDone>) {
         match self {
             Spooled::Memory(b, permit) => (
                 Box::pin(futures::stream::iter([Ok(b)])),
@@ -214,7 +215,7 @@ impl Spooled {
     }
 }
 
-async fn spool<S>(st: &AppState, mut chunks: S) -> Result<Spooled, GatewayError>
+pub(crate) async fn spool<S>(st: &AppState, mut chunks: S) -> Result<Spooled, GatewayError>
 where
     S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
 {

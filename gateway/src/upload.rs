@@ -405,7 +405,7 @@ where
 /// [`LINGER`]. Further workers (up to the fan-out) find blocks only when
 /// they queue up faster than one connection drains them. Returns the md5 the
 /// server reported when the file completed.
-async fn send_blocks<S>(
+pub(crate) async fn send_blocks<S>(
     backend: &Backend,
     token: &str,
     plan: &UploadPlan,

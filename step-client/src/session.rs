@@ -209,6 +209,7 @@ mod tests {
         max_block_size: 8 << 20,
         token_ttl: None,
         max_file_size: None,
+        upload_expiry: None,
     };
 
     #[test]

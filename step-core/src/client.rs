@@ -72,6 +72,9 @@ pub struct Capabilities {
     pub token_ttl: Option<u64>,
     /// Largest file size a SAVE may announce.
     pub max_file_size: Option<u64>,
+    /// Seconds an unfinished upload may go without a SAVE or block before
+    /// the server removes it (tus's Upload-Expires is derived from it).
+    pub upload_expiry: Option<u64>,
 }
 
 impl Capabilities {
@@ -91,6 +94,7 @@ impl Capabilities {
                 .unwrap_or(0),
             token_ttl: caps.get("token_ttl").and_then(Value::as_u64),
             max_file_size: caps.get("max_file_size").and_then(Value::as_u64),
+            upload_expiry: caps.get("upload_expiry").and_then(Value::as_u64),
         }
     }
 
@@ -103,6 +107,7 @@ impl Capabilities {
         for (name, value) in [
             ("token_ttl", self.token_ttl),
             ("max_file_size", self.max_file_size),
+            ("upload_expiry", self.upload_expiry),
         ] {
             if let Some(v) = value {
                 caps[name] = v.into();

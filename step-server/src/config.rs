@@ -281,6 +281,7 @@ impl ServiceArgs {
             max_file_size: self.max_file_size,
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
+            upload_expiry_secs: self.upload_expiry.max(1),
         };
         let conn = ConnectionLimits {
             max_connections: self.max_connections.max(1),

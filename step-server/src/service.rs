@@ -32,6 +32,9 @@ pub struct Limits {
     /// Token refusals answered per second, server-wide, beyond a burst of as
     /// many; further refusals wait their turn. Bounds online token guessing.
     pub token_failures_per_sec: u32,
+    /// Announced in LOGIN's capabilities: seconds an unfinished upload
+    /// lives without activity (the store's `upload_expiry` enforces it).
+    pub upload_expiry_secs: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             token_failures_per_sec: 1000,
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
+            upload_expiry_secs: 86_400,
         }
     }
 }
@@ -201,6 +205,7 @@ impl Service {
             max_block_size: self.limits.max_block_size,
             token_ttl: Some(self.tokens.ttl_secs()),
             max_file_size: Some(self.limits.max_file_size),
+            upload_expiry: Some(self.limits.upload_expiry_secs),
         }
     }
 
