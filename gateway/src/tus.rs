@@ -656,31 +656,33 @@ pub async fn terminate(
     require_version(&headers)?;
     let r = UploadRef::decode(&id)?;
     let mut slot = st.tus.lock(&id).await?;
-    slot.slot().tail = None;
-    let deleted = st
-        .with_token(&auth, |t| {
-            let (backend, r) = (Arc::clone(&st.backend), r.clone());
-            async move {
-                match r.upload_id {
-                    Some(uid) => {
-                        backend
-                            .call(&t, |mut c| async move {
-                                let res = c.file_delete_upload(&r.key, &uid).await;
-                                (c, res)
-                            })
-                            .await
-                    }
-                    None => backend.file_delete(&t, r.key).await,
-                }
-            }
-        })
-        .await;
+    // Found first: the server answers a FILE DELETE that discards an
+    // unfinished upload with "not found" (as the reference does), so only
+    // this tells a terminated upload from a missing one.
+    let (token, _) = find_as(&st, &auth, &r).await?;
+    let deleted = match r.upload_id.clone() {
+        Some(uid) => {
+            let key = r.key.clone();
+            st.backend
+                .call(&token, |mut c| async move {
+                    let res = c.file_delete_upload(&key, &uid).await;
+                    (c, res)
+                })
+                .await
+        }
+        None => st.backend.file_delete(&token, r.key.clone()).await,
+    };
     match deleted {
-        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(GatewayError::Step {
+        Ok(())
+        | Err(GatewayError::Step {
             status: Status::NotFound,
+            reason: None,
             ..
-        }) => Err(gone()),
+        }) => {
+            slot.slot().tail = None;
+            info!(key = %r.key, "tus upload terminated");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Err(e) => Err(e),
     }
 }
