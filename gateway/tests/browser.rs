@@ -1,0 +1,116 @@
+//! The page at GET / in a real browser: headless Chromium (Debian
+//! `chromium` + `chromium-driver`) driven by selenium (PyPI, pinned in
+//! tests/tus/requirements.txt) against the gateway served in-process on a
+//! free port in front of a real step-server. tests/tus/browser.py uploads
+//! two files at once through the file input, waits for their progress to
+//! complete and for them to be listed, resumes a half-done upload after a
+//! page reload, and deletes a file from the page; this test then checks
+//! over HTTP that every uploaded key returns exactly the file's bytes and
+//! the deleted one is gone. With STEP_SCREENSHOT=path the script saves a
+//! PNG of the page (docs/page.png was made that way).
+//!
+//! Reported as ignored, with the reason, where chromium, chromedriver or
+//! the Python venv are missing (a failure under STEP_REQUIRE_ALL_TESTS).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use serde_json::Value;
+use step_tests::TestServer;
+use step_tests::prereq::{self, block_on_threads, command_works};
+
+mod support;
+use support::Gateway;
+
+const VENV_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/venv.sh");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/browser.py");
+
+fn main() {
+    prereq::main(vec![prereq::needs(
+        "page_uploads_lists_resumes_and_deletes_in_chromium",
+        browser,
+        |py| block_on_threads(2, page_in_chromium(py)),
+    )]);
+}
+
+/// The venv's python (with selenium), when chromium and its driver are here.
+fn browser() -> Result<PathBuf, String> {
+    command_works("chromium", &["--version"])
+        .map_err(|e| format!("{e} (Debian package chromium)"))?;
+    command_works("chromedriver", &["--version"])
+        .map_err(|e| format!("{e} (Debian package chromium-driver)"))?;
+    let out = Command::new("bash")
+        .arg(VENV_SCRIPT)
+        .output()
+        .map_err(|e| format!("cannot run bash {VENV_SCRIPT}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
+        Some(77) => Err(stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("tus: SKIP: "))
+            .next_back()
+            .unwrap_or("tests/tus/venv.sh skipped")
+            .to_owned()),
+        code => panic!("tests/tus/venv.sh failed ({code:?}): {stderr}"),
+    }
+}
+
+async fn md5_of_get(gw: &Gateway, key: &str) -> (u16, String) {
+    let path = key
+        .split('/')
+        .map(|s| s.replace(' ', "%20"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let (status, _, body) = gw.get_bytes(&format!("/files/{path}")).await;
+    (status.as_u16(), hex::encode(Md5::digest(&body)))
+}
+
+fn md5_of_file(path: &Path) -> String {
+    hex::encode(Md5::digest(std::fs::read(path).expect("read the uploaded file")))
+}
+
+async fn page_in_chromium(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = support::gateway_with(step.addr, |_, transfer| transfer.block_size = 65_536).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let run = tokio::process::Command::new(&py)
+        .arg(SCRIPT)
+        .arg(&gw.url)
+        .arg(work.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser script finished in time")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser.py failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("browser.py printed no JSON ({e}): {stdout}"));
+    println!("browser.py: {report}");
+    let deleted = report["deleted"].as_str();
+    let uploaded = report["uploaded"].as_array().expect("uploaded keys");
+    assert_eq!(uploaded.len(), 3);
+    for key in uploaded {
+        let key = key.as_str().expect("a key");
+        let (status, md5) = md5_of_get(&gw, key).await;
+        if Some(key) == deleted {
+            assert_eq!(status, 404, "{key} was deleted from the page");
+        } else {
+            assert_eq!(status, 200, "GET {key}");
+            assert_eq!(md5, md5_of_file(&work.path().join(key)), "{key}: md5");
+        }
+    }
+    // Once the gateway lists files, the page must have shown and deleted.
+    if report["listed"] == true {
+        assert_eq!(deleted, Some("notes.txt"));
+    }
+}
