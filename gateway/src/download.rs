@@ -88,10 +88,6 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Span, Gatew
     }
 }
 
-fn etag(md5: &str) -> String {
-    format!("\"{md5}\"")
-}
-
 fn if_none_match_hits(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
@@ -116,7 +112,7 @@ pub async fn respond(
     let tp = backend.plan_for(&conn);
     let got = conn.file_get(key, tp.block_size).await;
     let plan = backend.settle_keep(&mut conn, got)?;
-    let tag = etag(&plan.md5);
+    let tag = crate::conditional::etag(&plan.md5);
     let mut headers = HeaderMap::new();
     let mime = mime_guess::from_path(key).first_or_octet_stream();
     let put = |h: &mut HeaderMap, name, value: String| {

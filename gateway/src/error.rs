@@ -53,11 +53,16 @@ pub enum GatewayError {
         "md5 mismatch: the gateway received {received}, the STEP server stored {stored}; the file was removed"
     )]
     Md5Mismatch { received: String, stored: String },
-    #[error("{0}")]
-    Internal(String),
-    /// The backend cannot do what the route needs (e.g. resume uploads).
+    /// The STEP backend lacks the extension the request needs (e.g. the
+    /// reference server: no listing).
     #[error("{0}")]
     NotImplemented(String),
+    /// A conditional request's precondition (If-Match, If-None-Match: *,
+    /// If-Unmodified-Since) does not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Internal(String),
     // ---- tus (gateway/src/tus.rs)
     #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
     TusVersion,
@@ -103,6 +108,12 @@ pub fn http_status_for_reason(reason: Reason) -> StatusCode {
         Reason::Integrity => StatusCode::BAD_GATEWAY,
         Reason::Superseded => StatusCode::CONFLICT,
         Reason::OtherUpload => StatusCode::NOT_FOUND,
+        // The store refused an `if_md5`: the version the request named is
+        // not (or no longer) the current one.
+        Reason::Precondition => StatusCode::PRECONDITION_FAILED,
+        // Only mid-download (the version being read was replaced); the
+        // response is already under way, so this is what gets logged.
+        Reason::Replaced => StatusCode::CONFLICT,
     }
 }
 
@@ -129,8 +140,9 @@ impl GatewayError {
             GatewayError::BadGateway(_) | GatewayError::Md5Mismatch { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::TusVersion => StatusCode::PRECONDITION_FAILED,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::OffsetMismatch { .. } => StatusCode::CONFLICT,
@@ -145,6 +157,10 @@ impl GatewayError {
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            GatewayError::Step {
+                reason: Some(Reason::Precondition),
+                ..
+            } => "precondition_failed",
             GatewayError::Step {
                 reason: Some(reason),
                 ..
@@ -174,8 +190,9 @@ impl GatewayError {
             GatewayError::BackendTimeout => "backend_timeout",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::Md5Mismatch { .. } => "md5_mismatch",
-            GatewayError::Internal(_) => "internal",
             GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::PreconditionFailed(_) => "precondition_failed",
+            GatewayError::Internal(_) => "internal",
             GatewayError::TusVersion => "tus_version",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::OffsetMismatch { .. } => "offset_mismatch",

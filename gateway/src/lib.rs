@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod body;
+pub mod conditional;
 pub mod config;
 pub mod download;
 pub mod error;
@@ -152,6 +153,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(page::router())
         .route("/login", post(routes::login))
         .route("/records", post(routes::create_record))
+        // The listing; `/files/` (an empty key) lists too.
+        .route("/files", get(routes::list_files))
+        .route("/files/", get(routes::list_files))
         .route(
             "/records/{key}",
             put(routes::put_record)

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use step_core::Status;
 use step_core::digest::password_for;
@@ -354,6 +354,76 @@ pub async fn put_file(
         }
     };
     Ok(created(stored))
+}
+
+/// Query of `GET /files`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+/// Entries per listing page unless `?limit=` says otherwise, and at most.
+pub const LIST_DEFAULT_LIMIT: u64 = 100;
+pub const LIST_MAX_LIMIT: u64 = 1000;
+
+/// One file in `GET /files`.
+#[derive(Debug, Serialize)]
+pub struct ListedFile {
+    key: String,
+    size: u64,
+    md5: String,
+    /// What `GET /files/{key}` sends as `ETag`.
+    etag: String,
+    /// RFC 3339, UTC.
+    last_modified: String,
+}
+
+/// `GET /files`.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    files: Vec<ListedFile>,
+    /// Pass as `?cursor=` for the next page; null on the last.
+    next_cursor: Option<String>,
+}
+
+/// `GET /files` (and `GET /files/`): the caller's complete files in key
+/// order, a page at a time.
+pub async fn list_files(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Listing>, GatewayError> {
+    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
+    if !(1..=LIST_MAX_LIMIT).contains(&limit) {
+        return Err(GatewayError::BadRequest(format!(
+            "limit must be from 1 to {LIST_MAX_LIMIT}"
+        )));
+    }
+    let page = st
+        .with_token(&auth, |t| {
+            let backend = Arc::clone(&st.backend);
+            let (prefix, cursor) = (q.prefix.clone(), q.cursor.clone());
+            async move { backend.file_list(&t, prefix, cursor, limit).await }
+        })
+        .await?;
+    Ok(Json(Listing {
+        files: page
+            .files
+            .into_iter()
+            .map(|f| ListedFile {
+                etag: crate::conditional::etag(&f.md5),
+                last_modified: crate::conditional::rfc3339(f.last_modified),
+                key: f.key,
+                size: f.size,
+                md5: f.md5,
+            })
+            .collect(),
+        next_cursor: page.next,
+    }))
 }
 
 /// `GET` and `HEAD /files/{key}` (HEAD: the same headers, no body).

@@ -69,7 +69,9 @@ async fn md5_of_get(gw: &Gateway, key: &str) -> (u16, String) {
 }
 
 fn md5_of_file(path: &Path) -> String {
-    hex::encode(Md5::digest(std::fs::read(path).expect("read the uploaded file")))
+    hex::encode(Md5::digest(
+        std::fs::read(path).expect("read the uploaded file"),
+    ))
 }
 
 async fn page_in_chromium(py: PathBuf) {

@@ -210,6 +210,8 @@ mod tests {
         token_ttl: None,
         max_file_size: None,
         upload_expiry: None,
+        list: true,
+        replace: true,
     };
 
     #[test]

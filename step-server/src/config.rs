@@ -12,7 +12,7 @@ use step_core::token::TokenKey;
 use tracing::warn;
 
 use crate::server::ConnectionLimits;
-use crate::service::{Limits, Service};
+use crate::service::{Extensions, Limits, Service};
 use crate::store::object::ObjectStorage;
 use crate::store::s3::{StorageChoice, object_store_from_env};
 use crate::store::{self, DiskStore, Storage, StoreLimits};
@@ -136,6 +136,23 @@ pub struct ServiceArgs {
     #[arg(long, env = "STEP_STORAGE", default_value = "disk",
           value_parser = StorageChoice::parse)]
     pub storage: StorageChoice,
+    /// Extensions to turn off, comma-separated (`list`, `replace`): the
+    /// server then neither announces nor serves them, answering as the
+    /// reference does (to stand in for a server without them).
+    #[arg(
+        long,
+        env = "STEP_DISABLE_EXTENSIONS",
+        value_delimiter = ',',
+        value_enum
+    )]
+    pub disable_extensions: Vec<Extension>,
+}
+
+/// An extension `--disable-extensions` can turn off.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    List,
+    Replace,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -167,6 +184,7 @@ impl std::fmt::Debug for ServiceArgs {
                 &self.max_unfinished_uploads_per_user,
             )
             .field("storage", &self.storage)
+            .field("disable_extensions", &self.disable_extensions)
             .finish()
     }
 }
@@ -282,6 +300,10 @@ impl ServiceArgs {
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
             upload_expiry_secs: self.upload_expiry.max(1),
+            extensions: Extensions {
+                list: !self.disable_extensions.contains(&Extension::List),
+                replace: !self.disable_extensions.contains(&Extension::Replace),
+            },
         };
         let conn = ConnectionLimits {
             max_connections: self.max_connections.max(1),

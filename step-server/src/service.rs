@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 use step_core::client::Capabilities;
-use step_core::message::{RequestHead, field};
+use step_core::client::ListedFile;
+use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
 use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
@@ -35,7 +36,37 @@ pub struct Limits {
     /// Announced in LOGIN's capabilities: seconds an unfinished upload
     /// lives without activity (the store's `upload_expiry` enforces it).
     pub upload_expiry_secs: u64,
+    /// Extensions served and announced.
+    pub extensions: Extensions,
 }
+
+/// Extension operations the server serves and announces in LOGIN's
+/// capabilities; all on by default. One turned off is answered as the
+/// reference answers it, so this server can stand in for one without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// FILE LIST.
+    pub list: bool,
+    /// FILE SAVE `replace` / `if_md5`, DELETE `if_md5`.
+    pub replace: bool,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Self {
+            list: true,
+            replace: true,
+        }
+    }
+}
+
+/// FILE LIST entries per page unless asked otherwise, and at most.
+pub const LIST_DEFAULT_LIMIT: i64 = 100;
+pub const LIST_MAX_LIMIT: i64 = 1000;
+/// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
+/// escaped): a page is cut short, with `next`, rather than exceed what a
+/// client's frame limit (1 MiB by default) takes.
+const LIST_MAX_BYTES: usize = 256 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -46,6 +77,7 @@ impl Default for Limits {
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
             upload_expiry_secs: 86_400,
+            extensions: Extensions::default(),
         }
     }
 }
@@ -206,6 +238,8 @@ impl Service {
             token_ttl: Some(self.tokens.ttl_secs()),
             max_file_size: Some(self.limits.max_file_size),
             upload_expiry: Some(self.limits.upload_expiry_secs),
+            list: self.limits.extensions.list,
+            replace: self.limits.extensions.replace,
         }
     }
 
@@ -245,6 +279,13 @@ impl Service {
             Err(rejection) => return Admission::Answer(rejection.into_message().into()),
         };
         let (op, kind) = (head.operation, head.kind);
+        if op == Operation::List && !self.limits.extensions.list {
+            return Admission::Answer(
+                Rejection::unknown_operation(op.as_str())
+                    .into_message()
+                    .into(),
+            );
+        }
         if op == Operation::Login {
             return Admission::Answer(self.login(&msg, kind).into());
         }
@@ -486,10 +527,66 @@ impl Service {
             Operation::Get => self.file_get(user, &msg).await,
             Operation::Download => self.file_download(user, &msg).await,
             Operation::Delete => self.file_delete(user, &msg).await,
+            Operation::List => self.file_list(user, &msg).await,
             _ => Err(StepError::OperationNotAllowed(format!(
                 "Operation {op} is not allowed for FILE."
             ))),
         }
+    }
+
+    /// FILE LIST (extension): one page of the caller's complete files.
+    async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let text = |name: &'static str| match msg.str_field(name) {
+            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
+                "\"{name}\" must be at most {} bytes",
+                self.limits.max_key_len
+            ))),
+            Ok(t) => Ok(t),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        };
+        let prefix = text(field::PREFIX)?.unwrap_or("");
+        let after = text(field::AFTER)?;
+        let limit = match msg.int_field(field::LIMIT) {
+            Ok(None) => LIST_DEFAULT_LIMIT,
+            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
+            Ok(Some(n)) => {
+                return Err(StepError::Invalid(format!(
+                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
+                )));
+            }
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        let page = self
+            .store
+            .list_files(user, prefix, after, limit as usize)
+            .await
+            .map_err(in_store(prefix))?;
+        let mut next = page.next;
+        let mut files = Vec::with_capacity(page.files.len());
+        let mut bytes = 0;
+        let count = page.files.len();
+        for (i, meta) in page.files.into_iter().enumerate() {
+            let entry = serde_json::to_value(ListedFile {
+                key: meta.key,
+                size: meta.size,
+                md5: meta.md5,
+                last_modified: meta.completed_unix,
+                upload_id: meta.upload_id,
+            })
+            .map_err(|e| StepError::Storage(StoreError::Other(Box::new(e))))?;
+            bytes += step_core::json::to_ascii_vec(&entry).map_or(0, |v| v.len() + 1);
+            let key = entry[field::KEY].as_str().map(str::to_owned);
+            files.push(entry);
+            if bytes > LIST_MAX_BYTES && i + 1 < count {
+                // Cut short: the next page starts after this entry.
+                next = key;
+                break;
+            }
+        }
+        debug!(%user, prefix, count = files.len(), "files listed");
+        Ok(ok(Operation::List, Kind::File, "The files.")
+            .with(field::FILES, Value::Array(files))
+            .with(field::NEXT, next.map_or(Value::Null, Value::String)))
     }
 
     async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
