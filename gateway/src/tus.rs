@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -81,7 +81,6 @@ const MAX_TAILS: usize = 10_000;
 /// body-size limit, the minimum body rate).
 pub fn router() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
-        .route("/tus", post(create).options(options))
         .route("/tus/", post(create).options(options))
         .route(
             "/tus/{id}",
@@ -615,7 +614,7 @@ async fn begin(
 pub async fn head(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(id): Path<String>,
+    routes::Key(id): routes::Key,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
@@ -650,7 +649,7 @@ pub async fn head(
 pub async fn terminate(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(id): Path<String>,
+    routes::Key(id): routes::Key,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
@@ -699,7 +698,7 @@ struct Progress {
 pub async fn write(
     State(st): State<Arc<AppState>>,
     auth: Auth,
-    Path(id): Path<String>,
+    routes::Key(id): routes::Key,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {

@@ -122,6 +122,8 @@ def main(base, workdir):
             wait_done(d, os.path.basename(f))
             if listing:
                 wait_listed(d, os.path.basename(f))
+        if shot:
+            d.save_screenshot(shot)
 
         # Resume across a page reload.
         third = make(workdir, "big video.mp4", 2_000_000, 3)
@@ -143,8 +145,6 @@ def main(base, workdir):
             wait_listed(d, "big video.mp4")
             for f in files:
                 wait_listed(d, os.path.basename(f))
-        if shot:
-            d.save_screenshot(shot)
 
         deleted = None
         if listing:
