@@ -437,15 +437,23 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
     }
 }
 
-/// The key holds a complete file: this upload's, as far as anyone can tell,
-/// when the size matches.
+/// The key holds a complete file: this upload's when the server names the
+/// same upload as its version (without versions, when the size matches).
 async fn complete_or_gone(
     st: &AppState,
     token: &str,
     r: &UploadRef,
 ) -> Result<Found, GatewayError> {
     match st.backend.file_get(token, r.key.clone(), None).await {
-        Ok(plan) if plan.size == r.size => Ok(Found::Complete),
+        Ok(plan)
+            if plan.size == r.size
+                && match (&plan.upload_id, &r.upload_id) {
+                    (Some(version), Some(ours)) => version == ours,
+                    _ => true,
+                } =>
+        {
+            Ok(Found::Complete)
+        }
         Ok(_)
         | Err(GatewayError::Step {
             status: Status::NotFound,

@@ -116,6 +116,7 @@ async fn checksum_mismatch_is_460_and_keeps_nothing() {
     assert_eq!(header(&r, "upload-offset"), "150000");
     let (_, _, got) = gw.get_bytes("/files/sum.bin").await;
     assert_eq!(got, body);
+    assert_eq!(offset(&gw, &path).await, 150_000);
 }
 
 #[tokio::test]
