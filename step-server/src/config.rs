@@ -287,6 +287,7 @@ impl ServiceArgs {
             upload_expiry: Duration::from_secs(self.upload_expiry.max(1)),
             max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
             max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
+            ..StoreLimits::default()
         };
         let storage = self.open_storage(store_limits)?;
         let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());
