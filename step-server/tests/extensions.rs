@@ -26,7 +26,13 @@ async fn extensions_are_on_by_default_and_can_be_turned_off() {
     let mut c = client(&on).await;
     let caps = c.capabilities();
     assert!(caps.list && caps.replace, "{caps:?}");
-    assert!(c.file_list(ListQuery::default()).await.expect("list").files.is_empty());
+    assert!(
+        c.file_list(ListQuery::default())
+            .await
+            .expect("list")
+            .files
+            .is_empty()
+    );
     on.terminate();
 
     let off = ServerProc::start(
