@@ -421,16 +421,27 @@ async fn conditional_request_table() {
                 c.name
             );
         }
+    }
+    // The table as Markdown (`--nocapture`), for the README.
+    println!("| case | file | request | answer |\n|---|---|---|---|");
+    for c in CASES {
+        let headers: Vec<String> = c.headers.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+        let body = match c.body {
+            Whole => "whole file".to_owned(),
+            First10 => "bytes 0-9".to_owned(),
+            Empty => "no body".to_owned(),
+            Error("") => "JSON".to_owned(),
+            Error(code) => format!("`{code}`"),
+        };
+        let headers = if headers.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", headers.join("`, `"))
+        };
+        let file = if c.exists { "exists" } else { "absent" };
         println!(
-            "| {} | `{} {}` | {} |",
-            c.name,
-            c.method,
-            c.headers
-                .iter()
-                .map(|(n, v)| format!("{n}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            c.status
+            "| {} | {file} | `{}` {headers} | {} {body} |",
+            c.name, c.method, c.status
         );
     }
     assert!(
