@@ -481,6 +481,40 @@ impl Backend {
         self.settle(conn, r)
     }
 
+    /// FILE DELETE only while the file's md5 is `md5`: atomic (412 when it
+    /// changed) against a server with the `replace` extension; a server
+    /// without it ignores the condition (the caller checked it just before).
+    pub async fn file_delete_if(
+        &self,
+        token: &str,
+        key: String,
+        md5: String,
+    ) -> Result<(), GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.file_delete_if(&key, &md5).await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// The file under `key` as a download plan, or `None` when there is
+    /// none (to evaluate a write's preconditions).
+    pub async fn file_current(
+        &self,
+        token: &str,
+        key: String,
+    ) -> Result<Option<DownloadPlan>, GatewayError> {
+        match self.file_get(token, key, None).await {
+            Ok(plan) => Ok(Some(plan)),
+            Err(GatewayError::Step {
+                status: Status::NotFound,
+                reason: None,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn file_delete(&self, token: &str, key: String) -> Result<(), GatewayError> {
         self.call(token, |mut c| async move {
             let r = c.file_delete(&key).await;

@@ -169,3 +169,20 @@ pub fn validator_headers(headers: &mut HeaderMap, current: Current<'_>) {
         HeaderValue::from_static("private, no-cache"),
     );
 }
+
+/// Whether a request carries a precondition that needs the current file
+/// to be evaluated (on PUT and DELETE, which do not fetch it otherwise).
+pub fn has_preconditions(h: &HeaderMap) -> bool {
+    [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|name| h.contains_key(name))
+}
+
+/// `If-None-Match: *`: the request may only create (PUT).
+pub fn create_only(h: &HeaderMap) -> bool {
+    tags(h, &header::IF_NONE_MATCH).is_some_and(|list| list.iter().any(|t| t == "*"))
+}

@@ -197,6 +197,8 @@ pub struct DownloadPlan {
     /// extension); DOWNLOADs of the plan carry it, so they are refused
     /// (reason `replaced`) rather than served from a newer version.
     pub upload_id: Option<String>,
+    /// When the file became complete, Unix seconds (our server's extension).
+    pub last_modified: Option<u64>,
 }
 
 /// One complete file in a FILE LIST answer.
@@ -704,6 +706,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
                 .get(field::UPLOAD_ID)
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            last_modified: resp.get(field::LAST_MODIFIED).and_then(Value::as_u64),
         })
     }
 

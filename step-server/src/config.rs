@@ -136,6 +136,11 @@ pub struct ServiceArgs {
     #[arg(long, env = "STEP_STORAGE", default_value = "disk",
           value_parser = StorageChoice::parse)]
     pub storage: StorageChoice,
+    /// Seconds a replaced version of a file stays readable for downloads
+    /// that began before the replace (also removed at the key's next
+    /// replace or DELETE).
+    #[arg(long, env = "STEP_REPLACED_GRACE", default_value_t = 900)]
+    pub replaced_grace: u64,
     /// Extensions to turn off, comma-separated (`list`, `replace`): the
     /// server then neither announces nor serves them, answering as the
     /// reference does (to stand in for a server without them).
@@ -184,6 +189,7 @@ impl std::fmt::Debug for ServiceArgs {
                 &self.max_unfinished_uploads_per_user,
             )
             .field("storage", &self.storage)
+            .field("replaced_grace", &self.replaced_grace)
             .field("disable_extensions", &self.disable_extensions)
             .finish()
     }
@@ -287,6 +293,7 @@ impl ServiceArgs {
             upload_expiry: Duration::from_secs(self.upload_expiry.max(1)),
             max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
             max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
+            replaced_grace: Duration::from_secs(self.replaced_grace),
         };
         let storage = self.open_storage(store_limits)?;
         let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());

@@ -21,7 +21,7 @@ use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, dig
 use tracing::{Instrument, debug, info};
 
 use crate::error::StepError;
-use crate::store::{Deleted, PlanRecord, Storage, StoreError};
+use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
 #[derive(Debug, Clone, Copy)]
@@ -610,11 +610,11 @@ impl Service {
             block_size: self.block_size(msg),
         };
         let resume = msg.bool_field(field::RESUME);
-        let outcome = self
-            .store
-            .plan_upload(user, &key, plan, resume)
-            .await
-            .map_err(in_store(&key))?;
+        let replace = match self.replace_of(msg)? {
+            Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
+            None => self.store.plan_upload(user, &key, plan, resume),
+        };
+        let outcome = replace.await.map_err(in_store(&key))?;
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -633,6 +633,30 @@ impl Service {
             m.set(field::UPLOAD_ID, id);
         }
         Ok(m)
+    }
+
+    /// A SAVE's `replace` extension (with its `if_md5`), when this server
+    /// serves it; otherwise the fields are ignored, as the reference would.
+    fn replace_of(&self, msg: &Message) -> Result<Option<Replace>, StepError> {
+        if !self.limits.extensions.replace || !msg.bool_field(field::REPLACE) {
+            return Ok(None);
+        }
+        Ok(Some(Replace {
+            if_md5: self.if_md5(msg)?,
+        }))
+    }
+
+    fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
+        match msg.str_field(field::IF_MD5) {
+            Ok(None) => Ok(None),
+            Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Some(m.to_ascii_lowercase()))
+            }
+            Ok(Some(_)) => Err(StepError::Invalid(
+                "\"if_md5\" must be 32 hexadecimal digits".into(),
+            )),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        }
     }
 
     async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
@@ -677,19 +701,36 @@ impl Service {
         let key = self.key(msg, "FILE GET")?;
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
         let block_size = self.block_size(msg);
-        Ok(
-            ok(Operation::Get, Kind::File, "OK. This is the download plan.")
-                .with(field::KEY, key)
-                .with(field::SIZE, meta.size)
-                .with(field::TOTAL_BLOCK, total_blocks(meta.size, block_size))
-                .with(field::BLOCK_SIZE, block_size)
-                .with(field::MD5, meta.md5),
-        )
+        // Extensions: the version (DOWNLOADs may name it, so they are never
+        // served from a newer one) and when it became complete.
+        let mut m = ok(Operation::Get, Kind::File, "OK. This is the download plan.")
+            .with(field::KEY, key)
+            .with(field::SIZE, meta.size)
+            .with(field::TOTAL_BLOCK, total_blocks(meta.size, block_size))
+            .with(field::BLOCK_SIZE, block_size)
+            .with(field::MD5, meta.md5);
+        if let Some(id) = meta.upload_id {
+            m.set(field::UPLOAD_ID, id);
+        }
+        if meta.completed_unix > 0 {
+            m.set(field::LAST_MODIFIED, meta.completed_unix);
+        }
+        Ok(m)
     }
 
     async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE downloading")?;
-        let meta = self.store.head(user, key).await.map_err(in_store(key))?;
+        // Our extension: the version a download began with, so a replace
+        // under way never mixes two versions in one download.
+        let version = match msg.str_field(field::UPLOAD_ID) {
+            Ok(id) => id,
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        let meta = match version {
+            Some(id) => self.store.head_version(user, key, id).await,
+            None => self.store.head(user, key).await,
+        }
+        .map_err(in_store(key))?;
         let index = Self::block_index(msg)?;
         let block_size = self.block_size(msg);
         if index < 0 {
@@ -704,7 +745,11 @@ impl Service {
             .store
             .read(user, &meta, index as u64 * block_size, len)
             .await
-            .map_err(in_store(key))?;
+            .map_err(|e| match (e, version) {
+                // Removed between its head and this read.
+                (StoreError::NotFound, Some(_)) => StepError::Replaced(key.to_owned()),
+                (e, _) => StepError::from_store(e, key),
+            })?;
         debug!(%user, %key, index, "block sent");
         Ok(ok(Operation::Download, Kind::File, "An available block.")
             .with(field::KEY, key)
@@ -721,12 +766,16 @@ impl Service {
             Ok(id) => id,
             Err(e) => return Err(StepError::Invalid(e.to_string())),
         };
-        match self
-            .store
-            .delete_file(user, key, upload_id)
-            .await
-            .map_err(in_store(key))?
-        {
+        let if_md5 = if self.limits.extensions.replace {
+            self.if_md5(msg)?
+        } else {
+            None
+        };
+        let deleted = match &if_md5 {
+            Some(md5) => self.store.delete_file_if(user, key, md5).await,
+            None => self.store.delete_file(user, key, upload_id).await,
+        };
+        match deleted.map_err(in_store(key))? {
             Deleted::File => {
                 info!(%user, %key, "file deleted");
                 Ok(ok(

@@ -200,3 +200,125 @@ async fn without_the_list_extension_list_is_an_unknown_operation() {
         )
     );
 }
+
+fn reason(e: &step_core::ClientError) -> Option<step_core::Reason> {
+    match e {
+        step_core::ClientError::Refused { reason, .. } => *reason,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn save_replace_swaps_atomically_and_old_downloads_finish_old() {
+    let server = TestServer::start().await;
+    let mut c = login(server.addr, "rep").await;
+    assert!(c.capabilities().replace);
+    let v1 = pattern(100_000, 1);
+    let v2 = pattern(70_000, 2);
+    let md5_1 = upload(&mut c, "f", &v1).await;
+    // Plain SAVE of a complete key: the reference's 402.
+    let err = c
+        .file_save(Some("f"), 5, SaveOptions::default())
+        .await
+        .expect_err("exists");
+    assert_eq!(err.status(), Some(Status::KeyExists));
+    // The download plan names its version and completion time.
+    let plan1 = c.file_get("f", None).await.expect("get");
+    let id1 = plan1.upload_id.clone().expect("version");
+    let req = c
+        .request(Operation::Get, Kind::File)
+        .expect("req")
+        .with(field::KEY, "f");
+    let resp = c.call(&req).await.expect("call");
+    assert!(
+        resp.get(field::LAST_MODIFIED)
+            .and_then(Value::as_u64)
+            .is_some_and(|t| t > 1_700_000_000)
+    );
+    // Refused conditions.
+    let wrong = step_core::digest::md5_hex(b"other");
+    let err = c
+        .file_save_replace("f", 10, SaveOptions::default(), Some(&wrong))
+        .await
+        .expect_err("precondition");
+    assert_eq!(
+        (err.status(), reason(&err)),
+        (
+            Some(Status::WrongOperation),
+            Some(step_core::Reason::Precondition)
+        )
+    );
+    // A download begun before the replace: its first block now.
+    let first = c.download_block(&plan1, 0).await.expect("block 0");
+    let plan2 = c
+        .file_save_replace("f", v2.len() as u64, SaveOptions::default(), Some(&md5_1))
+        .await
+        .expect("replace plan");
+    // Still the old file while the new one is unfinished.
+    assert_eq!(c.file_get("f", None).await.expect("get").md5, md5_1);
+    let md5_2 = send_blocks(&mut c, &plan2, &v2).await;
+    assert_eq!(md5_2, step_core::digest::md5_hex(&v2));
+    // The old download finishes with old bytes only.
+    let mut old = first.to_vec();
+    for i in 1..plan1.total_block {
+        old.extend_from_slice(&c.download_block(&plan1, i).await.expect("old block"));
+    }
+    assert_eq!(old, v1);
+    // New GETs see the new file.
+    let plan = c.file_get("f", None).await.expect("get");
+    assert_eq!(
+        (plan.md5.as_str(), plan.size),
+        (md5_2.as_str(), v2.len() as u64)
+    );
+    assert_ne!(plan.upload_id.as_deref(), Some(id1.as_str()));
+    assert_eq!(step_tests::download(&mut c, "f").await, v2);
+    // A version that is not kept: 404, reason `replaced`.
+    let gone = step_core::client::DownloadPlan {
+        upload_id: Some("0123abcd".into()),
+        ..plan.clone()
+    };
+    let err = c.download_block(&gone, 0).await.expect_err("gone");
+    assert_eq!(
+        (err.status(), reason(&err)),
+        (Some(Status::NotFound), Some(step_core::Reason::Replaced))
+    );
+    // DELETE if_md5: another version's md5 is refused, the current one's
+    // deletes.
+    let err = c
+        .file_delete_if("f", &md5_1)
+        .await
+        .expect_err("not current");
+    assert_eq!(reason(&err), Some(step_core::Reason::Precondition));
+    c.file_delete_if("f", &md5_2).await.expect("delete");
+    assert_eq!(
+        c.file_get("f", None).await.expect_err("gone").status(),
+        Some(Status::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn without_the_replace_extension_replace_is_ignored() {
+    let server = TestServer::start_with(TestConfig {
+        limits: Limits {
+            extensions: Extensions {
+                replace: false,
+                ..Extensions::default()
+            },
+            ..Limits::default()
+        },
+        ..TestConfig::default()
+    })
+    .await;
+    let mut c = login(server.addr, "norep").await;
+    assert!(!c.capabilities().replace && c.capabilities().list);
+    upload(&mut c, "f", b"one").await;
+    let err = c
+        .file_save_replace("f", 3, SaveOptions::default(), None)
+        .await
+        .expect_err("as a plain SAVE");
+    assert_eq!(err.status(), Some(Status::KeyExists));
+    // DELETE's if_md5 is ignored too: a plain DELETE.
+    c.file_delete_if("f", &step_core::digest::md5_hex(b"x"))
+        .await
+        .expect("plain delete");
+}
