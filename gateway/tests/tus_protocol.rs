@@ -117,6 +117,15 @@ async fn checksum_mismatch_is_460_and_keeps_nothing() {
     let (_, _, got) = gw.get_bytes("/files/sum.bin").await;
     assert_eq!(got, body);
     assert_eq!(offset(&gw, &path).await, 150_000);
+    // The same bytes stored again under the key by another request: another
+    // version, no longer this upload.
+    assert_eq!(
+        gw.delete("/files/sum.bin").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    gw.store("sum.bin", body.clone()).await;
+    let r = tus(&gw, Method::HEAD, &path).send().await.expect("HEAD");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
