@@ -28,11 +28,18 @@ const VENV_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/ven
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/browser.py");
 
 fn main() {
-    prereq::main(vec![prereq::needs(
-        "page_uploads_lists_resumes_and_deletes_in_chromium",
-        browser,
-        |py| block_on_threads(2, page_in_chromium(py)),
-    )]);
+    prereq::main(vec![
+        prereq::needs(
+            "page_uploads_lists_resumes_and_deletes_in_chromium",
+            browser,
+            |py| block_on_threads(2, page_in_chromium(py)),
+        ),
+        prereq::needs(
+            "page_signs_in_when_the_gateway_requires_a_token",
+            browser,
+            |py| block_on_threads(2, page_signs_in(py)),
+        ),
+    ]);
 }
 
 /// The venv's python (with selenium), when chromium and its driver are here.
@@ -74,14 +81,13 @@ fn md5_of_file(path: &Path) -> String {
     ))
 }
 
-async fn page_in_chromium(py: PathBuf) {
-    let step = TestServer::start().await;
-    let gw = support::gateway_with(step.addr, |_, transfer| transfer.block_size = 65_536).await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let run = tokio::process::Command::new(&py)
+/// Run tests/tus/browser.py against `gw` (with `extra` arguments); its JSON.
+async fn run_script(py: &Path, gw: &Gateway, work: &Path, extra: &[&str]) -> Value {
+    let run = tokio::process::Command::new(py)
         .arg(SCRIPT)
         .arg(&gw.url)
-        .arg(work.path())
+        .arg(work)
+        .args(extra)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(240), run)
@@ -98,6 +104,14 @@ async fn page_in_chromium(py: PathBuf) {
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("browser.py printed no JSON ({e}): {stdout}"));
     println!("browser.py: {report}");
+    report
+}
+
+async fn page_in_chromium(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = support::gateway_with(step.addr, |_, transfer| transfer.block_size = 65_536).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let report = run_script(&py, &gw, work.path(), &[]).await;
     let deleted = report["deleted"].as_str();
     let uploaded = report["uploaded"].as_array().expect("uploaded keys");
     assert_eq!(uploaded.len(), 3);
@@ -115,4 +129,43 @@ async fn page_in_chromium(py: PathBuf) {
     if report["listed"] == true {
         assert_eq!(deleted, Some("notes.txt"));
     }
+}
+
+async fn page_signs_in(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = support::gateway_with(step.addr, |http, transfer| {
+        http.require_auth = true;
+        transfer.block_size = 65_536;
+    })
+    .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let report = run_script(&py, &gw, work.path(), &["auth"]).await;
+    assert_eq!(report["user"], "alice");
+    // The file is alice's: without a token nothing is served, with hers the
+    // exact bytes.
+    assert_eq!(gw.get("/files/alice.bin").await.status(), 401);
+    let login: Value = gw
+        .client
+        .post(gw.at("/login"))
+        .json(&serde_json::json!({"username": "alice"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("token");
+    let body = gw
+        .client
+        .get(gw.at("/files/alice.bin"))
+        .bearer_auth(login["token"].as_str().expect("token"))
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(
+        hex::encode(Md5::digest(&body)),
+        md5_of_file(&work.path().join("alice.bin"))
+    );
 }

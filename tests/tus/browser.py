@@ -1,7 +1,7 @@
 """The gateway's page in headless Chromium, driven by selenium (run by
 gateway/tests/browser.rs).
 
-    browser.py BASE WORKDIR
+    browser.py BASE WORKDIR [auth]
 
 1. opens BASE/, chooses two files at once in the file input, waits until
    both progress bars complete and (when the gateway can list) both keys
@@ -12,6 +12,10 @@ gateway/tests/browser.rs).
    again, and the page must continue from the server's offset;
 3. deletes the first file with its Delete button (accepting the prompt);
 4. with STEP_SCREENSHOT=path set, saves a PNG of the page on the way.
+
+With `auth` (a gateway that requires a token): the page must show its
+sign-in form, sign in as alice (STEP's default password), then upload a
+file and list it.
 
 Prints one JSON line: {"uploaded": [keys], "deleted": key, "listed": bool,
 "resumed_from": n}; the caller checks the bytes over HTTP.
@@ -108,6 +112,25 @@ def tus_half(base, path, name):
     return url, offset
 
 
+def signed_in(base, workdir):
+    path = make(workdir, "alice.bin", 700_001, 4)
+    d = driver()
+    try:
+        d.get(base + "/")
+        # The listing answered 401: the page asks for a sign-in, in words.
+        WebDriverWait(d, PATIENCE).until(EC.visibility_of_element_located((By.ID, "login")))
+        d.find_element(By.ID, "username").send_keys("alice")
+        d.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        WebDriverWait(d, PATIENCE).until(EC.invisibility_of_element_located((By.ID, "login")))
+        assert "alice" in d.find_element(By.ID, "who-name").text
+        d.find_element(By.ID, "file-input").send_keys(path)
+        wait_done(d, "alice.bin")
+        wait_listed(d, "alice.bin")
+        print(json.dumps({"uploaded": ["alice.bin"], "user": "alice"}), flush=True)
+    finally:
+        d.quit()
+
+
 def main(base, workdir):
     shot = os.environ.get("STEP_SCREENSHOT")
     listing = can_list(base)
@@ -165,4 +188,7 @@ def main(base, workdir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].rstrip("/"), sys.argv[2])
+    if sys.argv[3:] == ["auth"]:
+        signed_in(sys.argv[1].rstrip("/"), sys.argv[2])
+    else:
+        main(sys.argv[1].rstrip("/"), sys.argv[2])
