@@ -7,6 +7,7 @@
 //! meta/<user>/<key>            complete file's size and md5 (JSON)
 //! sums/<user>/<key>            complete file's CRC32C per 4 KiB (see `sums.rs`)
 //! uploads/<user>/<key>/        unfinished upload (see `upload.rs`)
+//! accounts/<user>              login account (see `accounts.rs`)
 //! tmp/                         temp files, emptied at start
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! bytes, last use), so SAVE can enforce per-user caps and reserve the space
 //! promised to them, and a sweeper can expire the idle ones.
 
+mod accounts;
 mod upload;
 
 use std::collections::HashMap;
@@ -37,8 +39,8 @@ use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use super::api::{
-    self, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError, StoreResult,
-    UnfinishedStats, UploadWriter,
+    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError,
+    StoreResult, UnfinishedStats, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
 use upload::{Activity, Phase, Upload};
@@ -139,6 +141,8 @@ struct Disk {
     limits: StoreLimits,
     /// Unfinished uploads. Lock order: registry, then an upload's slot.
     registry: Mutex<Registry>,
+    /// Serialises an account's replace with its delete.
+    accounts: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +241,7 @@ impl DiskStore {
             root,
             limits,
             registry: Mutex::new(Registry::default()),
+            accounts: Mutex::new(()),
         };
         disk.drop_orphan_metas()?;
         disk.drop_stray_sums()?;
@@ -967,6 +972,33 @@ impl Disk {
 
 #[async_trait]
 impl Storage for DiskStore {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_get(&name)).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_create(&account)).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_replace(&account)).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_delete(&name)).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        let disk = Arc::clone(&self.disk);
+        blocking(move || disk.account_list()).await
+    }
+
     async fn record_create(
         &self,
         user: &str,
