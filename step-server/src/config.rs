@@ -11,6 +11,7 @@ use step_core::StepCodec;
 use step_core::token::TokenKey;
 use tracing::warn;
 
+use crate::accounts::AuthMode;
 use crate::server::ConnectionLimits;
 use crate::service::{Limits, Service};
 use crate::store::object::ObjectStorage;
@@ -64,7 +65,12 @@ impl ListenArgs {
 #[derive(clap::Args, Clone)]
 pub struct ServiceArgs {
     /// Directory holding records, files and unfinished uploads.
-    #[arg(long, env = "STEP_DATA_DIR", default_value = "step-data")]
+    #[arg(
+        long,
+        env = "STEP_DATA_DIR",
+        default_value = "step-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Secret that signs tokens. When neither this nor --token-secret-file is
     /// given, a random one is made at start (tokens then die with the process).
@@ -134,8 +140,26 @@ pub struct ServiceArgs {
     /// and region from the standard AWS variables (AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
     #[arg(long, env = "STEP_STORAGE", default_value = "disk",
-          value_parser = StorageChoice::parse)]
+          value_parser = StorageChoice::parse, global = true)]
     pub storage: StorageChoice,
+    // --- Accounts (issue 15); see `crate::accounts`. ---
+    /// How LOGIN checks passwords: `open` (password = md5(username), the
+    /// reference's rule: course clients work, anyone can log in as anyone)
+    /// or `accounts` (argon2id hashes kept in the storage, managed with
+    /// `step-server user ...`).
+    #[arg(long, env = "STEP_AUTH", value_enum, default_value_t = AuthMode::Open, global = true)]
+    pub auth: AuthMode,
+    /// Accounts imported at start (created, or their password replaced),
+    /// one `NAME:HASH` a line, HASH an argon2 PHC string as `step-server
+    /// user hash` prints it; blank lines and `#` comments skipped. Meant for
+    /// a Docker secret. Accounts not in the file are left as they are.
+    #[arg(long, env = "STEP_ACCOUNTS_FILE")]
+    pub accounts_file: Option<PathBuf>,
+    /// Refused LOGINs answered per second in accounts mode, server-wide
+    /// (beyond a one-second burst, further refusals wait): bounds online
+    /// password guessing.
+    #[arg(long, env = "STEP_LOGIN_FAILURES_PER_SEC", default_value_t = 10)]
+    pub login_failures_per_sec: u32,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -167,6 +191,9 @@ impl std::fmt::Debug for ServiceArgs {
                 &self.max_unfinished_uploads_per_user,
             )
             .field("storage", &self.storage)
+            .field("auth", &self.auth)
+            .field("accounts_file", &self.accounts_file)
+            .field("login_failures_per_sec", &self.login_failures_per_sec)
             .finish()
     }
 }
@@ -281,6 +308,7 @@ impl ServiceArgs {
             max_file_size: self.max_file_size,
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
+            login_failures_per_sec: self.login_failures_per_sec,
         };
         let conn = ConnectionLimits {
             max_connections: self.max_connections.max(1),
@@ -289,7 +317,38 @@ impl ServiceArgs {
             frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
             json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
         };
-        Ok((Arc::new(Service::new(storage, tokens, limits)), conn))
+        let service = Service::new(storage, tokens, limits)
+            .with_auth(self.auth)
+            .map_err(std::io::Error::other)?;
+        Ok((Arc::new(service), conn))
+    }
+
+    /// [`Self::build`], then the accounts of `--accounts-file` imported: what
+    /// a server does at start.
+    pub async fn start(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        let built = self.build()?;
+        if let Some(path) = &self.accounts_file {
+            let n = crate::users::import_accounts_file(built.0.store().as_ref(), path)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--accounts-file {}: {e}", path.display()),
+                    )
+                })?;
+            tracing::info!(accounts = n, file = %path.display(), "accounts imported");
+        }
+        Ok(built)
+    }
+
+    /// The storage for account management only (`step-server user`): on
+    /// disk, opened without the start-up cleanup a server does, so it is
+    /// safe next to a running server on the same directory.
+    pub fn open_accounts(&self) -> std::io::Result<Arc<dyn Storage>> {
+        match &self.storage {
+            StorageChoice::Disk => Ok(DiskStore::open_for_accounts(&self.data_dir)?),
+            StorageChoice::S3 { .. } => self.open_storage(StoreLimits::default()),
+        }
     }
 }
 
@@ -304,6 +363,23 @@ pub struct ServerArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,
+    /// With no subcommand, serve.
+    #[command(subcommand)]
+    pub command: Option<crate::users::ServerCommand>,
+}
+
+/// The clear warning open mode deserves when `addr` is reachable from other
+/// hosts: whoever reaches it can log in as anyone.
+pub fn warn_if_open(mode: AuthMode, addr: SocketAddr) {
+    if mode == AuthMode::Open && !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "STEP is in open mode (--auth open) on an address other hosts may reach: anyone who \
+             can connect can log in as any user and read, replace or delete their files. Use \
+             --auth accounts (STEP_AUTH=accounts) with `step-server user add NAME`, or listen \
+             on 127.0.0.1"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! * [`config`] — command-line flags and environment variables.
 //! * [`error::StepError`] — failures and their STEP status codes.
 
+pub mod accounts;
 pub mod config;
 pub mod error;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod users;
 
 pub use server::{ConnectionLimits, run};
 pub use service::Service;

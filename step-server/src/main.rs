@@ -5,6 +5,7 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
 use step_server::config::{ListenArgs, ServerArgs};
+use step_server::users::ServerCommand;
 use tracing_subscriber::EnvFilter;
 
 const HEALTH_CHECK: &str = "health-check";
@@ -27,6 +28,18 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args.listen).await;
     }
+    if let Some(ServerCommand::User(cmd)) = &args.command {
+        return match step_server::users::run(cmd, &args.service).await {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("step-server user: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -38,7 +51,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (service, limits) = match args.service.build() {
+    step_server::config::warn_if_open(args.service.auth, addr);
+    let (service, limits) = match args.service.start().await {
         Ok(built) => built,
         Err(e) => {
             eprintln!("step-server: {e}");

@@ -255,6 +255,23 @@ impl DiskStore {
         }))
     }
 
+    /// The store at `root` for account management only (`step-server
+    /// user`): nothing is cleaned, indexed or swept, so it is safe next to
+    /// a server running on the same directory. Only the account operations
+    /// are meant for it.
+    pub fn open_for_accounts(root: impl Into<PathBuf>) -> io::Result<Arc<DiskStore>> {
+        let root = root.into();
+        fs::create_dir_all(root.join("tmp"))?;
+        Ok(Arc::new(DiskStore {
+            disk: Arc::new(Disk {
+                root,
+                limits: StoreLimits::default(),
+                registry: Mutex::new(Registry::default()),
+                accounts: Mutex::new(()),
+            }),
+        }))
+    }
+
     pub fn root(&self) -> &Path {
         &self.disk.root
     }
