@@ -39,10 +39,13 @@ pub struct ConnArgs {
     /// Server port.
     #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT, global = true)]
     pub port: u16,
-    /// User id; also the password's source (md5 of the id).
+    /// User id; also the password's source (md5 of the id) on servers in
+    /// open mode.
     #[arg(long, alias = "username", env = "STEP_ID", global = true)]
     pub id: Option<String>,
-    /// Password, for servers whose rule is not md5(id).
+    /// Password, for servers with accounts (`--auth accounts`). Prefer
+    /// STEP_PASSWORD or the prompt (asked when the md5(id) login is refused
+    /// and stdin is a terminal): a flag shows in `ps` and shell history.
     #[arg(long, env = "STEP_PASSWORD", hide_env_values = true, global = true)]
     pub password: Option<String>,
     /// Print only results and errors: no token, no progress.

@@ -2,6 +2,7 @@
 //! how hard a transfer may push it.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use step_core::client::Capabilities;
@@ -36,8 +37,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connect and log in with the id as username and md5(id) as password
-    /// (unless --password says otherwise).
+    /// Connect and log in with the id as username and --password /
+    /// STEP_PASSWORD. Without one, md5(id) first (the open servers' rule, so
+    /// course-style servers need nothing); if that is refused and stdin is a
+    /// terminal — the server has accounts — the password is asked for and
+    /// the login tried once more on the same connection.
     pub async fn open(conn: &ConnArgs) -> Result<Session, CliError> {
         let user = conn
             .id
@@ -60,13 +64,29 @@ impl Session {
             caps: Capabilities::default(),
             timeout,
         };
-        let token = bounded(
+        let first = bounded(
             &session.addr,
             timeout,
             Subject::Login(&session.user),
             session.client.login(&session.user, &password),
         )
-        .await?;
+        .await;
+        let token = match first {
+            Err(CliError::WrongPassword { .. })
+                if conn.password.is_none() && std::io::stdin().is_terminal() =>
+            {
+                let asked = rpassword::prompt_password(format!("Password for {}: ", session.user))
+                    .map_err(|e| CliError::Usage(format!("cannot read the password: {e}")))?;
+                bounded(
+                    &session.addr,
+                    timeout,
+                    Subject::Login(&session.user),
+                    session.client.login(&session.user, &asked),
+                )
+                .await?
+            }
+            other => other?,
+        };
         session.caps = session.client.capabilities();
         session.token = token;
         Ok(session)
