@@ -182,6 +182,12 @@ impl Backend {
         }
     }
 
+    /// Connections lost to the backend so far: a change means it may have
+    /// restarted (with a new token secret), so cached tokens are renewed.
+    pub fn connection_losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
+    }
+
     pub fn pool_status(&self) -> deadpool::Status {
         self.pool.status()
     }
@@ -334,7 +340,7 @@ impl Backend {
     }
 
     /// LOGIN; returns the token and what the server announced with it.
-    async fn login_caps(
+    pub async fn login_caps(
         &self,
         username: &str,
         password: &str,

@@ -71,9 +71,14 @@ pub struct HttpArgs {
     /// Requests without a token act as this user. Empty disables it.
     #[arg(long, env = "GATEWAY_DEFAULT_USER", default_value = "anonymous")]
     pub default_user: String,
-    /// Refuse requests without a token (401) instead of using the default user.
+    /// Refuse requests without a token (401) instead of using the default
+    /// user: the same as `--anonymous none`.
     #[arg(long, env = "GATEWAY_REQUIRE_AUTH", default_value_t = false)]
     pub require_auth: bool,
+    /// What requests without credentials may do, as the default user:
+    /// `none` (401), `read` (GET/HEAD only) or `write` (everything).
+    #[arg(long, env = "GATEWAY_ANONYMOUS", value_enum, default_value_t = crate::auth::Anonymous::Write)]
+    pub anonymous: crate::auth::Anonymous,
     /// Largest upload in bytes (0 = unlimited).
     #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value_t = 0)]
     pub max_upload: u64,

@@ -201,8 +201,14 @@ impl IntoResponse for GatewayError {
         }
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // Both ways in (see auth.rs): Basic first, so browsers and
+            // `curl --anyauth` offer it.
+            let h = resp.headers_mut();
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"step\", charset=\"UTF-8\""),
+            );
+            h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let GatewayError::RangeNotSatisfiable { size } = &self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))

@@ -7,6 +7,7 @@
 //! * [`error::GatewayError`] — every failure and its HTTP response.
 //! * [`metrics`] — Prometheus text at `/metrics`.
 
+pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -47,6 +48,11 @@ pub struct AppState {
     pub backend: Arc<Backend>,
     pub http: HttpArgs,
     pub require_auth: bool,
+    /// What token-less requests may do (`--anonymous`; `none` when
+    /// `--require-auth` or no default user).
+    pub anonymous: auth::Anonymous,
+    /// Tokens of HTTP Basic logins.
+    pub logins: auth::BasicLogins,
     /// Bytes of multipart bodies held in memory, across all requests
     /// (--max-buffered-bytes); beyond it uploads spool to disk.
     pub buffered: Arc<Semaphore>,
@@ -58,10 +64,17 @@ impl AppState {
         let buffered = Arc::new(Semaphore::new(
             http.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
         ));
+        let anonymous = if require_auth {
+            auth::Anonymous::None
+        } else {
+            http.anonymous
+        };
         Arc::new(Self {
             backend: Arc::new(backend),
             http,
             require_auth,
+            anonymous,
+            logins: auth::BasicLogins::default(),
             buffered,
         })
     }
@@ -164,6 +177,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
+        .layer(middleware::from_fn(auth::expose_user))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             record_metrics,

@@ -61,7 +61,8 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         Some(addr) => addr.clone(),
         None => {
             let addr = args.step_addr()?;
-            let (service, limits) = args.embedded.build().map_err(|e| e.to_string())?;
+            step_server::config::warn_if_open(args.embedded.auth, addr);
+            let (service, limits) = args.embedded.start().await.map_err(|e| e.to_string())?;
             metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
