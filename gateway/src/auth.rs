@@ -359,7 +359,10 @@ mod tests {
     #[test]
     fn a_token_names_its_user() {
         let key = step_core::token::TokenKey::new(b"s", 60);
-        assert_eq!(token_user(&key.mint("alice.smith", 1_000_000)), "alice.smith");
+        assert_eq!(
+            token_user(&key.mint("alice.smith", 1_000_000)),
+            "alice.smith"
+        );
         assert_eq!(token_user("garbage"), "-");
     }
 }
