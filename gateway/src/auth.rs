@@ -269,7 +269,20 @@ impl Auth {
                  (Authorization: Bearer <token>)"
             )));
         }
-        match st.backend.default_token().await? {
+        let token = match st.backend.default_token().await {
+            Err(GatewayError::Step {
+                status: Status::WrongPassword,
+                ..
+            }) => {
+                return Err(GatewayError::Unauthorized(format!(
+                    "the STEP server refuses the anonymous user {:?} (accounts mode with no \
+                     account for it): send HTTP Basic (curl -u user:password) or a token",
+                    st.http.default_user
+                )));
+            }
+            other => other?,
+        };
+        match token {
             Some(token) => Ok(Auth {
                 token,
                 default: true,

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
@@ -38,6 +38,20 @@ pub struct StepManager {
     /// restarted (perhaps with a new token secret), so cached tokens are
     /// suspect.
     losses: Arc<AtomicU64>,
+    /// What the server announced at the last LOGIN that succeeded. A server
+    /// with accounts (`--auth accounts`) refuses the probe's login, so its
+    /// connections learn the server's capabilities from users' logins.
+    caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+    /// The server refused the probe's login: later connections skip it
+    /// (each refusal would cost the server a password check, be paced and
+    /// logged).
+    probe_refused: Arc<AtomicBool>,
+}
+
+impl StepManager {
+    fn known_caps(&self) -> Option<Capabilities> {
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl managed::Manager for StepManager {
@@ -50,7 +64,24 @@ impl managed::Manager for StepManager {
             .await
             .map_err(|_| ClientError::TimedOut(self.timeout))??;
         client.set_timeout(Some(self.timeout));
-        client.login(PROBE_USER, &password_for(PROBE_USER)).await?;
+        if !self.probe_refused.load(Ordering::Relaxed) {
+            match client.login(PROBE_USER, &password_for(PROBE_USER)).await {
+                Ok(_) => {
+                    *self.caps.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(client.capabilities());
+                }
+                Err(e) if e.status() == Some(Status::WrongPassword) => {
+                    debug!("the STEP server refuses the probe's login (accounts mode)");
+                    self.probe_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.probe_refused.load(Ordering::Relaxed)
+            && let Some(caps) = self.known_caps()
+        {
+            client.set_capabilities(caps);
+        }
         debug!(addr = %self.addr, caps = ?client.capabilities(), "new STEP connection");
         Ok(client)
     }
@@ -124,6 +155,9 @@ pub struct Backend {
     /// The default user's token while it may be reused.
     default_token: Mutex<Option<CachedToken>>,
     losses: Arc<AtomicU64>,
+    /// Shared with the pool's manager (see [`StepManager`]).
+    caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+    probe_refused: Arc<AtomicBool>,
     pub metrics: GatewayMetrics,
 }
 
@@ -159,10 +193,14 @@ impl Backend {
     ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
+        let caps = Arc::new(std::sync::Mutex::new(None));
+        let probe_refused = Arc::new(AtomicBool::new(false));
         let manager = StepManager {
             addr,
             timeout,
             losses: Arc::clone(&losses),
+            caps: Arc::clone(&caps),
+            probe_refused: Arc::clone(&probe_refused),
         };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
@@ -178,6 +216,8 @@ impl Backend {
             default_user,
             default_token: Mutex::new(None),
             losses,
+            caps,
+            probe_refused,
             metrics,
         }
     }
@@ -209,6 +249,7 @@ impl Backend {
             clean: false,
         };
         conn.set_token(token);
+        self.learned_caps(&mut conn);
         Ok(conn)
     }
 
@@ -227,6 +268,7 @@ impl Backend {
                         clean: false,
                     };
                     c.set_token(token);
+                    self.learned_caps(&mut c);
                     out.push(c);
                 }
                 Err(_) => break,
@@ -347,11 +389,24 @@ impl Backend {
     ) -> Result<(String, Capabilities), GatewayError> {
         let (u, p) = (username.to_owned(), password.to_owned());
         // LOGIN needs no token; the pooled connection's is overwritten below.
-        self.call("", |mut c| async move {
-            let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
-            (c, r)
-        })
-        .await
+        let (token, caps) = self
+            .call("", |mut c| async move {
+                let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
+                (c, r)
+            })
+            .await?;
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
+        Ok((token, caps))
+    }
+
+    /// Connections made without the probe's login (a server with accounts)
+    /// take what the server announced at a user's login.
+    fn learned_caps(&self, conn: &mut Conn) {
+        if self.probe_refused.load(Ordering::Relaxed)
+            && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            conn.set_capabilities(caps);
+        }
     }
 
     /// The default user's token, logging in when there is none or it is due
