@@ -70,7 +70,7 @@ pub fn is_valid_hash(phc: &str) -> bool {
 pub struct Verifier {
     /// Verifications running at once: argon2 takes a core for tens of
     /// milliseconds, so a login flood must not take every core.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// What an unknown user's password is checked against, so that a
     /// refusal costs the same whether or not the user exists.
     dummy: String,
@@ -83,7 +83,7 @@ impl Verifier {
         let mut secret = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
         Ok(Arc::new(Verifier {
-            permits: Semaphore::new((cores / 2).max(1)),
+            permits: Arc::new(Semaphore::new((cores / 2).max(1))),
             dummy: hash_password(&hex::encode(secret))?,
         }))
     }
@@ -94,16 +94,21 @@ impl Verifier {
         let exists = stored.is_some();
         let hash = stored.unwrap_or(&self.dummy).to_owned();
         let password = password.to_owned();
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return false;
         };
-        let checked = tokio::task::spawn_blocking(move || match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok(),
-            Err(e) => {
-                error!(error = %e, "a stored password hash cannot be read; that account cannot log in");
-                false
+        // The permit goes with the work: a request cancelled while it runs
+        // does not free its core for another verification early.
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match PasswordHash::new(&hash) {
+                Ok(parsed) => Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok(),
+                Err(e) => {
+                    error!(error = %e, "a stored password hash cannot be read; that account cannot log in");
+                    false
+                }
             }
         })
         .await;
