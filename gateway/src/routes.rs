@@ -537,7 +537,14 @@ mod tests {
             let (status, _, body) = send(req.expect("request")).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{auth}: {body}");
         }
-        for auth in ["Basic", "Basic !!", "Bearer", "Bearer ", "Bearertoken", "Digest x"] {
+        for auth in [
+            "Basic",
+            "Basic !!",
+            "Bearer",
+            "Bearer ",
+            "Bearertoken",
+            "Digest x",
+        ] {
             let req = request("GET", "/files/x", auth).body(Body::empty());
             let (status, _, body) = send(req.expect("request")).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}: {body}");

@@ -44,6 +44,11 @@ fn main() {
         }),
         trial("open_step_client", || Box::pin(open_step_client())),
         trial("accounts_step_client", || Box::pin(accounts_step_client())),
+        prereq::needs(
+            "accounts_step_client_prompts_on_a_terminal",
+            || command_works("script", &["-V"]),
+            |()| block_on_threads(2, accounts_step_client_prompts_on_a_terminal()),
+        ),
         trial("open_curl", || Box::pin(open_curl())),
         trial("accounts_curl", || Box::pin(accounts_curl())),
         trial("anonymous_rights", || Box::pin(anonymous_rights())),
@@ -404,6 +409,46 @@ async fn accounts_step_client() {
         support::assert_one_line_error(&r, "wrong user or password");
         assert!(r.stderr.contains("STEP_PASSWORD"), "{r:?}");
     }
+}
+
+/// With no password given and a terminal (util-linux `script` makes one),
+/// the refused md5(id) login turns into a prompt; the typed password logs in.
+async fn accounts_step_client_prompts_on_a_terminal() {
+    let s = Setup::new(AuthMode::Accounts, &[]).await;
+    let run = |typed: &'static str| {
+        let cmd = format!(
+            "{} --server-ip 127.0.0.1 --port {} --id alice -q plan nothing.txt",
+            support::BIN,
+            s.server.addr.port()
+        );
+        async move {
+            let mut child = tokio::process::Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .env_remove("STEP_PASSWORD")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("script");
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(typed.as_bytes()).await.expect("type");
+            drop(stdin);
+            let out =
+                tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                    .await
+                    .expect("step-client ends")
+                    .expect("wait");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    // Logged in: the plan of a missing key is then "not on the server".
+    let good = run("alice pw\n").await;
+    assert!(good.contains("Password for alice:"), "{good}");
+    assert!(good.contains("is not on the server"), "{good}");
+    let bad = run("nope\n").await;
+    assert!(bad.contains("Password for alice:"), "{bad}");
+    assert!(bad.contains("wrong user or password"), "{bad}");
 }
 
 // ------------------------------------------------------------------ curl
