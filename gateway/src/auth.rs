@@ -369,6 +369,44 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_response_names_the_user_the_extractor_resolved() {
+        use axum::body::Body;
+        use clap::Parser;
+        use tower::ServiceExt;
+        let args = crate::config::GatewayArgs::try_parse_from(["gateway", "--pool-wait-ms", "100"])
+            .expect("flags");
+        let backend = crate::backend::Backend::new(
+            "127.0.0.1:9".into(),
+            args.transfer,
+            None,
+            crate::metrics::Metrics::new(),
+        );
+        let app = crate::app(AppState::new(backend, args.http));
+        let token = step_core::token::TokenKey::new(b"s", 60).mint("alice", 1_000_000);
+        let req = axum::http::Request::builder()
+            .uri("/files/x")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        // The backend is unreachable (503), but the caller was resolved.
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(
+            resp.extensions().get::<AuthUser>(),
+            Some(&AuthUser("alice".into()))
+        );
+        let req = axum::http::Request::builder()
+            .uri("/healthz")
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("infallible");
+        assert_eq!(
+            resp.extensions().get::<AuthUser>(),
+            None,
+            "no caller asked for"
+        );
+    }
+
     #[test]
     fn a_token_names_its_user() {
         let key = step_core::token::TokenKey::new(b"s", 60);
