@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
-use step_core::client::{Capabilities, ClientError, DownloadPlan, StepClient};
+use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
@@ -515,6 +515,65 @@ impl Backend {
             (c, r)
         })
         .await
+    }
+
+    /// One page of the caller's files (FILE LIST); 501 when the backend
+    /// does not announce the extension (the reference server).
+    pub async fn file_list(
+        &self,
+        token: &str,
+        prefix: String,
+        after: Option<String>,
+        limit: u64,
+    ) -> Result<FilePage, GatewayError> {
+        let mut conn = self.conn(token).await?;
+        if !conn.capabilities().list {
+            conn.mark_clean();
+            return Err(GatewayError::NotImplemented(
+                "the STEP backend does not list files (no \"list\" capability)".into(),
+            ));
+        }
+        let query = ListQuery {
+            prefix: &prefix,
+            after: after.as_deref(),
+            limit: Some(limit),
+        };
+        let r = conn.file_list(query).await;
+        self.settle(conn, r)
+    }
+
+    /// FILE DELETE only while the file's md5 is `md5`: atomic (412 when it
+    /// changed) against a server with the `replace` extension; a server
+    /// without it ignores the condition (the caller checked it just before).
+    pub async fn file_delete_if(
+        &self,
+        token: &str,
+        key: String,
+        md5: String,
+    ) -> Result<(), GatewayError> {
+        self.call(token, |mut c| async move {
+            let r = c.file_delete_if(&key, &md5).await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// The file under `key` as a download plan, or `None` when there is
+    /// none (to evaluate a write's preconditions).
+    pub async fn file_current(
+        &self,
+        token: &str,
+        key: String,
+    ) -> Result<Option<DownloadPlan>, GatewayError> {
+        match self.file_get(token, key, None).await {
+            Ok(plan) => Ok(Some(plan)),
+            Err(GatewayError::Step {
+                status: Status::NotFound,
+                reason: None,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn file_delete(&self, token: &str, key: String) -> Result<(), GatewayError> {

@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, warn};
 
 use crate::backend::{Backend, Conn};
+use crate::conditional::{self, Current, Outcome};
 use crate::error::GatewayError;
 
 /// A download whose HTTP client takes no block for this many backend
@@ -88,22 +89,6 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Span, Gatew
     }
 }
 
-fn etag(md5: &str) -> String {
-    format!("\"{md5}\"")
-}
-
-fn if_none_match_hits(headers: &HeaderMap, tag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim();
-            t == "*" || t == tag || t.strip_prefix("W/") == Some(tag)
-        })
-}
-
 /// Answer GET or HEAD for `key`.
 pub async fn respond(
     backend: Arc<Backend>,
@@ -115,8 +100,24 @@ pub async fn respond(
     let mut conn = backend.conn(token).await?;
     let tp = backend.plan_for(&conn);
     let got = conn.file_get(key, tp.block_size).await;
-    let plan = backend.settle_keep(&mut conn, got)?;
-    let tag = etag(&plan.md5);
+    let plan = match backend.settle_keep(&mut conn, got) {
+        // No file: If-Match cannot hold (RFC 9110 §13.1.1).
+        Err(GatewayError::Step {
+            status: step_core::Status::NotFound,
+            reason: None,
+            ..
+        }) if req.contains_key(header::IF_MATCH) => {
+            return Err(GatewayError::PreconditionFailed(
+                "If-Match: there is no file under this key".into(),
+            ));
+        }
+        other => other?,
+    };
+    let tag = conditional::etag(&plan.md5);
+    let current = Current {
+        etag: Some(&tag),
+        modified: plan.last_modified,
+    };
     let mut headers = HeaderMap::new();
     let mime = mime_guess::from_path(key).first_or_octet_stream();
     let put = |h: &mut HeaderMap, name, value: String| {
@@ -125,14 +126,25 @@ pub async fn respond(
         }
     };
     put(&mut headers, header::CONTENT_TYPE, mime.to_string());
-    put(&mut headers, header::ETAG, tag.clone());
+    conditional::validator_headers(&mut headers, current);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-    if if_none_match_hits(req, &tag) {
-        conn.mark_clean();
-        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    match conditional::evaluate(req, current, true) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            conn.mark_clean();
+            return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+        }
+        Outcome::Failed(why) => {
+            conn.mark_clean();
+            return Err(GatewayError::PreconditionFailed(why.into()));
+        }
     }
-    let span = parse_range(req.get(header::RANGE), plan.size)?;
+    // A stale If-Range validator: the whole file, 200.
+    let range = req
+        .get(header::RANGE)
+        .filter(|_| conditional::range_applies(req, current));
+    let span = parse_range(range, plan.size)?;
     let (status, first, last) = match span {
         Span::Whole => (StatusCode::OK, 0, plan.size.saturating_sub(1)),
         Span::Part(a, b) => {
@@ -363,13 +375,5 @@ mod tests {
             parse_range(Some(&hv("bytes=0-1")), 0).expect("ok"),
             Span::Whole
         );
-    }
-
-    #[test]
-    fn etags_match() {
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, hv("\"abc\", \"def\""));
-        assert!(if_none_match_hits(&h, "\"def\""));
-        assert!(!if_none_match_hits(&h, "\"xyz\""));
     }
 }

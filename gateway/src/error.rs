@@ -53,6 +53,14 @@ pub enum GatewayError {
         "md5 mismatch: the gateway received {received}, the STEP server stored {stored}; the file was removed"
     )]
     Md5Mismatch { received: String, stored: String },
+    /// The STEP backend lacks the extension the request needs (e.g. the
+    /// reference server: no listing).
+    #[error("{0}")]
+    NotImplemented(String),
+    /// A conditional request's precondition (If-Match, If-None-Match: *,
+    /// If-Unmodified-Since) does not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -87,6 +95,12 @@ pub fn http_status_for_reason(reason: Reason) -> StatusCode {
         Reason::Integrity => StatusCode::BAD_GATEWAY,
         Reason::Superseded => StatusCode::CONFLICT,
         Reason::OtherUpload => StatusCode::NOT_FOUND,
+        // The store refused an `if_md5`: the version the request named is
+        // not (or no longer) the current one.
+        Reason::Precondition => StatusCode::PRECONDITION_FAILED,
+        // Only mid-download (the version being read was replaced); the
+        // response is already under way, so this is what gets logged.
+        Reason::Replaced => StatusCode::CONFLICT,
     }
 }
 
@@ -113,6 +127,8 @@ impl GatewayError {
             GatewayError::BadGateway(_) | GatewayError::Md5Mismatch { .. } => {
                 StatusCode::BAD_GATEWAY
             }
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,6 +136,10 @@ impl GatewayError {
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            GatewayError::Step {
+                reason: Some(Reason::Precondition),
+                ..
+            } => "precondition_failed",
             GatewayError::Step {
                 reason: Some(reason),
                 ..
@@ -149,6 +169,8 @@ impl GatewayError {
             GatewayError::BackendTimeout => "backend_timeout",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::Md5Mismatch { .. } => "md5_mismatch",
+            GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::PreconditionFailed(_) => "precondition_failed",
             GatewayError::Internal(_) => "internal",
         }
     }

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod conditional;
 pub mod config;
 pub mod download;
 pub mod error;
@@ -156,6 +157,9 @@ pub fn app(state: Arc<AppState>) -> Router {
     let small = Router::new()
         .route("/login", post(routes::login))
         .route("/records", post(routes::create_record))
+        // The listing; `/files/` (an empty key) lists too.
+        .route("/files", get(routes::list_files))
+        .route("/files/", get(routes::list_files))
         .route(
             "/records/{key}",
             put(routes::put_record)

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use step_core::Status;
 use step_core::digest::password_for;
@@ -21,8 +21,9 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::AppState;
+use crate::conditional;
 use crate::error::GatewayError;
-use crate::upload::{self, Stored};
+use crate::upload::{self, Overwrite, Stored};
 
 pub use crate::auth::Auth;
 
@@ -109,6 +110,9 @@ pub async fn login(
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     key: Option<String>,
+    /// Replace an existing file (atomically) instead of refusing with 409.
+    #[serde(default)]
+    overwrite: bool,
 }
 
 fn created(stored: Stored) -> Response {
@@ -227,10 +231,20 @@ async fn store_spooled(
     auth: &Auth,
     key: &str,
     spooled: Spooled,
+    overwrite: Overwrite,
 ) -> Result<Stored, GatewayError> {
     let size = spooled.len();
     let (stream, _keep_until_done) = spooled.into_stream();
-    upload::store(&st.backend, &auth.token, auth.default, key, size, stream).await
+    upload::store_with(
+        &st.backend,
+        &auth.token,
+        auth.default,
+        key,
+        size,
+        stream,
+        overwrite,
+    )
+    .await
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> GatewayError {
@@ -270,7 +284,12 @@ pub async fn upload_multipart(
         // name with control characters, which openapi.yaml forbids — is
         // refused as a whole rather than half-accepted.
         while form.next_field().await.map_err(bad)?.is_some() {}
-        let stored = store_spooled(&st, &auth, &key, spooled).await?;
+        let overwrite = if q.overwrite {
+            Overwrite::Always
+        } else {
+            Overwrite::Never
+        };
+        let stored = store_spooled(&st, &auth, &key, spooled, overwrite).await?;
         return Ok(created(stored));
     }
     Err(GatewayError::BadRequest(
@@ -278,8 +297,50 @@ pub async fn upload_multipart(
     ))
 }
 
+/// The current file under `key` as the conditional rules see it; `None`
+/// when there is none.
+async fn current_file(
+    st: &AppState,
+    auth: &Auth,
+    key: &str,
+) -> Result<Option<step_core::client::DownloadPlan>, GatewayError> {
+    st.with_token(auth, |t| {
+        let (backend, key) = (Arc::clone(&st.backend), key.to_owned());
+        async move { backend.file_current(&t, key).await }
+    })
+    .await
+}
+
+/// Evaluate a write's preconditions (PUT, DELETE) against the current
+/// file: 412 when they fail; else the md5 an If-Match pinned (so the STEP
+/// server checks it again where it swaps or deletes).
+async fn write_preconditions(
+    st: &AppState,
+    auth: &Auth,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Option<String>, GatewayError> {
+    if !conditional::has_preconditions(headers) {
+        return Ok(None);
+    }
+    let current = current_file(st, auth, key).await?;
+    let tag = current.as_ref().map(|p| conditional::etag(&p.md5));
+    let state = conditional::Current {
+        etag: tag.as_deref(),
+        modified: current.as_ref().and_then(|p| p.last_modified),
+    };
+    if let conditional::Outcome::Failed(why) = conditional::evaluate(headers, state, false) {
+        return Err(GatewayError::PreconditionFailed(why.into()));
+    }
+    Ok(current
+        .filter(|_| headers.contains_key(header::IF_MATCH))
+        .map(|p| p.md5))
+}
+
 /// `PUT /files/{key}`: the raw body is the file, streamed straight through
-/// when Content-Length is given, spooled when it is not.
+/// when Content-Length is given, spooled when it is not. An existing file is
+/// replaced atomically; `If-None-Match: *` makes it create-only and
+/// `If-Match` replaces only the version it names (412 otherwise).
 pub async fn put_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
@@ -287,6 +348,44 @@ pub async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let pinned = write_preconditions(&st, &auth, &key, &headers).await?;
+    let create_only = conditional::create_only(&headers);
+    let overwrite = match pinned {
+        Some(md5) => Overwrite::IfMd5(md5),
+        None if create_only => Overwrite::Never,
+        None => Overwrite::Always,
+    };
+    let conditional = create_only || matches!(overwrite, Overwrite::IfMd5(_));
+    let stored = put_body(&st, &auth, &key, &headers, body, overwrite).await;
+    match stored {
+        // Created by someone else since the precondition was evaluated.
+        Err(GatewayError::Step {
+            status: Status::KeyExists,
+            reason: None,
+            ..
+        }) if create_only => Err(GatewayError::PreconditionFailed(
+            "If-None-Match: *: a file exists under this key".into(),
+        )),
+        // Another write of the key won the race (its SAVE superseded this
+        // upload, or it completed first): the condition no longer holds.
+        Err(GatewayError::Step {
+            status: Status::WrongOperation,
+            ..
+        }) if conditional => Err(GatewayError::PreconditionFailed(
+            "another write of this key came first; the condition no longer holds".into(),
+        )),
+        other => other.map(created),
+    }
+}
+
+async fn put_body(
+    st: &Arc<AppState>,
+    auth: &Auth,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+    overwrite: Overwrite,
+) -> Result<Stored, GatewayError> {
     let chunks = body.into_data_stream().map_err(|e| {
         if crate::body::is_too_slow(&e) {
             GatewayError::BodyTimeout(e.to_string())
@@ -298,18 +397,96 @@ pub async fn put_file(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let stored = match length {
+    match length {
         Some(size) => {
-            check_size(&st, size)?;
+            check_size(st, size)?;
             let chunks = Box::pin(chunks);
-            upload::store(&st.backend, &auth.token, auth.default, &key, size, chunks).await?
+            upload::store_with(
+                &st.backend,
+                &auth.token,
+                auth.default,
+                key,
+                size,
+                chunks,
+                overwrite,
+            )
+            .await
         }
         None => {
-            let spooled = spool(&st, Box::pin(chunks)).await?;
-            store_spooled(&st, &auth, &key, spooled).await?
+            let spooled = spool(st, Box::pin(chunks)).await?;
+            store_spooled(st, auth, key, spooled, overwrite).await
         }
-    };
-    Ok(created(stored))
+    }
+}
+
+/// Query of `GET /files`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+/// Entries per listing page unless `?limit=` says otherwise, and at most.
+pub const LIST_DEFAULT_LIMIT: u64 = 100;
+pub const LIST_MAX_LIMIT: u64 = 1000;
+
+/// One file in `GET /files`.
+#[derive(Debug, Serialize)]
+pub struct ListedFile {
+    key: String,
+    size: u64,
+    md5: String,
+    /// What `GET /files/{key}` sends as `ETag`.
+    etag: String,
+    /// RFC 3339, UTC.
+    last_modified: String,
+}
+
+/// `GET /files`.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    files: Vec<ListedFile>,
+    /// Pass as `?cursor=` for the next page; null on the last.
+    next_cursor: Option<String>,
+}
+
+/// `GET /files` (and `GET /files/`): the caller's complete files in key
+/// order, a page at a time.
+pub async fn list_files(
+    State(st): State<Arc<AppState>>,
+    auth: Auth,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Listing>, GatewayError> {
+    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
+    if !(1..=LIST_MAX_LIMIT).contains(&limit) {
+        return Err(GatewayError::BadRequest(format!(
+            "limit must be from 1 to {LIST_MAX_LIMIT}"
+        )));
+    }
+    let page = st
+        .with_token(&auth, |t| {
+            let backend = Arc::clone(&st.backend);
+            let (prefix, cursor) = (q.prefix.clone(), q.cursor.clone());
+            async move { backend.file_list(&t, prefix, cursor, limit).await }
+        })
+        .await?;
+    Ok(Json(Listing {
+        files: page
+            .files
+            .into_iter()
+            .map(|f| ListedFile {
+                etag: crate::conditional::etag(&f.md5),
+                last_modified: crate::conditional::rfc3339(f.last_modified),
+                key: f.key,
+                size: f.size,
+                md5: f.md5,
+            })
+            .collect(),
+        next_cursor: page.next,
+    }))
 }
 
 /// `GET` and `HEAD /files/{key}` (HEAD: the same headers, no body).
@@ -328,15 +505,25 @@ pub async fn get_file(
     .await
 }
 
+/// `DELETE /files/{key}`; with `If-Match`, only the version it names (the
+/// STEP server checks the md5 where it deletes, so a newer one is never
+/// deleted).
 pub async fn delete_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
     Key(key): Key,
+    headers: HeaderMap,
 ) -> Result<StatusCode, GatewayError> {
+    let pinned = write_preconditions(&st, &auth, &key, &headers).await?;
     st.with_token(&auth, |t| {
-        let key = key.clone();
+        let (key, pinned) = (key.clone(), pinned.clone());
         let backend = Arc::clone(&st.backend);
-        async move { backend.file_delete(&t, key).await }
+        async move {
+            match pinned {
+                Some(md5) => backend.file_delete_if(&t, key, md5).await,
+                None => backend.file_delete(&t, key).await,
+            }
+        }
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -188,6 +188,19 @@ where
     }
 }
 
+/// What storing does to a key that holds a complete file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Refuse (STEP 402, HTTP 409): create only.
+    Never,
+    /// Replace it atomically (STEP SAVE `replace`); behind a server without
+    /// the `replace` extension this is [`Overwrite::Never`].
+    Always,
+    /// Replace only the version with this md5 (If-Match), checked by the
+    /// STEP server where it swaps; needs the `replace` extension.
+    IfMd5(String),
+}
+
 /// How long a connection sending an upload's blocks waits for the next
 /// block before going back to the pool: a body arriving at network speed
 /// keeps it; a slow one gives it back between blocks.
@@ -213,6 +226,7 @@ async fn begin(
     token: &str,
     key: &str,
     size: u64,
+    overwrite: &Overwrite,
 ) -> Result<(UploadPlan, TransferPlan), GatewayError> {
     let mut conn = backend.conn(token).await?;
     let tp = backend.plan_for(&conn);
@@ -224,16 +238,26 @@ async fn begin(
             "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
         )));
     }
-    let planned = conn
-        .file_save(
-            Some(key),
-            size,
-            SaveOptions {
-                block_size: tp.block_size,
-                resume: false,
-            },
-        )
-        .await;
+    let opts = SaveOptions {
+        block_size: tp.block_size,
+        resume: false,
+    };
+    let replace = conn.capabilities().replace;
+    let planned = match overwrite {
+        Overwrite::Always if replace => conn.file_save_replace(key, size, opts, None).await,
+        Overwrite::IfMd5(md5) if replace => {
+            conn.file_save_replace(key, size, opts, Some(md5)).await
+        }
+        Overwrite::IfMd5(_) => {
+            conn.mark_clean();
+            return Err(GatewayError::NotImplemented(
+                "If-Match on PUT needs the STEP server's \"replace\" extension".into(),
+            ));
+        }
+        // Behind a server without the extension a replace is a plain SAVE:
+        // an existing key is refused (409), as documented.
+        Overwrite::Never | Overwrite::Always => conn.file_save(Some(key), size, opts).await,
+    };
     let plan = backend.settle(conn, planned)?;
     Ok((plan, tp))
 }
@@ -300,8 +324,24 @@ pub async fn store<S>(
 where
     S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
 {
+    store_with(backend, token, default, key, size, body, Overwrite::Never).await
+}
+
+/// [`store`], saying what happens to a complete file under `key`.
+pub async fn store_with<S>(
+    backend: &Arc<Backend>,
+    token: &str,
+    default: bool,
+    key: &str,
+    size: u64,
+    body: S,
+    overwrite: Overwrite,
+) -> Result<Stored, GatewayError>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
+{
     let started = Instant::now();
-    let (token, (plan, tp)) = match begin(backend, token, key, size).await {
+    let (token, (plan, tp)) = match begin(backend, token, key, size, &overwrite).await {
         Err(GatewayError::Step {
             status: Status::BadToken,
             ..
@@ -310,7 +350,7 @@ where
                 .renew_default_token(token)
                 .await?
                 .ok_or_else(|| GatewayError::Unauthorized("a token is required".into()))?;
-            let begun = begin(backend, &fresh, key, size).await?;
+            let begun = begin(backend, &fresh, key, size, &overwrite).await?;
             (fresh, begun)
         }
         other => (token.to_owned(), other?),

@@ -229,6 +229,8 @@ mod tests {
         max_block_size: 8 << 20,
         token_ttl: None,
         max_file_size: None,
+        list: true,
+        replace: true,
     };
 
     #[test]

@@ -72,6 +72,12 @@ pub struct Capabilities {
     pub token_ttl: Option<u64>,
     /// Largest file size a SAVE may announce.
     pub max_file_size: Option<u64>,
+    /// FILE LIST is served (extension operation).
+    pub list: bool,
+    /// FILE SAVE takes `replace` (and `if_md5`): an atomic replace of a
+    /// complete file; FILE GET names the version (`upload_id`) and
+    /// DOWNLOAD may ask for it.
+    pub replace: bool,
 }
 
 impl Capabilities {
@@ -91,6 +97,11 @@ impl Capabilities {
                 .unwrap_or(0),
             token_ttl: caps.get("token_ttl").and_then(Value::as_u64),
             max_file_size: caps.get("max_file_size").and_then(Value::as_u64),
+            list: caps.get("list").and_then(Value::as_bool).unwrap_or(false),
+            replace: caps
+                .get("replace")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
     }
 
@@ -106,6 +117,12 @@ impl Capabilities {
         ] {
             if let Some(v) = value {
                 caps[name] = v.into();
+            }
+        }
+        // Announced only when on: absent means off to every reader.
+        for (name, on) in [("list", self.list), ("replace", self.replace)] {
+            if on {
+                caps[name] = true.into();
             }
         }
         caps
@@ -171,6 +188,41 @@ pub struct DownloadPlan {
     pub total_block: u64,
     pub block_size: u64,
     pub md5: String,
+    /// The version of the file this plan describes (our server's
+    /// extension); DOWNLOADs of the plan carry it, so they are refused
+    /// (reason `replaced`) rather than served from a newer version.
+    pub upload_id: Option<String>,
+    /// When the file became complete, Unix seconds (our server's extension).
+    pub last_modified: Option<u64>,
+}
+
+/// One complete file in a FILE LIST answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedFile {
+    pub key: String,
+    pub size: u64,
+    pub md5: String,
+    /// When the file became complete, Unix seconds (0: unknown).
+    pub last_modified: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+/// One page of a FILE LIST answer (the answer's `files` and `next`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilePage {
+    pub files: Vec<ListedFile>,
+    /// Pass back as `after` for the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// What a FILE LIST asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListQuery<'a> {
+    pub prefix: &'a str,
+    pub after: Option<&'a str>,
+    /// Entries per page (the server's default, 100, when `None`).
+    pub limit: Option<u64>,
 }
 
 /// Options of a FILE SAVE beyond key and size (our server's extensions).
@@ -489,11 +541,42 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         size: u64,
         opts: SaveOptions,
     ) -> Result<UploadPlan, ClientError> {
+        self.save(key, size, opts, None).await
+    }
+
+    /// FILE SAVE with `replace` (our server's extension): plan an upload
+    /// that replaces the complete file under `key` atomically when it
+    /// completes (or creates it). With `if_md5`, only while the current
+    /// file has that md5 (checked at SAVE and again at completion); else
+    /// refused with reason `precondition`.
+    pub async fn file_save_replace(
+        &mut self,
+        key: &str,
+        size: u64,
+        opts: SaveOptions,
+        if_md5: Option<&str>,
+    ) -> Result<UploadPlan, ClientError> {
+        self.save(Some(key), size, opts, Some(if_md5)).await
+    }
+
+    async fn save(
+        &mut self,
+        key: Option<&str>,
+        size: u64,
+        opts: SaveOptions,
+        replace: Option<Option<&str>>,
+    ) -> Result<UploadPlan, ClientError> {
         let mut req = self
             .request(Operation::Save, Kind::File)?
             .with(field::SIZE, size);
         if let Some(key) = key {
             req.set(field::KEY, key);
+        }
+        if let Some(if_md5) = replace {
+            req.set(field::REPLACE, true);
+            if let Some(md5) = if_md5 {
+                req.set(field::IF_MD5, md5);
+            }
         }
         if let Some(bs) = opts.block_size {
             req.set(field::BLOCK_SIZE, bs);
@@ -614,7 +697,33 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             total_block: u64_field(&resp, field::TOTAL_BLOCK)?,
             block_size: u64_field(&resp, field::BLOCK_SIZE)?,
             md5: str_field(&resp, field::MD5)?,
+            upload_id: resp
+                .get(field::UPLOAD_ID)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            last_modified: resp.get(field::LAST_MODIFIED).and_then(Value::as_u64),
         })
+    }
+
+    /// FILE LIST (our server's extension, announced as `list`): one page of
+    /// the caller's complete files in key order.
+    pub async fn file_list(&mut self, query: ListQuery<'_>) -> Result<FilePage, ClientError> {
+        let mut req = self
+            .request(Operation::List, Kind::File)?
+            .with(field::PREFIX, query.prefix);
+        if let Some(after) = query.after {
+            req.set(field::AFTER, after);
+        }
+        if let Some(limit) = query.limit {
+            req.set(field::LIMIT, limit);
+        }
+        let resp = expect_ok(self.call(&req).await?)?;
+        let page = serde_json::json!({
+            "files": resp.get(field::FILES).cloned().unwrap_or(Value::Null),
+            "next": resp.get(field::NEXT).cloned().unwrap_or(Value::Null),
+        });
+        serde_json::from_value(page)
+            .map_err(|e| ClientError::Protocol(format!("bad FILE LIST answer: {e}")))
     }
 
     /// The DOWNLOAD request for block `index` of `plan`.
@@ -625,6 +734,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             .with(field::BLOCK_INDEX, index);
         if plan.block_size != crate::DEFAULT_BLOCK_SIZE {
             req.set(field::BLOCK_SIZE, plan.block_size);
+        }
+        if let Some(id) = &plan.upload_id {
+            req.set(field::UPLOAD_ID, id.as_str());
         }
         req
     }
@@ -675,6 +787,17 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = self
             .request(Operation::Delete, Kind::File)?
             .with(field::KEY, key);
+        expect_ok(self.call(&req).await?).map(drop)
+    }
+
+    /// FILE DELETE only while the file has md5 `if_md5` (our server's
+    /// extension, with `replace`): decided atomically by the store, so a
+    /// newer version is never deleted (refused, reason `precondition`).
+    pub async fn file_delete_if(&mut self, key: &str, if_md5: &str) -> Result<(), ClientError> {
+        let req = self
+            .request(Operation::Delete, Kind::File)?
+            .with(field::KEY, key)
+            .with(field::IF_MD5, if_md5);
         expect_ok(self.call(&req).await?).map(drop)
     }
 

@@ -41,6 +41,20 @@ pub mod field {
     /// Why our server refused a request, as a [`super::Reason`] (error
     /// responses only; the status stays the reference's).
     pub const REASON: &str = "reason";
+    // FILE LIST (extension operation): request fields, then answer fields.
+    pub const PREFIX: &str = "prefix";
+    pub const AFTER: &str = "after";
+    pub const LIMIT: &str = "limit";
+    pub const FILES: &str = "files";
+    pub const NEXT: &str = "next";
+    /// When a file became complete, Unix seconds (listing entries).
+    pub const LAST_MODIFIED: &str = "last_modified";
+    /// FILE SAVE extension: plan an upload that replaces a complete file
+    /// atomically when it completes.
+    pub const REPLACE: &str = "replace";
+    /// A precondition on the current file's md5 (SAVE with `replace`,
+    /// DELETE): refused with reason `precondition` when it differs.
+    pub const IF_MD5: &str = "if_md5";
 }
 
 macro_rules! wire_enum {
@@ -83,6 +97,10 @@ wire_enum!(
         Download = "DOWNLOAD",
         Bye = "BYE",
         Login = "LOGIN",
+        // Extension: FILE LIST. Reference clients never send it; with any
+        // other type it is answered as the reference answers an unknown
+        // operation (see [`RequestHead::parse`]).
+        List = "LIST",
     }
 );
 
@@ -112,6 +130,11 @@ wire_enum!(
         Quota = "quota",
         // A DELETE with `upload_id` found something other than that upload.
         OtherUpload = "other_upload",
+        // An `if_md5` precondition did not hold.
+        Precondition = "precondition",
+        // The version a DOWNLOAD named (`upload_id`) was replaced and is
+        // no longer kept.
+        Replaced = "replaced",
     }
 );
 
@@ -365,6 +388,14 @@ impl Rejection {
         }
     }
 
+    /// What the reference answers to an operation it does not know.
+    pub fn unknown_operation(operation: &str) -> Self {
+        Self::error(
+            Status::WrongOperation,
+            format!("Operation {operation} is not allowed"),
+        )
+    }
+
     pub fn into_message(self) -> Message {
         Message::response(&self.operation, &self.kind, self.status, self.status_msg)
     }
@@ -406,11 +437,14 @@ impl RequestHead {
                 "Wrong direction. Should be \"REQUEST\"".into(),
             ));
         }
-        let Ok(operation) = operation.parse::<Operation>() else {
-            return Err(Rejection::error(
-                Status::WrongOperation,
-                format!("Operation {operation} is not allowed"),
-            ));
+        // LIST exists only as FILE LIST: with any other type it stays the
+        // unknown operation it is to the reference.
+        let Some(operation) = operation
+            .parse::<Operation>()
+            .ok()
+            .filter(|op| *op != Operation::List || kind == Kind::File.as_str())
+        else {
+            return Err(Rejection::unknown_operation(&operation));
         };
         let Ok(kind) = kind.parse::<Kind>() else {
             return Err(Rejection::error(
@@ -509,6 +543,31 @@ mod tests {
                 kind: Kind::File
             }
         );
+        // LIST is an operation only with type FILE; otherwise it is refused
+        // exactly as any unknown operation.
+        for ty in ["DATA", "AUTH", "Z"] {
+            let list = RequestHead::parse(&msg(
+                json!({"operation": "LIST", "direction": "REQUEST", "type": ty}),
+            ))
+            .expect_err("not a FILE LIST");
+            assert_eq!(
+                (
+                    list.status,
+                    list.operation.as_str(),
+                    list.status_msg.as_str()
+                ),
+                (
+                    Status::WrongOperation,
+                    "ERROR",
+                    "Operation LIST is not allowed"
+                )
+            );
+        }
+        let list = RequestHead::parse(&msg(
+            json!({"operation": "LIST", "direction": "REQUEST", "type": "FILE"}),
+        ))
+        .expect("FILE LIST");
+        assert_eq!(list.operation, Operation::List);
         // Non-string values are compared by their JSON text, never panicked on.
         let num = RequestHead::parse(&msg(
             json!({"operation": 5, "direction": "REQUEST", "type": []}),

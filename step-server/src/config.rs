@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::accounts::AuthMode;
 use crate::server::ConnectionLimits;
-use crate::service::{Limits, Service};
+use crate::service::{Extensions, Limits, Service};
 use crate::store::object::ObjectStorage;
 use crate::store::s3::{StorageChoice, object_store_from_env};
 use crate::store::{self, DiskStore, Storage, StoreLimits};
@@ -160,6 +160,28 @@ pub struct ServiceArgs {
     /// password guessing.
     #[arg(long, env = "STEP_LOGIN_FAILURES_PER_SEC", default_value_t = 10)]
     pub login_failures_per_sec: u32,
+    /// Seconds a replaced version of a file stays readable for downloads
+    /// that began before the replace (also removed at the key's next
+    /// replace or DELETE).
+    #[arg(long, env = "STEP_REPLACED_GRACE", default_value_t = 900)]
+    pub replaced_grace: u64,
+    /// Extensions to turn off, comma-separated (`list`, `replace`): the
+    /// server then neither announces nor serves them, answering as the
+    /// reference does (to stand in for a server without them).
+    #[arg(
+        long,
+        env = "STEP_DISABLE_EXTENSIONS",
+        value_delimiter = ',',
+        value_enum
+    )]
+    pub disable_extensions: Vec<Extension>,
+}
+
+/// An extension `--disable-extensions` can turn off.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    List,
+    Replace,
 }
 
 impl std::fmt::Debug for ServiceArgs {
@@ -194,6 +216,8 @@ impl std::fmt::Debug for ServiceArgs {
             .field("auth", &self.auth)
             .field("accounts_file", &self.accounts_file)
             .field("login_failures_per_sec", &self.login_failures_per_sec)
+            .field("replaced_grace", &self.replaced_grace)
+            .field("disable_extensions", &self.disable_extensions)
             .finish()
     }
 }
@@ -296,6 +320,7 @@ impl ServiceArgs {
             upload_expiry: Duration::from_secs(self.upload_expiry.max(1)),
             max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
             max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
+            replaced_grace: Duration::from_secs(self.replaced_grace),
         };
         let storage = self.open_storage(store_limits)?;
         let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());
@@ -309,6 +334,10 @@ impl ServiceArgs {
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
             login_failures_per_sec: self.login_failures_per_sec,
+            extensions: Extensions {
+                list: !self.disable_extensions.contains(&Extension::List),
+                replace: !self.disable_extensions.contains(&Extension::Replace),
+            },
         };
         let conn = ConnectionLimits {
             max_connections: self.max_connections.max(1),

@@ -54,6 +54,17 @@ pub enum StepError {
     /// A DELETE scoped to an upload found something else under the key.
     #[error("The \"key\" {0} holds another upload's file or upload; nothing was deleted.")]
     OtherUpload(String),
+    /// An `if_md5` condition (SAVE with `replace`, DELETE) does not hold.
+    #[error(
+        "The file under \"key\" {0} does not have the md5 the request names; nothing was changed."
+    )]
+    Precondition(String),
+    /// A DOWNLOAD names a version (`upload_id`) that was replaced and is
+    /// no longer kept.
+    #[error(
+        "The version of \"key\" {0} being read was replaced and is no longer kept; GET it again."
+    )]
+    Replaced(String),
     /// The storage cannot be reached just now (an object store's 5xx or
     /// timeout); the request may succeed later.
     #[error("Storage is unavailable; the request was not carried out, try again later.")]
@@ -77,6 +88,8 @@ impl StepError {
             StoreError::OtherUpload => StepError::OtherUpload(key()),
             StoreError::Integrity { .. } => StepError::Integrity(key()),
             StoreError::Quota(text) => StepError::Quota(text),
+            StoreError::Precondition => StepError::Precondition(key()),
+            StoreError::Replaced => StepError::Replaced(key()),
             StoreError::NoSpace => StepError::NoSpace,
             StoreError::Unavailable(text) => StepError::Unavailable(text),
             e @ StoreError::Other(_) => StepError::Storage(e),
@@ -93,9 +106,13 @@ impl StepError {
             | StepError::SizeMissing
             | StepError::SizeInvalid(_)
             | StepError::TooLarge(_) => Status::KeyExists,
-            StepError::NotFound(_) | StepError::Unfinished(_) | StepError::OtherUpload(_) => {
-                Status::NotFound
-            }
+            StepError::NotFound(_)
+            | StepError::Unfinished(_)
+            | StepError::OtherUpload(_)
+            | StepError::Replaced(_) => Status::NotFound,
+            // Reference clients never send the conditions; "operation not
+            // allowed" is the nearest code, the reason says which.
+            StepError::Precondition(_) => Status::WrongOperation,
             StepError::NotPlanned(_) | StepError::AlreadyComplete(_) | StepError::Superseded(_) => {
                 Status::WrongOperation
             }
@@ -125,6 +142,8 @@ impl StepError {
             StepError::Integrity(_) => Some(Reason::Integrity),
             StepError::Quota(_) => Some(Reason::Quota),
             StepError::OtherUpload(_) => Some(Reason::OtherUpload),
+            StepError::Precondition(_) => Some(Reason::Precondition),
+            StepError::Replaced(_) => Some(Reason::Replaced),
             _ => None,
         }
     }
@@ -168,6 +187,12 @@ mod tests {
                 Status::NotFound,
                 Reason::OtherUpload,
             ),
+            (
+                StepError::Precondition(k()),
+                Status::WrongOperation,
+                Reason::Precondition,
+            ),
+            (StepError::Replaced(k()), Status::NotFound, Reason::Replaced),
         ];
         for (e, status, reason) in cases {
             assert_eq!(e.status(), status, "{e}");
@@ -222,6 +247,16 @@ mod tests {
                 Some(Reason::NoSpace),
             ),
             (
+                StoreError::Precondition,
+                Status::WrongOperation,
+                Some(Reason::Precondition),
+            ),
+            (
+                StoreError::Replaced,
+                Status::NotFound,
+                Some(Reason::Replaced),
+            ),
+            (
                 StoreError::Unavailable("down".into()),
                 Status::BlockSizeMismatch,
                 None,
@@ -243,6 +278,8 @@ mod tests {
                     | StoreError::Superseded
                     | StoreError::OtherUpload
                     | StoreError::Integrity { .. }
+                    | StoreError::Precondition
+                    | StoreError::Replaced
             );
             let e = StepError::from_store(store, "the-key");
             assert_eq!(e.status(), status, "{e}");

@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::Value;
 use step_core::client::Capabilities;
-use step_core::message::{RequestHead, field};
+use step_core::client::ListedFile;
+use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
 use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
@@ -21,7 +22,7 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use crate::accounts::{AuthMode, HashError, Verifier};
 use crate::error::StepError;
-use crate::store::{Deleted, PlanRecord, Storage, StoreError};
+use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +38,37 @@ pub struct Limits {
     /// beyond a burst of as many; further refusals wait their turn. Bounds
     /// online password guessing (each guess also costs an argon2 check).
     pub login_failures_per_sec: u32,
+    /// Extensions served and announced.
+    pub extensions: Extensions,
 }
+
+/// Extension operations the server serves and announces in LOGIN's
+/// capabilities; all on by default. One turned off is answered as the
+/// reference answers it, so this server can stand in for one without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// FILE LIST.
+    pub list: bool,
+    /// FILE SAVE `replace` / `if_md5`, DELETE `if_md5`.
+    pub replace: bool,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Self {
+            list: true,
+            replace: true,
+        }
+    }
+}
+
+/// FILE LIST entries per page unless asked otherwise, and at most.
+pub const LIST_DEFAULT_LIMIT: i64 = 100;
+pub const LIST_MAX_LIMIT: i64 = 1000;
+/// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
+/// escaped): a page is cut short, with `next`, rather than exceed what a
+/// client's frame limit (1 MiB by default) takes.
+const LIST_MAX_BYTES: usize = 256 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -48,6 +79,7 @@ impl Default for Limits {
             login_failures_per_sec: 10,
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
+            extensions: Extensions::default(),
         }
     }
 }
@@ -235,6 +267,8 @@ impl Service {
             max_block_size: self.limits.max_block_size,
             token_ttl: Some(self.tokens.ttl_secs()),
             max_file_size: Some(self.limits.max_file_size),
+            list: self.limits.extensions.list,
+            replace: self.limits.extensions.replace,
         }
     }
 
@@ -274,6 +308,13 @@ impl Service {
             Err(rejection) => return Admission::Answer(rejection.into_message().into()),
         };
         let (op, kind) = (head.operation, head.kind);
+        if op == Operation::List && !self.limits.extensions.list {
+            return Admission::Answer(
+                Rejection::unknown_operation(op.as_str())
+                    .into_message()
+                    .into(),
+            );
+        }
         if op == Operation::Login {
             return Admission::Answer(self.login(&msg, kind).await.into());
         }
@@ -539,10 +580,66 @@ impl Service {
             Operation::Get => self.file_get(user, &msg).await,
             Operation::Download => self.file_download(user, &msg).await,
             Operation::Delete => self.file_delete(user, &msg).await,
+            Operation::List => self.file_list(user, &msg).await,
             _ => Err(StepError::OperationNotAllowed(format!(
                 "Operation {op} is not allowed for FILE."
             ))),
         }
+    }
+
+    /// FILE LIST (extension): one page of the caller's complete files.
+    async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+        let text = |name: &'static str| match msg.str_field(name) {
+            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
+                "\"{name}\" must be at most {} bytes",
+                self.limits.max_key_len
+            ))),
+            Ok(t) => Ok(t),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        };
+        let prefix = text(field::PREFIX)?.unwrap_or("");
+        let after = text(field::AFTER)?;
+        let limit = match msg.int_field(field::LIMIT) {
+            Ok(None) => LIST_DEFAULT_LIMIT,
+            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
+            Ok(Some(n)) => {
+                return Err(StepError::Invalid(format!(
+                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
+                )));
+            }
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        let page = self
+            .store
+            .list_files(user, prefix, after, limit as usize)
+            .await
+            .map_err(in_store(prefix))?;
+        let mut next = page.next;
+        let mut files = Vec::with_capacity(page.files.len());
+        let mut bytes = 0;
+        let count = page.files.len();
+        for (i, meta) in page.files.into_iter().enumerate() {
+            let entry = serde_json::to_value(ListedFile {
+                key: meta.key,
+                size: meta.size,
+                md5: meta.md5,
+                last_modified: meta.completed_unix,
+                upload_id: meta.upload_id,
+            })
+            .map_err(|e| StepError::Storage(StoreError::Other(Box::new(e))))?;
+            bytes += step_core::json::to_ascii_vec(&entry).map_or(0, |v| v.len() + 1);
+            let key = entry[field::KEY].as_str().map(str::to_owned);
+            files.push(entry);
+            if bytes > LIST_MAX_BYTES && i + 1 < count {
+                // Cut short: the next page starts after this entry.
+                next = key;
+                break;
+            }
+        }
+        debug!(%user, prefix, count = files.len(), "files listed");
+        Ok(ok(Operation::List, Kind::File, "The files.")
+            .with(field::FILES, Value::Array(files))
+            .with(field::NEXT, next.map_or(Value::Null, Value::String)))
     }
 
     async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
@@ -566,11 +663,11 @@ impl Service {
             block_size: self.block_size(msg),
         };
         let resume = msg.bool_field(field::RESUME);
-        let outcome = self
-            .store
-            .plan_upload(user, &key, plan, resume)
-            .await
-            .map_err(in_store(&key))?;
+        let replace = match self.replace_of(msg)? {
+            Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
+            None => self.store.plan_upload(user, &key, plan, resume),
+        };
+        let outcome = replace.await.map_err(in_store(&key))?;
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -589,6 +686,30 @@ impl Service {
             m.set(field::UPLOAD_ID, id);
         }
         Ok(m)
+    }
+
+    /// A SAVE's `replace` extension (with its `if_md5`), when this server
+    /// serves it; otherwise the fields are ignored, as the reference would.
+    fn replace_of(&self, msg: &Message) -> Result<Option<Replace>, StepError> {
+        if !self.limits.extensions.replace || !msg.bool_field(field::REPLACE) {
+            return Ok(None);
+        }
+        Ok(Some(Replace {
+            if_md5: self.if_md5(msg)?,
+        }))
+    }
+
+    fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
+        match msg.str_field(field::IF_MD5) {
+            Ok(None) => Ok(None),
+            Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Some(m.to_ascii_lowercase()))
+            }
+            Ok(Some(_)) => Err(StepError::Invalid(
+                "\"if_md5\" must be 32 hexadecimal digits".into(),
+            )),
+            Err(e) => Err(StepError::Invalid(e.to_string())),
+        }
     }
 
     async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
@@ -633,19 +754,36 @@ impl Service {
         let key = self.key(msg, "FILE GET")?;
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
         let block_size = self.block_size(msg);
-        Ok(
-            ok(Operation::Get, Kind::File, "OK. This is the download plan.")
-                .with(field::KEY, key)
-                .with(field::SIZE, meta.size)
-                .with(field::TOTAL_BLOCK, total_blocks(meta.size, block_size))
-                .with(field::BLOCK_SIZE, block_size)
-                .with(field::MD5, meta.md5),
-        )
+        // Extensions: the version (DOWNLOADs may name it, so they are never
+        // served from a newer one) and when it became complete.
+        let mut m = ok(Operation::Get, Kind::File, "OK. This is the download plan.")
+            .with(field::KEY, key)
+            .with(field::SIZE, meta.size)
+            .with(field::TOTAL_BLOCK, total_blocks(meta.size, block_size))
+            .with(field::BLOCK_SIZE, block_size)
+            .with(field::MD5, meta.md5);
+        if let Some(id) = meta.upload_id {
+            m.set(field::UPLOAD_ID, id);
+        }
+        if meta.completed_unix > 0 {
+            m.set(field::LAST_MODIFIED, meta.completed_unix);
+        }
+        Ok(m)
     }
 
     async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE downloading")?;
-        let meta = self.store.head(user, key).await.map_err(in_store(key))?;
+        // Our extension: the version a download began with, so a replace
+        // under way never mixes two versions in one download.
+        let version = match msg.str_field(field::UPLOAD_ID) {
+            Ok(id) => id,
+            Err(e) => return Err(StepError::Invalid(e.to_string())),
+        };
+        let meta = match version {
+            Some(id) => self.store.head_version(user, key, id).await,
+            None => self.store.head(user, key).await,
+        }
+        .map_err(in_store(key))?;
         let index = Self::block_index(msg)?;
         let block_size = self.block_size(msg);
         if index < 0 {
@@ -660,7 +798,11 @@ impl Service {
             .store
             .read(user, &meta, index as u64 * block_size, len)
             .await
-            .map_err(in_store(key))?;
+            .map_err(|e| match (e, version) {
+                // Removed between its head and this read.
+                (StoreError::NotFound, Some(_)) => StepError::Replaced(key.to_owned()),
+                (e, _) => StepError::from_store(e, key),
+            })?;
         debug!(%user, %key, index, "block sent");
         Ok(ok(Operation::Download, Kind::File, "An available block.")
             .with(field::KEY, key)
@@ -677,12 +819,16 @@ impl Service {
             Ok(id) => id,
             Err(e) => return Err(StepError::Invalid(e.to_string())),
         };
-        match self
-            .store
-            .delete_file(user, key, upload_id)
-            .await
-            .map_err(in_store(key))?
-        {
+        let if_md5 = if self.limits.extensions.replace {
+            self.if_md5(msg)?
+        } else {
+            None
+        };
+        let deleted = match &if_md5 {
+            Some(md5) => self.store.delete_file_if(user, key, md5).await,
+            None => self.store.delete_file(user, key, upload_id).await,
+        };
+        match deleted.map_err(in_store(key))? {
             Deleted::File => {
                 info!(%user, %key, "file deleted");
                 Ok(ok(

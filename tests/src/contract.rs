@@ -22,7 +22,8 @@ use serde_json::{Map, Value, json};
 use step_core::digest::{EMPTY_MD5, md5_hex};
 use step_core::plan::total_blocks;
 use step_server::store::{
-    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError, StoreLimits,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
+    StoreLimits,
 };
 
 /// One storage made for one case.
@@ -101,6 +102,9 @@ pub const CASES: &[&str] = &[
     "quota",
     "integrity",
     "accounts",
+    "replace",
+    "replace_conditions",
+    "replace_after_reopen",
 ];
 
 /// Run every case against `subject`, in order (each with its own storage).
@@ -136,6 +140,9 @@ pub async fn run_case(subject: &dyn Subject, name: &str) {
         "quota" => quota(subject).await,
         "integrity" => integrity(subject).await,
         "accounts" => accounts(subject).await,
+        "replace" => replace(subject).await,
+        "replace_conditions" => replace_conditions(subject).await,
+        "replace_after_reopen" => replace_after_reopen(subject).await,
         other => panic!("no contract case {other:?}"),
     }
 }
@@ -151,8 +158,8 @@ macro_rules! storage_contract {
             racing_uploads_are_kept_apart, racing_uploads_one_completes,
             delete_complete, delete_unfinished, listing, listing_pages, head,
             ranged_reads, every_error, users_are_apart, expiry_and_stats,
-            no_space, quota, integrity,
-            accounts);
+            no_space, quota, integrity, accounts, replace,
+            replace_conditions, replace_after_reopen);
     };
     (@cases $subject:expr; $($case:ident),* $(,)?) => {
         $(
@@ -1282,4 +1289,328 @@ pub async fn accounts(subject: &dyn Subject) {
         Some(account("a/b", "again"))
     );
     assert_eq!(s.account_list().await.expect("list"), want);
+}
+
+// ---------------------------------------------------------------- replace
+
+/// Plan a replacement of `key` by `body` (condition `if_md5`) and write
+/// every block; returns the plan's outcome and the last block's answer.
+async fn replace_with(
+    s: &dyn Storage,
+    user: &str,
+    key: &str,
+    body: &[u8],
+    if_md5: Option<&str>,
+) -> Result<(PlanOutcome, Option<String>), StoreError> {
+    let replace = Replace {
+        if_md5: if_md5.map(str::to_owned),
+    };
+    let out = s
+        .plan_replace(user, key, plan_of(body.len() as u64), false, replace)
+        .await?;
+    let mut md5 = out.md5.clone();
+    for i in 0..total_blocks(body.len() as u64, BS) {
+        md5 = put(s, user, key, body, i, out.upload_id.as_deref()).await?;
+    }
+    Ok((out, md5))
+}
+
+/// A replace keeps the old file whole and readable until the new one is
+/// complete, then swaps in one step; the replaced version stays readable
+/// by its id for the grace period, then goes (also at the next replace).
+pub async fn replace(subject: &dyn Subject) {
+    let inst = fresh(subject).await;
+    let s = &*inst.storage;
+    let v1 = body(3 * BS as usize + 7, 41);
+    let v2 = body(2 * BS as usize + 3, 42);
+    let m1 = complete(s, "alice", "f", &v1).await;
+    let id1 = m1.upload_id.clone().expect("an id");
+    assert_err(
+        s.plan_upload("alice", "f", plan_of(9), false).await,
+        |e| matches!(e, StoreError::Exists),
+        "a plain SAVE of a complete key",
+    );
+    // Half-way through the replacement, the key is still the old file.
+    let replace = Replace::default();
+    let out = s
+        .plan_replace("alice", "f", plan_of(v2.len() as u64), false, replace)
+        .await
+        .expect("replace plan");
+    let id2 = out.upload_id.clone().expect("an id");
+    assert_ne!(id1, id2);
+    assert_eq!(out.missing, vec![[0, 3]]);
+    assert_eq!(
+        put(s, "alice", "f", &v2, 2, Some(&id2)).await.expect("b2"),
+        None
+    );
+    assert_eq!(s.head("alice", "f").await.expect("old file"), m1);
+    assert_eq!(read_all(s, "alice", &m1).await, v1);
+    let listed = s.list_files("alice", "", None, 10).await.expect("list");
+    assert_eq!(listed.files, vec![m1.clone()], "the old file is listed");
+    put(s, "alice", "f", &v2, 0, Some(&id2)).await.expect("b0");
+    let md5 = put(s, "alice", "f", &v2, 1, Some(&id2)).await.expect("b1");
+    assert_eq!(md5, Some(md5_hex(&v2)));
+    // Swapped: the key is the new file, whole.
+    let m2 = s.head("alice", "f").await.expect("new file");
+    assert_eq!(
+        (m2.size, m2.md5.as_str()),
+        (v2.len() as u64, md5_hex(&v2).as_str())
+    );
+    assert_eq!(m2.upload_id.as_deref(), Some(id2.as_str()));
+    assert_eq!(read_all(s, "alice", &m2).await, v2);
+    assert_eq!(s.head_version("alice", "f", &id2).await.expect("v2"), m2);
+    assert_eq!(s.unfinished_stats().count, 0);
+    let listed = s.list_files("alice", "", None, 10).await.expect("list");
+    assert_eq!(listed.files, vec![m2.clone()]);
+    // The replaced version, by its id, still reads whole (a download that
+    // began before the swap finishes with the old bytes).
+    let old = s.head_version("alice", "f", &id1).await.expect("kept");
+    assert_eq!(old, m1);
+    assert_eq!(read_all(s, "alice", &old).await, v1);
+    assert_eq!(
+        s.read("alice", &old, BS, 7).await.expect("ranged").to_vec(),
+        v1[BS as usize..BS as usize + 7].to_vec()
+    );
+    for bogus in ["nope", "../x", ""] {
+        assert_err(
+            s.head_version("alice", "f", bogus).await,
+            |e| matches!(e, StoreError::Replaced),
+            "a version that never was",
+        );
+    }
+    // After the grace period the sweeper removes it.
+    let later = SystemTime::now() + StoreLimits::default().replaced_grace + Duration::from_secs(60);
+    s.sweep_expired(later).await.expect("sweep");
+    let gone = match s.head_version("alice", "f", &id1).await {
+        Err(StoreError::Replaced) => true,
+        Ok(meta) => s.read("alice", &meta, 0, meta.size).await.is_err(),
+        Err(e) => panic!("after the grace: {e}"),
+    };
+    assert!(gone, "a replaced version is removed after the grace period");
+    assert_eq!(read_all(s, "alice", &m2).await, v2, "the current one stays");
+    // Replaced again: the version before is kept, the one before that goes.
+    let v3 = body(BS as usize, 43);
+    let (_, md5) = replace_with(s, "alice", "f", &v3, None).await.expect("v3");
+    assert_eq!(md5, Some(md5_hex(&v3)));
+    let m3 = s.head("alice", "f").await.expect("v3");
+    assert_eq!(read_all(s, "alice", &m3).await, v3);
+    let kept = s.head_version("alice", "f", &id2).await.expect("v2 kept");
+    assert_eq!(read_all(s, "alice", &kept).await, v2);
+    let (_, md5) = replace_with(s, "alice", "f", &v1, None).await.expect("v4");
+    assert_eq!(md5, Some(md5_hex(&v1)));
+    let gone = match s.head_version("alice", "f", &id2).await {
+        Err(StoreError::Replaced) => true,
+        Ok(meta) => s.read("alice", &meta, 0, meta.size).await.is_err(),
+        Err(e) => panic!("two replaces later: {e}"),
+    };
+    assert!(gone, "a version two replaces old is removed");
+    // An empty file replaces and is replaced like any other.
+    let (out, md5) = replace_with(s, "alice", "f", b"", None)
+        .await
+        .expect("empty");
+    assert_eq!((md5.as_deref(), out.missing.len()), (Some(EMPTY_MD5), 0));
+    assert_eq!(s.head("alice", "f").await.expect("empty").size, 0);
+    replace_with(s, "alice", "f", &v2, None)
+        .await
+        .expect("after empty");
+    let m = s.head("alice", "f").await.expect("v2 again");
+    assert_eq!(read_all(s, "alice", &m).await, v2);
+    // A replace of a key with nothing creates it; DELETE takes every version.
+    replace_with(s, "alice", "new", &v3, None)
+        .await
+        .expect("create");
+    assert_eq!(
+        s.head("alice", "new").await.expect("made").md5,
+        md5_hex(&v3)
+    );
+    let before = s
+        .head("alice", "f")
+        .await
+        .expect("f")
+        .upload_id
+        .expect("id");
+    replace_with(s, "alice", "f", &v1, None)
+        .await
+        .expect("one more");
+    assert_eq!(
+        s.delete_file("alice", "f", None).await.expect("delete"),
+        Deleted::File
+    );
+    for id in [before.as_str(), id1.as_str()] {
+        assert_err(
+            s.head_version("alice", "f", id).await,
+            |e| matches!(e, StoreError::NotFound),
+            "versions of a deleted key",
+        );
+    }
+    complete(s, "alice", "f", &v3).await;
+    let m = s.head("alice", "f").await.expect("fresh");
+    assert_eq!(
+        read_all(s, "alice", &m).await,
+        v3,
+        "a fresh file after DELETE"
+    );
+}
+
+/// `if_md5` on replace and DELETE: checked at SAVE and again where the
+/// swap happens, so a condition that stopped holding never replaces or
+/// deletes a newer file.
+pub async fn replace_conditions(subject: &dyn Subject) {
+    let inst = fresh(subject).await;
+    let s = &*inst.storage;
+    let v1 = body(2 * BS as usize, 51);
+    let v2 = body(2 * BS as usize + 1, 52);
+    let m1 = complete(s, "alice", "c", &v1).await;
+    let wrong = md5_hex(b"something else");
+    for (key, md5) in [("c", wrong.as_str()), ("absent", m1.md5.as_str())] {
+        assert_err(
+            replace_with(s, "alice", key, &v2, Some(md5)).await,
+            |e| matches!(e, StoreError::Precondition),
+            "if_md5 that does not hold at SAVE",
+        );
+    }
+    assert_eq!(s.head("alice", "c").await.expect("unchanged"), m1);
+    assert_err(
+        s.head("alice", "absent").await,
+        |e| matches!(e, StoreError::NotFound),
+        "nothing created",
+    );
+    // Holds at SAVE, not at completion (the file was deleted and stored
+    // anew meanwhile): refused, the upload goes, the newer file stays.
+    let out = s
+        .plan_replace(
+            "alice",
+            "c",
+            plan_of(v2.len() as u64),
+            false,
+            Replace {
+                if_md5: Some(m1.md5.clone()),
+            },
+        )
+        .await
+        .expect("plan");
+    let id = out.upload_id.clone().expect("id");
+    put(s, "alice", "c", &v2, 0, Some(&id)).await.expect("b0");
+    assert_eq!(
+        s.delete_file("alice", "c", None).await.expect("del"),
+        Deleted::File
+    );
+    let other = body(5, 53);
+    replace_with(s, "alice", "c", &other, None)
+        .await
+        .expect("someone else's file");
+    let m_other = s.head("alice", "c").await.expect("other");
+    // That SAVE superseded the conditional upload: its blocks are refused.
+    assert_err(
+        put(s, "alice", "c", &v2, 1, Some(&id)).await,
+        |e| {
+            matches!(
+                e,
+                StoreError::Superseded | StoreError::NotPlanned | StoreError::AlreadyComplete
+            )
+        },
+        "a superseded conditional upload",
+    );
+    // A conditional upload whose file changes without a new SAVE: DELETE
+    // with a matching md5, then the last block.
+    let out = s
+        .plan_replace(
+            "alice",
+            "c",
+            plan_of(v2.len() as u64),
+            false,
+            Replace {
+                if_md5: Some(m_other.md5.clone()),
+            },
+        )
+        .await
+        .expect("plan");
+    let id = out.upload_id.clone().expect("id");
+    put(s, "alice", "c", &v2, 0, Some(&id)).await.expect("b0");
+    put(s, "alice", "c", &v2, 1, Some(&id)).await.expect("b1");
+    assert_err(
+        s.delete_file_if("alice", "c", &wrong).await,
+        |e| matches!(e, StoreError::Precondition),
+        "DELETE if_md5 of another version",
+    );
+    assert_eq!(s.head("alice", "c").await.expect("kept"), m_other);
+    assert_eq!(
+        s.delete_file_if("alice", "c", &m_other.md5)
+            .await
+            .expect("delete"),
+        Deleted::File
+    );
+    assert_err(
+        put(s, "alice", "c", &v2, 2, Some(&id)).await,
+        |e| matches!(e, StoreError::Precondition),
+        "completion of a replacement whose file is gone",
+    );
+    assert_err(
+        s.head("alice", "c").await,
+        |e| matches!(e, StoreError::NotFound),
+        "nothing stored, and the refused upload is gone",
+    );
+    assert_eq!(s.unfinished_stats().count, 0);
+    assert_err(
+        s.delete_file_if("alice", "c", &m_other.md5).await,
+        |e| matches!(e, StoreError::NotFound),
+        "DELETE if_md5 of nothing",
+    );
+    // A condition that holds at completion replaces.
+    let m1 = complete(s, "alice", "c", &v1).await;
+    let (_, md5) = replace_with(s, "alice", "c", &v2, Some(&m1.md5.to_uppercase()))
+        .await
+        .expect("conditional replace");
+    assert_eq!(md5, Some(md5_hex(&v2)));
+}
+
+/// A replacing upload survives a restart as a replacing upload: resumed
+/// with the same condition, the old file still there until it completes.
+pub async fn replace_after_reopen(subject: &dyn Subject) {
+    let limits = StoreLimits::default();
+    let inst = subject.fresh(limits).await;
+    let v1 = body(2 * BS as usize, 61);
+    let v2 = body(3 * BS as usize, 62);
+    let m1 = complete(&*inst.storage, "alice", "r", &v1).await;
+    let replace = Replace {
+        if_md5: Some(m1.md5.clone()),
+    };
+    let plan = plan_of(v2.len() as u64);
+    let out = inst
+        .storage
+        .plan_replace("alice", "r", plan, false, replace.clone())
+        .await
+        .expect("plan");
+    put(
+        &*inst.storage,
+        "alice",
+        "r",
+        &v2,
+        1,
+        out.upload_id.as_deref(),
+    )
+    .await
+    .expect("b1");
+    let Instance { storage, place } = inst;
+    drop(storage);
+    let s = subject.reopen(&*place, limits).await;
+    let s = &*s;
+    assert_eq!(s.head("alice", "r").await.expect("old file"), m1);
+    assert_eq!(read_all(s, "alice", &m1).await, v1);
+    let resumed = s
+        .plan_replace("alice", "r", plan, true, replace)
+        .await
+        .expect("resume");
+    assert!(resumed.resumed);
+    assert_eq!(resumed.missing, vec![[0, 1], [2, 3]]);
+    assert_eq!(resumed.upload_id, out.upload_id);
+    put(s, "alice", "r", &v2, 0, resumed.upload_id.as_deref())
+        .await
+        .expect("b0");
+    let md5 = put(s, "alice", "r", &v2, 2, resumed.upload_id.as_deref())
+        .await
+        .expect("b2");
+    assert_eq!(md5, Some(md5_hex(&v2)));
+    let m2 = s.head("alice", "r").await.expect("new");
+    assert_eq!(read_all(s, "alice", &m2).await, v2);
 }

@@ -53,6 +53,12 @@ pub enum StoreError {
     /// A per-user cap on unfinished uploads.
     #[error("{0}")]
     Quota(String),
+    /// A condition on the current file (`if_md5`) does not hold.
+    #[error("the file is not the version the condition names")]
+    Precondition,
+    /// The version asked for was replaced and is no longer kept.
+    #[error("that version of the file was replaced and is no longer kept")]
+    Replaced,
     /// Out of space (also: a plan larger than the space left).
     #[error("out of storage space")]
     NoSpace,
@@ -104,6 +110,39 @@ pub struct FileMeta {
     /// (0 when unknown: files from before it was kept).
     #[serde(default)]
     pub completed_unix: u64,
+}
+
+/// What a replacing SAVE asks for ([`Storage::plan_replace`]); kept with
+/// the unfinished upload, so its completion checks it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replace {
+    /// Replace only the file with this md5 (and create nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_md5: Option<String>,
+}
+
+impl Replace {
+    /// Whether a key whose complete file is `current` may take this
+    /// replacement now (decided at SAVE, and again at completion under the
+    /// store's lock).
+    pub fn check(&self, current: Option<&FileMeta>) -> StoreResult<()> {
+        match (&self.if_md5, current) {
+            (None, _) => Ok(()),
+            (Some(want), Some(meta)) if want.eq_ignore_ascii_case(&meta.md5) => Ok(()),
+            (Some(_), _) => Err(StoreError::Precondition),
+        }
+    }
+}
+
+/// Whether a SAVE (plain, or replacing with `replace`) may plan an upload
+/// of a key whose complete file is `current`: a plain one only when there
+/// is none ([`StoreError::Exists`]).
+pub fn check_save(replace: Option<&Replace>, current: Option<&FileMeta>) -> StoreResult<()> {
+    match replace {
+        None if current.is_some() => Err(StoreError::Exists),
+        None => Ok(()),
+        Some(r) => r.check(current),
+    }
 }
 
 /// The result of a FILE SAVE.
@@ -204,12 +243,34 @@ pub trait Storage: Send + Sync + Debug {
         plan: PlanRecord,
         resume: bool,
     ) -> StoreResult<PlanOutcome>;
+    /// SAVE with `replace`: like [`Self::plan_upload`], but a complete file
+    /// under `key` does not refuse it; it stays the key's file, readable,
+    /// until this upload completes and takes its place in one step. The
+    /// replaced version stays readable by [`Self::head_version`] for
+    /// [`super::StoreLimits::replaced_grace`] (or until the key is replaced
+    /// again or deleted). With `if_md5`, only while the current file has that
+    /// md5, checked now and again at completion
+    /// ([`StoreError::Precondition`]; an upload refused at completion is
+    /// discarded).
+    async fn plan_replace(
+        &self,
+        user: &str,
+        key: &str,
+        plan: PlanRecord,
+        resume: bool,
+        replace: Replace,
+    ) -> StoreResult<PlanOutcome>;
     /// UPLOAD, first half: the unfinished upload under `key`
     /// ([`StoreError::AlreadyComplete`], [`StoreError::NotPlanned`]).
     async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>>;
     /// A complete file's metadata ([`StoreError::Unfinished`] for an
     /// unfinished upload, [`StoreError::NotFound`]).
     async fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta>;
+    /// The metadata of version `upload_id` of `key`: the current file's, or
+    /// a replaced one still kept; [`StoreError::Replaced`] when it is gone
+    /// and the key holds another, [`StoreError::NotFound`] when the key
+    /// holds nothing.
+    async fn head_version(&self, user: &str, key: &str, upload_id: &str) -> StoreResult<FileMeta>;
     /// `len` bytes at `offset` of the complete file `meta` describes,
     /// verified against the checksums kept with it where there are some.
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes>;
@@ -222,6 +283,11 @@ pub trait Storage: Send + Sync + Debug {
         key: &str,
         upload_id: Option<&str>,
     ) -> StoreResult<Deleted>;
+    /// DELETE of the complete file under `key` only while its md5 is
+    /// `if_md5` ([`StoreError::Precondition`] otherwise), decided under the
+    /// same lock as a replacement's completion: a newer version is never
+    /// deleted. An unfinished upload under the key is left alone.
+    async fn delete_file_if(&self, user: &str, key: &str, if_md5: &str) -> StoreResult<Deleted>;
     /// Complete files of `user` whose keys start with `prefix`, in key
     /// order, after the key `after`, at most `limit`.
     async fn list_files(

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 pub use api::{
-    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter,
 };
 pub use disk::DiskStore;
@@ -38,6 +38,10 @@ pub struct StoreLimits {
     pub max_unfinished_bytes_per_user: u64,
     /// Unfinished uploads of one user, at most.
     pub max_unfinished_uploads_per_user: u64,
+    /// How long a replaced version of a file stays readable (for downloads
+    /// that began before the replace); removed by the sweeper after that,
+    /// or at the key's next replace or DELETE.
+    pub replaced_grace: Duration,
 }
 
 impl Default for StoreLimits {
@@ -46,6 +50,7 @@ impl Default for StoreLimits {
             upload_expiry: Duration::from_secs(86_400),
             max_unfinished_bytes_per_user: 64 << 30,
             max_unfinished_uploads_per_user: 1000,
+            replaced_grace: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -140,8 +145,24 @@ mod tests {
         ) -> StoreResult<PlanOutcome> {
             Err(StoreError::NotFound)
         }
+        async fn plan_replace(
+            &self,
+            _: &str,
+            _: &str,
+            _: PlanRecord,
+            _: bool,
+            _: Replace,
+        ) -> StoreResult<PlanOutcome> {
+            Err(StoreError::NotFound)
+        }
         async fn open_upload(&self, _: &str, _: &str) -> StoreResult<Box<dyn UploadWriter>> {
             Err(StoreError::NotPlanned)
+        }
+        async fn head_version(&self, _: &str, _: &str, _: &str) -> StoreResult<FileMeta> {
+            Err(StoreError::NotFound)
+        }
+        async fn delete_file_if(&self, _: &str, _: &str, _: &str) -> StoreResult<Deleted> {
+            Err(StoreError::NotFound)
         }
         async fn head(&self, _: &str, _: &str) -> StoreResult<FileMeta> {
             Err(StoreError::NotFound)

@@ -153,7 +153,7 @@ use tracing::{debug, error, info, warn};
 
 use super::StoreLimits;
 use super::api::{
-    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter, unix_now,
 };
 
@@ -293,6 +293,9 @@ struct UploadState {
     key: String,
     #[serde(default)]
     created_unix: u64,
+    /// A replacing upload (SAVE with `replace`) and its condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replace: Option<Replace>,
 }
 
 /// An unfinished upload as known in memory.
@@ -310,6 +313,8 @@ struct Upload {
     assembler_tried: bool,
     /// A small upload's blocks, kept so completion need not read them back.
     held: Held,
+    /// Replaces the key's complete file at completion (SAVE `replace`).
+    replace: Option<Replace>,
 }
 
 impl Drop for Upload {
@@ -368,6 +373,10 @@ struct Inner {
     held_total: Arc<AtomicU64>,
     /// Assemblers that may run at once (each buffers up to three parts).
     assemblers: Arc<tokio::sync::Semaphore>,
+    /// Versions replaced by this instance and kept for downloads under way,
+    /// with when (ms): removed by the sweep after the grace period (and
+    /// with the key's next replace or DELETE).
+    retired: Mutex<Vec<(Names, String, u64)>>,
 }
 
 /// The [`Storage`] interface on an object store; see the module docs.
@@ -390,6 +399,7 @@ impl ObjectStorage {
                 scanned: tokio::sync::OnceCell::new(),
                 held_total: Arc::new(AtomicU64::new(0)),
                 assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
+                retired: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -448,6 +458,11 @@ impl Inner {
     }
     fn content_path(&self, n: &Names, upload_id: &str) -> Path {
         self.path(&["file", &n.us, &n.ks, upload_id])
+    }
+    /// A replaced version's meta, kept beside its content while it may
+    /// still be read (see [`Storage::head_version`]).
+    fn retired_meta_path(&self, n: &Names, upload_id: &str) -> Path {
+        self.path(&["file", &n.us, &n.ks, &format!("{upload_id}.meta")])
     }
     /// The content's chunk CRCs (see [`encode_sums`]).
     fn sums_path(&self, n: &Names, upload_id: &str) -> Path {
@@ -660,8 +675,12 @@ impl Inner {
             lock(&self.pending).remove(&n.id());
             return Ok(());
         };
-        if self.exists(&self.meta_path(n)).await? {
-            // Completion got as far as the meta: the rest is leftovers.
+        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        if current.is_some_and(|meta| {
+            state.replace.is_none() || meta.upload_id.as_deref() == Some(&state.upload_id)
+        }) {
+            // Completion got as far as the meta: the rest is leftovers. (A
+            // replacing upload lives beside the file it replaces.)
             info!(user = %n.user, key = %n.key, "removing the leftovers of a completed upload");
             self.discard(n, &state.upload_id).await?;
             st.upload = None;
@@ -709,6 +728,7 @@ impl Inner {
             assembler: None,
             assembler_tried: false,
             held: self.small_held(plan),
+            replace: state.replace,
         });
         st.loaded = true;
         Ok(())
@@ -756,13 +776,25 @@ impl Inner {
             return Err(StoreError::NotPlanned);
         };
         // A completion cut off (cancelled) after its meta: only cleanup left.
-        if let Some(meta) = self.get_json::<FileMeta>(&self.meta_path(n)).await?
+        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        if let Some(meta) = &current
             && meta.upload_id.as_deref() == Some(up.id.as_str())
         {
             let id = up.id.clone();
+            let md5 = meta.md5.clone();
             st.upload = None;
             self.discard(n, &id).await?;
-            return Ok(meta.md5);
+            return Ok(md5);
+        }
+        // A replacement's condition, checked again under the key's lock: it
+        // can never hold later either, so the upload goes.
+        if let Some(replace) = &up.replace
+            && let Err(e) = replace.check(current.as_ref())
+        {
+            let id = up.id.clone();
+            st.upload = None;
+            self.discard_unfinished(n, &id).await?;
+            return Err(e);
         }
         let progress = match up.assembler.take() {
             Some(a) => a.finish(last).await,
@@ -797,7 +829,7 @@ impl Inner {
             upload_id: Some(up.id.clone()),
             completed_unix: unix_now(),
         };
-        self.put_json(&self.meta_path(n), &meta).await?;
+        self.swap_meta(n, current.as_ref(), &meta).await?;
         let id = up.id.clone();
         st.upload = None;
         if let Err(e) = self.discard(n, &id).await {
@@ -935,14 +967,19 @@ impl Inner {
         st: &mut KeyState,
         plan: PlanRecord,
         resume: bool,
+        replace: Option<Replace>,
     ) -> StoreResult<PlanOutcome> {
         self.load(n, st).await?;
-        if self.exists(&self.meta_path(n)).await? {
-            return Err(StoreError::Exists);
+        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        match &replace {
+            None if current.is_some() => return Err(StoreError::Exists),
+            None => {}
+            Some(r) => r.check(current.as_ref())?,
         }
         if resume
             && let Some(up) = st.upload.as_ref()
             && up.plan == plan
+            && up.replace == replace
         {
             let upload_id = up.id.clone();
             if up.remaining == 0 {
@@ -976,7 +1013,7 @@ impl Inner {
                 upload_id: None,
                 completed_unix: unix_now(),
             };
-            self.put_json(&self.meta_path(n), &meta).await?;
+            self.swap_meta(n, current.as_ref(), &meta).await?;
             return Ok(PlanOutcome {
                 plan,
                 missing: Vec::new(),
@@ -1004,6 +1041,7 @@ impl Inner {
             user: n.user.clone(),
             key: n.key.clone(),
             created_unix: unix_now(),
+            replace: replace.clone(),
         };
         self.put_json(&self.state_path(n), &state).await?;
         let assembler = if plan.size > PART_MIN {
@@ -1028,6 +1066,7 @@ impl Inner {
             assembler_tried: assembler.is_some() || plan.size <= PART_MIN,
             assembler,
             held: self.small_held(plan),
+            replace,
         });
         Ok(PlanOutcome {
             plan,
@@ -1071,6 +1110,148 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Make `meta` the key's complete file in one step (one PUT of the meta
+    /// object). When it replaces `current`, that version's meta is kept
+    /// beside its content first, so downloads under way can still read it
+    /// ([`Storage::head_version`]) until the grace period ends; versions
+    /// replaced before it go now. Called under the key's lock.
+    async fn swap_meta(
+        &self,
+        n: &Names,
+        current: Option<&FileMeta>,
+        meta: &FileMeta,
+    ) -> StoreResult<()> {
+        let old = current
+            .and_then(|c| c.upload_id.clone())
+            .filter(|old| Some(old) != meta.upload_id.as_ref());
+        if let (Some(old), Some(current)) = (&old, current) {
+            self.put_json(&self.retired_meta_path(n, old), current)
+                .await?;
+        }
+        self.put_json(&self.meta_path(n), meta).await?;
+        if current.is_none() {
+            return Ok(());
+        }
+        // Earlier replaced versions: everything in the key's content
+        // directory but the new version and the one just replaced.
+        let keep: Vec<&str> = [meta.upload_id.as_deref(), old.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut stale = Vec::new();
+        let mut list = self.store.list(Some(&self.content_dir(n)));
+        while let Some(m) = list.next().await {
+            let m = m.map_err(store_err)?;
+            let version = m
+                .location
+                .filename()
+                .and_then(|f| f.split('.').next())
+                .unwrap_or_default();
+            if !keep.contains(&version) {
+                stale.push(m.location);
+            }
+        }
+        drop(list);
+        if let Err(e) = self.delete_paths(stale).await {
+            warn!(user = %n.user, key = %n.key, error = %e, "cannot remove replaced versions yet");
+        }
+        if let Some(old) = old {
+            lock(&self.retired).push((n.clone(), old, unix_ms(SystemTime::now())));
+        }
+        info!(user = %n.user, key = %n.key, "file replaced");
+        Ok(())
+    }
+
+    /// See [`Storage::head_version`].
+    async fn head_version(&self, n: &Names, upload_id: &str) -> StoreResult<FileMeta> {
+        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        if let Some(meta) = &current
+            && meta.upload_id.as_deref() == Some(upload_id)
+        {
+            return Ok(meta.clone());
+        }
+        // Ids are ours (hex); anything else names no object.
+        if !upload_id.is_empty()
+            && upload_id.len() <= 64
+            && upload_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            && let Some(meta) = self
+                .get_json::<FileMeta>(&self.retired_meta_path(n, upload_id))
+                .await?
+        {
+            return Ok(meta);
+        }
+        Err(if current.is_some() {
+            StoreError::Replaced
+        } else {
+            StoreError::NotFound
+        })
+    }
+
+    /// Remove the versions replaced more than the grace period ago (those
+    /// this instance replaced; ones from before a restart go with the
+    /// key's next replace or DELETE).
+    async fn sweep_retired(&self, now: SystemTime) -> StoreResult<()> {
+        let grace = u64::try_from(self.limits.replaced_grace.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = unix_ms(now).saturating_sub(grace);
+        let due: Vec<(Names, String, u64)> = {
+            let mut retired = lock(&self.retired);
+            let (due, keep) = retired.drain(..).partition(|(_, _, at)| *at <= cutoff);
+            *retired = keep;
+            due
+        };
+        for (n, old, _) in due {
+            let id = n.id();
+            let slot = self.file_slot(&id);
+            let st = slot.lock().await;
+            let current = self.get_json::<FileMeta>(&self.meta_path(&n)).await;
+            let result = match current {
+                Ok(Some(meta)) if meta.upload_id.as_deref() == Some(old.as_str()) => Ok(()),
+                Ok(_) => {
+                    self.delete_paths(vec![
+                        self.retired_meta_path(&n, &old),
+                        self.content_path(&n, &old),
+                        self.sums_path(&n, &old),
+                    ])
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            drop(st);
+            self.release_slot(&id, slot);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// See [`Storage::delete_file_if`]; under the key's lock.
+    async fn delete_file_if(
+        &self,
+        n: &Names,
+        st: &mut KeyState,
+        if_md5: &str,
+    ) -> StoreResult<Deleted> {
+        self.load(n, st).await?;
+        let Some(meta) = self.get_json::<FileMeta>(&self.meta_path(n)).await? else {
+            return Err(StoreError::NotFound);
+        };
+        if !meta.md5.eq_ignore_ascii_case(if_md5) {
+            return Err(StoreError::Precondition);
+        }
+        match self.store.delete(&self.meta_path(n)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        // Every version's content; an unfinished upload stays.
+        let mut paths = Vec::new();
+        let mut list = self.store.list(Some(&self.content_dir(n)));
+        while let Some(m) = list.next().await {
+            paths.push(m.map_err(store_err)?.location);
+        }
+        drop(list);
+        self.delete_paths(paths).await?;
+        Ok(Deleted::File)
     }
 
     async fn delete_file(
@@ -1214,6 +1395,7 @@ impl Inner {
 
     async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize> {
         self.ensure_scanned().await?;
+        self.sweep_retired(now).await?;
         let expiry_ms = u64::try_from(self.limits.upload_expiry.as_millis()).unwrap_or(u64::MAX);
         let cutoff = unix_ms(now).saturating_sub(expiry_ms);
         let idle: Vec<Id> = lock(&self.pending)
@@ -1668,9 +1850,58 @@ impl Storage for ObjectStorage {
         let id = n.id();
         let slot = self.inner.file_slot(&id);
         let mut st = slot.lock().await;
-        let result = self.inner.plan_upload(&n, &mut st, plan, resume).await;
+        let result = self
+            .inner
+            .plan_upload(&n, &mut st, plan, resume, None)
+            .await;
         if result.is_err() {
             // The bucket may be ahead of what we think: reload next time.
+            st.loaded = false;
+        }
+        drop(st);
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
+    async fn plan_replace(
+        &self,
+        user: &str,
+        key: &str,
+        plan: PlanRecord,
+        resume: bool,
+        replace: Replace,
+    ) -> StoreResult<PlanOutcome> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let mut st = slot.lock().await;
+        let result = self
+            .inner
+            .plan_upload(&n, &mut st, plan, resume, Some(replace))
+            .await;
+        if result.is_err() {
+            st.loaded = false;
+        }
+        drop(st);
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
+    async fn head_version(&self, user: &str, key: &str, upload_id: &str) -> StoreResult<FileMeta> {
+        self.inner
+            .head_version(&Names::new(user, key), upload_id)
+            .await
+    }
+
+    async fn delete_file_if(&self, user: &str, key: &str, if_md5: &str) -> StoreResult<Deleted> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let mut st = slot.lock().await;
+        let result = self.inner.delete_file_if(&n, &mut st, if_md5).await;
+        if result.is_err() {
             st.loaded = false;
         }
         drop(st);

@@ -8,8 +8,20 @@
 //! sums/<user>/<key>            complete file's CRC32C per 4 KiB (see `sums.rs`)
 //! uploads/<user>/<key>/        unfinished upload (see `upload.rs`)
 //! accounts/<user>              login account (see `accounts.rs`)
+//! versions/<user>/<key>/<id>   content of version <id> of a replaced key,
+//!                   <id>.sums  its checksums,
+//!                   <id>.meta  the meta of a replaced version still kept
 //! tmp/                         temp files, emptied at start
 //! ```
+//!
+//! Replacing a file (SAVE `replace`): the new version's content and sums go
+//! to their own names under `versions/` (nothing a reader has open is ever
+//! renamed over), then its meta is renamed over the key's meta — the one
+//! step that switches readers from the old version to the new. A key's
+//! first version keeps its content in `files/`; every later one lives under
+//! `versions/`. The replaced version stays readable by its id (a download
+//! that began with it) for the grace period, and goes with the key's next
+//! replace, its DELETE, the sweeper after the grace, or a restart.
 //!
 //! Names are encoded by [`names::encode`](super::names::encode), so no key or user reaches outside
 //! its directory. Every file that becomes visible is written to `tmp/`,
@@ -39,7 +51,7 @@ use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use super::api::{
-    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Storage, StoreError,
+    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
@@ -139,10 +151,18 @@ pub struct DiskStore {
 struct Disk {
     root: PathBuf,
     limits: StoreLimits,
-    /// Unfinished uploads. Lock order: registry, then an upload's slot.
+    /// Unfinished uploads. Lock order: registry, then an upload's slot,
+    /// then `swap`.
     registry: Mutex<Registry>,
     /// Serialises an account's replace with its delete.
     accounts: Mutex<()>,
+    /// Held while a key's complete file changes (completion, replace,
+    /// DELETE, removing replaced versions): a condition checked under it
+    /// still holds when the change is made.
+    swap: Mutex<()>,
+    /// Versions replaced since start, kept for downloads under way:
+    /// (user, key, version id, when in ms). See [`Disk::sweep_retired`].
+    retired: Mutex<Vec<(String, String, String, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +188,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Version ids are ours (hex); anything else a client sends names no file.
+fn version_name_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 #[derive(Clone, Copy)]
 enum Area {
     Data,
@@ -175,6 +200,7 @@ enum Area {
     Meta,
     Sums,
     Uploads,
+    Versions,
 }
 
 impl Area {
@@ -185,6 +211,7 @@ impl Area {
             Area::Meta => "meta",
             Area::Sums => "sums",
             Area::Uploads => "uploads",
+            Area::Versions => "versions",
         }
     }
 }
@@ -229,6 +256,7 @@ impl DiskStore {
             Area::Meta,
             Area::Sums,
             Area::Uploads,
+            Area::Versions,
         ] {
             fs::create_dir_all(root.join(area.dir()))?;
         }
@@ -242,7 +270,10 @@ impl DiskStore {
             limits,
             registry: Mutex::new(Registry::default()),
             accounts: Mutex::new(()),
+            swap: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
         };
+        disk.drop_replaced_versions()?;
         disk.drop_orphan_metas()?;
         disk.drop_stray_sums()?;
         disk.index_uploads()?;
@@ -268,6 +299,8 @@ impl DiskStore {
                 limits: StoreLimits::default(),
                 registry: Mutex::new(Registry::default()),
                 accounts: Mutex::new(()),
+                swap: Mutex::new(()),
+                retired: Mutex::new(Vec::new()),
             }),
         }))
     }
@@ -293,9 +326,75 @@ impl Disk {
                     .join(Area::Files.dir())
                     .join(user.file_name())
                     .join(entry.file_name());
-                if !content.exists() {
+                // A replaced key's content lives under versions/.
+                let versioned = || -> io::Result<bool> {
+                    let meta: FileMeta = serde_json::from_slice(&fs::read(entry.path())?)
+                        .map_err(io::Error::other)?;
+                    Ok(meta.upload_id.is_some_and(|id| {
+                        self.root
+                            .join(Area::Versions.dir())
+                            .join(user.file_name())
+                            .join(entry.file_name())
+                            .join(id)
+                            .exists()
+                    }))
+                };
+                if !content.exists() && !versioned().unwrap_or(false) {
                     warn!(meta = %entry.path().display(), "removing metadata of a file whose content is missing");
                     fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At start (no reader can be under way): remove under `versions/`
+    /// everything but the current version of each key — replaced versions,
+    /// and new ones a crash cut off before their meta — and a key's first
+    /// version in `files/` once it was replaced.
+    fn drop_replaced_versions(&self) -> io::Result<()> {
+        let root = self.root.join(Area::Versions.dir());
+        for user in entries(&root)? {
+            for key in entries(&user.path())? {
+                let meta_path = self
+                    .root
+                    .join(Area::Meta.dir())
+                    .join(user.file_name())
+                    .join(key.file_name());
+                let current = match fs::read(&meta_path) {
+                    Ok(bytes) => serde_json::from_slice::<FileMeta>(&bytes)
+                        .ok()
+                        .and_then(|m| m.upload_id),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                let dir = key.path();
+                let keep: Vec<String> = current
+                    .iter()
+                    .flat_map(|c| [c.clone(), format!("{c}.sums")])
+                    .collect();
+                for entry in entries(&dir)? {
+                    if !entry
+                        .file_name()
+                        .to_str()
+                        .is_some_and(|n| keep.iter().any(|k| k == n))
+                    {
+                        fs::remove_file(entry.path())?;
+                    }
+                }
+                let kept = current.as_ref().is_some_and(|c| dir.join(c).exists());
+                if kept {
+                    // The key's first version was replaced: it goes too.
+                    for area in [Area::Files, Area::Sums] {
+                        let first = self
+                            .root
+                            .join(area.dir())
+                            .join(user.file_name())
+                            .join(key.file_name());
+                        not_found_ok(fs::remove_file(first))?;
+                    }
+                } else {
+                    let _ = fs::remove_dir(&dir);
                 }
             }
         }
@@ -443,6 +542,27 @@ impl Disk {
             .join(names::encode(key))
     }
 
+    fn version_dir(&self, user: &str, key: &str) -> PathBuf {
+        self.path(Area::Versions, user, key)
+    }
+
+    /// Where version `id` of `(user, key)` keeps its content and checksums:
+    /// its own files under `versions/` once the key was replaced, else the
+    /// key's first version's in `files/` and `sums/`.
+    fn located(&self, user: &str, key: &str, id: Option<&str>) -> (PathBuf, PathBuf) {
+        if let Some(id) = id.filter(|id| version_name_ok(id)) {
+            let dir = self.version_dir(user, key);
+            let content = dir.join(id);
+            if content.exists() {
+                return (content, dir.join(format!("{id}.sums")));
+            }
+        }
+        (
+            self.path(Area::Files, user, key),
+            self.path(Area::Sums, user, key),
+        )
+    }
+
     fn temp_file(&self) -> io::Result<(PathBuf, File)> {
         let path = self
             .root
@@ -586,14 +706,13 @@ impl Disk {
         key: &str,
         plan: PlanRecord,
         resume: bool,
+        replace: Option<Replace>,
     ) -> StoreResult<PlanOutcome> {
-        if self.read_meta(user, key)?.is_some() {
-            return Err(StoreError::Exists);
-        }
+        api::check_save(replace.as_ref(), self.read_meta(user, key)?.as_ref())?;
         let id = id_of(user, key);
         if resume && let Some(slot) = self.upload_slot(user, key)? {
             let up = lock(&slot.upload);
-            if matches!(up.phase, Phase::Receiving) && up.plan == plan {
+            if matches!(up.phase, Phase::Receiving) && up.plan == plan && up.replace == replace {
                 up.activity.touch(SystemTime::now());
                 let missing = step_core::plan::to_ranges(up.missing());
                 return Ok(PlanOutcome {
@@ -615,13 +734,11 @@ impl Disk {
             upload::remove_dir(&dir)?;
             // Checked again under the lock: a block may have completed the
             // key since the check above (`discard` waited for it), and a
-            // complete key takes no new upload.
-            if self.read_meta(user, key)?.is_some() {
-                return Err(StoreError::Exists);
-            }
+            // complete key takes no new upload (but a replacing one).
+            api::check_save(replace.as_ref(), self.read_meta(user, key)?.as_ref())?;
             if plan.size == 0 {
                 drop(reg);
-                let md5 = self.complete_empty(user, key)?;
+                let md5 = self.complete_empty(user, key, replace.as_ref())?;
                 return Ok(PlanOutcome {
                     plan,
                     missing: Vec::new(),
@@ -651,7 +768,7 @@ impl Disk {
             if plan.size.saturating_add(promised) > self.available_space() {
                 return Err(StoreError::NoSpace);
             }
-            let up = match Upload::create(dir.clone(), plan) {
+            let up = match Upload::create(dir.clone(), plan, replace) {
                 Ok(up) => up,
                 Err(e) => {
                     // A directory without a plan is no upload: nobody could
@@ -691,18 +808,30 @@ impl Disk {
         }
     }
 
-    fn complete_empty(&self, user: &str, key: &str) -> StoreResult<String> {
+    fn complete_empty(
+        &self,
+        user: &str,
+        key: &str,
+        replace: Option<&Replace>,
+    ) -> StoreResult<String> {
         let (tmp, file) = self.temp_file()?;
         file.sync_all()?;
         let meta = FileMeta {
             key: key.to_owned(),
             size: 0,
             md5: EMPTY_MD5.to_owned(),
-            upload_id: None,
+            upload_id: Some(uuid::Uuid::new_v4().simple().to_string()),
             completed_unix: api::unix_now(),
         };
-        self.publish(user, key, &tmp, &meta, &[])?;
-        Ok(meta.md5)
+        let swap = lock(&self.swap);
+        let current = self.read_meta(user, key)?;
+        let published = api::check_save(replace, current.as_ref())
+            .and_then(|()| self.publish(user, key, &tmp, &meta, &[], current.as_ref()));
+        drop(swap);
+        if published.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        published.map(|()| meta.md5)
     }
 
     /// Make `content` (already durable) the complete file `(user, key)`
@@ -711,6 +840,9 @@ impl Disk {
     /// leaves an orphan content file (overwritten later) or checksums of no
     /// file (removed at `open`); a crash that kept only the meta's rename
     /// leaves a meta without content, which `open` removes.
+    ///
+    /// With `current` (a replace; the caller holds `swap` and has checked
+    /// its condition), see [`Self::publish_version`] instead.
     fn publish(
         &self,
         user: &str,
@@ -718,7 +850,11 @@ impl Disk {
         content: &Path,
         meta: &FileMeta,
         crcs: &[u32],
+        current: Option<&FileMeta>,
     ) -> StoreResult<()> {
+        if let Some(current) = current {
+            return self.publish_version(user, key, content, meta, crcs, current);
+        }
         let dest = self.path(Area::Files, user, key);
         let sums_dest = self.path(Area::Sums, user, key);
         let meta_dest = self.path(Area::Meta, user, key);
@@ -770,13 +906,166 @@ impl Disk {
         Ok(())
     }
 
+    /// Make `content` the new version `meta` of `(user, key)`, replacing
+    /// `current`, in one step for readers: content and checksums go to
+    /// their own names under `versions/`, `current`'s meta is kept there
+    /// too (downloads under way read it by id), then the new meta is renamed
+    /// over the key's. Nothing a reader may have open is renamed over, so a
+    /// reader sees the old version or the new one, never a mix nor nothing.
+    /// Versions replaced before `current` are removed now. The caller holds
+    /// `swap`.
+    fn publish_version(
+        &self,
+        user: &str,
+        key: &str,
+        content: &Path,
+        meta: &FileMeta,
+        crcs: &[u32],
+        current: &FileMeta,
+    ) -> StoreResult<()> {
+        let id = meta
+            .upload_id
+            .as_deref()
+            .filter(|id| version_name_ok(id))
+            .ok_or_else(|| StoreError::Other("a new version needs an id".into()))?;
+        let dir = self.version_dir(user, key);
+        fs::create_dir_all(&dir)?;
+        let meta_dest = self.path(Area::Meta, user, key);
+        let meta_tmp = self.write_temp(&serde_json::to_vec(meta).map_err(json_err)?)?;
+        let old = current
+            .upload_id
+            .as_deref()
+            .filter(|old| version_name_ok(old) && *old != id);
+        let staged = (|| -> io::Result<()> {
+            if let Some(old) = old {
+                let kept =
+                    self.write_temp(&serde_json::to_vec(current).map_err(io::Error::other)?)?;
+                fs::rename(&kept, dir.join(format!("{old}.meta")))?;
+            }
+            let sums = self.write_temp(&sums::encode(meta.size, &meta.md5, crcs)?)?;
+            fs::rename(&sums, dir.join(format!("{id}.sums")))?;
+            fs::rename(content, dir.join(id))?;
+            sync_dir(&dir)?;
+            fs::rename(&meta_tmp, &meta_dest)?;
+            if let Some(parent) = meta_dest.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = staged {
+            let _ = fs::remove_file(&meta_tmp);
+            // The new version's files stay unreferenced; `open` removes them.
+            return Err(e.into());
+        }
+        // Versions replaced before `current` go now; so does the key's first
+        // version in files/ unless it is `current` itself.
+        let current_is_first = old.is_some_and(|old| !dir.join(old).exists());
+        for entry in entries(&dir)? {
+            let name = entry.file_name();
+            let version = name.to_str().and_then(|n| n.split('.').next());
+            if version != Some(id) && version != old {
+                not_found_ok(fs::remove_file(entry.path()))?;
+            }
+        }
+        if !current_is_first {
+            not_found_ok(fs::remove_file(self.path(Area::Files, user, key)))?;
+            not_found_ok(fs::remove_file(self.path(Area::Sums, user, key)))?;
+        }
+        if let Some(old) = old {
+            lock(&self.retired).push((
+                user.to_owned(),
+                key.to_owned(),
+                old.to_owned(),
+                upload::unix_ms(SystemTime::now()),
+            ));
+        }
+        info!(user, key, "file replaced");
+        Ok(())
+    }
+
+    /// See [`Storage::head_version`].
+    fn head_version(&self, user: &str, key: &str, id: &str) -> StoreResult<FileMeta> {
+        let current = self.read_meta(user, key)?;
+        if let Some(meta) = &current
+            && meta.upload_id.as_deref() == Some(id)
+        {
+            return Ok(meta.clone());
+        }
+        if version_name_ok(id) {
+            let kept = self.version_dir(user, key).join(format!("{id}.meta"));
+            match fs::read(kept) {
+                Ok(bytes) => return serde_json::from_slice(&bytes).map_err(json_err),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(if current.is_some() {
+            StoreError::Replaced
+        } else {
+            StoreError::NotFound
+        })
+    }
+
+    /// Remove the versions replaced more than the grace period before `now`
+    /// (unless one became current again, which cannot happen with fresh ids
+    /// but costs nothing to check).
+    fn sweep_retired(&self, now: SystemTime) -> StoreResult<()> {
+        let grace = u64::try_from(self.limits.replaced_grace.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = upload::unix_ms(now).saturating_sub(grace);
+        let due: Vec<_> = {
+            let mut retired = lock(&self.retired);
+            let (due, keep) = retired.drain(..).partition(|r| r.3 <= cutoff);
+            *retired = keep;
+            due
+        };
+        for (user, key, old, _) in due {
+            let _swap = lock(&self.swap);
+            let Some(current) = self.read_meta(&user, &key)? else {
+                continue;
+            };
+            let current_id = current.upload_id.as_deref().unwrap_or_default();
+            if current_id == old {
+                continue;
+            }
+            let dir = self.version_dir(&user, &key);
+            let was_first = !dir.join(&old).exists();
+            for name in [old.clone(), format!("{old}.sums"), format!("{old}.meta")] {
+                not_found_ok(fs::remove_file(dir.join(name)))?;
+            }
+            // The key's first version in files/, once the current one lives
+            // under versions/.
+            if was_first && version_name_ok(current_id) && dir.join(current_id).exists() {
+                not_found_ok(fs::remove_file(self.path(Area::Files, &user, &key)))?;
+                not_found_ok(fs::remove_file(self.path(Area::Sums, &user, &key)))?;
+            }
+            debug!(%user, %key, version = %old, "removed a replaced version");
+        }
+        Ok(())
+    }
+
+    /// See [`Storage::delete_file_if`].
+    fn delete_if_blocking(&self, user: &str, key: &str, if_md5: &str) -> StoreResult<Deleted> {
+        let swap = lock(&self.swap);
+        let Some(meta) = self.read_meta(user, key)? else {
+            return Err(StoreError::NotFound);
+        };
+        if !meta.md5.eq_ignore_ascii_case(if_md5) {
+            return Err(StoreError::Precondition);
+        }
+        self.remove_file_locked(user, key, &swap)?;
+        Ok(Deleted::File)
+    }
+
     /// UPLOAD, first half: the unfinished upload under `key`.
     fn open_upload(self: &Arc<Self>, user: &str, key: &str) -> StoreResult<DiskUpload> {
-        if self.read_meta(user, key)?.is_some() {
-            return Err(StoreError::AlreadyComplete);
-        }
+        // A replacing upload lives beside the complete file it replaces; a
+        // completed upload's slot is gone.
         let Some(slot) = self.upload_slot(user, key)? else {
-            return Err(StoreError::NotPlanned);
+            return Err(if self.read_meta(user, key)?.is_some() {
+                StoreError::AlreadyComplete
+            } else {
+                StoreError::NotPlanned
+            });
         };
         Ok(DiskUpload {
             disk: Arc::clone(self),
@@ -800,8 +1089,10 @@ impl Disk {
     /// [`StoreError::Integrity`], never returned. Files stored before
     /// checksums were kept are read unchecked.
     fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes> {
-        let path = self.path(Area::Files, user, &meta.key);
-        let sums_path = self.path(Area::Sums, user, &meta.key);
+        // Content first, then its checksums: a replace renames nothing over
+        // either, and a key's first version's pair is checked against
+        // `meta` below.
+        let (path, sums_path) = self.located(user, &meta.key, meta.upload_id.as_deref());
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
@@ -842,12 +1133,28 @@ impl Disk {
 
     /// Remove the complete file `(user, key)`; false if there was none.
     fn remove_file_of(&self, user: &str, key: &str) -> StoreResult<bool> {
+        let swap = lock(&self.swap);
+        self.remove_file_locked(user, key, &swap)
+    }
+
+    /// [`Self::remove_file_of`] for a caller holding `swap`: every version.
+    fn remove_file_locked(
+        &self,
+        user: &str,
+        key: &str,
+        _swap: &MutexGuard<'_, ()>,
+    ) -> StoreResult<bool> {
         // Meta first: from that instant the file is no longer complete.
         if !not_found_ok(fs::remove_file(self.path(Area::Meta, user, key)))? {
             return Ok(false);
         }
         not_found_ok(fs::remove_file(self.path(Area::Files, user, key)))?;
         not_found_ok(fs::remove_file(self.path(Area::Sums, user, key)))?;
+        match fs::remove_dir_all(self.version_dir(user, key)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(true)
     }
 
@@ -1048,7 +1355,32 @@ impl Storage for DiskStore {
     ) -> StoreResult<PlanOutcome> {
         let disk = Arc::clone(&self.disk);
         let (user, key) = (user.to_owned(), key.to_owned());
-        blocking(move || disk.file_plan_blocking(&user, &key, plan, resume)).await
+        blocking(move || disk.file_plan_blocking(&user, &key, plan, resume, None)).await
+    }
+
+    async fn plan_replace(
+        &self,
+        user: &str,
+        key: &str,
+        plan: PlanRecord,
+        resume: bool,
+        replace: Replace,
+    ) -> StoreResult<PlanOutcome> {
+        let disk = Arc::clone(&self.disk);
+        let (user, key) = (user.to_owned(), key.to_owned());
+        blocking(move || disk.file_plan_blocking(&user, &key, plan, resume, Some(replace))).await
+    }
+
+    async fn head_version(&self, user: &str, key: &str, upload_id: &str) -> StoreResult<FileMeta> {
+        let disk = Arc::clone(&self.disk);
+        let (user, key, id) = (user.to_owned(), key.to_owned(), upload_id.to_owned());
+        blocking(move || disk.head_version(&user, &key, &id)).await
+    }
+
+    async fn delete_file_if(&self, user: &str, key: &str, if_md5: &str) -> StoreResult<Deleted> {
+        let disk = Arc::clone(&self.disk);
+        let (user, key, md5) = (user.to_owned(), key.to_owned(), if_md5.to_owned());
+        blocking(move || disk.delete_if_blocking(&user, &key, &md5)).await
     }
 
     async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>> {
@@ -1105,7 +1437,11 @@ impl Storage for DiskStore {
 
     async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize> {
         let disk = Arc::clone(&self.disk);
-        blocking(move || Ok(disk.sweep_expired(now))).await
+        blocking(move || {
+            disk.sweep_retired(now)?;
+            Ok(disk.sweep_expired(now))
+        })
+        .await
     }
 }
 
@@ -1139,6 +1475,21 @@ impl UploadWriter for DiskUpload {
 }
 
 impl DiskUpload {
+    /// Take this upload out of the registry (it completed or went), unless
+    /// a new SAVE has put another there already.
+    fn forget_slot(&self) {
+        let id = id_of(&self.user, &self.key);
+        let mut reg = lock(&self.disk.registry);
+        if reg
+            .pending
+            .get(&id)
+            .and_then(|p| p.slot.as_ref())
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            reg.pending.remove(&id);
+        }
+    }
+
     /// Write one block (checked against the plan by the service). With
     /// `upload_id`, the block is refused unless it names the upload it would
     /// go into: checked under the same lock as the write, so blocks of two
@@ -1183,22 +1534,35 @@ impl DiskUpload {
             upload_id: Some(up.id.clone()),
             completed_unix: api::unix_now(),
         };
-        self.disk
-            .publish(&self.user, &self.key, &up.data_path(), &meta, &crcs)?;
+        let swap = lock(&self.disk.swap);
+        let current = self.disk.read_meta(&self.user, &self.key)?;
+        // A replacement's condition, checked again where the swap is made:
+        // it cannot hold later either, so the upload goes.
+        if let Some(replace) = &up.replace
+            && let Err(e) = replace.check(current.as_ref())
+        {
+            drop(swap);
+            up.phase = Phase::Discarded;
+            upload::remove_dir(&up.dir)?;
+            drop(up);
+            self.forget_slot();
+            info!(user = %self.user, key = %self.key, "replacement refused at completion: its condition no longer holds");
+            return Err(e);
+        }
+        self.disk.publish(
+            &self.user,
+            &self.key,
+            &up.data_path(),
+            &meta,
+            &crcs,
+            current.as_ref(),
+        )?;
+        drop(swap);
         upload::remove_dir(&up.dir)?;
         up.phase = Phase::Complete;
         // Lock order is registry, then slot: release the slot first.
         drop(up);
-        let id = id_of(&self.user, &self.key);
-        let mut reg = lock(&self.disk.registry);
-        if reg
-            .pending
-            .get(&id)
-            .and_then(|p| p.slot.as_ref())
-            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
-        {
-            reg.pending.remove(&id);
-        }
+        self.forget_slot();
         info!(user = %self.user, key = %self.key, size = meta.size, md5 = %md5, "file complete");
         Ok(Some(md5))
     }

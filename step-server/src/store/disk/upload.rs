@@ -20,7 +20,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use step_core::plan::{block_len, total_blocks};
 
-use crate::store::api::PlanRecord;
+use crate::store::api::{PlanRecord, Replace};
 use crate::store::sums::ChunkSums;
 
 pub const DATA: &str = "data";
@@ -31,6 +31,8 @@ const FLUSH_EVERY: u64 = 8 << 20;
 pub const RECEIPTS: &str = "blocks";
 pub const PLAN: &str = "plan.json";
 pub const ID: &str = "id";
+/// A replacing upload's condition (SAVE `replace`); absent for a plain one.
+pub const REPLACE: &str = "replace.json";
 
 /// Uploads at least this large hash on a thread of their own.
 const THREAD_HASH_MIN: u64 = 16 << 20;
@@ -231,6 +233,8 @@ pub struct Upload {
     pub id: String,
     /// Shared with the store's accounting of unfinished uploads.
     pub activity: Arc<Activity>,
+    /// Replaces the key's complete file at completion (SAVE `replace`).
+    pub replace: Option<Replace>,
 }
 
 fn bit(bits: &[u64], i: u64) -> bool {
@@ -239,7 +243,7 @@ fn bit(bits: &[u64], i: u64) -> bool {
 
 impl Upload {
     /// Start a fresh upload in `dir` (which must not exist yet).
-    pub fn create(dir: PathBuf, plan: PlanRecord) -> io::Result<Upload> {
+    pub fn create(dir: PathBuf, plan: PlanRecord, replace: Option<Replace>) -> io::Result<Upload> {
         fs::create_dir_all(&dir)?;
         let data = OpenOptions::new()
             .read(true)
@@ -255,6 +259,9 @@ impl Upload {
         receipts.set_len(plan.total())?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         fs::write(dir.join(ID), &id)?;
+        if let Some(r) = &replace {
+            fs::write(dir.join(REPLACE), serde_json::to_vec(r)?)?;
+        }
         // The plan file is written last and atomically: its presence marks
         // the directory as a usable upload. It is not fsynced (an fsync here
         // cost every SAVE a journal commit, milliseconds on a busy disk):
@@ -265,9 +272,9 @@ impl Upload {
         fs::write(&tmp, serde_json::to_vec(&plan)?)?;
         fs::rename(&tmp, dir.join(PLAN))?;
         let activity = Activity::new(0, SystemTime::now());
-        Ok(Self::assemble(
-            dir, plan, data, receipts, None, id, activity,
-        ))
+        let mut up = Self::assemble(dir, plan, data, receipts, None, id, activity);
+        up.replace = replace;
+        Ok(up)
     }
 
     /// Reload an upload left on disk by an earlier run (or closed to save
@@ -297,15 +304,16 @@ impl Upload {
         activity
             .received
             .store(received_bytes(&plan, &bytes), Ordering::Relaxed);
-        Ok(Self::assemble(
-            dir,
-            plan,
-            data,
-            receipts,
-            Some(&bytes),
-            id,
-            activity,
-        ))
+        // Written before the plan: a replacing upload is never reloaded as
+        // a plain one.
+        let replace = match fs::read(dir.join(REPLACE)) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut up = Self::assemble(dir, plan, data, receipts, Some(&bytes), id, activity);
+        up.replace = replace;
+        Ok(up)
     }
 
     fn assemble(
@@ -343,6 +351,7 @@ impl Upload {
             phase: Phase::Receiving,
             id,
             activity,
+            replace: None,
         }
     }
 
@@ -516,7 +525,8 @@ mod tests {
             vec![0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9, 10],
         ];
         for (n, order) in orders.iter().enumerate() {
-            let mut up = Upload::create(tmp.path().join(format!("u{n}")), plan).expect("create");
+            let mut up =
+                Upload::create(tmp.path().join(format!("u{n}")), plan, None).expect("create");
             let mut done = false;
             for &i in order {
                 assert!(!done, "completed early");
@@ -544,7 +554,8 @@ mod tests {
             vec![0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9, 10],
         ];
         for (n, order) in orders.iter().enumerate() {
-            let mut up = Upload::create(tmp.path().join(format!("t{n}")), plan).expect("create");
+            let mut up =
+                Upload::create(tmp.path().join(format!("t{n}")), plan, None).expect("create");
             up.hasher = PrefixHasher::threaded(2);
             assert!(matches!(up.hasher, PrefixHasher::Thread { .. }));
             for &i in order {
@@ -568,7 +579,7 @@ mod tests {
         };
         let dir = tmp.path().join("u");
         {
-            let mut up = Upload::create(dir.clone(), plan).expect("create");
+            let mut up = Upload::create(dir.clone(), plan, None).expect("create");
             up.write_block(0, &body[..100]).expect("w");
             up.write_block(2, &body[200..300]).expect("w");
         }

@@ -830,6 +830,7 @@ async fn leftovers_of_a_completed_upload_never_show() {
         user: "u".into(),
         key: "x".into(),
         created_unix: 0,
+        replace: None,
     };
     s.inner
         .put_json(&s.inner.state_path(&n), &state)
