@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
@@ -19,7 +19,7 @@ use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::TransferArgs;
 use crate::error::GatewayError;
@@ -124,7 +124,20 @@ pub struct Backend {
     /// The default user's token while it may be reused.
     default_token: Mutex<Option<CachedToken>>,
     losses: Arc<AtomicU64>,
+    /// What the last readiness probe found ([`Readiness`] as u8): only a
+    /// change is logged, so a probe polled against a dead backend does not
+    /// flood the log.
+    readiness: AtomicU8,
     pub metrics: GatewayMetrics,
+}
+
+/// What a readiness probe last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Readiness {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
 }
 
 /// The default user's token and when to stop reusing it.
@@ -178,6 +191,7 @@ impl Backend {
             default_user,
             default_token: Mutex::new(None),
             losses,
+            readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
         }
     }
@@ -394,6 +408,25 @@ impl Backend {
     /// Whether the backend answers at all: a token-less request must come
     /// back with 403, which every STEP server (ours or the reference) sends.
     pub async fn ready(&self) -> Result<(), GatewayError> {
+        let result = self.probe().await;
+        let now = if result.is_ok() {
+            Readiness::Up
+        } else {
+            Readiness::Down
+        };
+        let before = self.readiness.swap(now as u8, Ordering::Relaxed);
+        if before != now as u8 {
+            match &result {
+                Ok(()) => info!(addr = %self.pool.manager().addr, "STEP backend is up"),
+                Err(e) => {
+                    warn!(addr = %self.pool.manager().addr, error = %e, "STEP backend is down")
+                }
+            }
+        }
+        result
+    }
+
+    async fn probe(&self) -> Result<(), GatewayError> {
         self.call("", |mut c| async move {
             let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
             let r = c

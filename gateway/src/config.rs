@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use step_server::config::ServiceArgs;
+use step_server::logging::LogFormat;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -39,6 +40,9 @@ pub struct GatewayArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// How the gateway talks to the STEP backend.

@@ -200,6 +200,8 @@ impl IntoResponse for GatewayError {
             body["step_status"] = json!(status.code());
         }
         let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::access_log::ErrorCause(self.to_string()));
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -6,7 +6,9 @@
 //! * [`upload`] / [`download`] — streaming files through in blocks.
 //! * [`error::GatewayError`] — every failure and its HTTP response.
 //! * [`metrics`] — Prometheus text at `/metrics`.
+//! * [`access_log`] — one log line per request.
 
+pub mod access_log;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -169,14 +171,26 @@ pub fn app(state: Arc<AppState>) -> Router {
             record_metrics,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
-        }))
+        .layer(middleware::from_fn(access_log::access_log))
+        // Only the span: requests are logged by the access log, and errors
+        // with their cause there (tower-http's own failure line would log
+        // every 5xx at ERROR, e.g. each /readyz probe while the backend is down).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
     if let Some(cors) = cors(&state.http.cors_origins) {

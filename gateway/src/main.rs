@@ -7,7 +7,6 @@ use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -29,9 +28,7 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args).await;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,7 +86,10 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
-    info!(%addr, "gateway listening");
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = format!("http://{}/", step_server::config::reachable(local));
+    info!(addr = %local, "gateway listening: open {url}");
+    info!("try: curl -T FILE {url}files/NAME, then curl -o FILE {url}files/NAME");
     let result = gateway::serve(listener, state, {
         let stop = stop.clone();
         async move { stop.cancelled().await }

@@ -17,10 +17,12 @@ use serde_json::{Map, Value, json};
 use step_core::Status;
 use step_core::digest::password_for;
 use step_core::message::field;
+use step_core::token::username_of;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::AppState;
+use crate::access_log::RequestUser;
 use crate::error::GatewayError;
 use crate::upload::{self, Stored};
 
@@ -50,6 +52,12 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 .ok_or_else(|| {
                     GatewayError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
                 })?;
+            // For the access log only: the server checks the token.
+            if let Some(slot) = parts.extensions.get::<RequestUser>()
+                && let Some(user) = token.split('.').next().and_then(username_of)
+            {
+                slot.set(user);
+            }
             return Ok(Auth {
                 token: token.to_owned(),
                 default: false,
@@ -59,6 +67,9 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             return Err(GatewayError::Unauthorized(
                 "a token is required: POST /login, then send Authorization: Bearer <token>".into(),
             ));
+        }
+        if let Some(slot) = parts.extensions.get::<RequestUser>() {
+            slot.set(state.http.default_user.as_str());
         }
         match state.backend.default_token().await? {
             Some(token) => Ok(Auth {

@@ -304,6 +304,9 @@ pub struct ServerArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "STEP_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //!   records and files on local disk.
 //! * [`config`] — command-line flags and environment variables.
 //! * [`error::StepError`] — failures and their STEP status codes.
+//! * [`logging`] — log set-up shared with the gateway.
 
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -5,7 +5,6 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
 use step_server::config::{ListenArgs, ServerArgs};
-use tracing_subscriber::EnvFilter;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -27,9 +26,7 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args.listen).await;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     let addr = match args.listen.addr() {
         Ok(a) => a,
