@@ -59,6 +59,18 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The connection broke or went silent (as opposed to a refusal or a
+    /// malformed answer): the same request may well work on a new one.
+    pub fn is_interruption(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io(_)
+                | ClientError::Closed
+                | ClientError::TimedOut(_)
+                | ClientError::Codec(CodecError::Truncated { .. } | CodecError::Io(_))
+        )
+    }
 }
 
 /// What a server says it can do (LOGIN response extension). A reference server
