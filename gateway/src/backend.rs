@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
 use step_core::client::{Capabilities, ClientError, DownloadPlan, StepClient};
+use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
@@ -33,6 +34,8 @@ const PROBE_USER: &str = "step-gateway-probe";
 #[derive(Debug)]
 pub struct StepManager {
     addr: String,
+    /// Set for a TLS backend (--backend-tls).
+    tls: Option<TlsClient>,
     timeout: Duration,
     /// Bumped whenever a connection is found dead: the server may have
     /// restarted (perhaps with a new token secret), so cached tokens are
@@ -45,7 +48,12 @@ impl managed::Manager for StepManager {
     type Error = ClientError;
 
     async fn create(&self) -> Result<StepClient, ClientError> {
-        let connect = StepClient::connect(self.addr.as_str());
+        let connect = async {
+            match &self.tls {
+                Some(tls) => StepClient::connect_tls(self.addr.as_str(), tls).await,
+                None => StepClient::connect(self.addr.as_str()).await,
+            }
+        };
         let mut client = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| ClientError::TimedOut(self.timeout))??;
@@ -170,10 +178,22 @@ impl Backend {
         default_user: Option<String>,
         metrics: GatewayMetrics,
     ) -> Self {
+        Self::with_tls(addr, None, settings, default_user, metrics)
+    }
+
+    /// [`Backend::new`], speaking TLS to the backend when `tls` is given.
+    pub fn with_tls(
+        addr: String,
+        tls: Option<TlsClient>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
         let manager = StepManager {
             addr,
+            tls,
             timeout,
             losses: Arc::clone(&losses),
         };

@@ -219,7 +219,19 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS). The handshake runs in the
+/// connection's task, holding its connection permit, and must finish within
+/// `--header-timeout-secs` like a request head.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
     let router = app(Arc::clone(&state));
@@ -236,9 +248,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(conn) => conn,
                 Err(e) => {
                     // E.g. out of descriptors: back off briefly instead of
                     // spinning on an accept that keeps failing.
@@ -253,24 +265,22 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended");
-                    }
+            let Some(acceptor) = tls else {
+                return serve_http(TokioIo::new(stream), service, header_timeout, stop).await;
+            };
+            let handshake = tokio::select! {
+                () = stop.cancelled() => return,
+                r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_http(TokioIo::new(stream), service, header_timeout, stop).await
                 }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -278,6 +288,35 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// HTTP/1.1 on one accepted connection (plain or TLS) until it ends or the
+/// server stops (then gracefully: the request in progress finishes).
+async fn serve_http<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// 414 with the JSON error body for URIs over [`MAX_URI_LEN`].

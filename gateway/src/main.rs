@@ -5,6 +5,7 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
+use step_core::conn::tls::{self, TlsClient};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -80,17 +81,33 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
 
     let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
         .then(|| args.http.default_user.clone());
-    let backend = Backend::new(backend_addr, args.transfer.clone(), default_user, metrics);
+    let backend_tls = backend_tls(&args, &backend_addr)?;
+    let backend = Backend::with_tls(
+        backend_addr,
+        backend_tls,
+        args.transfer.clone(),
+        default_user,
+        metrics,
+    );
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+    let tls = step_server::tls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let acceptor = match &tls {
+        Some(files) => {
+            files.reload_on_sighup();
+            Some(files.acceptor()?)
+        }
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let url = format!("http://{}/", step_server::config::reachable(local));
+    let url = format!("{scheme}://{}/", step_server::config::reachable(local));
     info!(addr = %local, "gateway listening: open {url}");
     info!("try: curl -T FILE {url}files/NAME, then curl -o FILE {url}files/NAME");
-    let result = gateway::serve(listener, state, {
+    let result = gateway::serve_tls(listener, state, acceptor, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     })
@@ -102,6 +119,36 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     }
     info!("gateway stopped");
     result
+}
+
+/// What --backend-tls and --backend-ca-cert ask for; the name the backend's
+/// certificate must carry is --backend-tls-name, else --backend's host.
+fn backend_tls(args: &GatewayArgs, backend_addr: &str) -> Result<Option<TlsClient>, String> {
+    let t = &args.transfer;
+    if !t.backend_tls {
+        return Ok(None);
+    }
+    if args.backend.is_none() {
+        return Err("--backend-tls needs --backend (the embedded server speaks plain STEP)".into());
+    }
+    let pem = match &t.backend_ca_cert {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --backend-ca-cert {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let host = match &t.backend_tls_name {
+        Some(name) => name.clone(),
+        None => backend_addr
+            .rsplit_once(':')
+            .map_or(backend_addr, |(host, _)| host)
+            .to_owned(),
+    };
+    Ok(Some(TlsClient {
+        config: tls::client_config(pem.as_deref())?,
+        server_name: tls::server_name(&host)?,
+    }))
 }
 
 /// `--health-check`: `GET /readyz` over plain HTTP/1.1 (ready means the STEP

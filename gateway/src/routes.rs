@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use step_core::Status;
 use step_core::digest::password_for;
 use step_core::message::field;
-use step_core::token::username_of;
+use step_core::token::claimed_user;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -54,7 +54,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 })?;
             // For the access log only: the server checks the token.
             if let Some(slot) = parts.extensions.get::<RequestUser>()
-                && let Some(user) = token.split('.').next().and_then(username_of)
+                && let Some(user) = claimed_user(token)
             {
                 slot.set(user);
             }

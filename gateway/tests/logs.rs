@@ -79,6 +79,25 @@ async fn two_requests(gw: &GatewayProc) {
     assert_eq!(get.status(), 404);
     let get_len = get.bytes().await.expect("body").len();
     assert!(put_len > 0 && get_len > 0);
+    // With a token, the line names its user.
+    let login: serde_json::Value = client
+        .post(gw.at("/login"))
+        .json(&serde_json::json!({"username": "alice.b"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("token");
+    let token = login["token"].as_str().expect("token");
+    let get = client
+        .get(gw.at("/files/logged.bin"))
+        .bearer_auth(token)
+        .header("x-request-id", "req-token-3")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status(), 404, "alice.b has no such file");
 }
 
 fn no_escape_codes(log: &[String]) {
@@ -105,7 +124,12 @@ async fn text_log_has_no_colour_codes_and_one_access_line_per_request() {
         .iter()
         .filter(|l| l.contains("gateway::access"))
         .collect();
-    assert_eq!(access.len(), 2, "one access line per request: {log:#?}");
+    assert_eq!(access.len(), 4, "one access line per request: {log:#?}");
+    let with_token = access
+        .iter()
+        .find(|l| l.contains("request_id=req-token-3"))
+        .expect("token line");
+    assert!(with_token.contains("user=\"alice.b\""), "{with_token}");
     let put = access
         .iter()
         .find(|l| l.contains("request_id=req-put-1"))
@@ -148,7 +172,7 @@ async fn json_log_is_one_object_per_line_with_the_access_fields() {
         .iter()
         .filter(|o| o["target"] == "gateway::access")
         .collect();
-    assert_eq!(access.len(), 2, "{log:#?}");
+    assert_eq!(access.len(), 4, "{log:#?}");
     let by_id = |id: &str| {
         *access
             .iter()

@@ -61,6 +61,27 @@ impl GatewayProc {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Read the log until a line contains `needle` (at most 30 s).
+    pub fn wait_for(&mut self, needle: &str) {
+        if self.log.iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("no {needle:?} in the log ({e}): {:#?}", self.log));
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
     /// The URL of `path` (which starts with `/`).
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url.trim_end_matches('/'), path)
