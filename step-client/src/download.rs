@@ -298,6 +298,7 @@ impl PartFile {
                 .truncate(false)
                 .open(p)
         };
+        let existed = state_path.exists();
         let mut state = open(&state_path).map_err(fail)?;
         match state.try_lock() {
             Ok(()) => {}
@@ -322,7 +323,9 @@ impl PartFile {
             header,
             done,
             resumed: false,
-            kept: false,
+            // What an earlier run left stays until this run has seen the
+            // plan (a failed FILE GET decides nothing about it).
+            kept: existed,
             persisted: false,
         })
     }
@@ -334,6 +337,7 @@ impl PartFile {
     /// Take over what an earlier run left if it is of `plan`'s version,
     /// with its blocks counted in `plan`'s block size; else start over.
     fn adopt(&mut self, plan: &DownloadPlan) -> Result<Adopted, CliError> {
+        self.kept = false;
         let Some(header) = self.header.take() else {
             self.reset(plan)?;
             return Ok(Adopted::Fresh);
