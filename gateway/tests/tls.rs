@@ -28,7 +28,60 @@ fn main() {
         prereq::needs("gateway_reaches_a_tls_backend", curl, |()| {
             prereq::block_on_threads(2, gateway_reaches_a_tls_backend())
         }),
+        prereq::Trial::test("a_silent_client_gets_no_endless_handshake", || {
+            a_silent_client_gets_no_endless_handshake();
+            Ok(())
+        }),
     ]);
+}
+
+/// A client that connects to the HTTPS port and never starts the handshake
+/// is closed after --header-timeout-secs, its connection slot freed.
+fn a_silent_client_gets_no_endless_handshake() {
+    use std::io::Read;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let gw = GatewayProc::start(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--step-ip",
+            "127.0.0.1",
+            "--step-port",
+            "0",
+            "--data-dir",
+            data.to_str().expect("path"),
+            "--tls-cert",
+            pki.cert.to_str().expect("path"),
+            "--tls-key",
+            pki.key.to_str().expect("path"),
+            "--header-timeout-secs",
+            "1",
+        ],
+        &[],
+    );
+    let addr = gw.url.trim_start_matches("https://").trim_end_matches('/');
+    let mut silent = std::net::TcpStream::connect(addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || n.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed by the gateway: {n:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
 }
 
 fn curl(args: &[&str]) -> Output {

@@ -23,6 +23,12 @@ const CUT_AFTER: u64 = 10 << 20;
 /// A TCP proxy to `upstream` that closes each connection once `limit` bytes
 /// went from the server to the client.
 async fn cutting_proxy(upstream: SocketAddr, limit: u64) -> SocketAddr {
+    proxy(upstream, limit, false).await
+}
+
+/// A TCP proxy to `upstream` that passes `limit` bytes from the server, then
+/// closes the connection (`stall` false) or holds it open, silent (`stall`).
+async fn proxy(upstream: SocketAddr, limit: u64, stall: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -40,7 +46,12 @@ async fn cutting_proxy(upstream: SocketAddr, limit: u64) -> SocketAddr {
                 };
                 tokio::select! {
                     _ = up => {}
-                    _ = down => {}
+                    _ = down => {
+                        if stall {
+                            // Nothing more, but the connection stays open.
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }
                 // Both sockets close here, mid-frame.
             });
@@ -179,4 +190,63 @@ async fn a_changed_remote_file_restarts_and_a_damaged_partial_is_downloaded_agai
     assert!(r.stdout.contains("was damaged"), "{r:?}");
     assert_eq!(std::fs::read(dir.path().join("d.bin")).expect("read"), data);
     no_leftovers(dir.path(), "d.bin");
+}
+
+/// Ctrl-C in the middle of a download (the transfer stalled, so the signal
+/// lands mid-way for certain): the process dies without cleaning up, and the
+/// same command then resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_mid_download_then_the_same_command_resumes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start().await;
+    let data = pattern(SIZE, 44);
+    write(dir.path(), "int.bin", &data);
+    assert_ok(&client_at(server.addr, dir.path(), &["upload", "int.bin"]).await);
+    std::fs::remove_file(dir.path().join("int.bin")).expect("rm");
+
+    let stalled = proxy(server.addr, CUT_AFTER, true).await;
+    let port = stalled.port().to_string();
+    let child = support::client(dir.path())
+        .args([
+            "--server-ip",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--id",
+            "resumer",
+            "--connections",
+            "1",
+            "download",
+            "int.bin",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let state = dir.path().join(".int.bin.part.state");
+    // The header line and at least a few blocks recorded.
+    step_tests::wait::until("blocks on disk", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.lines().count() > 4)
+    })
+    .await;
+    let pid = child.id().expect("pid").to_string();
+    let int = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(int.success());
+    let out = child.wait_with_output().await.expect("wait");
+    assert!(!out.status.success(), "interrupted: {out:?}");
+    assert!(!dir.path().join("int.bin").exists());
+
+    let again = client_at(server.addr, dir.path(), &["download", "int.bin"]).await;
+    assert_ok(&again);
+    let (have, fetched, total) = counts(&again);
+    assert!(have > 0 && fetched < total, "{again:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join("int.bin")).expect("read"),
+        data
+    );
+    no_leftovers(dir.path(), "int.bin");
 }
