@@ -162,15 +162,28 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
         }
     };
     let target = step_server::config::reachable(addr);
+    // With TLS, the probe trusts exactly the gateway's own certificate.
+    let tls = match &args.tls_cert {
+        Some(cert) => match step_server::tls::pinned_client(cert) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("gateway: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let probe = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(target).await?;
-        let request =
-            format!("GET /readyz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut head).await?;
-        Ok::<_, std::io::Error>(head)
+        let stream = tokio::net::TcpStream::connect(target).await?;
+        match &tls {
+            Some(tls) => {
+                let connector =
+                    tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+                let stream = connector.connect(tls.server_name.clone(), stream).await?;
+                get_readyz(stream, target).await
+            }
+            None => get_readyz(stream, target).await,
+        }
     };
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(Ok(answer)) => {
@@ -193,4 +206,17 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `GET /readyz` on `stream`; the answer as read (at most 64 KiB).
+async fn get_readyz<S>(mut stream: S, target: std::net::SocketAddr) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    (&mut stream).take(64 * 1024).read_to_end(&mut head).await?;
+    Ok(head)
 }

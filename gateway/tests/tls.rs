@@ -163,6 +163,29 @@ fn curl_over_https_uploads_and_downloads() {
     assert!(!plain.status.success(), "{plain:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "{plain:?}");
 
+    // The container health check speaks TLS to it, trusting its own certificate.
+    let port = gw
+        .url
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .trim_end_matches('/');
+    let health = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--health-check",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--tls-cert",
+            pki.cert.to_str().expect("path"),
+            "--tls-key",
+            pki.key.to_str().expect("path"),
+        ])
+        .output()
+        .expect("health check");
+    assert!(health.status.success(), "{health:?}");
+
     let log = gw.stop();
     assert!(log.iter().any(|l| l.contains("status=201")), "{log:#?}");
 }

@@ -135,3 +135,97 @@ pub fn from_flags(
         _ => Err("--tls-cert and --tls-key go together".into()),
     }
 }
+
+/// A client that trusts exactly the leaf certificate in `cert`: for a server
+/// probing itself (`--health-check`), which knows its own certificate but
+/// not which CA, if any, clients use. Signatures are still verified, so the
+/// peer must hold the certificate's key.
+pub fn pinned_client(cert: &Path) -> Result<step_core::conn::tls::TlsClient, String> {
+    use tokio_rustls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use tokio_rustls::rustls::crypto::{
+        CryptoProvider, verify_tls12_signature, verify_tls13_signature,
+    };
+    use tokio_rustls::rustls::pki_types::{ServerName, UnixTime};
+    use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    struct Pinned {
+        leaf: CertificateDer<'static>,
+        provider: Arc<CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            if end_entity.as_ref() == self.leaf.as_ref() {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(Error::General("not this server's own certificate".into()))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?
+        .next()
+        .ok_or_else(|| format!("no certificate in {}", cert.display()))?
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    let provider = provider();
+    let verifier = Arc::new(Pinned {
+        leaf,
+        provider: Arc::clone(&provider),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(step_core::conn::tls::TlsClient {
+        config: Arc::new(config),
+        // Any name: the pinned verifier does not look at it.
+        server_name: step_core::conn::tls::server_name("localhost")?,
+    })
+}
