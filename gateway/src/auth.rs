@@ -13,24 +13,22 @@
 //!   OPTIONS), everything else is a write.
 //!
 //! Every route that touches files or records takes [`Auth`] as an
-//! extractor. The resolved user is also set as the request extension
-//! [`AuthUser`], and copied to the response's extensions by [`expose_user`]
-//! so that layers outside the handlers (access logs) can name the user.
+//! extractor. The resolved user is also recorded in the request's
+//! [`RequestUser`] slot, so the access log names the user.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{Method, header};
-use axum::middleware::Next;
-use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 use step_core::Status;
 
 use crate::AppState;
+use crate::access_log::RequestUser;
 use crate::backend::token_reuse;
 use crate::error::GatewayError;
 
@@ -62,12 +60,6 @@ impl Action {
         }
     }
 }
-
-/// The user a request acts for, as far as the gateway knows it: the
-/// anonymous user, the Basic user (checked by the STEP server at login), or
-/// the user a bearer token names (checked by the STEP server at use).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthUser(pub String);
 
 /// The caller of a request: the STEP token it acts with, and who that is.
 #[derive(Debug, Clone)]
@@ -217,12 +209,7 @@ fn basic_credentials(encoded: &str) -> Result<(String, String), GatewayError> {
 
 /// The user a token names (not verified: the STEP server does that).
 fn token_user(token: &str) -> String {
-    STANDARD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| t.split('.').next().and_then(step_core::token::username_of))
-        .unwrap_or_else(|| "-".into())
+    step_core::token::claimed_user(token).unwrap_or_else(|| "-".into())
 }
 
 impl Auth {
@@ -316,28 +303,11 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         state: &Arc<AppState>,
     ) -> Result<Self, GatewayError> {
         let auth = Auth::resolve(parts, state).await?;
-        parts.extensions.insert(AuthUser(auth.user.clone()));
-        if let Some(slot) = parts.extensions.get::<UserSlot>() {
-            let _ = slot.0.set(auth.user.clone());
+        if let Some(slot) = parts.extensions.get::<RequestUser>() {
+            slot.set(auth.user.as_str());
         }
         Ok(auth)
     }
-}
-
-/// Filled by [`Auth`] with the user, read back by [`expose_user`].
-#[derive(Debug, Clone, Default)]
-struct UserSlot(Arc<std::sync::OnceLock<String>>);
-
-/// Middleware: the user [`Auth`] resolved, as the response extension
-/// [`AuthUser`] (absent when no handler asked who the caller is).
-pub async fn expose_user(mut req: Request, next: Next) -> Response {
-    let slot = UserSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let mut resp = next.run(req).await;
-    if let Some(user) = slot.0.get() {
-        resp.extensions_mut().insert(AuthUser(user.clone()));
-    }
-    resp
 }
 
 #[cfg(test)]
@@ -370,10 +340,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_response_names_the_user_the_extractor_resolved() {
-        use axum::body::Body;
+    async fn the_extractor_records_the_user_for_the_access_log() {
         use clap::Parser;
-        use tower::ServiceExt;
         let args = crate::config::GatewayArgs::try_parse_from(["gateway", "--pool-wait-ms", "100"])
             .expect("flags");
         let backend = crate::backend::Backend::new(
@@ -382,29 +350,21 @@ mod tests {
             None,
             crate::metrics::Metrics::new(),
         );
-        let app = crate::app(AppState::new(backend, args.http));
+        let state = AppState::new(backend, args.http);
         let token = step_core::token::TokenKey::new(b"s", 60).mint("alice", 1_000_000);
-        let req = axum::http::Request::builder()
+        let slot = RequestUser::default();
+        let (mut parts, ()) = axum::http::Request::builder()
             .uri("/files/x")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::empty())
-            .expect("request");
-        // The backend is unreachable (503), but the caller was resolved.
-        let resp = app.clone().oneshot(req).await.expect("infallible");
-        assert_eq!(
-            resp.extensions().get::<AuthUser>(),
-            Some(&AuthUser("alice".into()))
-        );
-        let req = axum::http::Request::builder()
-            .uri("/healthz")
-            .body(Body::empty())
-            .expect("request");
-        let resp = app.oneshot(req).await.expect("infallible");
-        assert_eq!(
-            resp.extensions().get::<AuthUser>(),
-            None,
-            "no caller asked for"
-        );
+            .extension(slot.clone())
+            .body(())
+            .expect("request")
+            .into_parts();
+        let auth = Auth::from_request_parts(&mut parts, &state)
+            .await
+            .expect("a bearer token needs no backend");
+        assert_eq!(auth.user, "alice");
+        assert_eq!(slot.get(), Some("alice"));
     }
 
     #[test]

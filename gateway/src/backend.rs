@@ -9,17 +9,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
 use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
+use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::TransferArgs;
 use crate::error::GatewayError;
@@ -33,6 +34,8 @@ const PROBE_USER: &str = "step-gateway-probe";
 #[derive(Debug)]
 pub struct StepManager {
     addr: String,
+    /// Set for a TLS backend (--backend-tls).
+    tls: Option<TlsClient>,
     timeout: Duration,
     /// Bumped whenever a connection is found dead: the server may have
     /// restarted (perhaps with a new token secret), so cached tokens are
@@ -59,7 +62,12 @@ impl managed::Manager for StepManager {
     type Error = ClientError;
 
     async fn create(&self) -> Result<StepClient, ClientError> {
-        let connect = StepClient::connect(self.addr.as_str());
+        let connect = async {
+            match &self.tls {
+                Some(tls) => StepClient::connect_tls(self.addr.as_str(), tls).await,
+                None => StepClient::connect(self.addr.as_str()).await,
+            }
+        };
         let mut client = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| ClientError::TimedOut(self.timeout))??;
@@ -158,7 +166,20 @@ pub struct Backend {
     /// Shared with the pool's manager (see [`StepManager`]).
     caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
     probe_refused: Arc<AtomicBool>,
+    /// What the last readiness probe found ([`Readiness`] as u8): only a
+    /// change is logged, so a probe polled against a dead backend does not
+    /// flood the log.
+    readiness: AtomicU8,
     pub metrics: GatewayMetrics,
+}
+
+/// What a readiness probe last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Readiness {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
 }
 
 /// The default user's token and when to stop reusing it.
@@ -191,12 +212,24 @@ impl Backend {
         default_user: Option<String>,
         metrics: GatewayMetrics,
     ) -> Self {
+        Self::with_tls(addr, None, settings, default_user, metrics)
+    }
+
+    /// [`Backend::new`], speaking TLS to the backend when `tls` is given.
+    pub fn with_tls(
+        addr: String,
+        tls: Option<TlsClient>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
         let caps = Arc::new(std::sync::Mutex::new(None));
         let probe_refused = Arc::new(AtomicBool::new(false));
         let manager = StepManager {
             addr,
+            tls,
             timeout,
             losses: Arc::clone(&losses),
             caps: Arc::clone(&caps),
@@ -218,6 +251,7 @@ impl Backend {
             losses,
             caps,
             probe_refused,
+            readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
         }
     }
@@ -455,6 +489,25 @@ impl Backend {
     /// Whether the backend answers at all: a token-less request must come
     /// back with 403, which every STEP server (ours or the reference) sends.
     pub async fn ready(&self) -> Result<(), GatewayError> {
+        let result = self.probe().await;
+        let now = if result.is_ok() {
+            Readiness::Up
+        } else {
+            Readiness::Down
+        };
+        let before = self.readiness.swap(now as u8, Ordering::Relaxed);
+        if before != now as u8 {
+            match &result {
+                Ok(()) => info!(addr = %self.pool.manager().addr, "STEP backend is up"),
+                Err(e) => {
+                    warn!(addr = %self.pool.manager().addr, error = %e, "STEP backend is down")
+                }
+            }
+        }
+        result
+    }
+
+    async fn probe(&self) -> Result<(), GatewayError> {
         self.call("", |mut c| async move {
             let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
             let r = c

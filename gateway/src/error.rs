@@ -222,6 +222,8 @@ impl IntoResponse for GatewayError {
             body["step_status"] = json!(status.code());
         }
         let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::access_log::ErrorCause(self.to_string()));
         if status == StatusCode::UNAUTHORIZED {
             // Both ways in (see auth.rs): Basic first, so browsers and
             // `curl --anyauth` offer it.

@@ -48,6 +48,14 @@ pub struct ConnArgs {
     /// and stdin is a terminal): a flag shows in `ps` and shell history.
     #[arg(long, env = "STEP_PASSWORD", hide_env_values = true, global = true)]
     pub password: Option<String>,
+    /// Speak STEP over TLS (a server's --tls-port), verifying its certificate
+    /// against --server-ip's name.
+    #[arg(long, env = "STEP_TLS", global = true)]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) to trust with --tls (default: the
+    /// system's root certificates).
+    #[arg(long, env = "STEP_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Print only results and errors: no token, no progress.
     #[arg(short, long, global = true)]
     pub quiet: bool,

@@ -381,6 +381,20 @@ impl ServiceArgs {
     }
 }
 
+/// STEP over TLS on a second port (the plaintext port stays as it is).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsListenArgs {
+    /// Port for STEP over TLS (on --ip); off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "STEP_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain for --tls-port (re-read on SIGHUP).
+    #[arg(long, env = "STEP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (re-read on SIGHUP).
+    #[arg(long, env = "STEP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
 /// The whole `step-server` command line.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "step-server", version, about = "Native STEP v1.1 server")]
@@ -388,10 +402,15 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
+    pub tls: TlsListenArgs,
+    #[command(flatten)]
     pub service: ServiceArgs,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "STEP_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     /// With no subcommand, serve.
     #[command(subcommand)]
     pub command: Option<crate::users::ServerCommand>,

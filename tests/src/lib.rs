@@ -18,6 +18,7 @@ pub mod contract;
 pub mod garage;
 pub mod object_subject;
 pub mod prereq;
+pub mod tls;
 pub mod wait;
 
 /// The token secret every test server uses unless told otherwise.
