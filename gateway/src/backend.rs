@@ -9,17 +9,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
 use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
+use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::TransferArgs;
 use crate::error::GatewayError;
@@ -33,11 +34,27 @@ const PROBE_USER: &str = "step-gateway-probe";
 #[derive(Debug)]
 pub struct StepManager {
     addr: String,
+    /// Set for a TLS backend (--backend-tls).
+    tls: Option<TlsClient>,
     timeout: Duration,
     /// Bumped whenever a connection is found dead: the server may have
     /// restarted (perhaps with a new token secret), so cached tokens are
     /// suspect.
     losses: Arc<AtomicU64>,
+    /// What the server announced at the last LOGIN that succeeded. A server
+    /// with accounts (`--auth accounts`) refuses the probe's login, so its
+    /// connections learn the server's capabilities from users' logins.
+    caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+    /// The server refused the probe's login: later connections skip it
+    /// (each refusal would cost the server a password check, be paced and
+    /// logged).
+    probe_refused: Arc<AtomicBool>,
+}
+
+impl StepManager {
+    fn known_caps(&self) -> Option<Capabilities> {
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl managed::Manager for StepManager {
@@ -45,12 +62,34 @@ impl managed::Manager for StepManager {
     type Error = ClientError;
 
     async fn create(&self) -> Result<StepClient, ClientError> {
-        let connect = StepClient::connect(self.addr.as_str());
+        let connect = async {
+            match &self.tls {
+                Some(tls) => StepClient::connect_tls(self.addr.as_str(), tls).await,
+                None => StepClient::connect(self.addr.as_str()).await,
+            }
+        };
         let mut client = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| ClientError::TimedOut(self.timeout))??;
         client.set_timeout(Some(self.timeout));
-        client.login(PROBE_USER, &password_for(PROBE_USER)).await?;
+        if !self.probe_refused.load(Ordering::Relaxed) {
+            match client.login(PROBE_USER, &password_for(PROBE_USER)).await {
+                Ok(_) => {
+                    *self.caps.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(client.capabilities());
+                }
+                Err(e) if e.status() == Some(Status::WrongPassword) => {
+                    debug!("the STEP server refuses the probe's login (accounts mode)");
+                    self.probe_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.probe_refused.load(Ordering::Relaxed)
+            && let Some(caps) = self.known_caps()
+        {
+            client.set_capabilities(caps);
+        }
         debug!(addr = %self.addr, caps = ?client.capabilities(), "new STEP connection");
         Ok(client)
     }
@@ -124,7 +163,23 @@ pub struct Backend {
     /// The default user's token while it may be reused.
     default_token: Mutex<Option<CachedToken>>,
     losses: Arc<AtomicU64>,
+    /// Shared with the pool's manager (see [`StepManager`]).
+    caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+    probe_refused: Arc<AtomicBool>,
+    /// What the last readiness probe found ([`Readiness`] as u8): only a
+    /// change is logged, so a probe polled against a dead backend does not
+    /// flood the log.
+    readiness: AtomicU8,
     pub metrics: GatewayMetrics,
+}
+
+/// What a readiness probe last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Readiness {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
 }
 
 /// The default user's token and when to stop reusing it.
@@ -157,12 +212,28 @@ impl Backend {
         default_user: Option<String>,
         metrics: GatewayMetrics,
     ) -> Self {
+        Self::with_tls(addr, None, settings, default_user, metrics)
+    }
+
+    /// [`Backend::new`], speaking TLS to the backend when `tls` is given.
+    pub fn with_tls(
+        addr: String,
+        tls: Option<TlsClient>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
+        let caps = Arc::new(std::sync::Mutex::new(None));
+        let probe_refused = Arc::new(AtomicBool::new(false));
         let manager = StepManager {
             addr,
+            tls,
             timeout,
             losses: Arc::clone(&losses),
+            caps: Arc::clone(&caps),
+            probe_refused: Arc::clone(&probe_refused),
         };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
@@ -178,8 +249,17 @@ impl Backend {
             default_user,
             default_token: Mutex::new(None),
             losses,
+            caps,
+            probe_refused,
+            readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
         }
+    }
+
+    /// Connections lost to the backend so far: a change means it may have
+    /// restarted (with a new token secret), so cached tokens are renewed.
+    pub fn connection_losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
     }
 
     pub fn pool_status(&self) -> deadpool::Status {
@@ -203,6 +283,7 @@ impl Backend {
             clean: false,
         };
         conn.set_token(token);
+        self.learned_caps(&mut conn);
         Ok(conn)
     }
 
@@ -221,6 +302,7 @@ impl Backend {
                         clean: false,
                     };
                     c.set_token(token);
+                    self.learned_caps(&mut c);
                     out.push(c);
                 }
                 Err(_) => break,
@@ -334,18 +416,31 @@ impl Backend {
     }
 
     /// LOGIN; returns the token and what the server announced with it.
-    async fn login_caps(
+    pub async fn login_caps(
         &self,
         username: &str,
         password: &str,
     ) -> Result<(String, Capabilities), GatewayError> {
         let (u, p) = (username.to_owned(), password.to_owned());
         // LOGIN needs no token; the pooled connection's is overwritten below.
-        self.call("", |mut c| async move {
-            let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
-            (c, r)
-        })
-        .await
+        let (token, caps) = self
+            .call("", |mut c| async move {
+                let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
+                (c, r)
+            })
+            .await?;
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
+        Ok((token, caps))
+    }
+
+    /// Connections made without the probe's login (a server with accounts)
+    /// take what the server announced at a user's login.
+    fn learned_caps(&self, conn: &mut Conn) {
+        if self.probe_refused.load(Ordering::Relaxed)
+            && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            conn.set_capabilities(caps);
+        }
     }
 
     /// The default user's token, logging in when there is none or it is due
@@ -394,6 +489,25 @@ impl Backend {
     /// Whether the backend answers at all: a token-less request must come
     /// back with 403, which every STEP server (ours or the reference) sends.
     pub async fn ready(&self) -> Result<(), GatewayError> {
+        let result = self.probe().await;
+        let now = if result.is_ok() {
+            Readiness::Up
+        } else {
+            Readiness::Down
+        };
+        let before = self.readiness.swap(now as u8, Ordering::Relaxed);
+        if before != now as u8 {
+            match &result {
+                Ok(()) => info!(addr = %self.pool.manager().addr, "STEP backend is up"),
+                Err(e) => {
+                    warn!(addr = %self.pool.manager().addr, error = %e, "STEP backend is down")
+                }
+            }
+        }
+        result
+    }
+
+    async fn probe(&self) -> Result<(), GatewayError> {
         self.call("", |mut c| async move {
             let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
             let r = c

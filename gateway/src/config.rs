@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use step_server::config::ServiceArgs;
+use step_server::logging::LogFormat;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -29,6 +30,12 @@ pub struct GatewayArgs {
     /// Port of the embedded STEP server.
     #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT)]
     pub step_port: u16,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (re-read on SIGHUP).
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (re-read on SIGHUP).
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub transfer: TransferArgs,
     #[command(flatten)]
@@ -39,6 +46,9 @@ pub struct GatewayArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// How the gateway talks to the STEP backend.
@@ -63,6 +73,16 @@ pub struct TransferArgs {
     /// Block size proposed to servers that accept larger blocks.
     #[arg(long, env = "GATEWAY_BLOCK_SIZE", default_value_t = 512 * 1024)]
     pub block_size: u64,
+    /// Speak TLS to the --backend (a step-server's --tls-port).
+    #[arg(long, env = "GATEWAY_BACKEND_TLS", default_value_t = false)]
+    pub backend_tls: bool,
+    /// PEM file of the CA certificate(s) the backend's certificate must chain
+    /// to (default: the system's roots).
+    #[arg(long, env = "GATEWAY_BACKEND_CA_CERT", requires = "backend_tls")]
+    pub backend_ca_cert: Option<PathBuf>,
+    /// Name the backend's certificate must carry (default: --backend's host).
+    #[arg(long, env = "GATEWAY_BACKEND_TLS_NAME", requires = "backend_tls")]
+    pub backend_tls_name: Option<String>,
 }
 
 /// The HTTP side.
@@ -71,9 +91,14 @@ pub struct HttpArgs {
     /// Requests without a token act as this user. Empty disables it.
     #[arg(long, env = "GATEWAY_DEFAULT_USER", default_value = "anonymous")]
     pub default_user: String,
-    /// Refuse requests without a token (401) instead of using the default user.
+    /// Refuse requests without a token (401) instead of using the default
+    /// user: the same as `--anonymous none`.
     #[arg(long, env = "GATEWAY_REQUIRE_AUTH", default_value_t = false)]
     pub require_auth: bool,
+    /// What requests without credentials may do, as the default user:
+    /// `none` (401), `read` (GET/HEAD only) or `write` (everything).
+    #[arg(long, env = "GATEWAY_ANONYMOUS", value_enum, default_value_t = crate::auth::Anonymous::Write)]
+    pub anonymous: crate::auth::Anonymous,
     /// Largest upload in bytes (0 = unlimited).
     #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value_t = 0)]
     pub max_upload: u64,

@@ -248,9 +248,17 @@ impl IntoResponse for GatewayError {
             body["step_status"] = json!(status.code());
         }
         let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::access_log::ErrorCause(self.to_string()));
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // Both ways in (see auth.rs): Basic first, so browsers and
+            // `curl --anyauth` offer it.
+            let h = resp.headers_mut();
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"step\", charset=\"UTF-8\""),
+            );
+            h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let GatewayError::RangeNotSatisfiable { size } = &self
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))

@@ -6,7 +6,10 @@
 //! * [`upload`] / [`download`] — streaming files through in blocks.
 //! * [`error::GatewayError`] — every failure and its HTTP response.
 //! * [`metrics`] — Prometheus text at `/metrics`.
+//! * [`access_log`] — one log line per request.
 
+pub mod access_log;
+pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod conditional;
@@ -50,6 +53,11 @@ pub struct AppState {
     pub backend: Arc<Backend>,
     pub http: HttpArgs,
     pub require_auth: bool,
+    /// What token-less requests may do (`--anonymous`; `none` when
+    /// `--require-auth` or no default user).
+    pub anonymous: auth::Anonymous,
+    /// Tokens of HTTP Basic logins.
+    pub logins: auth::BasicLogins,
     /// Bytes of multipart bodies held in memory, across all requests
     /// (--max-buffered-bytes); beyond it uploads spool to disk.
     pub buffered: Arc<Semaphore>,
@@ -63,10 +71,17 @@ impl AppState {
         let buffered = Arc::new(Semaphore::new(
             http.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
         ));
+        let anonymous = if require_auth {
+            auth::Anonymous::None
+        } else {
+            http.anonymous
+        };
         Arc::new(Self {
             backend: Arc::new(backend),
             http,
             require_auth,
+            anonymous,
+            logins: auth::BasicLogins::default(),
             buffered,
             tus: tus::Tails::default(),
         })
@@ -182,14 +197,26 @@ pub fn app(state: Arc<AppState>) -> Router {
             record_metrics,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
-        }))
+        .layer(middleware::from_fn(access_log::access_log))
+        // Only the span: requests are logged by the access log, and errors
+        // with their cause there (tower-http's own failure line would log
+        // every 5xx at ERROR, e.g. each /readyz probe while the backend is down).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
     if let Some(cors) = cors(&state.http.cors_origins) {
@@ -218,7 +245,19 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS). The handshake runs in the
+/// connection's task, holding its connection permit, and must finish within
+/// `--header-timeout-secs` like a request head.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
     let router = app(Arc::clone(&state));
@@ -235,9 +274,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(conn) => conn,
                 Err(e) => {
                     // E.g. out of descriptors: back off briefly instead of
                     // spinning on an accept that keeps failing.
@@ -252,24 +291,22 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended");
-                    }
+            let Some(acceptor) = tls else {
+                return serve_http(TokioIo::new(stream), service, header_timeout, stop).await;
+            };
+            let handshake = tokio::select! {
+                () = stop.cancelled() => return,
+                r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_http(TokioIo::new(stream), service, header_timeout, stop).await
                 }
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -277,6 +314,35 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// HTTP/1.1 on one accepted connection (plain or TLS) until it ends or the
+/// server stops (then gracefully: the request in progress finishes).
+async fn serve_http<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// 414 with the JSON error body for URIs over [`MAX_URI_LEN`].

@@ -5,9 +5,9 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
+use step_core::conn::tls::{self, TlsClient};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -29,9 +29,7 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args).await;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,7 +59,8 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         Some(addr) => addr.clone(),
         None => {
             let addr = args.step_addr()?;
-            let (service, limits) = args.embedded.build().map_err(|e| e.to_string())?;
+            step_server::config::warn_if_open(args.embedded.auth, addr);
+            let (service, limits) = args.embedded.start().await.map_err(|e| e.to_string())?;
             metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -83,14 +82,33 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
 
     let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
         .then(|| args.http.default_user.clone());
-    let backend = Backend::new(backend_addr, args.transfer.clone(), default_user, metrics);
+    let backend_tls = backend_tls(&args, &backend_addr)?;
+    let backend = Backend::with_tls(
+        backend_addr,
+        backend_tls,
+        args.transfer.clone(),
+        default_user,
+        metrics,
+    );
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
-    info!(%addr, "gateway listening");
-    let result = gateway::serve(listener, state, {
+    let tls = step_server::tls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let acceptor = match &tls {
+        Some(files) => {
+            files.reload_on_sighup();
+            Some(files.acceptor()?)
+        }
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = format!("{scheme}://{}/", step_server::config::reachable(local));
+    info!(addr = %local, "gateway listening: open {url}");
+    info!("try: curl -T FILE {url}files/NAME, then curl -o FILE {url}files/NAME");
+    let result = gateway::serve_tls(listener, state, acceptor, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     })
@@ -104,6 +122,36 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     result
 }
 
+/// What --backend-tls and --backend-ca-cert ask for; the name the backend's
+/// certificate must carry is --backend-tls-name, else --backend's host.
+fn backend_tls(args: &GatewayArgs, backend_addr: &str) -> Result<Option<TlsClient>, String> {
+    let t = &args.transfer;
+    if !t.backend_tls {
+        return Ok(None);
+    }
+    if args.backend.is_none() {
+        return Err("--backend-tls needs --backend (the embedded server speaks plain STEP)".into());
+    }
+    let pem = match &t.backend_ca_cert {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --backend-ca-cert {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let host = match &t.backend_tls_name {
+        Some(name) => name.clone(),
+        None => backend_addr
+            .rsplit_once(':')
+            .map_or(backend_addr, |(host, _)| host)
+            .to_owned(),
+    };
+    Ok(Some(TlsClient {
+        config: tls::client_config(pem.as_deref())?,
+        server_name: tls::server_name(&host)?,
+    }))
+}
+
 /// `--health-check`: `GET /readyz` over plain HTTP/1.1 (ready means the STEP
 /// backend answers), so a `FROM scratch` image needs no curl.
 async fn health_check(args: &GatewayArgs) -> ExitCode {
@@ -115,15 +163,28 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
         }
     };
     let target = step_server::config::reachable(addr);
+    // With TLS, the probe trusts exactly the gateway's own certificate.
+    let tls = match &args.tls_cert {
+        Some(cert) => match step_server::tls::pinned_client(cert) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("gateway: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let probe = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(target).await?;
-        let request =
-            format!("GET /readyz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut head).await?;
-        Ok::<_, std::io::Error>(head)
+        let stream = tokio::net::TcpStream::connect(target).await?;
+        match &tls {
+            Some(tls) => {
+                let connector =
+                    tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+                let stream = connector.connect(tls.server_name.clone(), stream).await?;
+                get_readyz(stream, target).await
+            }
+            None => get_readyz(stream, target).await,
+        }
     };
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(Ok(answer)) => {
@@ -146,4 +207,17 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `GET /readyz` on `stream`; the answer as read (at most 64 KiB).
+async fn get_readyz<S>(mut stream: S, target: std::net::SocketAddr) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    (&mut stream).take(64 * 1024).read_to_end(&mut head).await?;
+    Ok(head)
 }

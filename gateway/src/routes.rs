@@ -25,56 +25,12 @@ use crate::conditional;
 use crate::error::GatewayError;
 use crate::upload::{self, Overwrite, Stored};
 
-/// The token a request acts with.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    pub token: String,
-    /// The token is the gateway's default user's (no Authorization sent).
-    pub default: bool,
-}
-
-impl FromRequestParts<Arc<AppState>> for Auth {
-    type Rejection = GatewayError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, GatewayError> {
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-            let text = value.to_str().unwrap_or_default().trim();
-            // The scheme is case-insensitive (RFC 9110 §11.1).
-            let token = text
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim())
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    GatewayError::Unauthorized("Authorization must be \"Bearer <token>\"".into())
-                })?;
-            return Ok(Auth {
-                token: token.to_owned(),
-                default: false,
-            });
-        }
-        if state.require_auth {
-            return Err(GatewayError::Unauthorized(
-                "a token is required: POST /login, then send Authorization: Bearer <token>".into(),
-            ));
-        }
-        match state.backend.default_token().await? {
-            Some(token) => Ok(Auth {
-                token,
-                default: true,
-            }),
-            None => Err(GatewayError::Unauthorized("a token is required".into())),
-        }
-    }
-}
+pub use crate::auth::Auth;
 
 impl AppState {
-    /// Run `op` with the request's token; when the token is the gateway's
-    /// default user's and the server refuses it (it restarted with a new
-    /// secret, or the token expired), log in again and run `op` once more.
+    /// Run `op` with the request's token; when the gateway made the token
+    /// (anonymous or Basic) and the server refuses it (it restarted with a
+    /// new secret, or the token expired), log in again and run `op` once more.
     pub(crate) async fn with_token<T, F, Fut>(&self, auth: &Auth, op: F) -> Result<T, GatewayError>
     where
         F: Fn(String) -> Fut,
@@ -83,15 +39,16 @@ impl AppState {
         match op(auth.token.clone()).await {
             Err(GatewayError::Step {
                 status: Status::BadToken,
-                ..
-            }) if auth.default => {
-                let fresh = self
-                    .backend
-                    .renew_default_token(&auth.token)
-                    .await?
-                    .ok_or_else(|| GatewayError::Unauthorized("a token is required".into()))?;
-                op(fresh).await
-            }
+                message,
+                reason,
+            }) => match auth.renewed(self).await? {
+                Some(fresh) => op(fresh).await,
+                None => Err(GatewayError::Step {
+                    status: Status::BadToken,
+                    message,
+                    reason,
+                }),
+            },
             other => other,
         }
     }
@@ -762,12 +719,20 @@ mod tests {
 
     #[tokio::test]
     async fn bearer_scheme_is_case_insensitive() {
-        for auth in ["Bearer t", "bearer t", "BEARER  t"] {
+        // Basic credentials are a login to the (here unreachable) backend.
+        for auth in ["Bearer t", "bearer t", "BEARER  t", "Basic dTpw"] {
             let req = request("GET", "/files/x", auth).body(Body::empty());
             let (status, _, body) = send(req.expect("request")).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{auth}: {body}");
         }
-        for auth in ["Basic dTpw", "Bearer", "Bearer ", "Bearertoken"] {
+        for auth in [
+            "Basic",
+            "Basic !!",
+            "Bearer",
+            "Bearer ",
+            "Bearertoken",
+            "Digest x",
+        ] {
             let req = request("GET", "/files/x", auth).body(Body::empty());
             let (status, _, body) = send(req.expect("request")).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth}: {body}");

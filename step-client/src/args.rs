@@ -39,12 +39,23 @@ pub struct ConnArgs {
     /// Server port.
     #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT, global = true)]
     pub port: u16,
-    /// User id; also the password's source (md5 of the id).
+    /// User id; also the password's source (md5 of the id) on servers in
+    /// open mode.
     #[arg(long, alias = "username", env = "STEP_ID", global = true)]
     pub id: Option<String>,
-    /// Password, for servers whose rule is not md5(id).
+    /// Password, for servers with accounts (`--auth accounts`). Prefer
+    /// STEP_PASSWORD or the prompt (asked when the md5(id) login is refused
+    /// and stdin is a terminal): a flag shows in `ps` and shell history.
     #[arg(long, env = "STEP_PASSWORD", hide_env_values = true, global = true)]
     pub password: Option<String>,
+    /// Speak STEP over TLS (a server's --tls-port), verifying its certificate
+    /// against --server-ip's name.
+    #[arg(long, env = "STEP_TLS", global = true)]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) to trust with --tls (default: the
+    /// system's root certificates).
+    #[arg(long, env = "STEP_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Print only results and errors: no token, no progress.
     #[arg(short, long, global = true)]
     pub quiet: bool,

@@ -11,7 +11,10 @@ pub enum CliError {
     Unreachable { addr: String, reason: String },
     #[error("the STEP server at {addr} did not answer within {secs} s")]
     Timeout { addr: String, secs: u64 },
-    #[error("wrong password for user {user:?} (the server refused the login)")]
+    #[error(
+        "wrong user or password for {user:?} (the server refused the login); a server with \
+         accounts needs the password: STEP_PASSWORD, --password, or run in a terminal to be asked"
+    )]
     WrongPassword { user: String },
     #[error("{what} {key:?} already exists on the server; delete it first or choose another --key")]
     KeyExists { what: &'static str, key: String },

@@ -2,9 +2,11 @@
 //! how hard a transfer may push it.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use step_core::client::Capabilities;
+use step_core::conn::tls::{self, TlsClient};
 use step_core::digest::password_for;
 use step_core::plan::total_blocks;
 use step_core::{ClientError, DEFAULT_BLOCK_SIZE, StepClient};
@@ -33,11 +35,16 @@ pub struct Session {
     pub token: String,
     pub caps: Capabilities,
     pub timeout: Duration,
+    /// Set with --tls: every connection of the session speaks TLS.
+    tls: Option<TlsClient>,
 }
 
 impl Session {
-    /// Connect and log in with the id as username and md5(id) as password
-    /// (unless --password says otherwise).
+    /// Connect and log in with the id as username and --password /
+    /// STEP_PASSWORD. Without one, md5(id) first (the open servers' rule, so
+    /// course-style servers need nothing); if that is refused and stdin is a
+    /// terminal — the server has accounts — the password is asked for and
+    /// the login tried once more on the same connection.
     pub async fn open(conn: &ConnArgs) -> Result<Session, CliError> {
         let user = conn
             .id
@@ -50,8 +57,9 @@ impl Session {
         } else {
             format!("{}:{}", conn.server_ip, conn.port)
         };
+        let tls = tls_client(conn)?;
         let mut session = Session {
-            client: connect(&conn.server_ip, conn.port, &addr, timeout).await?,
+            client: connect(&conn.server_ip, conn.port, &addr, timeout, tls.as_ref()).await?,
             addr,
             host: conn.server_ip.clone(),
             port: conn.port,
@@ -59,14 +67,31 @@ impl Session {
             token: String::new(),
             caps: Capabilities::default(),
             timeout,
+            tls,
         };
-        let token = bounded(
+        let first = bounded(
             &session.addr,
             timeout,
             Subject::Login(&session.user),
             session.client.login(&session.user, &password),
         )
-        .await?;
+        .await;
+        let token = match first {
+            Err(CliError::WrongPassword { .. })
+                if conn.password.is_none() && std::io::stdin().is_terminal() =>
+            {
+                let asked = rpassword::prompt_password(format!("Password for {}: ", session.user))
+                    .map_err(|e| CliError::Usage(format!("cannot read the password: {e}")))?;
+                bounded(
+                    &session.addr,
+                    timeout,
+                    Subject::Login(&session.user),
+                    session.client.login(&session.user, &asked),
+                )
+                .await?
+            }
+            other => other?,
+        };
         session.caps = session.client.capabilities();
         session.token = token;
         Ok(session)
@@ -76,9 +101,15 @@ impl Session {
     /// tied to a connection). A connection that fails to open is skipped:
     /// the transfer then runs on fewer, not at all is worse.
     pub async fn extra_connections(&self, n: usize) -> Vec<StepClient> {
-        let opened = futures::future::join_all(
-            (0..n).map(|_| connect(&self.host, self.port, &self.addr, self.timeout)),
-        )
+        let opened = futures::future::join_all((0..n).map(|_| {
+            connect(
+                &self.host,
+                self.port,
+                &self.addr,
+                self.timeout,
+                self.tls.as_ref(),
+            )
+        }))
         .await;
         opened
             .into_iter()
@@ -90,6 +121,30 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// What --tls and --ca-cert ask for: the CA file's certificates (else the
+/// system's roots) and the server's name as typed in --server-ip.
+fn tls_client(conn: &ConnArgs) -> Result<Option<TlsClient>, CliError> {
+    if !conn.tls {
+        if conn.ca_cert.is_some() {
+            return Err(CliError::Usage("--ca-cert needs --tls".into()));
+        }
+        return Ok(None);
+    }
+    let pem = match &conn.ca_cert {
+        Some(path) => Some(std::fs::read(path).map_err(|e| CliError::FileUnreadable {
+            path: path.clone(),
+            reason: io_reason(&e),
+        })?),
+        None => None,
+    };
+    let config = tls::client_config(pem.as_deref()).map_err(CliError::Usage)?;
+    let server_name = tls::server_name(&conn.server_ip).map_err(CliError::Usage)?;
+    Ok(Some(TlsClient {
+        config,
+        server_name,
+    }))
 }
 
 /// One request, bounded by --timeout, its failure put in the user's terms.
@@ -138,8 +193,15 @@ async fn connect(
     port: u16,
     addr: &str,
     timeout: Duration,
+    tls: Option<&TlsClient>,
 ) -> Result<StepClient, CliError> {
-    match tokio::time::timeout(timeout, StepClient::connect((host, port))).await {
+    let connect = async {
+        match tls {
+            Some(tls) => StepClient::connect_tls((host, port), tls).await,
+            None => StepClient::connect((host, port)).await,
+        }
+    };
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(ClientError::Io(e))) => Err(CliError::Unreachable {
             addr: addr.to_owned(),

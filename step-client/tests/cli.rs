@@ -293,7 +293,7 @@ async fn failures_are_one_clear_line() {
         &["--password", "nope", "upload", "f.bin"],
     )
     .await;
-    assert_one_line_error(&r, "wrong password for user \"1\"");
+    assert_one_line_error(&r, "wrong user or password for \"1\"");
 
     let r = run(&server, dir.path(), "1", &["upload", "missing.bin"]).await;
     assert_one_line_error(&r, "cannot read missing.bin: no such file or directory");

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::{CodecError, StepCodec};
+use crate::conn::Connection;
 use crate::message::{Kind, Message, Operation, Reason, Status, field};
 
 /// What went wrong talking to a STEP server.
@@ -58,6 +59,18 @@ impl ClientError {
             ClientError::Refused { code, .. } => Status::from_code(*code),
             _ => None,
         }
+    }
+
+    /// The connection broke or went silent (as opposed to a refusal or a
+    /// malformed answer): the same request may well work on a new one.
+    pub fn is_interruption(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io(_)
+                | ClientError::Closed
+                | ClientError::TimedOut(_)
+                | ClientError::Codec(CodecError::Truncated { .. } | CodecError::Io(_))
+        )
     }
 }
 
@@ -239,7 +252,7 @@ pub struct SaveOptions {
 
 /// One connection to a STEP server.
 #[derive(Debug)]
-pub struct StepClient<T = TcpStream> {
+pub struct StepClient<T = Connection> {
     reader: FramedRead<ReadHalf<T>, StepCodec>,
     writer: FramedWrite<WriteHalf<T>, StepCodec>,
     token: Option<String>,
@@ -250,12 +263,30 @@ pub struct StepClient<T = TcpStream> {
     out_of_sync: bool,
 }
 
-impl StepClient<TcpStream> {
+impl StepClient<Connection> {
     /// Connect over TCP with the default caps.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Self::new(stream, StepCodec::default()))
+        Ok(Self::new(Connection::Plain(stream), StepCodec::default()))
+    }
+
+    /// Connect over TCP, then TLS: the server must prove `tls.server_name`
+    /// with a certificate `tls.config` trusts. The caller bounds the wait
+    /// (the handshake included), as for [`StepClient::connect`].
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        tls: &crate::conn::tls::TlsClient,
+    ) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+        let stream = connector.connect(tls.server_name.clone(), stream).await?;
+        Ok(Self::new(
+            Connection::Tls(Box::new(stream)),
+            StepCodec::default(),
+        ))
     }
 }
 

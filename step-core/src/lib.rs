@@ -7,9 +7,11 @@
 //! * [`digest`] — md5 helpers (passwords, file digests).
 //! * [`plan`] — block arithmetic shared by servers and clients.
 //! * [`client`] — an async client with a bounded pipelining window.
+//! * [`conn`] — its connection: plain TCP, or TLS (feature `tls`).
 
 pub mod client;
 pub mod codec;
+pub mod conn;
 pub mod digest;
 pub mod json;
 pub mod message;
@@ -19,6 +21,7 @@ pub mod transfer;
 
 pub use client::{ClientError, StepClient};
 pub use codec::{CodecError, Frame, RequestCodec, RequestPart, StepCodec};
+pub use conn::Connection;
 pub use message::{Direction, Kind, Message, Operation, Reason, Status};
 
 /// The TCP port STEP servers listen on.

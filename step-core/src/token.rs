@@ -116,6 +116,14 @@ pub fn username_of(part: &str) -> Option<String> {
     Some(out)
 }
 
+/// The username a token names, unverified: for logs, never for access
+/// decisions (only [`TokenKey::verify`] says whether the token is valid).
+pub fn claimed_user(token: &str) -> Option<String> {
+    let raw = STANDARD.decode(token.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    username_of(text.split('.').next()?)
+}
+
 /// A TTL the token format cannot express.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(

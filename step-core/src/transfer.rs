@@ -89,21 +89,52 @@ pub async fn download_spread<T>(
 where
     T: AsyncRead + AsyncWrite,
 {
+    spread(clients, plan, plan.total_block, &|n| n, window, on_block).await
+}
+
+/// Like [`download_spread`] for only the blocks `indexes` (a resumed
+/// download fetches what it lacks).
+pub async fn download_spread_indexes<T>(
+    clients: &mut [&mut StepClient<T>],
+    plan: &DownloadPlan,
+    indexes: &[u64],
+    window: usize,
+    on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
+) -> Result<(), ClientError>
+where
+    T: AsyncRead + AsyncWrite,
+{
+    let count = indexes.len() as u64;
+    let nth = |n: u64| indexes[usize::try_from(n).unwrap_or(usize::MAX)];
+    spread(clients, plan, count, &nth, window, on_block).await
+}
+
+/// The `count` blocks `nth(0..count)`, handed out one at a time to whichever
+/// connection asks next.
+async fn spread<T>(
+    clients: &mut [&mut StepClient<T>],
+    plan: &DownloadPlan,
+    count: u64,
+    nth: &(dyn Fn(u64) -> u64 + Sync),
+    window: usize,
+    on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
+) -> Result<(), ClientError>
+where
+    T: AsyncRead + AsyncWrite,
+{
     let next = AtomicU64::new(0);
-    let total = plan.total_block;
     let workers = clients.iter_mut().map(|client| {
         let next = &next;
         async move {
-            // Hand out indexes in small runs so each connection streams.
             let indexes = std::iter::from_fn(|| {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                (i < total).then_some(i)
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                (n < count).then(|| nth(n))
             });
             let result = client
                 .download_blocks(plan, indexes, window, on_block)
                 .await;
             if result.is_err() {
-                next.store(total, Ordering::Relaxed);
+                next.store(count, Ordering::Relaxed);
             }
             result
         }

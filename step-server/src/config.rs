@@ -11,6 +11,7 @@ use step_core::StepCodec;
 use step_core::token::TokenKey;
 use tracing::warn;
 
+use crate::accounts::AuthMode;
 use crate::server::ConnectionLimits;
 use crate::service::{Extensions, Limits, Service};
 use crate::store::object::ObjectStorage;
@@ -64,7 +65,12 @@ impl ListenArgs {
 #[derive(clap::Args, Clone)]
 pub struct ServiceArgs {
     /// Directory holding records, files and unfinished uploads.
-    #[arg(long, env = "STEP_DATA_DIR", default_value = "step-data")]
+    #[arg(
+        long,
+        env = "STEP_DATA_DIR",
+        default_value = "step-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Secret that signs tokens. When neither this nor --token-secret-file is
     /// given, a random one is made at start (tokens then die with the process).
@@ -134,8 +140,26 @@ pub struct ServiceArgs {
     /// and region from the standard AWS variables (AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
     #[arg(long, env = "STEP_STORAGE", default_value = "disk",
-          value_parser = StorageChoice::parse)]
+          value_parser = StorageChoice::parse, global = true)]
     pub storage: StorageChoice,
+    // --- Accounts (issue 15); see `crate::accounts`. ---
+    /// How LOGIN checks passwords: `open` (password = md5(username), the
+    /// reference's rule: course clients work, anyone can log in as anyone)
+    /// or `accounts` (argon2id hashes kept in the storage, managed with
+    /// `step-server user ...`).
+    #[arg(long, env = "STEP_AUTH", value_enum, default_value_t = AuthMode::Open, global = true)]
+    pub auth: AuthMode,
+    /// Accounts imported at start (created, or their password replaced),
+    /// one `NAME:HASH` a line, HASH an argon2 PHC string as `step-server
+    /// user hash` prints it; blank lines and `#` comments skipped. Meant for
+    /// a Docker secret. Accounts not in the file are left as they are.
+    #[arg(long, env = "STEP_ACCOUNTS_FILE")]
+    pub accounts_file: Option<PathBuf>,
+    /// Refused LOGINs answered per second in accounts mode, server-wide
+    /// (beyond a one-second burst, further refusals wait): bounds online
+    /// password guessing.
+    #[arg(long, env = "STEP_LOGIN_FAILURES_PER_SEC", default_value_t = 10)]
+    pub login_failures_per_sec: u32,
     /// Seconds a replaced version of a file stays readable for downloads
     /// that began before the replace (also removed at the key's next
     /// replace or DELETE).
@@ -189,6 +213,9 @@ impl std::fmt::Debug for ServiceArgs {
                 &self.max_unfinished_uploads_per_user,
             )
             .field("storage", &self.storage)
+            .field("auth", &self.auth)
+            .field("accounts_file", &self.accounts_file)
+            .field("login_failures_per_sec", &self.login_failures_per_sec)
             .field("replaced_grace", &self.replaced_grace)
             .field("disable_extensions", &self.disable_extensions)
             .finish()
@@ -307,6 +334,7 @@ impl ServiceArgs {
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
             upload_expiry_secs: self.upload_expiry.max(1),
+            login_failures_per_sec: self.login_failures_per_sec,
             extensions: Extensions {
                 list: !self.disable_extensions.contains(&Extension::List),
                 replace: !self.disable_extensions.contains(&Extension::Replace),
@@ -319,8 +347,53 @@ impl ServiceArgs {
             frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
             json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
         };
-        Ok((Arc::new(Service::new(storage, tokens, limits)), conn))
+        let service = Service::new(storage, tokens, limits)
+            .with_auth(self.auth)
+            .map_err(std::io::Error::other)?;
+        Ok((Arc::new(service), conn))
     }
+
+    /// [`Self::build`], then the accounts of `--accounts-file` imported: what
+    /// a server does at start.
+    pub async fn start(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        let built = self.build()?;
+        if let Some(path) = &self.accounts_file {
+            let n = crate::users::import_accounts_file(built.0.store().as_ref(), path)
+                .await
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--accounts-file {}: {e}", path.display()),
+                    )
+                })?;
+            tracing::info!(accounts = n, file = %path.display(), "accounts imported");
+        }
+        Ok(built)
+    }
+
+    /// The storage for account management only (`step-server user`): on
+    /// disk, opened without the start-up cleanup a server does, so it is
+    /// safe next to a running server on the same directory.
+    pub fn open_accounts(&self) -> std::io::Result<Arc<dyn Storage>> {
+        match &self.storage {
+            StorageChoice::Disk => Ok(DiskStore::open_for_accounts(&self.data_dir)?),
+            StorageChoice::S3 { .. } => self.open_storage(StoreLimits::default()),
+        }
+    }
+}
+
+/// STEP over TLS on a second port (the plaintext port stays as it is).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsListenArgs {
+    /// Port for STEP over TLS (on --ip); off unless given. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "STEP_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain for --tls-port (re-read on SIGHUP).
+    #[arg(long, env = "STEP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (re-read on SIGHUP).
+    #[arg(long, env = "STEP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The whole `step-server` command line.
@@ -330,10 +403,32 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
+    pub tls: TlsListenArgs,
+    #[command(flatten)]
     pub service: ServiceArgs,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "STEP_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
+    /// With no subcommand, serve.
+    #[command(subcommand)]
+    pub command: Option<crate::users::ServerCommand>,
+}
+
+/// The clear warning open mode deserves when `addr` is reachable from other
+/// hosts: whoever reaches it can log in as anyone.
+pub fn warn_if_open(mode: AuthMode, addr: SocketAddr) {
+    if mode == AuthMode::Open && !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "STEP is in open mode (--auth open) on an address other hosts may reach: anyone who \
+             can connect can log in as any user and read, replace or delete their files. Use \
+             --auth accounts (STEP_AUTH=accounts) with `step-server user add NAME`, or listen \
+             on 127.0.0.1"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,20 @@
 //!   records and files on local disk.
 //! * [`config`] — command-line flags and environment variables.
 //! * [`error::StepError`] — failures and their STEP status codes.
+//! * [`logging`] — log set-up shared with the gateway.
+//! * [`tls`] — certificates for TLS listeners (reloaded on SIGHUP).
 
+pub mod accounts;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod users;
+pub mod tls;
 
-pub use server::{ConnectionLimits, run};
+pub use server::{ConnectionLimits, run, run_with_tls};
 pub use service::Service;
 
 /// Resolves on Ctrl-C or SIGTERM.

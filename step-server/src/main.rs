@@ -5,7 +5,7 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
 use step_server::config::{ListenArgs, ServerArgs};
-use tracing_subscriber::EnvFilter;
+use step_server::users::ServerCommand;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -27,9 +27,19 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args.listen).await;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    if let Some(ServerCommand::User(cmd)) = &args.command {
+        return match step_server::users::run(cmd, &args.service).await {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("step-server user: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     let addr = match args.listen.addr() {
         Ok(a) => a,
@@ -38,7 +48,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (service, limits) = match args.service.build() {
+    step_server::config::warn_if_open(args.service.auth, addr);
+    let (service, limits) = match args.service.start().await {
         Ok(built) => built,
         Err(e) => {
             eprintln!("step-server: {e}");
@@ -52,8 +63,45 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    step_server::run(listener, service, limits, step_server::shutdown_signal()).await;
+    let tls = match tls_listener(&args).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("step-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    step_server::run_with_tls(
+        listener,
+        tls,
+        service,
+        limits,
+        step_server::shutdown_signal(),
+    )
+    .await;
     ExitCode::SUCCESS
+}
+
+/// The TLS listener of --tls-port, its certificate reloaded on SIGHUP.
+async fn tls_listener(
+    args: &ServerArgs,
+) -> Result<Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>, String> {
+    let Some(port) = args.tls.tls_port else {
+        return Ok(None);
+    };
+    let files =
+        step_server::tls::from_flags(args.tls.tls_cert.as_deref(), args.tls.tls_key.as_deref())?
+            .ok_or("--tls-port needs --tls-cert and --tls-key")?;
+    let acceptor = files.acceptor()?;
+    files.reload_on_sighup();
+    let addr = ListenArgs {
+        port,
+        ..args.listen.clone()
+    }
+    .addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for STEP over TLS on {addr}: {e}"))?;
+    Ok(Some((listener, acceptor)))
 }
 
 /// `--health-check`: one STEP round trip, the same probe the gateway's

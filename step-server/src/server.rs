@@ -34,9 +34,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use step_core::{Message, RequestCodec, RequestPart, StepCodec};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,56 +90,117 @@ pub async fn run(
     limits: ConnectionLimits,
     shutdown: impl Future,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let budget = Arc::new(Budgets {
-        blocks: budget("frame", limits.frame_budget, limits.codec.max_binary()),
-        json: budget("JSON", limits.json_budget, limits.codec.max_json()),
-    });
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let next_id = AtomicU64::new(1);
+    run_with_tls(listener, None, service, limits, shutdown).await;
+}
+
+/// [`run`], and STEP over TLS on a second listener when `tls` is given: one
+/// service, one connection cap and one set of budgets for both.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    service: Arc<Service>,
+    limits: ConnectionLimits,
+    shutdown: impl Future,
+) {
+    let shared = Shared {
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        budget: Arc::new(Budgets {
+            blocks: budget("frame", limits.frame_budget, limits.codec.max_binary()),
+            json: budget("JSON", limits.json_budget, limits.codec.max_json()),
+        }),
+        stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        next_id: AtomicU64::new(1),
+        service,
+        limits,
+    };
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "Server is ready");
     }
-
-    let accept_loop = async {
-        loop {
-            let permit = match Arc::clone(&permits).acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            };
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    let tls_loop = async {
+        match &tls {
+            Some((listener, acceptor)) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "Server is ready for STEP over TLS");
                 }
-            };
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let service = Arc::clone(&service);
-            let budget = Arc::clone(&budget);
-            let stop = stop.clone();
-            let span = info_span!("conn", id, %peer);
-            tracker.spawn(
-                async move {
-                    serve_connection(stream, peer, service, budget, limits, stop).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+                accept_loop(listener, Some(acceptor), &shared).await;
+            }
+            None => std::future::pending().await,
         }
     };
 
     tokio::select! {
-        () = accept_loop => {}
+        () = accept_loop(&listener, None, &shared) => {}
+        () = tls_loop => {}
         _ = shutdown => info!("shutting down: no new connections, finishing requests in flight"),
     }
-    stop.cancel();
-    tracker.close();
-    tracker.wait().await;
+    shared.stop.cancel();
+    shared.tracker.close();
+    shared.tracker.wait().await;
     info!("all connections closed");
+}
+
+/// What every accept loop of one server shares.
+#[derive(Debug)]
+struct Shared {
+    permits: Arc<Semaphore>,
+    budget: Arc<Budgets>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    next_id: AtomicU64,
+    service: Arc<Service>,
+    limits: ConnectionLimits,
+}
+
+async fn accept_loop(listener: &TcpListener, tls: Option<&TlsAcceptor>, shared: &Shared) {
+    loop {
+        let permit = match Arc::clone(&shared.permits).acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let service = Arc::clone(&shared.service);
+        let budget = Arc::clone(&shared.budget);
+        let stop = shared.stop.clone();
+        let limits = shared.limits;
+        let tls = tls.cloned();
+        let span = info_span!("conn", id, %peer, tls = tls.is_some());
+        shared.tracker.spawn(
+            async move {
+                match tls {
+                    None => serve_connection(stream, peer, service, budget, limits, stop).await,
+                    Some(acceptor) => {
+                        let wait = crate::tls::HANDSHAKE_TIMEOUT.min(limits.idle_timeout);
+                        let handshake = tokio::select! {
+                            () = stop.cancelled() => None,
+                            r = tokio::time::timeout(wait, acceptor.accept(stream)) => Some(r),
+                        };
+                        match handshake {
+                            Some(Ok(Ok(tls_stream))) => {
+                                serve_connection(tls_stream, peer, service, budget, limits, stop)
+                                    .await
+                            }
+                            Some(Ok(Err(e))) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Some(Err(_)) => debug!(%peer, "TLS handshake timed out"),
+                            None => {}
+                        }
+                    }
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
 }
 
 /// The server-wide byte budgets, as semaphores counting bytes.
@@ -167,8 +229,8 @@ fn budget(what: &str, configured: usize, largest: usize) -> Arc<Semaphore> {
 /// connection has already produced are flushed first (a pipelining client
 /// must not wait for them while this request waits for budget); then wait,
 /// unless the server stops first.
-async fn take_share(
-    framed: &mut Framed<TcpStream, RequestCodec>,
+async fn take_share<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, RequestCodec>,
     limits: &ConnectionLimits,
     budget: &Arc<Semaphore>,
     bytes: usize,
@@ -192,8 +254,8 @@ async fn take_share(
 const STALLED: Closing = "peer stopped reading";
 
 /// Send what is buffered, waiting at most as long as a read may.
-async fn flush(
-    framed: &mut Framed<TcpStream, RequestCodec>,
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, RequestCodec>,
     limits: &ConnectionLimits,
 ) -> Result<(), Closing> {
     let flush = SinkExt::<Message>::flush(framed);
@@ -212,7 +274,7 @@ async fn flush(
 /// connections should not hold 16 KiB each (measured: 11.4 KB of RSS per idle
 /// connection before, 2.6 KB after). The next request allocates again: one
 /// allocation and one extra read for its header.
-fn release_buffers(framed: &mut Framed<TcpStream, RequestCodec>) {
+fn release_buffers<S: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<S, RequestCodec>) {
     if framed.read_buffer().is_empty() {
         *framed.read_buffer_mut() = BytesMut::new();
     }
@@ -226,8 +288,8 @@ type Closing = &'static str;
 
 /// The next piece of a request, within the idle timeout, unless the server
 /// stops first.
-async fn next_part(
-    framed: &mut Framed<TcpStream, RequestCodec>,
+async fn next_part<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, RequestCodec>,
     limits: &ConnectionLimits,
     stop: &CancellationToken,
 ) -> Result<RequestPart, Closing> {
@@ -247,8 +309,8 @@ async fn next_part(
 }
 
 /// Read one request and answer it: the reply, or why the connection ends.
-async fn next_reply(
-    framed: &mut Framed<TcpStream, RequestCodec>,
+async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, RequestCodec>,
     service: &Service,
     budget: &Budgets,
     limits: &ConnectionLimits,
@@ -291,15 +353,14 @@ async fn next_reply(
     Ok(reply)
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     service: Arc<Service>,
     budget: Arc<Budgets>,
     limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     info!(%peer, "new connection");
     let codec = RequestCodec::new(limits.codec).with_json_allowance(UNBUDGETED_JSON);
     let mut framed = Framed::new(stream, codec);

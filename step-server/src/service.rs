@@ -18,8 +18,9 @@ use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
 use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, error, info, warn};
 
+use crate::accounts::{AuthMode, HashError, Verifier};
 use crate::error::StepError;
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
@@ -36,6 +37,10 @@ pub struct Limits {
     /// Announced in LOGIN's capabilities: seconds an unfinished upload
     /// lives without activity (the store's `upload_expiry` enforces it).
     pub upload_expiry_secs: u64,
+    /// Refused LOGINs answered per second in accounts mode, server-wide,
+    /// beyond a burst of as many; further refusals wait their turn. Bounds
+    /// online password guessing (each guess also costs an argon2 check).
+    pub login_failures_per_sec: u32,
     /// Extensions served and announced.
     pub extensions: Extensions,
 }
@@ -74,6 +79,7 @@ impl Default for Limits {
             max_key_len: 1024,
             max_username_len: 256,
             token_failures_per_sec: 1000,
+            login_failures_per_sec: 10,
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
             upload_expiry_secs: 86_400,
@@ -105,6 +111,15 @@ pub struct Service {
     tokens: TokenKey,
     limits: Limits,
     refusals: Pacer,
+    login: Login,
+    login_refusals: Pacer,
+}
+
+/// How LOGIN checks passwords (see [`crate::accounts`]).
+#[derive(Debug)]
+enum Login {
+    Open,
+    Accounts(Arc<Verifier>),
 }
 
 /// Paces an event server-wide to a rate, with a burst of one second's worth
@@ -222,7 +237,26 @@ impl Service {
             store: storage,
             tokens,
             refusals: Pacer::new(limits.token_failures_per_sec),
+            login: Login::Open,
+            login_refusals: Pacer::new(limits.login_failures_per_sec),
             limits,
+        }
+    }
+
+    /// The service with LOGIN checking passwords as `mode` says (a new
+    /// service is in open mode).
+    pub fn with_auth(mut self, mode: AuthMode) -> Result<Self, HashError> {
+        self.login = match mode {
+            AuthMode::Open => Login::Open,
+            AuthMode::Accounts => Login::Accounts(Verifier::new()?),
+        };
+        Ok(self)
+    }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        match self.login {
+            Login::Open => AuthMode::Open,
+            Login::Accounts(_) => AuthMode::Accounts,
         }
     }
 
@@ -287,7 +321,7 @@ impl Service {
             );
         }
         if op == Operation::Login {
-            return Admission::Answer(self.login(&msg, kind).into());
+            return Admission::Answer(self.login(&msg, kind).await.into());
         }
         let user = match self.authenticate(&msg, op) {
             Ok(user) => user,
@@ -357,7 +391,7 @@ impl Service {
         }
     }
 
-    fn login(&self, msg: &Message, kind: Kind) -> Message {
+    async fn login(&self, msg: &Message, kind: Kind) -> Message {
         let refuse = |status: Status, text: String| {
             Message::response(Operation::Login.as_str(), Kind::Auth.as_str(), status, text)
         };
@@ -395,9 +429,33 @@ impl Service {
             }
             Err(e) => return refuse(Status::FieldMissing, e.to_string()),
         };
-        if !digest::password_matches(username, password) {
-            info!(%username, "login refused: wrong password");
-            return refuse(Status::WrongPassword, "Password error for login.".into());
+        match &self.login {
+            Login::Open => {
+                if !digest::password_matches(username, password) {
+                    info!(%username, "login refused: wrong password");
+                    return refuse(Status::WrongPassword, "Password error for login.".into());
+                }
+            }
+            Login::Accounts(verifier) => {
+                let account = match self.store.account_get(username).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        error!(%username, error = %e, "login refused: cannot read the accounts");
+                        return refuse(
+                            Status::WrongPassword,
+                            "Login is unavailable: the server cannot read its accounts.".into(),
+                        );
+                    }
+                };
+                let stored = account.as_ref().map(|a| a.password_hash.as_str());
+                if !verifier.verify(stored, password).await {
+                    // One answer for an unknown user and a wrong password;
+                    // the log (peer in the connection's span) tells them apart.
+                    warn!(%username, known = stored.is_some(), "login refused: wrong user or password");
+                    self.login_refusals.wait_turn().await;
+                    return refuse(Status::WrongPassword, "Password error for login.".into());
+                }
+            }
         }
         info!(%username, "login");
         Message::response(

@@ -7,7 +7,9 @@
 # brings the stack up under a project name of its own, then: upload with
 # curl through the gateway (8080), upload with the native step-client (1379), download the first back byte-identical, `down` + `up`
 # (the named volume stays), find both files again, and finally `down -v` and
-# remove the images. Everything it creates is removed on exit, pass or fail.
+# remove the images; then the same volume in accounts mode with the token
+# secret and the accounts as Docker secrets (compose.accounts.yml).
+# Everything it creates is removed on exit, pass or fail.
 #
 #     tests/docker/compose_test.sh        # exit 0 pass, 77 skipped, else fail
 #
@@ -51,7 +53,8 @@ ports_free
 
 # The stack's configuration is the compose file's defaults, whatever this
 # shell or an .env file says (an empty --env-file below); the client's too.
-unset STEP_TOKEN_SECRET_FILE STEP_TOKEN_TTL STEP_MAX_FILE_SIZE STEP_MAX_CONNECTIONS \
+unset STEP_TOKEN_SECRET_FILE STEP_ACCOUNTS_FILE STEP_AUTH GATEWAY_ANONYMOUS \
+    STEP_TOKEN_SECRET_PATH STEP_ACCOUNTS_PATH STEP_TOKEN_TTL STEP_MAX_FILE_SIZE STEP_MAX_CONNECTIONS \
     STEP_IDLE_TIMEOUT GATEWAY_DEFAULT_USER GATEWAY_REQUIRE_AUTH GATEWAY_MAX_UPLOAD \
     GATEWAY_CORS_ORIGINS STEP_SERVER STEP_PORT STEP_ID STEP_PASSWORD STEP_TIMEOUT
 
@@ -62,9 +65,10 @@ export STEP_IMAGE_TAG="$PROJECT"
 STEP_TOKEN_SECRET="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export STEP_TOKEN_SECRET
 export STEP_LOG=info GATEWAY_LOG=info
+EXTRA_FILES=()
 compose() {
     "${COMPOSE_CMD[@]}" --env-file "$WORK/empty.env" -p "$PROJECT" \
-        -f docker-compose.yml -f docker/compose.local.yml "$@"
+        -f docker-compose.yml -f docker/compose.local.yml ${EXTRA_FILES[@]+"${EXTRA_FILES[@]}"} "$@"
 }
 
 WORK="$(mktemp -d)"
@@ -179,6 +183,42 @@ check_files "after restart"
 if compose logs --no-color step-server 2>/dev/null | grep -q "no token secret configured"; then
     fail "STEP_TOKEN_SECRET did not reach the server"
 fi
+
+# ------------------------------------------------ accounts mode, secrets
+# compose.accounts.yml: STEP_AUTH=accounts, the token secret and the accounts
+# as Docker secrets (files readable by the containers' uid 65532), no
+# anonymous access through the gateway. Same volume: the files stay.
+compose down >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; fail "compose down"; }
+SECRETS="$WORK/secrets"
+mkdir -p "$SECRETS"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SECRETS/token"
+ALICE_PW="alice-$$-pw"
+HASH="$(printf '%s\n' "$ALICE_PW" | "$BIN/step-server" user hash)" || fail "step-server user hash"
+printf '# compose test\nalice:%s\n' "$HASH" >"$SECRETS/accounts"
+chmod 755 "$SECRETS"
+chmod 644 "$SECRETS/token" "$SECRETS/accounts"
+export STEP_TOKEN_SECRET_PATH="$SECRETS/token" STEP_ACCOUNTS_PATH="$SECRETS/accounts"
+unset STEP_TOKEN_SECRET
+EXTRA_FILES=(-f compose.accounts.yml)
+up
+say "accounts mode (compose.accounts.yml): healthy $HEALTHY_AFTER s after 'up'"
+code="$(curl -sS -o /dev/null -w '%{http_code}' "http://localhost:8080/files/$CURL_KEY")"
+[ "$code" = 401 ] || fail "accounts mode: a token-less GET got HTTP $code, not 401"
+code="$(curl -sS -o /dev/null -w '%{http_code}' -u "alice:$ALICE_PW" -T "$NATIVE_FILE" http://localhost:8080/files/alice.bin)"
+[ "$code" = 201 ] || fail "accounts mode: curl -u alice upload: HTTP $code"
+code="$(curl -sS -o "$WORK/alice.bin" -w '%{http_code}' -u "alice:$ALICE_PW" http://localhost:8080/files/alice.bin)"
+[ "$code" = 200 ] && cmp -s "$NATIVE_FILE" "$WORK/alice.bin" || fail "accounts mode: curl -u alice read back: HTTP $code"
+code="$(curl -sS -o /dev/null -w '%{http_code}' -u "alice:wrong" http://localhost:8080/files/alice.bin)"
+[ "$code" = 401 ] || fail "accounts mode: a wrong password got HTTP $code"
+STEP_PASSWORD="$ALICE_PW" "$CLIENT" --server-ip 127.0.0.1 --id alice -q download alice.bin \
+    -o "$WORK/alice-native.bin" --force >"$WORK/alice.log" 2>&1 || { cat "$WORK/alice.log"; fail "accounts mode: step-client as alice"; }
+cmp -s "$NATIVE_FILE" "$WORK/alice-native.bin" || fail "accounts mode: step-client read back differs"
+if "$CLIENT" --server-ip 127.0.0.1 --id "$ID" -q plan "$NATIVE_KEY" </dev/null >/dev/null 2>&1; then
+    fail "accounts mode: the course-style login (md5 of the id) was accepted"
+fi
+compose logs --no-color step-server 2>/dev/null | grep -q "accounts imported" ||
+    fail "accounts mode: the accounts secret was not imported"
+say "accounts mode: token-less 401, curl -u alice and step-client with STEP_PASSWORD work, md5 login refused"
 
 # ------------------------------------------------------------ teardown
 compose down -v --rmi all --remove-orphans >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; fail "compose down -v"; }

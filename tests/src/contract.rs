@@ -22,7 +22,8 @@ use serde_json::{Map, Value, json};
 use step_core::digest::{EMPTY_MD5, md5_hex};
 use step_core::plan::total_blocks;
 use step_server::store::{
-    Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError, StoreLimits,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
+    StoreLimits,
 };
 
 /// One storage made for one case.
@@ -100,6 +101,7 @@ pub const CASES: &[&str] = &[
     "no_space",
     "quota",
     "integrity",
+    "accounts",
     "replace",
     "replace_conditions",
     "replace_after_reopen",
@@ -137,6 +139,7 @@ pub async fn run_case(subject: &dyn Subject, name: &str) {
         "no_space" => no_space(subject).await,
         "quota" => quota(subject).await,
         "integrity" => integrity(subject).await,
+        "accounts" => accounts(subject).await,
         "replace" => replace(subject).await,
         "replace_conditions" => replace_conditions(subject).await,
         "replace_after_reopen" => replace_after_reopen(subject).await,
@@ -155,8 +158,8 @@ macro_rules! storage_contract {
             racing_uploads_are_kept_apart, racing_uploads_one_completes,
             delete_complete, delete_unfinished, listing, listing_pages, head,
             ranged_reads, every_error, users_are_apart, expiry_and_stats,
-            no_space, quota, integrity, replace, replace_conditions,
-            replace_after_reopen);
+            no_space, quota, integrity, accounts, replace,
+            replace_conditions, replace_after_reopen);
     };
     (@cases $subject:expr; $($case:ident),* $(,)?) => {
         $(
@@ -1179,6 +1182,113 @@ pub async fn integrity(subject: &dyn Subject) {
         &body[11_000..],
         "ranges far from the damage still read"
     );
+}
+
+// ---------------------------------------------------------------- accounts
+
+fn account(name: &str, hash: &str) -> Account {
+    Account {
+        name: name.to_owned(),
+        password_hash: hash.to_owned(),
+    }
+}
+
+/// Accounts: created once, replaced only when they exist, deleted once,
+/// listed by name in order, apart from the users' files and records, and
+/// still there after a reopen (durable), names of any shape included.
+pub async fn accounts(subject: &dyn Subject) {
+    let inst = fresh(subject).await;
+    let s = &*inst.storage;
+    assert_eq!(s.account_get("alice").await.expect("get"), None);
+    assert_eq!(s.account_list().await.expect("list"), Vec::<String>::new());
+    s.account_create(&account("alice", "h1"))
+        .await
+        .expect("create");
+    assert_eq!(
+        s.account_get("alice").await.expect("get"),
+        Some(account("alice", "h1"))
+    );
+    assert_err(
+        s.account_create(&account("alice", "h2")).await,
+        |e| matches!(e, StoreError::Exists),
+        "second create",
+    );
+    assert_eq!(
+        s.account_get("alice")
+            .await
+            .expect("get")
+            .map(|a| a.password_hash),
+        Some("h1".to_owned()),
+        "a refused create changes nothing"
+    );
+    s.account_replace(&account("alice", "h3"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.account_get("alice").await.expect("get"),
+        Some(account("alice", "h3"))
+    );
+    assert_err(
+        s.account_replace(&account("bob", "h")).await,
+        |e| matches!(e, StoreError::NotFound),
+        "replace of a missing account",
+    );
+    assert_eq!(s.account_get("bob").await.expect("get"), None);
+    // Names a careless encoding would confuse or could not store.
+    let long = "n".repeat(256);
+    let odd = ["a/b", "a%2Fb", "..", ".a", "\u{fc}ber", long.as_str()];
+    for name in odd {
+        s.account_create(&account(name, name))
+            .await
+            .unwrap_or_else(|e| panic!("create {name:?}: {e}"));
+    }
+    // A user's files and records are not accounts, nor the other way round.
+    s.record_create("carol", "r", record(1))
+        .await
+        .expect("record");
+    complete(s, "carol", "f", &body(1200, 21)).await;
+    let mut want: Vec<String> = odd.iter().map(|n| (*n).to_owned()).collect();
+    want.push("alice".into());
+    want.sort();
+    assert_eq!(s.account_list().await.expect("list"), want);
+    assert_eq!(s.account_get("carol").await.expect("get"), None);
+    let page = s.list_files("alice", "", None, 10).await.expect("list");
+    assert!(page.files.is_empty(), "an account has no files: {page:?}");
+    for name in odd {
+        assert_eq!(
+            s.account_get(name).await.expect("get"),
+            Some(account(name, name)),
+            "{name:?}"
+        );
+    }
+    s.account_delete("a/b").await.expect("delete");
+    assert_eq!(s.account_get("a/b").await.expect("get"), None);
+    assert_err(
+        s.account_delete("a/b").await,
+        |e| matches!(e, StoreError::NotFound),
+        "second delete",
+    );
+    assert_err(
+        s.account_replace(&account("a/b", "h")).await,
+        |e| matches!(e, StoreError::NotFound),
+        "replace after delete",
+    );
+    s.account_create(&account("a/b", "again"))
+        .await
+        .expect("create again after delete");
+    // Durable: a restarted server finds them as they were.
+    let Instance { storage, place } = inst;
+    drop(storage);
+    let s = subject.reopen(&*place, StoreLimits::default()).await;
+    assert_eq!(
+        s.account_get("alice").await.expect("get"),
+        Some(account("alice", "h3"))
+    );
+    assert_eq!(
+        s.account_get("a/b").await.expect("get"),
+        Some(account("a/b", "again"))
+    );
+    assert_eq!(s.account_list().await.expect("list"), want);
 }
 
 // ---------------------------------------------------------------- replace

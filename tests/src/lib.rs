@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use step_core::token::TokenKey;
 use step_server::ConnectionLimits;
+use step_server::accounts::{AuthMode, hash_password};
 use step_server::service::{Limits, Service};
 use step_server::store::{DiskStore, Storage};
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ pub mod contract;
 pub mod garage;
 pub mod object_subject;
 pub mod prereq;
+pub mod tls;
 pub mod wait;
 
 /// The token secret every test server uses unless told otherwise.
@@ -32,6 +34,8 @@ pub struct TestConfig {
     pub data_dir: Option<PathBuf>,
     /// Serve this storage instead of a disk store in `data_dir`.
     pub storage: Option<Arc<dyn Storage>>,
+    /// How LOGIN checks passwords (`--auth`).
+    pub auth: AuthMode,
 }
 
 impl Default for TestConfig {
@@ -42,6 +46,7 @@ impl Default for TestConfig {
             conn: ConnectionLimits::default(),
             data_dir: None,
             storage: None,
+            auth: AuthMode::Open,
         }
     }
 }
@@ -74,11 +79,11 @@ impl TestServer {
             Some(storage) => storage,
             None => DiskStore::open(&data_dir).expect("open store"),
         };
-        let service = Arc::new(Service::new(
-            store,
-            TokenKey::new(TEST_SECRET, cfg.token_ttl),
-            cfg.limits,
-        ));
+        let service = Arc::new(
+            Service::new(store, TokenKey::new(TEST_SECRET, cfg.token_ttl), cfg.limits)
+                .with_auth(cfg.auth)
+                .expect("auth mode"),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -96,6 +101,17 @@ impl TestServer {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Add the account `name` with `password` to this server's disk store
+    /// (for `--auth accounts`), as `step-server user add` does.
+    pub async fn add_account(&self, name: &str, password: &str) {
+        let store = DiskStore::open_for_accounts(&self.data_dir).expect("open accounts");
+        let account = step_server::store::Account {
+            name: name.to_owned(),
+            password_hash: hash_password(password).expect("hash"),
+        };
+        store.account_create(&account).await.expect("add account");
     }
 
     /// Graceful shutdown; returns once every connection has finished.

@@ -182,6 +182,15 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// A login account (`--auth accounts`): its name and its password's
+/// argon2id hash, a PHC string (`$argon2id$v=19$...`). The storage keeps it
+/// as given; hashing and verifying are the service's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub password_hash: String,
+}
+
 /// An unfinished upload opened for one block (UPLOAD): the service reads the
 /// plan, checks the block against it, then hands the block over.
 #[async_trait]
@@ -288,6 +297,21 @@ pub trait Storage: Send + Sync + Debug {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<ListPage>;
+
+    // ------------------------------------------------------------ accounts
+    // Accounts live with the files (disk or bucket), so `step-server user …`
+    // and every server on the same storage see the same ones.
+    /// The account called `name`, if there is one.
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>>;
+    /// Add an account ([`StoreError::Exists`] if the name is taken).
+    async fn account_create(&self, account: &Account) -> StoreResult<()>;
+    /// Replace an account's password hash ([`StoreError::NotFound`] if
+    /// there is no such account).
+    async fn account_replace(&self, account: &Account) -> StoreResult<()>;
+    /// Remove an account ([`StoreError::NotFound`] if there is none).
+    async fn account_delete(&self, name: &str) -> StoreResult<()>;
+    /// Every account's name, sorted.
+    async fn account_list(&self) -> StoreResult<Vec<String>>;
 
     // ------------------------------------------------------------ upkeep
     fn unfinished_stats(&self) -> UnfinishedStats;

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 pub use api::{
-    Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter,
 };
 pub use disk::DiskStore;
@@ -181,6 +181,21 @@ mod tests {
             _: usize,
         ) -> StoreResult<ListPage> {
             Err(StoreError::NotFound)
+        }
+        async fn account_get(&self, _: &str) -> StoreResult<Option<Account>> {
+            Ok(None)
+        }
+        async fn account_create(&self, _: &Account) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn account_replace(&self, _: &Account) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn account_delete(&self, _: &str) -> StoreResult<()> {
+            Err(StoreError::NotFound)
+        }
+        async fn account_list(&self) -> StoreResult<Vec<String>> {
+            Ok(Vec::new())
         }
         fn unfinished_stats(&self) -> UnfinishedStats {
             UnfinishedStats::default()

@@ -14,6 +14,7 @@
 //! file/<user>/<key>/<upload_id>.sums its CRC32C per 4 KiB (see "Integrity")
 //! up/<user>/<key>/state              unfinished upload: id, plan (JSON)
 //! up/<user>/<key>/b-<upload_id>/<i>  block i of that upload, staged as its own object
+//! acct/<user>                        login account (JSON; see `object/accounts.rs`)
 //! ```
 //!
 //! `<user>` and `<key>` are encoded ([`user_seg`], [`key_seg`]) into
@@ -152,7 +153,7 @@ use tracing::{debug, error, info, warn};
 
 use super::StoreLimits;
 use super::api::{
-    Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
+    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter, unix_now,
 };
 
@@ -1770,6 +1771,26 @@ use AssembleError::{Failed, Missing};
 
 #[async_trait]
 impl Storage for ObjectStorage {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        self.account_get_impl(name).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        self.account_put_impl(account, true).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        self.account_put_impl(account, false).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        self.account_delete_impl(name).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        self.account_list_impl().await
+    }
+
     async fn record_create(
         &self,
         user: &str,
@@ -2231,5 +2252,6 @@ impl UploadWriter for ObjectUpload {
     }
 }
 
+mod accounts;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 //! meta/<user>/<key>            complete file's size and md5 (JSON)
 //! sums/<user>/<key>            complete file's CRC32C per 4 KiB (see `sums.rs`)
 //! uploads/<user>/<key>/        unfinished upload (see `upload.rs`)
+//! accounts/<user>              login account (see `accounts.rs`)
 //! versions/<user>/<key>/<id>   content of version <id> of a replaced key,
 //!                   <id>.sums  its checksums,
 //!                   <id>.meta  the meta of a replaced version still kept
@@ -31,6 +32,7 @@
 //! bytes, last use), so SAVE can enforce per-user caps and reserve the space
 //! promised to them, and a sweeper can expire the idle ones.
 
+mod accounts;
 mod upload;
 
 use std::collections::HashMap;
@@ -49,7 +51,7 @@ use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use super::api::{
-    self, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
+    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
@@ -152,6 +154,8 @@ struct Disk {
     /// Unfinished uploads. Lock order: registry, then an upload's slot,
     /// then `swap`.
     registry: Mutex<Registry>,
+    /// Serialises an account's replace with its delete.
+    accounts: Mutex<()>,
     /// Held while a key's complete file changes (completion, replace,
     /// DELETE, removing replaced versions): a condition checked under it
     /// still holds when the change is made.
@@ -265,6 +269,7 @@ impl DiskStore {
             root,
             limits,
             registry: Mutex::new(Registry::default()),
+            accounts: Mutex::new(()),
             swap: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
         };
@@ -278,6 +283,25 @@ impl DiskStore {
         }
         Ok(Arc::new(DiskStore {
             disk: Arc::new(disk),
+        }))
+    }
+
+    /// The store at `root` for account management only (`step-server
+    /// user`): nothing is cleaned, indexed or swept, so it is safe next to
+    /// a server running on the same directory. Only the account operations
+    /// are meant for it.
+    pub fn open_for_accounts(root: impl Into<PathBuf>) -> io::Result<Arc<DiskStore>> {
+        let root = root.into();
+        fs::create_dir_all(root.join("tmp"))?;
+        Ok(Arc::new(DiskStore {
+            disk: Arc::new(Disk {
+                root,
+                limits: StoreLimits::default(),
+                registry: Mutex::new(Registry::default()),
+                accounts: Mutex::new(()),
+                swap: Mutex::new(()),
+                retired: Mutex::new(Vec::new()),
+            }),
         }))
     }
 
@@ -1272,6 +1296,33 @@ impl Disk {
 
 #[async_trait]
 impl Storage for DiskStore {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_get(&name)).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_create(&account)).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_replace(&account)).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_delete(&name)).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        let disk = Arc::clone(&self.disk);
+        blocking(move || disk.account_list()).await
+    }
+
     async fn record_create(
         &self,
         user: &str,

@@ -1,0 +1,196 @@
+//! `step-server user add|remove|list|passwd|hash`: accounts for
+//! `--auth accounts`, kept in the storage `--data-dir`/`--storage` name (the
+//! same flags and variables as the server's), and `--accounts-file`
+//! imports.
+//!
+//! Passwords are never flags (they would show in `ps` and shell history):
+//! read from a prompt when stdin is a terminal, else one line from stdin.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+
+use crate::accounts::{AuthMode, hash_password, is_valid_hash};
+use crate::config::ServiceArgs;
+use crate::store::{Account, Storage, StoreError};
+
+/// Longest account name: LOGIN's cap on usernames.
+const MAX_NAME: usize = 256;
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ServerCommand {
+    /// Manage the accounts `--auth accounts` checks passwords against, in
+    /// the storage --data-dir / --storage name.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum UserCommand {
+    /// Add an account; its password from a prompt, or a line on stdin.
+    Add { name: String },
+    /// Remove an account (its files stay; its tokens live out their TTL).
+    Remove { name: String },
+    /// List the accounts' names, one a line.
+    List,
+    /// Change an account's password (prompt, or a line on stdin).
+    Passwd { name: String },
+    /// Print the argon2id hash of a password (prompt or stdin), for a line
+    /// `NAME:HASH` of --accounts-file; stores nothing.
+    Hash,
+}
+
+/// Why a `user` command failed, worded for the person who typed it.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user {0:?} exists already; change its password with `step-server user passwd`")]
+    Exists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn check_name(name: &str) -> Result<(), UserError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(UserError::Invalid(format!(
+            "a user name must be 1 to {MAX_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The password: prompted for (twice, to catch typos) on a terminal, else
+/// the first line of stdin without its line ending. Empty is refused.
+fn read_password(name: Option<&str>) -> Result<String, UserError> {
+    let password = if std::io::stdin().is_terminal() {
+        let who = name.map_or(String::new(), |n| format!(" for {n}"));
+        let first = rpassword::prompt_password(format!("Password{who}: "))?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            return Err(UserError::Invalid("the passwords differ".into()));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        return Err(UserError::Invalid(
+            "empty password: type one at the prompt, or give it as a line on stdin".into(),
+        ));
+    }
+    Ok(password)
+}
+
+async fn hash_off_thread(password: String) -> Result<String, UserError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| UserError::Io(std::io::Error::other(e)))?
+        .map_err(|e| UserError::Io(std::io::Error::other(e)))
+}
+
+/// Run one `user` command; returns what to print on stdout.
+pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserError> {
+    if let UserCommand::Hash = cmd {
+        let password = read_password(None)?;
+        return Ok(format!("{}\n", hash_off_thread(password).await?));
+    }
+    if args.auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
+        eprintln!(
+            "note: a server in open mode (the default) ignores accounts; start it with \
+             --auth accounts (STEP_AUTH=accounts)"
+        );
+    }
+    let storage = args.open_accounts()?;
+    match cmd {
+        UserCommand::Add { name } => {
+            check_name(name)?;
+            // Refused before the prompt when it is bound to fail.
+            if storage.account_get(name).await?.is_some() {
+                return Err(UserError::Exists(name.clone()));
+            }
+            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let account = Account {
+                name: name.clone(),
+                password_hash,
+            };
+            match storage.account_create(&account).await {
+                Err(StoreError::Exists) => Err(UserError::Exists(name.clone())),
+                r => r
+                    .map(|()| format!("added user {name}\n"))
+                    .map_err(Into::into),
+            }
+        }
+        UserCommand::Passwd { name } => {
+            if storage.account_get(name).await?.is_none() {
+                return Err(UserError::NoSuchUser(name.clone()));
+            }
+            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let account = Account {
+                name: name.clone(),
+                password_hash,
+            };
+            match storage.account_replace(&account).await {
+                Err(StoreError::NotFound) => Err(UserError::NoSuchUser(name.clone())),
+                r => r
+                    .map(|()| format!("changed the password of {name}\n"))
+                    .map_err(Into::into),
+            }
+        }
+        UserCommand::Remove { name } => match storage.account_delete(name).await {
+            Err(StoreError::NotFound) => Err(UserError::NoSuchUser(name.clone())),
+            r => r
+                .map(|()| format!("removed user {name}\n"))
+                .map_err(Into::into),
+        },
+        UserCommand::List => {
+            let names = storage.account_list().await?;
+            Ok(names.iter().map(|n| format!("{n}\n")).collect())
+        }
+        UserCommand::Hash => unreachable!("answered above"),
+    }
+}
+
+/// Import `--accounts-file` into `storage`: each `NAME:HASH` line creates
+/// the account or replaces its hash. Every line is checked before anything
+/// is written, so a bad file changes nothing. Returns how many accounts.
+pub async fn import_accounts_file(storage: &dyn Storage, path: &Path) -> Result<usize, UserError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut accounts = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // PHC strings hold no ':', so the last one ends the name.
+        let Some((name, hash)) = line.rsplit_once(':') else {
+            return Err(UserError::Invalid(format!(
+                "line {}: expected NAME:HASH",
+                n + 1
+            )));
+        };
+        check_name(name).map_err(|e| UserError::Invalid(format!("line {}: {e}", n + 1)))?;
+        if !is_valid_hash(hash) {
+            return Err(UserError::Invalid(format!(
+                "line {}: not an argon2 hash (make one with `step-server user hash`)",
+                n + 1
+            )));
+        }
+        accounts.push(Account {
+            name: name.to_owned(),
+            password_hash: hash.to_owned(),
+        });
+    }
+    for account in &accounts {
+        match storage.account_create(account).await {
+            Err(StoreError::Exists) => storage.account_replace(account).await?,
+            r => r?,
+        }
+    }
+    Ok(accounts.len())
+}
