@@ -18,7 +18,10 @@ const $ = (id) => document.getElementById(id);
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
 function authHeaders(extra) {
-  const h = Object.assign({}, extra || {});
+  // Marks the page's own requests: the gateway then answers a 401 without the
+  // Basic challenge, so the browser leaves the sign-in to the page's form
+  // instead of popping up its own dialog.
+  const h = Object.assign({ "X-Requested-With": "XMLHttpRequest" }, extra || {});
   const t = token();
   if (t) h["Authorization"] = "Bearer " + t;
   return h;

@@ -19,9 +19,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -308,6 +310,24 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         }
         Ok(auth)
     }
+}
+
+/// Middleware: a 401 to a script's request (`X-Requested-With:
+/// XMLHttpRequest`, as the page at `/` sends) keeps only the Bearer
+/// challenge. A Basic challenge makes browsers open their own password
+/// dialog over the page, which has its own sign-in form.
+pub async fn script_challenge(req: Request, next: Next) -> Response {
+    let script = req
+        .headers()
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    let mut resp = next.run(req).await;
+    if script && resp.status() == StatusCode::UNAUTHORIZED {
+        let h = resp.headers_mut();
+        h.remove(header::WWW_AUTHENTICATE);
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -197,6 +197,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             record_metrics,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(auth::script_challenge))
         .layer(middleware::from_fn(access_log::access_log))
         // Only the span: requests are logged by the access log, and errors
         // with their cause there (tower-http's own failure line would log

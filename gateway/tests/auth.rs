@@ -64,3 +64,40 @@ async fn a_basic_login_survives_a_backend_restart_with_a_new_secret() {
         .expect("get");
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A 401 challenges with Basic and Bearer; to the page's scripts (marked
+/// `X-Requested-With: XMLHttpRequest`) with Bearer only, so a browser does
+/// not open its own password dialog over the page's sign-in form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_401_carries_no_basic_challenge() {
+    let step = TestServer::start().await;
+    let gw = gateway(step.addr).await;
+    let challenges = |r: &reqwest::Response| -> Vec<String> {
+        r.headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect()
+    };
+    let wrong = |script: bool| {
+        let mut req = gw
+            .client
+            .get(gw.at("/files/a.txt"))
+            .basic_auth("alice", Some("not md5"));
+        if script {
+            req = req.header("X-Requested-With", "XMLHttpRequest");
+        }
+        req.send()
+    };
+    let r = wrong(false).await.expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenges(&r),
+        ["Basic realm=\"step\", charset=\"UTF-8\"", "Bearer"]
+    );
+    let r = wrong(true).await.expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenges(&r), ["Bearer"]);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "unauthorized", "{body}");
+}

@@ -16,8 +16,8 @@ pub mod logging;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod users;
 pub mod tls;
+pub mod users;
 
 pub use server::{ConnectionLimits, run, run_with_tls};
 pub use service::Service;

@@ -51,8 +51,8 @@ use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use super::api::{
-    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreResult, UnfinishedStats, UploadWriter,
+    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage,
+    StoreError, StoreResult, UnfinishedStats, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
 use upload::{Activity, Phase, Upload};
