@@ -13,7 +13,6 @@
 //! the Python venv are missing (a failure under STEP_REQUIRE_ALL_TESTS).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -24,7 +23,6 @@ use step_tests::prereq::{self, block_on_threads, command_works};
 mod support;
 use support::Gateway;
 
-const VENV_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/venv.sh");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/browser.py");
 
 fn main() {
@@ -48,21 +46,7 @@ fn browser() -> Result<PathBuf, String> {
         .map_err(|e| format!("{e} (Debian package chromium)"))?;
     command_works("chromedriver", &["--version"])
         .map_err(|e| format!("{e} (Debian package chromium-driver)"))?;
-    let out = Command::new("bash")
-        .arg(VENV_SCRIPT)
-        .output()
-        .map_err(|e| format!("cannot run bash {VENV_SCRIPT}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
-        Some(77) => Err(stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix("tus: SKIP: "))
-            .next_back()
-            .unwrap_or("tests/tus/venv.sh skipped")
-            .to_owned()),
-        code => panic!("tests/tus/venv.sh failed ({code:?}): {stderr}"),
-    }
+    support::python::tus_venv()
 }
 
 async fn md5_of_get(gw: &Gateway, key: &str) -> (u16, String) {
@@ -83,26 +67,12 @@ fn md5_of_file(path: &Path) -> String {
 
 /// Run tests/tus/browser.py against `gw` (with `extra` arguments); its JSON.
 async fn run_script(py: &Path, gw: &Gateway, work: &Path, extra: &[&str]) -> Value {
-    let run = tokio::process::Command::new(py)
-        .arg(SCRIPT)
-        .arg(&gw.url)
-        .arg(work)
-        .args(extra)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the browser script finished in time")
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser.py failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("browser.py printed no JSON ({e}): {stdout}"));
+    let work = work.to_string_lossy();
+    let args: Vec<&str> = [gw.url.as_str(), &work]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let report = support::python::run_for_json(py, SCRIPT, &args, Duration::from_secs(240)).await;
     println!("browser.py: {report}");
     report
 }

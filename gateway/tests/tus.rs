@@ -7,7 +7,6 @@
 //! under STEP_REQUIRE_ALL_TESTS).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -22,66 +21,31 @@ use support::Gateway;
 /// files span many blocks.
 const BLOCK: u64 = 65_536;
 
-const VENV_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/venv.sh");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/tuspy_client.py");
 
 fn main() {
     prereq::main(vec![
-        prereq::needs("tuspy_whole_upload_is_byte_identical", tuspy, |py| {
-            block_on_threads(2, whole_upload(py))
-        }),
+        prereq::needs(
+            "tuspy_whole_upload_is_byte_identical",
+            support::python::tus_venv,
+            |py| block_on_threads(2, whole_upload(py)),
+        ),
         prereq::needs(
             "tuspy_new_uploader_resumes_after_gateway_restart",
-            tuspy,
+            support::python::tus_venv,
             |py| block_on_threads(2, resume_after_restart(py)),
         ),
         prereq::needs(
             "tuspy_new_uploader_resumes_after_connection_cut_mid_patch",
-            tuspy,
+            support::python::tus_venv,
             |py| block_on_threads(2, resume_after_cut(py)),
         ),
     ]);
 }
 
-/// The venv's python with tuspy, or why there is none.
-pub fn tuspy() -> Result<PathBuf, String> {
-    let out = Command::new("bash")
-        .arg(VENV_SCRIPT)
-        .output()
-        .map_err(|e| format!("cannot run bash {VENV_SCRIPT}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match out.status.code() {
-        Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
-        Some(77) => Err(stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix("tus: SKIP: "))
-            .next_back()
-            .unwrap_or("tests/tus/venv.sh skipped")
-            .to_owned()),
-        code => panic!("tests/tus/venv.sh failed ({code:?}): {stderr}"),
-    }
-}
-
 /// Run the tuspy client with `args`; its JSON answer.
 async fn tuspy_run(py: &Path, args: &[&str]) -> Value {
-    let run = tokio::process::Command::new(py)
-        .arg(CLIENT)
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("tuspy finished in time")
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tuspy {args:?} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("tuspy printed no JSON ({e}): {stdout}"))
+    support::python::run_for_json(py, CLIENT, args, Duration::from_secs(120)).await
 }
 
 async fn gateway(step: &TestServer) -> Gateway {

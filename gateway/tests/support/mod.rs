@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod proc;
+pub mod python;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

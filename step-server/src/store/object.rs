@@ -385,7 +385,50 @@ pub struct ObjectStorage {
     inner: Arc<Inner>,
 }
 
+/// A key's slot, locked for one operation ([`ObjectStorage::hold`]).
+struct HeldKey {
+    names: Names,
+    id: Id,
+    slot: Slot,
+    state: tokio::sync::OwnedMutexGuard<KeyState>,
+}
+
 impl ObjectStorage {
+    /// Lock `user`'s `key` for one operation; end it with
+    /// [`ObjectStorage::release`].
+    async fn hold(&self, user: &str, key: &str) -> StoreResult<HeldKey> {
+        self.inner.ensure_scanned().await?;
+        let names = Names::new(user, key);
+        let id = names.id();
+        let slot = self.inner.file_slot(&id);
+        let state = Arc::clone(&slot).lock_owned().await;
+        Ok(HeldKey {
+            names,
+            id,
+            slot,
+            state,
+        })
+    }
+
+    /// End `held`'s operation with its `result`. After a failure the bucket
+    /// may be ahead of what we think: the key is reloaded next time.
+    fn release<T>(&self, held: HeldKey, result: StoreResult<T>) -> StoreResult<T> {
+        let HeldKey {
+            id,
+            slot,
+            mut state,
+            ..
+        } = held;
+        if result.is_err() {
+            state.loaded = false;
+        }
+        // The guard holds a clone of the slot: gone before release_slot
+        // counts them.
+        drop(state);
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
     /// Storage on `store` under `prefix` (`""` for the bucket's root).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, limits: StoreLimits) -> ObjectStorage {
         ObjectStorage {
@@ -1845,22 +1888,12 @@ impl Storage for ObjectStorage {
         plan: PlanRecord,
         resume: bool,
     ) -> StoreResult<PlanOutcome> {
-        self.inner.ensure_scanned().await?;
-        let n = Names::new(user, key);
-        let id = n.id();
-        let slot = self.inner.file_slot(&id);
-        let mut st = slot.lock().await;
+        let mut h = self.hold(user, key).await?;
         let result = self
             .inner
-            .plan_upload(&n, &mut st, plan, resume, None)
+            .plan_upload(&h.names, &mut h.state, plan, resume, None)
             .await;
-        if result.is_err() {
-            // The bucket may be ahead of what we think: reload next time.
-            st.loaded = false;
-        }
-        drop(st);
-        self.inner.release_slot(&id, slot);
-        result
+        self.release(h, result)
     }
 
     async fn plan_replace(
@@ -1871,21 +1904,12 @@ impl Storage for ObjectStorage {
         resume: bool,
         replace: Replace,
     ) -> StoreResult<PlanOutcome> {
-        self.inner.ensure_scanned().await?;
-        let n = Names::new(user, key);
-        let id = n.id();
-        let slot = self.inner.file_slot(&id);
-        let mut st = slot.lock().await;
+        let mut h = self.hold(user, key).await?;
         let result = self
             .inner
-            .plan_upload(&n, &mut st, plan, resume, Some(replace))
+            .plan_upload(&h.names, &mut h.state, plan, resume, Some(replace))
             .await;
-        if result.is_err() {
-            st.loaded = false;
-        }
-        drop(st);
-        self.inner.release_slot(&id, slot);
-        result
+        self.release(h, result)
     }
 
     async fn head_version(&self, user: &str, key: &str, upload_id: &str) -> StoreResult<FileMeta> {
@@ -1895,18 +1919,12 @@ impl Storage for ObjectStorage {
     }
 
     async fn delete_file_if(&self, user: &str, key: &str, if_md5: &str) -> StoreResult<Deleted> {
-        self.inner.ensure_scanned().await?;
-        let n = Names::new(user, key);
-        let id = n.id();
-        let slot = self.inner.file_slot(&id);
-        let mut st = slot.lock().await;
-        let result = self.inner.delete_file_if(&n, &mut st, if_md5).await;
-        if result.is_err() {
-            st.loaded = false;
-        }
-        drop(st);
-        self.inner.release_slot(&id, slot);
-        result
+        let mut h = self.hold(user, key).await?;
+        let result = self
+            .inner
+            .delete_file_if(&h.names, &mut h.state, if_md5)
+            .await;
+        self.release(h, result)
     }
 
     async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>> {
@@ -2016,18 +2034,12 @@ impl Storage for ObjectStorage {
         key: &str,
         upload_id: Option<&str>,
     ) -> StoreResult<Deleted> {
-        self.inner.ensure_scanned().await?;
-        let n = Names::new(user, key);
-        let id = n.id();
-        let slot = self.inner.file_slot(&id);
-        let mut st = slot.lock().await;
-        let result = self.inner.delete_file(&n, &mut st, upload_id).await;
-        if result.is_err() {
-            st.loaded = false;
-        }
-        drop(st);
-        self.inner.release_slot(&id, slot);
-        result
+        let mut h = self.hold(user, key).await?;
+        let result = self
+            .inner
+            .delete_file(&h.names, &mut h.state, upload_id)
+            .await;
+        self.release(h, result)
     }
 
     async fn list_files(
