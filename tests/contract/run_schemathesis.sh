@@ -48,38 +48,11 @@ skip() {
 
 # ---------------------------------------------------------------- 1. venv
 python=${PYTHON:-python3}
-command -v "$python" >/dev/null 2>&1 || skip "no $python on PATH"
 requirements=$root/tests/contract/requirements.txt
 st="$venv/bin/schemathesis"
-install_venv() {
-    # The stamp holds the requirements the venv was made from.
-    if cmp -s "$requirements" "$venv/.requirements" && "$st" --version >/dev/null 2>&1; then
-        return 0
-    fi
-    say "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv" >&2 || {
-        rm -rf "$venv"
-        skip "$python -m venv failed (is the venv module installed?)"
-    }
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --requirement "$requirements" >&2 || {
-        rm -rf "$venv"
-        skip "pip could not install tests/contract/requirements.txt (offline? no wheels for $("$python" --version)?)"
-    }
-    cp "$requirements" "$venv/.requirements"
-}
-mkdir -p "$(dirname "$venv")"
-if command -v flock >/dev/null 2>&1; then
-    # Two runs at once (two checkouts sharing a target dir) install one at a time.
-    exec 9>"$venv.lock"
-    flock 9
-    install_venv
-    flock -u 9
-    exec 9>&-
-else
-    install_venv
-fi
+# shellcheck source=../python/pinned_venv.sh
+. "$root/tests/python/pinned_venv.sh"
+pinned_venv "$python" "$venv" "$requirements" "$st" --version
 version=$("$st" --version)
 [[ $version == *"$SCHEMATHESIS_VERSION"* ]] || {
     say "$venv has $version, expected $SCHEMATHESIS_VERSION"

@@ -21,35 +21,8 @@ skip() {
     exit "$SKIP"
 }
 
-command -v "$python" >/dev/null 2>&1 || skip "no $python on PATH"
-install_venv() {
-    # The stamp holds the requirements the venv was made from.
-    if cmp -s "$requirements" "$venv/.requirements" &&
-        "$venv/bin/python" -c 'import tusclient, selenium' >/dev/null 2>&1; then
-        return 0
-    fi
-    say "installing tuspy and selenium into $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv" >&2 || {
-        rm -rf "$venv"
-        skip "$python -m venv failed (is the venv module installed?)"
-    }
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --requirement "$requirements" >&2 || {
-        rm -rf "$venv"
-        skip "pip could not install tests/tus/requirements.txt (offline?)"
-    }
-    cp "$requirements" "$venv/.requirements"
-}
-mkdir -p "$(dirname "$venv")"
-if command -v flock >/dev/null 2>&1; then
-    # Test binaries running at once install one at a time.
-    exec 9>"$venv.lock"
-    flock 9
-    install_venv
-    flock -u 9
-    exec 9>&-
-else
-    install_venv
-fi
+# shellcheck source=../python/pinned_venv.sh
+. "$here/../python/pinned_venv.sh"
+pinned_venv "$python" "$venv" "$requirements" \
+    "$venv/bin/python" -c 'import tusclient, selenium'
 echo "$venv/bin/python"
