@@ -42,27 +42,7 @@ fn a_silent_client_gets_no_endless_handshake() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
-    let gw = GatewayProc::start(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--step-ip",
-            "127.0.0.1",
-            "--step-port",
-            "0",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--tls-cert",
-            pki.cert.to_str().expect("path"),
-            "--tls-key",
-            pki.key.to_str().expect("path"),
-            "--header-timeout-secs",
-            "1",
-        ],
-        &[],
-    );
+    let gw = https_gateway(&pki, &data, &["--header-timeout-secs", "1"]);
     let addr = gw.url.trim_start_matches("https://").trim_end_matches('/');
     let mut silent = std::net::TcpStream::connect(addr).expect("connect");
     silent
@@ -92,26 +72,27 @@ fn curl(args: &[&str]) -> Output {
         .expect("run curl")
 }
 
-fn https_gateway(pki: &TestPki, data: &Path) -> GatewayProc {
-    GatewayProc::start(
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--step-ip",
-            "127.0.0.1",
-            "--step-port",
-            "0",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--tls-cert",
-            pki.cert.to_str().expect("path"),
-            "--tls-key",
-            pki.key.to_str().expect("path"),
-        ],
-        &[],
-    )
+/// The gateway binary serving HTTPS with `pki`'s certificate (embedded STEP
+/// server over `data`), with `extra` flags.
+fn https_gateway(pki: &TestPki, data: &Path, extra: &[&str]) -> GatewayProc {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--step-ip",
+        "127.0.0.1",
+        "--step-port",
+        "0",
+        "--data-dir",
+        data.to_str().expect("path"),
+        "--tls-cert",
+        pki.cert.to_str().expect("path"),
+        "--tls-key",
+        pki.key.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    GatewayProc::start(&args, &[])
 }
 
 /// `curl -T` then `curl -o` through `base`, trusting `ca`; the copy must be
@@ -148,7 +129,7 @@ fn round_trip(base: &str, ca: Option<&Path>, dir: &Path, key: &str, data: &[u8])
 fn curl_over_https_uploads_and_downloads() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("dir");
-    let gw = https_gateway(&pki, &dir.path().join("data"));
+    let gw = https_gateway(&pki, &dir.path().join("data"), &[]);
     assert!(gw.url.starts_with("https://127.0.0.1:"), "{}", gw.url);
     let data = step_tests::pattern(3 << 20, 9);
     round_trip(&gw.url, Some(&pki.ca), dir.path(), "tls.bin", &data);
@@ -193,7 +174,7 @@ fn curl_over_https_uploads_and_downloads() {
 fn sighup_reloads_a_renewed_certificate() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("dir");
-    let mut gw = https_gateway(&pki, &dir.path().join("data"));
+    let mut gw = https_gateway(&pki, &dir.path().join("data"), &[]);
     let health = gw.at("/healthz");
     let ca = pki.ca.to_str().expect("path").to_owned();
     assert!(curl(&["-f", "--cacert", &ca, &health]).status.success());
