@@ -14,11 +14,14 @@
 #   REF_DIR=/tmp/ref      local checkout of the reference Python server and
 #                         client (xjtlu/server.py, xjtlu/client.py); never
 #                         committed. Absent: the reference series are skipped.
-#   SECTIONS="fig8 fig9 large small idle garage"   run only some sections
+#   SECTIONS="fig8 fig9 large download small idle profile garage"
+#                         run only some sections (profile: bench/profile.sh,
+#                         perf on the upload and download paths)
 #                         (garage: bench/garage_ceiling.sh, the step-server on
 #                         Garage next to disk and Garage's own throughput)
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
+#   BENCHMARKS_MD=BENCHMARKS.md  where the regenerated page goes
 # Tools: iperf3 (apt-get install iperf3), oha (cargo install oha --locked),
 # dufs (cargo install dufs --locked), python3 with matplotlib (pip install
 # matplotlib) for the plots. A missing tool skips its series with a note.
@@ -29,20 +32,23 @@ QUICK=${BENCH_QUICK:-0}
 REF_DIR=${REF_DIR:-/tmp/ref}
 REF_SERVER=$REF_DIR/xjtlu/server.py
 PY_CLIENT=$REF_DIR/xjtlu/client.py
-SECTIONS=${SECTIONS:-"fig8 fig9 large small idle garage"}
+SECTIONS=${SECTIONS:-"fig8 fig9 large download small idle profile garage"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 mkdir -p "$RAW"
+rm -f "$RAW"/*.txt
 
 echo "== building (release)"
 cargo build --release -q -p step-server -p step-bench -p gateway -p step-client
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/stepbench.XXXXXX")
 PIDS=()
+FS_MOUNT=
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ -n $FS_MOUNT ]]; then umount "$FS_MOUNT" 2>/dev/null || umount -l "$FS_MOUNT" || true; fi
   rm -rf "$WORK"
   if [[ -n ${SHM_DIR:-} ]]; then rm -rf "$SHM_DIR"; fi
 }
@@ -64,9 +70,9 @@ have_ref() { [[ -f $REF_SERVER && -f $PY_CLIENT ]]; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # Each start_* sets a variable with the PID and one with the port.
-start_step() { # start_step NAME -> STEP_PID STEP_PORT
+start_step() { # start_step NAME [DATA_DIR] -> STEP_PID STEP_PORT
   STEP_PORT=$(free_port)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$STEP_PORT" --data-dir "$WORK/store-$1" \
+  "$BIN/step-server" --ip 127.0.0.1 --port "$STEP_PORT" --data-dir "${2:-$WORK/store-$1}" \
     --token-secret "bench-$$" --log error >"$WORK/step-$1.log" 2>&1 &
   STEP_PID=$!; PIDS+=("$STEP_PID")
   wait_port "$STEP_PORT"
@@ -78,20 +84,20 @@ start_ref() { # -> REF_PID REF_PORT
   REF_PID=$!; PIDS+=("$REF_PID")
   wait_port "$REF_PORT"
 }
-start_gateway() { # needs STEP_PORT -> GW_PID GW_PORT
+start_gateway() { # start_gateway [SPOOL_DIR], needs STEP_PORT -> GW_PID GW_PORT
   GW_PORT=$(free_port)
   "$BIN/gateway" --bind 127.0.0.1 --port "$GW_PORT" --backend "127.0.0.1:$STEP_PORT" \
-    --spool-dir "$WORK" --log error >"$WORK/gateway.log" 2>&1 &
+    --spool-dir "${1:-$WORK}" --log error >"$WORK/gateway.log" 2>&1 &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_PORT/readyz"
 }
 DUFS=$(command -v dufs || echo "$HOME/.cargo/bin/dufs")
 OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
-start_dufs() { # -> DUFS_PID DUFS_PORT (empty when dufs is missing)
-  DUFS_PID=; DUFS_PORT=
+start_dufs() { # start_dufs [DIR] -> DUFS_PID DUFS_PORT DUFS_DIR (PID empty when dufs is missing)
+  DUFS_PID=; DUFS_PORT=; DUFS_DIR=${1:-$WORK/dufs}
   [[ -x $DUFS ]] || { note "note: dufs not installed (cargo install dufs --locked); its series are empty"; return 0; }
-  DUFS_PORT=$(free_port); mkdir -p "$WORK/dufs"
-  "$DUFS" -A -b 127.0.0.1 -p "$DUFS_PORT" "$WORK/dufs" >/dev/null 2>&1 &
+  DUFS_PORT=$(free_port); mkdir -p "$DUFS_DIR"
+  "$DUFS" -A -b 127.0.0.1 -p "$DUFS_PORT" "$DUFS_DIR" >/dev/null 2>&1 &
   DUFS_PID=$!; PIDS+=("$DUFS_PID")
   wait_http "http://127.0.0.1:$DUFS_PORT/"
 }
@@ -255,7 +261,7 @@ section_large() {
         reset_hwm "$DUFS_PID"
         t=$(curl -sS -o /dev/null -w '%{time_total}' -T "$f" "http://127.0.0.1:$DUFS_PORT/$key") &&
           echo "label=dufs PUT size=$size secs=$t mb_per_s=$(awk -v s="$size" -v t="$t" 'BEGIN {printf "%.1f", s/t/1e6}') dufs_hwm_kib=$(hwm_kb "$DUFS_PID")" >>"$out"
-        rm -f "$WORK/dufs/$key"
+        rm -f "$DUFS_DIR/$key"
       fi
     done
     if [[ $size -le $((100 << 20)) ]] && have_ref; then
@@ -277,18 +283,75 @@ section_large() {
   return 0
 }
 
+# ------------------------------------------------------ own file system
+# The 10 KiB comparisons are fsync-bound for the gateway: on the shared root
+# disk they measure everyone else's builds as much as us. As root, gateway
+# (store and spool) and dufs both get one fresh ext4 image, loop-mounted,
+# so they pay the same file system; otherwise BENCH_TMP, with a note.
+FS_DIR=
+own_fs() { # -> FS_DIR
+  [[ -n $FS_DIR ]] && return 0
+  local img=$WORK/fs.img mnt=$WORK/fs gib=$([[ $QUICK == 1 ]] && echo 4 || echo 16)
+  mkdir -p "$mnt"
+  # Inode tables written now, not by ext4lazyinit in the background while we measure.
+  if [[ $(id -u) == 0 ]] && truncate -s "${gib}G" "$img" &&
+    mkfs.ext4 -q -F -i 8192 -E lazy_itable_init=0,lazy_journal_init=0 "$img" >/dev/null 2>&1 &&
+    mount -o loop "$img" "$mnt" 2>/dev/null; then
+    FS_MOUNT=$mnt; FS_DIR=$mnt
+    echo "small_fs=ext4 on a ${gib} GiB image of its own, loop-mounted ($(findmnt -no SOURCE "$mnt")), on $(df -T "$WORK" | awk 'NR==2 {print $1" "$2}')" >>"$RAW/machine.txt"
+  else
+    rm -f "$img"; FS_DIR=$WORK/fsdir; mkdir -p "$FS_DIR"
+    echo "small_fs=$(df -T "$WORK" | awk 'NR==2 {print $1" "$2}') under BENCH_TMP, shared with the rest of the machine (no loop mount: not root or no loop device)" >>"$RAW/machine.txt"
+    note "note: no loop mount for the 10 KiB section: gateway and dufs share BENCH_TMP's file system with everything else"
+  fi
+}
+
+# oha_line LABEL CONCURRENCY [extra key=value...]: one line from $WORK/oha.json.
+oha_line() {
+  python3 - "$WORK/oha.json" "$@" <<'PY' || note "oha failed for $1 c=$2: $(head -c 300 "$WORK/oha.err")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, lat = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2"))
+# Requests cut off when the time is up are not failures.
+errs = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
+bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(errs.values())
+extra = "".join(" " + x for x in sys.argv[4:])
+print(f"label={sys.argv[2]} concurrency={sys.argv[3]} rps={ok / s['total']:.1f} p50_ms={lat['p50'] * 1e3:.2f} "
+      f"p99_ms={lat['p99'] * 1e3:.2f} ok={ok} failed={bad}{extra}")
+PY
+}
+# listed PORT PREFIX: how many complete files the gateway lists under PREFIX.
+listed() {
+  python3 - "$1" "$2" <<'PY' || echo "?"
+import json, sys, urllib.parse, urllib.request
+port, prefix, n, cursor = sys.argv[1], sys.argv[2], 0, None
+while True:
+    q = {"prefix": prefix, "limit": 1000} | ({"cursor": cursor} if cursor else {})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/files?{urllib.parse.urlencode(q)}", timeout=120) as r:
+        page = json.load(r)
+    n += len(page["files"])
+    cursor = page.get("next_cursor")
+    if not cursor:
+        break
+print(n)
+PY
+}
+
 # -------------------------------------------------------- 4. small files
 section_small() {
   echo "== 4. 10 KiB uploads, oha (load $(load))"
   local out=$RAW/small.txt secs c
   : >"$out"
   [[ -x $OHA ]] || { note "note: oha missing (cargo install oha --locked): small-file section skipped"; return 0; }
+  own_fs
   # Repeated and interleaved (gateway, dufs, gateway, ...) for medians.
   secs=$([[ $QUICK == 1 ]] && echo 2 || echo 4)
   local reps rep; reps=$([[ $QUICK == 1 ]] && echo 1 || echo 3)
-  start_step small
-  start_gateway
-  start_dufs
+  start_step small "$FS_DIR/store-small"
+  start_gateway "$FS_DIR"
+  start_dufs "$FS_DIR/dufs"
   # The same gateway and server with the store on tmpfs: what the path costs
   # without the disk's fsyncs (dufs does not fsync at all).
   local shm_step shm_port shm_gw shm_gw_port
@@ -305,34 +368,145 @@ section_small() {
   for c in 1 8 32 128; do
    for rep in $(seq "$reps"); do
     for target in gateway dufs "gateway, store on tmpfs"; do
-      local url
+      local url port prefix=c$c-r$rep-
       case $target in
-        gateway) url="http://127.0.0.1:$GW_PORT/files/c$c-[a-z0-9]{24}" ;;
-        dufs) [[ -n $DUFS_PID ]] || continue; url="http://127.0.0.1:$DUFS_PORT/c$c-[a-z0-9]{24}" ;;
-        *) url="http://127.0.0.1:$shm_gw_port/files/c$c-[a-z0-9]{24}" ;;
+        gateway) port=$GW_PORT; url="http://127.0.0.1:$port/files/$prefix[a-z0-9]{24}" ;;
+        dufs) [[ -n $DUFS_PID ]] || continue; url="http://127.0.0.1:$DUFS_PORT/$prefix[a-z0-9]{24}" ;;
+        *) port=$shm_gw_port; url="http://127.0.0.1:$port/files/$prefix[a-z0-9]{24}" ;;
       esac
       "$OHA" -z "${secs}s" -c "$c" -m PUT -D "$WORK/10k.bin" -T application/octet-stream --rand-regex-url \
         --no-tui --output-format json "$url" >"$WORK/oha.json" 2>"$WORK/oha.err" || true
-      python3 - "$WORK/oha.json" "$target" "$c" >>"$out" <<'PY' || note "oha failed for $target c=$c: $(head -c 300 "$WORK/oha.err")"
-import json, sys
-d = json.load(open(sys.argv[1]))
-s, lat = d["summary"], d["latencyPercentiles"]
-codes = d.get("statusCodeDistribution", {})
-ok = sum(v for k, v in codes.items() if k.startswith("2"))
-# Requests cut off when the time is up are not failures.
-errs = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
-bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(errs.values())
-print(f"label={sys.argv[2]} concurrency={sys.argv[3]} rps={ok / s['total']:.1f} p50_ms={lat['p50'] * 1e3:.2f} "
-      f"p99_ms={lat['p99'] * 1e3:.2f} ok={ok} failed={bad}")
-PY
+      # stored: files found afterwards under this run's prefix, to hold
+      # against ok (every 2xx must be there; a request cut off by the
+      # deadline may add one more). fsync: whether the server syncs a
+      # file before its 2xx (the gateway's step-server does; dufs does not).
+      if [[ $target == dufs ]]; then
+        oha_line "$target" "$c" "stored=$(find "$DUFS_DIR" -maxdepth 1 -name "$prefix*" | wc -l)" fsync=0 >>"$out"
+      else
+        oha_line "$target" "$c" "stored=$(listed "$port" "$prefix")" fsync=1 >>"$out"
+      fi
     done
    done
   done
+  small_native "$reps"
   stop "$GW_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"
   stop "$shm_gw"; stop "$shm_step"; rm -rf "$SHM_DIR"
   return 0
 }
 
+# Native 10 KiB uploads straight to the step-server of section 4 (same file
+# system), by bench/src/bin/small_native.rs when this tree has it. Its flags
+# are read from its --help so the call does not depend on their spelling.
+small_native() { # small_native REPS, needs STEP_PORT
+  local out=$RAW/small_native.txt help args=() opt rep
+  if [[ ! -f bench/src/bin/small_native.rs || ! -x $BIN/small_native ]]; then
+    note "note: no bench/src/bin/small_native.rs in this tree: native 10 KiB series not measured"; return 0
+  fi
+  help=$("$BIN/small_native" --help 2>&1) || true
+  pick() { local o; for o in "$@"; do [[ $help == *"$o "* || $help == *"$o="* || $help == *"$o <"* ]] && { echo "$o"; return 0; }; done; return 1; }
+  opt=$(pick --addr --server) && args+=("$opt" "127.0.0.1:$STEP_PORT")
+  opt=$(pick --concurrency --uploaders --clients --conns --connections --tasks -n) && args+=("$opt" 32)
+  opt=$(pick --size --bytes --file-size) && args+=("$opt" 10240)
+  if opt=$(pick --secs --seconds --duration); then args+=("$opt" "$([[ $QUICK == 1 ]] && echo 2 || echo 4)")
+  elif opt=$(pick --requests --files --count --uploads); then args+=("$opt" "$([[ $QUICK == 1 ]] && echo 2000 || echo 10000)"); fi
+  opt=$(pick --label) && args+=("$opt" "native 10 KiB uploads, c=32")
+  for rep in $(seq "$1"); do
+    "$BIN/small_native" "${args[@]}" >>"$out" 2>"$WORK/small_native.err" ||
+      note "small_native failed (${args[*]}): $(tail -c 300 "$WORK/small_native.err")"
+  done
+}
+
+# ------------------------------------------------------------- downloads
+# timed_get LABEL SIZE MD5 -- COMMAND: the whole command timed; it must leave
+# the file in $WORK/dl-out, whose md5 is checked after the clock stops.
+timed_get() {
+  local label=$1 size=$2 want=$3 t0 t1 got hwm=; shift 4
+  rm -f "$WORK/dl-out"
+  [[ -n ${GW_PID:-} ]] && reset_hwm "$GW_PID"
+  reset_hwm "$STEP_PID"
+  t0=$(date +%s.%N)
+  if ! "$@" >"$WORK/dl.log" 2>&1; then
+    echo "label=$label size=$size error=$(tail -c 150 "$WORK/dl.log" | tr -s ' \n' '__' | tr -d '=')"; return
+  fi
+  t1=$(date +%s.%N)
+  got=$(md5sum "$WORK/dl-out" | cut -d' ' -f1)
+  if [[ $got != "$want" ]]; then echo "label=$label size=$size error=md5_mismatch:$got"; return; fi
+  # Peak RSS of our processes on the paths that go through them.
+  case $label in
+    gateway*) hwm=" gw_hwm_kib=$(hwm_kb "$GW_PID") step_hwm_kib=$(hwm_kb "$STEP_PID")" ;;
+    native*) hwm=" step_hwm_kib=$(hwm_kb "$STEP_PID")" ;;
+  esac
+  echo "label=$label size=$size secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b-a}') mb_per_s=$(awk -v s="$size" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", s/(b-a)/1e6}') md5_ok=1$hwm"
+}
+section_download() {
+  echo "== downloads (load $(load))"
+  local out=$RAW/download.txt size runs f sum run secs reps rep i t0 t1
+  : >"$out"
+  if [[ $QUICK == 1 ]]; then size=$((100 << 20)); runs=1; else size=$((1 << 30)); runs=3; fi
+  start_step download
+  start_gateway
+  start_dufs
+  have_ref && start_ref download
+  f=$WORK/dl-src
+  head -c "$size" /dev/urandom >"$f"
+  sum=$(md5sum "$f" | cut -d' ' -f1)
+  t0=$(date +%s.%N); md5sum "$f" >/dev/null; t1=$(date +%s.%N)
+  echo "label=md5sum of the file (page cache) size=$size mb_per_s=$(awk -v s="$size" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", s/(b-a)/1e6}')" >>"$out"
+  # The same bytes on every server, put there once, not timed.
+  (cd "$WORK" && "$BIN/step-client" --quiet --server-ip 127.0.0.1 --port "$STEP_PORT" --id bench --key dl -f "$f") >/dev/null
+  curl -sS -f -o /dev/null -T "$f" "http://127.0.0.1:$GW_PORT/files/dl"
+  [[ -n $DUFS_PID ]] && cp "$f" "$DUFS_DIR/dl"
+  # Into the reference's own layout (file/<user>/<key>): uploading 1 GiB
+  # through it takes many minutes (it re-reads its per-block log each block).
+  have_ref && mkdir -p "$WORK/ref-download/file/bench" && cp "$f" "$WORK/ref-download/file/bench/dl"
+  local cli=("$BIN/step-client" --quiet --server-ip 127.0.0.1 --id bench)
+  for run in $(seq "$runs"); do
+    timed_get "gateway GET (curl)" "$size" "$sum" -- curl -sS -f -o "$WORK/dl-out" "http://127.0.0.1:$GW_PORT/files/dl" >>"$out"
+    [[ -n $DUFS_PID ]] && timed_get "dufs GET (curl)" "$size" "$sum" -- curl -sS -f -o "$WORK/dl-out" "http://127.0.0.1:$DUFS_PORT/dl" >>"$out"
+    timed_get "native step-client download" "$size" "$sum" -- "${cli[@]}" --port "$STEP_PORT" download dl -o "$WORK/dl-out" --force >>"$out"
+    if have_ref; then
+      timed_get "step-client download ← reference" "$size" "$sum" -- "${cli[@]}" --port "$REF_PORT" download dl -o "$WORK/dl-out" --force >>"$out"
+      timed_get "python stop-and-wait download ← reference" "$size" "$sum" -- \
+        python3 bench/py_download.py --port "$REF_PORT" --key dl --output "$WORK/dl-out" --timeout 60 >>"$out"
+    fi
+  done
+  rm -f "$f" "$WORK/dl-out"
+
+  # 10 KiB GETs at 32 concurrent: 100 files, a random one per request.
+  if [[ -x $OHA ]]; then
+    local small=$RAW/download_small.txt
+    : >"$small"
+    mkdir -p "$WORK/g"
+    for i in $(seq -w 0 99); do
+      head -c 10240 /dev/urandom >"$WORK/g/g$i"
+      curl -sS -f -o /dev/null -T "$WORK/g/g$i" "http://127.0.0.1:$GW_PORT/files/g$i"
+      if [[ -n $DUFS_PID ]]; then cp "$WORK/g/g$i" "$DUFS_DIR/g$i"; fi
+    done
+    secs=$([[ $QUICK == 1 ]] && echo 2 || echo 4); reps=$([[ $QUICK == 1 ]] && echo 1 || echo 3)
+    for rep in $(seq "$reps"); do
+      "$OHA" -z "${secs}s" -c 32 --rand-regex-url --no-tui --output-format json \
+        "http://127.0.0.1:$GW_PORT/files/g[0-9]{2}" >"$WORK/oha.json" 2>"$WORK/oha.err" || true
+      oha_line "gateway GET" 32 >>"$small"
+      if [[ -n $DUFS_PID ]]; then
+        "$OHA" -z "${secs}s" -c 32 --rand-regex-url --no-tui --output-format json \
+          "http://127.0.0.1:$DUFS_PORT/g[0-9]{2}" >"$WORK/oha.json" 2>"$WORK/oha.err" || true
+        oha_line "dufs GET" 32 >>"$small"
+      fi
+    done
+    # oha does not look at bodies: every file once more, byte for byte.
+    local okg=0 okd=0
+    for i in $(seq -w 0 99); do
+      if curl -sS -f "http://127.0.0.1:$GW_PORT/files/g$i" 2>/dev/null | cmp -s - "$WORK/g/g$i"; then okg=$((okg + 1)); fi
+      if [[ -n $DUFS_PID ]] && curl -sS -f "http://127.0.0.1:$DUFS_PORT/g$i" 2>/dev/null | cmp -s - "$WORK/g/g$i"; then okd=$((okd + 1)); fi
+    done
+    echo "label=verify gateway GET identical=$okg of=100" >>"$small"
+    if [[ -n $DUFS_PID ]]; then echo "label=verify dufs GET identical=$okd of=100" >>"$small"; fi
+  else
+    note "note: oha missing: 10 KiB GETs not measured"
+  fi
+  stop "$GW_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"; have_ref && stop "$REF_PID"
+  return 0
+}
 # ------------------------------------------------------------ 5. idle conns
 section_idle() {
   echo "== 5. 10,000 idle connections (load $(load))"
@@ -359,8 +533,15 @@ section_garage() {
     note "garage_ceiling failed"
 }
 
+section_profile() {
+  echo "== profiles: perf on the upload and download paths (load $(load))"
+  command -v perf >/dev/null || { note "note: perf missing (apt-get install linux-perf): no profiles"; return 0; }
+  OUT=$RESULTS/profiles RAW=$RAW PROFILE_SIZE=$([[ $QUICK == 1 ]] && echo $((256 << 20)) || echo $((1 << 30))) \
+    BENCH_TMP=$(dirname "$WORK") bash bench/profile.sh || note "profile.sh failed"
+}
+
 for s in $SECTIONS; do "section_$s"; done
 echo "load_end=$(load)" >>"$RAW/machine.txt"
 echo "== report"
-python3 bench/report.py "$RESULTS"
-echo "results: $RESULTS (summary.md, summary.json, runs.csv, *.png)"
+BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md} python3 bench/report.py "$RESULTS"
+echo "results: $RESULTS (summary.md, summary.json, runs.csv, *.png, profiles/), ${BENCHMARKS_MD:-BENCHMARKS.md}"
