@@ -7,6 +7,7 @@ summary.md and plots. Run by bench/run_all.sh; can be rerun alone:
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 from collections import OrderedDict, defaultdict
@@ -71,6 +72,12 @@ def fr(x, digits=1):
     return "—" if x is None else f"{x:.{digits}f}×"
 
 
+def size_name(s):
+    if not s:
+        return "?"
+    return f"{s / (1 << 20):.0f} MiB" if s < (1 << 30) else f"{s / (1 << 30):.0f} GiB"
+
+
 machine = {}
 for r in open(os.path.join(RAW, "machine.txt"), encoding="utf-8") if os.path.exists(os.path.join(RAW, "machine.txt")) else []:
     if "=" in r:
@@ -78,7 +85,8 @@ for r in open(os.path.join(RAW, "machine.txt"), encoding="utf-8") if os.path.exi
         machine[k] = v
 
 summary = OrderedDict(machine=machine)
-md = []
+# Markdown per section, keyed like the {{placeholders}} of BENCHMARKS.template.md.
+blocks = OrderedDict()
 all_rows = []
 
 try:
@@ -102,6 +110,7 @@ def errors_of(rows, label, **match):
 
 
 # ------------------------------------------------------------------ fig 8
+md = blocks["fig8"] = []
 rows = parse("fig8.txt")
 all_rows += [dict(section="fig8", **r) for r in rows]
 if rows:
@@ -142,6 +151,7 @@ if rows:
         save(fig, "fig8_time_vs_size.png")
 
 # ------------------------------------------------------------------ fig 9
+md = blocks["fig9"] = []
 rows = parse("fig9.txt")
 all_rows += [dict(section="fig9", **r) for r in rows]
 if rows:
@@ -198,6 +208,7 @@ if rows:
         save(fig, "fig9_515_blocks.png")
 
 # ------------------------------------------------------------ large files
+md = blocks["large"] = []
 rows = parse("large.txt")
 phys = parse("physical.txt")
 all_rows += [dict(section="large", **r) for r in rows] + [dict(section="physical", **r) for r in phys]
@@ -278,6 +289,7 @@ if rows:
         save(fig, "large_files.png")
 
 # ------------------------------------------------------------ small files
+md = blocks["small"] = []
 rows = parse("small.txt")
 all_rows += [dict(section="small", **r) for r in rows]
 small = {}
@@ -293,6 +305,11 @@ if rows:
                 p99_ms=stats([fnum(r["p99_ms"]) for r in sel]),
                 failed=sum(int(r.get("failed", 0)) for r in sel),
                 ok=sum(int(r.get("ok", 0)) for r in sel),
+                # A run counts as kept when at least its 2xx count of files
+                # is found afterwards ("?" when the listing failed).
+                kept_runs=sum(1 for r in sel if r.get("stored", "?").isdigit() and int(r["stored"]) >= int(r.get("ok", 0))),
+                checked_runs=sum(1 for r in sel if "stored" in r),
+                fsync=all(r.get("fsync") == "1" for r in sel) if sel and all("fsync" in r for r in sel) else None,
             )
     summary["small"] = {f"{t}|{c}": v for (t, c), v in small.items()}
     md.append("### 4. 10 KiB uploads (oha, PUT to a fresh key each request): median (min–max) over repetitions\n")
@@ -306,6 +323,15 @@ if rows:
             cells += [fmt(v["rps"], "", 0) + bad, fmt(v["p50_ms"], "", 2), fmt(v["p99_ms"], "", 2)]
         g, d = small.get(("gateway", c)), small.get(("dufs", c))
         md.append(f"| {c} | " + " | ".join(cells) + f" | {fr(ratio(g and g['rps'], d and d['rps']), 2)} |")
+    md.append("")
+    md.append(f"File system of the gateway's store and spool and of dufs's directory: {machine.get('small_fs', 'not recorded')}.\n")
+    for t in targets:
+        kept = sum(small[(t, c)]["kept_runs"] for c in conc)
+        checked = sum(small[(t, c)]["checked_runs"] for c in conc)
+        fs = [small[(t, c)]["fsync"] for c in conc]
+        sync = "synced before the 2xx" if all(fs) else ("**not synced** (dufs never fsyncs: a crash can lose a file it answered 2xx for)" if fs and not any(x is None for x in fs) else "sync not recorded")
+        if checked:
+            md.append(f"* {t}: every 2xx file found afterwards in {kept} of {checked} runs; {sync}.")
     md.append("")
     if plt:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -331,6 +357,7 @@ if rows:
         save(fig, "small_files.png")
 
 # ------------------------------------------------------------ idle conns
+md = blocks["idle"] = []
 rows = parse("idle.txt")
 all_rows += [dict(section="idle", **r) for r in rows]
 idle = {}
@@ -348,6 +375,158 @@ if idle:
         f"{probe.get('base_p50_ms', '—')} / — / {probe.get('base_max_ms', '—')} ms | {probe.get('loaded_p50_ms', '—')} / {probe.get('loaded_p99_ms', '—')} / {probe.get('loaded_max_ms', '—')} ms | {probe.get('idle_alive', '—')} |"
     )
     md.append("")
+
+# ------------------------------------------------------------ downloads
+md = blocks["download"] = []
+rows = parse("download.txt")
+all_rows += [dict(section="download", **r) for r in rows]
+download = {}
+dl_md5sum = None
+if rows:
+    dl_md5sum = stats([fnum(r.get("mb_per_s")) for r in rows if r["label"].startswith("md5sum")])
+    size = max(int(r["size"]) for r in rows if r.get("size"))
+    for lab in OrderedDict.fromkeys(r["label"] for r in rows if not r["label"].startswith("md5sum")):
+        sel = [r for r in rows if r["label"] == lab]
+        download[lab] = dict(
+            mb_per_s=stats([fnum(r.get("mb_per_s")) for r in sel]),
+            runs=len(sel),
+            failed=sum(1 for r in sel if "error" in r),
+            md5_ok=sum(1 for r in sel if r.get("md5_ok") == "1"),
+            gw_hwm_mib=stats([fnum(r.get("gw_hwm_kib")) and fnum(r["gw_hwm_kib"]) / 1024 for r in sel]),
+            step_hwm_mib=stats([fnum(r.get("step_hwm_kib")) and fnum(r["step_hwm_kib"]) / 1024 for r in sel]),
+            errors=sorted({r["error"] for r in sel if "error" in r}),
+        )
+    summary["download"] = dict(size=size, md5sum=dl_md5sum, paths=download)
+    dufs_dl = download.get("dufs GET (curl)", {}).get("mb_per_s")
+    pyref = download.get("python stop-and-wait download ← reference", {}).get("mb_per_s")
+    md.append(f"**{size_name(size)}, the whole command timed, file from page cache; md5 of every download checked after the clock stops.** "
+              f"`md5sum` of the same file in this run: {fmt(dl_md5sum)} MB/s.\n")
+    md.append("| path | MB/s | ÷ dufs GET | ÷ Python → reference | md5 verified | peak RSS gateway MiB | peak RSS step-server MiB |")
+    md.append("|---|---|---|---|---|---|---|")
+    for lab, v in download.items():
+        f = f" ⚠ {v['failed']}/{v['runs']} failed ({'; '.join(v['errors'])[:120]})" if v["failed"] else ""
+        md.append(f"| {lab} | {fmt(v['mb_per_s'])}{f} | {fr(ratio(v['mb_per_s'], dufs_dl), 2)} | {fr(ratio(v['mb_per_s'], pyref), 1)} | "
+                  f"{v['md5_ok']}/{v['runs']} | {fmt(v['gw_hwm_mib'], '', 0) if v['gw_hwm_mib'] else '—'} | {fmt(v['step_hwm_mib'], '', 0) if v['step_hwm_mib'] else '—'} |")
+    md.append("")
+rows = parse("download_small.txt")
+all_rows += [dict(section="download_small", **r) for r in rows]
+dl_small = {}
+if rows:
+    for lab in OrderedDict.fromkeys(r["label"] for r in rows if not r["label"].startswith("verify")):
+        sel = [r for r in rows if r["label"] == lab]
+        dl_small[lab] = dict(
+            rps=stats([fnum(r["rps"]) for r in sel]),
+            p50_ms=stats([fnum(r["p50_ms"]) for r in sel]),
+            p99_ms=stats([fnum(r["p99_ms"]) for r in sel]),
+            failed=sum(int(r.get("failed", 0)) for r in sel),
+        )
+    for r in rows:
+        if r["label"].startswith("verify "):
+            lab = r["label"][len("verify "):]
+            if lab in dl_small:
+                dl_small[lab]["verified"] = f"{r.get('identical', '?')}/{r.get('of', '?')}"
+    summary["download_small"] = dl_small
+    d = dl_small.get("dufs GET", {}).get("rps")
+    md.append("**10 KiB GETs, 32 concurrent (oha; 100 files, a random one per request), median (min–max) over repetitions.** "
+              "oha does not look at the bodies: afterwards every file is fetched once more and compared byte for byte.\n")
+    md.append("| server | req/s | p50 ms | p99 ms | ÷ dufs req/s | bodies identical |")
+    md.append("|---|---|---|---|---|---|")
+    for lab, v in dl_small.items():
+        bad = f" ⚠{v['failed']} failed" if v["failed"] else ""
+        md.append(f"| {lab} | {fmt(v['rps'], '', 0)}{bad} | {fmt(v['p50_ms'], '', 2)} | {fmt(v['p99_ms'], '', 2)} | {fr(ratio(v['rps'], d), 2)} | {v.get('verified', '—')} |")
+    md.append("")
+if not md:
+    md.append("*Not measured in this run.*\n")
+
+# ------------------------------------------------------- small, native
+md = blocks["small_native"] = []
+rows = parse("small_native.txt")
+all_rows += [dict(section="small_native", **r) for r in rows]
+if rows:
+    # The tool's own keys, whatever they are: one column each, median over runs.
+    keys = [k for k in OrderedDict.fromkeys(k for r in rows for k in r) if k != "label"]
+    md.append("Native uploads straight to the step-server of the table above (same file system), by `bench/src/bin/small_native.rs`; median (min–max) over runs.\n")
+    md.append("| " + " | ".join(["series"] + keys) + " |")
+    md.append("|---" * (len(keys) + 1) + "|")
+    for lab in OrderedDict.fromkeys(r["label"] for r in rows):
+        sel = [r for r in rows if r["label"] == lab]
+        cells = []
+        for k in keys:
+            st = stats([fnum(r.get(k)) for r in sel])
+            cells.append(fmt(st, "", 2) if st else " ".join(sorted({r.get(k, "") for r in sel}))[:60] or "—")
+        md.append(f"| {lab} | " + " | ".join(cells) + " |")
+    md.append("")
+    summary["small_native"] = rows
+else:
+    md.append("*Native 10 KiB uploads: not measured in this run (`bench/src/bin/small_native.rs` absent or failed).*\n")
+
+# ------------------------------------------------------------- profiles
+md = blocks["profiles"] = []
+rows = parse("profile.txt")
+all_rows += [dict(section="profile", **r) for r in rows]
+profile = OrderedDict()
+for r in rows:
+    if "|" in r.get("label", "") and "error" not in r:
+        path, proc = r["label"].split("|", 1)
+        profile.setdefault(path, OrderedDict())[proc] = r
+summary["profile"] = profile
+GROUP_NAMES = [("md5", "md5"), ("copies", "copies (memcpy/memmove, kernel copy to/from user)"), ("zeroing", "zeroing (memset, clear_page)"),
+               ("kernel", "rest of the kernel (syscalls, TCP, fs, scheduler)"), ("rest", "rest of user space")]
+if profile:
+    md.append("Per process and path, share of the process's own CPU time (perf `cpu-clock` samples, self time); "
+              "CPU s is that process's CPU time during the transfer, wall s the transfer's duration.\n")
+    md.append("| path | process | CPU s (wall s) | md5 | copies | zeroing | kernel, other | rest | where the copies are (top symbols, % of the process) |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for path, procs in profile.items():
+        for proc, r in procs.items():
+            md.append(f"| {path} | {proc} | {r.get('cpu_s', '?')} ({r.get('wall_s', '?')}) | {r.get('md5_pct', '?')} % | {r.get('copies_pct', '?')} % | "
+                      f"{r.get('zeroing_pct', '?')} % | {r.get('kernel_pct', '?')} % | {r.get('rest_pct', '?')} % | {r.get('top_copies', '—').replace(',', ', ')} |")
+    md.append("")
+    md.append("Top symbols of each: `bench/results/profiles/<path>-<process>.txt`; off-CPU (blocking) of the server under 10 KiB PUTs: `small-10KiB-offcpu.txt`.\n")
+else:
+    md.append("*Not measured in this run.*\n")
+
+
+def profile_says(path):
+    """Where the CPU went on one path, read from this run's profile, as prose."""
+    procs = profile.get(path)
+    if not procs:
+        return f"No profile of `{path}` in this run."
+    parts, md5_cpu, busiest = [], 0.0, None
+    for proc, r in procs.items():
+        cpu, wall = fnum(r.get("cpu_s")) or 0.0, fnum(r.get("wall_s")) or 0.0
+        shares = sorted(((fnum(r.get(f"{g}_pct")) or 0.0, name) for g, name in GROUP_NAMES), reverse=True)
+        md5_cpu += cpu * (fnum(r.get("md5_pct")) or 0.0) / 100
+        load = cpu / wall if wall else 0.0
+        if busiest is None or load > busiest[1]:
+            busiest = (proc, load, shares[0])
+        parts.append(f"{proc} {cpu:.2f} CPU s ({100 * load:.0f} % of one core): md5 {r.get('md5_pct')} %, copies {r.get('copies_pct')} % "
+                     f"({r.get('top_copies', '—').replace(',', ', ')}), zeroing {r.get('zeroing_pct')} %, kernel {r.get('kernel_pct')} %, rest {r.get('rest_pct')} %")
+    wall = fnum(next(iter(procs.values())).get("wall_s")) or 0.0
+    txt = f"Profile `{path}` ({wall:.2f} s): " + "; ".join(parts) + "."
+    hashers = [p for p, r in procs.items() if (fnum(r.get("md5_pct")) or 0) >= 5]
+    if hashers:
+        txt += f" md5 runs in {len(hashers)} process{'es' if len(hashers) > 1 else ''} ({', '.join(hashers)}): {md5_cpu:.2f} CPU s in all."
+    if busiest:
+        txt += f" Busiest: {busiest[0]} at {100 * busiest[1]:.0f} % of one core, most of it {busiest[2][1]} ({busiest[2][0]:.0f} %)."
+    return txt
+
+
+# --------------------------------------------------------------- garage
+md = blocks["garage"] = []
+rows = parse("store_on_s3.txt") + parse("garage_ceiling.txt")
+all_rows += [dict(section="garage", **r) for r in rows]
+if rows:
+    md.append("Medians over this run's repetitions (raw: `bench/results/raw/store_on_s3.txt`, `garage_ceiling.txt`).\n")
+    md.append("| series | MB/s | req/s | p50 ms | p99 ms | runs |")
+    md.append("|---|---|---|---|---|---|")
+    for lab in OrderedDict.fromkeys(r["label"] for r in rows):
+        sel = [r for r in rows if r["label"] == lab]
+        col = lambda k: fmt(stats([fnum(r.get(k)) for r in sel]), "", 1) if any(k in r for r in sel) else "—"
+        md.append(f"| {lab} | {col('mb_per_s')} | {col('rps')} | {col('p50_ms')} | {col('p99_ms')} | {len(sel)} |")
+    md.append("")
+else:
+    md.append("*Not measured in this run* (section `garage` needs the `garage` binary; see `bench/garage_ceiling.sh`).\n")
 
 # ------------------------------------------------------------ targets
 md_t = ["### Targets\n", "| target | measured | reached |", "|---|---|---|"]
@@ -385,19 +564,133 @@ gw_hwm = [v["gw_hwm_mib"]["max"] for lab, v in large.get(GIB, {}).items() if v.g
 if gw_hwm:
     target("gateway RSS ≤ 64 MB while streaming 1 GiB", f"{max(gw_hwm):.1f} MiB peak (max over runs, -T and -F)", max(gw_hwm) * 1.048576 <= 64)
 summary["targets"] = md_t[3:]
+blocks["targets"] = md_t[1:] if len(md_t) > 3 else ["*Not measured in this run.*"]
 
+# ------------------------------------------------------ issue 13's goals
+md = blocks["goals"] = []
+goal_rows = []
+
+
+def goal(path, measured, value, goal_txt, was, ok, why_path):
+    goal_rows.append(dict(path=path, measured=measured, value=value, goal=goal_txt, was=was, ok=ok, why=why_path))
+
+
+def biggest(d, want=GIB):
+    """The 1 GiB entry, else the largest size measured (a QUICK run)."""
+    if want in d:
+        return want, d[want]
+    return (max(d), d[max(d)]) if d else (None, {})
+
+
+def md5sum_speed(size):
+    return stats([fnum(p.get("mb_per_s")) for p in phys if p["label"].startswith("md5sum") and p.get("size") == str(size)])
+
+
+def med(s):
+    return s["median"] if s else None
+
+
+sz, by = biggest(large)
+cli, m5 = by.get("native step-client", {}).get("mb_per_s"), md5sum_speed(sz)
+r = ratio(cli, m5)
+goal(f"native {size_name(sz) if sz else '1 GiB'} upload, the whole `step-client` command ÷ `md5sum` of the same file",
+     f"{med(cli):.0f} vs {med(m5):.0f} MB/s" if r else "not measured", fr(r, 2) if r else "—", "≥ 0.7", "0.41", r >= 0.7 if r else None, "native-upload")
+v100 = large.get(MIB100, {}).get("native step-client", {}).get("mb_per_s")
+r = ratio(v100, refp)
+goal("native 100 MiB: `step-client` command ÷ the course's Python client → reference server",
+     f"{med(v100):.0f} vs {med(refp):.1f} MB/s" if r else "not measured", fr(r, 1) if r else "—", "≥ 15×", "12.9×", r >= 15 if r else None, "native-upload")
+gwt, dp = by.get("gateway curl -T", {}).get("mb_per_s"), by.get("dufs PUT", {}).get("mb_per_s")
+r = ratio(gwt, m5)
+goal(f"gateway {size_name(sz) if sz else '1 GiB'} `curl -T`, md5 checked, ÷ `md5sum`",
+     f"{med(gwt):.0f} vs {med(m5):.0f} MB/s; {fr(ratio(gwt, dp), 2)} dufs PUT" if r else "not measured", fr(r, 2) if r else "—", "≥ 0.6", "0.35 (1.44× dufs)", r >= 0.6 if r else None, "gateway-upload")
+g, d = small.get(("gateway", 32)), small.get(("dufs", 32))
+if g and d:
+    r = ratio(g["rps"], d["rps"])
+    goal("10 KiB uploads through the gateway, c = 32: req/s ÷ dufs (same file system)", f"{med(g['rps']):.0f} vs {med(d['rps']):.0f} req/s (dufs does not fsync)",
+         fr(r, 2), "≥ 1.0×", "0.32×", r >= 1, "small-10KiB")
+    goal("… p99 latency", f"{med(g['p99_ms']):.1f} ms", f"{med(g['p99_ms']):.1f} ms", "≤ 30 ms", "29.7 ms", med(g["p99_ms"]) <= 30, "small-10KiB")
+    dur = g["checked_runs"] and g["kept_runs"] == g["checked_runs"] and g["fsync"]
+    goal("… every 201 durable", f"found afterwards in {g['kept_runs']}/{g['checked_runs']} runs; step-server syncs before answering",
+         "yes" if dur else "no", "every 201", "—", bool(dur) if g["checked_runs"] else None, "small-10KiB")
+else:
+    goal("10 KiB uploads through the gateway, c = 32, ÷ dufs req/s; p99; every 201 durable", "not measured", "—", "≥ 1.0×, ≤ 30 ms", "0.32×, 29.7 ms", None, "small-10KiB")
+dsize = summary.get("download", {}).get("size")
+dd = download.get("dufs GET (curl)", {}).get("mb_per_s")
+for lab, why in (("gateway GET (curl)", "gateway-download"), ("native step-client download", "native-download")):
+    v = download.get(lab, {})
+    r = ratio(v.get("mb_per_s"), dd)
+    ok_md5 = f", md5 {v.get('md5_ok', 0)}/{v.get('runs', 0)}" if v else ""
+    goal(f"download {size_name(dsize) if dsize else '1 GiB'}: {lab} ÷ dufs GET",
+         f"{med(v['mb_per_s']):.0f} vs {med(dd):.0f} MB/s{ok_md5}" if r else "not measured", fr(r, 2) if r else "—", "≥ 1.0×, md5 verified", "never measured",
+         (r >= 1 and v["md5_ok"] == v["runs"]) if r else None, why)
+gs, ds = dl_small.get("gateway GET", {}), dl_small.get("dufs GET", {})
+r = ratio(gs.get("rps"), ds.get("rps"))
+goal("10 KiB GET, c = 32: gateway ÷ dufs req/s", f"{med(gs['rps']):.0f} vs {med(ds['rps']):.0f} req/s, bodies identical {gs.get('verified', '?')}" if r else "not measured",
+     fr(r, 2) if r else "—", "≥ 1.0×, md5 verified", "never measured", (r >= 1 and gs.get("verified", "").split("/")[0] == gs.get("verified", "").split("/")[-1]) if r else None, "gateway-download")
+summary["goals"] = goal_rows
+
+md.append("| path | measured (this run) | ratio | goal | issue's \"now\" | met |")
+md.append("|---|---|---|---|---|---|")
+for gr in goal_rows:
+    met = "not measured" if gr["ok"] is None else ("yes" if gr["ok"] else "**no**")
+    md.append(f"| {gr['path']} | {gr['measured']} | {gr['value']} | {gr['goal']} | {gr['was']} | {met} |")
+md.append("")
+missed = [gr for gr in goal_rows if gr["ok"] is False]
+if missed:
+    md.append("**What stands in the way of each missed goal**, read from this run's profiles (section Profiles):\n")
+    seen = set()
+    for gr in missed:
+        md.append(f"* *{gr['path']}* ({gr['value']}, goal {gr['goal']}): {profile_says(gr['why']) if gr['why'] not in seen else 'same profile as above.'}")
+        seen.add(gr["why"])
+        if gr["why"] == "small-10KiB" and profile:
+            off = os.path.join(RES, "profiles", "small-10KiB-offcpu.txt")
+            if os.path.exists(off):
+                top = [ln.split() for ln in open(off, encoding="utf-8") if ln.strip() and not ln.startswith("#")][:3]
+                if top:
+                    md.append(f"  Off-CPU, step-server: blocked most in {', '.join(f'`{t[1]}` ({t[0]})' for t in top if len(t) > 1)} context switches.")
+    md.append("")
+not_run = [gr["path"] for gr in goal_rows if gr["ok"] is None]
+if not_run:
+    md.append("Not measured in this run: " + "; ".join(not_run) + ".\n")
+
+# ------------------------------------------------------------ memory
+md = blocks["memory"] = []
+mem = []
+for s_, labs in sorted(large.items()):
+    for lab, v in labs.items():
+        if v.get("gw_hwm_mib") or v.get("step_hwm_mib"):
+            mem.append((f"upload {size_name(s_)}: {lab}", v.get("gw_hwm_mib"), v.get("step_hwm_mib")))
+for lab, v in download.items():
+    if v.get("gw_hwm_mib") or v.get("step_hwm_mib"):
+        mem.append((f"download {size_name(dsize)}: {lab}", v.get("gw_hwm_mib"), v.get("step_hwm_mib")))
+if mem:
+    md.append("| transfer | peak RSS gateway MiB | peak RSS step-server MiB |")
+    md.append("|---|---|---|")
+    for lab, gw, st in mem:
+        md.append(f"| {lab} | {fmt(gw, '', 0) if gw else '—'} | {fmt(st, '', 0) if st else '—'} |")
+    md.append("")
+else:
+    md.append("*Not measured in this run.*\n")
+
+# ------------------------------------------------------------ output
+for name in ("fig8", "fig9", "large", "small", "idle"):
+    if not blocks.get(name):
+        blocks[name] = ["*Not measured in this run.*\n"]
+quick = machine.get("quick") == "1"
 head = [
     f"Measured {machine.get('date', '?')} on {machine.get('nproc', '?')} × {machine.get('cpu', '?')}, "
     f"{machine.get('mem_gib', '?')} GiB RAM, kernel {machine.get('kernel', '?')}, disk {machine.get('disk', '?')}; "
     f"{machine.get('rustc', '')}; load average at start {machine.get('load_start', '?')}, at end {machine.get('load_end', '?')}"
-    + (" — QUICK mode" if machine.get("quick") == "1" else "")
+    + (" — **QUICK mode** (`BENCH_QUICK=1`: fewer runs, no 1 GiB; a smoke test, not numbers to quote)" if quick else "")
     + ".\n"
 ]
 notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if os.path.exists(os.path.join(RAW, "notes.txt")) else ""
 if notes:
     head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
+blocks["machine"] = head
+order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage"]
 with open(os.path.join(RES, "summary.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(head + md_t + [""] + md) + "\n")
+    f.write("\n".join(line for name in order for line in blocks.get(name, []) + [""]) + "\n")
 with open(os.path.join(RES, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, default=str)
 keys = ["section"] + sorted({k for r in all_rows for k in r} - {"section"})
@@ -406,4 +699,19 @@ with open(os.path.join(RES, "runs.csv"), "w", newline="", encoding="utf-8") as f
     w.writeheader()
     for r in all_rows:
         w.writerow(r)
-print("\n".join(md_t))
+
+# The whole BENCHMARKS.md: the template's prose with every {{block}} filled
+# from this run (a block whose section did not run says so).
+template = os.path.join(os.path.dirname(os.path.abspath(__file__)), "BENCHMARKS.template.md")
+target_md = os.environ.get("BENCHMARKS_MD")
+if target_md and os.path.exists(template):
+    text = open(template, encoding="utf-8").read()
+    used = set(re.findall(r"\{\{(\w+)\}\}", text))
+    unknown = used - set(blocks)
+    if unknown:
+        sys.exit(f"report.py: BENCHMARKS.template.md names blocks nobody fills: {sorted(unknown)}")
+    text = re.sub(r"\{\{(\w+)\}\}", lambda m: "\n".join(blocks[m.group(1)]).rstrip("\n"), text)
+    with open(target_md, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"wrote {target_md}")
+print("\n".join(blocks["goals"]))
