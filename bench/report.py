@@ -329,7 +329,7 @@ if rows:
         kept = sum(small[(t, c)]["kept_runs"] for c in conc)
         checked = sum(small[(t, c)]["checked_runs"] for c in conc)
         fs = [small[(t, c)]["fsync"] for c in conc]
-        sync = "synced before the 2xx" if all(fs) else ("**not synced** (dufs never fsyncs: a crash can lose a file it answered 2xx for)" if fs and not any(x is None for x in fs) else "sync not recorded")
+        sync = ("synced before the 2xx" + (", but a sync on tmpfs persists nothing" if "tmpfs" in t else "")) if all(fs) else ("**not synced** (dufs never fsyncs: a crash can lose a file it answered 2xx for)" if fs and not any(x is None for x in fs) else "sync not recorded")
         if checked:
             md.append(f"* {t}: every 2xx file found afterwards in {kept} of {checked} runs; {sync}.")
     md.append("")
@@ -684,6 +684,12 @@ head = [
     + (" — **QUICK mode** (`BENCH_QUICK=1`: fewer runs, no 1 GiB; a smoke test, not numbers to quote)" if quick else "")
     + ".\n"
 ]
+# A run on a busy machine says so at the top: its numbers are not the machine's.
+busy = [fnum((machine.get(k) or "").split(" ")[0]) for k in ("load_start", "load_end")]
+cores = fnum(machine.get("nproc")) or 1
+if any(b and b > cores for b in busy):
+    head.append(f"**Loaded machine:** load average above the {cores:.0f} cores during this run; other work shared the CPUs and the disk, "
+                "so the numbers below understate what this machine does quiet.\n")
 notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if os.path.exists(os.path.join(RAW, "notes.txt")) else ""
 if notes:
     head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
@@ -710,7 +716,9 @@ if target_md and os.path.exists(template):
     unknown = used - set(blocks)
     if unknown:
         sys.exit(f"report.py: BENCHMARKS.template.md names blocks nobody fills: {sorted(unknown)}")
-    text = re.sub(r"\{\{(\w+)\}\}", lambda m: "\n".join(blocks[m.group(1)]).rstrip("\n"), text)
+    # The template has its own numbered headings: a block's heading becomes its caption.
+    fill = lambda m: re.sub(r"^### \d+\. (.*?)\n?$", r"*\1*\n", "\n".join(blocks[m.group(1)]), flags=re.M).rstrip("\n")
+    text = re.sub(r"\{\{(\w+)\}\}", fill, text)
     with open(target_md, "w", encoding="utf-8") as f:
         f.write(text)
     print(f"wrote {target_md}")
