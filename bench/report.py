@@ -514,18 +514,25 @@ def profile_says(path):
 
 # --------------------------------------------------------------- garage
 md = blocks["garage"] = []
-rows = parse("store_on_s3.txt") + parse("garage_ceiling.txt")
-all_rows += [dict(section="garage", **r) for r in rows]
+rows = parse("store_on_s3.txt")
+all_rows += [dict(section="store_on_s3", **r) for r in rows]
+all_rows += [dict(section="garage_ceiling", **r) for r in parse("garage_ceiling.txt")]
 if rows:
-    md.append("Medians over this run's repetitions (raw: `bench/results/raw/store_on_s3.txt`, `garage_ceiling.txt`).\n")
-    md.append("| series | MB/s | req/s | p50 ms | p99 ms | runs |")
-    md.append("|---|---|---|---|---|---|")
-    for lab in OrderedDict.fromkeys(r["label"] for r in rows):
-        sel = [r for r in rows if r["label"] == lab]
-        col = lambda k: fmt(stats([fnum(r.get(k)) for r in sel]), "", 1) if any(k in r for r in sel) else "—"
-        md.append(f"| {lab} | {col('mb_per_s')} | {col('rps')} | {col('p50_ms')} | {col('p99_ms')} | {len(sel)} |")
+    md.append("The step-server with `--storage disk` and with `--storage s3://…` on Garage, same run; medians over its repetitions "
+              "(raw: `bench/results/raw/store_on_s3.txt`).\n")
+    md.append("| series | op | MB/s | req/s | p50 ms | p99 ms | runs |")
+    md.append("|---|---|---|---|---|---|---|")
+    # Labels of one-off servers carry their port (gateway-disk-41234): not part of the series.
+    series = lambda r: (re.sub(r"-\d+$", "", r["label"]), r.get("op", "upload"))
+    for lab, op in OrderedDict.fromkeys(series(r) for r in rows):
+        sel = [r for r in rows if series(r) == (lab, op)]
+        col = lambda *ks: next((fmt(stats([fnum(r.get(k)) for r in sel]), "", 1) for k in ks if any(k in r for r in sel)), "—")
+        md.append(f"| {lab} | {op} | {col('mb_per_s')} | {col('req_per_s', 'ops_per_s', 'rps')} | {col('p50_ms')} | {col('p99_ms')} | {len(sel)} |")
     md.append("")
-else:
+ceiling = os.path.join(RES, "garage_ceiling.md")
+if os.path.exists(os.path.join(RAW, "garage_ceiling.txt")) and os.path.exists(ceiling):
+    md.append(open(ceiling, encoding="utf-8").read().strip() + "\n")
+if not md:
     md.append("*Not measured in this run* (section `garage` needs the `garage` binary; see `bench/garage_ceiling.sh`).\n")
 
 # ------------------------------------------------------------ targets
