@@ -21,7 +21,7 @@ RAW=${RAW:-$PWD/bench/results/raw}
 SIZE=${PROFILE_SIZE:-$((1 << 30))}
 mkdir -p "$OUT" "$RAW"
 rm -f "$OUT"/*.txt
-: >"$RAW/profile.txt"
+echo "label=profile size=$SIZE" >"$RAW/profile.txt"
 cargo build --release -q -p step-server -p step-bench -p gateway -p step-client
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")

@@ -465,6 +465,7 @@ md = blocks["profiles"] = []
 rows = parse("profile.txt")
 all_rows += [dict(section="profile", **r) for r in rows]
 profile = OrderedDict()
+profile_size = next((int(r["size"]) for r in rows if r.get("label") == "profile" and r.get("size", "").isdigit()), None)
 for r in rows:
     if "|" in r.get("label", "") and "error" not in r:
         path, proc = r["label"].split("|", 1)
@@ -473,7 +474,8 @@ summary["profile"] = profile
 GROUP_NAMES = [("md5", "md5"), ("copies", "copies (memcpy/memmove, kernel copy to/from user)"), ("zeroing", "zeroing (memset, clear_page)"),
                ("kernel", "rest of the kernel (syscalls, TCP, fs, scheduler)"), ("rest", "rest of user space")]
 if profile:
-    md.append("Per process and path, share of the process's own CPU time (perf `cpu-clock` samples, self time); "
+    md.append(f"One transfer of {size_name(profile_size)} per path (10 KiB PUTs: 5 s of oha at c = 32, store on BENCH_TMP). "
+              "Per process and path, share of the process's own CPU time (perf `cpu-clock` samples, self time); "
               "CPU s is that process's CPU time during the transfer, wall s the transfer's duration.\n")
     md.append("| path | process | CPU s (wall s) | md5 | copies | zeroing | kernel, other | rest | where the copies are (top symbols, % of the process) |")
     md.append("|---|---|---|---|---|---|---|---|---|")
@@ -503,7 +505,8 @@ def profile_says(path):
         parts.append(f"{proc} {cpu:.2f} CPU s ({100 * load:.0f} % of one core): md5 {r.get('md5_pct')} %, copies {r.get('copies_pct')} % "
                      f"({r.get('top_copies', '—').replace(',', ', ')}), zeroing {r.get('zeroing_pct')} %, kernel {r.get('kernel_pct')} %, rest {r.get('rest_pct')} %")
     wall = fnum(next(iter(procs.values())).get("wall_s")) or 0.0
-    txt = f"Profile `{path}` ({wall:.2f} s): " + "; ".join(parts) + "."
+    what = "5 s of load" if path.startswith("small") else f"{size_name(profile_size)} in {wall:.2f} s"
+    txt = f"Profile `{path}` ({what}): " + "; ".join(parts) + "."
     hashers = [p for p, r in procs.items() if (fnum(r.get("md5_pct")) or 0) >= 5]
     if hashers:
         txt += f" md5 runs in {len(hashers)} process{'es' if len(hashers) > 1 else ''} ({', '.join(hashers)}): {md5_cpu:.2f} CPU s in all."
@@ -648,13 +651,13 @@ if missed:
     seen = set()
     for gr in missed:
         md.append(f"* *{gr['path']}* ({gr['value']}, goal {gr['goal']}): {profile_says(gr['why']) if gr['why'] not in seen else 'same profile as above.'}")
-        seen.add(gr["why"])
-        if gr["why"] == "small-10KiB" and profile:
+        if gr["why"] == "small-10KiB" and profile and gr["why"] not in seen:
             off = os.path.join(RES, "profiles", "small-10KiB-offcpu.txt")
             if os.path.exists(off):
                 top = [ln.split() for ln in open(off, encoding="utf-8") if ln.strip() and not ln.startswith("#")][:3]
                 if top:
                     md.append(f"  Off-CPU, step-server: blocked most in {', '.join(f'`{t[1]}` ({t[0]})' for t in top if len(t) > 1)} context switches.")
+        seen.add(gr["why"])
     md.append("")
 not_run = [gr["path"] for gr in goal_rows if gr["ok"] is None]
 if not_run:
