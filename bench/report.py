@@ -452,8 +452,10 @@ if rows:
         sel = [r for r in rows if r["label"] == lab]
         cells = []
         for k in keys:
-            st = stats([fnum(r.get(k)) for r in sel])
-            cells.append(fmt(st, "", 2) if st else " ".join(sorted({r.get(k, "") for r in sel}))[:60] or "—")
+            vals = [fnum(r.get(k)) for r in sel]
+            st = stats(vals)
+            whole = all(v is None or v == int(v) for v in vals)
+            cells.append(fmt(st, "", 0 if whole else 2) if st else " ".join(sorted({r.get(k, "") for r in sel}))[:60] or "—")
         md.append(f"| {lab} | " + " | ".join(cells) + " |")
     md.append("")
     summary["small_native"] = rows

@@ -411,7 +411,9 @@ small_native() { # small_native REPS, needs STEP_PORT
   elif opt=$(pick --requests --files --count --uploads); then args+=("$opt" "$([[ $QUICK == 1 ]] && echo 2000 || echo 10000)"); fi
   opt=$(pick --label) && args+=("$opt" "native 10 KiB uploads, c=32")
   for rep in $(seq "$1"); do
-    "$BIN/small_native" "${args[@]}" >>"$out" 2>"$WORK/small_native.err" ||
+    # Its result line becomes a label= line like every other tool's.
+    "$BIN/small_native" "${args[@]}" 2>"$WORK/small_native.err" |
+      sed -E '/^label=/! s/^[A-Za-z_ -]+: ([a-z_]+=)/label=native 10 KiB uploads, 32 concurrent \1/' >>"$out" ||
       note "small_native failed (${args[*]}): $(tail -c 300 "$WORK/small_native.err")"
   done
 }
