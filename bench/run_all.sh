@@ -22,6 +22,8 @@
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
 #   BENCHMARKS_MD=BENCHMARKS.md  where the regenerated page goes
+#   BENCH_OWN_FS=0        10 KiB section on BENCH_TMP instead of a loop-mounted
+#                         ext4 image of its own
 # Tools: iperf3 (apt-get install iperf3), oha (cargo install oha --locked),
 # dufs (cargo install dufs --locked), python3 with matplotlib (pip install
 # matplotlib) for the plots. A missing tool skips its series with a note.
@@ -294,14 +296,14 @@ own_fs() { # -> FS_DIR
   local img=$WORK/fs.img mnt=$WORK/fs gib=$([[ $QUICK == 1 ]] && echo 4 || echo 16)
   mkdir -p "$mnt"
   # Inode tables written now, not by ext4lazyinit in the background while we measure.
-  if [[ $(id -u) == 0 ]] && truncate -s "${gib}G" "$img" &&
+  if [[ ${BENCH_OWN_FS:-1} == 1 && $(id -u) == 0 ]] && truncate -s "${gib}G" "$img" &&
     mkfs.ext4 -q -F -i 8192 -E lazy_itable_init=0,lazy_journal_init=0 "$img" >/dev/null 2>&1 &&
     mount -o loop "$img" "$mnt" 2>/dev/null; then
     FS_MOUNT=$mnt; FS_DIR=$mnt
     echo "small_fs=ext4 on a ${gib} GiB image of its own, loop-mounted ($(findmnt -no SOURCE "$mnt")), on $(df -T "$WORK" | awk 'NR==2 {print $1" "$2}')" >>"$RAW/machine.txt"
   else
     rm -f "$img"; FS_DIR=$WORK/fsdir; mkdir -p "$FS_DIR"
-    echo "small_fs=$(df -T "$WORK" | awk 'NR==2 {print $1" "$2}') under BENCH_TMP, shared with the rest of the machine (no loop mount: not root or no loop device)" >>"$RAW/machine.txt"
+    echo "small_fs=$(df -T "$WORK" | awk 'NR==2 {print $1" "$2}') under BENCH_TMP, shared with the rest of the machine (no loop mount: BENCH_OWN_FS=0, not root or no loop device)" >>"$RAW/machine.txt"
     note "note: no loop mount for the 10 KiB section: gateway and dufs share BENCH_TMP's file system with everything else"
   fi
 }
