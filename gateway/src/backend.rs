@@ -1,11 +1,13 @@
 //! The STEP backend: a pool of connections and the operations the routes use.
 //!
 //! Pooled connections belong to no user: every request carries its own token
-//! (set on the connection just before use). A connection that saw anything
-//! but a clean answer — an IO error, a timeout, an interrupted pipeline — is
-//! taken out of the pool instead of being returned, so a desynchronised
-//! stream is never reused. A connection found closed (e.g. the server
-//! restarted) fails its recycle check and is replaced.
+//! (set on the connection just before use). A connection always goes back to
+//! the pool, however its use ended — an early error, a refusal, a request
+//! future dropped mid-pipeline: the client counts the answers it is still
+//! owed, and the pool's recycle check reads them (under the backend
+//! timeout) before the connection is lent again. Only a connection that
+//! broke (an IO or framing failure, owed answers that never came) or that
+//! the server closed fails that check and is replaced.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -95,56 +97,24 @@ impl managed::Manager for StepManager {
     }
 
     async fn recycle(&self, client: &mut StepClient, _: &Metrics) -> RecycleResult<ClientError> {
-        if client.is_idle() {
+        let owed = client.in_flight();
+        let settled = client.settle().await;
+        if settled.is_ok() && client.is_idle() {
+            if owed > 0 {
+                debug!(owed, "drained an abandoned exchange's answers");
+            }
             Ok(())
         } else {
             self.losses.fetch_add(1, Ordering::Relaxed);
-            Err(RecycleError::message("connection closed or out of sync"))
+            Err(RecycleError::message("connection closed or broken"))
         }
     }
 }
 
 pub type Pool = managed::Pool<StepManager>;
 
-/// A pooled connection on loan. It goes back to the pool only when marked
-/// clean; dropped in any other state — an error, or a request future
-/// cancelled because the HTTP client went away mid-pipeline — it is
-/// discarded, since answers may still be in flight on it.
-#[derive(Debug)]
-pub struct Conn {
-    object: Option<Object<StepManager>>,
-    clean: bool,
-}
-
-impl Conn {
-    /// Allow this connection back into the pool when dropped.
-    pub fn mark_clean(&mut self) {
-        self.clean = true;
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if !self.clean
-            && let Some(object) = self.object.take()
-        {
-            drop(Object::take(object));
-        }
-    }
-}
-
-impl std::ops::Deref for Conn {
-    type Target = StepClient;
-    fn deref(&self) -> &StepClient {
-        self.object.as_ref().expect("present until drop")
-    }
-}
-
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut StepClient {
-        self.object.as_mut().expect("present until drop")
-    }
-}
+/// A pooled connection on loan; dropped, it goes back to the pool.
+pub type Conn = Object<StepManager>;
 
 /// Settings for one transfer, adapted to what the server announced.
 #[derive(Debug, Clone, Copy)]
@@ -240,7 +210,9 @@ impl Backend {
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
             .create_timeout(Some(timeout))
-            .recycle_timeout(Some(Duration::from_secs(1)))
+            // Recycling may read answers an abandoned exchange left owed,
+            // each within the backend timeout.
+            .recycle_timeout(Some(timeout * 2))
             .build()
             .expect("a runtime is configured, so building cannot fail");
         Self {
@@ -278,10 +250,7 @@ impl Backend {
             waited_ms = started.elapsed().as_millis() as u64,
             "got STEP connection"
         );
-        let mut conn = Conn {
-            object: Some(object),
-            clean: false,
-        };
+        let mut conn = object;
         conn.set_token(token);
         self.learned_caps(&mut conn);
         Ok(conn)
@@ -296,11 +265,7 @@ impl Backend {
         };
         for _ in 0..n {
             match self.pool.timeout_get(&no_wait).await {
-                Ok(object) => {
-                    let mut c = Conn {
-                        object: Some(object),
-                        clean: false,
-                    };
+                Ok(mut c) => {
                     c.set_token(token);
                     self.learned_caps(&mut c);
                     out.push(c);
@@ -331,60 +296,26 @@ impl Backend {
         }
     }
 
-    /// Run `op` on a pooled connection. A connection whose operation failed
-    /// other than by a clean refusal is discarded.
+    /// Run `op` on a pooled connection (which goes back to the pool
+    /// whatever happened).
     pub async fn call<T, F, Fut>(&self, token: &str, op: F) -> Result<T, GatewayError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = (Conn, Result<T, ClientError>)>,
     {
         let conn = self.conn(token).await?;
-        let (conn, result) = op(conn).await;
-        self.settle(conn, result)
+        let (_conn, result) = op(conn).await;
+        result.map_err(|e| self.step_error(e))
     }
 
-    /// Return or discard a connection according to how its use ended.
-    pub fn settle<T>(
-        &self,
-        mut conn: Conn,
-        result: Result<T, ClientError>,
-    ) -> Result<T, GatewayError> {
-        match result {
-            Ok(v) => {
-                conn.mark_clean();
-                Ok(v)
-            }
-            Err(e) => {
-                if matches!(e, ClientError::Refused { .. }) {
-                    conn.mark_clean();
-                } else {
-                    warn!(error = %e, "discarding STEP connection");
-                    self.metrics.backend_errors.inc();
-                    self.losses.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e.into())
-            }
+    /// A STEP exchange's error as the gateway's, counted unless it is a
+    /// refusal (which is an answer like any other).
+    pub fn step_error(&self, e: ClientError) -> GatewayError {
+        if !matches!(e, ClientError::Refused { .. }) {
+            warn!(error = %e, "STEP exchange failed");
+            self.metrics.backend_errors.inc();
         }
-    }
-
-    /// Like [`Backend::settle`] for a connection that stays in use: a clean
-    /// refusal leaves it usable; anything else makes it unusable.
-    pub fn settle_keep<T>(
-        &self,
-        conn: &mut Conn,
-        result: Result<T, ClientError>,
-    ) -> Result<T, GatewayError> {
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if matches!(e, ClientError::Refused { .. }) {
-                    conn.mark_clean();
-                } else {
-                    self.metrics.backend_errors.inc();
-                }
-                Err(e.into())
-            }
-        }
+        e.into()
     }
 
     /// Transfer settings for a connection's server.
@@ -581,7 +512,6 @@ impl Backend {
     ) -> Result<FilePage, GatewayError> {
         let mut conn = self.conn(token).await?;
         if !conn.capabilities().list {
-            conn.mark_clean();
             return Err(GatewayError::NotImplemented(
                 "the STEP backend does not list files (no \"list\" capability)".into(),
             ));
@@ -591,8 +521,7 @@ impl Backend {
             after: after.as_deref(),
             limit: Some(limit),
         };
-        let r = conn.file_list(query).await;
-        self.settle(conn, r)
+        conn.file_list(query).await.map_err(|e| self.step_error(e))
     }
 
     /// FILE DELETE only while the file's md5 is `md5`: atomic (412 when it
