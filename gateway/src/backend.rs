@@ -1,4 +1,10 @@
-//! The STEP backend: a pool of connections and the operations the routes use.
+//! The STEP backend: the operations the routes use, over one of two
+//! transports ([`Transport`]): a pool of TCP connections to a STEP server
+//! (`--backend`), or the embedded server's service called in process. Either
+//! way a route gets a [`Session`] and speaks STEP messages through it; the
+//! in-process one checks the token once per session and then passes
+//! messages to the service with no socket, no frames and no per-request
+//! token check. Protocol rules stay in the service.
 //!
 //! Pooled connections belong to no user: every request carries its own token
 //! (set on the connection just before use). A connection always goes back to
@@ -16,11 +22,14 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
-use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
+use step_core::client::{
+    Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, LocalServe, StepClient, expect_ok,
+};
 use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
+use step_server::service::Service;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -116,6 +125,62 @@ pub type Pool = managed::Pool<StepManager>;
 /// A pooled connection on loan; dropped, it goes back to the pool.
 pub type Conn = Object<StepManager>;
 
+/// What the gateway reaches the STEP service over.
+#[derive(Debug)]
+enum Transport {
+    /// Pooled TCP connections to a STEP server.
+    Pool(Pool),
+    /// The embedded server's service, in this process.
+    InProcess(Arc<Service>),
+}
+
+/// A STEP session on loan, whichever the transport: a pooled connection
+/// (back to the pool when dropped) or an in-process link to the service.
+#[derive(Debug)]
+pub enum Session {
+    Tcp(Conn),
+    Local(StepClient),
+}
+
+impl std::ops::Deref for Session {
+    type Target = StepClient;
+    fn deref(&self) -> &StepClient {
+        match self {
+            Session::Tcp(c) => c,
+            Session::Local(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut StepClient {
+        match self {
+            Session::Tcp(c) => c,
+            Session::Local(c) => c,
+        }
+    }
+}
+
+/// The service acting for one user (token checked once, by
+/// [`Service::user_of`]), or for nobody: then each request's own token is
+/// checked (LOGIN, the readiness probe).
+#[derive(Debug)]
+struct ServeAs {
+    service: Arc<Service>,
+    user: Option<String>,
+}
+
+impl LocalServe for ServeAs {
+    fn serve(self: Arc<Self>, msg: Message) -> futures::future::BoxFuture<'static, Message> {
+        Box::pin(async move {
+            match &self.user {
+                Some(user) => self.service.serve_as(user, msg).await,
+                None => self.service.serve_message(msg).await,
+            }
+        })
+    }
+}
+
 /// Settings for one transfer, adapted to what the server announced.
 #[derive(Debug, Clone, Copy)]
 pub struct TransferPlan {
@@ -127,7 +192,7 @@ pub struct TransferPlan {
 /// The STEP side of the gateway.
 #[derive(Debug)]
 pub struct Backend {
-    pool: Pool,
+    transport: Transport,
     settings: TransferArgs,
     default_user: Option<String>,
     /// The default user's token while it may be reused.
@@ -215,8 +280,47 @@ impl Backend {
             .recycle_timeout(Some(timeout * 2))
             .build()
             .expect("a runtime is configured, so building cannot fail");
+        Self::with_transport(
+            Transport::Pool(pool),
+            settings,
+            default_user,
+            metrics,
+            losses,
+            caps,
+            probe_refused,
+        )
+    }
+
+    /// The embedded server's `service`, called in process.
+    pub fn in_process(
+        service: Arc<Service>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let caps = Arc::new(std::sync::Mutex::new(Some(service.capabilities())));
+        Self::with_transport(
+            Transport::InProcess(service),
+            settings,
+            default_user,
+            metrics,
+            Arc::new(AtomicU64::new(0)),
+            caps,
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn with_transport(
+        transport: Transport,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+        losses: Arc<AtomicU64>,
+        caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+        probe_refused: Arc<AtomicBool>,
+    ) -> Self {
         Self {
-            pool,
+            transport,
             settings,
             default_user,
             default_token: Mutex::new(None),
@@ -234,18 +338,39 @@ impl Backend {
         self.losses.load(Ordering::Relaxed)
     }
 
+    /// The pool's state (all zero in process: there is no pool).
     pub fn pool_status(&self) -> deadpool::Status {
-        self.pool.status()
+        match &self.transport {
+            Transport::Pool(pool) => pool.status(),
+            Transport::InProcess(_) => deadpool::Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+        }
     }
 
-    /// A pooled connection carrying `token`.
-    pub async fn conn(&self, token: &str) -> Result<Conn, GatewayError> {
+    /// Where the STEP service is, for logs.
+    fn describe(&self) -> &str {
+        match &self.transport {
+            Transport::Pool(pool) => &pool.manager().addr,
+            Transport::InProcess(_) => "in process",
+        }
+    }
+
+    /// A session carrying `token` (empty: none, for LOGIN and probes).
+    pub async fn conn(&self, token: &str) -> Result<Session, GatewayError> {
+        let pool = match &self.transport {
+            Transport::Pool(pool) => pool,
+            Transport::InProcess(service) => return self.local(service, token).await,
+        };
         let started = Instant::now();
-        let status = self.pool.status();
+        let status = pool.status();
         if status.available == 0 && status.size >= status.max_size {
             self.metrics.pool_waits.inc();
         }
-        let object = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let object = pool.get().await.map_err(|e| self.pool_error(e))?;
         debug!(
             waited_ms = started.elapsed().as_millis() as u64,
             "got STEP connection"
@@ -253,22 +378,50 @@ impl Backend {
         let mut conn = object;
         conn.set_token(token);
         self.learned_caps(&mut conn);
-        Ok(conn)
+        Ok(Session::Tcp(conn))
     }
 
-    /// Up to `n` more connections, without waiting for busy ones.
-    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Conn> {
+    /// An in-process session: the token is checked here, once.
+    async fn local(&self, service: &Arc<Service>, token: &str) -> Result<Session, GatewayError> {
+        let user = if token.is_empty() {
+            None
+        } else {
+            match service.user_of(token).await {
+                Ok(user) => Some(user),
+                Err(refusal) => {
+                    return Err(match expect_ok(refusal) {
+                        Err(e) => e.into(),
+                        Ok(_) => GatewayError::Internal("a token refusal said 200".into()),
+                    });
+                }
+            }
+        };
+        let serve = Arc::new(ServeAs {
+            service: Arc::clone(service),
+            user,
+        });
+        let client = StepClient::local(serve, token.to_owned(), service.capabilities());
+        Ok(Session::Local(client))
+    }
+
+    /// Up to `n` more pooled connections, without waiting for busy ones
+    /// (none in process: one session there already answers a window of
+    /// requests at once).
+    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Session> {
         let mut out = Vec::new();
+        let Transport::Pool(pool) = &self.transport else {
+            return out;
+        };
         let no_wait = Timeouts {
             wait: Some(Duration::ZERO),
-            ..self.pool.timeouts()
+            ..pool.timeouts()
         };
         for _ in 0..n {
-            match self.pool.timeout_get(&no_wait).await {
+            match pool.timeout_get(&no_wait).await {
                 Ok(mut c) => {
                     c.set_token(token);
                     self.learned_caps(&mut c);
-                    out.push(c);
+                    out.push(Session::Tcp(c));
                 }
                 Err(_) => break,
             }
@@ -300,8 +453,8 @@ impl Backend {
     /// whatever happened).
     pub async fn call<T, F, Fut>(&self, token: &str, op: F) -> Result<T, GatewayError>
     where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = (Conn, Result<T, ClientError>)>,
+        F: FnOnce(Session) -> Fut,
+        Fut: Future<Output = (Session, Result<T, ClientError>)>,
     {
         let conn = self.conn(token).await?;
         let (_conn, result) = op(conn).await;
@@ -319,7 +472,7 @@ impl Backend {
     }
 
     /// Transfer settings for a connection's server.
-    pub fn plan_for(&self, conn: &Conn) -> TransferPlan {
+    pub fn plan_for(&self, conn: &Session) -> TransferPlan {
         let caps = conn.capabilities();
         if caps.pipelining {
             let bs = self
@@ -366,7 +519,7 @@ impl Backend {
 
     /// Connections made without the probe's login (a server with accounts)
     /// take what the server announced at a user's login.
-    fn learned_caps(&self, conn: &mut Conn) {
+    fn learned_caps(&self, conn: &mut StepClient) {
         if self.probe_refused.load(Ordering::Relaxed)
             && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
         {
@@ -429,9 +582,9 @@ impl Backend {
         let before = self.readiness.swap(now as u8, Ordering::Relaxed);
         if before != now as u8 {
             match &result {
-                Ok(()) => info!(addr = %self.pool.manager().addr, "STEP backend is up"),
+                Ok(()) => info!(addr = %self.describe(), "STEP backend is up"),
                 Err(e) => {
-                    warn!(addr = %self.pool.manager().addr, error = %e, "STEP backend is down")
+                    warn!(addr = %self.describe(), error = %e, "STEP backend is down")
                 }
             }
         }

@@ -37,7 +37,7 @@ use step_core::client::{ClientError, DownloadPlan, StepClient, expect_ok};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::backend::{Backend, Conn};
+use crate::backend::{Backend, Session};
 use crate::conditional::{self, Current, Outcome};
 use crate::error::GatewayError;
 
@@ -186,7 +186,7 @@ enum Stop {
 #[allow(clippy::too_many_arguments)]
 async fn stream_blocks(
     backend: Arc<Backend>,
-    mut conn: Conn,
+    mut conn: Session,
     plan: DownloadPlan,
     first: u64,
     last: u64,

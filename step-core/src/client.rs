@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::{SinkExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -291,11 +292,28 @@ pub struct SaveOptions {
     pub resume: bool,
 }
 
-/// One connection to a STEP server.
+/// A STEP service answering in this process, for one user (whose token was
+/// checked once, when the client was made): requests go to it as messages,
+/// with no frames and no per-request token check.
+pub trait LocalServe: Send + Sync + std::fmt::Debug {
+    fn serve(self: std::sync::Arc<Self>, msg: Message) -> BoxFuture<'static, Message>;
+}
+
+/// What a client's requests travel over.
+#[derive(Debug)]
+pub(crate) enum Link<T> {
+    Wire {
+        reader: FramedRead<ReadHalf<T>, StepCodec>,
+        writer: FramedWrite<WriteHalf<T>, StepCodec>,
+    },
+    Local(std::sync::Arc<dyn LocalServe>),
+}
+
+/// One connection to a STEP server (or a link to one in this process,
+/// [`StepClient::local`]).
 #[derive(Debug)]
 pub struct StepClient<T = Connection> {
-    reader: FramedRead<ReadHalf<T>, StepCodec>,
-    pub(crate) writer: FramedWrite<WriteHalf<T>, StepCodec>,
+    pub(crate) link: Link<T>,
     token: Option<String>,
     capabilities: Capabilities,
     timeout: Option<Duration>,
@@ -330,6 +348,10 @@ impl StepClient<Connection> {
             StepCodec::default(),
         ))
     }
+}
+
+fn no_wire() -> ClientError {
+    ClientError::Protocol("an in-process client has no wire to send frames on".into())
 }
 
 /// A successful answer's fields as `T` (unknown fields are ignored).
@@ -381,12 +403,33 @@ pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
     }
 }
 
+impl<T> StepClient<T> {
+    /// A client whose requests `serve` answers in this process, carrying
+    /// `token` (for what builds requests) and announcing `capabilities`.
+    pub fn local(
+        serve: std::sync::Arc<dyn LocalServe>,
+        token: String,
+        capabilities: Capabilities,
+    ) -> Self {
+        Self {
+            link: Link::Local(serve),
+            token: Some(token),
+            capabilities,
+            timeout: None,
+            owed: 0,
+            broken: None,
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     pub fn new(io: T, codec: StepCodec) -> Self {
         let (r, w) = tokio::io::split(io);
         Self {
-            reader: FramedRead::new(r, codec),
-            writer: FramedWrite::new(w, codec),
+            link: Link::Wire {
+                reader: FramedRead::new(r, codec),
+                writer: FramedWrite::new(w, codec),
+            },
             token: None,
             capabilities: Capabilities::default(),
             timeout: None,
@@ -462,10 +505,13 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// usable, no answer owed, nothing unread, not closed by the server.
     /// Never blocks; an unsolicited frame found here breaks the connection.
     pub fn is_idle(&mut self) -> bool {
-        if self.broken.is_some() || self.owed > 0 || !self.reader.read_buffer().is_empty() {
+        let Link::Wire { reader, .. } = &mut self.link else {
+            return true;
+        };
+        if self.broken.is_some() || self.owed > 0 || !reader.read_buffer().is_empty() {
             return false;
         }
-        match self.reader.next().now_or_never() {
+        match reader.next().now_or_never() {
             None => true,
             Some(_) => {
                 self.broken = Some("unsolicited data or a close from the server".into());
@@ -476,7 +522,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
 
     /// Poll for the next frame, counting it as an answer received.
     pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ClientError>> {
-        match self.reader.poll_next_unpin(cx) {
+        let Link::Wire { reader, .. } = &mut self.link else {
+            return Poll::Ready(Err(no_wire()));
+        };
+        match reader.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
                 self.owed = self.owed.saturating_sub(1);
@@ -494,7 +543,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     pub async fn settle(&mut self) -> Result<(), ClientError> {
         self.check_usable()?;
         let timeout = self.timeout;
-        let flushed = bounded(timeout, SinkExt::<Message>::flush(&mut self.writer))
+        let Link::Wire { writer, .. } = &mut self.link else {
+            return Ok(());
+        };
+        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
             .await
             .and_then(|r| r.map_err(ClientError::from));
         if let Err(e) = flushed {
@@ -516,9 +568,12 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
         self.check_usable()?;
         let timeout = self.timeout;
+        let Link::Wire { writer, .. } = &mut self.link else {
+            return Err(no_wire());
+        };
         // `feed` queues the frame within the poll that completes it, so the
         // count cannot miss a queued frame however this future is dropped.
-        let queued = bounded(timeout, self.writer.feed(msg))
+        let queued = bounded(timeout, writer.feed(msg))
             .await
             .and_then(|r| r.map_err(ClientError::from));
         if let Err(e) = queued {
@@ -527,8 +582,8 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             }
             return Err(e);
         }
-        self.owe();
-        let flushed = bounded(timeout, SinkExt::<Message>::flush(&mut self.writer))
+        self.owed += 1;
+        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
             .await
             .and_then(|r| r.map_err(ClientError::from));
         if let Err(e) = &flushed
@@ -552,6 +607,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// One round trip (after settling what earlier exchanges left owed); the
     /// response is returned whatever its status.
     pub async fn call(&mut self, msg: &Message) -> Result<Message, ClientError> {
+        if let Link::Local(serve) = &self.link {
+            return Ok(std::sync::Arc::clone(serve).serve(msg.clone()).await);
+        }
         self.settle().await?;
         self.send(msg).await?;
         self.recv().await

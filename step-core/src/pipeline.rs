@@ -14,11 +14,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::client::{ClientError, StepClient};
+use crate::client::{ClientError, Link, StepClient};
 use crate::message::Message;
 
 /// Responses in request order (STEP answers in order, so matching is
@@ -41,6 +43,8 @@ pub struct Responses<'c, T, S> {
     /// Deadline for the server's next sign of progress, armed only while we
     /// wait on it (the requests' source is the caller's to bound).
     deadline: Option<Pin<Box<Sleep>>>,
+    /// An in-process client's requests being answered, in order.
+    local: FuturesOrdered<BoxFuture<'static, Message>>,
     done: bool,
 }
 
@@ -72,6 +76,7 @@ where
             // answers owed to them come only once they are out.
             unflushed: true,
             deadline: None,
+            local: FuturesOrdered::new(),
             done: false,
         }
     }
@@ -90,6 +95,38 @@ where
     fn progress(&mut self) {
         if let (Some(deadline), Some(t)) = (self.deadline.as_mut(), self.client.timeout()) {
             deadline.as_mut().reset(Instant::now() + t);
+        }
+    }
+
+    /// An in-process client: up to `window` requests answered at once (the
+    /// service bounds its own waits), yielded in order.
+    fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, ClientError>>> {
+        let Link::Local(serve) = &self.client.link else {
+            return Poll::Ready(None);
+        };
+        while self.local.len() < self.window
+            && let Some(requests) = self.requests.as_mut()
+        {
+            match requests.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => self.requests = None,
+                Poll::Ready(Some(Err(e))) => {
+                    self.requests = None;
+                    return self.finish(e);
+                }
+                Poll::Ready(Some(Ok(msg))) => {
+                    self.local
+                        .push_back(std::sync::Arc::clone(serve).serve(msg));
+                }
+            }
+        }
+        match self.local.poll_next_unpin(cx) {
+            Poll::Ready(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Poll::Ready(None) if self.requests.is_none() => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            _ => Poll::Pending,
         }
     }
 
@@ -121,14 +158,19 @@ where
         if let Err(e) = this.client.check_usable() {
             return this.finish(e);
         }
+        if let Link::Local(_) = this.client.link {
+            return this.poll_local(cx);
+        }
         loop {
             let mut moved = false;
             // Send while credits last and the source has requests ready.
             while this.pending < this.window
                 && let Some(requests) = this.requests.as_mut()
             {
-                let writer = Pin::new(&mut this.client.writer);
-                match Sink::<Message>::poll_ready(writer, cx) {
+                let Link::Wire { writer, .. } = &mut this.client.link else {
+                    break;
+                };
+                match Sink::<Message>::poll_ready(Pin::new(writer), cx) {
                     Poll::Pending => break,
                     Poll::Ready(Err(e)) => return this.fail(e.into()),
                     Poll::Ready(Ok(())) => {}
@@ -145,7 +187,10 @@ where
                     }
                     Poll::Ready(Some(Ok(msg))) => msg,
                 };
-                if let Err(e) = Pin::new(&mut this.client.writer).start_send(msg) {
+                let Link::Wire { writer, .. } = &mut this.client.link else {
+                    break;
+                };
+                if let Err(e) = Pin::new(writer).start_send(msg) {
                     return this.fail(e.into());
                 }
                 // Owed from here on: the frame is in the writer's buffer and
@@ -155,8 +200,10 @@ where
                 this.unflushed = true;
                 moved = true;
             }
-            if this.unflushed {
-                match Sink::<Message>::poll_flush(Pin::new(&mut this.client.writer), cx) {
+            if this.unflushed
+                && let Link::Wire { writer, .. } = &mut this.client.link
+            {
+                match Sink::<Message>::poll_flush(Pin::new(writer), cx) {
                     Poll::Ready(Ok(())) => this.unflushed = false,
                     Poll::Ready(Err(e)) => return this.fail(e.into()),
                     Poll::Pending => {}
