@@ -351,6 +351,11 @@ impl Backend {
         }
     }
 
+    /// Whether the STEP service runs in this process (the embedded server).
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport, Transport::InProcess(_))
+    }
+
     /// Where the STEP service is, for logs.
     fn describe(&self) -> &str {
         match &self.transport {

@@ -6,6 +6,11 @@
 //! by `connections × window` blocks, whatever the file size. The md5 the STEP
 //! server reports must equal the md5 of the bytes received; if it does not,
 //! the file is deleted and the request fails.
+//!
+//! In process (the embedded server) each byte is hashed once: the blocks
+//! handed to the service are the very buffers read from the body (shared,
+//! not copied), and the service hashes what it stores, so a second md5 here
+//! could only ever agree; the server's md5 is the file's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +92,8 @@ struct Chunker<S> {
 
 /// The md5 of the body, computed as it is read.
 enum Hasher {
+    /// The server's md5 is taken as is (in process, see the module comment).
+    Server,
     Inline(Md5),
     /// Chunks go to a blocking thread, which returns the digest once the
     /// sender is dropped.
@@ -97,8 +104,10 @@ enum Hasher {
 }
 
 impl Hasher {
-    fn for_size(size: u64) -> Self {
-        if size >= THREAD_HASH_MIN {
+    fn for_upload(backend: &Backend, size: u64) -> Self {
+        if backend.is_in_process() {
+            Hasher::Server
+        } else if size >= THREAD_HASH_MIN {
             let (queue, done) = hash_thread();
             Hasher::Thread { queue, done }
         } else {
@@ -108,6 +117,7 @@ impl Hasher {
 
     async fn update(&mut self, chunk: &Bytes) -> Result<(), GatewayError> {
         match self {
+            Hasher::Server => {}
             Hasher::Inline(md5) => md5.update(chunk),
             Hasher::Thread { queue, .. } => queue
                 .send(chunk.clone())
@@ -117,8 +127,10 @@ impl Hasher {
         Ok(())
     }
 
-    async fn finish(self) -> Result<String, GatewayError> {
+    /// The md5 of the body; `None` when the server's is to be taken.
+    async fn finish(self) -> Result<Option<String>, GatewayError> {
         let md5 = match self {
+            Hasher::Server => return Ok(None),
             Hasher::Inline(md5) => md5,
             Hasher::Thread { queue, done } => {
                 drop(queue);
@@ -126,7 +138,7 @@ impl Hasher {
                     .map_err(|e| GatewayError::Internal(format!("md5 thread: {e}")))?
             }
         };
-        Ok(hex::encode(md5.finalize()))
+        Ok(Some(hex::encode(md5.finalize())))
     }
 }
 
@@ -402,7 +414,7 @@ where
         received: 0,
         expected: size,
         ended: false,
-        hasher: Hasher::for_size(size),
+        hasher: Hasher::for_upload(backend, size),
     };
     let result = if plan.total_block == 0 {
         // Nothing to send; the body must still be empty.
@@ -424,13 +436,14 @@ where
             return Err(e);
         }
     };
-    let received = chunker.hasher.finish().await?;
+    let hashed = chunker.hasher.finish().await?;
     let Some(stored) = server_md5 else {
         cleanup.run(false).await;
         return Err(GatewayError::BadGateway(
             "every block was acknowledged but the file was not completed".into(),
         ));
     };
+    let received = hashed.unwrap_or_else(|| stored.clone());
     if !stored.eq_ignore_ascii_case(&received) {
         warn!(%key, %received, %stored, "md5 mismatch after upload; deleting");
         // This request's own upload just completed: it is removed.
