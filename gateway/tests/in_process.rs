@@ -250,3 +250,50 @@ async fn token_refusal_matches_the_tcp_backend() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Clients that go away mid-transfer cut no in-process request off midway:
+/// after an abandoned download and a PUT whose client vanished mid-body,
+/// the same key is stored and read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_clients_in_process() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = embedded().await;
+    let gw = gateway(&e).await;
+    let body = pattern(8 * 1024 * 1024, 3);
+    gw.store("big.bin", body.clone()).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut get = socket.connect(gw.addr).await.expect("connect");
+    let head = format!("GET /files/big.bin HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr);
+    get.write_all(head.as_bytes()).await.expect("GET");
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(90), get.read(&mut first))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    drop(get);
+
+    let mut put = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /files/again.bin HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        gw.addr,
+        body.len()
+    );
+    put.write_all(head.as_bytes()).await.expect("PUT head");
+    put.write_all(&body[..1024 * 1024])
+        .await
+        .expect("part of the body");
+    drop(put);
+
+    gw.store("again.bin", body.clone()).await;
+    let (status, _, got) = gw.get_bytes("/files/again.bin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(got == body, "stored whole after the vanished PUT");
+    let (status, _, got) = gw.get_bytes("/files/big.bin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(got == body, "read whole after the abandoned GET");
+}

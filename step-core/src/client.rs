@@ -350,6 +350,20 @@ impl StepClient<Connection> {
     }
 }
 
+/// Have `serve` answer `msg` on a task of its own: like a request already
+/// sent over a wire, it runs to its end even if the caller stops waiting
+/// (so the service is never cut off midway through a request).
+pub(crate) fn spawn_local(
+    serve: &std::sync::Arc<dyn LocalServe>,
+    msg: Message,
+) -> impl std::future::Future<Output = Result<Message, ClientError>> + Send + 'static {
+    let task = tokio::spawn(std::sync::Arc::clone(serve).serve(msg));
+    async move {
+        task.await
+            .map_err(|e| ClientError::Protocol(format!("the in-process service failed: {e}")))
+    }
+}
+
 fn no_wire() -> ClientError {
     ClientError::Protocol("an in-process client has no wire to send frames on".into())
 }
@@ -608,7 +622,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// response is returned whatever its status.
     pub async fn call(&mut self, msg: &Message) -> Result<Message, ClientError> {
         if let Link::Local(serve) = &self.link {
-            return Ok(std::sync::Arc::clone(serve).serve(msg.clone()).await);
+            return spawn_local(serve, msg.clone()).await;
         }
         self.settle().await?;
         self.send(msg).await?;

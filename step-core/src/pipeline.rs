@@ -44,7 +44,7 @@ pub struct Responses<'c, T, S> {
     /// wait on it (the requests' source is the caller's to bound).
     deadline: Option<Pin<Box<Sleep>>>,
     /// An in-process client's requests being answered, in order.
-    local: FuturesOrdered<BoxFuture<'static, Message>>,
+    local: FuturesOrdered<BoxFuture<'static, Result<Message, ClientError>>>,
     done: bool,
 }
 
@@ -99,7 +99,9 @@ where
     }
 
     /// An in-process client: up to `window` requests answered at once (the
-    /// service bounds its own waits), yielded in order.
+    /// service bounds its own waits), yielded in order. Each runs on a task
+    /// of its own, so dropping the stream abandons answers, never a request
+    /// half-served.
     fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, ClientError>>> {
         let Link::Local(serve) = &self.client.link else {
             return Poll::Ready(None);
@@ -116,12 +118,13 @@ where
                 }
                 Poll::Ready(Some(Ok(msg))) => {
                     self.local
-                        .push_back(std::sync::Arc::clone(serve).serve(msg));
+                        .push_back(Box::pin(crate::client::spawn_local(serve, msg)));
                 }
             }
         }
         match self.local.poll_next_unpin(cx) {
-            Poll::Ready(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Poll::Ready(Some(Ok(msg))) => Poll::Ready(Some(Ok(msg))),
+            Poll::Ready(Some(Err(e))) => self.finish(e),
             Poll::Ready(None) if self.requests.is_none() => {
                 self.done = true;
                 Poll::Ready(None)
