@@ -1,11 +1,19 @@
-//! The STEP backend: a pool of connections and the operations the routes use.
+//! The STEP backend: the operations the routes use, over one of two
+//! transports ([`Transport`]): a pool of TCP connections to a STEP server
+//! (`--backend`), or the embedded server's service called in process. Either
+//! way a route gets a [`Session`] and speaks STEP messages through it; the
+//! in-process one checks the token once per session and then passes
+//! messages to the service with no socket, no frames and no per-request
+//! token check. Protocol rules stay in the service.
 //!
 //! Pooled connections belong to no user: every request carries its own token
-//! (set on the connection just before use). A connection that saw anything
-//! but a clean answer — an IO error, a timeout, an interrupted pipeline — is
-//! taken out of the pool instead of being returned, so a desynchronised
-//! stream is never reused. A connection found closed (e.g. the server
-//! restarted) fails its recycle check and is replaced.
+//! (set on the connection just before use). A connection always goes back to
+//! the pool, however its use ended — an early error, a refusal, a request
+//! future dropped mid-pipeline: the client counts the answers it is still
+//! owed, and the pool's recycle check reads them (under the backend
+//! timeout) before the connection is lent again. Only a connection that
+//! broke (an IO or framing failure, owed answers that never came) or that
+//! the server closed fails that check and is replaced.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,11 +22,14 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value};
-use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
+use step_core::client::{
+    Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, LocalServe, StepClient, expect_ok,
+};
 use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
+use step_server::service::Service;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -95,54 +106,78 @@ impl managed::Manager for StepManager {
     }
 
     async fn recycle(&self, client: &mut StepClient, _: &Metrics) -> RecycleResult<ClientError> {
-        if client.is_idle() {
+        let owed = client.in_flight();
+        let settled = client.settle().await;
+        if settled.is_ok() && client.is_idle() {
+            if owed > 0 {
+                debug!(owed, "drained an abandoned exchange's answers");
+            }
             Ok(())
         } else {
             self.losses.fetch_add(1, Ordering::Relaxed);
-            Err(RecycleError::message("connection closed or out of sync"))
+            Err(RecycleError::message("connection closed or broken"))
         }
     }
 }
 
 pub type Pool = managed::Pool<StepManager>;
 
-/// A pooled connection on loan. It goes back to the pool only when marked
-/// clean; dropped in any other state — an error, or a request future
-/// cancelled because the HTTP client went away mid-pipeline — it is
-/// discarded, since answers may still be in flight on it.
+/// A pooled connection on loan; dropped, it goes back to the pool.
+pub type Conn = Object<StepManager>;
+
+/// What the gateway reaches the STEP service over.
 #[derive(Debug)]
-pub struct Conn {
-    object: Option<Object<StepManager>>,
-    clean: bool,
+enum Transport {
+    /// Pooled TCP connections to a STEP server.
+    Pool(Pool),
+    /// The embedded server's service, in this process.
+    InProcess(Arc<Service>),
 }
 
-impl Conn {
-    /// Allow this connection back into the pool when dropped.
-    pub fn mark_clean(&mut self) {
-        self.clean = true;
-    }
+/// A STEP session on loan, whichever the transport: a pooled connection
+/// (back to the pool when dropped) or an in-process link to the service.
+#[derive(Debug)]
+pub enum Session {
+    Tcp(Conn),
+    Local(StepClient),
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if !self.clean
-            && let Some(object) = self.object.take()
-        {
-            drop(Object::take(object));
+impl std::ops::Deref for Session {
+    type Target = StepClient;
+    fn deref(&self) -> &StepClient {
+        match self {
+            Session::Tcp(c) => c,
+            Session::Local(c) => c,
         }
     }
 }
 
-impl std::ops::Deref for Conn {
-    type Target = StepClient;
-    fn deref(&self) -> &StepClient {
-        self.object.as_ref().expect("present until drop")
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut StepClient {
+        match self {
+            Session::Tcp(c) => c,
+            Session::Local(c) => c,
+        }
     }
 }
 
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut StepClient {
-        self.object.as_mut().expect("present until drop")
+/// The service acting for one user (token checked once, by
+/// [`Service::user_of`]), or for nobody: then each request's own token is
+/// checked (LOGIN, the readiness probe).
+#[derive(Debug)]
+struct ServeAs {
+    service: Arc<Service>,
+    user: Option<String>,
+}
+
+impl LocalServe for ServeAs {
+    fn serve(self: Arc<Self>, msg: Message) -> futures::future::BoxFuture<'static, Message> {
+        Box::pin(async move {
+            match &self.user {
+                Some(user) => self.service.serve_as(user, msg).await,
+                None => self.service.serve_message(msg).await,
+            }
+        })
     }
 }
 
@@ -157,7 +192,7 @@ pub struct TransferPlan {
 /// The STEP side of the gateway.
 #[derive(Debug)]
 pub struct Backend {
-    pool: Pool,
+    transport: Transport,
     settings: TransferArgs,
     default_user: Option<String>,
     /// The default user's token while it may be reused.
@@ -240,11 +275,52 @@ impl Backend {
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
             .create_timeout(Some(timeout))
-            .recycle_timeout(Some(Duration::from_secs(1)))
+            // Recycling may read answers an abandoned exchange left owed,
+            // each within the backend timeout.
+            .recycle_timeout(Some(timeout * 2))
             .build()
             .expect("a runtime is configured, so building cannot fail");
+        Self::with_transport(
+            Transport::Pool(pool),
+            settings,
+            default_user,
+            metrics,
+            losses,
+            caps,
+            probe_refused,
+        )
+    }
+
+    /// The embedded server's `service`, called in process.
+    pub fn in_process(
+        service: Arc<Service>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let caps = Arc::new(std::sync::Mutex::new(Some(service.capabilities())));
+        Self::with_transport(
+            Transport::InProcess(service),
+            settings,
+            default_user,
+            metrics,
+            Arc::new(AtomicU64::new(0)),
+            caps,
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn with_transport(
+        transport: Transport,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+        losses: Arc<AtomicU64>,
+        caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
+        probe_refused: Arc<AtomicBool>,
+    ) -> Self {
         Self {
-            pool,
+            transport,
             settings,
             default_user,
             default_token: Mutex::new(None),
@@ -262,48 +338,95 @@ impl Backend {
         self.losses.load(Ordering::Relaxed)
     }
 
+    /// The pool's state (all zero in process: there is no pool).
     pub fn pool_status(&self) -> deadpool::Status {
-        self.pool.status()
+        match &self.transport {
+            Transport::Pool(pool) => pool.status(),
+            Transport::InProcess(_) => deadpool::Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+        }
     }
 
-    /// A pooled connection carrying `token`.
-    pub async fn conn(&self, token: &str) -> Result<Conn, GatewayError> {
+    /// Whether the STEP service runs in this process (the embedded server).
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport, Transport::InProcess(_))
+    }
+
+    /// Where the STEP service is, for logs.
+    fn describe(&self) -> &str {
+        match &self.transport {
+            Transport::Pool(pool) => &pool.manager().addr,
+            Transport::InProcess(_) => "in process",
+        }
+    }
+
+    /// A session carrying `token` (empty: none, for LOGIN and probes).
+    pub async fn conn(&self, token: &str) -> Result<Session, GatewayError> {
+        let pool = match &self.transport {
+            Transport::Pool(pool) => pool,
+            Transport::InProcess(service) => return self.local(service, token).await,
+        };
         let started = Instant::now();
-        let status = self.pool.status();
+        let status = pool.status();
         if status.available == 0 && status.size >= status.max_size {
             self.metrics.pool_waits.inc();
         }
-        let object = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+        let object = pool.get().await.map_err(|e| self.pool_error(e))?;
         debug!(
             waited_ms = started.elapsed().as_millis() as u64,
             "got STEP connection"
         );
-        let mut conn = Conn {
-            object: Some(object),
-            clean: false,
-        };
+        let mut conn = object;
         conn.set_token(token);
         self.learned_caps(&mut conn);
-        Ok(conn)
+        Ok(Session::Tcp(conn))
     }
 
-    /// Up to `n` more connections, without waiting for busy ones.
-    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Conn> {
+    /// An in-process session: the token is checked here, once.
+    async fn local(&self, service: &Arc<Service>, token: &str) -> Result<Session, GatewayError> {
+        let user = if token.is_empty() {
+            None
+        } else {
+            match service.user_of(token).await {
+                Ok(user) => Some(user),
+                Err(refusal) => {
+                    return Err(match expect_ok(refusal) {
+                        Err(e) => e.into(),
+                        Ok(_) => GatewayError::Internal("a token refusal said 200".into()),
+                    });
+                }
+            }
+        };
+        let serve = Arc::new(ServeAs {
+            service: Arc::clone(service),
+            user,
+        });
+        let client = StepClient::local(serve, token.to_owned(), service.capabilities());
+        Ok(Session::Local(client))
+    }
+
+    /// Up to `n` more pooled connections, without waiting for busy ones
+    /// (none in process: one session there already answers a window of
+    /// requests at once).
+    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Session> {
         let mut out = Vec::new();
+        let Transport::Pool(pool) = &self.transport else {
+            return out;
+        };
         let no_wait = Timeouts {
             wait: Some(Duration::ZERO),
-            ..self.pool.timeouts()
+            ..pool.timeouts()
         };
         for _ in 0..n {
-            match self.pool.timeout_get(&no_wait).await {
-                Ok(object) => {
-                    let mut c = Conn {
-                        object: Some(object),
-                        clean: false,
-                    };
+            match pool.timeout_get(&no_wait).await {
+                Ok(mut c) => {
                     c.set_token(token);
                     self.learned_caps(&mut c);
-                    out.push(c);
+                    out.push(Session::Tcp(c));
                 }
                 Err(_) => break,
             }
@@ -331,64 +454,30 @@ impl Backend {
         }
     }
 
-    /// Run `op` on a pooled connection. A connection whose operation failed
-    /// other than by a clean refusal is discarded.
+    /// Run `op` on a pooled connection (which goes back to the pool
+    /// whatever happened).
     pub async fn call<T, F, Fut>(&self, token: &str, op: F) -> Result<T, GatewayError>
     where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = (Conn, Result<T, ClientError>)>,
+        F: FnOnce(Session) -> Fut,
+        Fut: Future<Output = (Session, Result<T, ClientError>)>,
     {
         let conn = self.conn(token).await?;
-        let (conn, result) = op(conn).await;
-        self.settle(conn, result)
+        let (_conn, result) = op(conn).await;
+        result.map_err(|e| self.step_error(e))
     }
 
-    /// Return or discard a connection according to how its use ended.
-    pub fn settle<T>(
-        &self,
-        mut conn: Conn,
-        result: Result<T, ClientError>,
-    ) -> Result<T, GatewayError> {
-        match result {
-            Ok(v) => {
-                conn.mark_clean();
-                Ok(v)
-            }
-            Err(e) => {
-                if matches!(e, ClientError::Refused { .. }) {
-                    conn.mark_clean();
-                } else {
-                    warn!(error = %e, "discarding STEP connection");
-                    self.metrics.backend_errors.inc();
-                    self.losses.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e.into())
-            }
+    /// A STEP exchange's error as the gateway's, counted unless it is a
+    /// refusal (which is an answer like any other).
+    pub fn step_error(&self, e: ClientError) -> GatewayError {
+        if !matches!(e, ClientError::Refused { .. }) {
+            warn!(error = %e, "STEP exchange failed");
+            self.metrics.backend_errors.inc();
         }
-    }
-
-    /// Like [`Backend::settle`] for a connection that stays in use: a clean
-    /// refusal leaves it usable; anything else makes it unusable.
-    pub fn settle_keep<T>(
-        &self,
-        conn: &mut Conn,
-        result: Result<T, ClientError>,
-    ) -> Result<T, GatewayError> {
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if matches!(e, ClientError::Refused { .. }) {
-                    conn.mark_clean();
-                } else {
-                    self.metrics.backend_errors.inc();
-                }
-                Err(e.into())
-            }
-        }
+        e.into()
     }
 
     /// Transfer settings for a connection's server.
-    pub fn plan_for(&self, conn: &Conn) -> TransferPlan {
+    pub fn plan_for(&self, conn: &Session) -> TransferPlan {
         let caps = conn.capabilities();
         if caps.pipelining {
             let bs = self
@@ -435,7 +524,7 @@ impl Backend {
 
     /// Connections made without the probe's login (a server with accounts)
     /// take what the server announced at a user's login.
-    fn learned_caps(&self, conn: &mut Conn) {
+    fn learned_caps(&self, conn: &mut StepClient) {
         if self.probe_refused.load(Ordering::Relaxed)
             && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
         {
@@ -498,9 +587,9 @@ impl Backend {
         let before = self.readiness.swap(now as u8, Ordering::Relaxed);
         if before != now as u8 {
             match &result {
-                Ok(()) => info!(addr = %self.pool.manager().addr, "STEP backend is up"),
+                Ok(()) => info!(addr = %self.describe(), "STEP backend is up"),
                 Err(e) => {
-                    warn!(addr = %self.pool.manager().addr, error = %e, "STEP backend is down")
+                    warn!(addr = %self.describe(), error = %e, "STEP backend is down")
                 }
             }
         }
@@ -581,7 +670,6 @@ impl Backend {
     ) -> Result<FilePage, GatewayError> {
         let mut conn = self.conn(token).await?;
         if !conn.capabilities().list {
-            conn.mark_clean();
             return Err(GatewayError::NotImplemented(
                 "the STEP backend does not list files (no \"list\" capability)".into(),
             ));
@@ -591,8 +679,7 @@ impl Backend {
             after: after.as_deref(),
             limit: Some(limit),
         };
-        let r = conn.file_list(query).await;
-        self.settle(conn, r)
+        conn.file_list(query).await.map_err(|e| self.step_error(e))
     }
 
     /// FILE DELETE only while the file's md5 is `md5`: atomic (412 when it

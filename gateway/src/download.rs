@@ -1,10 +1,11 @@
 //! Streaming a STEP file to an HTTP client, whole or by range.
 //!
 //! One pooled connection pipelines DOWNLOADs of the blocks covering the
-//! requested bytes. Backpressure: a request for the next block is sent only
-//! when a credit is free, and credits come back as the HTTP body consumes
-//! blocks, so a slow client holds at most `window` (+1, see below) blocks in
-//! memory.
+//! requested bytes, and a task moves the blocks from its response stream to
+//! the HTTP body through a bounded channel. Backpressure: the response stream
+//! sends a request only when one of its `window` credits is free, and it is
+//! polled only when the channel has room, so a slow client holds at most
+//! `2 × window` (+1, see below) blocks in memory.
 //!
 //! Integrity. A download of the whole file (no Range, or one covering every
 //! byte) is hashed on the way, and its last block is held back until the md5
@@ -16,13 +17,13 @@
 //! which aborts the body like any other mid-stream error. Against a reference
 //! server a partial range is not verified.
 //!
-//! Stalls. A client that stops reading (or never reads) stops returning
-//! credits; after [`STALL_FACTOR`] × the backend timeout without one, the
-//! download gives up: its STEP connection is discarded (it may have answers
-//! in flight) and the body ends with an error.
+//! Stalls. A client that stops reading (or never reads) leaves the channel
+//! full; after [`STALL_FACTOR`] × the backend timeout without room, the
+//! download gives up and the body ends with an error. However a download
+//! ends, its STEP connection goes back to the pool, which reads the answers
+//! still in flight before lending it again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -33,10 +34,10 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use step_core::Reason;
 use step_core::client::{ClientError, DownloadPlan, StepClient, expect_ok};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::backend::{Backend, Conn};
+use crate::backend::{Backend, Session};
 use crate::conditional::{self, Current, Outcome};
 use crate::error::GatewayError;
 
@@ -100,7 +101,7 @@ pub async fn respond(
     let mut conn = backend.conn(token).await?;
     let tp = backend.plan_for(&conn);
     let got = conn.file_get(key, tp.block_size).await;
-    let plan = match backend.settle_keep(&mut conn, got) {
+    let plan = match got.map_err(|e| backend.step_error(e)) {
         // No file: If-Match cannot hold (RFC 9110 §13.1.1).
         Err(GatewayError::Step {
             status: step_core::Status::NotFound,
@@ -132,11 +133,9 @@ pub async fn respond(
     match conditional::evaluate(req, current, true) {
         Outcome::Proceed => {}
         Outcome::NotModified => {
-            conn.mark_clean();
             return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
         }
         Outcome::Failed(why) => {
-            conn.mark_clean();
             return Err(GatewayError::PreconditionFailed(why.into()));
         }
     }
@@ -159,105 +158,66 @@ pub async fn respond(
     let length = if plan.size == 0 { 0 } else { last - first + 1 };
     put(&mut headers, header::CONTENT_LENGTH, length.to_string());
     if head || length == 0 {
-        conn.mark_clean();
         return Ok((status, headers, Body::empty()).into_response());
     }
 
     let window = tp.window.max(1);
     // Every byte of the file goes out: check it against the md5.
     let verify = first == 0 && last + 1 == plan.size;
-    // A verified download holds its latest block back, so it needs one
-    // credit more than its window or a window of 1 would wait forever.
-    let credits = Arc::new(Semaphore::new(window + usize::from(verify)));
-    let (tx, rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(window);
     tokio::spawn(stream_blocks(
-        backend,
-        conn,
-        plan,
-        first,
-        last,
-        window,
-        Arc::clone(&credits),
-        tx,
-        verify,
+        backend, conn, plan, first, last, window, tx, verify,
     ));
-    let body = futures::stream::unfold(BodyFeed { rx, credits }, |mut feed| async move {
-        let item = feed.rx.recv().await?;
-        feed.credits.add_permits(1);
-        Some((item, feed))
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     });
     Ok((status, headers, Body::from_stream(body)).into_response())
 }
 
-/// The HTTP body's end of a download. Dropped (the client went away, or
-/// hyper gave up on the response), it closes the credits, so the task feeding
-/// it stops instead of waiting forever for room, and its connection is
-/// discarded rather than returned mid-pipeline.
-struct BodyFeed {
-    rx: mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>,
-    credits: Arc<Semaphore>,
-}
-
-impl Drop for BodyFeed {
-    fn drop(&mut self) {
-        self.credits.close();
-    }
+/// Why a download stopped early.
+enum Stop {
+    /// The HTTP body was dropped: the client went away.
+    ClientGone,
+    /// The HTTP client took nothing for this long.
+    Stalled(Duration),
+    Step(ClientError),
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_blocks(
     backend: Arc<Backend>,
-    mut conn: Conn,
+    mut conn: Session,
     plan: DownloadPlan,
     first: u64,
     last: u64,
     window: usize,
-    credits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     verify: bool,
 ) {
     let started = Instant::now();
     let stall: Duration = backend.transfer_settings().backend_timeout() * STALL_FACTOR;
-    let stalled = AtomicBool::new(false);
     let bs = plan.block_size.max(1);
     let (first_block, last_block) = (first / bs, last / bs);
     let token = conn.token().unwrap_or_default().to_owned();
-    let gated = futures::stream::iter(first_block..=last_block).then(|i| {
-        let credits = Arc::clone(&credits);
-        let stalled = &stalled;
-        let req = StepClient::<tokio::net::TcpStream>::download_request(&token, &plan, i);
-        async move {
-            match tokio::time::timeout(stall, credits.acquire()).await {
-                // Closed credits: the HTTP body was dropped (client gone).
-                Ok(permit) => permit
-                    .map_err(|_| ClientError::Source("HTTP client went away".into()))?
-                    .forget(),
-                Err(_) => {
-                    stalled.store(true, Ordering::Relaxed);
-                    return Err(ClientError::Source(format!(
-                        "the HTTP client took no data for {stall:?}"
-                    )));
-                }
-            }
-            Ok(req)
-        }
-    });
+    let requests = futures::stream::iter(first_block..=last_block)
+        .map(|i| StepClient::<tokio::net::TcpStream>::download_request(&token, &plan, i));
     let mut hasher = verify.then(Md5::new);
     // The latest block of a verified download, sent only once the next one
     // arrives or the md5 is known to match.
     let mut held: Option<Bytes> = None;
-    let mut index = first_block;
     let mut sent = 0u64;
-    let result = conn
-        .pipeline(gated, window, |resp| {
-            let resp = expect_ok(resp)?;
+    let forwarded = async {
+        let mut responses = conn.responses(requests, window);
+        let mut index = first_block;
+        while let Some(resp) = responses.next().await {
+            let resp = resp.and_then(expect_ok).map_err(Stop::Step)?;
             let block_start = index * bs;
             let want = step_core::plan::block_len(plan.size, bs, index).unwrap_or(0);
             if resp.binary.len() as u64 != want {
-                return Err(ClientError::Protocol(format!(
+                return Err(Stop::Step(ClientError::Protocol(format!(
                     "block {index} has {} bytes, expected {want}",
                     resp.binary.len()
-                )));
+                ))));
             }
             if let Some(h) = hasher.as_mut() {
                 h.update(&resp.binary);
@@ -270,30 +230,36 @@ async fn stream_blocks(
             if verify {
                 match held.replace(piece) {
                     Some(previous) => piece = previous,
-                    None => return Ok(()),
+                    None => continue,
                 }
             }
-            tx.send(Ok(piece))
-                .map_err(|_| ClientError::Source("HTTP client went away".into()))
-        })
-        .await;
+            match tokio::time::timeout(stall, tx.send(Ok(piece))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Stop::ClientGone),
+                Err(_) => return Err(Stop::Stalled(stall)),
+            }
+        }
+        Ok(())
+    };
+    let result = forwarded.await;
     let metrics = &backend.metrics;
     match result {
         Ok(()) => {
-            // The pipeline ran to its end: the connection is in sync.
-            conn.mark_clean();
             if let Some(h) = hasher {
                 let got = hex::encode(h.finalize());
                 if !got.eq_ignore_ascii_case(&plan.md5) {
                     error!(key = %plan.key, expected = %plan.md5, %got,
                         "download md5 mismatch: stored bytes are corrupt; aborting the response before its last block");
                     metrics.download_integrity_failures.inc();
-                    let _ = tx.send(Err(std::io::Error::other("md5 mismatch")));
+                    let err = std::io::Error::other("md5 mismatch");
+                    let _ = tokio::time::timeout(stall, tx.send(Err(err))).await;
                     return;
                 }
             }
             if let Some(tail) = held.take() {
-                let _ = tx.send(Ok(tail));
+                // Bounded like every other block: a client that stopped
+                // reading must not keep this task (or its connection).
+                let _ = tokio::time::timeout(stall, tx.send(Ok(tail))).await;
             }
             metrics.download_bytes.inc_by(sent);
             metrics
@@ -301,13 +267,14 @@ async fn stream_blocks(
                 .observe(started.elapsed().as_secs_f64());
             debug!(key = %plan.key, sent, "download streamed");
         }
-        Err(ClientError::Source(e)) if stalled.load(Ordering::Relaxed) => {
-            warn!(key = %plan.key, error = %e, "download stalled; giving its STEP connection back");
+        Err(Stop::Stalled(stall)) => {
+            warn!(key = %plan.key, ?stall, "download stalled: the HTTP client took no data");
             metrics.download_stalls.inc();
-            let _ = tx.send(Err(std::io::Error::other(e)));
+            // The channel is full: the error cannot be queued, and dropping
+            // the sender ends the body short of its length anyway.
         }
-        Err(ClientError::Source(_)) => debug!(key = %plan.key, "client disconnected mid-download"),
-        Err(e) => {
+        Err(Stop::ClientGone) => debug!(key = %plan.key, "client disconnected mid-download"),
+        Err(Stop::Step(e)) => {
             if let ClientError::Refused {
                 reason: Some(Reason::Integrity),
                 ..
@@ -319,7 +286,8 @@ async fn stream_blocks(
                 warn!(key = %plan.key, error = %e, "download failed mid-stream");
                 metrics.backend_errors.inc();
             }
-            let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+            let err = std::io::Error::other(e.to_string());
+            let _ = tokio::time::timeout(stall, tx.send(Err(err))).await;
         }
     }
 }

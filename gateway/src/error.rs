@@ -232,6 +232,7 @@ impl From<ClientError> for GatewayError {
             ClientError::TimedOut(_) => GatewayError::BackendTimeout,
             ClientError::Io(e) => GatewayError::BackendUnavailable(e.to_string()),
             ClientError::Closed => GatewayError::BackendUnavailable("connection closed".into()),
+            ClientError::Broken(m) => GatewayError::BackendUnavailable(m),
             ClientError::Codec(e) => GatewayError::BadGateway(e.to_string()),
             ClientError::Protocol(m) => GatewayError::BadGateway(m),
             ClientError::NotLoggedIn => GatewayError::Unauthorized("no token".into()),

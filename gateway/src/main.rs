@@ -54,6 +54,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     // With no --backend, the product runs whole in this process: native STEP
     // on --step-port and HTTP on --port, over the same store.
     let mut embedded = None;
+    let mut in_process = None;
     let mut metrics = Metrics::new();
     let backend_addr = match &args.backend {
         Some(addr) => addr.clone(),
@@ -62,6 +63,9 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
             step_server::config::warn_if_open(args.embedded.auth, addr);
             let (service, limits) = args.embedded.start().await.map_err(|e| e.to_string())?;
             metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
+            // HTTP requests call the service directly; the port still
+            // serves native STEP clients.
+            in_process = Some(std::sync::Arc::clone(&service));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;
@@ -83,13 +87,16 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
         .then(|| args.http.default_user.clone());
     let backend_tls = backend_tls(&args, &backend_addr)?;
-    let backend = Backend::with_tls(
-        backend_addr,
-        backend_tls,
-        args.transfer.clone(),
-        default_user,
-        metrics,
-    );
+    let backend = match in_process {
+        Some(service) => Backend::in_process(service, args.transfer.clone(), default_user, metrics),
+        None => Backend::with_tls(
+            backend_addr.clone(),
+            backend_tls,
+            args.transfer.clone(),
+            default_user,
+            metrics,
+        ),
+    };
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -399,7 +399,6 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
     let mut conn = st.backend.conn(token).await?;
     let caps = conn.capabilities();
     if !caps.resume {
-        conn.mark_clean();
         return Err(no_resume());
     }
     let tp = st.backend.plan_for(&conn);
@@ -408,7 +407,7 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
         resume: true,
     };
     let saved = conn.file_save(Some(&r.key), r.size, opts).await;
-    match st.backend.settle(conn, saved) {
+    match saved.map_err(|e| st.backend.step_error(e)) {
         Ok(plan) if plan.upload_id.as_deref() == Some(want_id) => {
             let prefix = plan
                 .missing
@@ -496,10 +495,7 @@ pub async fn options(State(st): State<Arc<AppState>>) -> Response {
 async fn max_size(st: &AppState) -> Option<u64> {
     let gateway = (st.http.max_upload > 0).then_some(st.http.max_upload);
     let server = match st.backend.conn("").await {
-        Ok(mut conn) => {
-            conn.mark_clean();
-            conn.capabilities().max_file_size
-        }
+        Ok(conn) => conn.capabilities().max_file_size,
         Err(_) => None,
     };
     match (gateway, server) {
@@ -587,13 +583,11 @@ async fn begin(
     let mut conn = st.backend.conn(token).await?;
     let caps = conn.capabilities();
     if !caps.resume {
-        conn.mark_clean();
         return Err(no_resume());
     }
     if let Some(max) = caps.max_file_size
         && size > max
     {
-        conn.mark_clean();
         return Err(GatewayError::TooLarge(format!(
             "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
         )));
@@ -604,7 +598,7 @@ async fn begin(
         resume: false,
     };
     let saved = conn.file_save(Some(&key), size, opts).await;
-    let plan = st.backend.settle(conn, saved)?;
+    let plan = saved.map_err(|e| st.backend.step_error(e))?;
     if plan.upload_id.is_none() && size > 0 {
         return Err(no_resume());
     }

@@ -6,8 +6,13 @@
 //! by `connections × window` blocks, whatever the file size. The md5 the STEP
 //! server reports must equal the md5 of the bytes received; if it does not,
 //! the file is deleted and the request fails.
+//!
+//! In process (the embedded server) each byte is hashed once: the blocks
+//! handed to the service are the very buffers read from the body (shared,
+//! not copied), and the service hashes what it stores, so a second md5 here
+//! could only ever agree; the server's md5 is the file's.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +20,7 @@ use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
 use step_core::Status;
-use step_core::client::{ClientError, SaveOptions, UploadPlan};
+use step_core::client::{SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
 use tracing::{info, warn};
 
@@ -82,10 +87,59 @@ struct Chunker<S> {
     received: u64,
     expected: u64,
     ended: bool,
-    hasher: Arc<Mutex<Md5>>,
-    /// When set, body chunks go to a hashing thread instead of `hasher`.
-    hash_queue: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    failure: Arc<Mutex<Option<GatewayError>>>,
+    hasher: Hasher,
+}
+
+/// The md5 of the body, computed as it is read.
+enum Hasher {
+    /// The server's md5 is taken as is (in process, see the module comment).
+    Server,
+    Inline(Md5),
+    /// Chunks go to a blocking thread, which returns the digest once the
+    /// sender is dropped.
+    Thread {
+        queue: tokio::sync::mpsc::Sender<Bytes>,
+        done: tokio::task::JoinHandle<Md5>,
+    },
+}
+
+impl Hasher {
+    fn for_upload(backend: &Backend, size: u64) -> Self {
+        if backend.is_in_process() {
+            Hasher::Server
+        } else if size >= THREAD_HASH_MIN {
+            let (queue, done) = hash_thread();
+            Hasher::Thread { queue, done }
+        } else {
+            Hasher::Inline(Md5::new())
+        }
+    }
+
+    async fn update(&mut self, chunk: &Bytes) -> Result<(), GatewayError> {
+        match self {
+            Hasher::Server => {}
+            Hasher::Inline(md5) => md5.update(chunk),
+            Hasher::Thread { queue, .. } => queue
+                .send(chunk.clone())
+                .await
+                .map_err(|_| GatewayError::Internal("md5 thread stopped".into()))?,
+        }
+        Ok(())
+    }
+
+    /// The md5 of the body; `None` when the server's is to be taken.
+    async fn finish(self) -> Result<Option<String>, GatewayError> {
+        let md5 = match self {
+            Hasher::Server => return Ok(None),
+            Hasher::Inline(md5) => md5,
+            Hasher::Thread { queue, done } => {
+                drop(queue);
+                done.await
+                    .map_err(|e| GatewayError::Internal(format!("md5 thread: {e}")))?
+            }
+        };
+        Ok(Some(hex::encode(md5.finalize())))
+    }
 }
 
 /// Bodies at least this large are hashed on a blocking thread: md5 runs at
@@ -115,22 +169,20 @@ impl<S> Chunker<S>
 where
     S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
 {
-    fn fail(&mut self, e: GatewayError) -> Option<Result<(u64, Bytes), ClientError>> {
-        let text = e.to_string();
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    fn fail(&mut self, e: GatewayError) -> Option<Result<(u64, Bytes), GatewayError>> {
         self.ended = true;
         self.pending = Bytes::new();
         self.buf.clear();
-        Some(Err(ClientError::Source(text)))
+        Some(Err(e))
     }
 
-    fn emit(&mut self, block: Bytes) -> Option<Result<(u64, Bytes), ClientError>> {
+    fn emit(&mut self, block: Bytes) -> Option<Result<(u64, Bytes), GatewayError>> {
         let i = self.index;
         self.index += 1;
         Some(Ok((i, block)))
     }
 
-    async fn next_block(&mut self) -> Option<Result<(u64, Bytes), ClientError>> {
+    async fn next_block(&mut self) -> Option<Result<(u64, Bytes), GatewayError>> {
         loop {
             if self.buf.is_empty() && self.pending.len() >= self.block_size {
                 let block = self.pending.split_to(self.block_size);
@@ -161,15 +213,8 @@ where
                             self.expected
                         )));
                     }
-                    if let Some(queue) = &self.hash_queue {
-                        if queue.send(chunk.clone()).await.is_err() {
-                            return self.fail(GatewayError::Internal("md5 thread stopped".into()));
-                        }
-                    } else {
-                        self.hasher
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .update(&chunk);
+                    if let Err(e) = self.hasher.update(&chunk).await {
+                        return self.fail(e);
                     }
                     self.pending = chunk;
                 }
@@ -215,7 +260,7 @@ async fn send_one(
 ) -> Result<Option<String>, GatewayError> {
     let mut conn = backend.conn(token).await?;
     let sent = conn.upload_block(plan, index, data).await;
-    backend.settle(conn, sent)
+    sent.map_err(|e| backend.step_error(e))
 }
 
 /// SAVE `key` (asking for a plan) on a pooled connection that goes straight
@@ -233,7 +278,6 @@ async fn begin(
     if let Some(max) = conn.capabilities().max_file_size
         && size > max
     {
-        conn.mark_clean();
         return Err(GatewayError::TooLarge(format!(
             "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
         )));
@@ -249,7 +293,6 @@ async fn begin(
             conn.file_save_replace(key, size, opts, Some(md5)).await
         }
         Overwrite::IfMd5(_) => {
-            conn.mark_clean();
             return Err(GatewayError::NotImplemented(
                 "If-Match on PUT needs the STEP server's \"replace\" extension".into(),
             ));
@@ -258,7 +301,7 @@ async fn begin(
         // an existing key is refused (409), as documented.
         Overwrite::Never | Overwrite::Always => conn.file_save(Some(key), size, opts).await,
     };
-    let plan = backend.settle(conn, planned)?;
+    let plan = planned.map_err(|e| backend.step_error(e))?;
     Ok((plan, tp))
 }
 
@@ -362,15 +405,7 @@ where
         upload_id: plan.upload_id.clone(),
         armed: true,
     };
-    let hasher = Arc::new(Mutex::new(Md5::new()));
-    let (hash_queue, hash_done) = if size >= THREAD_HASH_MIN {
-        let (tx, done) = hash_thread();
-        (Some(tx), Some(done))
-    } else {
-        (None, None)
-    };
-    let failure = Arc::new(Mutex::new(None));
-    let chunker = Chunker {
+    let mut chunker = Chunker {
         body,
         pending: Bytes::new(),
         buf: BytesMut::new(),
@@ -379,46 +414,36 @@ where
         received: 0,
         expected: size,
         ended: false,
-        hasher: Arc::clone(&hasher),
-        hash_queue,
-        failure: Arc::clone(&failure),
+        hasher: Hasher::for_upload(backend, size),
     };
-    let blocks = futures::stream::unfold(chunker, |mut c| async move {
-        c.next_block().await.map(|b| (b, c))
-    });
-
     let result = if plan.total_block == 0 {
         // Nothing to send; the body must still be empty.
-        let mut blocks = std::pin::pin!(blocks);
-        match blocks.next().await {
+        match chunker.next_block().await {
             None => Ok(Some(EMPTY_MD5.to_owned())),
-            Some(_) => Err(GatewayError::BadRequest("unexpected body".into())),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => Err(GatewayError::BadRequest("unexpected body".into())),
         }
     } else {
+        let blocks = futures::stream::unfold(&mut chunker, |c| async move {
+            c.next_block().await.map(|b| (b, c))
+        });
         send_blocks(backend, &token, &plan, tp, blocks).await
     };
-    let body_failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let server_md5 = match (result, body_failure) {
-        (_, Some(e)) | (Err(e), None) => {
+    let server_md5 = match result {
+        Ok(md5) => md5,
+        Err(e) => {
             cleanup.run(false).await;
             return Err(e);
         }
-        (Ok(md5), None) => md5,
     };
-    // The chunker (and with it the queue's sender) is gone: the thread ends.
-    let md5 = match hash_done {
-        Some(done) => done
-            .await
-            .map_err(|e| GatewayError::Internal(format!("md5 thread: {e}")))?,
-        None => std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner())),
-    };
-    let received = hex::encode(md5.finalize());
+    let hashed = chunker.hasher.finish().await?;
     let Some(stored) = server_md5 else {
         cleanup.run(false).await;
         return Err(GatewayError::BadGateway(
             "every block was acknowledged but the file was not completed".into(),
         ));
     };
+    let received = hashed.unwrap_or_else(|| stored.clone());
     if !stored.eq_ignore_ascii_case(&received) {
         warn!(%key, %received, %stored, "md5 mismatch after upload; deleting");
         // This request's own upload just completed: it is removed.
@@ -444,7 +469,8 @@ where
 /// is queued, and gives the connection back once the queue stays empty for
 /// [`LINGER`]. Further workers (up to the fan-out) find blocks only when
 /// they queue up faster than one connection drains them. Returns the md5 the
-/// server reported when the file completed.
+/// server reported when the file completed. The first error of `blocks`
+/// (the body's) wins over the workers' (which it makes stop).
 pub(crate) async fn send_blocks<S>(
     backend: &Backend,
     token: &str,
@@ -453,19 +479,28 @@ pub(crate) async fn send_blocks<S>(
     blocks: S,
 ) -> Result<Option<String>, GatewayError>
 where
-    S: Stream<Item = Result<(u64, Bytes), ClientError>>,
+    S: Stream<Item = Result<(u64, Bytes), GatewayError>>,
 {
     let window = tp.window.max(1);
     let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(window);
     let feed = async {
         let mut blocks = std::pin::pin!(blocks);
-        // A body failure is recorded by the chunker itself.
-        while let Some(Ok(block)) = blocks.next().await {
-            if tx.send(block).await.is_err() {
-                break; // every worker stopped
+        let mut fed = Ok(());
+        while let Some(block) = blocks.next().await {
+            match block {
+                Ok(block) => {
+                    if tx.send(block).await.is_err() {
+                        break; // every worker stopped
+                    }
+                }
+                Err(e) => {
+                    fed = Err(e);
+                    break;
+                }
             }
         }
         tx.close();
+        fed
     };
     let worker = |rx: async_channel::Receiver<(u64, Bytes)>,
                   tx: async_channel::Sender<(u64, Bytes)>,
@@ -506,13 +541,12 @@ where
                 }
             });
             let queued = futures::stream::once(async { Ok(first) }).chain(more);
-            let sent = conn.upload_blocks(plan, queued, window, |_| {}).await;
-            match backend.settle(conn, sent) {
+            match conn.upload_blocks(plan, queued, window, |_| {}).await {
                 Ok(Some(m)) => md5 = Some(m),
                 Ok(None) => {}
                 Err(e) => {
                     rx.close();
-                    return Err(e);
+                    return Err(backend.step_error(e));
                 }
             }
         }
@@ -522,7 +556,8 @@ where
         .map(|i| worker(rx.clone(), tx.clone(), i == 0))
         .collect();
     drop(rx);
-    let (_, results) = futures::join!(feed, futures::future::join_all(workers));
+    let (fed, results) = futures::join!(feed, futures::future::join_all(workers));
+    fed?;
     let mut md5 = None;
     for r in results {
         if let Some(m) = r? {
@@ -550,9 +585,7 @@ mod tests {
             received: 0,
             expected,
             ended: false,
-            hasher: Arc::new(Mutex::new(Md5::new())),
-            hash_queue: None,
-            failure: Arc::new(Mutex::new(None)),
+            hasher: Hasher::Inline(Md5::new()),
         }
     }
 

@@ -118,6 +118,10 @@ impl CliError {
                 addr,
                 reason: "the server closed the connection".into(),
             },
+            ClientError::Broken(why) => CliError::Connection {
+                addr,
+                reason: one_line(&why),
+            },
             ClientError::Codec(e) => CliError::Protocol {
                 addr,
                 reason: one_line(&e.to_string()),

@@ -1,29 +1,38 @@
 //! An async STEP client with a bounded pipelining window.
 //!
 //! One [`StepClient`] owns one connection. [`StepClient::call`] is a plain
-//! round trip; [`StepClient::pipeline`] keeps up to `window` requests in flight
-//! and hands responses back in request order (STEP answers in order, so
-//! matching is positional). A window of 1 is stop-and-wait, which is what the
-//! reference server needs.
+//! round trip; [`StepClient::responses`] keeps up to `window` requests in
+//! flight and yields the responses in request order (STEP answers in order,
+//! so matching is positional). A window of 1 is stop-and-wait, which is what
+//! the reference server needs.
+//!
+//! The client counts the answers it is owed ([`StepClient::in_flight`]), so an
+//! exchange abandoned anywhere — a dropped future, a refusal that stopped the
+//! caller, one call's timeout — leaves the connection usable: the next
+//! exchange first reads what is still owed ([`StepClient::settle`]). Only an
+//! I/O or framing failure, or owed answers that never come, break it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::{SinkExt, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::codec::{CodecError, StepCodec};
+use crate::codec::{CodecError, Frame, StepCodec};
 use crate::conn::Connection;
 use crate::message::{Kind, Message, Operation, Reason, Status, field};
+use crate::pipeline::Responses;
 
 /// What went wrong talking to a STEP server.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,10 @@ pub enum ClientError {
     NotLoggedIn,
     #[error("{0}")]
     Source(String),
+    /// An earlier I/O or framing failure (or owed answers that never came)
+    /// left the connection out of step; it must be replaced.
+    #[error("the STEP connection is unusable after an earlier failure ({0}); reconnect")]
+    Broken(String),
 }
 
 impl ClientError {
@@ -69,6 +82,7 @@ impl ClientError {
             ClientError::Io(_)
                 | ClientError::Closed
                 | ClientError::TimedOut(_)
+                | ClientError::Broken(_)
                 | ClientError::Codec(CodecError::Truncated { .. } | CodecError::Io(_))
         )
     }
@@ -76,79 +90,54 @@ impl ClientError {
 
 /// What a server says it can do (LOGIN response extension). A reference server
 /// announces nothing, which means: one request in flight, 20480-byte blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Capabilities {
     pub pipelining: bool,
     pub resume: bool,
     pub max_block_size: u64,
     /// Seconds a freshly minted token is valid for, at least.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ttl: Option<u64>,
     /// Largest file size a SAVE may announce.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_file_size: Option<u64>,
     /// Seconds an unfinished upload may go without a SAVE or block before
     /// the server removes it (tus's Upload-Expires is derived from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_expiry: Option<u64>,
     /// FILE LIST is served (extension operation).
+    // Announced only when on: absent means off to every reader.
+    #[serde(skip_serializing_if = "is_false")]
     pub list: bool,
     /// FILE SAVE takes `replace` (and `if_md5`): an atomic replace of a
     /// complete file; FILE GET names the version (`upload_id`) and
     /// DOWNLOAD may ask for it.
+    #[serde(skip_serializing_if = "is_false")]
     pub replace: bool,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl Capabilities {
+    /// What a LOGIN answer announces; nothing (a reference server) or
+    /// something unreadable means the reference server's defaults.
     pub fn from_login(resp: &Message) -> Self {
-        let Some(Value::Object(caps)) = resp.get(field::CAPABILITIES) else {
-            return Self::default();
-        };
-        Self {
-            pipelining: caps
-                .get("pipelining")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            resume: caps.get("resume").and_then(Value::as_bool).unwrap_or(false),
-            max_block_size: caps
-                .get("max_block_size")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            token_ttl: caps.get("token_ttl").and_then(Value::as_u64),
-            max_file_size: caps.get("max_file_size").and_then(Value::as_u64),
-            upload_expiry: caps.get("upload_expiry").and_then(Value::as_u64),
-            list: caps.get("list").and_then(Value::as_bool).unwrap_or(false),
-            replace: caps
-                .get("replace")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        }
+        resp.get(field::CAPABILITIES)
+            .and_then(|caps| Self::deserialize(caps).ok())
+            .unwrap_or_default()
     }
 
     pub fn to_json(self) -> Value {
-        let mut caps = serde_json::json!({
-            "pipelining": self.pipelining,
-            "resume": self.resume,
-            "max_block_size": self.max_block_size,
-        });
-        for (name, value) in [
-            ("token_ttl", self.token_ttl),
-            ("max_file_size", self.max_file_size),
-            ("upload_expiry", self.upload_expiry),
-        ] {
-            if let Some(v) = value {
-                caps[name] = v.into();
-            }
-        }
-        // Announced only when on: absent means off to every reader.
-        for (name, on) in [("list", self.list), ("replace", self.replace)] {
-            if on {
-                caps[name] = true.into();
-            }
-        }
-        caps
+        serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Map::new()))
     }
 }
 
 /// An upload plan (FILE SAVE response).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SaveAnswer")]
 pub struct UploadPlan {
     pub key: String,
     pub size: u64,
@@ -162,6 +151,58 @@ pub struct UploadPlan {
     /// are refused once another SAVE has restarted the key, so two uploads
     /// racing on one key cannot mix their blocks.
     pub upload_id: Option<String>,
+}
+
+/// A FILE SAVE answer as sent: without the resume extension there are no
+/// `missing_ranges`, which means every block.
+#[derive(Deserialize)]
+struct SaveAnswer {
+    key: String,
+    size: u64,
+    total_block: u64,
+    block_size: u64,
+    missing_ranges: Option<Vec<[u64; 2]>>,
+    #[serde(default)]
+    resumed: bool,
+    upload_id: Option<String>,
+}
+
+impl From<SaveAnswer> for UploadPlan {
+    fn from(a: SaveAnswer) -> Self {
+        let missing = match a.missing_ranges {
+            Some(m) => m,
+            None if a.total_block > 0 => vec![[0, a.total_block]],
+            None => Vec::new(),
+        };
+        UploadPlan {
+            key: a.key,
+            size: a.size,
+            total_block: a.total_block,
+            block_size: a.block_size,
+            missing,
+            resumed: a.resumed,
+            upload_id: a.upload_id,
+        }
+    }
+}
+
+/// A FILE UPLOAD answer: the file's md5 once this block completed it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UploadAck {
+    pub md5: Option<String>,
+}
+
+/// A LOGIN answer (capabilities are read leniently, see
+/// [`Capabilities::from_login`]).
+#[derive(Deserialize)]
+struct LoginAnswer {
+    token: String,
+}
+
+/// A DATA SAVE answer.
+#[derive(Deserialize)]
+struct KeyAnswer {
+    key: String,
 }
 
 /// Where UPLOADs go: a key, and the upload id when the server gave one.
@@ -199,7 +240,7 @@ impl<'a> From<&'a UploadPlan> for UploadTarget<'a> {
 }
 
 /// A download plan (FILE GET response).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DownloadPlan {
     pub key: String,
     pub size: u64,
@@ -230,6 +271,7 @@ pub struct ListedFile {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePage {
     pub files: Vec<ListedFile>,
+    #[serde(default)]
     /// Pass back as `after` for the next page; `None` on the last one.
     pub next: Option<String>,
 }
@@ -250,17 +292,35 @@ pub struct SaveOptions {
     pub resume: bool,
 }
 
-/// One connection to a STEP server.
+/// A STEP service answering in this process, for one user (whose token was
+/// checked once, when the client was made): requests go to it as messages,
+/// with no frames and no per-request token check.
+pub trait LocalServe: Send + Sync + std::fmt::Debug {
+    fn serve(self: std::sync::Arc<Self>, msg: Message) -> BoxFuture<'static, Message>;
+}
+
+/// What a client's requests travel over.
+#[derive(Debug)]
+pub(crate) enum Link<T> {
+    Wire {
+        reader: FramedRead<ReadHalf<T>, StepCodec>,
+        writer: FramedWrite<WriteHalf<T>, StepCodec>,
+    },
+    Local(std::sync::Arc<dyn LocalServe>),
+}
+
+/// One connection to a STEP server (or a link to one in this process,
+/// [`StepClient::local`]).
 #[derive(Debug)]
 pub struct StepClient<T = Connection> {
-    reader: FramedRead<ReadHalf<T>, StepCodec>,
-    writer: FramedWrite<WriteHalf<T>, StepCodec>,
+    pub(crate) link: Link<T>,
     token: Option<String>,
     capabilities: Capabilities,
     timeout: Option<Duration>,
-    /// Answers may still be in flight after a failed exchange: the next one
-    /// read would belong to an earlier request, so nothing more is sent.
-    out_of_sync: bool,
+    /// Answers owed: frames queued for sending minus frames read.
+    owed: u64,
+    /// Why the connection cannot be used any more, once it cannot.
+    broken: Option<String>,
 }
 
 impl StepClient<Connection> {
@@ -290,17 +350,33 @@ impl StepClient<Connection> {
     }
 }
 
-fn u64_field(resp: &Message, name: &'static str) -> Result<u64, ClientError> {
-    resp.get(name)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ClientError::Protocol(format!("response lacks a numeric \"{name}\"")))
+/// Have `serve` answer `msg` on a task of its own: like a request already
+/// sent over a wire, it runs to its end even if the caller stops waiting
+/// (so the service is never cut off midway through a request).
+pub(crate) fn spawn_local(
+    serve: &std::sync::Arc<dyn LocalServe>,
+    msg: Message,
+) -> impl std::future::Future<Output = Result<Message, ClientError>> + Send + 'static {
+    let task = tokio::spawn(std::sync::Arc::clone(serve).serve(msg));
+    async move {
+        task.await
+            .map_err(|e| ClientError::Protocol(format!("the in-process service failed: {e}")))
+    }
 }
 
-fn str_field(resp: &Message, name: &'static str) -> Result<String, ClientError> {
-    resp.get(name)
+fn no_wire() -> ClientError {
+    ClientError::Protocol("an in-process client has no wire to send frames on".into())
+}
+
+/// A successful answer's fields as `T` (unknown fields are ignored).
+pub fn decode<T: DeserializeOwned>(resp: Message) -> Result<T, ClientError> {
+    let operation = resp
+        .get(field::OPERATION)
         .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| ClientError::Protocol(format!("response lacks a string \"{name}\"")))
+        .unwrap_or("?")
+        .to_owned();
+    serde_json::from_value(Value::Object(resp.fields))
+        .map_err(|e| ClientError::Protocol(format!("bad {operation} answer: {e}")))
 }
 
 /// Run `fut` under an optional deadline.
@@ -341,16 +417,38 @@ pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
     }
 }
 
+impl<T> StepClient<T> {
+    /// A client whose requests `serve` answers in this process, carrying
+    /// `token` (for what builds requests) and announcing `capabilities`.
+    pub fn local(
+        serve: std::sync::Arc<dyn LocalServe>,
+        token: String,
+        capabilities: Capabilities,
+    ) -> Self {
+        Self {
+            link: Link::Local(serve),
+            token: Some(token),
+            capabilities,
+            timeout: None,
+            owed: 0,
+            broken: None,
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     pub fn new(io: T, codec: StepCodec) -> Self {
         let (r, w) = tokio::io::split(io);
         Self {
-            reader: FramedRead::new(r, codec),
-            writer: FramedWrite::new(w, codec),
+            link: Link::Wire {
+                reader: FramedRead::new(r, codec),
+                writer: FramedWrite::new(w, codec),
+            },
             token: None,
             capabilities: Capabilities::default(),
             timeout: None,
-            out_of_sync: false,
+            owed: 0,
+            broken: None,
         }
     }
 
@@ -383,72 +481,182 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         self.timeout = timeout;
     }
 
-    /// Whether the connection looks usable for a new request: nothing unread
-    /// is pending and the server has not closed it. Never blocks.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Answers the server still owes this connection: requests sent (or
+    /// queued for sending) whose answers have not been read. Exact whatever
+    /// future was dropped where.
+    pub fn in_flight(&self) -> u64 {
+        self.owed
+    }
+
+    pub(crate) fn owe(&mut self) {
+        self.owed += 1;
+    }
+
+    /// Whether an I/O or framing failure (or a drain that timed out) made
+    /// this connection unusable; it must then be replaced.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    pub(crate) fn mark_broken(&mut self, why: &ClientError) {
+        if self.broken.is_none() {
+            self.broken = Some(why.to_string());
+        }
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<(), ClientError> {
+        match &self.broken {
+            Some(why) => Err(ClientError::Broken(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the connection is ready for a new request without waiting:
+    /// usable, no answer owed, nothing unread, not closed by the server.
+    /// Never blocks; an unsolicited frame found here breaks the connection.
     pub fn is_idle(&mut self) -> bool {
-        !self.out_of_sync
-            && self.reader.read_buffer().is_empty()
-            && self.reader.next().now_or_never().is_none()
+        let Link::Wire { reader, .. } = &mut self.link else {
+            return true;
+        };
+        if self.broken.is_some() || self.owed > 0 || !reader.read_buffer().is_empty() {
+            return false;
+        }
+        match reader.next().now_or_never() {
+            None => true,
+            Some(_) => {
+                self.broken = Some("unsolicited data or a close from the server".into());
+                false
+            }
+        }
     }
 
-    /// Whether an earlier failure left answers unread on this connection; if
-    /// so it refuses further requests and must be replaced.
-    pub fn is_out_of_sync(&self) -> bool {
-        self.out_of_sync
+    /// Poll for the next frame, counting it as an answer received.
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ClientError>> {
+        let Link::Wire { reader, .. } = &mut self.link else {
+            return Poll::Ready(Err(no_wire()));
+        };
+        match reader.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                self.owed = self.owed.saturating_sub(1);
+                Poll::Ready(Ok(frame))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e.into())),
+            Poll::Ready(None) => Poll::Ready(Err(ClientError::Closed)),
+        }
     }
 
-    fn check_in_sync(&self) -> Result<(), ClientError> {
-        if self.out_of_sync {
-            return Err(ClientError::Protocol(
-                "the connection is out of step after an interrupted exchange; reconnect".into(),
-            ));
+    /// Read and drop every answer still owed (after an abandoned exchange),
+    /// each under the timeout; runs by itself before every exchange. A
+    /// failure or a timeout here breaks the connection: its answers can no
+    /// longer be told apart.
+    pub async fn settle(&mut self) -> Result<(), ClientError> {
+        self.check_usable()?;
+        let timeout = self.timeout;
+        let Link::Wire { writer, .. } = &mut self.link else {
+            return Ok(());
+        };
+        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
+            .await
+            .and_then(|r| r.map_err(ClientError::from));
+        if let Err(e) = flushed {
+            self.mark_broken(&e);
+            return Err(e);
+        }
+        while self.owed > 0 {
+            let frame = bounded(timeout, std::future::poll_fn(|cx| self.poll_frame(cx))).await;
+            if let Err(e) = frame.and_then(|f| f) {
+                self.mark_broken(&e);
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    /// Send one message (flushed).
+    /// Send one message (flushed), without settling first: with
+    /// [`StepClient::recv`], for callers that match answers themselves.
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
-        self.check_in_sync()?;
+        self.check_usable()?;
         let timeout = self.timeout;
-        let sent = bounded(timeout, self.writer.send(msg))
+        let Link::Wire { writer, .. } = &mut self.link else {
+            return Err(no_wire());
+        };
+        // `feed` queues the frame within the poll that completes it, so the
+        // count cannot miss a queued frame however this future is dropped.
+        let queued = bounded(timeout, writer.feed(msg))
             .await
             .and_then(|r| r.map_err(ClientError::from));
-        if sent.is_err() {
-            self.out_of_sync = true;
+        if let Err(e) = queued {
+            if !matches!(e, ClientError::TimedOut(_)) {
+                self.mark_broken(&e);
+            }
+            return Err(e);
         }
-        sent
+        self.owed += 1;
+        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
+            .await
+            .and_then(|r| r.map_err(ClientError::from));
+        if let Err(e) = &flushed
+            && !matches!(e, ClientError::TimedOut(_))
+        {
+            self.mark_broken(e);
+        }
+        flushed
     }
 
-    /// Read one message.
+    /// Read one message. A timeout leaves the answer owed (drained by the
+    /// next exchange); a failure to read breaks the connection.
     pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        self.check_usable()?;
         let timeout = self.timeout;
-        let frame = bounded(timeout, self.reader.next()).await;
-        let frame = match frame {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(None) => return Err(ClientError::Closed),
-            Ok(Some(Err(e))) => {
-                self.out_of_sync = true;
-                return Err(e.into());
-            }
-            Err(e) => {
-                // Timed out: the answer may still come, and would be taken
-                // for the next request's.
-                self.out_of_sync = true;
-                return Err(e);
-            }
-        };
+        let frame = bounded(timeout, std::future::poll_fn(|cx| self.poll_frame(cx))).await?;
+        let frame = frame.inspect_err(|e| self.mark_broken(e))?;
         Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// One round trip; the response is returned whatever its status.
+    /// One round trip (after settling what earlier exchanges left owed); the
+    /// response is returned whatever its status.
     pub async fn call(&mut self, msg: &Message) -> Result<Message, ClientError> {
+        if let Link::Local(serve) = &self.link {
+            return spawn_local(serve, msg.clone()).await;
+        }
+        self.settle().await?;
         self.send(msg).await?;
         self.recv().await
     }
 
-    /// Send every request of `requests`, keeping at most `window` unanswered,
-    /// and pass each response to `on_response` in request order. An error from
-    /// either side (or from `on_response`) stops the pipeline.
+    /// Send every request of `requests`, keeping at most `window` of them
+    /// unanswered, and yield the responses in request order. Answers owed
+    /// to earlier exchanges are read and dropped first. Dropping the stream
+    /// anywhere leaves the connection usable (see [`StepClient::in_flight`]).
+    pub fn responses<S>(
+        &mut self,
+        requests: S,
+        window: usize,
+    ) -> Responses<'_, T, impl Stream<Item = Result<Message, ClientError>> + use<S, T>>
+    where
+        S: Stream<Item = Message>,
+    {
+        Responses::new(self, requests.map(Ok), window)
+    }
+
+    /// [`StepClient::responses`] over a fallible source: its first error is
+    /// yielded as soon as it comes, and ends the stream.
+    pub fn try_responses<S>(&mut self, requests: S, window: usize) -> Responses<'_, T, S>
+    where
+        S: Stream<Item = Result<Message, ClientError>>,
+    {
+        Responses::new(self, requests, window)
+    }
+
+    /// [`StepClient::try_responses`], handing each response to
+    /// `on_response`. The first error (of the source, the connection or
+    /// `on_response`) stops it; the connection stays usable unless the
+    /// error broke it.
     pub async fn pipeline<S, F>(
         &mut self,
         requests: S,
@@ -459,60 +667,11 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         S: Stream<Item = Result<Message, ClientError>>,
         F: FnMut(Message) -> Result<(), ClientError>,
     {
-        self.check_in_sync()?;
-        let window = window.max(1);
-        let credits = Semaphore::new(window);
-        // Atomics rather than Cells so the future stays Send (axum handlers
-        // and spawned tasks drive it); both halves run on one task.
-        let sent = AtomicU64::new(0);
-        let finished = AtomicBool::new(false);
-        let progress = Notify::new();
-        let timeout = self.timeout;
-        let writer = &mut self.writer;
-        let reader = &mut self.reader;
-
-        let send_all = async {
-            let mut requests = std::pin::pin!(requests);
-            while let Some(req) = requests.next().await {
-                let req = req?;
-                credits
-                    .acquire()
-                    .await
-                    .map_err(|_| ClientError::Closed)?
-                    .forget();
-                bounded(timeout, writer.send(&req)).await??;
-                sent.fetch_add(1, Ordering::Release);
-                progress.notify_one();
-            }
-            finished.store(true, Ordering::Release);
-            progress.notify_one();
-            Ok::<(), ClientError>(())
-        };
-        let received = AtomicU64::new(0);
-        let receive_all = async {
-            loop {
-                if received.load(Ordering::Acquire) == sent.load(Ordering::Acquire) {
-                    if finished.load(Ordering::Acquire) {
-                        return Ok::<(), ClientError>(());
-                    }
-                    progress.notified().await;
-                    continue;
-                }
-                let frame = bounded(timeout, reader.next())
-                    .await?
-                    .ok_or(ClientError::Closed)??;
-                let resp =
-                    Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                received.fetch_add(1, Ordering::AcqRel);
-                credits.add_permits(1);
-                on_response(resp)?;
-            }
-        };
-        let result = futures::try_join!(send_all, receive_all).map(drop);
-        if result.is_err() && received.load(Ordering::Acquire) != sent.load(Ordering::Acquire) {
-            self.out_of_sync = true;
+        let mut responses = self.try_responses(requests, window);
+        while let Some(resp) = responses.next().await {
+            on_response(resp?)?;
         }
-        result
+        Ok(())
     }
 
     /// LOGIN; keeps the token and whatever the server announces it can do.
@@ -521,8 +680,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             .with(field::USERNAME, username)
             .with(field::PASSWORD, password);
         let resp = expect_ok(self.call(&req).await?)?;
-        let token = str_field(&resp, field::TOKEN)?;
-        self.capabilities = Capabilities::from_login(&resp);
+        let caps = Capabilities::from_login(&resp);
+        let LoginAnswer { token } = decode(resp)?;
+        self.capabilities = caps;
         self.token = Some(token.clone());
         Ok(token)
     }
@@ -541,7 +701,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             req.set(field::KEY, key);
         }
         let resp = expect_ok(self.call(&req).await?)?;
-        str_field(&resp, field::KEY)
+        decode(resp).map(|KeyAnswer { key }| key)
     }
 
     /// DATA GET; returns the record without the response's envelope fields.
@@ -620,26 +780,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if opts.resume {
             req.set(field::RESUME, true);
         }
-        let resp = expect_ok(self.call(&req).await?)?;
-        let total_block = u64_field(&resp, field::TOTAL_BLOCK)?;
-        let missing = match resp.get(field::MISSING_RANGES) {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| ClientError::Protocol(format!("bad missing_ranges: {e}")))?,
-            None if total_block > 0 => vec![[0, total_block]],
-            None => Vec::new(),
-        };
-        Ok(UploadPlan {
-            key: str_field(&resp, field::KEY)?,
-            size: u64_field(&resp, field::SIZE)?,
-            total_block,
-            block_size: u64_field(&resp, field::BLOCK_SIZE)?,
-            missing,
-            resumed: resp.bool_field(field::RESUMED),
-            upload_id: resp
-                .get(field::UPLOAD_ID)
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        })
+        decode(expect_ok(self.call(&req).await?)?)
     }
 
     /// The UPLOAD request for one block.
@@ -672,11 +813,8 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         data: Bytes,
     ) -> Result<Option<String>, ClientError> {
         let req = self.upload_request(target, index, data)?;
-        let resp = expect_ok(self.call(&req).await?)?;
-        Ok(resp
-            .get(field::MD5)
-            .and_then(Value::as_str)
-            .map(str::to_owned))
+        let ack: UploadAck = decode(expect_ok(self.call(&req).await?)?)?;
+        Ok(ack.md5)
     }
 
     /// UPLOAD every block of `blocks` with up to `window` in flight; returns
@@ -703,9 +841,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         });
         let mut md5 = None;
         self.pipeline(requests, window, |resp| {
-            let resp = expect_ok(resp)?;
-            if let Some(m) = resp.get(field::MD5).and_then(Value::as_str) {
-                md5 = Some(m.to_owned());
+            let ack: UploadAck = decode(expect_ok(resp)?)?;
+            if ack.md5.is_some() {
+                md5 = ack.md5;
             }
             on_block(lock(&lengths).pop_front().unwrap_or(0));
             Ok(())
@@ -726,19 +864,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(bs) = block_size {
             req.set(field::BLOCK_SIZE, bs);
         }
-        let resp = expect_ok(self.call(&req).await?)?;
-        Ok(DownloadPlan {
-            key: str_field(&resp, field::KEY)?,
-            size: u64_field(&resp, field::SIZE)?,
-            total_block: u64_field(&resp, field::TOTAL_BLOCK)?,
-            block_size: u64_field(&resp, field::BLOCK_SIZE)?,
-            md5: str_field(&resp, field::MD5)?,
-            upload_id: resp
-                .get(field::UPLOAD_ID)
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            last_modified: resp.get(field::LAST_MODIFIED).and_then(Value::as_u64),
-        })
+        decode(expect_ok(self.call(&req).await?)?)
     }
 
     /// FILE LIST (our server's extension, announced as `list`): one page of
@@ -753,13 +879,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(limit) = query.limit {
             req.set(field::LIMIT, limit);
         }
-        let resp = expect_ok(self.call(&req).await?)?;
-        let page = serde_json::json!({
-            "files": resp.get(field::FILES).cloned().unwrap_or(Value::Null),
-            "next": resp.get(field::NEXT).cloned().unwrap_or(Value::Null),
-        });
-        serde_json::from_value(page)
-            .map_err(|e| ClientError::Protocol(format!("bad FILE LIST answer: {e}")))
+        decode(expect_ok(self.call(&req).await?)?)
     }
 
     /// The DOWNLOAD request for block `index` of `plan`.

@@ -7,6 +7,7 @@
 //! * [`digest`] — md5 helpers (passwords, file digests).
 //! * [`plan`] — block arithmetic shared by servers and clients.
 //! * [`client`] — an async client with a bounded pipelining window.
+//! * [`pipeline`] — its stream of responses, cancel-safe.
 //! * [`conn`] — its connection: plain TCP, or TLS (feature `tls`).
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod conn;
 pub mod digest;
 pub mod json;
 pub mod message;
+pub mod pipeline;
 pub mod plan;
 pub mod token;
 pub mod transfer;

@@ -308,6 +308,20 @@ impl Service {
                 );
             }
         };
+        self.admit_message(msg).await
+    }
+
+    /// Answer a request given as a message (in process, no frame), its
+    /// token checked as over the wire.
+    pub async fn serve_message(&self, msg: Message) -> Message {
+        let binary = msg.binary.clone();
+        match self.admit_message(msg).await {
+            Admission::Answer(reply) => reply.message,
+            Admission::Proceed(request) => self.serve(request, binary).await.message,
+        }
+    }
+
+    async fn admit_message(&self, msg: Message) -> Admission {
         let head = match RequestHead::parse(&msg) {
             Ok(h) => h,
             Err(rejection) => return Admission::Answer(rejection.into_message().into()),
@@ -338,6 +352,11 @@ impl Service {
                 return Admission::Answer(refusal.message.into());
             }
         };
+        self.admit_as(msg, op, kind, user)
+    }
+
+    /// [`Service::admit`] past the token: `user` is who the request acts for.
+    fn admit_as(&self, msg: Message, op: Operation, kind: Kind, user: String) -> Admission {
         if op == Operation::Bye {
             info!(%user, "client said BYE");
             return Admission::Answer(Reply {
@@ -388,6 +407,47 @@ impl Service {
                 debug!(status = e.status().code(), error = %e, "refused");
                 refuse(op, kind, &e).into()
             }
+        }
+    }
+
+    /// The user `token` names, checked as a request's token is (a refusal
+    /// is paced like any guess): an in-process caller checks a token once
+    /// and then serves every request of its exchange with
+    /// [`Service::serve_as`].
+    pub async fn user_of(&self, token: &str) -> Result<String, Message> {
+        match self.tokens.verify(token, now_unix()) {
+            Ok(user) => Ok(user),
+            Err(e) => {
+                self.refusals.wait_turn().await;
+                Err(Message::response(
+                    "LOGIN",
+                    Kind::Auth.as_str(),
+                    Status::BadToken,
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Answer `msg` for `user` (from [`Service::user_of`]) in process: every
+    /// rule of a request over the wire applies — envelope, extensions,
+    /// LOGIN, the UPLOAD checks — except the token, which is not read.
+    pub async fn serve_as(&self, user: &str, msg: Message) -> Message {
+        let head = match RequestHead::parse(&msg) {
+            Ok(h) => h,
+            Err(rejection) => return rejection.into_message(),
+        };
+        let (op, kind) = (head.operation, head.kind);
+        if op == Operation::List && !self.limits.extensions.list {
+            return Rejection::unknown_operation(op.as_str()).into_message();
+        }
+        if op == Operation::Login {
+            return self.login(&msg, kind).await;
+        }
+        let binary = msg.binary.clone();
+        match self.admit_as(msg, op, kind, user.to_owned()) {
+            Admission::Answer(reply) => reply.message,
+            Admission::Proceed(request) => self.serve(request, binary).await.message,
         }
     }
 

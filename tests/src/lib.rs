@@ -18,6 +18,7 @@ pub mod contract;
 pub mod garage;
 pub mod object_subject;
 pub mod prereq;
+pub mod proxy;
 pub mod tls;
 pub mod wait;
 

@@ -989,36 +989,6 @@ async fn token_guessing_is_paced_while_valid_tokens_are_not() {
 }
 
 #[tokio::test]
-async fn a_client_that_stopped_mid_pipeline_refuses_to_go_on() {
-    let server = TestServer::start().await;
-    let mut c = login(server.addr, "desync").await;
-    let plan = c
-        .file_save(Some("d.bin"), 20480 * 8, SaveOptions::default())
-        .await
-        .expect("plan");
-    // Block 0 has the wrong length: its 406 stops the pipeline while the
-    // other seven are still in flight.
-    let mut blocks = vec![(0u64, Bytes::from(vec![0u8; 100]))];
-    blocks.extend((1..8).map(|i| (i, Bytes::from(vec![1u8; 20480]))));
-    let err = c
-        .upload_blocks(
-            &plan,
-            futures::stream::iter(blocks.into_iter().map(Ok)),
-            8,
-            |_| {},
-        )
-        .await
-        .expect_err("406");
-    assert_eq!(err.status(), Some(Status::BlockSizeMismatch));
-    assert!(c.is_out_of_sync());
-    assert!(!c.is_idle());
-    assert!(
-        matches!(c.data_get("x").await, Err(ClientError::Protocol(_))),
-        "refuses rather than misreading answers"
-    );
-}
-
-#[tokio::test]
 async fn upload_ids_keep_racing_uploads_of_one_key_apart() {
     let server = TestServer::start().await;
     let mut a = login(server.addr, "racer").await;

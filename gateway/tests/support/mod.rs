@@ -51,6 +51,25 @@ pub async fn gateway_with(
     let default_user =
         (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
     let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
+    start(backend, http).await
+}
+
+/// The gateway as it runs alone: calling the embedded server's `service`
+/// in process (no STEP socket between them).
+pub async fn gateway_in_process(
+    service: Arc<step_server::service::Service>,
+    tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
+) -> Gateway {
+    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
+    let (mut http, mut transfer) = (args.http, args.transfer);
+    tweak(&mut http, &mut transfer);
+    let default_user =
+        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
+    let backend = Backend::in_process(service, transfer, default_user, Metrics::new());
+    start(backend, http).await
+}
+
+async fn start(backend: Backend, http: HttpArgs) -> Gateway {
     let state = AppState::new(backend, http);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
