@@ -117,12 +117,22 @@ fn run<T>(requests: &Receiver<Request<T>>, mut sync: impl FnMut() -> io::Result<
             fail(batch, &e);
             continue;
         }
-        let done: Vec<_> = batch.into_iter().map(|r| ((r.step)(), r.answer)).collect();
+        // A step that panics fails its own request, not the committer (and
+        // with it every later completion).
+        let done: Vec<_> = batch
+            .into_iter()
+            .map(|r| {
+                let step = r.step;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+                    .map_err(|_| io::Error::other("completing the file failed (a panic)"));
+                (result, r.answer)
+            })
+            .collect();
         match sync() {
             Ok(()) => {
                 for (result, answer) in done {
                     // The waiter may be gone (its task was cancelled).
-                    let _ = answer.send(Ok(result));
+                    let _ = answer.send(result);
                 }
             }
             Err(e) => {
@@ -278,6 +288,16 @@ mod tests {
             *gate.fail_from.lock().expect("lock") = None;
             committer.commit(|| ()).expect("a later batch");
         }
+    }
+
+    #[test]
+    fn a_panicking_step_fails_only_its_own_request() {
+        let committer = Committer::<u8>::new("test-commit", || Ok(())).expect("start");
+        let e = committer
+            .commit(|| panic!("a step's bug"))
+            .expect_err("the panic is its request's error");
+        assert!(e.to_string().contains("panic"), "{e}");
+        assert_eq!(committer.commit(|| 7).expect("the committer lives on"), 7);
     }
 
     fn sent<T: Send + 'static>(c: &Committer<T>) -> usize {

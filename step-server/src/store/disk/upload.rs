@@ -670,10 +670,6 @@ mod tests {
     #[test]
     fn an_upload_written_by_an_older_version_reloads_with_its_id_and_condition() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let plan = PlanRecord {
-            size: 250,
-            block_size: 100,
-        };
         let dir = tmp.path().join("old");
         fs::create_dir_all(&dir).expect("dir");
         let body = content(250);
@@ -685,6 +681,7 @@ mod tests {
         fs::write(dir.join(REPLACE), br#"{"if_md5":"ff"}"#).expect("replace");
         fs::write(dir.join(PLAN), br#"{"size":250,"block_size":100}"#).expect("plan");
         let mut up = Upload::load(dir, Activity::new(0, SystemTime::UNIX_EPOCH)).expect("load");
+        assert_eq!(up.plan.size, 250);
         assert_eq!(up.id, "0123abcd");
         assert_eq!(
             up.replace.as_ref().and_then(|r| r.if_md5.as_deref()),
