@@ -24,15 +24,38 @@
 //! replace, its DELETE, the sweeper after the grace, or a restart.
 //!
 //! Names are encoded by [`names::encode`](super::names::encode), so no key or user reaches outside
-//! its directory. Every file that becomes visible is written to `tmp/`,
-//! fsynced, then linked or renamed into place. A file is complete exactly when
-//! its meta exists; the meta is written only after the content is durable.
+//! its directory. Every file that becomes visible is written to `tmp/` (or,
+//! for a file's content, in its upload's directory), made durable, then
+//! linked or renamed into place. A file is complete exactly when its meta
+//! exists; the meta is renamed into place only after the content is durable.
+//!
+//! Completing a file (its last block, or an empty file's SAVE) is a group
+//! commit (see `commit.rs`): the completion writes its meta and checksums to
+//! `tmp/` without syncing anything (a file of 1 MiB or more first syncs its
+//! own data, so a big file's writeback does not hold up a batch of small
+//! ones) and queues its renames. The store's committer thread takes every
+//! completion queued, syncs the file system once (all their contents, metas
+//! and checksums durable), performs their renames in order under `swap`,
+//! syncs once more (the renames durable) and only then answers them: an
+//! acknowledged file survives a crash, and a crash before the answer leaves
+//! either the old state or the new one, never a meta whose content is not
+//! on disk. A small upload thus costs no fsync of its own: two `syncfs`
+//! calls shared by everything in its batch. A replace keeps its ordered
+//! directory sync inside the batch (see [`Disk::publish_version`]).
+//!
+//! Crash leftovers are cleaned at `open`: `tmp/` is emptied, a meta whose
+//! content is missing is removed (`drop_orphan_metas`), checksums that
+//! describe no complete file are removed (`drop_stray_sums`), versions that
+//! are not current are removed (`drop_replaced_versions`), and an upload
+//! directory whose plan is missing or unreadable is discarded
+//! (`index_uploads`).
 //!
 //! Unfinished uploads are accounted for in memory (planned and received
 //! bytes, last use), so SAVE can enforce per-user caps and reserve the space
 //! promised to them, and a sweeper can expire the idle ones.
 
 mod accounts;
+mod commit;
 mod upload;
 
 use std::collections::HashMap;
@@ -55,6 +78,7 @@ use super::api::{
     StoreError, StoreResult, UnfinishedStats, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
+use commit::Committer;
 use upload::{Activity, Phase, Upload};
 
 /// An open upload. Its plan and id are fixed for its life (a new SAVE makes
@@ -163,6 +187,41 @@ struct Disk {
     /// Versions replaced since start, kept for downloads under way:
     /// (user, key, version id, when in ms). See [`Disk::sweep_retired`].
     retired: Mutex<Vec<(String, String, String, u64)>>,
+    /// Makes completions durable in batches (see `commit.rs`).
+    committer: Committer<StoreResult<Placed>>,
+}
+
+/// What a queued completion's step did.
+#[derive(Debug)]
+enum Placed {
+    Done,
+    /// Its condition no longer held when its turn came: nothing changed.
+    Refused(StoreError),
+}
+
+/// Files of at least this size sync their own data before joining a batch:
+/// their writeback then happens while they are still the only ones waiting
+/// for it, not in a `syncfs` a batch of small files waits on.
+const OWN_SYNC_MIN: u64 = 1 << 20;
+
+/// A completion's meta and checksums, written to `tmp/` (not synced: the
+/// batch's first sync does that) and waiting to be renamed into place.
+/// Whatever is not renamed is removed when this is dropped.
+#[derive(Debug)]
+struct Staged {
+    meta: FileMeta,
+    meta_tmp: PathBuf,
+    sums_tmp: PathBuf,
+    placed: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.meta_tmp);
+            let _ = fs::remove_file(&self.sums_tmp);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,14 +324,7 @@ impl DiskStore {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        let disk = Disk {
-            root,
-            limits,
-            registry: Mutex::new(Registry::default()),
-            accounts: Mutex::new(()),
-            swap: Mutex::new(()),
-            retired: Mutex::new(Vec::new()),
-        };
+        let disk = Disk::new(root, limits)?;
         disk.drop_replaced_versions()?;
         disk.drop_orphan_metas()?;
         disk.drop_stray_sums()?;
@@ -294,14 +346,7 @@ impl DiskStore {
         let root = root.into();
         fs::create_dir_all(root.join("tmp"))?;
         Ok(Arc::new(DiskStore {
-            disk: Arc::new(Disk {
-                root,
-                limits: StoreLimits::default(),
-                registry: Mutex::new(Registry::default()),
-                accounts: Mutex::new(()),
-                swap: Mutex::new(()),
-                retired: Mutex::new(Vec::new()),
-            }),
+            disk: Arc::new(Disk::new(root, StoreLimits::default())?),
         }))
     }
 
@@ -315,6 +360,24 @@ impl DiskStore {
 }
 
 impl Disk {
+    fn new(root: PathBuf, limits: StoreLimits) -> io::Result<Disk> {
+        // syncfs needs any descriptor on the file system: the root's, kept
+        // open for the store's life.
+        let fs_handle = File::open(&root)?;
+        let committer = Committer::new("step-commit", move || {
+            rustix::fs::syncfs(&fs_handle).map_err(io::Error::from)
+        })?;
+        Ok(Disk {
+            root,
+            limits,
+            registry: Mutex::new(Registry::default()),
+            accounts: Mutex::new(()),
+            swap: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
+            committer,
+        })
+    }
+
     fn drop_orphan_metas(&self) -> io::Result<()> {
         let meta_root = self.root.join(Area::Meta.dir());
         for user in fs::read_dir(&meta_root)? {
@@ -577,8 +640,17 @@ impl Disk {
 
     /// Write `bytes` durably to a temp file and return its path.
     fn write_temp(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+        self.write_temp_with(bytes, true)
+    }
+
+    /// Write `bytes` to a temp file, synced if `durable` (else a later sync
+    /// must cover it before it is renamed anywhere), and return its path.
+    fn write_temp_with(&self, bytes: &[u8], durable: bool) -> io::Result<PathBuf> {
         let (path, mut file) = self.temp_file()?;
-        let result = file.write_all(bytes).and_then(|()| file.sync_all());
+        let mut result = file.write_all(bytes);
+        if durable {
+            result = result.and_then(|()| file.sync_all());
+        }
         if let Err(e) = result {
             let _ = fs::remove_file(&path);
             return Err(e);
@@ -701,7 +773,7 @@ impl Disk {
 
     /// FILE SAVE: plan an upload of `size` bytes in blocks of `block_size`.
     fn file_plan_blocking(
-        &self,
+        self: &Arc<Self>,
         user: &str,
         key: &str,
         plan: PlanRecord,
@@ -809,13 +881,13 @@ impl Disk {
     }
 
     fn complete_empty(
-        &self,
+        self: &Arc<Self>,
         user: &str,
         key: &str,
         replace: Option<&Replace>,
     ) -> StoreResult<String> {
         let (tmp, file) = self.temp_file()?;
-        file.sync_all()?;
+        drop(file);
         let meta = FileMeta {
             key: key.to_owned(),
             size: 0,
@@ -823,37 +895,94 @@ impl Disk {
             upload_id: Some(uuid::Uuid::new_v4().simple().to_string()),
             completed_unix: api::unix_now(),
         };
-        let swap = lock(&self.swap);
-        let current = self.read_meta(user, key)?;
-        let published = api::check_save(replace, current.as_ref())
-            .and_then(|()| self.publish(user, key, &tmp, &meta, &[], current.as_ref()));
-        drop(swap);
-        if published.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let placed = self.stage(meta, &[]).and_then(|staged| {
+            let replace = replace.cloned();
+            self.commit_publish(user, key, tmp.clone(), staged, move |current| {
+                api::check_save(replace.as_ref(), current)
+            })
+        });
+        match placed {
+            Ok(Placed::Done) => Ok(EMPTY_MD5.to_owned()),
+            Ok(Placed::Refused(e)) | Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        published.map(|()| meta.md5)
     }
 
-    /// Make `content` (already durable) the complete file `(user, key)`
-    /// described by `meta`, with its chunk checksums `crcs`. Content is
-    /// renamed first, then the checksums, then the meta: a crash in between
-    /// leaves an orphan content file (overwritten later) or checksums of no
-    /// file (removed at `open`); a crash that kept only the meta's rename
-    /// leaves a meta without content, which `open` removes.
+    /// Write a completion's meta and checksums to `tmp/`, unsynced: the
+    /// first sync of its batch makes them durable.
+    fn stage(&self, meta: FileMeta, crcs: &[u32]) -> StoreResult<Staged> {
+        // Written before anything moves: on a full disk this is the step
+        // that fails, and then nothing has changed (the upload keeps its data
+        // and completes on a retried block). Renames need no space.
+        let meta_tmp =
+            self.write_temp_with(&serde_json::to_vec(&meta).map_err(json_err)?, false)?;
+        let sums_tmp = match sums::encode(meta.size, &meta.md5, crcs)
+            .and_then(|bytes| self.write_temp_with(&bytes, false))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_file(&meta_tmp);
+                return Err(e.into());
+            }
+        };
+        Ok(Staged {
+            meta,
+            meta_tmp,
+            sums_tmp,
+            placed: false,
+        })
+    }
+
+    /// Complete `(user, key)` with `content` and `staged` in the next group
+    /// commit, and wait until that is durable. `content` must be durable
+    /// already or written before this call (the batch's first sync covers
+    /// it). `check` is the completion's condition on the key's complete file,
+    /// decided under `swap` right before the renames: when it fails nothing
+    /// is changed and [`Placed::Refused`] says why.
+    fn commit_publish(
+        self: &Arc<Self>,
+        user: &str,
+        key: &str,
+        content: PathBuf,
+        staged: Staged,
+        check: impl FnOnce(Option<&FileMeta>) -> StoreResult<()> + Send + 'static,
+    ) -> StoreResult<Placed> {
+        let disk = Arc::clone(self);
+        let (user, key) = (user.to_owned(), key.to_owned());
+        self.committer.commit(move || {
+            let _swap = lock(&disk.swap);
+            let current = disk.read_meta(&user, &key)?;
+            if let Err(e) = check(current.as_ref()) {
+                return Ok(Placed::Refused(e));
+            }
+            disk.publish(&user, &key, &content, staged, current.as_ref())?;
+            Ok(Placed::Done)
+        })?
+    }
+
+    /// Make `content` the complete file `(user, key)` described by
+    /// `staged`. Runs on the committer's thread, after a sync made `content`
+    /// and `staged` durable and before the sync that makes these renames
+    /// durable; the caller holds `swap`. Content is renamed first, then the
+    /// checksums, then the meta: a crash in between leaves an orphan content
+    /// file (overwritten later) or checksums of no file (removed at `open`);
+    /// a crash that kept only the meta's rename leaves a meta without
+    /// content, which `open` removes (`drop_orphan_metas`). The content a
+    /// surviving meta names is whole either way: it was synced before.
     ///
-    /// With `current` (a replace; the caller holds `swap` and has checked
-    /// its condition), see [`Self::publish_version`] instead.
+    /// With `current` (a replace), see [`Self::publish_version`] instead.
     fn publish(
         &self,
         user: &str,
         key: &str,
         content: &Path,
-        meta: &FileMeta,
-        crcs: &[u32],
+        mut staged: Staged,
         current: Option<&FileMeta>,
     ) -> StoreResult<()> {
         if let Some(current) = current {
-            return self.publish_version(user, key, content, meta, crcs, current);
+            return self.publish_version(user, key, content, staged, current);
         }
         let dest = self.path(Area::Files, user, key);
         let sums_dest = self.path(Area::Sums, user, key);
@@ -863,23 +992,9 @@ impl Disk {
                 fs::create_dir_all(parent)?;
             }
         }
-        // Meta and checksums are written before anything moves: on a full
-        // disk this is the step that fails, and then nothing has changed (the
-        // upload keeps its data and completes on a retried block). Renames
-        // need no space.
-        let tmp = self.write_temp(&serde_json::to_vec(meta).map_err(json_err)?)?;
-        let sums_tmp = match sums::encode(meta.size, &meta.md5, crcs)
-            .and_then(|bytes| self.write_temp(&bytes))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        let moved = fs::rename(content, &dest).and_then(|()| {
-            let placed =
-                fs::rename(&sums_tmp, &sums_dest).and_then(|()| fs::rename(&tmp, &meta_dest));
+        fs::rename(content, &dest).and_then(|()| {
+            let placed = fs::rename(&staged.sums_tmp, &sums_dest)
+                .and_then(|()| fs::rename(&staged.meta_tmp, &meta_dest));
             if placed.is_err() {
                 // Content without meta is not a file, and nothing would ever
                 // delete it: put it back.
@@ -887,22 +1002,8 @@ impl Disk {
                 let _ = fs::remove_file(&sums_dest);
             }
             placed
-        });
-        if let Err(e) = moved {
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::remove_file(&sums_tmp);
-            return Err(e.into());
-        }
-        // The renames made durable together, before anyone is told the file
-        // is complete: one journal commit rather than one per rename. Should
-        // a crash keep the meta's rename but lose the content's, `open`
-        // removes that meta (`drop_orphan_metas`), as it always has.
-        for parent in [dest.parent(), sums_dest.parent(), meta_dest.parent()]
-            .into_iter()
-            .flatten()
-        {
-            sync_dir(parent)?;
-        }
+        })?;
+        staged.placed = true;
         Ok(())
     }
 
@@ -919,11 +1020,11 @@ impl Disk {
         user: &str,
         key: &str,
         content: &Path,
-        meta: &FileMeta,
-        crcs: &[u32],
+        mut staged: Staged,
         current: &FileMeta,
     ) -> StoreResult<()> {
-        let id = meta
+        let id = staged
+            .meta
             .upload_id
             .as_deref()
             .filter(|id| version_name_ok(id))
@@ -931,32 +1032,32 @@ impl Disk {
         let dir = self.version_dir(user, key);
         fs::create_dir_all(&dir)?;
         let meta_dest = self.path(Area::Meta, user, key);
-        let meta_tmp = self.write_temp(&serde_json::to_vec(meta).map_err(json_err)?)?;
         let old = current
             .upload_id
             .as_deref()
             .filter(|old| version_name_ok(old) && *old != id);
-        let staged = (|| -> io::Result<()> {
+        // The new version's content and sums (synced by the batch), and
+        // the kept meta (written now, after that sync: synced here), must be
+        // in place on disk before the meta that names them: a crash keeping
+        // only the meta's rename would leave the key naming a version it
+        // does not have. The committer's second sync makes the meta's
+        // rename durable.
+        let placed = (|| -> io::Result<()> {
             if let Some(old) = old {
                 let kept =
                     self.write_temp(&serde_json::to_vec(current).map_err(io::Error::other)?)?;
                 fs::rename(&kept, dir.join(format!("{old}.meta")))?;
             }
-            let sums = self.write_temp(&sums::encode(meta.size, &meta.md5, crcs)?)?;
-            fs::rename(&sums, dir.join(format!("{id}.sums")))?;
+            fs::rename(&staged.sums_tmp, dir.join(format!("{id}.sums")))?;
             fs::rename(content, dir.join(id))?;
             sync_dir(&dir)?;
-            fs::rename(&meta_tmp, &meta_dest)?;
-            if let Some(parent) = meta_dest.parent() {
-                sync_dir(parent)?;
-            }
+            fs::rename(&staged.meta_tmp, &meta_dest)?;
             Ok(())
         })();
-        if let Err(e) = staged {
-            let _ = fs::remove_file(&meta_tmp);
-            // The new version's files stay unreferenced; `open` removes them.
-            return Err(e.into());
-        }
+        // On failure the new version's files stay unreferenced; `open`
+        // removes them (and `staged` its temp files).
+        placed?;
+        staged.placed = true;
         // Versions replaced before `current` go now; so does the key's first
         // version in files/ unless it is `current` itself.
         let current_is_first = old.is_some_and(|old| !dir.join(old).exists());
@@ -1526,7 +1627,9 @@ impl DiskUpload {
             return Ok(None);
         }
         let (md5, crcs) = up.finish_digests()?;
-        up.sync_data()?;
+        if up.plan.size >= OWN_SYNC_MIN {
+            up.sync_data()?;
+        }
         let meta = FileMeta {
             key: self.key.clone(),
             size: up.plan.size,
@@ -1534,14 +1637,22 @@ impl DiskUpload {
             upload_id: Some(up.id.clone()),
             completed_unix: api::unix_now(),
         };
-        let swap = lock(&self.disk.swap);
-        let current = self.disk.read_meta(&self.user, &self.key)?;
+        let size = meta.size;
+        let staged = self.disk.stage(meta, &crcs)?;
         // A replacement's condition, checked again where the swap is made:
         // it cannot hold later either, so the upload goes.
-        if let Some(replace) = &up.replace
-            && let Err(e) = replace.check(current.as_ref())
-        {
-            drop(swap);
+        let replace = up.replace.clone();
+        let placed = self.disk.commit_publish(
+            &self.user,
+            &self.key,
+            up.data_path(),
+            staged,
+            move |current| match &replace {
+                Some(replace) => replace.check(current),
+                None => Ok(()),
+            },
+        )?;
+        if let Placed::Refused(e) = placed {
             up.phase = Phase::Discarded;
             upload::remove_dir(&up.dir)?;
             drop(up);
@@ -1549,21 +1660,12 @@ impl DiskUpload {
             info!(user = %self.user, key = %self.key, "replacement refused at completion: its condition no longer holds");
             return Err(e);
         }
-        self.disk.publish(
-            &self.user,
-            &self.key,
-            &up.data_path(),
-            &meta,
-            &crcs,
-            current.as_ref(),
-        )?;
-        drop(swap);
         upload::remove_dir(&up.dir)?;
         up.phase = Phase::Complete;
         // Lock order is registry, then slot: release the slot first.
         drop(up);
         self.forget_slot();
-        info!(user = %self.user, key = %self.key, size = meta.size, md5 = %md5, "file complete");
+        info!(user = %self.user, key = %self.key, size, md5 = %md5, "file complete");
         Ok(Some(md5))
     }
 }

@@ -1,5 +1,10 @@
 //! One unfinished upload: a sparse data file, a one-byte-per-block receipt
-//! file and a small plan file, all under `uploads/<user>/<key>/`.
+//! file and a small plan file (the plan, the upload's id and a replace's
+//! condition), all under `uploads/<user>/<key>/`. An upload of one block
+//! has no receipt file: it completes with the block that would be its only
+//! receipt, so a missing receipt file there means "nothing received".
+//! Uploads written by older versions keep the id and the condition in files
+//! of their own (`id`, `replace.json`), still read.
 //!
 //! Per block the work is O(1): one positioned write of the data, one of the
 //! receipt byte, one bit in memory. The md5 of the contiguous prefix grows as
@@ -7,7 +12,7 @@
 //! that arrived early are read back once, when the prefix reaches them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use step_core::plan::{block_len, total_blocks};
 
+use serde::{Deserialize, Serialize};
+
 use crate::store::api::{PlanRecord, Replace};
 use crate::store::sums::ChunkSums;
 
@@ -30,9 +37,36 @@ pub const DATA: &str = "data";
 const FLUSH_EVERY: u64 = 8 << 20;
 pub const RECEIPTS: &str = "blocks";
 pub const PLAN: &str = "plan.json";
+/// The id, in uploads from before it moved into the plan file.
 pub const ID: &str = "id";
-/// A replacing upload's condition (SAVE `replace`); absent for a plain one.
+/// A replacing upload's condition, in uploads from before it moved into the
+/// plan file.
 pub const REPLACE: &str = "replace.json";
+
+/// What the plan file holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct PlanFile {
+    #[serde(flatten)]
+    plan: PlanRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// A replacing upload's condition (SAVE `replace`); absent for a plain one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replace: Option<Replace>,
+}
+
+fn read_plan(dir: &Path) -> io::Result<PlanFile> {
+    Ok(serde_json::from_slice(&fs::read(dir.join(PLAN))?)?)
+}
+
+/// The receipt bytes of the upload in `dir`: none received when a
+/// one-block upload has no receipt file.
+fn read_receipts(dir: &Path, plan: &PlanRecord) -> io::Result<Vec<u8>> {
+    match fs::read(dir.join(RECEIPTS)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && plan.total() == 1 => Ok(vec![0]),
+        other => other,
+    }
+}
 
 /// Uploads at least this large hash on a thread of their own.
 const THREAD_HASH_MIN: u64 = 16 << 20;
@@ -174,8 +208,8 @@ pub struct Scanned {
 
 /// Read the state of the upload in `dir`; an error means it is unusable.
 pub fn scan(dir: &Path) -> io::Result<Scanned> {
-    let plan: PlanRecord = serde_json::from_slice(&fs::read(dir.join(PLAN))?)?;
-    let receipts = fs::read(dir.join(RECEIPTS))?;
+    let plan = read_plan(dir)?.plan;
+    let receipts = read_receipts(dir, &plan)?;
     let data = fs::metadata(dir.join(DATA))?;
     if data.len() != plan.size || receipts.len() as u64 != plan.total() {
         return Err(io::Error::new(
@@ -185,7 +219,11 @@ pub fn scan(dir: &Path) -> io::Result<Scanned> {
     }
     let mut modified = data.modified()?;
     for name in [RECEIPTS, PLAN] {
-        modified = modified.max(fs::metadata(dir.join(name))?.modified()?);
+        match fs::metadata(dir.join(name)) {
+            Ok(m) => modified = modified.max(m.modified()?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && name == RECEIPTS => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(Scanned {
         received: received_bytes(&plan, &receipts),
@@ -216,7 +254,8 @@ pub struct Upload {
     pub dir: PathBuf,
     pub plan: PlanRecord,
     data: File,
-    receipts: File,
+    /// None for a one-block upload.
+    receipts: Option<File>,
     received: Vec<u64>,
     remaining: u64,
     hasher: PrefixHasher,
@@ -251,26 +290,36 @@ impl Upload {
             .create_new(true)
             .open(dir.join(DATA))?;
         data.set_len(plan.size)?;
-        let receipts = OpenOptions::new()
-            .read(true)
+        let receipts = if plan.total() > 1 {
+            let receipts = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(dir.join(RECEIPTS))?;
+            receipts.set_len(plan.total())?;
+            Some(receipts)
+        } else {
+            None
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        // The plan file is written last: its presence marks the directory as
+        // a usable upload. It is written in place, not renamed there: in this
+        // process only the store's registry lock, which the caller holds,
+        // looks at it; and a plan torn by a crash fails to parse, so `open`
+        // discards the directory like any other half-written upload. It is
+        // not fsynced (an fsync here cost every SAVE a journal commit,
+        // milliseconds on a busy disk): the blocks and receipts of an
+        // unfinished upload are not either.
+        let file = PlanFile {
+            plan,
+            id: Some(id.clone()),
+            replace: replace.clone(),
+        };
+        OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(dir.join(RECEIPTS))?;
-        receipts.set_len(plan.total())?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        fs::write(dir.join(ID), &id)?;
-        if let Some(r) = &replace {
-            fs::write(dir.join(REPLACE), serde_json::to_vec(r)?)?;
-        }
-        // The plan file is written last and atomically: its presence marks
-        // the directory as a usable upload. It is not fsynced (an fsync here
-        // cost every SAVE a journal commit, milliseconds on a busy disk):
-        // the blocks and receipts of an unfinished upload are not either, and
-        // a plan lost or torn by a crash makes `load` fail, so the directory
-        // is discarded like any other half-written upload.
-        let tmp = dir.join("plan.tmp");
-        fs::write(&tmp, serde_json::to_vec(&plan)?)?;
-        fs::rename(&tmp, dir.join(PLAN))?;
+            .open(dir.join(PLAN))?
+            .write_all(&serde_json::to_vec(&file)?)?;
         let activity = Activity::new(0, SystemTime::now());
         let mut up = Self::assemble(dir, plan, data, receipts, None, id, activity);
         up.replace = replace;
@@ -281,35 +330,50 @@ impl Upload {
     /// descriptors); `activity` is the store's record of it, brought up to
     /// date with what is on disk.
     pub fn load(dir: PathBuf, activity: Arc<Activity>) -> io::Result<Upload> {
-        let plan: PlanRecord = serde_json::from_slice(&fs::read(dir.join(PLAN))?)?;
+        let file = read_plan(&dir)?;
+        let plan = file.plan;
         let data = OpenOptions::new()
             .read(true)
             .write(true)
             .open(dir.join(DATA))?;
-        let receipts = OpenOptions::new()
+        let receipts = match OpenOptions::new()
             .read(true)
             .write(true)
-            .open(dir.join(RECEIPTS))?;
-        if data.metadata()?.len() != plan.size || receipts.metadata()?.len() != plan.total() {
+            .open(dir.join(RECEIPTS))
+        {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && plan.total() == 1 => None,
+            Err(e) => return Err(e),
+        };
+        let receipts_len = match &receipts {
+            Some(f) => f.metadata()?.len(),
+            None => plan.total(),
+        };
+        if data.metadata()?.len() != plan.size || receipts_len != plan.total() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "upload files do not match the plan",
             ));
         }
-        let bytes = fs::read(dir.join(RECEIPTS))?;
-        // Lost (it is not fsynced) or from before ids: a fresh one only makes
-        // holders of the old one SAVE again.
-        let id = fs::read_to_string(dir.join(ID))
-            .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+        let bytes = read_receipts(&dir, &plan)?;
+        // From before ids: a fresh one only makes holders of the old one
+        // SAVE again.
+        let id = file.id.unwrap_or_else(|| {
+            fs::read_to_string(dir.join(ID))
+                .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string())
+        });
         activity
             .received
             .store(received_bytes(&plan, &bytes), Ordering::Relaxed);
-        // Written before the plan: a replacing upload is never reloaded as
-        // a plain one.
-        let replace = match fs::read(dir.join(REPLACE)) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+        // An older upload's condition was written before its plan: a
+        // replacing upload is never reloaded as a plain one.
+        let replace = match file.replace {
+            Some(r) => Some(r),
+            None => match fs::read(dir.join(REPLACE)) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            },
         };
         let mut up = Self::assemble(dir, plan, data, receipts, Some(&bytes), id, activity);
         up.replace = replace;
@@ -320,7 +384,7 @@ impl Upload {
         dir: PathBuf,
         plan: PlanRecord,
         data: File,
-        receipts: File,
+        receipts: Option<File>,
         bytes: Option<&[u8]>,
         id: String,
         activity: Arc<Activity>,
@@ -396,7 +460,9 @@ impl Upload {
             self.rehash = true;
         }
         if !self.is_received(index) {
-            self.receipts.write_all_at(&[1], index)?;
+            if let Some(receipts) = &self.receipts {
+                receipts.write_all_at(&[1], index)?;
+            }
             self.received[(index / 64) as usize] |= 1 << (index % 64);
             self.remaining -= 1;
             self.activity
@@ -567,6 +633,64 @@ mod tests {
             assert_eq!(up.remaining(), 0);
             assert_eq!(up.finish_md5(), md5(&body), "order {order:?}");
         }
+    }
+
+    #[test]
+    fn a_one_block_upload_is_two_files_and_reloads() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let plan = PlanRecord {
+            size: 10,
+            block_size: 100,
+        };
+        let dir = tmp.path().join("one");
+        let replace = Replace {
+            if_md5: Some("abc".into()),
+        };
+        let id = Upload::create(dir.clone(), plan, Some(replace.clone()))
+            .expect("create")
+            .id;
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        names.sort();
+        assert_eq!(names, [DATA, PLAN], "no receipts, id or condition files");
+        let scanned = scan(&dir).expect("scan");
+        assert_eq!((scanned.plan, scanned.received), (plan, 0));
+        let mut up = Upload::load(dir, Activity::new(0, SystemTime::UNIX_EPOCH)).expect("load");
+        assert_eq!(
+            (up.id.as_str(), up.replace.as_ref()),
+            (id.as_str(), Some(&replace))
+        );
+        assert_eq!(up.missing().collect::<Vec<_>>(), vec![0]);
+        assert!(up.write_block(0, &content(10)).expect("write"));
+        assert_eq!(up.finish_md5(), md5(&content(10)));
+    }
+
+    #[test]
+    fn an_upload_written_by_an_older_version_reloads_with_its_id_and_condition() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("old");
+        fs::create_dir_all(&dir).expect("dir");
+        let body = content(250);
+        let mut data = vec![0u8; 250];
+        data[..100].copy_from_slice(&body[..100]);
+        fs::write(dir.join(DATA), &data).expect("data");
+        fs::write(dir.join(RECEIPTS), [1u8, 0, 0]).expect("receipts");
+        fs::write(dir.join(ID), "0123abcd").expect("id");
+        fs::write(dir.join(REPLACE), br#"{"if_md5":"ff"}"#).expect("replace");
+        fs::write(dir.join(PLAN), br#"{"size":250,"block_size":100}"#).expect("plan");
+        let mut up = Upload::load(dir, Activity::new(0, SystemTime::UNIX_EPOCH)).expect("load");
+        assert_eq!(up.plan.size, 250);
+        assert_eq!(up.id, "0123abcd");
+        assert_eq!(
+            up.replace.as_ref().and_then(|r| r.if_md5.as_deref()),
+            Some("ff")
+        );
+        assert_eq!(up.missing().collect::<Vec<_>>(), vec![1, 2]);
+        up.write_block(1, &body[100..200]).expect("w");
+        assert!(up.write_block(2, &body[200..]).expect("w"));
+        assert_eq!(up.finish_md5(), md5(&body));
     }
 
     #[test]
