@@ -6,12 +6,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use gateway::config::TransferArgs;
 use reqwest::StatusCode;
-use step_tests::{TestServer, pattern};
+use step_core::token::TokenKey;
+use step_server::service::{Limits, Service};
+use step_server::store::{DiskStore, Storage};
+use step_tests::{TEST_SECRET, TestServer, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -144,29 +148,48 @@ async fn curl_exit(url: String, range: Option<String>) -> Option<i32> {
 async fn whole_get_of_bytes_corrupted_at_rest_never_completes() {
     let step = TestServer::start().await;
     let gw = gateway_with(step.addr, |_| {}).await;
+    corrupted_whole_gets_never_complete(&gw, step.data_dir()).await;
+}
+
+/// The same in process, where the gateway does not hash what it serves: the
+/// store's own check of every block it reads must catch both corruptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_get_in_process_of_bytes_corrupted_at_rest_never_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Storage> = DiskStore::open(dir.path()).expect("store");
+    let service = Arc::new(Service::new(
+        store,
+        TokenKey::new(TEST_SECRET, 86_400),
+        Limits::default(),
+    ));
+    let gw = support::gateway_in_process(service, |_, transfer| transfer.pool_wait_ms = 2000).await;
+    corrupted_whole_gets_never_complete(&gw, dir.path()).await;
+}
+
+async fn corrupted_whole_gets_never_complete(gw: &Gateway, data_dir: &Path) {
     let size = 3 * 1024 * 1024 + 17;
     let body = pattern(size, 7);
     for (key, offset) in [("head.bin", 100u64), ("tail.bin", size as u64 - 10)] {
         gw.store(key, body.clone()).await;
-        corrupt_at_rest(step.data_dir(), key, offset);
+        corrupt_at_rest(data_dir, key, offset);
     }
     // An intact file still downloads whole (the tail held back is released).
     gw.store("intact.bin", body.clone()).await;
-    let (status, length, got, failed) = reqwest_get(&gw, "/files/intact.bin", None).await;
+    let (status, length, got, failed) = reqwest_get(gw, "/files/intact.bin", None).await;
     assert_eq!(
         (status, length, failed),
         (StatusCode::OK, size as u64, false)
     );
     assert!(got == body, "intact download has the stored bytes");
     // So does `bytes=0-`, which is the whole file and verified the same way.
-    let (status, _, got, failed) = reqwest_get(&gw, "/files/intact.bin", Some("bytes=0-")).await;
+    let (status, _, got, failed) = reqwest_get(gw, "/files/intact.bin", Some("bytes=0-")).await;
     assert_eq!((status, failed), (StatusCode::PARTIAL_CONTENT, false));
     assert!(got == body, "bytes=0- has the stored bytes");
 
     let mut failures = 0;
     for key in ["head.bin", "tail.bin"] {
         let path = format!("/files/{key}");
-        let (status, length, got, failed) = reqwest_get(&gw, &path, None).await;
+        let (status, length, got, failed) = reqwest_get(gw, &path, None).await;
         assert!(
             !(status == StatusCode::OK && !failed && got.len() as u64 == length),
             "{key}: a corrupted file came out as a complete, clean 200 ({} bytes)",
@@ -183,7 +206,7 @@ async fn whole_get_of_bytes_corrupted_at_rest_never_completes() {
         );
         failures += 1;
 
-        let (status, _, got, failed) = reqwest_get(&gw, &path, Some("bytes=0-")).await;
+        let (status, _, got, failed) = reqwest_get(gw, &path, Some("bytes=0-")).await;
         assert!(
             failed || !status.is_success(),
             "{key} bytes=0-: {status}, body did not fail"

@@ -7,7 +7,6 @@
 //! stays at `connections × window` blocks whatever the file size, and a fast
 //! connection simply takes more blocks.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -33,9 +32,9 @@ where
     let window = window.max(1);
     let target = target.into();
     let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(clients.len().max(1) * window);
-    let failure: Mutex<Option<ClientError>> = Mutex::new(None);
     let feed = async {
         let mut blocks = std::pin::pin!(blocks);
+        let mut fed = Ok(());
         while let Some(item) = blocks.next().await {
             match item {
                 Ok(block) => {
@@ -44,12 +43,13 @@ where
                     }
                 }
                 Err(e) => {
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    fed = Err(e);
                     break;
                 }
             }
         }
         tx.close();
+        fed
     };
     let workers = clients.iter_mut().map(|client| {
         let rx = rx.clone();
@@ -64,10 +64,9 @@ where
             result
         }
     });
-    let (_, results) = futures::join!(feed, futures::future::join_all(workers));
-    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    let (fed, results) = futures::join!(feed, futures::future::join_all(workers));
+    // The source's own error first: the workers then only saw the feed end.
+    fed?;
     let mut md5 = None;
     for r in results {
         if let Some(m) = r? {
