@@ -78,6 +78,15 @@ rm -f "$WORK/back"
 record gateway-upload gateway="$GP" server="$SP" -- curl -sS -f -o /dev/null -T "$WORK/f" "http://127.0.0.1:$H/files/prof"
 record gateway-download gateway="$GP" server="$SP" -- curl -sS -f -o "$WORK/back" "http://127.0.0.1:$H/files/prof"
 cmp -s "$WORK/f" "$WORK/back" || echo "profile: gateway download differs from the upload" >&2
+# The gateway as it runs alone: its service in process, one process.
+E=$(free_port)
+"$BIN/gateway" --bind 127.0.0.1 --port "$E" --step-ip 127.0.0.1 --step-port "$(free_port)" --data-dir "$WORK/store-embedded" \
+  --token-secret prof --spool-dir "$WORK" --log error & EP=$!; PIDS+=("$EP")
+wait_http "http://127.0.0.1:$E/readyz"
+record gateway-embedded-upload gateway="$EP" -- curl -sS -f -o /dev/null -T "$WORK/f" "http://127.0.0.1:$E/files/prof"
+record gateway-embedded-download gateway="$EP" -- curl -sS -f -o "$WORK/back" "http://127.0.0.1:$E/files/prof"
+cmp -s "$WORK/f" "$WORK/back" || echo "profile: embedded gateway download differs from the upload" >&2
+kill "$EP" 2>/dev/null; wait "$EP" 2>/dev/null || true
 rm -f "$WORK/f" "$WORK/back"
 
 if [[ -x $OHA ]]; then

@@ -615,6 +615,10 @@ gwt, dp = by.get("gateway curl -T", {}).get("mb_per_s"), by.get("dufs PUT", {}).
 r = ratio(gwt, m5)
 goal(f"gateway {size_name(sz) if sz else '1 GiB'} `curl -T`, md5 checked, ÷ `md5sum`",
      f"{med(gwt):.0f} vs {med(m5):.0f} MB/s; {fr(ratio(gwt, dp), 2)} dufs PUT" if r else "not measured", fr(r, 2) if r else "—", "≥ 0.6", "0.35 (1.44× dufs)", r >= 0.6 if r else None, "gateway-upload")
+gwe = by.get("gateway embedded curl -T", {}).get("mb_per_s")
+r = ratio(gwe, m5)
+goal(f"… the same through the gateway as it runs alone (`cargo run -p gateway`: its STEP service in process)",
+     f"{med(gwe):.0f} vs {med(m5):.0f} MB/s; {fr(ratio(gwe, dp), 2)} dufs PUT" if r else "not measured", fr(r, 2) if r else "—", "≥ 0.6", "—", r >= 0.6 if r else None, "gateway-embedded-upload")
 g, d = small.get(("gateway", 32)), small.get(("dufs", 32))
 if g and d:
     r = ratio(g["rps"], d["rps"])
@@ -628,7 +632,8 @@ else:
     goal("10 KiB uploads through the gateway, c = 32, ÷ dufs req/s; p99; every 201 durable", "not measured", "—", "≥ 1.0×, ≤ 30 ms", "0.32×, 29.7 ms", None, "small-10KiB")
 dsize = summary.get("download", {}).get("size")
 dd = download.get("dufs GET (curl)", {}).get("mb_per_s")
-for lab, why in (("gateway GET (curl)", "gateway-download"), ("native step-client download", "native-download")):
+for lab, why in (("gateway GET (curl)", "gateway-download"), ("gateway embedded GET (curl)", "gateway-embedded-download"),
+                 ("native step-client download", "native-download")):
     v = download.get(lab, {})
     r = ratio(v.get("mb_per_s"), dd)
     ok_md5 = f", md5 {v.get('md5_ok', 0)}/{v.get('runs', 0)}" if v else ""

@@ -93,6 +93,17 @@ start_gateway() { # start_gateway [SPOOL_DIR], needs STEP_PORT -> GW_PID GW_PORT
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_http "http://127.0.0.1:$GW_PORT/readyz"
 }
+# The gateway as `cargo run -p gateway` runs it: its own step-server in
+# process over --data-dir (no loopback STEP between them), STEP port on a free
+# port. Its peak RSS covers both roles.
+start_gateway_embedded() { # start_gateway_embedded NAME -> GWE_PID GWE_PORT
+  GWE_PORT=$(free_port)
+  "$BIN/gateway" --bind 127.0.0.1 --port "$GWE_PORT" --step-ip 127.0.0.1 --step-port "$(free_port)" \
+    --data-dir "$WORK/store-embedded-$1" --token-secret "bench-$$" --spool-dir "$WORK" --log error \
+    >"$WORK/gateway-embedded.log" 2>&1 &
+  GWE_PID=$!; PIDS+=("$GWE_PID")
+  wait_http "http://127.0.0.1:$GWE_PORT/readyz"
+}
 DUFS=$(command -v dufs || echo "$HOME/.cargo/bin/dufs")
 OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
 start_dufs() { # start_dufs [DIR] -> DUFS_PID DUFS_PORT DUFS_DIR (PID empty when dufs is missing)
@@ -227,6 +238,7 @@ section_large() {
 
   start_step large
   start_gateway
+  start_gateway_embedded large
   start_dufs
   have_ref && start_ref large
   for size in $sizes; do
@@ -258,6 +270,9 @@ section_large() {
       timed_curl "gateway curl -F" "$size" "$f" -- -F "file=@$f;filename=$key-F" "http://127.0.0.1:$GW_PORT/upload" >>"$out"
       curl -s -o /dev/null -X DELETE "http://127.0.0.1:$GW_PORT/files/$key-T" || true
       curl -s -o /dev/null -X DELETE "http://127.0.0.1:$GW_PORT/files/$key-F" || true
+      GW_PID=$GWE_PID STEP_PID=$GWE_PID timed_curl "gateway embedded curl -T" "$size" "$f" -- \
+        -T "$f" "http://127.0.0.1:$GWE_PORT/files/$key-T" >>"$out"
+      curl -s -o /dev/null -X DELETE "http://127.0.0.1:$GWE_PORT/files/$key-T" || true
       # dufs PUT of the same file
       if [[ -n $DUFS_PID ]]; then
         reset_hwm "$DUFS_PID"
@@ -281,7 +296,7 @@ section_large() {
     curl -s -o /dev/null -X DELETE "http://127.0.0.1:$GW_PORT/files/verify-$size" || true
     rm -f "$f" "$WORK/back"
   done
-  stop "$GW_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"; have_ref && stop "$REF_PID"
+  stop "$GW_PID"; stop "$GWE_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"; have_ref && stop "$REF_PID"
   return 0
 }
 
@@ -449,6 +464,7 @@ section_download() {
   if [[ $QUICK == 1 ]]; then size=$((100 << 20)); runs=1; else size=$((1 << 30)); runs=3; fi
   start_step download
   start_gateway
+  start_gateway_embedded download
   start_dufs
   have_ref && start_ref download
   f=$WORK/dl-src
@@ -459,6 +475,7 @@ section_download() {
   # The same bytes on every server, put there once, not timed.
   (cd "$WORK" && "$BIN/step-client" --quiet --server-ip 127.0.0.1 --port "$STEP_PORT" --id bench --key dl -f "$f") >/dev/null
   curl -sS -f -o /dev/null -T "$f" "http://127.0.0.1:$GW_PORT/files/dl"
+  curl -sS -f -o /dev/null -T "$f" "http://127.0.0.1:$GWE_PORT/files/dl"
   [[ -n $DUFS_PID ]] && cp "$f" "$DUFS_DIR/dl"
   # Into the reference's own layout (file/<user>/<key>): uploading 1 GiB
   # through it takes many minutes (it re-reads its per-block log each block).
@@ -466,6 +483,8 @@ section_download() {
   local cli=("$BIN/step-client" --quiet --server-ip 127.0.0.1 --id bench)
   for run in $(seq "$runs"); do
     timed_get "gateway GET (curl)" "$size" "$sum" -- curl -sS -f -o "$WORK/dl-out" "http://127.0.0.1:$GW_PORT/files/dl" >>"$out"
+    GW_PID=$GWE_PID STEP_PID=$GWE_PID timed_get "gateway embedded GET (curl)" "$size" "$sum" -- \
+      curl -sS -f -o "$WORK/dl-out" "http://127.0.0.1:$GWE_PORT/files/dl" >>"$out"
     [[ -n $DUFS_PID ]] && timed_get "dufs GET (curl)" "$size" "$sum" -- curl -sS -f -o "$WORK/dl-out" "http://127.0.0.1:$DUFS_PORT/dl" >>"$out"
     timed_get "native step-client download" "$size" "$sum" -- "${cli[@]}" --port "$STEP_PORT" download dl -o "$WORK/dl-out" --force >>"$out"
     if have_ref; then
@@ -508,7 +527,7 @@ section_download() {
   else
     note "note: oha missing: 10 KiB GETs not measured"
   fi
-  stop "$GW_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"; have_ref && stop "$REF_PID"
+  stop "$GW_PID"; stop "$GWE_PID"; stop "$STEP_PID"; [[ -n $DUFS_PID ]] && stop "$DUFS_PID"; have_ref && stop "$REF_PID"
   return 0
 }
 # ------------------------------------------------------------ 5. idle conns
