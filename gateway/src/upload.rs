@@ -483,25 +483,7 @@ where
 {
     let window = tp.window.max(1);
     let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(window);
-    let feed = async {
-        let mut blocks = std::pin::pin!(blocks);
-        let mut fed = Ok(());
-        while let Some(block) = blocks.next().await {
-            match block {
-                Ok(block) => {
-                    if tx.send(block).await.is_err() {
-                        break; // every worker stopped
-                    }
-                }
-                Err(e) => {
-                    fed = Err(e);
-                    break;
-                }
-            }
-        }
-        tx.close();
-        fed
-    };
+    let feed = step_core::transfer::feed(blocks, &tx);
     let worker = |rx: async_channel::Receiver<(u64, Bytes)>,
                   tx: async_channel::Sender<(u64, Bytes)>,
                   primary: bool| async move {

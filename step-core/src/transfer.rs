@@ -32,25 +32,7 @@ where
     let window = window.max(1);
     let target = target.into();
     let (tx, rx) = async_channel::bounded::<(u64, Bytes)>(clients.len().max(1) * window);
-    let feed = async {
-        let mut blocks = std::pin::pin!(blocks);
-        let mut fed = Ok(());
-        while let Some(item) = blocks.next().await {
-            match item {
-                Ok(block) => {
-                    if tx.send(block).await.is_err() {
-                        break; // every worker stopped
-                    }
-                }
-                Err(e) => {
-                    fed = Err(e);
-                    break;
-                }
-            }
-        }
-        tx.close();
-        fed
-    };
+    let feed = feed(blocks, &tx);
     let workers = clients.iter_mut().map(|client| {
         let rx = rx.clone();
         async move {
@@ -74,6 +56,33 @@ where
         }
     }
     Ok(md5)
+}
+
+/// Move `blocks` into `tx` until they end, the first error (returned), or
+/// every receiver gone; then close `tx`, so the workers draining it end.
+/// The source's error is the caller's to report first: the workers only see
+/// the channel close.
+pub async fn feed<T, E>(
+    blocks: impl Stream<Item = Result<T, E>>,
+    tx: &async_channel::Sender<T>,
+) -> Result<(), E> {
+    let mut blocks = std::pin::pin!(blocks);
+    let mut fed = Ok(());
+    while let Some(item) = blocks.next().await {
+        match item {
+            Ok(block) => {
+                if tx.send(block).await.is_err() {
+                    break; // every worker stopped
+                }
+            }
+            Err(e) => {
+                fed = Err(e);
+                break;
+            }
+        }
+    }
+    tx.close();
+    fed
 }
 
 /// Download every block of `plan` over every client in `clients`, `window`
