@@ -232,24 +232,10 @@ async fn bad_uploads_get_clear_errors() {
 async fn records_round_trip_with_errors() {
     let step = TestServer::start().await;
     let gw = gateway(step.addr).await;
-    let r = gw
-        .client
-        .post(gw.at("/records"))
-        .json(&json!({"name": "otter", "n": 3, "tags": ["a", "b"], "é": "ü"}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let key = r.json::<Value>().await.expect("json")["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
-    let got: Value = gw
-        .get(&format!("/records/{key}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let key = gw
+        .post_record(&json!({"name": "otter", "n": 3, "tags": ["a", "b"], "é": "ü"}))
+        .await;
+    let got = gw.get_json(&format!("/records/{key}")).await;
     assert_eq!(got["name"], "otter");
     assert_eq!(got["tags"], json!(["a", "b"]));
     assert_eq!(got["é"], "ü");

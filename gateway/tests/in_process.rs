@@ -109,24 +109,8 @@ async fn files_ranges_multipart_listing_and_records_in_process() {
     assert_eq!(page["files"][0]["key"], "dir/a.bin");
     assert_eq!(page["files"][0]["size"], body.len());
 
-    let r = gw
-        .client
-        .post(gw.at("/records"))
-        .json(&json!({"name": "otter", "n": 3}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let key = r.json::<Value>().await.expect("json")["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
-    let got: Value = gw
-        .get(&format!("/records/{key}"))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let key = gw.post_record(&json!({"name": "otter", "n": 3})).await;
+    let got = gw.get_json(&format!("/records/{key}")).await;
     assert_eq!((&got["name"], &got["n"]), (&json!("otter"), &json!(3)));
     assert_eq!(
         gw.delete("/files/m.txt").await.status(),

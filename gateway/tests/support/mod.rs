@@ -124,6 +124,25 @@ impl Gateway {
         assert_eq!(r.status(), StatusCode::CREATED, "PUT {key}");
     }
 
+    /// `POST /records` with `record`, which must answer 201: the key it chose.
+    pub async fn post_record(&self, record: &serde_json::Value) -> String {
+        let r = self
+            .client
+            .post(self.at("/records"))
+            .json(record)
+            .send()
+            .await
+            .expect("POST /records");
+        assert_eq!(r.status(), StatusCode::CREATED, "POST /records");
+        let answer: serde_json::Value = r.json().await.expect("json");
+        answer["key"].as_str().expect("key").to_owned()
+    }
+
+    /// `GET path`, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.expect("json")
+    }
+
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.client
             .delete(self.at(path))
