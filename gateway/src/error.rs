@@ -237,6 +237,7 @@ impl From<ClientError> for GatewayError {
             ClientError::Protocol(m) => GatewayError::BadGateway(m),
             ClientError::NotLoggedIn => GatewayError::Unauthorized("no token".into()),
             ClientError::Source(m) => GatewayError::BadRequest(m),
+            ClientError::Sink(e) => GatewayError::Internal(e.to_string()),
         }
     }
 }

@@ -172,18 +172,14 @@ async fn fetch(
 ) -> Result<(), Fetch> {
     let label = format!("Downloading {key}");
     let progress = Progress::new(mode, &label, plan.size, part.have_bytes(plan));
-    let write_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
     let sink = Mutex::new(&mut *part);
     // Written in place on the runtime thread: a block into the page cache
     // costs less than the round trip that brought it, and the transfer's
     // windows already bound how much waits.
     let on_block = |index: u64, data: Bytes| -> Result<(), ClientError> {
         let mut part = sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = part.write_block(index, plan.block_size, &data) {
-            *write_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            // The text is never shown: the stashed io error is reported instead.
-            return Err(ClientError::Source("local write failed".into()));
-        }
+        part.write_block(index, plan.block_size, &data)
+            .map_err(ClientError::Sink)?;
         progress.inc(data.len() as u64);
         Ok(())
     };
@@ -200,14 +196,14 @@ async fn fetch(
         .unwrap_or_else(|p| p.into_inner())
         .target
         .clone();
-    if let Some(e) = write_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        progress.abandon();
-        return Err(Fetch::Failed(CliError::write(target, &e)));
-    }
     match outcome {
         Ok(Ok(())) => {
             progress.finish();
             Ok(())
+        }
+        Ok(Err(ClientError::Sink(e))) => {
+            progress.abandon();
+            Err(Fetch::Failed(CliError::write(target, &e)))
         }
         Ok(Err(e)) => {
             progress.abandon();

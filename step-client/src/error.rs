@@ -134,6 +134,12 @@ impl CliError {
                 addr,
                 secs: t.as_secs(),
             },
+            // Callers that write what arrives report their own file's error
+            // (`CliError::write`) before mapping the rest here.
+            ClientError::Sink(e) => CliError::Protocol {
+                addr,
+                reason: one_line(&format!("local write failed: {e}")),
+            },
             ClientError::NotLoggedIn => CliError::Protocol {
                 addr,
                 reason: "request sent before logging in".into(),

@@ -59,6 +59,10 @@ pub enum ClientError {
     NotLoggedIn,
     #[error("{0}")]
     Source(String),
+    /// The caller's own handling of an answer failed (writing a downloaded
+    /// block, say): not the server's fault, and the connection is fine.
+    #[error("keeping what the STEP server sent failed: {0}")]
+    Sink(#[source] std::io::Error),
     /// An earlier I/O or framing failure (or owed answers that never came)
     /// left the connection out of step; it must be replaced.
     #[error("the STEP connection is unusable after an earlier failure ({0}); reconnect")]
