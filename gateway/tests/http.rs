@@ -55,13 +55,7 @@ async fn multipart_upload_download_range_head_delete() {
         ("bytes=-5", body.len() - 5, body.len() - 1),
         ("bytes=3145000-", 3_145_000, body.len() - 1),
     ] {
-        let r = gw
-            .client
-            .get(gw.at("/files/otter.jpg"))
-            .header("range", range)
-            .send()
-            .await
-            .expect("send");
+        let r = gw.get_range("/files/otter.jpg", range).await;
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
         assert_eq!(
             r.headers()["content-range"],
@@ -73,13 +67,7 @@ async fn multipart_upload_download_range_head_delete() {
             "{range}"
         );
     }
-    let r = gw
-        .client
-        .get(gw.at("/files/otter.jpg"))
-        .header("range", "bytes=99999999-")
-        .send()
-        .await
-        .expect("send");
+    let r = gw.get_range("/files/otter.jpg", "bytes=99999999-").await;
     assert_eq!(
         r.headers()["content-range"],
         format!("bytes */{}", body.len()).as_str()

@@ -76,22 +76,10 @@ async fn files_ranges_multipart_listing_and_records_in_process() {
     assert!(got == body, "the whole file comes back");
     assert_eq!(headers["etag"], format!("\"{}\"", md5_hex(&body)));
 
-    let r = gw
-        .client
-        .get(gw.at("/files/dir/a.bin"))
-        .header("Range", "bytes=1000-1999")
-        .send()
-        .await
-        .expect("GET");
+    let r = gw.get_range("/files/dir/a.bin", "bytes=1000-1999").await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.bytes().await.expect("body")[..], &body[1000..2000]);
-    let r = gw
-        .client
-        .get(gw.at("/files/dir/a.bin"))
-        .header("Range", "bytes=99999999-")
-        .send()
-        .await
-        .expect("GET");
+    let r = gw.get_range("/files/dir/a.bin", "bytes=99999999-").await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(gw.get("/files/none").await.status(), StatusCode::NOT_FOUND);
 

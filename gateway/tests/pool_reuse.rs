@@ -80,13 +80,7 @@ async fn early_errors_and_vanished_clients_cost_no_reconnect() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     drop(stream);
 
-    let r = gw
-        .client
-        .get(gw.at("/files/big.bin"))
-        .header("Range", "bytes=99999999-")
-        .send()
-        .await
-        .expect("GET");
+    let r = gw.get_range("/files/big.bin", "bytes=99999999-").await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(
         gw.get("/files/missing.bin").await.status(),

@@ -124,6 +124,16 @@ impl Gateway {
         assert_eq!(r.status(), StatusCode::CREATED, "PUT {key}");
     }
 
+    /// `GET path` with a `Range` header.
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        self.client
+            .get(self.at(path))
+            .header("Range", range)
+            .send()
+            .await
+            .expect("GET with Range")
+    }
+
     /// `POST /records` with `record`, which must answer 201: the key it chose.
     pub async fn post_record(&self, record: &serde_json::Value) -> String {
         let r = self
