@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, json};
 use step_core::Status;
-use step_core::client::{ClientError, SaveOptions};
+use step_core::client::{ClientError, SaveOptions, StepClient, UploadPlan};
 use step_core::digest::md5_hex;
 use step_tests::proxy::Proxy;
 use step_tests::{TestServer, blocks, download, login, pattern};
@@ -20,6 +20,25 @@ use step_tests::{TestServer, blocks, download, login, pattern};
 /// Every wait on the server is bounded by this (generous: the machine may be
 /// loaded); none is expected to come close.
 const BOUND: Duration = Duration::from_secs(60);
+
+/// A server, a client logged in as `user` (waits bounded by [`BOUND`]),
+/// and an upload plan for `key`: `n` blocks of 20 KiB of pattern `seed`.
+async fn planned(
+    user: &str,
+    key: &str,
+    n: usize,
+    seed: u8,
+) -> (TestServer, StepClient, Vec<u8>, UploadPlan) {
+    let server = TestServer::start().await;
+    let mut c = login(server.addr, user).await;
+    c.set_timeout(Some(BOUND));
+    let body = pattern(20480 * n, seed);
+    let plan = c
+        .file_save(Some(key), body.len() as u64, SaveOptions::default())
+        .await
+        .expect("plan");
+    (server, c, body, plan)
+}
 
 fn record(n: u64) -> Map<String, serde_json::Value> {
     let mut m = Map::new();
@@ -29,14 +48,7 @@ fn record(n: u64) -> Map<String, serde_json::Value> {
 
 #[tokio::test]
 async fn a_stream_dropped_mid_pipeline_leaves_the_same_connection_usable() {
-    let server = TestServer::start().await;
-    let mut c = login(server.addr, "dropper").await;
-    c.set_timeout(Some(BOUND));
-    let body = pattern(20480 * 16, 1);
-    let plan = c
-        .file_save(Some("d.bin"), body.len() as u64, SaveOptions::default())
-        .await
-        .expect("plan");
+    let (_server, mut c, body, plan) = planned("dropper", "d.bin", 16, 1).await;
     let all = blocks(&body, plan.block_size as usize);
     let requests: Vec<_> = all
         .iter()
@@ -79,14 +91,7 @@ async fn a_stream_dropped_mid_pipeline_leaves_the_same_connection_usable() {
 
 #[tokio::test]
 async fn a_refusal_mid_window_and_the_pipeline_goes_on() {
-    let server = TestServer::start().await;
-    let mut c = login(server.addr, "refused").await;
-    c.set_timeout(Some(BOUND));
-    let body = pattern(20480 * 8, 2);
-    let plan = c
-        .file_save(Some("r.bin"), body.len() as u64, SaveOptions::default())
-        .await
-        .expect("plan");
+    let (_server, mut c, body, plan) = planned("refused", "r.bin", 8, 2).await;
     let all = blocks(&body, plan.block_size as usize);
     let requests: Vec<_> = all
         .iter()
@@ -121,14 +126,7 @@ async fn a_refusal_mid_window_and_the_pipeline_goes_on() {
 /// the rest of the window and serves the next request.
 #[tokio::test]
 async fn a_pipeline_stopped_by_a_refusal_leaves_the_connection_usable() {
-    let server = TestServer::start().await;
-    let mut c = login(server.addr, "stopped").await;
-    c.set_timeout(Some(BOUND));
-    let body = pattern(20480 * 8, 3);
-    let plan = c
-        .file_save(Some("s.bin"), body.len() as u64, SaveOptions::default())
-        .await
-        .expect("plan");
+    let (_server, mut c, body, plan) = planned("stopped", "s.bin", 8, 3).await;
     let mut all = blocks(&body, plan.block_size as usize);
     let good0 = all[0].1.clone();
     all[0].1 = Bytes::from(vec![0u8; 100]);
