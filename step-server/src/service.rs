@@ -156,6 +156,14 @@ impl Pacer {
     }
 }
 
+/// Who a request acts for: whoever its token names (over the wire), or a
+/// user an in-process caller already checked with [`Service::user_of`].
+#[derive(Debug, Clone, Copy)]
+enum Caller<'a> {
+    Token,
+    Checked(&'a str),
+}
+
 /// What [`Service::admit`] decided about a request from its JSON part.
 #[derive(Debug)]
 pub enum Admission {
@@ -308,20 +316,31 @@ impl Service {
                 );
             }
         };
-        self.admit_message(msg).await
+        self.admit_message(msg, Caller::Token).await
     }
 
     /// Answer a request given as a message (in process, no frame), its
     /// token checked as over the wire.
     pub async fn serve_message(&self, msg: Message) -> Message {
+        self.answer(msg, Caller::Token).await
+    }
+
+    /// Answer `msg` for `user` (from [`Service::user_of`]) in process: every
+    /// rule of a request over the wire applies — envelope, extensions,
+    /// LOGIN, the UPLOAD checks — except the token, which is not read.
+    pub async fn serve_as(&self, user: &str, msg: Message) -> Message {
+        self.answer(msg, Caller::Checked(user)).await
+    }
+
+    async fn answer(&self, msg: Message, caller: Caller<'_>) -> Message {
         let binary = msg.binary.clone();
-        match self.admit_message(msg).await {
+        match self.admit_message(msg, caller).await {
             Admission::Answer(reply) => reply.message,
             Admission::Proceed(request) => self.serve(request, binary).await.message,
         }
     }
 
-    async fn admit_message(&self, msg: Message) -> Admission {
+    async fn admit_message(&self, msg: Message, caller: Caller<'_>) -> Admission {
         let head = match RequestHead::parse(&msg) {
             Ok(h) => h,
             Err(rejection) => return Admission::Answer(rejection.into_message().into()),
@@ -337,7 +356,11 @@ impl Service {
         if op == Operation::Login {
             return Admission::Answer(self.login(&msg, kind).await.into());
         }
-        let user = match self.authenticate(&msg, op) {
+        let checked = match caller {
+            Caller::Checked(user) => Ok(user.to_owned()),
+            Caller::Token => self.authenticate(&msg, op),
+        };
+        let user = match checked {
             Ok(user) => user,
             Err(refusal) => {
                 // Why, never the token: a token is a credential.
@@ -426,28 +449,6 @@ impl Service {
                     e.to_string(),
                 ))
             }
-        }
-    }
-
-    /// Answer `msg` for `user` (from [`Service::user_of`]) in process: every
-    /// rule of a request over the wire applies — envelope, extensions,
-    /// LOGIN, the UPLOAD checks — except the token, which is not read.
-    pub async fn serve_as(&self, user: &str, msg: Message) -> Message {
-        let head = match RequestHead::parse(&msg) {
-            Ok(h) => h,
-            Err(rejection) => return rejection.into_message(),
-        };
-        let (op, kind) = (head.operation, head.kind);
-        if op == Operation::List && !self.limits.extensions.list {
-            return Rejection::unknown_operation(op.as_str()).into_message();
-        }
-        if op == Operation::Login {
-            return self.login(&msg, kind).await;
-        }
-        let binary = msg.binary.clone();
-        match self.admit_as(msg, op, kind, user.to_owned()) {
-            Admission::Answer(reply) => reply.message,
-            Admission::Proceed(request) => self.serve(request, binary).await.message,
         }
     }
 
