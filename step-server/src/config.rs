@@ -9,12 +9,13 @@ use std::time::Duration;
 use rand::RngCore;
 use step_core::StepCodec;
 use step_core::token::TokenKey;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::accounts::AuthMode;
 use crate::server::ConnectionLimits;
 use crate::service::{Extensions, Limits, Service};
 use crate::store::object::ObjectStorage;
+use crate::store::object::coord::{Coord, RedisCoord};
 use crate::store::s3::{StorageChoice, object_store_from_env};
 use crate::store::{self, DiskStore, Storage, StoreLimits};
 
@@ -142,6 +143,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "STEP_STORAGE", default_value = "disk",
           value_parser = StorageChoice::parse, global = true)]
     pub storage: StorageChoice,
+    /// Coordination engine shared by several step-servers on one
+    /// `--storage s3://` bucket and prefix: `redis://[user:password@]host[:port][/db]`
+    /// (Redis 7; keep AOF on with `appendfsync always`, see the README's
+    /// "Cluster"). Without it a server assumes it is alone on its bucket.
+    #[arg(long, env = "STEP_COORD", global = true, hide_env_values = true)]
+    pub coord: Option<String>,
     // --- Accounts (issue 15); see `crate::accounts`. ---
     /// How LOGIN checks passwords: `open` (password = md5(username), the
     /// reference's rule: course clients work, anyone can log in as anyone)
@@ -213,6 +220,8 @@ impl std::fmt::Debug for ServiceArgs {
                 &self.max_unfinished_uploads_per_user,
             )
             .field("storage", &self.storage)
+            // The URL may carry a password.
+            .field("coord", &self.coord.as_ref().map(|_| "<set>"))
             .field("auth", &self.auth)
             .field("accounts_file", &self.accounts_file)
             .field("login_failures_per_sec", &self.login_failures_per_sec)
@@ -254,6 +263,10 @@ impl ServiceArgs {
     /// S3 bucket (credentials and endpoint from the standard AWS variables).
     fn open_storage(&self, limits: StoreLimits) -> std::io::Result<Arc<dyn Storage>> {
         match &self.storage {
+            StorageChoice::Disk if self.coord.is_some() => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--coord / STEP_COORD needs --storage s3://…: a disk store cannot be shared by several servers",
+            )),
             StorageChoice::Disk => {
                 let disk = DiskStore::open_with(&self.data_dir, limits).map_err(|e| {
                     std::io::Error::new(
@@ -267,7 +280,24 @@ impl ServiceArgs {
                 let objects = object_store_from_env(bucket, prefix).map_err(|e| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                 })?;
-                let storage = ObjectStorage::new(objects, "", limits);
+                let coord = match &self.coord {
+                    None => None,
+                    Some(url) => {
+                        let namespace = format!("{bucket}/{prefix}");
+                        // Coordinator records outlive an idle upload's expiry
+                        // (the bucket decides; they only must not vanish first).
+                        let coord = RedisCoord::new(url, &namespace, limits.upload_expiry * 2)
+                            .map_err(|e| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::InvalidInput,
+                                    format!("--coord / STEP_COORD: {e}"),
+                                )
+                            })?;
+                        info!(engine = ?coord, "coordinating with other step-servers on this bucket");
+                        Some(Arc::new(coord) as Arc<dyn Coord>)
+                    }
+                };
+                let storage = ObjectStorage::coordinated(objects, "", limits, coord);
                 // Count the unfinished uploads already in the bucket now
                 // rather than at the first request that needs them.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {

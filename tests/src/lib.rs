@@ -19,6 +19,7 @@ pub mod garage;
 pub mod object_subject;
 pub mod prereq;
 pub mod proxy;
+pub mod redis;
 pub mod tls;
 pub mod wait;
 

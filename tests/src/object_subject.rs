@@ -12,15 +12,20 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use step_server::store::object::ObjectStorage;
+use step_server::store::object::coord::{Coord, MemoryCoord};
 use step_server::store::{Storage, StoreLimits};
 
 use crate::contract::{Features, Instance, Subject};
 
 /// Makes the object store each fresh instance lives on.
 type MakeStore = dyn Fn() -> Arc<dyn ObjectStore> + Send + Sync;
+/// Makes the coordinator a fresh place's instances share (given the
+/// place's prefix, unique per place).
+type MakeCoord = dyn Fn(&str) -> Arc<dyn Coord> + Send + Sync;
 
 pub struct ObjectSubject {
     make: Box<MakeStore>,
+    coord: Option<Box<MakeCoord>>,
 }
 
 impl std::fmt::Debug for ObjectSubject {
@@ -34,6 +39,9 @@ impl std::fmt::Debug for ObjectSubject {
 struct Place {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// Coordinated: a reopened instance is another instance on the same
+    /// bucket and coordinator (as with `--coord`).
+    coord: Option<Arc<dyn Coord>>,
 }
 
 fn place(p: &(dyn Any + Send + Sync)) -> &Place {
@@ -50,11 +58,32 @@ impl ObjectSubject {
     pub fn on(make: impl Fn() -> Arc<dyn ObjectStore> + Send + Sync + 'static) -> Self {
         Self {
             make: Box::new(make),
+            coord: None,
         }
     }
 
+    /// Every instance coordinated through the coordinator `coord` makes for
+    /// its place, as several step-servers with `--coord` are.
+    pub fn coordinated(
+        mut self,
+        coord: impl Fn(&str) -> Arc<dyn Coord> + Send + Sync + 'static,
+    ) -> Self {
+        self.coord = Some(Box::new(coord));
+        self
+    }
+
+    /// On the in-memory store, coordinated in memory.
+    pub fn coordinated_in_memory() -> Self {
+        Self::in_memory().coordinated(|_| Arc::new(MemoryCoord::new()))
+    }
+
     async fn open(place: &Place, limits: StoreLimits) -> Arc<dyn Storage> {
-        let storage = ObjectStorage::new(Arc::clone(&place.store), &place.prefix, limits);
+        let storage = ObjectStorage::coordinated(
+            Arc::clone(&place.store),
+            &place.prefix,
+            limits,
+            place.coord.clone(),
+        );
         storage.recover().await.expect("recover");
         Arc::new(storage)
     }
@@ -63,9 +92,11 @@ impl ObjectSubject {
 #[async_trait]
 impl Subject for ObjectSubject {
     async fn fresh(&self, limits: StoreLimits) -> Instance {
+        let prefix = format!("contract-{}", uuid::Uuid::new_v4().simple());
         let place = Place {
             store: (self.make)(),
-            prefix: format!("contract-{}", uuid::Uuid::new_v4().simple()),
+            coord: self.coord.as_ref().map(|make| make(&prefix)),
+            prefix,
         };
         Instance {
             storage: Self::open(&place, limits).await,

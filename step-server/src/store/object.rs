@@ -156,6 +156,7 @@ use super::api::{
     Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter, unix_now,
 };
+use coord::{Coord, Lease, Mark};
 
 /// Smallest multipart part written (AWS requires 5 MiB but for the last).
 pub const PART_MIN: u64 = 8 << 20;
@@ -180,6 +181,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 const KEY_ORDERED_BYTES: usize = 96;
 /// Users up to this many bytes are kept readable-ish; longer ones hashed.
 const USER_PLAIN_BYTES: usize = 32;
+/// Coordinated: plans of uploads kept in memory, at most.
+const KNOWN_PLANS: usize = 4096;
 /// Metadata objects fetched concurrently by a listing.
 const LIST_FETCH: usize = 16;
 
@@ -253,6 +256,16 @@ impl Names {
 
     fn id(&self) -> Id {
         (self.us.clone(), self.ks.clone())
+    }
+
+    /// The key's name at the coordinator (its lease, its current upload).
+    fn lease_name(&self) -> String {
+        format!("f/{}/{}", self.us, self.ks)
+    }
+
+    /// A record key's lease name.
+    fn record_lease_name(&self) -> String {
+        format!("r/{}/{}", self.us, self.ks)
     }
 }
 
@@ -346,9 +359,41 @@ struct KeyState {
     /// `upload` reflects the bucket (loaded since this entry was made).
     loaded: bool,
     upload: Option<Upload>,
+    /// With a coordinator: the key's lease, held for the operation under
+    /// way ([`ObjectStorage::hold`]); checked before each commit point.
+    lease: Option<Box<dyn Lease>>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<KeyState>>;
+
+/// A key's slot locked by [`Inner::lock_key`]: however the operation ends
+/// (error, cancellation), the key's lease goes with the guard.
+/// Coordinated, the slot also forgets what it loaded: the next holder
+/// reloads anyway, and an upload completed by another instance must not
+/// stay in this one's memory.
+struct KeyGuard(tokio::sync::OwnedMutexGuard<KeyState>);
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        if self.0.lease.take().is_some() {
+            self.0.upload = None;
+            self.0.loaded = false;
+        }
+    }
+}
+
+impl std::ops::Deref for KeyGuard {
+    type Target = KeyState;
+    fn deref(&self) -> &KeyState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KeyGuard {
+    fn deref_mut(&mut self) -> &mut KeyState {
+        &mut self.0
+    }
+}
 
 /// Accounting of one unfinished upload (kept apart from the key locks so
 /// that stats never wait for I/O).
@@ -377,6 +422,13 @@ struct Inner {
     /// with when (ms): removed by the sweep after the grace period (and
     /// with the key's next replace or DELETE).
     retired: Mutex<Vec<(Names, String, u64)>>,
+    /// Several instances on this bucket: what must be atomic across them
+    /// (see `coord.rs`). `None`: this instance is alone, its own locks
+    /// decide.
+    coord: Option<Arc<dyn Coord>>,
+    /// Coordinated: plans of uploads by id (ids are never reused), so a
+    /// block needs no GET of its upload's state.
+    plans: Mutex<HashMap<String, PlanRecord>>,
 }
 
 /// The [`Storage`] interface on an object store; see the module docs.
@@ -390,7 +442,7 @@ struct HeldKey {
     names: Names,
     id: Id,
     slot: Slot,
-    state: tokio::sync::OwnedMutexGuard<KeyState>,
+    state: KeyGuard,
 }
 
 impl ObjectStorage {
@@ -401,7 +453,13 @@ impl ObjectStorage {
         let names = Names::new(user, key);
         let id = names.id();
         let slot = self.inner.file_slot(&id);
-        let state = Arc::clone(&slot).lock_owned().await;
+        let state = match self.inner.lock_key(&names, &slot).await {
+            Ok(state) => state,
+            Err(e) => {
+                self.inner.release_slot(&id, slot);
+                return Err(e);
+            }
+        };
         Ok(HeldKey {
             names,
             id,
@@ -431,6 +489,17 @@ impl ObjectStorage {
 
     /// Storage on `store` under `prefix` (`""` for the bucket's root).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, limits: StoreLimits) -> ObjectStorage {
+        Self::coordinated(store, prefix, limits, None)
+    }
+
+    /// Storage on `store` under `prefix`, one of several instances sharing
+    /// it through `coord` (`None`: alone, as [`Self::new`]).
+    pub fn coordinated(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        limits: StoreLimits,
+        coord: Option<Arc<dyn Coord>>,
+    ) -> ObjectStorage {
         ObjectStorage {
             inner: Arc::new(Inner {
                 store,
@@ -443,6 +512,8 @@ impl ObjectStorage {
                 held_total: Arc::new(AtomicU64::new(0)),
                 assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
                 retired: Mutex::new(Vec::new()),
+                coord,
+                plans: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -593,6 +664,19 @@ impl Inner {
 
     // -------------------------------------------------------------- key slots
 
+    /// Lock a key's `slot` for one operation: this instance's lock, then,
+    /// with a coordinator, the key's lease (and the slot is reloaded: another
+    /// instance may have changed the key). The lease goes when the caller
+    /// sets `lease` back to `None` or drops the guard.
+    async fn lock_key(&self, n: &Names, slot: &Slot) -> StoreResult<KeyGuard> {
+        let mut state = KeyGuard(Arc::clone(slot).lock_owned().await);
+        if let Some(coord) = &self.coord {
+            state.lease = Some(coord.lease(&n.lease_name()).await?);
+            state.loaded = false;
+        }
+        Ok(state)
+    }
+
     fn file_slot(&self, id: &Id) -> Slot {
         Arc::clone(lock(&self.files).entry(id.clone()).or_default())
     }
@@ -610,6 +694,15 @@ impl Inner {
         {
             drop(st);
             files.remove(id);
+        }
+    }
+
+    /// With a coordinator, a record key's lease: records are create-only
+    /// across instances too.
+    async fn record_lease(&self, n: &Names) -> StoreResult<Option<Box<dyn Lease>>> {
+        match &self.coord {
+            Some(coord) => coord.lease(&n.record_lease_name()).await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -713,6 +806,10 @@ impl Inner {
             return Ok(());
         }
         let Some(state) = self.get_json::<UploadState>(&self.state_path(n)).await? else {
+            if let Some(coord) = &self.coord {
+                // The bucket is the truth for what exists.
+                coord.set_current(&n.lease_name(), None).await?;
+            }
             st.upload = None;
             st.loaded = true;
             lock(&self.pending).remove(&n.id());
@@ -735,6 +832,11 @@ impl Inner {
             block_size: state.block_size,
         };
         let total = total_blocks(plan.size, plan.block_size);
+        if let Some(coord) = &self.coord {
+            return self
+                .load_coordinated(coord.as_ref(), n, st, state, plan, total)
+                .await;
+        }
         let mut received =
             vec![false; usize::try_from(total).map_err(|_| other("plan too large"))?];
         let mut remaining = total;
@@ -777,6 +879,105 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Self::load`] with a coordinator: which blocks were received is
+    /// the coordinator's record (every instance marks there), not a LIST.
+    /// Under the key's lease, the coordinator's current upload is set to
+    /// the bucket's (it may have lost it).
+    async fn load_coordinated(
+        &self,
+        coord: &dyn Coord,
+        n: &Names,
+        st: &mut KeyState,
+        state: UploadState,
+        plan: PlanRecord,
+        total: u64,
+    ) -> StoreResult<()> {
+        if total > u64::from(u32::MAX) {
+            return Err(other("plan too large"));
+        }
+        let name = n.lease_name();
+        if st.lease.is_some()
+            && coord.current(&name).await?.as_deref() != Some(state.upload_id.as_str())
+        {
+            coord.set_current(&name, Some(&state.upload_id)).await?;
+        }
+        let (received, last_ms) = coord.received(&state.upload_id, total).await?;
+        let (mut remaining, mut bytes) = (total, 0);
+        for (i, _) in received.iter().enumerate().filter(|(_, r)| **r) {
+            remaining -= 1;
+            bytes += block_len(plan.size, plan.block_size, i as u64).unwrap_or(0);
+        }
+        let last = last_ms
+            .unwrap_or(0)
+            .max(state.created_unix.saturating_mul(1000));
+        let mut pending = lock(&self.pending);
+        let p = pending.entry(n.id()).or_insert(Pending {
+            planned: plan.size,
+            received: 0,
+            last_ms: 0,
+        });
+        p.received = bytes;
+        // Blocks may reach other instances: the latest of all counts.
+        p.last_ms = p.last_ms.max(last);
+        drop(pending);
+        self.remember_plan(&state.upload_id, plan);
+        st.upload = Some(Upload {
+            id: state.upload_id,
+            plan,
+            received,
+            remaining,
+            assembler: None,
+            assembler_tried: true,
+            held: self.small_held(plan),
+            replace: state.replace,
+        });
+        st.loaded = true;
+        Ok(())
+    }
+
+    /// Keep `upload_id`'s plan for the blocks to come.
+    fn remember_plan(&self, upload_id: &str, plan: PlanRecord) {
+        let mut plans = lock(&self.plans);
+        // Entries outlive their uploads (completed on other instances):
+        // start afresh rather than grow.
+        if plans.len() >= KNOWN_PLANS {
+            plans.clear();
+        }
+        plans.insert(upload_id.to_owned(), plan);
+    }
+
+    /// Coordinated [`Storage::open_upload`]: the coordinator names the key's
+    /// current upload (one read), its plan is known or read from the bucket.
+    async fn open_coordinated(
+        &self,
+        coord: &dyn Coord,
+        n: &Names,
+    ) -> StoreResult<(String, PlanRecord)> {
+        let Some(current) = coord.current(&n.lease_name()).await? else {
+            return Err(if self.exists(&self.meta_path(n)).await? {
+                StoreError::AlreadyComplete
+            } else {
+                StoreError::NotPlanned
+            });
+        };
+        if let Some(plan) = lock(&self.plans).get(&current) {
+            return Ok((current, *plan));
+        }
+        match self.get_json::<UploadState>(&self.state_path(n)).await? {
+            Some(state) if state.upload_id == current => {
+                let plan = PlanRecord {
+                    size: state.size,
+                    block_size: state.block_size,
+                };
+                self.remember_plan(&current, plan);
+                Ok((current, plan))
+            }
+            // A SAVE elsewhere between writing its state and making it
+            // current, or the coordinator ahead of the bucket: SAVE again.
+            _ => Err(StoreError::NotPlanned),
+        }
+    }
+
     /// Remove an upload's state (first: from then on it is gone) and its
     /// staged blocks.
     async fn discard(&self, n: &Names, upload_id: &str) -> StoreResult<()> {
@@ -785,13 +986,36 @@ impl Inner {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_err(e)),
         }
+        if let Some(coord) = &self.coord {
+            // Under the key's lease: the upload just removed was its current.
+            coord.set_current(&n.lease_name(), None).await?;
+            coord.forget(upload_id).await?;
+            lock(&self.plans).remove(upload_id);
+        }
         self.delete_dir(&self.blocks_dir(n, upload_id)).await
+    }
+
+    /// Before a commit point: fails if the key's lease was lost (so an
+    /// instance that stalled past it writes nothing the next holder did
+    /// not expect). Alone, there is nothing to check.
+    async fn fence(&self, st: &KeyState) -> StoreResult<()> {
+        match &st.lease {
+            Some(lease) => lease.check().await,
+            None if self.coord.is_some() => Err(other("a commit point outside the key's lease")),
+            None => Ok(()),
+        }
     }
 
     /// Room to keep a small upload's blocks in memory (large ones keep them
     /// in their assembler).
     fn small_held(&self, plan: PlanRecord) -> Held {
-        let cap = if plan.size <= PART_MIN { PART_MIN } else { 0 };
+        // Coordinated, a block repeated through another instance may change
+        // the staged bytes: completion reads them all back.
+        let cap = if plan.size <= PART_MIN && self.coord.is_none() {
+            PART_MIN
+        } else {
+            0
+        };
         Held::new(Arc::clone(&self.held_total), cap)
     }
 
@@ -872,8 +1096,9 @@ impl Inner {
             upload_id: Some(up.id.clone()),
             completed_unix: unix_now(),
         };
-        self.swap_meta(n, current.as_ref(), &meta).await?;
         let id = up.id.clone();
+        self.fence(st).await?;
+        self.swap_meta(n, current.as_ref(), &meta).await?;
         st.upload = None;
         if let Err(e) = self.discard(n, &id).await {
             // The file is complete; leftovers go when the key is next loaded.
@@ -1046,6 +1271,7 @@ impl Inner {
             });
         }
         if let Some(old) = st.upload.take() {
+            self.fence(st).await?;
             self.discard_unfinished(n, &old.id).await?;
         }
         if plan.size == 0 {
@@ -1056,6 +1282,7 @@ impl Inner {
                 upload_id: None,
                 completed_unix: unix_now(),
             };
+            self.fence(st).await?;
             self.swap_meta(n, current.as_ref(), &meta).await?;
             return Ok(PlanOutcome {
                 plan,
@@ -1077,6 +1304,10 @@ impl Inner {
         }
         let total = total_blocks(plan.size, plan.block_size);
         let slots = usize::try_from(total).map_err(|_| other("plan too large"))?;
+        if self.coord.is_some() && total > u64::from(u32::MAX) {
+            // Beyond what one Redis bitmap indexes.
+            return Err(other("plan too large: more than 2^32 blocks"));
+        }
         let state = UploadState {
             upload_id: uuid::Uuid::new_v4().simple().to_string(),
             size: plan.size,
@@ -1086,8 +1317,18 @@ impl Inner {
             created_unix: unix_now(),
             replace: replace.clone(),
         };
+        self.fence(st).await?;
         self.put_json(&self.state_path(n), &state).await?;
-        let assembler = if plan.size > PART_MIN {
+        if let Some(coord) = &self.coord {
+            // From here blocks of the new upload are taken by any instance.
+            coord
+                .set_current(&n.lease_name(), Some(&state.upload_id))
+                .await?;
+            self.remember_plan(&state.upload_id, plan);
+        }
+        // Coordinated, blocks reach several instances: completion assembles
+        // from the staged blocks (an assembler here would see only some).
+        let assembler = if plan.size > PART_MIN && self.coord.is_none() {
             self.start_assembler(n, &state.upload_id, plan, BTreeSet::new())
                 .await
         } else {
@@ -1106,7 +1347,7 @@ impl Inner {
             plan,
             received: vec![false; slots],
             remaining: total,
-            assembler_tried: assembler.is_some() || plan.size <= PART_MIN,
+            assembler_tried: assembler.is_some() || plan.size <= PART_MIN || self.coord.is_some(),
             assembler,
             held: self.small_held(plan),
             replace,
@@ -1247,7 +1488,13 @@ impl Inner {
         for (n, old, _) in due {
             let id = n.id();
             let slot = self.file_slot(&id);
-            let st = slot.lock().await;
+            let st = match self.lock_key(&n, &slot).await {
+                Ok(st) => st,
+                Err(e) => {
+                    self.release_slot(&id, slot);
+                    return Err(e);
+                }
+            };
             let current = self.get_json::<FileMeta>(&self.meta_path(&n)).await;
             let result = match current {
                 Ok(Some(meta)) if meta.upload_id.as_deref() == Some(old.as_str()) => Ok(()),
@@ -1282,6 +1529,7 @@ impl Inner {
         if !meta.md5.eq_ignore_ascii_case(if_md5) {
             return Err(StoreError::Precondition);
         }
+        self.fence(st).await?;
         match self.store.delete(&self.meta_path(n)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_err(e)),
@@ -1309,6 +1557,7 @@ impl Inner {
                 return Err(StoreError::OtherUpload);
             }
             // Meta first: from that instant the file is no longer complete.
+            self.fence(st).await?;
             match self.store.delete(&self.meta_path(n)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(store_err(e)),
@@ -1325,6 +1574,7 @@ impl Inner {
         }
         let id = up.id.clone();
         st.upload = None;
+        self.fence(st).await?;
         self.discard_unfinished(n, &id).await?;
         Ok(Deleted::UnfinishedUpload)
     }
@@ -1448,22 +1698,35 @@ impl Inner {
             .collect();
         let mut swept = 0;
         for id in idle {
+            // Names from the state object (segments are not reversible).
+            let probe = Names {
+                user: String::new(),
+                key: String::new(),
+                us: id.0.clone(),
+                ks: id.1.clone(),
+            };
             let slot = self.file_slot(&id);
-            let mut st = slot.lock().await;
-            // Rechecked under the key's lock: a block may have come since.
+            let mut st = match self.lock_key(&probe, &slot).await {
+                Ok(st) => st,
+                Err(e) => {
+                    self.release_slot(&id, slot);
+                    return Err(e);
+                }
+            };
+            let loaded = self.load(&probe, &mut st).await;
+            // Rechecked under the key's lock (and, coordinated, with the
+            // last block any instance took): a block may have come since.
             let still_idle = lock(&self.pending)
                 .get(&id)
                 .is_some_and(|p| p.last_ms < cutoff);
+            if let Err(e) = loaded {
+                drop(st);
+                self.release_slot(&id, slot);
+                return Err(e);
+            }
             if still_idle {
-                // Names from the state object (segments are not reversible).
-                let probe = Names {
-                    user: String::new(),
-                    key: String::new(),
-                    us: id.0.clone(),
-                    ks: id.1.clone(),
-                };
-                self.load(&probe, &mut st).await?;
                 if let Some(up) = st.upload.take() {
+                    self.fence(&st).await?;
                     self.discard_unfinished(&probe, &up.id).await?;
                     info!(upload_id = %up.id, "expired an idle unfinished upload");
                     swept += 1;
@@ -1845,9 +2108,13 @@ impl Storage for ObjectStorage {
         let l = self.inner.record_lock(&id);
         let result = async {
             let _g = l.lock().await;
+            let lease = self.inner.record_lease(&n).await?;
             let path = self.inner.rec_path(&n);
             if self.inner.exists(&path).await? {
                 return Err(StoreError::Exists);
+            }
+            if let Some(lease) = &lease {
+                lease.check().await?;
             }
             self.inner.put_json(&path, &record).await
         }
@@ -1870,6 +2137,7 @@ impl Storage for ObjectStorage {
         let l = self.inner.record_lock(&id);
         let result = async {
             let _g = l.lock().await;
+            let _lease = self.inner.record_lease(&n).await?;
             let path = self.inner.rec_path(&n);
             if !self.inner.exists(&path).await? {
                 return Err(StoreError::NotFound);
@@ -1932,18 +2200,22 @@ impl Storage for ObjectStorage {
         let n = Names::new(user, key);
         let id = n.id();
         let slot = self.inner.file_slot(&id);
-        let mut st = slot.lock().await;
-        let result = match self.inner.load(&n, &mut st).await {
-            Err(e) => Err(e),
-            Ok(()) => match st.upload.as_ref() {
-                Some(up) => Ok((up.id.clone(), up.plan)),
-                None if self.inner.exists(&self.inner.meta_path(&n)).await? => {
-                    Err(StoreError::AlreadyComplete)
+        let result = match &self.inner.coord {
+            Some(coord) => self.inner.open_coordinated(coord.as_ref(), &n).await,
+            None => {
+                let mut st = slot.lock().await;
+                match self.inner.load(&n, &mut st).await {
+                    Err(e) => Err(e),
+                    Ok(()) => match st.upload.as_ref() {
+                        Some(up) => Ok((up.id.clone(), up.plan)),
+                        None if self.inner.exists(&self.inner.meta_path(&n)).await? => {
+                            Err(StoreError::AlreadyComplete)
+                        }
+                        None => Err(StoreError::NotPlanned),
+                    },
                 }
-                None => Err(StoreError::NotPlanned),
-            },
+            }
         };
-        drop(st);
         match result {
             Ok((upload_id, plan)) => Ok(Box::new(ObjectUpload {
                 inner: Arc::clone(&self.inner),
@@ -2096,6 +2368,11 @@ impl ObjectUpload {
                 data.len()
             )));
         }
+        if let Some(coord) = &inner.coord {
+            return self
+                .put_coordinated(coord.as_ref(), index, data, want)
+                .await;
+        }
         let earlier = {
             let mut st = self.slot.lock().await;
             inner.load(n, &mut st).await?;
@@ -2165,6 +2442,77 @@ impl ObjectUpload {
             let _ = tx.send((index, data)).await;
         }
         Ok(None)
+    }
+
+    /// [`Self::put`] with a coordinator: stage the block (a repeat simply
+    /// writes it again: the last bytes win), then mark it received at the
+    /// coordinator, atomically with checking the upload is still current.
+    /// The mark that brings the count to the total completes the file,
+    /// under the key's lease; so does a repeat once all are in (a
+    /// completion cut short by a crash), and whichever comes second finds
+    /// the file complete and answers without the md5.
+    async fn put_coordinated(
+        &self,
+        coord: &dyn Coord,
+        index: u64,
+        data: Bytes,
+        want: Option<String>,
+    ) -> StoreResult<Option<String>> {
+        let inner = &self.inner;
+        let n = &self.names;
+        if want.as_deref().is_some_and(|w| w != self.upload_id) {
+            return Err(StoreError::Superseded);
+        }
+        let len = data.len() as u64;
+        let path = inner.block_path(n, &self.upload_id, index);
+        inner
+            .store
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map_err(store_err)?;
+        let name = n.lease_name();
+        match coord.mark_block(&name, &self.upload_id, index).await? {
+            Mark::NotCurrent => {
+                let _ = inner.store.delete(&path).await;
+                return Err(match coord.current(&name).await? {
+                    Some(_) if want.is_some() => StoreError::Superseded,
+                    Some(_) => StoreError::NotPlanned,
+                    None if inner.exists(&inner.meta_path(n)).await? => StoreError::AlreadyComplete,
+                    None => StoreError::NotPlanned,
+                });
+            }
+            Mark::Marked { first, count } => {
+                if first {
+                    inner.touch(&n.id(), len);
+                }
+                if count < total_blocks(self.plan.size, self.plan.block_size) {
+                    return Ok(None);
+                }
+            }
+        }
+        let mut st = inner.lock_key(n, &self.slot).await?;
+        let result = async {
+            inner.load(n, &mut st).await?;
+            match st.upload.as_ref() {
+                Some(up) if up.id == self.upload_id && up.remaining == 0 => {
+                    inner.complete(n, &mut st, None).await.map(Some)
+                }
+                Some(up) if up.id == self.upload_id => Ok(None),
+                _ => match inner.get_json::<FileMeta>(&inner.meta_path(n)).await? {
+                    // Completed by another block's (or SAVE's) answer.
+                    Some(meta) if meta.upload_id.as_deref() == Some(self.upload_id.as_str()) => {
+                        Ok(None)
+                    }
+                    _ if want.is_some() => Err(StoreError::Superseded),
+                    _ => Err(StoreError::NotPlanned),
+                },
+            }
+        }
+        .await;
+        if result.is_err() {
+            st.loaded = false;
+        }
+        result
     }
 
     /// A block staged already. The reference keeps the last bytes written at
@@ -2265,5 +2613,6 @@ impl UploadWriter for ObjectUpload {
 }
 
 mod accounts;
+pub mod coord;
 #[cfg(test)]
 mod tests;

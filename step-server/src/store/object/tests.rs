@@ -1293,3 +1293,237 @@ async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
     let (_, rest) = parts.split_last().expect("parts");
     assert!(rest.iter().all(|(_, n)| *n >= 5 << 20), "{parts:?}");
 }
+
+// ------------------------------------------------------------ several instances
+
+/// `n` instances on one bucket, coordinated through one in-memory
+/// coordinator, as `--coord` makes several step-servers.
+fn cluster(n: usize) -> (coord::MemoryCoord, Vec<ObjectStorage>) {
+    let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let coord = coord::MemoryCoord::new();
+    let nodes = (0..n)
+        .map(|_| {
+            ObjectStorage::coordinated(
+                Arc::clone(&mem),
+                "pre/fix",
+                StoreLimits::default(),
+                Some(Arc::new(coord.clone()) as Arc<dyn Coord>),
+            )
+        })
+        .collect();
+    (coord, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_spread_over_instances_complete_exactly_once() {
+    let (_, nodes) = cluster(3);
+    // Small (one PUT at completion) and large (multipart from read-back).
+    for len in [150_000usize, 9 << 20] {
+        let key = format!("spread-{len}");
+        let data = Arc::new(body(len, 21));
+        let total = total_blocks(len as u64, BS);
+        nodes[0]
+            .plan_upload("u", &key, plan_of(len), false)
+            .await
+            .expect("plan");
+        // Every block twice, in shuffled order, each to another instance, all at once.
+        let order: Vec<u64> = shuffled(total).into_iter().chain(shuffled(total)).collect();
+        let tasks = order.into_iter().enumerate().map(|(n, i)| {
+            let (s, data, key) = (nodes[n % 3].clone(), Arc::clone(&data), key.clone());
+            tokio::spawn(async move {
+                let w = s.open_upload("u", &key).await?;
+                w.put_block(i, block(&data, i), None).await
+            })
+        });
+        let mut md5s = Vec::new();
+        for r in futures::future::join_all(tasks).await {
+            match r.expect("task") {
+                Ok(Some(m)) => md5s.push(m),
+                Ok(None) | Err(StoreError::AlreadyComplete) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(md5s, vec![md5_hex(data.as_slice())], "{len} bytes");
+        for s in &nodes {
+            let meta = s.head("u", &key).await.expect("head");
+            let got = s.read("u", &meta, 0, len as u64).await.expect("read");
+            assert!(got.as_ref() == data.as_slice());
+        }
+        // The staged blocks are gone: one copy in the bucket.
+        let left: Vec<_> = nodes[0]
+            .object_store()
+            .list(Some(&Path::from("pre/fix/up")))
+            .try_collect()
+            .await
+            .expect("list");
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_uploads_of_one_key_on_three_instances_have_one_winner() {
+    for round in 0..5u32 {
+        let (_, nodes) = cluster(3);
+        let bodies: Vec<Arc<Vec<u8>>> = (0..3)
+            .map(|n| Arc::new(body(70_000, round * 3 + n)))
+            .collect();
+        let tasks = (0..3).map(|n| {
+            let (s, data) = (nodes[n].clone(), Arc::clone(&bodies[n]));
+            tokio::spawn(async move {
+                let out = s
+                    .plan_upload("u", "race", plan_of(data.len()), false)
+                    .await?;
+                let id = out.upload_id.clone();
+                let mut md5 = None;
+                for i in 0..total_blocks(data.len() as u64, BS) {
+                    let w = s.open_upload("u", "race").await?;
+                    md5 = w.put_block(i, block(&data, i), id.clone()).await?;
+                }
+                Ok::<_, StoreError>(md5)
+            })
+        });
+        let mut won = Vec::new();
+        for (n, r) in futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            match r.expect("task") {
+                Ok(Some(md5)) => won.push((n, md5)),
+                Ok(None) => panic!("instance {n} finished its blocks without an md5"),
+                Err(
+                    StoreError::Superseded
+                    | StoreError::Exists
+                    | StoreError::NotPlanned
+                    | StoreError::AlreadyComplete,
+                ) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: {won:?}");
+        let (n, md5) = &won[0];
+        assert_eq!(md5, &md5_hex(bodies[*n].as_slice()));
+        let meta = nodes[(n + 1) % 3].head("u", "race").await.expect("head");
+        assert_eq!(&meta.md5, md5);
+        let got = nodes[(n + 2) % 3]
+            .read("u", &meta, 0, meta.size)
+            .await
+            .expect("read");
+        assert!(
+            got.as_ref() == bodies[*n].as_slice(),
+            "the winner's bytes, not a mix"
+        );
+        // A complete key is never replaced by a plain SAVE on any instance.
+        for s in &nodes {
+            assert!(matches!(
+                s.plan_upload("u", "race", plan_of(10), false).await,
+                Err(StoreError::Exists)
+            ));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_record_creates_on_three_instances_have_one_winner() {
+    let (_, nodes) = cluster(3);
+    for round in 0..10 {
+        let key = format!("rec-{round}");
+        let tasks = (0..6).map(|n| {
+            let (s, key) = (nodes[n % 3].clone(), key.clone());
+            tokio::spawn(async move {
+                let mut rec = Map::new();
+                rec.insert("writer".into(), Value::from(n));
+                s.record_create("u", &key, rec).await.map(|()| n)
+            })
+        });
+        let mut winners = Vec::new();
+        for r in futures::future::join_all(tasks).await {
+            match r.expect("task") {
+                Ok(n) => winners.push(n),
+                Err(StoreError::Exists) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let rec = nodes[2].record_get("u", &key).await.expect("get");
+        assert_eq!(rec["writer"], Value::from(winners[0]));
+    }
+}
+
+#[tokio::test]
+async fn an_upload_left_by_a_vanished_instance_resumes_through_another() {
+    let (_, mut nodes) = cluster(2);
+    let data = body(200_000, 5);
+    let total = total_blocks(data.len() as u64, BS);
+    let first = nodes[0]
+        .plan_upload("u", "k", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    for i in (0..total).step_by(2) {
+        assert_eq!(put(&nodes[0], "u", "k", &data, i).await, None);
+    }
+    // The first instance is gone (its memory with it).
+    drop(nodes.remove(0));
+    let s = &nodes[0];
+    let again = s
+        .plan_upload("u", "k", plan_of(data.len()), true)
+        .await
+        .expect("resume");
+    assert!(again.resumed);
+    assert_eq!(again.upload_id, first.upload_id);
+    let odd: Vec<[u64; 2]> = (1..total).step_by(2).map(|i| [i, i + 1]).collect();
+    assert_eq!(again.missing, odd);
+    let mut md5 = None;
+    for i in (1..total).step_by(2) {
+        md5 = md5.or(put(s, "u", "k", &data, i).await);
+    }
+    assert_eq!(md5, Some(md5_hex(&data)));
+}
+
+#[tokio::test]
+async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itself() {
+    let (coord, nodes) = cluster(2);
+    let data = body(100_000, 9);
+    let total = total_blocks(data.len() as u64, BS);
+    nodes[0]
+        .plan_upload("u", "k", plan_of(data.len()), false)
+        .await
+        .expect("plan");
+    for i in 0..total - 1 {
+        assert_eq!(put(&nodes[i as usize % 2], "u", "k", &data, i).await, None);
+    }
+    coord.set_down(true);
+    let last = total - 1;
+    let refused = async {
+        let w = nodes[1].open_upload("u", "k").await?;
+        w.put_block(last, block(&data, last), None).await
+    }
+    .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        nodes[0].plan_upload("u", "k2", plan_of(10), false).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        nodes[0].record_create("u", "r", Map::new()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        nodes[0].head("u", "k").await,
+        Err(StoreError::Unfinished)
+    ));
+    // Back: the same upload goes on, on either instance, and completes once.
+    coord.set_down(false);
+    let again = nodes[1]
+        .plan_upload("u", "k", plan_of(data.len()), true)
+        .await
+        .expect("resume");
+    assert_eq!(again.missing, vec![[last, total]]);
+    assert_eq!(
+        put(&nodes[0], "u", "k", &data, last).await,
+        Some(md5_hex(&data))
+    );
+}

@@ -1,0 +1,625 @@
+//! Coordination of several instances over one bucket (`--coord`).
+//!
+//! One instance needs none of this: its per-key async locks decide "first
+//! SAVE wins", create-only records and "exactly one completion". Several
+//! instances on one bucket cannot decide those from the bucket alone (S3
+//! servers such as Garage ignore conditional PUTs, and LIST may lag), so the
+//! state that must be atomic lives in a coordination engine, and the bucket
+//! keeps everything else:
+//!
+//! - a **lease** per key (and per record key), held across instances by
+//!   whoever SAVEs, completes, deletes or creates a record there. It expires
+//!   ([`LEASE_TTL`]) unless its holder renews it ([`LEASE_RENEW`]), so a
+//!   crashed holder blocks a key for seconds, not forever; a holder checks it
+//!   still holds the lease ([`Lease::check`]) right before each commit point
+//!   (an upload's state, a file's meta), so one that stalled past expiry stops
+//!   rather than overwrite what the next holder did;
+//! - the key's **current upload** id, set by SAVE (under the lease) and
+//!   cleared by completion or DELETE;
+//! - per upload, the **blocks received** (a bitmap) and their count, updated
+//!   by every block in one atomic step that also checks the upload is still
+//!   the key's current one ([`Coord::mark_block`]): the block that brings the
+//!   count to the total is the one that completes the file, whichever
+//!   instance it reached.
+//!
+//! Implementations: [`RedisCoord`] (Redis 7; what `--coord redis://…`
+//! selects) and [`MemoryCoord`] (one process; for tests that run several
+//! storages side by side as separate instances). An engine that cannot be
+//! reached makes the operation fail with [`StoreError::Unavailable`] (STEP
+//! 406 `reason: "unavailable"`, HTTP 503 at the gateway); nothing is
+//! acknowledged that was not recorded, and requests succeed again once the
+//! engine is back, without a restart.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::store::api::{StoreError, StoreResult};
+
+/// A lease lives this long unless renewed.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Its holder renews it this often (three chances before it expires).
+pub const LEASE_RENEW: Duration = Duration::from_secs(3);
+/// Waiting for a lease another instance holds gives up after this long.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+/// Answers from the engine, at most this long.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a block's [`Coord::mark_block`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// The upload is no longer the key's current one (completed, deleted or
+    /// replaced by another SAVE): the block belongs to nothing.
+    NotCurrent,
+    /// Recorded. `first`: this index had not been received before;
+    /// `count`: blocks of the upload received so far.
+    Marked { first: bool, count: u64 },
+}
+
+/// Exclusive use of one name across instances, until dropped (which
+/// releases it in the background).
+#[async_trait]
+pub trait Lease: Send + Sync + Debug {
+    /// Fails unless this lease is still held: called before every commit
+    /// point, so a holder that lost it (stalled past [`LEASE_TTL`], engine
+    /// lost its data) writes nothing more.
+    async fn check(&self) -> StoreResult<()>;
+}
+
+/// The coordination engine, as the object store uses it. Names are opaque
+/// strings chosen by the store (already unique per bucket and prefix).
+#[async_trait]
+pub trait Coord: Send + Sync + Debug {
+    /// Take `name`'s lease, waiting while another holder has it.
+    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>>;
+    /// The current upload of `key`, if any.
+    async fn current(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Make `upload_id` the current upload of `key` (`None`: no upload).
+    /// Called under `key`'s lease.
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()>;
+    /// Record block `index` of `upload_id`, atomically with checking that
+    /// it is still `key`'s current upload.
+    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark>;
+    /// Which of `total` blocks of `upload_id` were received, and when the
+    /// last one came (ms since the epoch; `None`: none yet).
+    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)>;
+    /// Forget what was recorded about `upload_id` (completed or discarded).
+    async fn forget(&self, upload_id: &str) -> StoreResult<()>;
+    /// Whether the engine answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+// ------------------------------------------------------------------ Redis
+
+/// Coordination in Redis 7. Keys (under `step:<namespace>:`): `lease:<name>`
+/// (holder's token, with a TTL), `cur:<key>` (current upload id), and per
+/// upload `bits:<id>` (a bitmap of received blocks) and `up:<id>` (a hash:
+/// `count`, `last_ms`). Per-upload keys and `cur:` expire
+/// `state_ttl` after their last block or SAVE (the upload expiry, doubled),
+/// so nothing leaks when an instance dies mid-way; the bucket stays the
+/// truth for what exists and a SAVE puts `cur:` back from it.
+///
+/// Durability is Redis's: with AOF and `appendfsync always` an acknowledged
+/// block's mark survives an engine crash; with less, a lost mark only makes
+/// that block "missing" again (SAVE says so and the client resends it).
+pub struct RedisCoord {
+    client: redis::Client,
+    /// Connected at first use, so a server starts (and answers "unavailable")
+    /// while the engine is down; reconnects by itself afterwards.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    ns: String,
+    state_ttl_ms: u64,
+    url: String,
+}
+
+impl Debug for RedisCoord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCoord")
+            .field("url", &self.url)
+            .field("ns", &self.ns)
+            .finish()
+    }
+}
+
+fn engine_err(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("coordination engine: {e}"))
+}
+
+/// Renew a lease if `ARGV[1]` still holds it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Release a lease if `ARGV[1]` still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Whether `ARGV[1]` holds the lease.
+const HOLDS: &str = r"return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0";
+
+/// KEYS: cur, bits, up. ARGV: upload id, index, ttl ms, now ms.
+const MARK: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {-1, 0}
+end
+local old = redis.call('SETBIT', KEYS[2], ARGV[2], 1)
+local n
+if old == 0 then
+  n = redis.call('HINCRBY', KEYS[3], 'count', 1)
+else
+  n = tonumber(redis.call('HGET', KEYS[3], 'count') or '0')
+end
+redis.call('HSET', KEYS[3], 'last_ms', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {old, n}";
+
+impl RedisCoord {
+    /// The engine at `url` (`redis://[user:password@]host[:port][/db]`),
+    /// connected at first use. Keys go under `namespace` (the bucket and
+    /// prefix), so deployments may share one Redis.
+    pub fn new(url: &str, namespace: &str, state_ttl: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        Ok(RedisCoord {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            ns: format!("step:{namespace}:"),
+            state_ttl_ms: u64::try_from(state_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(60_000),
+            url: redact(url),
+        })
+    }
+
+    fn k(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.ns)
+    }
+
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        self.conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(ENGINE_TIMEOUT))
+                    .set_response_timeout(Some(ENGINE_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_with_config(self.client.clone(), config)
+                    .await
+                    .map_err(engine_err)
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// `url` without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Coord for RedisCoord {
+    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
+        let key = self.k("lease", name);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let ttl_ms = LEASE_TTL.as_millis() as u64;
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        // Another instance holds the key only while it runs one SAVE,
+        // completion or DELETE of it: rare, and short. Retrying with a
+        // growing pause costs far less than a wake-up channel per key.
+        let mut pause = Duration::from_millis(2);
+        let mut conn = self.conn().await?;
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(engine_err)?;
+            if taken.is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "the key stayed busy on another instance for {} s",
+                    LEASE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        tokio::spawn(renew(
+            conn.clone(),
+            key.clone(),
+            token.clone(),
+            Arc::clone(&lost),
+            stop.clone(),
+        ));
+        Ok(Box::new(RedisLease {
+            conn,
+            key,
+            token,
+            lost,
+            stop,
+        }))
+    }
+
+    async fn current(&self, key: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.conn().await?;
+        conn.get(self.k("cur", key)).await.map_err(engine_err)
+    }
+
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let cur = self.k("cur", key);
+        match upload_id {
+            Some(id) => {
+                let up = self.k("up", id);
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&cur)
+                    .arg(id)
+                    .arg("PX")
+                    .arg(self.state_ttl_ms)
+                    .ignore()
+                    .cmd("HSETNX")
+                    .arg(&up)
+                    .arg("count")
+                    .arg(0)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&up)
+                    .arg(self.state_ttl_ms)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+            None => conn.del::<_, ()>(cur).await,
+        }
+        .map_err(engine_err)
+    }
+
+    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
+        let mut conn = self.conn().await?;
+        let (old, n): (i64, i64) = Script::new(MARK)
+            .key(self.k("cur", key))
+            .key(self.k("bits", upload_id))
+            .key(self.k("up", upload_id))
+            .arg(upload_id)
+            .arg(index)
+            .arg(self.state_ttl_ms)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        Ok(if old < 0 {
+            Mark::NotCurrent
+        } else {
+            Mark::Marked {
+                first: old == 0,
+                count: u64::try_from(n).unwrap_or(0),
+            }
+        })
+    }
+
+    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)> {
+        let mut conn = self.conn().await?;
+        let (bits, last): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
+            .cmd("GET")
+            .arg(self.k("bits", upload_id))
+            .cmd("HGET")
+            .arg(self.k("up", upload_id))
+            .arg("last_ms")
+            .query_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        let bits = bits.unwrap_or_default();
+        let received = (0..total)
+            .map(|i| {
+                // Redis numbers bits from the most significant of byte 0.
+                bits.get((i / 8) as usize)
+                    .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+            })
+            .collect();
+        Ok((received, last))
+    }
+
+    async fn forget(&self, upload_id: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        conn.del::<_, ()>(&[self.k("bits", upload_id), self.k("up", upload_id)])
+            .await
+            .map_err(engine_err)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(engine_err)
+    }
+}
+
+/// Keep `key` ours until `stop`; on a failed or refused renewal, say the
+/// lease is `lost` (the holder then stops at its next commit point).
+async fn renew(
+    mut conn: ConnectionManager,
+    key: String,
+    token: String,
+    lost: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let script = Script::new(RENEW);
+    let mut tick = tokio::time::interval(LEASE_RENEW);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let renewed: Result<i64, _> = script
+            .key(&key)
+            .arg(&token)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        match renewed {
+            Ok(1) => {}
+            Ok(_) => {
+                warn!(lease = %key, "lease taken over by another instance");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                // Not lost yet: it may still be ours when the engine answers
+                // again. `check` asks the engine itself.
+                warn!(lease = %key, error = %e, "cannot renew a lease");
+            }
+        }
+    }
+}
+
+struct RedisLease {
+    conn: ConnectionManager,
+    key: String,
+    token: String,
+    lost: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Debug for RedisLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lease for RedisLease {
+    async fn check(&self) -> StoreResult<()> {
+        let lost = || StoreError::Unavailable("lost the key's lease to another instance".into());
+        if self.lost.load(Ordering::Acquire) {
+            return Err(lost());
+        }
+        let mut conn = self.conn.clone();
+        let holds: i64 = Script::new(HOLDS)
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        if holds == 1 { Ok(()) } else { Err(lost()) }
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let mut conn = self.conn.clone();
+        let key = std::mem::take(&mut self.key);
+        let token = std::mem::take(&mut self.token);
+        // Dropped outside a runtime only at shutdown: the lease then
+        // expires by itself.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let released: Result<i64, _> = Script::new(RELEASE)
+                    .key(&key)
+                    .arg(&token)
+                    .invoke_async(&mut conn)
+                    .await;
+                if let Err(e) = released {
+                    warn!(lease = %key, error = %e, "cannot release a lease; it expires by itself");
+                }
+            });
+        }
+    }
+}
+
+// ------------------------------------------------------------------ memory
+
+/// Coordination within one process: several [`super::ObjectStorage`]s
+/// sharing one `MemoryCoord` (and one bucket) behave as separate instances
+/// would with [`RedisCoord`]. Leases never expire here (a holder cannot
+/// vanish without dropping its lease).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryCoord {
+    state: Arc<Mutex<MemoryState>>,
+    leases: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    current: HashMap<String, String>,
+    uploads: HashMap<String, (Vec<bool>, u64, Option<u64>)>,
+    /// When set, every operation fails as an unreachable engine would.
+    down: bool,
+}
+
+impl MemoryCoord {
+    pub fn new() -> MemoryCoord {
+        MemoryCoord::default()
+    }
+
+    /// Make the engine unreachable (`true`) or reachable again (tests).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn up(&self) -> StoreResult<std::sync::MutexGuard<'_, MemoryState>> {
+        let st = self.lock();
+        if st.down {
+            Err(StoreError::Unavailable("coordination engine: down".into()))
+        } else {
+            Ok(st)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemoryLease {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    coord: MemoryCoord,
+}
+
+#[async_trait]
+impl Lease for MemoryLease {
+    async fn check(&self) -> StoreResult<()> {
+        self.coord.up().map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Coord for MemoryCoord {
+    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
+        drop(self.up()?);
+        let m = Arc::clone(
+            self.leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_owned())
+                .or_default(),
+        );
+        let guard = m.lock_owned().await;
+        Ok(Box::new(MemoryLease {
+            _guard: guard,
+            coord: self.clone(),
+        }))
+    }
+
+    async fn current(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self.up()?.current.get(key).cloned())
+    }
+
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        let mut st = self.up()?;
+        match upload_id {
+            Some(id) => {
+                st.current.insert(key.to_owned(), id.to_owned());
+                st.uploads.entry(id.to_owned()).or_default();
+            }
+            None => {
+                st.current.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
+        let mut st = self.up()?;
+        if st.current.get(key).map(String::as_str) != Some(upload_id) {
+            return Ok(Mark::NotCurrent);
+        }
+        let (bits, count, last) = st.uploads.entry(upload_id.to_owned()).or_default();
+        let i = usize::try_from(index).map_err(|_| StoreError::Other("index too large".into()))?;
+        if bits.len() <= i {
+            bits.resize(i + 1, false);
+        }
+        let first = !bits[i];
+        bits[i] = true;
+        if first {
+            *count += 1;
+        }
+        *last = Some(now_ms());
+        Ok(Mark::Marked {
+            first,
+            count: *count,
+        })
+    }
+
+    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)> {
+        let st = self.up()?;
+        let (bits, last) = st
+            .uploads
+            .get(upload_id)
+            .map_or((&[][..], None), |(b, _, l)| (b.as_slice(), *l));
+        Ok((
+            (0..total)
+                .map(|i| bits.get(i as usize).copied().unwrap_or(false))
+                .collect(),
+            last,
+        ))
+    }
+
+    async fn forget(&self, upload_id: &str) -> StoreResult<()> {
+        self.up()?.uploads.remove(upload_id);
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.up().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact("redis://:secret@redis:6379/0"),
+            "redis://…@redis:6379/0"
+        );
+        assert_eq!(redact("redis://redis:6379"), "redis://redis:6379");
+    }
+}
