@@ -114,6 +114,8 @@ pub fn http_status_for_reason(reason: Reason) -> StatusCode {
         // Only mid-download (the version being read was replaced); the
         // response is already under way, so this is what gets logged.
         Reason::Replaced => StatusCode::CONFLICT,
+        // The server's storage or coordination engine is down: retry later.
+        Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -306,6 +308,7 @@ mod tests {
             (Reason::NoSpace, StatusCode::INSUFFICIENT_STORAGE),
             (Reason::Quota, StatusCode::INSUFFICIENT_STORAGE),
             (Reason::Integrity, StatusCode::BAD_GATEWAY),
+            (Reason::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
         ] {
             let refused = ClientError::Refused {
                 operation: "SAVE".into(),

@@ -135,6 +135,10 @@ wire_enum!(
         // The version a DOWNLOAD named (`upload_id`) was replaced and is
         // no longer kept.
         Replaced = "replaced",
+        // What the server keeps files in (its bucket, or the coordination
+        // engine several servers share) cannot be reached now; the request
+        // may succeed later, unchanged.
+        Unavailable = "unavailable",
     }
 );
 

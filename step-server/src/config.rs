@@ -436,6 +436,12 @@ pub struct ServerArgs {
     pub tls: TlsListenArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// Port (on --ip) of a small HTTP endpoint for load balancers and
+    /// orchestrators: `GET /healthz` (the process answers) and `GET /readyz`
+    /// (200 only while the storage — and `--coord`'s engine — answer within
+    /// 2 s; 503 with a JSON error otherwise). Off unless given.
+    #[arg(long, env = "STEP_HEALTH_PORT")]
+    pub health_port: Option<u16>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
     #[arg(long, env = "STEP_LOG", default_value = "info")]
     pub log: String,

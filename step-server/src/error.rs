@@ -144,6 +144,7 @@ impl StepError {
             StepError::OtherUpload(_) => Some(Reason::OtherUpload),
             StepError::Precondition(_) => Some(Reason::Precondition),
             StepError::Replaced(_) => Some(Reason::Replaced),
+            StepError::Unavailable(_) => Some(Reason::Unavailable),
             _ => None,
         }
     }
@@ -193,6 +194,11 @@ mod tests {
                 Reason::Precondition,
             ),
             (StepError::Replaced(k()), Status::NotFound, Reason::Replaced),
+            (
+                StepError::Unavailable("down".into()),
+                Status::BlockSizeMismatch,
+                Reason::Unavailable,
+            ),
         ];
         for (e, status, reason) in cases {
             assert_eq!(e.status(), status, "{e}");

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod logging;
 pub mod server;
 pub mod service;

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -70,6 +71,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(port) = args.health_port {
+        let addr = SocketAddr::new(addr.ip(), port);
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(step_server::health::serve(
+                    l,
+                    std::sync::Arc::clone(service.storage()),
+                ));
+            }
+            Err(e) => {
+                eprintln!("step-server: cannot listen for health checks on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     step_server::run_with_tls(
         listener,
         tls,

@@ -240,6 +240,11 @@ fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
 }
 
 impl Service {
+    /// The storage this service keeps everything in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
     pub fn new(storage: Arc<dyn Storage>, tokens: TokenKey, limits: Limits) -> Self {
         Self {
             store: storage,

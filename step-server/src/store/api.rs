@@ -314,6 +314,11 @@ pub trait Storage: Send + Sync + Debug {
     async fn account_list(&self) -> StoreResult<Vec<String>>;
 
     // ------------------------------------------------------------ upkeep
+    /// Whether the storage (and what it depends on) answers now: for a
+    /// readiness probe. Local storage always does.
+    async fn ready(&self) -> StoreResult<()> {
+        Ok(())
+    }
     fn unfinished_stats(&self) -> UnfinishedStats;
     /// Remove unfinished uploads idle since before `now − expiry`; returns
     /// how many went. Run periodically by the server.

@@ -37,6 +37,20 @@
 //! finding which blocks are staged when an upload is reloaded (a block LIST
 //! misses just shows as missing, and the client sends it again), and upkeep.
 //!
+//! Several instances on one bucket and prefix need a coordinator
+//! ([`coord`], `--coord`): each SAVE, completion, DELETE and record
+//! creation then also holds the key's lease, and reloads the key from the
+//! bucket under it (another instance may have changed it); the key's current
+//! upload and its received blocks are the coordinator's (each block is
+//! marked there after it is staged, atomically with checking its upload is
+//! still current; the mark that completes the count completes the file).
+//! A coordinated upload keeps no blocks in memory and runs no assembler
+//! (blocks reach several instances, and a repeat through another one may
+//! change staged bytes): completion reads every staged block back once
+//! (+1 GET per content byte against the table below). Per-user caps on
+//! unfinished uploads and idle expiry are counted per instance (each counts
+//! the uploads it planned, loaded or found at start).
+//!
 //! A file is complete exactly when its meta object exists. Completion writes
 //! the content first (one PUT, or a multipart upload's completion: one
 //! request), then its sums, then the meta, then removes the upload's state and staged
@@ -2322,6 +2336,16 @@ impl Storage for ObjectStorage {
         limit: usize,
     ) -> StoreResult<ListPage> {
         self.inner.list_files(user, prefix, after, limit).await
+    }
+
+    /// One HEAD in the bucket (a missing object is an answer) and, with a
+    /// coordinator, one PING.
+    async fn ready(&self) -> StoreResult<()> {
+        self.inner.exists(&self.inner.path(&["ready"])).await?;
+        if let Some(coord) = &self.inner.coord {
+            coord.ping().await?;
+        }
+        Ok(())
     }
 
     fn unfinished_stats(&self) -> UnfinishedStats {
