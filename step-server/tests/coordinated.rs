@@ -147,7 +147,11 @@ fn block(body: &[u8], i: u64) -> Bytes {
 fn is_unavailable(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Refused { code: 406, reason: Some(Reason::Unavailable), .. }
+        ClientError::Refused {
+            code: 406,
+            reason: Some(Reason::Unavailable),
+            ..
+        }
     )
 }
 
@@ -193,7 +197,11 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
             Err(e) => panic!("block {i}: {e}"),
         }
     }
-    assert_eq!(md5s, vec![md5_hex(&body)], "exactly one answer carries the md5");
+    assert_eq!(
+        md5s,
+        vec![md5_hex(&body)],
+        "exactly one answer carries the md5"
+    );
     for node in &nodes {
         let mut c = connect(node, Some(&token)).await;
         let got = c.file_get("spread.bin", None).await.expect("get");
@@ -221,11 +229,17 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
         })
     });
     let mut winners = Vec::new();
-    for (n, r) in futures::future::join_all(racers).await.into_iter().enumerate() {
+    for (n, r) in futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         match r.expect("task") {
             Ok(Some(md5)) => winners.push((n, md5)),
             Ok(None) => panic!("racer {n} sent every block and got no md5"),
-            Err(ClientError::Refused { code: 402 | 408, .. }) => {}
+            Err(ClientError::Refused {
+                code: 402 | 408, ..
+            }) => {}
             Err(e) => panic!("racer {n}: {e}"),
         }
     }
@@ -233,7 +247,10 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
     let (n, md5) = &winners[0];
     assert_eq!(md5, &md5_hex(bodies[*n].as_slice()));
     let mut reader = connect(&nodes[(n + 1) % 3], Some(&token)).await;
-    assert_eq!(&reader.file_get("race.bin", None).await.expect("get").md5, md5);
+    assert_eq!(
+        &reader.file_get("race.bin", None).await.expect("get").md5,
+        md5
+    );
 
     // Three DATA SAVEs of one key.
     let savers = nodes.iter().enumerate().map(|(n, node)| {
@@ -266,7 +283,12 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
         .await
         .expect("plan");
     for i in 0..6 {
-        assert_eq!(a.upload_block(&plan, i, block(&body, i)).await.expect("block"), None);
+        assert_eq!(
+            a.upload_block(&plan, i, block(&body, i))
+                .await
+                .expect("block"),
+            None
+        );
     }
     let mut dead = nodes.remove(0);
     dead.child.start_kill().expect("SIGKILL");
@@ -281,7 +303,10 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
     assert_eq!(again.missing, vec![[6, plan.total_block]]);
     let mut md5 = None;
     for i in 6..plan.total_block {
-        md5 = b.upload_block(&again, i, block(&body, i)).await.expect("block");
+        md5 = b
+            .upload_block(&again, i, block(&body, i))
+            .await
+            .expect("block");
     }
     assert_eq!(md5, Some(md5_hex(&body)));
 
@@ -292,7 +317,9 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
         .await
         .expect("plan");
     for i in 0..4 {
-        b.upload_block(&plan, i, block(&body, i)).await.expect("block");
+        b.upload_block(&plan, i, block(&body, i))
+            .await
+            .expect("block");
     }
     c.redis.kill();
     let mut other = connect(&nodes[1], Some(&token)).await;
@@ -309,10 +336,13 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
         .expect_err("a SAVE without the engine");
     assert!(is_unavailable(&e), "{e}");
     assert_eq!(ready(&nodes[1]).await, Some(503));
-    assert!(matches!(
-        other.file_get("engine.bin", None).await,
-        Err(ClientError::Refused { .. })
-    ), "nothing completes without the engine");
+    assert!(
+        matches!(
+            other.file_get("engine.bin", None).await,
+            Err(ClientError::Refused { .. })
+        ),
+        "nothing completes without the engine"
+    );
     c.redis.restart().expect("redis back");
     let deadline = Instant::now() + PATIENCE;
     let again = loop {
@@ -327,17 +357,27 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
             Err(e) => panic!("resume after the engine came back: {e}"),
         }
     };
-    assert_eq!(again.missing, vec![[4, plan.total_block]], "acknowledged marks survived");
+    assert_eq!(
+        again.missing,
+        vec![[4, plan.total_block]],
+        "acknowledged marks survived"
+    );
     let mut md5 = None;
     for i in 4..plan.total_block {
-        md5 = other.upload_block(&again, i, block(&body, i)).await.expect("block");
+        md5 = other
+            .upload_block(&again, i, block(&body, i))
+            .await
+            .expect("block");
     }
     assert_eq!(md5, Some(md5_hex(&body)));
     // The instance that saw nothing of the outage is ready again too (its
     // connection to the engine is made again at its next use).
     let deadline = Instant::now() + PATIENCE;
     while ready(&nodes[0]).await != Some(200) {
-        assert!(Instant::now() < deadline, "an instance stayed unready after the engine came back");
+        assert!(
+            Instant::now() < deadline,
+            "an instance stayed unready after the engine came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1738,13 +1738,11 @@ impl Inner {
                 self.release_slot(&id, slot);
                 return Err(e);
             }
-            if still_idle {
-                if let Some(up) = st.upload.take() {
-                    self.fence(&st).await?;
-                    self.discard_unfinished(&probe, &up.id).await?;
-                    info!(upload_id = %up.id, "expired an idle unfinished upload");
-                    swept += 1;
-                }
+            if still_idle && let Some(up) = st.upload.take() {
+                self.fence(&st).await?;
+                self.discard_unfinished(&probe, &up.id).await?;
+                info!(upload_id = %up.id, "expired an idle unfinished upload");
+                swept += 1;
             }
             drop(st);
             self.release_slot(&id, slot);
