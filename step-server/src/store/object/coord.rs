@@ -127,6 +127,8 @@ pub struct RedisCoord {
     ns: String,
     state_ttl_ms: u64,
     url: String,
+    /// The per-block script, its SHA1 computed once (sent by EVALSHA).
+    mark: Script,
 }
 
 impl Debug for RedisCoord {
@@ -191,6 +193,7 @@ impl RedisCoord {
                 .unwrap_or(u64::MAX)
                 .max(60_000),
             url: redact(url),
+            mark: Script::new(MARK),
         })
     }
 
@@ -315,7 +318,8 @@ impl Coord for RedisCoord {
 
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
         let mut conn = self.conn().await?;
-        let (old, n): (i64, i64) = Script::new(MARK)
+        let (old, n): (i64, i64) = self
+            .mark
             .key(self.k("cur", key))
             .key(self.k("bits", upload_id))
             .key(self.k("up", upload_id))
