@@ -540,6 +540,19 @@ if os.path.exists(os.path.join(RAW, "garage_ceiling.txt")) and os.path.exists(ce
 if not md:
     md.append("*Not measured in this run* (section `garage` needs the `garage` binary; see `bench/garage_ceiling.sh`).\n")
 
+# --------------------------------------------------------------- coord
+# bench/coord_bench.sh writes raw/coord.txt and, from it, coord.md (its
+# recommendation on top, the tables below): the page shows coord.md whole.
+md = blocks["coord"] = []
+all_rows += [dict(section="coord", **r) for r in parse("coord.txt")]
+coord = os.path.join(RES, "coord.md")
+if os.path.exists(os.path.join(RAW, "coord.txt")) and os.path.exists(coord):
+    text = open(coord, encoding="utf-8").read()
+    # Its own title is the template's heading.
+    md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
+else:
+    md.append("*Not measured in this run* (section `coord` needs redis-server, PostgreSQL 15 and etcd; see `bench/coord_bench.sh`).\n")
+
 # ------------------------------------------------------------ targets
 md_t = ["### Targets\n", "| target | measured | reached |", "|---|---|---|"]
 
@@ -711,7 +724,7 @@ notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if
 if notes:
     head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
 blocks["machine"] = head
-order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage"]
+order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage", "coord"]
 with open(os.path.join(RES, "summary.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(line for name in order for line in blocks.get(name, []) + [""]) + "\n")
 with open(os.path.join(RES, "summary.json"), "w", encoding="utf-8") as f:

@@ -14,11 +14,13 @@
 #   REF_DIR=/tmp/ref      local checkout of the reference Python server and
 #                         client (xjtlu/server.py, xjtlu/client.py); never
 #                         committed. Absent: the reference series are skipped.
-#   SECTIONS="fig8 fig9 large download small idle profile garage"
+#   SECTIONS="fig8 fig9 large download small idle profile garage coord"
 #                         run only some sections (profile: bench/profile.sh,
 #                         perf on the upload and download paths)
 #                         (garage: bench/garage_ceiling.sh, the step-server on
 #                         Garage next to disk and Garage's own throughput)
+#                         (coord: bench/coord_bench.sh, the coordination
+#                         engines of issue 16: Redis, PostgreSQL, etcd)
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
 #   BENCHMARKS_MD=BENCHMARKS.md  where the regenerated page goes
@@ -34,7 +36,7 @@ QUICK=${BENCH_QUICK:-0}
 REF_DIR=${REF_DIR:-/tmp/ref}
 REF_SERVER=$REF_DIR/xjtlu/server.py
 PY_CLIENT=$REF_DIR/xjtlu/client.py
-SECTIONS=${SECTIONS:-"fig8 fig9 large download small idle profile garage"}
+SECTIONS=${SECTIONS:-"fig8 fig9 large download small idle profile garage coord"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 mkdir -p "$RAW"
@@ -554,6 +556,12 @@ section_garage() {
   echo "== garage: Garage's ceiling and the step-server with its storage on Garage"
   RESULTS=$RESULTS BENCH_QUICK=$QUICK bash bench/garage_ceiling.sh "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" ||
     note "garage_ceiling failed"
+}
+
+section_coord() {
+  echo "== coord: coordination engines for several step-servers (load $(load))"
+  RESULTS=$RESULTS BENCH_QUICK=$QUICK bash bench/coord_bench.sh "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" ||
+    note "coord_bench failed"
 }
 
 section_profile() {
