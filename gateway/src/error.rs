@@ -267,6 +267,12 @@ impl IntoResponse for GatewayError {
         {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
+        if let GatewayError::BackendUnavailable(_) = &self {
+            // An outage or a full pool: the same request may well go
+            // through in a moment, perhaps on another STEP backend.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let GatewayError::TusVersion = &self {
             resp.headers_mut().insert(
                 HeaderName::from_static("tus-version"),
