@@ -1119,6 +1119,81 @@ fn record_probe(m: &Member, metrics: &GatewayMetrics, result: Result<(), ClientE
 mod tests {
     use super::*;
 
+    fn members(n: usize) -> Members {
+        let list = (0..n)
+            .map(|i| {
+                let manager = StepManager {
+                    addr: format!("127.0.0.1:{}", 1000 + i),
+                    tls: None,
+                    timeout: Duration::from_secs(1),
+                    losses: Arc::default(),
+                    caps: Arc::default(),
+                    probe_refused: Arc::default(),
+                };
+                Member {
+                    pool: Pool::builder(manager).build().expect("pool"),
+                    up: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
+                    in_flight: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Members {
+            list,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn least_loaded_up_backend_first_ties_take_turns() {
+        let m = members(3);
+        // Idle backends: each call starts one further along.
+        let firsts: Vec<usize> = (0..6).map(|_| candidates(&m, Route::Any)[0]).collect();
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+        m.list[0].in_flight.store(2, Ordering::Relaxed);
+        m.list[1].in_flight.store(1, Ordering::Relaxed);
+        assert_eq!(candidates(&m, Route::Any), [2, 1, 0]);
+        // Down ones are left out; avoided ones too.
+        m.list[2].up.store(false, Ordering::Relaxed);
+        assert_eq!(candidates(&m, Route::Any), [1, 0]);
+        assert_eq!(candidates(&m, Route::Avoid(bit(1))), [0]);
+        assert!(candidates(&m, Route::Avoid(bit(0) | bit(1))).is_empty());
+        // A pinned request goes where it was pinned, up or not.
+        assert_eq!(candidates(&m, Route::On(2)), [2]);
+        assert!(candidates(&m, Route::On(7)).is_empty());
+        // One backend is always tried, as before there could be several.
+        let one = members(1);
+        one.list[0].up.store(false, Ordering::Relaxed);
+        assert_eq!(candidates(&one, Route::Any), [0]);
+        assert_eq!(bit(63), 1 << 63);
+        assert_eq!(bit(64), 0);
+    }
+
+    #[test]
+    fn two_failed_probes_mark_down_one_success_up() {
+        let m = members(2);
+        let metrics = GatewayMetrics::new();
+        let member = &m.list[0];
+        let fail = || Err(ClientError::Closed);
+        record_probe(member, &metrics, fail());
+        assert!(
+            member.up.load(Ordering::Relaxed),
+            "one failure is not enough"
+        );
+        record_probe(member, &metrics, Ok(()));
+        record_probe(member, &metrics, fail());
+        assert!(
+            member.up.load(Ordering::Relaxed),
+            "a success resets the count"
+        );
+        record_probe(member, &metrics, fail());
+        assert!(!member.up.load(Ordering::Relaxed));
+        assert_eq!(metrics.backend_up(member.addr()).get(), 0);
+        record_probe(member, &metrics, Ok(()));
+        assert!(member.up.load(Ordering::Relaxed));
+        assert_eq!(metrics.backend_up(member.addr()).get(), 1);
+    }
+
     #[test]
     fn default_token_is_renewed_well_before_it_expires() {
         assert_eq!(token_reuse(None), DEFAULT_TOKEN_REUSE);

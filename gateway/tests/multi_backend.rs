@@ -32,7 +32,7 @@ const SECRET: &str = "multi-backend-test-secret";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn main() {
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         (
             "requests_spread_over_backends_and_avoid_a_killed_one",
             || prereq::block_on_threads(2, requests_spread_over_backends_and_avoid_a_killed_one()),
@@ -61,6 +61,15 @@ fn main() {
                 prereq::block_on_threads(
                     2,
                     a_ranged_download_whose_backend_is_killed_mid_body_completes(),
+                )
+            },
+        ),
+        (
+            "a_put_whose_backend_is_killed_mid_body_is_503_and_its_retry_succeeds",
+            || {
+                prereq::block_on_threads(
+                    2,
+                    a_put_whose_backend_is_killed_mid_body_is_503_and_its_retry_succeeds(),
                 )
             },
         ),
@@ -181,6 +190,20 @@ impl Cluster {
             steps.push(Step::start(dir.path(), free_port(), free_port()).await);
         }
         Cluster { steps, _dir: dir }
+    }
+
+    /// Three step-servers, each over a store of its own: for writes, which
+    /// one disk store cannot take from several servers.
+    async fn separate() -> (Cluster, Vec<tempfile::TempDir>) {
+        let dir = tempfile::tempdir().expect("data dir");
+        let mut dirs = Vec::new();
+        let mut steps = Vec::new();
+        for _ in 0..3 {
+            let d = tempfile::tempdir().expect("data dir");
+            steps.push(Step::start(d.path(), free_port(), free_port()).await);
+            dirs.push(d);
+        }
+        (Cluster { steps, _dir: dir }, dirs)
     }
 
     fn addrs(&self) -> Vec<SocketAddr> {
@@ -424,5 +447,85 @@ async fn a_ranged_download_whose_backend_is_killed_mid_body_completes() {
         got == body[a..=b],
         "the ranged body differs ({} bytes)",
         got.len()
+    );
+}
+
+/// A PUT is not moved to another backend once its body is under way (its
+/// blocks stay where its SAVE went): its backend dying mid-body is a 503
+/// with the JSON body and Retry-After — never a 2xx, never a hang — and the
+/// client's retry is stored by a backend that is up. (Each backend has a
+/// store of its own here, so the retry's own answer is what is checked.)
+async fn a_put_whose_backend_is_killed_mid_body_is_503_and_its_retry_succeeds() {
+    let (mut cluster, _dirs) = Cluster::separate().await;
+    let addrs = cluster.addrs();
+    let gw = gateway_multi(&addrs, |_, t| t.block_size = 64 * 1024).await;
+    let body = pattern(4 << 20, 5);
+    // The default user's login first, so the PUT's are the only sessions.
+    assert_eq!(
+        gw.get("/files/absent").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let mut before = Vec::new();
+    for a in &addrs {
+        before.push(per_backend(&gw, SESSIONS, *a).await);
+    }
+    let (feed, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let put = gw
+        .client
+        .put(gw.at("/files/up.bin"))
+        .header("Content-Length", body.len().to_string())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let put = tokio::spawn(put);
+    feed.send(Ok(body[..1 << 20].to_vec())).await.expect("feed");
+    // The backend the upload went to: the one lending it sessions.
+    let deadline = Instant::now() + PATIENCE;
+    let victim = loop {
+        let mut grew = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            if per_backend(&gw, SESSIONS, *a).await > before[i] {
+                grew.push(i);
+            }
+        }
+        assert!(
+            grew.len() <= 1,
+            "the upload's blocks went to several backends"
+        );
+        // Its SAVE and at least one block's session.
+        if let [one] = grew[..]
+            && per_backend(&gw, SESSIONS, addrs[one]).await >= before[one] + 2
+        {
+            break one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upload never reached a backend"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.steps[victim].kill().await;
+    // The rest of the body may no longer be read: the answer can come first.
+    let _ = feed.send(Ok(body[1 << 20..].to_vec())).await;
+    drop(feed);
+    match put.await.expect("PUT task") {
+        Ok(r) => {
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(r.headers().contains_key("retry-after"));
+            let err: Value = r.json().await.expect("a JSON error body");
+            assert_eq!(err["error"], "backend_unavailable", "{err}");
+        }
+        // The gateway answered and closed while the body was still coming.
+        Err(e) => assert!(!e.is_timeout(), "the PUT hung: {e}"),
+    }
+    let r = gw.put("/files/up.bin", body.clone()).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "the retry");
+    let stored: Value = r.json().await.expect("JSON");
+    assert_eq!(
+        stored["md5"].as_str(),
+        Some(step_core::digest::md5_hex(&body).as_str()),
+        "{stored}"
     );
 }
