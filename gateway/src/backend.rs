@@ -1065,30 +1065,41 @@ fn candidates(members: &Members, route: Route) -> Vec<usize> {
 }
 
 /// Probe every backend each [`PROBE_INTERVAL`] (all at once, each within
-/// [`PROBE_TIMEOUT`]) on a connection of its own — a pooled one would hide
-/// a server that stopped accepting — until `stop`.
+/// [`PROBE_TIMEOUT`]) until `stop`, each over a connection of its own — not
+/// a pooled one, which a busy pool would make wait — kept from one probe to
+/// the next (a new connection a second would be two log lines a second on
+/// every server) and made again after a failure.
 async fn probe_loop(members: Arc<Members>, metrics: GatewayMetrics, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut links: Vec<Option<StepClient>> = members.list.iter().map(|_| None).collect();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let metrics = &metrics;
-        let round = futures::future::join_all(members.list.iter().map(|m| async move {
-            let probed = async {
-                let mut c = m.pool.manager().connect(PROBE_TIMEOUT).await?;
-                probe_on(&mut c).await
-            };
-            let result = tokio::time::timeout(PROBE_TIMEOUT, probed)
-                .await
-                .unwrap_or(Err(ClientError::TimedOut(PROBE_TIMEOUT)));
-            record_probe(m, metrics, result);
-        }));
+        let round = futures::future::join_all(members.list.iter().zip(links.iter_mut()).map(
+            |(m, link)| async move {
+                let probed = async {
+                    let c = match link {
+                        Some(c) => c,
+                        None => link.insert(m.pool.manager().connect(PROBE_TIMEOUT).await?),
+                    };
+                    probe_on(c).await
+                };
+                let result = tokio::time::timeout(PROBE_TIMEOUT, probed)
+                    .await
+                    .unwrap_or(Err(ClientError::TimedOut(PROBE_TIMEOUT)));
+                if result.is_err() {
+                    *link = None;
+                }
+                record_probe(m, metrics, result);
+            },
+        ));
         tokio::select! {
             () = stop.cancelled() => return,
-            () = async { round.await; } => {}
+            _ = round => {}
         }
     }
 }
