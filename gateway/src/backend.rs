@@ -17,11 +17,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use step_core::client::{
     Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, LocalServe, StepClient, expect_ok,
 };
@@ -31,6 +31,7 @@ use step_core::message::field;
 use step_core::{Kind, Message, Operation, Status};
 use step_server::service::Service;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::TransferArgs;
@@ -66,6 +67,22 @@ impl StepManager {
     fn known_caps(&self) -> Option<Capabilities> {
         *self.caps.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A new connection (TLS when configured), not logged in, whose
+    /// exchanges each wait at most `timeout`.
+    async fn connect(&self, timeout: Duration) -> Result<StepClient, ClientError> {
+        let connect = async {
+            match &self.tls {
+                Some(tls) => StepClient::connect_tls(self.addr.as_str(), tls).await,
+                None => StepClient::connect(self.addr.as_str()).await,
+            }
+        };
+        let mut client = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ClientError::TimedOut(timeout))??;
+        client.set_timeout(Some(timeout));
+        Ok(client)
+    }
 }
 
 impl managed::Manager for StepManager {
@@ -73,16 +90,7 @@ impl managed::Manager for StepManager {
     type Error = ClientError;
 
     async fn create(&self) -> Result<StepClient, ClientError> {
-        let connect = async {
-            match &self.tls {
-                Some(tls) => StepClient::connect_tls(self.addr.as_str(), tls).await,
-                None => StepClient::connect(self.addr.as_str()).await,
-            }
-        };
-        let mut client = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| ClientError::TimedOut(self.timeout))??;
-        client.set_timeout(Some(self.timeout));
+        let mut client = self.connect(self.timeout).await?;
         if !self.probe_refused.load(Ordering::Relaxed) {
             match client.login(PROBE_USER, &password_for(PROBE_USER)).await {
                 Ok(_) => {
@@ -128,25 +136,107 @@ pub type Conn = Object<StepManager>;
 /// What the gateway reaches the STEP service over.
 #[derive(Debug)]
 enum Transport {
-    /// Pooled TCP connections to a STEP server.
-    Pool(Pool),
+    /// Pooled TCP connections to one or more interchangeable STEP servers.
+    Pools(Arc<Members>),
     /// The embedded server's service, in this process.
     InProcess(Arc<Service>),
+}
+
+/// The STEP servers of `--backend`, one pool each.
+#[derive(Debug)]
+struct Members {
+    list: Vec<Member>,
+    /// Where the next tie between equally loaded backends starts.
+    turn: AtomicUsize,
+}
+
+/// One STEP server of `--backend`.
+#[derive(Debug)]
+struct Member {
+    pool: Pool,
+    /// What the health probes last concluded (always true with one backend:
+    /// it is then used whatever the probes say, as before there were several).
+    up: AtomicBool,
+    /// Probes failed in a row.
+    failures: AtomicU32,
+    /// Sessions on loan from this backend: the load requests are balanced on.
+    in_flight: AtomicUsize,
+}
+
+impl Member {
+    fn addr(&self) -> &str {
+        &self.pool.manager().addr
+    }
+}
+
+/// Which backend a session may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The least loaded backend that is up.
+    #[default]
+    Any,
+    /// This backend only (a request's later blocks, where its first went).
+    On(usize),
+    /// Any backend that is up, except these (a bit per backend): those a
+    /// download already lost its connection to.
+    Avoid(u64),
+}
+
+/// The most backends `--backend` takes (a [`Route::Avoid`] bit each).
+pub const MAX_BACKENDS: usize = 64;
+
+/// Backend `index`'s bit in a [`Route::Avoid`] mask (none past [`MAX_BACKENDS`]).
+pub fn bit(index: usize) -> u64 {
+    u32::try_from(index)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(0)
+}
+
+/// A session's claim on its backend's load count, released when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    members: Arc<Members>,
+    index: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(m) = self.members.list.get(self.index) {
+            m.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A STEP session on loan, whichever the transport: a pooled connection
 /// (back to the pool when dropped) or an in-process link to the service.
 #[derive(Debug)]
 pub enum Session {
-    Tcp(Conn),
+    Tcp(Conn, Lease),
     Local(StepClient),
+}
+
+impl Session {
+    /// The backend (index in `--backend`) this session talks to; `None` in
+    /// process.
+    pub fn member(&self) -> Option<usize> {
+        match self {
+            Session::Tcp(_, lease) => Some(lease.index),
+            Session::Local(_) => None,
+        }
+    }
+
+    /// The route that keeps later sessions of a request on this one's backend.
+    pub fn route(&self) -> Route {
+        self.member().map_or(Route::Any, Route::On)
+    }
 }
 
 impl std::ops::Deref for Session {
     type Target = StepClient;
     fn deref(&self) -> &StepClient {
         match self {
-            Session::Tcp(c) => c,
+            Session::Tcp(c, _) => c,
             Session::Local(c) => c,
         }
     }
@@ -155,7 +245,7 @@ impl std::ops::Deref for Session {
 impl std::ops::DerefMut for Session {
     fn deref_mut(&mut self) -> &mut StepClient {
         match self {
-            Session::Tcp(c) => c,
+            Session::Tcp(c, _) => c,
             Session::Local(c) => c,
         }
     }
@@ -187,6 +277,8 @@ pub struct TransferPlan {
     pub block_size: Option<u64>,
     pub window: usize,
     pub fan_out: usize,
+    /// Where the transfer's blocks go: the backend that planned it.
+    pub route: Route,
 }
 
 /// The STEP side of the gateway.
@@ -206,7 +298,23 @@ pub struct Backend {
     /// flood the log.
     readiness: AtomicU8,
     pub metrics: GatewayMetrics,
+    /// Stops the health probes (with several backends) when the backend goes.
+    probes: CancellationToken,
 }
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.probes.cancel();
+    }
+}
+
+/// How often each of several backends is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes failed in a row before a backend counts as down (one success
+/// brings it back).
+pub const PROBE_FAILURES_DOWN: u32 = 2;
+/// The longest a probe (connect included) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a readiness probe last found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,37 +366,78 @@ impl Backend {
         default_user: Option<String>,
         metrics: GatewayMetrics,
     ) -> Self {
+        Self::with_backends(vec![(addr, tls)], settings, default_user, metrics)
+    }
+
+    /// Interchangeable STEP servers (`--backend a,b,c`), each with its TLS
+    /// settings: a pool each, and with two or more, a task probing each
+    /// every [`PROBE_INTERVAL`] (started here, so this must run inside a
+    /// Tokio runtime; it stops when the backend is dropped).
+    pub fn with_backends(
+        addrs: Vec<(String, Option<TlsClient>)>,
+        settings: TransferArgs,
+        default_user: Option<String>,
+        metrics: GatewayMetrics,
+    ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
         let caps = Arc::new(std::sync::Mutex::new(None));
         let probe_refused = Arc::new(AtomicBool::new(false));
-        let manager = StepManager {
-            addr,
-            tls,
-            timeout,
-            losses: Arc::clone(&losses),
-            caps: Arc::clone(&caps),
-            probe_refused: Arc::clone(&probe_refused),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(1))
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
-            .create_timeout(Some(timeout))
-            // Recycling may read answers an abandoned exchange left owed,
-            // each within the backend timeout.
-            .recycle_timeout(Some(timeout * 2))
-            .build()
-            .expect("a runtime is configured, so building cannot fail");
-        Self::with_transport(
-            Transport::Pool(pool),
+        let list: Vec<Member> = addrs
+            .into_iter()
+            .map(|(addr, tls)| {
+                let manager = StepManager {
+                    addr,
+                    tls,
+                    timeout,
+                    losses: Arc::clone(&losses),
+                    caps: Arc::clone(&caps),
+                    probe_refused: Arc::clone(&probe_refused),
+                };
+                let pool = Pool::builder(manager)
+                    .max_size(settings.pool_size.max(1))
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
+                    .create_timeout(Some(timeout))
+                    // Recycling may read answers an abandoned exchange left
+                    // owed, each within the backend timeout.
+                    .recycle_timeout(Some(timeout * 2))
+                    .build()
+                    .expect("a runtime is configured, so building cannot fail");
+                Member {
+                    pool,
+                    // Up until probes say otherwise: requests need not wait
+                    // for the first round.
+                    up: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
+                    in_flight: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        for m in &list {
+            metrics.backend_up(m.addr()).set(1);
+        }
+        let members = Arc::new(Members {
+            list,
+            turn: AtomicUsize::new(0),
+        });
+        let backend = Self::with_transport(
+            Transport::Pools(Arc::clone(&members)),
             settings,
             default_user,
             metrics,
             losses,
             caps,
             probe_refused,
-        )
+        );
+        if members.list.len() >= 2 {
+            tokio::spawn(probe_loop(
+                members,
+                backend.metrics.clone(),
+                backend.probes.clone(),
+            ));
+        }
+        backend
     }
 
     /// The embedded server's `service`, called in process.
@@ -329,6 +478,7 @@ impl Backend {
             probe_refused,
             readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
+            probes: CancellationToken::new(),
         }
     }
 
@@ -338,17 +488,25 @@ impl Backend {
         self.losses.load(Ordering::Relaxed)
     }
 
-    /// The pool's state (all zero in process: there is no pool).
+    /// The pools' state, summed over the backends (all zero in process:
+    /// there is no pool).
     pub fn pool_status(&self) -> deadpool::Status {
-        match &self.transport {
-            Transport::Pool(pool) => pool.status(),
-            Transport::InProcess(_) => deadpool::Status {
-                max_size: 0,
-                size: 0,
-                available: 0,
-                waiting: 0,
-            },
+        let mut sum = deadpool::Status {
+            max_size: 0,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        };
+        if let Transport::Pools(members) = &self.transport {
+            for m in &members.list {
+                let s = m.pool.status();
+                sum.max_size += s.max_size;
+                sum.size += s.size;
+                sum.available += s.available;
+                sum.waiting += s.waiting;
+            }
         }
+        sum
     }
 
     /// Whether the STEP service runs in this process (the embedded server).
@@ -357,33 +515,94 @@ impl Backend {
     }
 
     /// Where the STEP service is, for logs.
-    fn describe(&self) -> &str {
+    fn describe(&self) -> String {
         match &self.transport {
-            Transport::Pool(pool) => &pool.manager().addr,
-            Transport::InProcess(_) => "in process",
+            Transport::Pools(members) => members
+                .list
+                .iter()
+                .map(Member::addr)
+                .collect::<Vec<_>>()
+                .join(","),
+            Transport::InProcess(_) => "in process".into(),
         }
     }
 
-    /// A session carrying `token` (empty: none, for LOGIN and probes).
+    /// How many STEP servers `--backend` names (0 in process).
+    pub fn backend_count(&self) -> usize {
+        match &self.transport {
+            Transport::Pools(members) => members.list.len(),
+            Transport::InProcess(_) => 0,
+        }
+    }
+
+    /// A session carrying `token` (empty: none, for LOGIN and probes), from
+    /// the least loaded backend that is up; when connecting to it fails,
+    /// from the next.
     pub async fn conn(&self, token: &str) -> Result<Session, GatewayError> {
-        let pool = match &self.transport {
-            Transport::Pool(pool) => pool,
+        self.conn_to(token, Route::Any).await
+    }
+
+    /// [`Backend::conn`] from the backends `route` allows.
+    pub async fn conn_to(&self, token: &str, route: Route) -> Result<Session, GatewayError> {
+        let members = match &self.transport {
+            Transport::Pools(members) => members,
             Transport::InProcess(service) => return self.local(service, token).await,
         };
+        let order = candidates(members, route);
+        let mut last = None;
+        for index in order {
+            match self.checkout(members, index, token).await {
+                Ok(session) => return Ok(session),
+                // A refused login is the same answer on every backend.
+                Err(e @ PoolError::Backend(ClientError::Refused { .. })) => {
+                    return Err(self.pool_error(e));
+                }
+                Err(e) => {
+                    let addr = members.list[index].addr();
+                    if members.list.len() > 1 {
+                        warn!(backend = %addr, error = %e, "no connection to a STEP backend; trying the next");
+                    }
+                    last = Some(self.pool_error(e));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            self.metrics.backend_errors.inc();
+            GatewayError::BackendUnavailable("no STEP backend is up".into())
+        }))
+    }
+
+    /// A pooled connection of backend `index`, counted in its load.
+    async fn checkout(
+        &self,
+        members: &Arc<Members>,
+        index: usize,
+        token: &str,
+    ) -> Result<Session, PoolError<ClientError>> {
+        let member = &members.list[index];
+        let pool = &member.pool;
         let started = Instant::now();
         let status = pool.status();
         if status.available == 0 && status.size >= status.max_size {
             self.metrics.pool_waits.inc();
         }
-        let object = pool.get().await.map_err(|e| self.pool_error(e))?;
+        // Counted while waiting too: a backend whose pool is exhausted is
+        // loaded, and the next request had better go elsewhere.
+        member.in_flight.fetch_add(1, Ordering::Relaxed);
+        let lease = Lease {
+            members: Arc::clone(members),
+            index,
+        };
+        let mut conn = pool.get().await?;
         debug!(
+            backend = %member.addr(),
             waited_ms = started.elapsed().as_millis() as u64,
             "got STEP connection"
         );
-        let mut conn = object;
+        self.metrics.backend_requests(member.addr()).inc();
         conn.set_token(token);
         self.learned_caps(&mut conn);
-        Ok(Session::Tcp(conn))
+        Ok(Session::Tcp(conn, lease))
     }
 
     /// An in-process session: the token is checked here, once.
@@ -409,24 +628,34 @@ impl Backend {
         Ok(Session::Local(client))
     }
 
-    /// Up to `n` more pooled connections, without waiting for busy ones
-    /// (none in process: one session there already answers a window of
-    /// requests at once).
-    pub async fn extra_conns(&self, token: &str, n: usize) -> Vec<Session> {
+    /// Up to `n` more pooled connections to the backend `route` picks,
+    /// without waiting for busy ones (none in process: one session there
+    /// already answers a window of requests at once).
+    pub async fn extra_conns(&self, token: &str, n: usize, route: Route) -> Vec<Session> {
         let mut out = Vec::new();
-        let Transport::Pool(pool) = &self.transport else {
+        let Transport::Pools(members) = &self.transport else {
             return out;
         };
+        let Some(index) = candidates(members, route).first().copied() else {
+            return out;
+        };
+        let member = &members.list[index];
         let no_wait = Timeouts {
             wait: Some(Duration::ZERO),
-            ..pool.timeouts()
+            ..member.pool.timeouts()
         };
         for _ in 0..n {
-            match pool.timeout_get(&no_wait).await {
+            member.in_flight.fetch_add(1, Ordering::Relaxed);
+            let lease = Lease {
+                members: Arc::clone(members),
+                index,
+            };
+            match member.pool.timeout_get(&no_wait).await {
                 Ok(mut c) => {
                     c.set_token(token);
                     self.learned_caps(&mut c);
-                    out.push(Session::Tcp(c));
+                    self.metrics.backend_requests(member.addr()).inc();
+                    out.push(Session::Tcp(c, lease));
                 }
                 Err(_) => break,
             }
@@ -489,12 +718,14 @@ impl Backend {
                 block_size: Some(bs),
                 window: self.settings.window.max(1),
                 fan_out: self.settings.fan_out.max(1),
+                route: conn.route(),
             }
         } else {
             TransferPlan {
                 block_size: None,
                 window: 1,
                 fan_out: 1,
+                route: conn.route(),
             }
         }
     }
@@ -575,9 +806,39 @@ impl Backend {
         *self.default_token.lock().await = None;
     }
 
-    /// Whether the backend answers at all: a token-less request must come
-    /// back with 403, which every STEP server (ours or the reference) sends.
-    pub async fn ready(&self) -> Result<(), GatewayError> {
+    /// The /readyz answer. One backend (or the one in process) is probed
+    /// now: a token-less request must come back with 403, which every STEP
+    /// server (ours or the reference) sends. Of several, what the background
+    /// probes last found: ready while any one is up, each listed.
+    pub async fn ready(&self) -> Result<Value, GatewayError> {
+        let Transport::Pools(members) = &self.transport else {
+            return self.ready_now().await.map(|()| json!({"status": "ready"}));
+        };
+        if members.list.len() == 1 {
+            self.ready_now().await?;
+        }
+        let list: Vec<Value> = members
+            .list
+            .iter()
+            .map(|m| {
+                json!({
+                    "address": m.addr(),
+                    "up": m.up.load(Ordering::Relaxed),
+                    "in_flight": m.in_flight.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        if members.list.iter().any(|m| m.up.load(Ordering::Relaxed)) {
+            Ok(json!({"status": "ready", "backends": list}))
+        } else {
+            Err(GatewayError::BackendUnavailable(format!(
+                "no STEP backend is up (probed: {})",
+                self.describe()
+            )))
+        }
+    }
+
+    async fn ready_now(&self) -> Result<(), GatewayError> {
         let result = self.probe().await;
         let now = if result.is_ok() {
             Readiness::Up
@@ -598,16 +859,7 @@ impl Backend {
 
     async fn probe(&self) -> Result<(), GatewayError> {
         self.call("", |mut c| async move {
-            let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
-            let r = c
-                .call(&probe)
-                .await
-                .and_then(|resp| match resp.status_code() {
-                    Some(403) => Ok(()),
-                    other => Err(ClientError::Protocol(format!(
-                        "unexpected status {other:?} to a token-less probe"
-                    ))),
-                });
+            let r = probe_on(&mut c).await;
             (c, r)
         })
         .await
@@ -771,9 +1023,187 @@ impl Backend {
     }
 }
 
+/// The readiness probe on `c`: a token-less GET, which every STEP server
+/// answers with 403 without touching its store.
+async fn probe_on(c: &mut StepClient) -> Result<(), ClientError> {
+    let probe = Message::request(Operation::Get, Kind::Data).with(field::KEY, "readyz");
+    let resp = c.call(&probe).await?;
+    match resp.status_code() {
+        Some(403) => Ok(()),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected status {other:?} to a token-less probe"
+        ))),
+    }
+}
+
+/// The backends `route` allows, in the order to try them. One backend is
+/// always tried, up or not (as when there was only ever one). Otherwise the
+/// ones up, least loaded first; ties take turns.
+fn candidates(members: &Members, route: Route) -> Vec<usize> {
+    let n = members.list.len();
+    if n == 1 {
+        return match route {
+            Route::Avoid(mask) if mask & bit(0) != 0 => Vec::new(),
+            _ => vec![0],
+        };
+    }
+    let avoid = match route {
+        Route::On(i) => return if i < n { vec![i] } else { Vec::new() },
+        Route::Any => 0,
+        Route::Avoid(mask) => mask,
+    };
+    let start = members.turn.fetch_add(1, Ordering::Relaxed) % n;
+    let mut up: Vec<(usize, usize, usize)> = members
+        .list
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| avoid & bit(*i) == 0 && m.up.load(Ordering::Relaxed))
+        .map(|(i, m)| (m.in_flight.load(Ordering::Relaxed), (i + n - start) % n, i))
+        .collect();
+    up.sort_unstable();
+    up.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// Probe every backend each [`PROBE_INTERVAL`] (all at once, each within
+/// [`PROBE_TIMEOUT`]) until `stop`, each over a connection of its own — not
+/// a pooled one, which a busy pool would make wait — kept from one probe to
+/// the next (a new connection a second would be two log lines a second on
+/// every server) and made again after a failure.
+async fn probe_loop(members: Arc<Members>, metrics: GatewayMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut links: Vec<Option<StepClient>> = members.list.iter().map(|_| None).collect();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let metrics = &metrics;
+        let round = futures::future::join_all(members.list.iter().zip(links.iter_mut()).map(
+            |(m, link)| async move {
+                let probed = async {
+                    let c = match link {
+                        Some(c) => c,
+                        None => link.insert(m.pool.manager().connect(PROBE_TIMEOUT).await?),
+                    };
+                    probe_on(c).await
+                };
+                let result = tokio::time::timeout(PROBE_TIMEOUT, probed)
+                    .await
+                    .unwrap_or(Err(ClientError::TimedOut(PROBE_TIMEOUT)));
+                if result.is_err() {
+                    *link = None;
+                }
+                record_probe(m, metrics, result);
+            },
+        ));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = round => {}
+        }
+    }
+}
+
+fn record_probe(m: &Member, metrics: &GatewayMetrics, result: Result<(), ClientError>) {
+    match result {
+        Ok(()) => {
+            m.failures.store(0, Ordering::Relaxed);
+            if !m.up.swap(true, Ordering::Relaxed) {
+                info!(backend = %m.addr(), "STEP backend is up");
+                metrics.backend_up(m.addr()).set(1);
+            }
+        }
+        Err(e) => {
+            let failed = m.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            if failed >= PROBE_FAILURES_DOWN && m.up.swap(false, Ordering::Relaxed) {
+                warn!(backend = %m.addr(), error = %e, "STEP backend is down");
+                metrics.backend_up(m.addr()).set(0);
+                // Its idle connections are most likely dead too; the ones on
+                // loan fail (or finish) with their requests.
+                m.pool.retain(|_, _| false);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn members(n: usize) -> Members {
+        let list = (0..n)
+            .map(|i| {
+                let manager = StepManager {
+                    addr: format!("127.0.0.1:{}", 1000 + i),
+                    tls: None,
+                    timeout: Duration::from_secs(1),
+                    losses: Arc::default(),
+                    caps: Arc::default(),
+                    probe_refused: Arc::default(),
+                };
+                Member {
+                    pool: Pool::builder(manager).build().expect("pool"),
+                    up: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
+                    in_flight: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Members {
+            list,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn least_loaded_up_backend_first_ties_take_turns() {
+        let m = members(3);
+        // Idle backends: each call starts one further along.
+        let firsts: Vec<usize> = (0..6).map(|_| candidates(&m, Route::Any)[0]).collect();
+        assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
+        m.list[0].in_flight.store(2, Ordering::Relaxed);
+        m.list[1].in_flight.store(1, Ordering::Relaxed);
+        assert_eq!(candidates(&m, Route::Any), [2, 1, 0]);
+        // Down ones are left out; avoided ones too.
+        m.list[2].up.store(false, Ordering::Relaxed);
+        assert_eq!(candidates(&m, Route::Any), [1, 0]);
+        assert_eq!(candidates(&m, Route::Avoid(bit(1))), [0]);
+        assert!(candidates(&m, Route::Avoid(bit(0) | bit(1))).is_empty());
+        // A pinned request goes where it was pinned, up or not.
+        assert_eq!(candidates(&m, Route::On(2)), [2]);
+        assert!(candidates(&m, Route::On(7)).is_empty());
+        // One backend is always tried, as before there could be several.
+        let one = members(1);
+        one.list[0].up.store(false, Ordering::Relaxed);
+        assert_eq!(candidates(&one, Route::Any), [0]);
+        assert_eq!(bit(63), 1 << 63);
+        assert_eq!(bit(64), 0);
+    }
+
+    #[test]
+    fn two_failed_probes_mark_down_one_success_up() {
+        let m = members(2);
+        let metrics = GatewayMetrics::new();
+        let member = &m.list[0];
+        let fail = || Err(ClientError::Closed);
+        record_probe(member, &metrics, fail());
+        assert!(
+            member.up.load(Ordering::Relaxed),
+            "one failure is not enough"
+        );
+        record_probe(member, &metrics, Ok(()));
+        record_probe(member, &metrics, fail());
+        assert!(
+            member.up.load(Ordering::Relaxed),
+            "a success resets the count"
+        );
+        record_probe(member, &metrics, fail());
+        assert!(!member.up.load(Ordering::Relaxed));
+        assert_eq!(metrics.backend_up(member.addr()).get(), 0);
+        record_probe(member, &metrics, Ok(()));
+        assert!(member.up.load(Ordering::Relaxed));
+        assert_eq!(metrics.backend_up(member.addr()).get(), 1);
+    }
 
     #[test]
     fn default_token_is_renewed_well_before_it_expires() {

@@ -20,8 +20,10 @@ pub struct GatewayArgs {
     /// HTTP port.
     #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// host:port of a separate STEP server. When absent, a step-server runs
-    /// in this process (on --step-ip/--step-port) over the --data-dir store.
+    /// host:port of a separate STEP server, or several comma-separated
+    /// (interchangeable servers over one shared store: health-checked, the
+    /// least loaded one used). When absent, a step-server runs in this
+    /// process (on --step-ip/--step-port) over the --data-dir store.
     #[arg(long, env = "STEP_BACKEND")]
     pub backend: Option<String>,
     /// Address the embedded STEP server listens on.

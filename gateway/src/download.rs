@@ -39,7 +39,7 @@ use step_core::client::{ClientError, DownloadPlan, StepClient, expect_ok};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::backend::{Backend, Session};
+use crate::backend::{Backend, Route, Session};
 use crate::conditional::{self, Current, Outcome};
 use crate::error::GatewayError;
 
@@ -204,49 +204,51 @@ async fn stream_blocks(
     let bs = plan.block_size.max(1);
     let (first_block, last_block) = (first / bs, last / bs);
     let token = conn.token().unwrap_or_default().to_owned();
-    let requests = futures::stream::iter(first_block..=last_block)
-        .map(|i| StepClient::<tokio::net::TcpStream>::download_request(&token, &plan, i));
     let mut hasher = verify.then(Md5::new);
     // The latest block of a verified download, sent only once the next one
     // arrives or the md5 is known to match.
     let mut held: Option<Bytes> = None;
     let mut sent = 0u64;
-    let forwarded = async {
-        let mut responses = conn.responses(requests, window);
-        let mut index = first_block;
-        while let Some(resp) = responses.next().await {
-            let resp = resp.and_then(expect_ok).map_err(Stop::Step)?;
-            let block_start = index * bs;
-            let want = step_core::plan::block_len(plan.size, bs, index).unwrap_or(0);
-            if resp.binary.len() as u64 != want {
-                return Err(Stop::Step(ClientError::Protocol(format!(
-                    "block {index} has {} bytes, expected {want}",
-                    resp.binary.len()
-                ))));
+    let mut next = first_block;
+    // Backends this download lost its connection to (a bit each).
+    let mut lost = 0u64;
+    let result = loop {
+        let mut block = Block {
+            plan: &plan,
+            first,
+            last,
+            hasher: &mut hasher,
+            held: &mut held,
+            sent: &mut sent,
+            next: &mut next,
+            tx: &tx,
+            stall,
+            verify,
+        };
+        let forwarded = forward(&mut conn, &token, &mut block, last_block, window).await;
+        // The connection broke or went silent: the rest of the same version
+        // (the plan names its upload) from another backend over the same
+        // store, from the first block not yet taken. A refusal (the version
+        // was replaced, a corrupt block) ends the body as before.
+        let member = match (&forwarded, conn.member()) {
+            (Err(Stop::Step(e)), Some(m)) if e.is_interruption() && backend.backend_count() > 1 => {
+                m
             }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&resp.binary);
+            _ => break forwarded,
+        };
+        lost |= crate::backend::bit(member);
+        match backend.conn_to(&token, Route::Avoid(lost)).await {
+            Ok(other) => {
+                warn!(key = %plan.key, from_block = next, failed = member,
+                    to = other.member().unwrap_or_default(),
+                    "STEP backend lost mid-download; continuing on another");
+                backend.metrics.backend_errors.inc();
+                conn = other;
             }
-            let lo = first.saturating_sub(block_start) as usize;
-            let hi = ((last + 1).min(block_start + want) - block_start) as usize;
-            let mut piece = resp.binary.slice(lo..hi);
-            sent += piece.len() as u64;
-            index += 1;
-            if verify {
-                match held.replace(piece) {
-                    Some(previous) => piece = previous,
-                    None => continue,
-                }
-            }
-            match tokio::time::timeout(stall, tx.send(Ok(piece))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Stop::ClientGone),
-                Err(_) => return Err(Stop::Stalled(stall)),
-            }
+            Err(_) => break forwarded,
         }
-        Ok(())
     };
-    let result = forwarded.await;
+
     let metrics = &backend.metrics;
     match result {
         Ok(()) => {
@@ -295,6 +297,69 @@ async fn stream_blocks(
             let _ = tokio::time::timeout(stall, tx.send(Err(err))).await;
         }
     }
+}
+
+/// A download's progress, carried from one backend to the next.
+struct Block<'a> {
+    plan: &'a DownloadPlan,
+    first: u64,
+    last: u64,
+    hasher: &'a mut Option<Md5>,
+    held: &'a mut Option<Bytes>,
+    sent: &'a mut u64,
+    /// The first block not yet taken from a backend.
+    next: &'a mut u64,
+    tx: &'a mpsc::Sender<Result<Bytes, std::io::Error>>,
+    stall: Duration,
+    verify: bool,
+}
+
+/// Pipeline DOWNLOADs of blocks `*b.next ..= last_block` on `conn` into the
+/// HTTP body, advancing `*b.next` past each block taken.
+async fn forward(
+    conn: &mut Session,
+    token: &str,
+    b: &mut Block<'_>,
+    last_block: u64,
+    window: usize,
+) -> Result<(), Stop> {
+    let plan = b.plan;
+    let bs = plan.block_size.max(1);
+    let requests = futures::stream::iter(*b.next..=last_block)
+        .map(|i| StepClient::<tokio::net::TcpStream>::download_request(token, plan, i));
+    let mut responses = conn.responses(requests, window);
+    while let Some(resp) = responses.next().await {
+        let index = *b.next;
+        let resp = resp.and_then(expect_ok).map_err(Stop::Step)?;
+        let block_start = index * bs;
+        let want = step_core::plan::block_len(plan.size, bs, index).unwrap_or(0);
+        if resp.binary.len() as u64 != want {
+            return Err(Stop::Step(ClientError::Protocol(format!(
+                "block {index} has {} bytes, expected {want}",
+                resp.binary.len()
+            ))));
+        }
+        if let Some(h) = b.hasher.as_mut() {
+            h.update(&resp.binary);
+        }
+        let lo = b.first.saturating_sub(block_start) as usize;
+        let hi = ((b.last + 1).min(block_start + want) - block_start) as usize;
+        let mut piece = resp.binary.slice(lo..hi);
+        *b.sent += piece.len() as u64;
+        *b.next += 1;
+        if b.verify {
+            match b.held.replace(piece) {
+                Some(previous) => piece = previous,
+                None => continue,
+            }
+        }
+        match tokio::time::timeout(b.stall, b.tx.send(Ok(piece))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Stop::ClientGone),
+            Err(_) => return Err(Stop::Stalled(b.stall)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

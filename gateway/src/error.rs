@@ -8,6 +8,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use step_core::client::ClientError;
+use step_core::codec::CodecError;
 use step_core::{Reason, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +236,11 @@ impl From<ClientError> for GatewayError {
             ClientError::Io(e) => GatewayError::BackendUnavailable(e.to_string()),
             ClientError::Closed => GatewayError::BackendUnavailable("connection closed".into()),
             ClientError::Broken(m) => GatewayError::BackendUnavailable(m),
+            // The connection reset or closed mid-frame: the backend went
+            // away (a restart, a crash), not a protocol breach.
+            ClientError::Codec(e @ (CodecError::Io(_) | CodecError::Truncated { .. })) => {
+                GatewayError::BackendUnavailable(e.to_string())
+            }
             ClientError::Codec(e) => GatewayError::BadGateway(e.to_string()),
             ClientError::Protocol(m) => GatewayError::BadGateway(m),
             ClientError::NotLoggedIn => GatewayError::Unauthorized("no token".into()),
@@ -268,6 +274,12 @@ impl IntoResponse for GatewayError {
             && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
         {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        if let GatewayError::BackendUnavailable(_) = &self {
+            // An outage or a full pool: the same request may well go
+            // through in a moment, perhaps on another STEP backend.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let GatewayError::TusVersion = &self {
             resp.headers_mut().insert(

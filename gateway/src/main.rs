@@ -57,7 +57,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     let mut in_process = None;
     let mut metrics = Metrics::new();
     let backend_addr = match &args.backend {
-        Some(addr) => addr.clone(),
+        Some(list) => list.clone(),
         None => {
             let addr = args.step_addr()?;
             step_server::config::warn_if_open(args.embedded.auth, addr);
@@ -86,16 +86,16 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
 
     let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
         .then(|| args.http.default_user.clone());
-    let backend_tls = backend_tls(&args, &backend_addr)?;
     let backend = match in_process {
         Some(service) => Backend::in_process(service, args.transfer.clone(), default_user, metrics),
-        None => Backend::with_tls(
-            backend_addr.clone(),
-            backend_tls,
-            args.transfer.clone(),
-            default_user,
-            metrics,
-        ),
+        None => {
+            let mut backends = Vec::new();
+            for addr in backend_list(&backend_addr)? {
+                let tls = backend_tls(&args, &addr)?;
+                backends.push((addr, tls));
+            }
+            Backend::with_backends(backends, args.transfer.clone(), default_user, metrics)
+        }
     };
     let state = AppState::new(backend, args.http.clone());
     let addr = args.http_addr()?;
@@ -129,8 +129,31 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     result
 }
 
+/// The STEP servers of `--backend a:1379,b:1379` (one, or several
+/// interchangeable ones over one store).
+fn backend_list(flag: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = flag
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        return Err("--backend names no STEP server".into());
+    }
+    if list.len() > gateway::backend::MAX_BACKENDS {
+        return Err(format!(
+            "--backend names {} STEP servers; at most {} are supported",
+            list.len(),
+            gateway::backend::MAX_BACKENDS
+        ));
+    }
+    Ok(list)
+}
+
 /// What --backend-tls and --backend-ca-cert ask for; the name the backend's
-/// certificate must carry is --backend-tls-name, else --backend's host.
+/// certificate must carry is --backend-tls-name, else the host of
+/// `backend_addr` (one of --backend's).
 fn backend_tls(args: &GatewayArgs, backend_addr: &str) -> Result<Option<TlsClient>, String> {
     let t = &args.transfer;
     if !t.backend_tls {

@@ -17,6 +17,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// One STEP server of `--backend`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
 /// Every metric the gateway keeps. Cloning shares the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -37,6 +43,8 @@ pub struct Metrics {
     pub upload_cleanups: Counter,
     /// HTTP connections accepted.
     pub http_connections: Counter,
+    backend_up: Family<BackendLabels, Gauge>,
+    backend_requests: Family<BackendLabels, Counter>,
     /// The embedded server's store, whose unfinished uploads are reported
     /// (a separate step-server's are not visible from here).
     store: Option<Arc<dyn Storage>>,
@@ -134,6 +142,18 @@ impl Metrics {
             "HTTP connections accepted",
             http_connections.clone(),
         );
+        let backend_up = Family::<BackendLabels, Gauge>::default();
+        r.register(
+            "backend_up",
+            "Whether each STEP backend answered its health probes (1) or not (0)",
+            backend_up.clone(),
+        );
+        let backend_requests = Family::<BackendLabels, Counter>::default();
+        r.register(
+            "backend_sessions",
+            "STEP connections lent to requests, by backend",
+            backend_requests.clone(),
+        );
         let unfinished_uploads = Gauge::default();
         r.register(
             "unfinished_uploads",
@@ -168,11 +188,31 @@ impl Metrics {
             pool_waiting,
             upload_cleanups,
             http_connections,
+            backend_up,
+            backend_requests,
             store: None,
             unfinished_uploads,
             unfinished_bytes_planned,
             unfinished_bytes_received,
         }
+    }
+
+    /// The up gauge of backend `addr`.
+    pub fn backend_up(&self, addr: &str) -> Gauge {
+        self.backend_up
+            .get_or_create(&BackendLabels {
+                backend: addr.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The session counter of backend `addr`.
+    pub fn backend_requests(&self, addr: &str) -> Counter {
+        self.backend_requests
+            .get_or_create(&BackendLabels {
+                backend: addr.to_owned(),
+            })
+            .clone()
     }
 
     /// Also report the unfinished uploads of `store` (the embedded server's).

@@ -628,8 +628,7 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Result<Json<Value>, GatewayError> {
-    st.backend.ready().await?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(st.backend.ready().await?))
 }
 
 pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {

@@ -24,7 +24,7 @@ use step_core::client::{SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, TransferPlan};
+use crate::backend::{Backend, Route, TransferPlan};
 use crate::error::GatewayError;
 
 /// What the gateway answers after storing a file.
@@ -256,9 +256,10 @@ async fn send_one(
     backend: &Backend,
     token: &str,
     plan: &UploadPlan,
+    route: Route,
     (index, data): (u64, Bytes),
 ) -> Result<Option<String>, GatewayError> {
-    let mut conn = backend.conn(token).await?;
+    let mut conn = backend.conn_to(token, route).await?;
     let sent = conn.upload_block(plan, index, data).await;
     sent.map_err(|e| backend.step_error(e))
 }
@@ -493,16 +494,16 @@ where
             // others take an idle one or leave the block to the first (a
             // fan-out is an optimisation, never a reason to wait or fail).
             let conn = if primary {
-                backend.conn(token).await
+                backend.conn_to(token, tp.route).await
             } else {
-                match backend.extra_conns(token, 1).await.pop() {
+                match backend.extra_conns(token, 1, tp.route).await.pop() {
                     Some(c) => Ok(c),
                     None => match tx.send(first).await {
                         Ok(()) => return Ok(md5),
                         // The feed is done and the channel closed: this
                         // block is ours to send after all.
                         Err(async_channel::SendError(block)) => {
-                            return send_one(backend, token, plan, block)
+                            return send_one(backend, token, plan, tp.route, block)
                                 .await
                                 .map(|m| m.or(md5));
                         }

@@ -54,6 +54,28 @@ pub async fn gateway_with(
     start(backend, http).await
 }
 
+/// [`gateway_with`] in front of several interchangeable STEP servers
+/// (`--backend a,b,c`).
+pub async fn gateway_multi(
+    backends: &[SocketAddr],
+    tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
+) -> Gateway {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("off".into()))
+        .with_test_writer()
+        .try_init();
+    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
+    let (mut http, mut transfer) = (args.http, args.transfer);
+    transfer.backend_timeout = 2;
+    transfer.pool_wait_ms = 300;
+    tweak(&mut http, &mut transfer);
+    let default_user =
+        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
+    let list = backends.iter().map(|a| (a.to_string(), None)).collect();
+    let backend = Backend::with_backends(list, transfer, default_user, Metrics::new());
+    start(backend, http).await
+}
+
 /// The gateway as it runs alone: calling the embedded server's `service`
 /// in process (no STEP socket between them).
 pub async fn gateway_in_process(
