@@ -275,7 +275,14 @@ impl IntoResponse for GatewayError {
         {
             resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
-        if let GatewayError::BackendUnavailable(_) = &self {
+        if matches!(
+            &self,
+            GatewayError::BackendUnavailable(_)
+                | GatewayError::Step {
+                    reason: Some(Reason::Unavailable),
+                    ..
+                }
+        ) {
             // An outage or a full pool: the same request may well go
             // through in a moment, perhaps on another STEP backend.
             resp.headers_mut()

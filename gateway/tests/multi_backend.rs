@@ -25,6 +25,7 @@ use serde_json::Value;
 use step_tests::garage::Garage;
 use step_tests::pattern;
 use step_tests::prereq::{self, Trial};
+use step_tests::redis::Redis;
 use support::{Gateway, gateway_multi};
 use tokio::process::{Child, Command};
 
@@ -36,11 +37,13 @@ fn main() {
     let mut trials: Vec<Trial> = Vec::new();
     trials.push(prereq::needs(
         "over_one_bucket_writes_spread_and_everything_survives_killed_backends",
-        Garage::start,
-        |garage| {
+        || Ok((Redis::start()?, Garage::start()?)),
+        |(redis, garage)| {
             prereq::block_on_threads(
                 2,
-                over_one_bucket_writes_spread_and_everything_survives_killed_backends(garage),
+                over_one_bucket_writes_spread_and_everything_survives_killed_backends((
+                    garage, redis,
+                )),
             )
         },
     ));
@@ -107,6 +110,8 @@ fn free_port() -> u16 {
 struct S3 {
     url: String,
     env: Vec<(&'static str, String)>,
+    /// The coordination engine the servers on the bucket share (`--coord`).
+    coord: String,
 }
 
 /// A step-server process (the gateway binary, embedded mode).
@@ -132,7 +137,8 @@ impl Step {
         }
         if let Some(s3) = &s3 {
             cmd.envs(s3.env.iter().map(|(k, v)| (k, v)))
-                .args(["--storage", &s3.url]);
+                .args(["--storage", &s3.url])
+                .args(["--coord", &s3.coord]);
         }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--port", &http_port.to_string()])
@@ -582,10 +588,13 @@ async fn a_put_whose_backend_is_killed_mid_body_is_503_and_its_retry_succeeds() 
 /// request, writes included (the connect fails before anything is sent);
 /// a download whose backend is killed mid-body finishes on another from
 /// the same upload (`upload_id`), byte for byte.
-async fn over_one_bucket_writes_spread_and_everything_survives_killed_backends(garage: Garage) {
+async fn over_one_bucket_writes_spread_and_everything_survives_killed_backends(
+    (garage, mut redis): (Garage, Redis),
+) {
     let s3 = S3 {
         url: garage.storage_url("multi"),
         env: garage.aws_env(),
+        coord: redis.url(),
     };
     let (mut cluster, _dirs) = Cluster::on_s3(s3).await;
     let addrs = cluster.addrs();
@@ -622,5 +631,31 @@ async fn over_one_bucket_writes_spread_and_everything_survives_killed_backends(g
     gw.store("big.bin", big.clone()).await;
     let got = kill_mid_body(&gw, &mut cluster, "big.bin", None).await;
     assert!(got == big, "the body differs from the stored file");
+
+    // The coordination engine down: writes are refused with 503 JSON and
+    // Retry-After (never a 2xx); back, the same request succeeds with no
+    // server restarted.
+    redis.kill();
+    let r = gw.put("/files/engine.bin", late.clone()).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let e: serde_json::Value = r.json().await.expect("JSON error body");
+    assert_eq!(e["error"], "unavailable", "{e}");
+    redis.restart().expect("redis back");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = gw.put("/files/engine.bin", late.clone()).await;
+        if r.status() == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            Instant::now() < deadline,
+            "writes never came back after the engine did"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    get_ok(&gw, "engine.bin", &late).await;
     drop(garage);
+    drop(redis);
 }
