@@ -77,9 +77,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+LAST=$SECONDS
 row() { # row FAULT CHECK RESULT(PASS|FAIL ...) : one table line, remembered
     local line
-    line="$(printf '%-24s | %-78s | %s' "$1" "$2" "$3")"
+    line="$(printf '%-24s | %-78s | %s [%d s]' "$1" "$2" "$3" $((SECONDS - LAST)))"
+    LAST=$SECONDS
     ROWS+=("$line")
     echo "$line"
     [[ $3 == PASS* ]] || FAILED=$((FAILED + 1))
@@ -91,7 +93,17 @@ check() { # check FAULT CHECK DETAIL CMD...: PASS when CMD succeeds
 }
 rand_file() { head -c "$2" /dev/urandom >"$WORK/$1"; }
 md5() { md5sum "$1" | cut -d' ' -f1; }
-field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read() or "{}").get(sys.argv[1]))' "$1"; }
+field() { # field NAME: from the last JSON line on stdin (clients print one), else None
+    python3 -c '
+import json, sys
+value = None
+for line in sys.stdin.read().splitlines():
+    try:
+        value = json.loads(line).get(sys.argv[1])
+    except (ValueError, AttributeError):
+        pass
+print(value)' "$1"
+}
 # HAProxy's CSV: field 1 proxy, 2 server, 8 total sessions, 18 status.
 server_status() { curl -fsS "$STATS" 2>/dev/null | awk -F, -v p="$1" -v s="$2" '$1==p && $2==s {print $18}'; }
 sessions() { curl -fsS "$STATS" 2>/dev/null | awk -F, '$1=="step" && $2 ~ /^step/ {printf "%s=%s ", $2, $8}'; }
@@ -147,7 +159,7 @@ check "$F" "curl upload read back via :HTTP and via :STEP byte-identical" "" bot
 
 # ------------------------------------------------ b. kill -9 a step-server
 F="b. kill -9 step-server"
-rand_file b.bin $((24 * 1024 * 1024))
+rand_file b.bin $((12 * 1024 * 1024))
 "${COURSE[@]}" 127.0.0.1 "${DIRECT[step1]}" "$U" upload b.bin "$WORK/b.bin" >"$WORK/b1.out" 2>&1 &
 pid=$!
 sleep 1.5
@@ -161,7 +173,7 @@ check "$F" "course client uploading to step1 directly when killed: fails, no md5
 out="$("${COURSE[@]}" 127.0.0.1 "$FRONT" "$U" upload b.bin "$WORK/b.bin" 2>&1)"
 check "$F" "its retry (SAVE again) via :STEP lands on another instance, md5 right" "$out" test "$(field status <<<"$out")" = 200
 check "$F" "read back from step2 directly byte-identical" "" same_via_step "${DIRECT[step2]}" b.bin "$WORK/b.bin"
-rand_file b2.bin $((8 * 1024 * 1024))
+rand_file b2.bin $((4 * 1024 * 1024))
 "${PERBLOCK[@]}" 127.0.0.1 "$FRONT" "$U" upload b2.bin "$WORK/b2.bin" --retries 100 >"$WORK/b2.out" 2>&1 &
 pid=$!
 sleep 1.5
@@ -180,8 +192,8 @@ check "$F" "step1 and step2 started again: healthy and UP in the balancer" "$((S
 
 # ------------------------------------------------ c. stop a Garage node
 F="c. stop Garage node"
-rand_file c1.bin $((16 * 1024 * 1024))
-rand_file c2.bin $((6 * 1024 * 1024))
+rand_file c1.bin $((8 * 1024 * 1024))
+rand_file c2.bin $((3 * 1024 * 1024))
 "${COURSE[@]}" 127.0.0.1 "$FRONT" "$U" upload c1.bin "$WORK/c1.bin" >"$WORK/c1.out" 2>&1 &
 p1=$!
 "${PERBLOCK[@]}" 127.0.0.1 "$FRONT" "$U" upload c2.bin "$WORK/c2.bin" --retries 20 >"$WORK/c2.out" 2>&1 &
@@ -214,8 +226,8 @@ check "$F" "after the rejoin, c1 still byte-identical via :HTTP" "" same_via_cur
 F="d. kill Redis"
 started_at() { local s; for s in step1 step2 step3; do docker inspect -f '{{.State.StartedAt}}' "$(cid $s)"; done; }
 before_start="$(started_at)"
-rand_file d1.bin $((16 * 1024 * 1024))
-rand_file d2.bin $((6 * 1024 * 1024))
+rand_file d1.bin $((8 * 1024 * 1024))
+rand_file d2.bin $((3 * 1024 * 1024))
 "${COURSE[@]}" 127.0.0.1 "$FRONT" "$U" upload d1.bin "$WORK/d1.bin" >"$WORK/d1.out" 2>&1 &
 p1=$!
 "${PERBLOCK[@]}" 127.0.0.1 "$FRONT" "$U" upload d2.bin "$WORK/d2.bin" >"$WORK/d2.out" 2>&1 &

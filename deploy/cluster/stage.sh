@@ -63,4 +63,10 @@ stage_dynamic "$STAGE/haproxy/rootfs" "$HAPROXY" /usr/local/bin/haproxy
 # cargo install keeps debug info; the image needs none.
 strip --strip-debug "$STAGE/garage/rootfs/usr/local/bin/garage" 2>/dev/null || true
 cp "$ROOT/deploy/cluster/Dockerfile" "$STAGE/Dockerfile"
+# The S3 client builds its TLS configuration from the system's roots at
+# start and refuses to start with none, even for an http:// endpoint; the
+# step-server image has none, so the compose file mounts this copy.
+CA=/etc/ssl/certs/ca-certificates.crt
+[[ -s $CA ]] || { echo "stage: $CA missing (Debian package ca-certificates)" >&2; exit 1; }
+cp "$CA" "$STAGE/ca-certificates.crt"
 echo "$CLIENT_DIR"
