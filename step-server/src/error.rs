@@ -265,7 +265,7 @@ mod tests {
             (
                 StoreError::Unavailable("down".into()),
                 Status::BlockSizeMismatch,
-                None,
+                Some(Reason::Unavailable),
             ),
             (
                 StoreError::Other("x".into()),

@@ -820,7 +820,9 @@ impl Inner {
             return Ok(());
         }
         let Some(state) = self.get_json::<UploadState>(&self.state_path(n)).await? else {
-            if let Some(coord) = &self.coord {
+            if let Some(coord) = &self.coord
+                && st.lease.is_some()
+            {
                 // The bucket is the truth for what exists.
                 coord.set_current(&n.lease_name(), None).await?;
             }
@@ -2149,10 +2151,13 @@ impl Storage for ObjectStorage {
         let l = self.inner.record_lock(&id);
         let result = async {
             let _g = l.lock().await;
-            let _lease = self.inner.record_lease(&n).await?;
+            let lease = self.inner.record_lease(&n).await?;
             let path = self.inner.rec_path(&n);
             if !self.inner.exists(&path).await? {
                 return Err(StoreError::NotFound);
+            }
+            if let Some(lease) = &lease {
+                lease.check().await?;
             }
             self.inner.store.delete(&path).await.map_err(store_err)
         }
