@@ -159,7 +159,7 @@ check "$F" "curl upload read back via :HTTP and via :STEP byte-identical" "" bot
 
 # ------------------------------------------------ b. kill -9 a step-server
 F="b. kill -9 step-server"
-rand_file b.bin $((12 * 1024 * 1024))
+rand_file b.bin $((4 * 1024 * 1024))
 "${COURSE[@]}" 127.0.0.1 "${DIRECT[step1]}" "$U" upload b.bin "$WORK/b.bin" >"$WORK/b1.out" 2>&1 &
 pid=$!
 sleep 1.5
@@ -192,7 +192,7 @@ check "$F" "step1 and step2 started again: healthy and UP in the balancer" "$((S
 
 # ------------------------------------------------ c. stop a Garage node
 F="c. stop Garage node"
-rand_file c1.bin $((8 * 1024 * 1024))
+rand_file c1.bin $((4 * 1024 * 1024))
 rand_file c2.bin $((3 * 1024 * 1024))
 "${COURSE[@]}" 127.0.0.1 "$FRONT" "$U" upload c1.bin "$WORK/c1.bin" >"$WORK/c1.out" 2>&1 &
 p1=$!
