@@ -39,19 +39,7 @@ pub async fn gateway_with(
     backend: SocketAddr,
     tweak: impl FnOnce(&mut HttpArgs, &mut TransferArgs),
 ) -> Gateway {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("off".into()))
-        .with_test_writer()
-        .try_init();
-    let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
-    let (mut http, mut transfer) = (args.http, args.transfer);
-    transfer.backend_timeout = 2;
-    transfer.pool_wait_ms = 300;
-    tweak(&mut http, &mut transfer);
-    let default_user =
-        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
-    let backend = Backend::new(backend.to_string(), transfer, default_user, Metrics::new());
-    start(backend, http).await
+    gateway_multi(&[backend], tweak).await
 }
 
 /// [`gateway_with`] in front of several interchangeable STEP servers

@@ -848,17 +848,64 @@ impl Inner {
             block_size: state.block_size,
         };
         let total = total_blocks(plan.size, plan.block_size);
-        if let Some(coord) = &self.coord {
-            return self
-                .load_coordinated(coord.as_ref(), n, st, state, plan, total)
-                .await;
+        let (received, last) = match &self.coord {
+            Some(coord) => {
+                self.received_coordinated(coord.as_ref(), n, st, &state.upload_id, total)
+                    .await?
+            }
+            None => {
+                self.received_listed(n, &state.upload_id, plan, total)
+                    .await?
+            }
+        };
+        let (mut remaining, mut bytes) = (total, 0);
+        for (i, _) in received.iter().enumerate().filter(|(_, r)| **r) {
+            remaining -= 1;
+            bytes += block_len(plan.size, plan.block_size, i as u64).unwrap_or(0);
         }
+        info!(user = %n.user, key = %n.key, remaining, "loaded unfinished upload from the bucket");
+        let last = last.max(state.created_unix.saturating_mul(1000));
+        let mut pending = lock(&self.pending);
+        let p = pending.entry(n.id()).or_insert(Pending {
+            planned: plan.size,
+            received: 0,
+            last_ms: 0,
+        });
+        p.received = bytes;
+        // Coordinated, blocks may reach other instances: the latest counts.
+        p.last_ms = p.last_ms.max(last);
+        drop(pending);
+        if self.coord.is_some() {
+            self.remember_plan(&state.upload_id, plan);
+        }
+        st.upload = Some(Upload {
+            id: state.upload_id,
+            plan,
+            received,
+            remaining,
+            assembler: None,
+            // Coordinated, no assembler: blocks reach several instances.
+            assembler_tried: self.coord.is_some(),
+            held: self.small_held(plan),
+            replace: state.replace,
+        });
+        st.loaded = true;
+        Ok(())
+    }
+
+    /// Which blocks of upload `upload_id` are staged, by one LIST of its
+    /// blocks (alone on the bucket), and when the last one came (ms).
+    async fn received_listed(
+        &self,
+        n: &Names,
+        upload_id: &str,
+        plan: PlanRecord,
+        total: u64,
+    ) -> StoreResult<(Vec<bool>, u64)> {
         let mut received =
             vec![false; usize::try_from(total).map_err(|_| other("plan too large"))?];
-        let mut remaining = total;
-        let mut bytes = 0;
         let mut last = 0;
-        let mut list = self.store.list(Some(&self.blocks_dir(n, &state.upload_id)));
+        let mut list = self.store.list(Some(&self.blocks_dir(n, upload_id)));
         while let Some(m) = list.next().await {
             let m = m.map_err(store_err)?;
             let Some(index) = m.location.filename().and_then(|f| f.parse::<u64>().ok()) else {
@@ -867,88 +914,35 @@ impl Inner {
             // A block of the wrong length is not this plan's: sent again.
             if block_len(plan.size, plan.block_size, index) == Some(m.size)
                 && let Some(r) = received.get_mut(index as usize)
-                && !*r
             {
                 *r = true;
-                remaining -= 1;
-                bytes += m.size;
                 last = last.max(u64::try_from(m.last_modified.timestamp_millis()).unwrap_or(0));
             }
         }
-        info!(user = %n.user, key = %n.key, remaining, "loaded unfinished upload from the bucket");
-        lock(&self.pending).entry(n.id()).or_insert(Pending {
-            planned: plan.size,
-            received: bytes,
-            last_ms: last.max(state.created_unix.saturating_mul(1000)),
-        });
-        st.upload = Some(Upload {
-            id: state.upload_id,
-            plan,
-            received,
-            remaining,
-            assembler: None,
-            assembler_tried: false,
-            held: self.small_held(plan),
-            replace: state.replace,
-        });
-        st.loaded = true;
-        Ok(())
+        Ok((received, last))
     }
 
-    /// [`Self::load`] with a coordinator: which blocks were received is
-    /// the coordinator's record (every instance marks there), not a LIST.
-    /// Under the key's lease, the coordinator's current upload is set to
-    /// the bucket's (it may have lost it).
-    async fn load_coordinated(
+    /// Which blocks of upload `upload_id` were received, coordinated: the
+    /// coordinator's record (every instance marks there), not a LIST.
+    /// Under the key's lease, the coordinator's current upload is first set
+    /// to the bucket's (it may have lost it).
+    async fn received_coordinated(
         &self,
         coord: &dyn Coord,
         n: &Names,
-        st: &mut KeyState,
-        state: UploadState,
-        plan: PlanRecord,
+        st: &KeyState,
+        upload_id: &str,
         total: u64,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<(Vec<bool>, u64)> {
         if total > u64::from(u32::MAX) {
             return Err(other("plan too large"));
         }
         let name = n.lease_name();
-        if st.lease.is_some()
-            && coord.current(&name).await?.as_deref() != Some(state.upload_id.as_str())
-        {
-            coord.set_current(&name, Some(&state.upload_id)).await?;
+        if st.lease.is_some() && coord.current(&name).await?.as_deref() != Some(upload_id) {
+            coord.set_current(&name, Some(upload_id)).await?;
         }
-        let (received, last_ms) = coord.received(&state.upload_id, total).await?;
-        let (mut remaining, mut bytes) = (total, 0);
-        for (i, _) in received.iter().enumerate().filter(|(_, r)| **r) {
-            remaining -= 1;
-            bytes += block_len(plan.size, plan.block_size, i as u64).unwrap_or(0);
-        }
-        let last = last_ms
-            .unwrap_or(0)
-            .max(state.created_unix.saturating_mul(1000));
-        let mut pending = lock(&self.pending);
-        let p = pending.entry(n.id()).or_insert(Pending {
-            planned: plan.size,
-            received: 0,
-            last_ms: 0,
-        });
-        p.received = bytes;
-        // Blocks may reach other instances: the latest of all counts.
-        p.last_ms = p.last_ms.max(last);
-        drop(pending);
-        self.remember_plan(&state.upload_id, plan);
-        st.upload = Some(Upload {
-            id: state.upload_id,
-            plan,
-            received,
-            remaining,
-            assembler: None,
-            assembler_tried: true,
-            held: self.small_held(plan),
-            replace: state.replace,
-        });
-        st.loaded = true;
-        Ok(())
+        let (received, last_ms) = coord.received(upload_id, total).await?;
+        Ok((received, last_ms.unwrap_or(0)))
     }
 
     /// Keep `upload_id`'s plan for the blocks to come.
