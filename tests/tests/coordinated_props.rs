@@ -1,14 +1,24 @@
 //! Property test: several coordinated object-store instances on one bucket
 //! (issue 16). For a generated scenario, three `ObjectStorage`s sharing one
 //! in-memory bucket and one `MemoryCoord` (three servers, as `--coord` runs
-//! them) serve at once, on a multi-thread runtime, a mix of clients
-//! uploading their own content (SAVE plain, resumed or replacing, then
-//! blocks on random instances, in random order, with repeats, naming their
-//! upload or not), DELETEs, DATA record creates, readers, and instances
-//! being restarted (a fresh `ObjectStorage` over the same bucket and
-//! coordinator takes an instance's place; requests already under way finish
-//! on the old one). Once everything has settled, the invariants the store
-//! promises are checked (see `check`).
+//! them) serve at once, on a multi-thread runtime, a mix of: clients
+//! uploading their own content (SAVE plain, resumed or replacing, with or
+//! without `if_md5`, then blocks on random instances, in random order, with
+//! repeats, one or two at a time, naming their upload or not, SAVEing again
+//! to resume after a refusal); DELETEs (plain, scoped to an upload, or
+//! conditional on an md5); DATA record creates; downloads block by block
+//! (`head`, then `head_version` + `read` per block, as the service serves
+//! them); upkeep sweeps (then with immediate expiry); and instances being
+//! restarted: a fresh `ObjectStorage` over the same bucket and coordinator
+//! takes an instance's place, and either the calls under way on the old one
+//! finish there, or (a crash) they are cut off where they stand.
+//!
+//! Every bucket and coordinator call yields a random number of times, and
+//! LISTs come in small pages, each its own snapshot (as S3's do), so the
+//! instances' calls interleave inside one store operation too. Once
+//! everything has settled, the invariants the store promises are checked
+//! (see `check`); anything a call answers outside the documented errors is
+//! a failure, as is a panic or a scenario that does not settle (a hang).
 //!
 //! The calls are made as `step-server`'s service makes them: a block that
 //! names another upload than the one `open_upload` found is refused as
@@ -25,14 +35,16 @@
 //!     cargo test -p step-tests --test coordinated_props
 //! ```
 //!
-//! The seed in use is printed (`--nocapture`) and in a failure's message. A
-//! failure is shrunk to a small scenario, printed by proptest; because the
+//! The seed in use is printed (`--nocapture`) and in a failure's message;
+//! `STEP_PROPS_VERBOSE=1` also prints what each case did. A failure is
+//! shrunk to a small scenario, printed by proptest; because the
 //! interleaving varies, a shrunk case may need a few runs to fail again.
 //! Failures are not persisted to a regressions file: a seed replays them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,9 +82,14 @@ const BLOCK: u64 = 1000;
 /// Files have at most this many blocks.
 const MAX_BLOCKS: u64 = 19;
 const USER: &str = "props";
+/// Objects per page of a LIST (small, so listings span changes).
+const LIST_PAGE: usize = 3;
 const PREFIX: &str = "props";
 /// One scenario, settled, at most this long (a hang is a failure).
 const CASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The seed of this run, for failure messages.
+static SEED: OnceLock<String> = OnceLock::new();
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -86,6 +103,7 @@ fn config() -> Config {
     c.failure_persistence = None;
     c.max_shrink_iters = 2000;
     eprintln!("coordinated_props: seed {}, {} cases", c.rng_seed, c.cases);
+    let _ = SEED.set(c.rng_seed.to_string());
     c
 }
 
@@ -135,6 +153,8 @@ struct DeleteSpec {
     start_at: u64,
     /// Scoped to the latest upload of one client of the key, if it has one.
     scoped: Option<Index>,
+    /// Instead: `delete_file_if` with the md5 of one client of the key.
+    if_md5_of: Option<Index>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,12 +168,24 @@ struct RecordSpec {
 struct RestartSpec {
     inst: u8,
     start_at: u64,
+    /// The instance dies: its calls under way are cut off where they
+    /// stand (their futures dropped), their callers told nothing.
+    crash: bool,
 }
 
 #[derive(Debug, Clone)]
 struct ReaderSpec {
     key: Index,
+    /// One whole download per entry, each block on an instance in turn.
     insts: Vec<u8>,
+    start_at: u64,
+    /// The download's block size.
+    block: u64,
+}
+
+#[derive(Debug, Clone)]
+struct SweepSpec {
+    inst: u8,
     start_at: u64,
 }
 
@@ -164,6 +196,10 @@ struct Scenario {
     records: Vec<RecordSpec>,
     restarts: Vec<RestartSpec>,
     readers: Vec<ReaderSpec>,
+    /// Upkeep runs (`sweep_expired`). With any, the instances expire
+    /// unfinished uploads at once and keep no replaced versions: a sweep
+    /// removes whatever is idle, racing the clients.
+    sweeps: Vec<SweepSpec>,
     /// Every bucket and coordinator call yields up to this many times
     /// before and after it (as a network round trip would let others run).
     jitter: u8,
@@ -279,12 +315,14 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 0..INSTANCES as u8,
                 0..60u64,
                 proptest::option::of(any::<Index>()),
+                prop_oneof![2 => Just(None), 1 => any::<Index>().prop_map(Some)],
             )
-                .prop_map(|(key, inst, start_at, scoped)| DeleteSpec {
+                .prop_map(|(key, inst, start_at, scoped, if_md5_of)| DeleteSpec {
                     key,
                     inst,
                     start_at,
                     scoped,
+                    if_md5_of,
                 }),
             0..4,
         ),
@@ -299,8 +337,13 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
             0..6,
         ),
         proptest::collection::vec(
-            (0..INSTANCES as u8, 0..80u64)
-                .prop_map(|(inst, start_at)| RestartSpec { inst, start_at }),
+            (0..INSTANCES as u8, 0..80u64, any::<bool>()).prop_map(|(inst, start_at, crash)| {
+                RestartSpec {
+                    inst,
+                    start_at,
+                    crash,
+                }
+            }),
             0..3,
         ),
         proptest::collection::vec(
@@ -308,28 +351,41 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 any::<Index>(),
                 proptest::collection::vec(0..INSTANCES as u8, 1..6),
                 0..60u64,
+                300..2500u64,
             )
-                .prop_map(|(key, insts, start_at)| ReaderSpec {
+                .prop_map(|(key, insts, start_at, block)| ReaderSpec {
                     key,
                     insts,
                     start_at,
+                    block,
                 }),
             0..3,
         ),
+        prop_oneof![
+            2 => Just(Vec::new()),
+            1 => proptest::collection::vec(
+                (0..INSTANCES as u8, 0..80u64)
+                    .prop_map(|(inst, start_at)| SweepSpec { inst, start_at }),
+                1..3,
+            ),
+        ],
         prop_oneof![1 => Just(0u8), 3 => 1..8u8],
     )
-        .prop_map(|(clients, deletes, records, restarts, readers, jitter)| {
-            let mut s = Scenario {
-                clients,
-                deletes,
-                records,
-                restarts,
-                readers,
-                jitter,
-            };
-            normalise(&mut s);
-            s
-        })
+        .prop_map(
+            |(clients, deletes, records, restarts, readers, sweeps, jitter)| {
+                let mut s = Scenario {
+                    clients,
+                    deletes,
+                    records,
+                    restarts,
+                    readers,
+                    sweeps,
+                    jitter,
+                };
+                normalise(&mut s);
+                s
+            },
+        )
 }
 
 /// What the generator cannot express directly: a key of one's own takes no
@@ -388,6 +444,10 @@ struct Told {
 struct DeleteEvent {
     key: String,
     file: bool,
+    /// A `delete_file_if` with this md5.
+    if_md5: Option<String>,
+    /// Cut off by a crash: it may have removed the file.
+    cut: bool,
     s: u64,
     e: u64,
 }
@@ -406,13 +466,19 @@ struct Log {
     plan_refusals: u64,
     /// Documented errors, by name.
     errors: BTreeMap<String, u64>,
+    /// Clients' calls cut off by a crash (they may have completed the
+    /// file): (client, key, clock before the call).
+    cut: Vec<(usize, String, u64)>,
+    /// Per record key: values of creates cut off by a crash.
+    cut_records: BTreeMap<String, Vec<Value>>,
 }
 
 #[derive(Debug)]
 struct World {
     store: Arc<dyn ObjectStore>,
     coord: JitteryCoord,
-    slots: Vec<Mutex<ObjectStorage>>,
+    limits: StoreLimits,
+    slots: Vec<Mutex<Inst>>,
     clock: watch::Sender<u64>,
     clients_done: CancellationToken,
     log: Mutex<Log>,
@@ -453,11 +519,22 @@ enum Put {
     /// another plan (another client's).
     OtherPlan,
     Refused(StoreError),
+    /// The instance crashed before it answered.
+    Cut,
 }
 
 impl World {
-    fn new(jitter: u8) -> World {
-        let jitter = Arc::new(Jitter::new(jitter));
+    fn new(s: &Scenario) -> World {
+        let jitter = Arc::new(Jitter::new(s.jitter));
+        let limits = if s.sweeps.is_empty() {
+            StoreLimits::default()
+        } else {
+            StoreLimits {
+                upload_expiry: Duration::ZERO,
+                replaced_grace: Duration::ZERO,
+                ..StoreLimits::default()
+            }
+        };
         let store: Arc<dyn ObjectStore> = Arc::new(JitteryStore {
             inner: InMemory::new(),
             jitter: Arc::clone(&jitter),
@@ -467,11 +544,17 @@ impl World {
             jitter,
         };
         let slots = (0..INSTANCES)
-            .map(|_| Mutex::new(instance(&store, &coord)))
+            .map(|_| {
+                Mutex::new(Inst {
+                    storage: instance(&store, &coord, &limits),
+                    alive: CancellationToken::new(),
+                })
+            })
             .collect();
         World {
             store,
             coord,
+            limits,
             slots,
             clock: watch::Sender::new(0),
             clients_done: CancellationToken::new(),
@@ -481,15 +564,38 @@ impl World {
     }
 
     fn at(&self, i: usize) -> ObjectStorage {
-        lock(&self.slots[i % INSTANCES]).clone()
+        lock(&self.slots[i % INSTANCES]).storage.clone()
     }
 
-    /// A new instance takes `i`'s place; calls under way on the old one
-    /// finish there (it goes when they do).
-    fn restart(&self, i: usize) {
-        let fresh = instance(&self.store, &self.coord);
+    /// `f` on instance `inst`; `None` when the instance crashed before it
+    /// answered.
+    async fn call<T, F, Fut>(&self, inst: usize, f: F) -> Option<T>
+    where
+        F: FnOnce(ObjectStorage) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let (storage, alive) = {
+            let slot = lock(&self.slots[inst % INSTANCES]);
+            (slot.storage.clone(), slot.alive.clone())
+        };
+        tokio::select! {
+            biased;
+            () = alive.cancelled() => None,
+            r = f(storage) => Some(r),
+        }
+    }
+
+    /// A new instance takes `i`'s place. Calls under way on the old one
+    /// finish there (it goes when they do), or, with `crash`, are cut off.
+    fn restart(&self, i: usize, crash: bool) {
+        let fresh = Inst {
+            storage: instance(&self.store, &self.coord, &self.limits),
+            alive: CancellationToken::new(),
+        };
         let old = std::mem::replace(&mut *lock(&self.slots[i % INSTANCES]), fresh);
-        drop(old);
+        if crash {
+            old.alive.cancel();
+        }
     }
 
     /// The clock: every call reads it before and after.
@@ -535,7 +641,20 @@ impl World {
         data: Bytes,
         want: Option<&str>,
     ) -> Put {
-        let storage = self.at(inst);
+        self.call(inst, |storage| async move {
+            Self::put_on(storage, key, index, data, want).await
+        })
+        .await
+        .unwrap_or(Put::Cut)
+    }
+
+    async fn put_on(
+        storage: ObjectStorage,
+        key: &str,
+        index: u64,
+        data: Bytes,
+        want: Option<&str>,
+    ) -> Put {
         let writer = match storage.open_upload(USER, key).await {
             Ok(w) => w,
             Err(e) => return Put::Refused(e),
@@ -556,14 +675,20 @@ impl World {
     }
 }
 
-fn instance(store: &Arc<dyn ObjectStore>, coord: &JitteryCoord) -> ObjectStorage {
+/// One instance in its place, and whether it still runs.
+#[derive(Debug)]
+struct Inst {
+    storage: ObjectStorage,
+    alive: CancellationToken,
+}
+
+fn instance(
+    store: &Arc<dyn ObjectStore>,
+    coord: &JitteryCoord,
+    limits: &StoreLimits,
+) -> ObjectStorage {
     let coord: Arc<dyn Coord> = Arc::new(coord.clone());
-    ObjectStorage::coordinated(
-        Arc::clone(store),
-        PREFIX,
-        StoreLimits::default(),
-        Some(coord),
-    )
+    ObjectStorage::coordinated(Arc::clone(store), PREFIX, *limits, Some(coord))
 }
 
 async fn pause(n: u8) {
@@ -666,25 +791,52 @@ impl ObjectStore for JitteryStore {
                 .boxed(),
         )
     }
+    /// In pages of [`LIST_PAGE`], each a snapshot at its own time, as S3's
+    /// LIST is (the in-memory store's alone is one snapshot).
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let inner = self.inner.clone();
         let jitter = Arc::clone(&self.jitter);
-        self.inner
-            .list(prefix)
-            .then(move |m| {
-                let jitter = Arc::clone(&jitter);
-                async move {
-                    jitter.pause().await;
-                    m
+        let prefix = prefix.cloned();
+        futures::stream::unfold(Some(None::<Path>), move |after| {
+            let inner = inner.clone();
+            let jitter = Arc::clone(&jitter);
+            let prefix = prefix.clone();
+            async move {
+                let after = after?;
+                jitter.pause().await;
+                let page: object_store::Result<Vec<ObjectMeta>> = match &after {
+                    Some(a) => inner.list_with_offset(prefix.as_ref(), a),
+                    None => inner.list(prefix.as_ref()),
                 }
-            })
-            .boxed()
+                .take(LIST_PAGE)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect();
+                match page {
+                    Err(e) => Some((vec![Err(e)], None)),
+                    Ok(page) => {
+                        let next = (page.len() == LIST_PAGE)
+                            .then(|| page.last().map(|m| m.location.clone()));
+                        Some((page.into_iter().map(Ok).collect(), next))
+                    }
+                }
+            }
+        })
+        .flat_map(futures::stream::iter)
+        .boxed()
     }
     fn list_with_offset(
         &self,
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        let offset = offset.clone();
+        self.list(prefix)
+            .filter(move |m| {
+                futures::future::ready(m.as_ref().map_or(true, |m| m.location > offset))
+            })
+            .boxed()
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.jitter.pause().await;
@@ -809,18 +961,24 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
     for attempt in 0..=usize::from(c.retries) {
         let inst = usize::from(c.save_insts[attempt % c.save_insts.len()]);
         let resume = attempt > 0 || c.resume_first;
-        let storage = w.at(inst);
         let t0 = w.tick();
-        let r = match &replace {
-            None => storage.plan_upload(USER, &key, plan, resume).await,
-            Some(r) => {
-                storage
-                    .plan_replace(USER, &key, plan, resume, r.clone())
-                    .await
-            }
-        };
+        let r = w
+            .call(inst, |storage| {
+                let key = &key;
+                let replace = replace.clone();
+                async move {
+                    match replace {
+                        None => storage.plan_upload(USER, key, plan, resume).await,
+                        Some(r) => storage.plan_replace(USER, key, plan, resume, r).await,
+                    }
+                }
+            })
+            .await;
         let t1 = w.tick();
-        drop(storage);
+        let Some(r) = r else {
+            lock(&w.log).cut.push((me, key.clone(), t0));
+            continue;
+        };
         let outcome = match r {
             Ok(o) => o,
             Err(e) => {
@@ -890,6 +1048,10 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
                         w.error("block", &key, inst, &e);
                         refused = true;
                     }
+                    Put::Cut => {
+                        lock(&w.log).cut.push((me, key.clone(), t0));
+                        refused = true;
+                    }
                 }
             }
             if refused && !complete {
@@ -914,26 +1076,71 @@ async fn run_delete(w: Arc<World>, s: Arc<Scenario>, n: usize) {
     let keys = s.keys();
     let key = keys[d.key.index(keys.len())].clone();
     let clients = s.clients_of(&key);
-    let scope = d.scoped.and_then(|pick| {
-        if clients.is_empty() {
-            return None;
-        }
-        let c = clients[pick.index(clients.len())];
-        lock(&w.uploads).get(&c).cloned()
-    });
+    let pick = |i: Index| clients[i.index(clients.len())];
+    let if_md5 = d
+        .if_md5_of
+        .filter(|_| !clients.is_empty())
+        .map(|i| md5_hex(content(pick(i), s.clients[pick(i)].size)));
+    let scope = d
+        .scoped
+        .filter(|_| !clients.is_empty())
+        .and_then(|i| lock(&w.uploads).get(&pick(i)).cloned());
     let inst = usize::from(d.inst);
-    let storage = w.at(inst);
     let t0 = w.tick();
-    let r = storage.delete_file(USER, &key, scope.as_deref()).await;
+    let r = w
+        .call(inst, |storage| {
+            let (key, if_md5, scope) = (&key, &if_md5, &scope);
+            async move {
+                match if_md5 {
+                    Some(md5) => storage.delete_file_if(USER, key, md5).await,
+                    None => storage.delete_file(USER, key, scope.as_deref()).await,
+                }
+            }
+        })
+        .await;
     let t1 = w.tick();
     match r {
-        Ok(what) => lock(&w.log).deletes.push(DeleteEvent {
+        Some(Ok(what)) => lock(&w.log).deletes.push(DeleteEvent {
             key,
             file: what == Deleted::File,
+            if_md5,
+            cut: false,
             s: t0,
             e: t1,
         }),
-        Err(e) => w.error("DELETE", &key, inst, &e),
+        // It may have removed the file, any time from its start.
+        None => lock(&w.log).deletes.push(DeleteEvent {
+            key,
+            file: true,
+            if_md5,
+            cut: true,
+            s: t0,
+            e: u64::MAX,
+        }),
+        Some(Err(e)) => w.error("DELETE", &key, inst, &e),
+    }
+}
+
+async fn run_sweep(w: Arc<World>, s: Arc<Scenario>, n: usize) {
+    let sw = &s.sweeps[n];
+    w.wait_for(sw.start_at).await;
+    let inst = usize::from(sw.inst);
+    w.tick();
+    let r = w
+        .call(inst, |storage| async move {
+            storage.sweep_expired(std::time::SystemTime::now()).await
+        })
+        .await;
+    w.tick();
+    let Some(r) = r else { return };
+    match r {
+        Ok(n) => {
+            *lock(&w.log)
+                .errors
+                .entry("sweep:expired".into())
+                .or_default() += n as u64
+        }
+        Err(e) => w.violation(format!("sweep on instance {inst}: {e:?}")),
     }
 }
 
@@ -945,59 +1152,104 @@ async fn run_record(w: Arc<World>, s: Arc<Scenario>, n: usize) {
     let mut record = Map::new();
     record.insert("by".into(), value.clone());
     let inst = usize::from(r.inst);
-    let storage = w.at(inst);
     w.tick();
-    let result = storage.record_create(USER, &key, record).await;
+    let result = w
+        .call(inst, |storage| {
+            let key = &key;
+            async move { storage.record_create(USER, key, record).await }
+        })
+        .await;
     w.tick();
     match result {
-        Ok(()) => lock(&w.log).created.entry(key).or_default().push(value),
-        Err(StoreError::Exists) => {}
-        Err(e) => w.violation(format!("record create of {key} on instance {inst}: {e:?}")),
+        Some(Ok(())) => lock(&w.log).created.entry(key).or_default().push(value),
+        Some(Err(StoreError::Exists)) => {}
+        None => lock(&w.log).cut_records.entry(key).or_default().push(value),
+        Some(Err(e)) => w.violation(format!("record create of {key} on instance {inst}: {e:?}")),
     }
 }
 
 async fn run_restart(w: Arc<World>, s: Arc<Scenario>, n: usize) {
     let r = &s.restarts[n];
     w.wait_for(r.start_at).await;
-    w.restart(usize::from(r.inst));
+    w.restart(usize::from(r.inst), r.crash);
     w.tick();
 }
 
+/// Downloads as the service serves them: a head, then each block read from
+/// the version the head named (`head_version`), so a download that races a
+/// replace either gets the version it began with, whole, or is refused.
 async fn run_reader(w: Arc<World>, s: Arc<Scenario>, n: usize) {
     let r = &s.readers[n];
     w.wait_for(r.start_at).await;
     let keys = s.keys();
     let key = keys[r.key.index(keys.len())].clone();
-    for &inst in &r.insts {
-        let inst = usize::from(inst);
+    for (d, &first) in r.insts.iter().enumerate() {
         tokio::task::yield_now().await;
-        let storage = w.at(inst);
+        let first = usize::from(first);
         w.tick();
-        let meta = match storage.head(USER, &key).await {
+        let meta = match w.at(first).head(USER, &key).await {
             Ok(meta) => meta,
             Err(e) => {
-                w.error("head", &key, inst, &e);
+                w.error("head", &key, first, &e);
                 continue;
             }
         };
-        match storage.read(USER, &meta, 0, meta.size).await {
-            Ok(bytes) => {
-                let got = md5_hex(&bytes);
-                if got != meta.md5 || bytes.len() as u64 != meta.size {
-                    w.violation(format!(
-                        "read of {key} on instance {inst}: {} bytes with md5 {got}, head said {} bytes, {}",
-                        bytes.len(),
-                        meta.size,
-                        meta.md5
-                    ));
-                }
-                lock(&w.log).seen.push((key.clone(), got));
+        let mut got = Vec::with_capacity(meta.size as usize);
+        let mut whole = true;
+        for b in 0..total_blocks(meta.size, r.block) {
+            let inst = (first + d + b as usize) % INSTANCES;
+            let storage = w.at(inst);
+            let version = match &meta.upload_id {
+                Some(id) => match storage.head_version(USER, &key, id).await {
+                    Ok(v) => v,
+                    // Replaced (and gone) or deleted since the head.
+                    Err(StoreError::Replaced | StoreError::NotFound) => {
+                        whole = false;
+                        break;
+                    }
+                    Err(e) => {
+                        w.error("head_version", &key, inst, &e);
+                        whole = false;
+                        break;
+                    }
+                },
+                None => meta.clone(),
+            };
+            if version.md5 != meta.md5 || version.size != meta.size {
+                w.violation(format!(
+                    "{key}: version {:?} was {} ({} bytes) at the head, {} ({} bytes) at block {b}",
+                    meta.upload_id, meta.md5, meta.size, version.md5, version.size
+                ));
             }
-            // Replaced (twice) or deleted since the head.
-            Err(StoreError::NotFound) => {}
-            Err(e) => w.error("read", &key, inst, &e),
+            let len = block_len(meta.size, r.block, b).unwrap_or(0);
+            match storage.read(USER, &version, b * r.block, len).await {
+                Ok(bytes) => got.extend_from_slice(&bytes),
+                // Removed between its head_version and the read.
+                Err(StoreError::NotFound) => {
+                    whole = false;
+                    break;
+                }
+                Err(e) => {
+                    w.error("read", &key, inst, &e);
+                    whole = false;
+                    break;
+                }
+            }
         }
         w.tick();
+        if !whole {
+            continue;
+        }
+        let md5 = md5_hex(&got);
+        if md5 != meta.md5 || got.len() as u64 != meta.size {
+            w.violation(format!(
+                "{key}: a download got {} bytes with md5 {md5}; its head said {} bytes, {}",
+                got.len(),
+                meta.size,
+                meta.md5
+            ));
+        }
+        lock(&w.log).seen.push((key.clone(), md5));
     }
 }
 
@@ -1009,8 +1261,19 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
     let mut problems = lock(&w.log).violations.clone();
     let md5_of = |c: usize| md5_hex(content(c, s.clients[c].size));
     let log = std::mem::take(&mut *lock(&w.log));
+    // Whether a client of `key` with content `md5` may have completed it
+    // before the clock read `before`: told so, or cut off by a crash.
+    let completed = |key: &str, md5: &str, before: u64| {
+        log.told
+            .iter()
+            .any(|t| t.key == key && t.md5 == md5 && t.s < before)
+            || log
+                .cut
+                .iter()
+                .any(|(c, k, at)| k == key && md5_of(*c) == md5 && *at < before)
+    };
     let mut views: Vec<ObjectStorage> = (0..INSTANCES).map(|i| w.at(i)).collect();
-    views.push(instance(&w.store, &w.coord));
+    views.push(instance(&w.store, &w.coord, &w.limits));
 
     for key in s.keys() {
         let clients = s.clients_of(&key);
@@ -1067,10 +1330,11 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
             }
         }
 
-        // The file is one told client's content (whole: read above).
+        // The file is one told client's content (whole: read above), or
+        // that of a client whose call was cut off by a crash.
         if let Some(md5) = &current {
             let owners: Vec<&&Told> = told.iter().filter(|t| &t.md5 == md5).collect();
-            if owners.len() != 1 {
+            if owners.len() > 1 || !completed(&key, md5, u64::MAX) {
                 problems.push(format!(
                     "{key}: holds md5 {md5}, which {} clients were told completed",
                     owners.len()
@@ -1133,12 +1397,25 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
                 continue;
             };
             let target = md5_of(others[pick.index(others.len())]);
-            if !told.iter().any(|t| t.md5 == target && t.s < r.e) {
+            if !completed(&key, &target, r.e) {
                 problems.push(format!(
                     "{key}: client {} replaced a file with md5 {target}, which nobody completed before",
                     r.client
                 ));
             }
+        }
+    }
+
+    // A conditional DELETE removed a file with its md5: one completed
+    // before it ended.
+    for d in log.deletes.iter().filter(|d| d.file && !d.cut) {
+        if let Some(md5) = &d.if_md5
+            && !completed(&d.key, md5, d.e)
+        {
+            problems.push(format!(
+                "{}: a DELETE if md5 {md5} removed a file, no such file was completed before",
+                d.key
+            ));
         }
     }
 
@@ -1155,9 +1432,10 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
         }
     }
 
-    // Readers saw only files some client was told completed.
+    // Readers saw only files some client was told completed (or may have
+    // completed before a crash cut it off).
     for (key, md5) in &log.seen {
-        if !log.told.iter().any(|t| &t.key == key && &t.md5 == md5) {
+        if !completed(key, md5, u64::MAX) {
             problems.push(format!(
                 "{key}: a reader read md5 {md5}, which no client was told"
             ));
@@ -1179,7 +1457,8 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
         let key = format!("r{k}");
         let attempts = s.records.iter().filter(|r| r.key == k).count();
         let won = log.created.get(&key).cloned().unwrap_or_default();
-        if attempts > 0 && won.len() != 1 {
+        let cut = log.cut_records.get(&key).cloned().unwrap_or_default();
+        if won.len() > 1 || (attempts > 0 && won.is_empty() && cut.is_empty()) {
             problems.push(format!(
                 "record {key}: {} of {attempts} creates succeeded",
                 won.len()
@@ -1189,6 +1468,8 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
             match (storage.record_get(USER, &key).await, won.first()) {
                 (Ok(rec), Some(value)) if rec.get("by") == Some(value) => {}
                 (Err(StoreError::NotFound), None) => {}
+                // A create cut off by a crash may have stored its record.
+                (Ok(rec), None) if rec.get("by").is_some_and(|v| cut.contains(v)) => {}
                 (got, want) => problems.push(format!(
                     "record {key}: instance {v} reads {got:?}, the create that succeeded stored {want:?}"
                 )),
@@ -1240,9 +1521,11 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
 
     if problems.is_empty() {
         Ok(format!(
-            "told {}, deletes {}, plan refusals {}, errors {:?}",
+            "told {}, cut {}, deletes {}, downloads {}, plan refusals {}, errors {:?}",
             log.told.len(),
+            log.cut.len(),
             log.deletes.len(),
+            log.seen.len(),
             log.plan_refusals,
             log.errors
         ))
@@ -1259,7 +1542,7 @@ fn run(s: &Scenario) -> Result<String, String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async {
-        let w = Arc::new(World::new(s.jitter));
+        let w = Arc::new(World::new(s));
         let s = Arc::new(s.clone());
         let settled = tokio::time::timeout(CASE_TIMEOUT, async {
             let clients: Vec<_> = (0..s.clients.len())
@@ -1277,6 +1560,9 @@ fn run(s: &Scenario) -> Result<String, String> {
             }
             for i in 0..s.readers.len() {
                 others.push(tokio::spawn(run_reader(Arc::clone(&w), Arc::clone(&s), i)));
+            }
+            for i in 0..s.sweeps.len() {
+                others.push(tokio::spawn(run_sweep(Arc::clone(&w), Arc::clone(&s), i)));
             }
             let mut panics = Vec::new();
             for t in clients {
@@ -1318,7 +1604,10 @@ proptest! {
                     eprintln!("{summary}");
                 }
             }
-            Err(problems) => return Err(TestCaseError::fail(problems)),
+            Err(problems) => {
+                let seed = SEED.get().map_or("?", String::as_str);
+                return Err(TestCaseError::fail(format!("(seed {seed})\n{problems}")));
+            }
         }
     }
 }
