@@ -200,6 +200,8 @@ struct Scenario {
     /// unfinished uploads at once and keep no replaced versions: a sweep
     /// removes whatever is idle, racing the clients.
     sweeps: Vec<SweepSpec>,
+    /// Shared keys in use (fewer: more clients per key).
+    shared_keys: usize,
     /// Every bucket and coordinator call yields up to this many times
     /// before and after it (as a network round trip would let others run).
     jitter: u8,
@@ -369,10 +371,10 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                 1..3,
             ),
         ],
-        prop_oneof![1 => Just(0u8), 3 => 1..8u8],
+        (prop_oneof![1 => Just(0u8), 3 => 1..8u8], 1..=SHARED_KEYS),
     )
         .prop_map(
-            |(clients, deletes, records, restarts, readers, sweeps, jitter)| {
+            |(clients, deletes, records, restarts, readers, sweeps, (jitter, shared_keys))| {
                 let mut s = Scenario {
                     clients,
                     deletes,
@@ -380,6 +382,7 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
                     restarts,
                     readers,
                     sweeps,
+                    shared_keys,
                     jitter,
                 };
                 normalise(&mut s);
@@ -398,7 +401,10 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
 fn normalise(s: &mut Scenario) {
     for c in &mut s.clients {
         match c.key {
-            Some(_) => c.named = true,
+            Some(k) => {
+                c.key = Some(k % s.shared_keys);
+                c.named = true;
+            }
             None => c.kind = Kind::Plain,
         }
     }
@@ -935,6 +941,8 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
         }
     };
     let sends = c.sends();
+    // Blocks acknowledged, per upload.
+    let mut acked: HashMap<String, BTreeSet<u64>> = HashMap::new();
     let mut md5_answers = 0u32;
     let mut told = |w: &World, md5: String, via, upload_id: Option<String>, t0, t1| {
         md5_answers += 1;
@@ -1003,6 +1011,16 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
         };
         lock(&w.uploads).insert(me, id.clone());
         let missing: BTreeSet<u64> = outcome.missing.iter().flat_map(|[a, b]| *a..*b).collect();
+        // An acknowledged block is durable: resuming its upload (through
+        // any instance) never asks for it again.
+        if let Some(before) = acked.get(&id)
+            && !before.is_disjoint(&missing)
+        {
+            w.violation(format!(
+                "client {me} ({key}): resuming upload {id} misses {:?}, acknowledged before",
+                before.intersection(&missing).collect::<Vec<_>>()
+            ));
+        }
         if !outcome.resumed && missing.len() as u64 != total {
             w.violation(format!(
                 "client {me} ({key}): a fresh upload of {total} blocks misses {missing:?}"
@@ -1039,6 +1057,7 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
                     }
                     Put::Stored(None) => {
                         accepted.insert(b);
+                        acked.entry(id.clone()).or_default().insert(b);
                     }
                     Put::OtherPlan => {
                         lock(&w.log).plan_refusals += 1;
@@ -1631,6 +1650,7 @@ async fn writer_names_the_upload_it_opened() {
         restarts: Vec::new(),
         readers: Vec::new(),
         sweeps: Vec::new(),
+        shared_keys: 1,
         jitter: 0,
     });
     let plan = |size| PlanRecord {
