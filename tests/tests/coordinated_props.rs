@@ -1631,17 +1631,12 @@ proptest! {
     }
 }
 
-/// KNOWN FAILURE, reported on issue 16 (not fixed here: `step-server` is
-/// not this test's to change). The object store's `UploadWriter` does not
-/// say which upload it opened (`upload_id()` is the trait's default,
-/// `None`), so the service cannot refuse a block that names a superseded
-/// upload as superseded before checking it against the plan of the SAVE
-/// that superseded it (`service.rs`, `file_upload`): the client is told its
-/// block has the wrong size or index instead of `Superseded`, unlike on the
-/// disk store. The property test meets this as "plan refusals" and counts
-/// them. Un-ignore once `ObjectUpload` implements `upload_id`.
+/// The object store's `UploadWriter` says which upload it opened, so the
+/// service refuses a block naming a superseded upload as superseded before
+/// checking it against the plan of the SAVE that superseded it
+/// (`service.rs`, `file_upload`), as on the disk store, rather than as a
+/// block of the wrong size or index. Found by the property test above.
 #[tokio::test]
-#[ignore = "known failure (issue 16): the object store's writer does not say its upload id"]
 async fn writer_names_the_upload_it_opened() {
     let w = World::new(&Scenario {
         clients: Vec::new(),

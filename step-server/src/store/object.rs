@@ -2618,6 +2618,10 @@ impl UploadWriter for ObjectUpload {
         self.plan
     }
 
+    fn upload_id(&self) -> Option<&str> {
+        Some(&self.upload_id)
+    }
+
     async fn put_block(
         self: Box<Self>,
         index: u64,
