@@ -31,6 +31,11 @@
 # CPU: top and docker stats once during the step-big, step-small, http-big
 # and http-small runs with everything up.
 #
+# CLUSTER_SERIES picks a subset ("ceiling step-big step-small http-small
+# http-big", the default); with CLUSTER_APPEND=1 its lines are added to an
+# existing raw/cluster.txt (a series measured again in a second bring-up,
+# marked as such in the table's header).
+#
 # Writes $RESULTS/raw/cluster.txt (key=value lines), the top/docker stats
 # snapshots (raw/cluster_cpu_*.txt) and, by bench/cluster_report.py, the
 # tables under the marker line of $RESULTS/cluster.md. Exits 0 with a note
@@ -49,6 +54,9 @@ HTTP_BIG_EACH=${CLUSTER_HTTP_BIG_EACH:-$([[ $QUICK == 1 ]] && echo 1 || echo 2)}
 SMALL_SECS=${CLUSTER_SMALL_SECS:-$([[ $QUICK == 1 ]] && echo 5 || echo 12)}
 SMALL_COUNT=${CLUSTER_SMALL_COUNT:-$([[ $QUICK == 1 ]] && echo 500 || echo 1500)}
 MIN_FREE_GB=${CLUSTER_MIN_FREE_GB:-8}
+SERIES=" ${CLUSTER_SERIES:-ceiling step-big step-small http-small http-big} "
+APPEND=${CLUSTER_APPEND:-0}
+want() { [[ $SERIES == *" $1 "* ]]; }
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 OUT=$RAW/cluster.txt
@@ -62,8 +70,10 @@ docker info >/dev/null 2>&1 || { note "cluster_bench: no Docker engine answers; 
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
   { note "cluster_bench: no docker compose; skipped"; exit 0; }
 
-: >"$OUT"
-rm -f "$RAW"/cluster_cpu_*.txt
+if [[ $APPEND != 1 ]]; then
+  : >"$OUT"
+  rm -f "$RAW"/cluster_cpu_*.txt
+fi
 echo "== building s3_ceiling and small_native (release)" >&2
 cargo build --release -q -p step-bench --bin s3_ceiling --bin small_native
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
@@ -165,52 +175,17 @@ cpu_lines() { # cpu_lines NAME: the samples of NAME as key=value lines
   [[ -n $SAMPLER ]] || return 0
   wait "$SAMPLER" 2>/dev/null || true
   SAMPLER=
-  python3 - "$1" "$RAW/cluster_cpu_$1.top.txt" "$RAW/cluster_cpu_$1.docker.txt" "$PROJECT" "$(nproc)" <<'PY' | record
-import re, sys
-name, top, dstats, project, ncpu = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-text = open(top).read()
-last = text[text.rfind("top - "):].splitlines()  # the second sample: the 2 s interval
-idle = next((float(m.group(1)) for l in last if (m := re.search(r"([\d.]+) id", l)) and "Cpu" in l), None)
-by = {}
-started = False
-for l in last:
-    f = l.split()
-    if f[:1] == ["PID"]:
-        started, col = True, f.index("%CPU")
-        continue
-    if started and len(f) > col + 3:
-        try:
-            by[f[-1]] = by.get(f[-1], 0.0) + float(f[col].replace(",", "."))
-        except ValueError:
-            pass
-# % of one core; the machine has ncpu * 100.
-known = {"garage": "garage", "step-server": "step-server", "gateway": "gateway", "haproxy": "haproxy",
-         "redis-server": "redis", "small_native": "client", "python3": "client", "curl": "client",
-         "s3_ceiling": "client", "docker-proxy": "docker-proxy", "dockerd": "docker", "containerd": "docker",
-         "containerd-shim": "docker"}
-groups = {}
-for cmd, pct in by.items():
-    g = known.get(cmd, "other (not this benchmark)")
-    if cmd.startswith("containerd-shim"):
-        g = "docker"
-    groups[g] = groups.get(g, 0.0) + pct
-for g, pct in sorted(groups.items(), key=lambda x: -x[1]):
-    if pct >= 0.5:
-        print(f"label=cpu|{name} sample={name} source=top group={g} cpu_pct={pct:.1f}")
-if idle is not None:
-    print(f"label=cpu|{name} sample={name} source=top group=idle cpu_pct={idle * ncpu:.1f}")
-for l in open(dstats):
-    f = l.split()
-    if len(f) >= 2 and f[1].endswith("%"):
-        svc = re.sub(r"_\d+$", "", f[0].removeprefix(project + "_").removeprefix(project + "-"))
-        print(f"label=cpu|{name} sample={name} source=docker_stats container={svc} cpu_pct={f[1].rstrip('%')}")
-PY
+  python3 bench/cluster_cpu.py "$1" "$RAW/cluster_cpu_$1.top.txt" "$RAW/cluster_cpu_$1.docker.txt" \
+    "$PROJECT" "$(nproc)" | record
 }
 
-{
+if [[ $APPEND == 1 ]]; then
+  echo "# rerun_date=$(date -u +%FT%TZ) rerun_series=$(echo $SERIES | tr ' ' ,) rerun_load_start=$(load)" >>"$OUT"
+else {
   echo "# cluster date=$(date -u +%FT%TZ) nproc=$(nproc) mem_gib=$(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo) load_start=$(load) runs=$RUNS quick=$QUICK"
   echo "# cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' | tr ' ' _) kernel=$(uname -r) docker=$(docker version -f '{{.Server.Version}}' 2>/dev/null | tr ' ' _) garage=$("$(command -v garage || echo "$HOME/.cargo/bin/garage")" --version 2>/dev/null | head -1 | cut -d' ' -f2)"
 } >>"$OUT"
+fi
 
 # ------------------------------------------------------------------ up
 echo "== cluster up (deploy/cluster/up.sh, project $PROJECT; load $(load))" >&2
@@ -218,7 +193,7 @@ STARTED=1
 t=$SECONDS
 "$ROOT/deploy/cluster/up.sh" >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "up.sh failed"; }
 grep -E '^\[cluster\]' "$WORK/up.log" >&2 || true
-echo "# up_secs=$((SECONDS - t)) load_after_up=$(load)" >>"$OUT"
+[[ $APPEND == 1 ]] || echo "# up_secs=$((SECONDS - t)) load_after_up=$(load)" >>"$OUT"
 STEP_ADDR=127.0.0.1:$STEP_CLUSTER_STEP_PORT
 HTTP=http://127.0.0.1:$STEP_CLUSTER_HTTP_PORT
 
@@ -237,11 +212,11 @@ ceiling() { # ceiling ARGS...: s3_ceiling with the cluster's key, failures recor
       "$BIN/s3_ceiling" --bucket ceiling "$@"
   ) 2>"$WORK/ceiling.err" || echo "label=ceiling-error error=$(tail -c 200 "$WORK/ceiling.err" | tr -s ' \n=' '_')"
 }
-if enough_disk $((RUNS * BIG)) ceiling-big; then
+if want ceiling && enough_disk $((RUNS * BIG)) ceiling-big; then
   ceiling --mode big --label ceiling-big --size "$BIG" --part-size $((8 << 20)) --concurrency 8 --runs "$RUNS" |
     sed 's/^label=ceiling-big /label=ceiling-big config=garage-3-nodes /' | record
 fi
-ceiling --mode small --label ceiling-small --size 10240 --count $((QUICK == 1 ? 300 : 1000)) --concurrency 32 --runs "$RUNS" |
+want ceiling && ceiling --mode small --label ceiling-small --size 10240 --count $((QUICK == 1 ? 300 : 1000)) --concurrency 32 --runs "$RUNS" |
   sed 's/^label=ceiling-small /label=ceiling-small config=garage-3-nodes /' | record
 
 # ---------------------------------------------------------------- STEP
@@ -265,7 +240,7 @@ step_small() { # step_small CONFIG RUN [CPU_SAMPLE]
 native_line() { # native_line SERIES CONFIG [RUN]: small_native's line, its first error folded in
   local line err
   line=$(grep -m1 '^small_native:' "$WORK/sn.out" || true)
-  err=$(sed -n 's/^  first error: //p' "$WORK/sn.out" | head -1 | tr -s ' =' '_:' | cut -c1-150)
+  err=$(sed -n 's/^  first error: //p' "$WORK/sn.out" | tr -s ' =\n' '_:_' | cut -c1-150) || true
   if [[ -z $line ]]; then
     echo "label=$1 config=$2 run=${3:-1} errors=1 first_error=$(tail -c 150 "$WORK/sn.out" | tr -s ' \n=' '_')" | record
   else
@@ -273,16 +248,24 @@ native_line() { # native_line SERIES CONFIG [RUN]: small_native's line, its firs
   fi
 }
 
-echo "== STEP via the front balancer, 3 step-servers (load $(load))" >&2
-step_big 3-step-servers step-big
-for run in $(seq "$RUNS"); do step_small 3-step-servers "$run" "$([[ $run == 1 ]] && echo step-small)"; done
-stop_services step step2 step3
-echo "== STEP via the front balancer, 1 step-server (load $(load))" >&2
-step_big 1-step-server
-for run in $(seq "$RUNS"); do step_small 1-step-server "$run"; done
-start_services step step2 step3
-echo "== STEP, 3 step-servers again (load $(load))" >&2
-step_small 3-step-servers-again 1
+if want step-big || want step-small; then
+  echo "== STEP via the front balancer, 3 step-servers (load $(load))" >&2
+  want step-big && step_big 3-step-servers step-big
+  if want step-small; then
+    for run in $(seq "$RUNS"); do step_small 3-step-servers "$run" "$([[ $run == 1 ]] && echo step-small)"; done
+  fi
+  stop_services step step2 step3
+  echo "== STEP via the front balancer, 1 step-server (load $(load))" >&2
+  want step-big && step_big 1-step-server
+  if want step-small; then
+    for run in $(seq "$RUNS"); do step_small 1-step-server "$run"; done
+  fi
+  start_services step step2 step3
+  if want step-small; then
+    echo "== STEP, 3 step-servers again (load $(load))" >&2
+    step_small 3-step-servers-again 1
+  fi
+fi
 
 # ---------------------------------------------------------------- HTTP
 http_big() { # http_big CONFIG [CPU_SAMPLE]: 3 curl -T at once, HTTP_BIG_EACH files each
@@ -318,18 +301,20 @@ http_big() { # http_big CONFIG [CPU_SAMPLE]: 3 curl -T at once, HTTP_BIG_EACH fi
   t1=$(date +%s.%N)
   [[ -n ${2:-} ]] && cpu_lines "$2"
   # ETag of every file, after the clock: the md5 the gateway serves it with.
-  local etag_ok=0
+  local etag_ok=0 headers
   for i in $(seq "$n"); do
-    if curl -fsSI "$HTTP/files/$tag-$i" 2>/dev/null | tr -d '\r' | grep -qi "^etag: \"\?$(cat "$WORK/big/f$i.md5")\"\?$"; then
+    headers=$(curl -fsSI "$HTTP/files/$tag-$i" 2>/dev/null | tr -d '\r') || true
+    if [[ ${headers,,} == *"etag: \"$(cat "$WORK/big/f$i.md5")\""* ]]; then
       etag_ok=$((etag_ok + 1))
     fi
     curl -fsS -o /dev/null -X DELETE "$HTTP/files/$tag-$i" 2>/dev/null || true
   done
-  cat "$WORK"/big/w? | python3 - "$1" "$BIG" "$t0" "$t1" "$etag_ok" "$(load)" <<'PY' | record
+  cat "$WORK"/big/w? >"$WORK/big/all"
+  python3 - "$1" "$BIG" "$t0" "$t1" "$etag_ok" "$(load)" "$WORK/big/all" <<'PY' | record
 import sys
 config, size, t0, t1, etag_ok, load = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
 ok, errs = [], []
-for line in sys.stdin:
+for line in open(sys.argv[7]):
     kind, _, rest = line.strip().partition(" ")
     (ok.append(float(rest)) if kind == "ok" else errs.append(rest))
 ok.sort()
@@ -356,17 +341,25 @@ http_small() { # http_small CONFIG RUN [CPU_SAMPLE]
   fi
 }
 
-echo "== HTTP via the front balancer, 2 gateways (load $(load))" >&2
-for run in $(seq "$RUNS"); do http_small 2-gateways "$run" "$([[ $run == 1 ]] && echo http-small)"; done
-http_big 2-gateways http-big
-stop_services http gw2
-echo "== HTTP via the front balancer, 1 gateway (load $(load))" >&2
-for run in $(seq "$RUNS"); do http_small 1-gateway "$run"; done
-http_big 1-gateway
-start_services http gw2
-echo "== HTTP, 2 gateways again (load $(load))" >&2
-http_small 2-gateways-again 1
+if want http-small || want http-big; then
+  echo "== HTTP via the front balancer, 2 gateways (load $(load))" >&2
+  if want http-small; then
+    for run in $(seq "$RUNS"); do http_small 2-gateways "$run" "$([[ $run == 1 ]] && echo http-small)"; done
+  fi
+  want http-big && http_big 2-gateways http-big
+  stop_services http gw2
+  echo "== HTTP via the front balancer, 1 gateway (load $(load))" >&2
+  if want http-small; then
+    for run in $(seq "$RUNS"); do http_small 1-gateway "$run"; done
+  fi
+  want http-big && http_big 1-gateway
+  start_services http gw2
+  if want http-small; then
+    echo "== HTTP, 2 gateways again (load $(load))" >&2
+    http_small 2-gateways-again 1
+  fi
+fi
 
-echo "# load_end=$(load) date_end=$(date -u +%FT%TZ) free_gb_end=$(free_gb /)" >>"$OUT"
+echo "# $([[ $APPEND == 1 ]] && echo rerun_)load_end=$(load) $([[ $APPEND == 1 ]] && echo rerun_)date_end=$(date -u +%FT%TZ) free_gb_end=$(free_gb /)" >>"$OUT"
 python3 bench/cluster_report.py "$RESULTS"
 echo "== results: $OUT, $RESULTS/cluster.md; tearing the cluster down" >&2

@@ -36,14 +36,25 @@ BIG = {"ceiling-big", "step-big", "http-big"}
 
 
 def parse(path):
-    rows, meta = [], {}
+    """Rows and the header's key=values. A rerun (CLUSTER_APPEND=1) starts a
+    new generation: a series (or CPU sample) it measured again is shown from
+    the rerun only."""
+    rows, meta, gen = [], {}, 0
     for line in open(path, encoding="utf-8"):
         line = line.strip()
         if line.startswith("# "):
-            meta.update(f.split("=", 1) for f in line[2:].split() if "=" in f)
+            kv = dict(f.split("=", 1) for f in line[2:].split() if "=" in f)
+            if "rerun_date" in kv:
+                gen += 1
+            meta.update(kv)
         elif line.startswith("label="):
-            rows.append(dict(f.split("=", 1) for f in line.split() if "=" in f))
-    return rows, meta
+            row = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            row["gen"] = gen
+            rows.append(row)
+    latest = {}
+    for r in rows:
+        latest[r["label"]] = r["gen"]
+    return [r for r in rows if r["gen"] == latest[r["label"]]], meta
 
 
 def num(x):
@@ -122,12 +133,14 @@ def cpu_table(rows):
     samples = list(OrderedDict.fromkeys(r["sample"] for r in cpu))
     top = [r for r in cpu if r.get("source") == "top"]
     groups = list(OrderedDict.fromkeys(r["group"] for r in top))
-    order = ["garage", "step-server", "gateway", "haproxy", "redis", "docker-proxy", "docker", "client",
-             "other (not this benchmark)", "idle"]
+    order = ["garage", "step-server", "gateway", "haproxy", "redis", "docker-proxy", "docker", "load-generator",
+             "other-work", "idle", "iowait"]
     groups = [g for g in order if g in groups] + [g for g in groups if g not in order]
     out = [
         "CPU during one run of each series with everything up (`top`, 2 s, processes grouped by name; "
-        "% of one core, the machine has " + str(int(num(META.get("nproc")) or 2) * 100) + " %):\n",
+        "% of one core, the machine has " + str(int(num(META.get("nproc")) or 2) * 100) + " %; the cluster's "
+        "processes are those of uid 65532, `other-work` is everything else on the machine, `idle` and "
+        "`iowait` are top's totals):\n",
         "| process | " + " | ".join(samples) + " |",
         "|---" * (len(samples) + 1) + "|",
     ]
@@ -159,7 +172,11 @@ head = [
     f"{m.get('load_after_up', '?').replace(',', ' ')}, at the end {m.get('load_end', '?').replace(',', ' ')} "
     f"(other work shared the machine: see the CPU table). up.sh took {m.get('up_secs', '?')} s. "
     "Every row through 127.0.0.1 and Docker's port publishing; medians over runs, (min–max) when they "
-    "differ; for 100 MiB rows p50/p99 are of the single uploads (p99 is their maximum with this few).\n",
+    "differ; for 100 MiB rows p50/p99 are of the single uploads (p99 is their maximum with this few)."
+    + (f" Series {m['rerun_series'].replace(',', ', ')} measured again in a second bring-up of the cluster at "
+       f"{m.get('rerun_date', '?')} (load average then {m.get('rerun_load_start', '?').replace(',', ' ')}); "
+       "the rows shown for them are from that run." if "rerun_series" in m else "")
+    + "\n",
 ]
 tables = head + main_table(rows) + [""] + cpu_table(rows)
 

@@ -563,7 +563,7 @@ if os.path.exists(os.path.join(RAW, "cluster.txt")) and os.path.exists(cluster):
     text = open(cluster, encoding="utf-8").read()
     md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
 else:
-    md.append("*Not measured in this run* (section `cluster` is not in the default list: it needs Docker and about 10 minutes; "
+    md.append("*Not measured in this run* (section `cluster` is not in the default list: it needs Docker and about 20 minutes; "
               "`SECTIONS=cluster bench/run_all.sh`, see `bench/cluster_bench.sh`).\n")
 
 # ------------------------------------------------------------ targets

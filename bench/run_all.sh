@@ -23,7 +23,7 @@
 #                         engines of issue 16: Redis, PostgreSQL, etcd)
 #                         (cluster: bench/cluster_bench.sh, deploy/cluster
 #                         measured; not in the default list: it needs Docker
-#                         and about 10 minutes, e.g. SECTIONS=cluster)
+#                         and about 20 minutes, e.g. SECTIONS=cluster)
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
 #   BENCHMARKS_MD=BENCHMARKS.md  where the regenerated page goes
