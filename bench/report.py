@@ -553,6 +553,19 @@ if os.path.exists(os.path.join(RAW, "coord.txt")) and os.path.exists(coord):
 else:
     md.append("*Not measured in this run* (section `coord` needs redis-server, PostgreSQL 15 and etcd; see `bench/coord_bench.sh`).\n")
 
+# ------------------------------------------------------------- cluster
+# bench/cluster_bench.sh writes raw/cluster.txt and, from it, cluster.md (the
+# explanation on top, the tables below): the page shows cluster.md whole.
+md = blocks["cluster"] = []
+all_rows += [dict(section="cluster", **r) for r in parse("cluster.txt")]
+cluster = os.path.join(RES, "cluster.md")
+if os.path.exists(os.path.join(RAW, "cluster.txt")) and os.path.exists(cluster):
+    text = open(cluster, encoding="utf-8").read()
+    md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
+else:
+    md.append("*Not measured in this run* (section `cluster` is not in the default list: it needs Docker and about 20 minutes; "
+              "`SECTIONS=cluster bench/run_all.sh`, see `bench/cluster_bench.sh`).\n")
+
 # ------------------------------------------------------------ targets
 md_t = ["### Targets\n", "| target | measured | reached |", "|---|---|---|"]
 
@@ -724,7 +737,7 @@ notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if
 if notes:
     head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
 blocks["machine"] = head
-order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage", "coord"]
+order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage", "coord", "cluster"]
 with open(os.path.join(RES, "summary.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(line for name in order for line in blocks.get(name, []) + [""]) + "\n")
 with open(os.path.join(RES, "summary.json"), "w", encoding="utf-8") as f:

@@ -21,6 +21,9 @@
 #                         Garage next to disk and Garage's own throughput)
 #                         (coord: bench/coord_bench.sh, the coordination
 #                         engines of issue 16: Redis, PostgreSQL, etcd)
+#                         (cluster: bench/cluster_bench.sh, deploy/cluster
+#                         measured; not in the default list: it needs Docker
+#                         and about 20 minutes, e.g. SECTIONS=cluster)
 #   BENCH_TMP=/tmp        where test files and stores go (same disk as dd)
 #   RESULTS=bench/results output directory
 #   BENCHMARKS_MD=BENCHMARKS.md  where the regenerated page goes
@@ -562,6 +565,12 @@ section_coord() {
   echo "== coord: coordination engines for several step-servers (load $(load))"
   RESULTS=$RESULTS BENCH_QUICK=$QUICK bash bench/coord_bench.sh "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" ||
     note "coord_bench failed"
+}
+
+section_cluster() {
+  echo "== cluster: deploy/cluster, 1 vs 3 step-servers, 1 vs 2 gateways, Garage's ceiling (load $(load))"
+  RESULTS=$RESULTS BENCH_QUICK=$QUICK bash bench/cluster_bench.sh "$([[ $QUICK == 1 ]] && echo 1 || echo 3)" ||
+    note "cluster_bench failed"
 }
 
 section_profile() {

@@ -4,13 +4,17 @@
     bench/small_puts.py URL --count 2000 --size 10240 --concurrency 32 --label L
 
 Each worker thread keeps one HTTP/1.1 connection (http.client) and PUTs
-/files/<label>-<i>; every answer must be 201. Prints one key=value line:
+/files/<label>-<i>; every answer must be 201 with the body's md5. Every file's content is its own
+(its first bytes are <label>-<i>): a store of content-addressed blocks
+(Garage) would otherwise write only the first. Prints one key=value line:
 requests per second and latency percentiles (ms). Standard library only, so
 it runs wherever python3 does (no load tool to install); its own overhead is
 the same for every server it is pointed at in one run.
 """
 import argparse
+import hashlib
 import http.client
+import json
 import os
 import statistics
 import threading
@@ -27,7 +31,7 @@ def main():
     p.add_argument("--label", default="run")
     a = p.parse_args()
     u = urllib.parse.urlparse(a.url)
-    body = os.urandom(a.size)
+    base = os.urandom(a.size)
     latencies, errors = [], []
     lock = threading.Lock()
     next_i = iter(range(a.count))
@@ -39,14 +43,17 @@ def main():
                 i = next(next_i, None)
             if i is None:
                 break
+            stamp = f"{a.label}-{i}\n".encode()[:a.size]
+            body = stamp + base[len(stamp):]
+            want = hashlib.md5(body).hexdigest()
             started = time.perf_counter()
             try:
                 conn.request("PUT", f"/files/{a.label}-{i}", body=body,
                              headers={"Content-Length": str(len(body))})
                 r = conn.getresponse()
-                r.read()
-                ok = r.status == 201
-            except (OSError, http.client.HTTPException) as e:
+                answer = r.read()
+                ok = r.status == 201 and json.loads(answer).get("md5") == want
+            except (OSError, http.client.HTTPException, ValueError, AttributeError) as e:
                 ok = False
                 conn.close()
                 conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
@@ -71,7 +78,8 @@ def main():
     print(f"label={a.label} op=small_put size={a.size} count={a.count} concurrency={a.concurrency} "
           f"ok={len(lat)} errors={len(errors)} secs={secs:.3f} req_per_s={len(lat) / secs:.1f} "
           f"p50_ms={pct(0.5):.2f} p99_ms={pct(0.99):.2f} "
-          f"mean_ms={(statistics.mean(lat) * 1000 if lat else float('nan')):.2f}")
+          f"mean_ms={(statistics.mean(lat) * 1000 if lat else float('nan')):.2f}"
+          + (f" first_error={str(errors[0]).replace(' ', '_').replace('=', ':')[:120]}" if errors else ""))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-//! `small_native`: small-file upload throughput of a STEP server (group
-//! commit, issue 13). `--concurrency` clients, each on its own connection,
-//! upload files of `--size` bytes to fresh keys for `--seconds`; every
-//! upload is SAVE then its blocks, timed from SAVE to the completion's
-//! answer. Prints one `key=value` line: uploads per second, p50/p99 latency
-//! and errors. Starts nothing itself: point it at a running server.
+//! `small_native`: upload throughput of a STEP server (small files: group
+//! commit, issue 13; large ones through a cluster, issue 16).
+//! `--concurrency` clients, each on its own connection, upload files of
+//! `--size` bytes to fresh keys for `--seconds` (or `--count` files each);
+//! every upload is SAVE then its blocks, timed from SAVE to the completion's
+//! answer, whose md5 must be the file's. Prints one `key=value` line:
+//! uploads per second, MB/s, p50/p99 latency and errors. Starts nothing
+//! itself: point it at a running server.
+//!
+//! Every file has content of its own (a stamp every 4 KiB): a store that
+//! keeps content-addressed blocks (Garage) would otherwise skip writing
+//! every file after the first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +32,19 @@ struct Args {
     /// How long to upload for.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Files per client instead of a duration: each client uploads exactly
+    /// this many.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Block size to propose in SAVE (the server's default when absent).
+    #[arg(long)]
+    block_size: Option<u64>,
+    /// Blocks in flight per upload.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Longest one upload may take, seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
     /// Prefix of the users' names (one user per client), so runs against
     /// the same server do not collide.
     #[arg(long, default_value = "small")]
@@ -40,10 +59,50 @@ struct Run {
     first_error: Option<String>,
 }
 
-async fn upload(c: &mut StepClient, key: &str, body: &Bytes) -> Result<(), ClientError> {
-    let plan = c
-        .file_save(Some(key), body.len() as u64, SaveOptions::default())
-        .await?;
+/// `len` bytes of xorshift output: incompressible, like real uploads, for
+/// a store that compresses what it keeps (Garage: zstd).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Distance between the stamps that make each file's content its own.
+const STAMP_EVERY: usize = 4096;
+
+/// `base` with `(client, n)` and the offset written every [`STAMP_EVERY`]
+/// bytes, and its md5, computed before the clock starts.
+fn distinct(base: &[u8], client: usize, n: u64) -> (Bytes, String) {
+    let mut body = base.to_vec();
+    for (i, chunk) in body.chunks_mut(STAMP_EVERY).enumerate() {
+        let stamp = [client as u64, n, i as u64];
+        for (dst, word) in chunk.chunks_mut(8).zip(stamp) {
+            dst.copy_from_slice(&word.to_le_bytes()[..dst.len()]);
+        }
+    }
+    let md5 = md5_hex(&body);
+    (Bytes::from(body), md5)
+}
+
+async fn upload(
+    c: &mut StepClient,
+    args: &Args,
+    key: &str,
+    body: &Bytes,
+    want: &str,
+) -> Result<(), ClientError> {
+    let opts = SaveOptions {
+        block_size: args.block_size,
+        ..SaveOptions::default()
+    };
+    let plan = c.file_save(Some(key), body.len() as u64, opts).await?;
     let blocks: Vec<_> = (0..plan.total_block)
         .map(|i| {
             let start = (i * plan.block_size) as usize;
@@ -52,9 +111,14 @@ async fn upload(c: &mut StepClient, key: &str, body: &Bytes) -> Result<(), Clien
         })
         .collect();
     let md5 = c
-        .upload_blocks(key, futures::stream::iter(blocks), 4, |_| {})
+        .upload_blocks(
+            key,
+            futures::stream::iter(blocks),
+            args.window.max(1),
+            |_| {},
+        )
         .await?;
-    if body.is_empty() || md5.as_deref() == Some(md5_hex(body).as_str()) {
+    if body.is_empty() || md5.as_deref() == Some(want) {
         Ok(())
     } else {
         Err(ClientError::Protocol(format!(
@@ -63,7 +127,7 @@ async fn upload(c: &mut StepClient, key: &str, body: &Bytes) -> Result<(), Clien
     }
 }
 
-async fn client(args: Arc<Args>, id: usize, body: Bytes, until: Instant) -> Run {
+async fn client(args: Arc<Args>, id: usize, base: Arc<Vec<u8>>, until: Instant) -> Run {
     let mut run = Run::default();
     let user = format!("{}{id}", args.user);
     let mut c = match StepClient::connect(args.addr.as_str()).await {
@@ -84,11 +148,17 @@ async fn client(args: Arc<Args>, id: usize, body: Bytes, until: Instant) -> Run 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut n = 0u64;
-    while Instant::now() < until {
+    let more = |n: u64| match args.count {
+        Some(count) => n < count,
+        None => Instant::now() < until,
+    };
+    while more(n) {
         let key = format!("b{stamp}-{n}");
+        let (body, want) = distinct(&base, id, n);
         n += 1;
         let began = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(60), upload(&mut c, &key, &body)).await {
+        let limit = Duration::from_secs(args.timeout);
+        match tokio::time::timeout(limit, upload(&mut c, &args, &key, &body, &want)).await {
             Ok(Ok(())) => run.latencies.push(began.elapsed()),
             Ok(Err(e)) => {
                 run.errors += 1;
@@ -118,15 +188,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Arc::new(Args::parse());
-    let body = Bytes::from(
-        (0..args.size)
-            .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
-            .collect::<Vec<u8>>(),
-    );
+    let base = Arc::new(noise(args.size));
     let began = Instant::now();
     let until = began + Duration::from_secs(args.seconds);
     let tasks: Vec<_> = (0..args.concurrency)
-        .map(|id| tokio::spawn(client(Arc::clone(&args), id, body.clone(), until)))
+        .map(|id| tokio::spawn(client(Arc::clone(&args), id, Arc::clone(&base), until)))
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0u64;
@@ -148,13 +214,15 @@ async fn main() -> std::process::ExitCode {
     latencies.sort();
     println!(
         "small_native: concurrency={} size={} uploads={} elapsed_s={elapsed:.1} req_per_s={:.1} \
-         p50_ms={:.2} p99_ms={:.2} errors={errors}",
+         p50_ms={:.2} p99_ms={:.2} errors={errors} mb_per_s={:.1} block_size={}",
         args.concurrency,
         args.size,
         latencies.len(),
         latencies.len() as f64 / elapsed,
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
+        (latencies.len() * args.size) as f64 / elapsed / 1e6,
+        args.block_size.unwrap_or(step_core::DEFAULT_BLOCK_SIZE),
     );
     if let Some(e) = first_error {
         println!("  first error: {e}");
