@@ -82,19 +82,9 @@ WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/clusterbench.XXXXXX")
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-stepbench}
 export STEP_CLUSTER_TAG=${STEP_CLUSTER_TAG:-stepbench}
 export STEP_CLUSTER_STATE=${STEP_CLUSTER_STATE:-$WORK/state}
-read -r STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
-  STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
-  STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(9)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
-export STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
-  STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
-  STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT
-# compose, cid SERVICE, garage N ARGS... (and say/die).
+# compose, cid SERVICE, garage N ARGS..., pick_free_ports (and say/die).
 . "$ROOT/deploy/cluster/lib.sh"
+pick_free_ports || die "cannot find free loopback ports"
 
 STARTED=0
 SAMPLER=

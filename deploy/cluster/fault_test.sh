@@ -33,19 +33,9 @@ WORK="$(mktemp -d)"
 export COMPOSE_PROJECT_NAME="stepfault$$$(date +%s)"
 export STEP_CLUSTER_TAG="$COMPOSE_PROJECT_NAME"
 export STEP_CLUSTER_STATE="$WORK/state"
-# Free ports for everything the stack publishes.
-read -r STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
-    STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
-    STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(9)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
-export STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
-    STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
-    STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT
 . "$HERE/lib.sh"
+# Free ports for everything the stack publishes.
+pick_free_ports || skip "cannot find free loopback ports"
 
 FRONT=$STEP_CLUSTER_STEP_PORT
 HTTP="http://127.0.0.1:$STEP_CLUSTER_HTTP_PORT"

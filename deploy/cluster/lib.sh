@@ -29,3 +29,21 @@ garage() {
     shift
     docker exec "$(cid "garage$n")" /usr/local/bin/garage "$@"
 }
+
+# Export a free loopback port for each of the nine STEP_CLUSTER_*_PORT
+# variables (a private copy of the stack beside others: tests, benchmarks).
+pick_free_ports() {
+    local ports
+    ports=$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))') || return 1
+    read -r STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
+        STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
+        STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT <<<"$ports"
+    export STEP_CLUSTER_STEP_PORT STEP_CLUSTER_HTTP_PORT STEP_CLUSTER_STATS_PORT STEP_CLUSTER_S3_PORT \
+        STEP_CLUSTER_STEP1_PORT STEP_CLUSTER_STEP2_PORT STEP_CLUSTER_STEP3_PORT \
+        STEP_CLUSTER_GW1_PORT STEP_CLUSTER_GW2_PORT
+}
