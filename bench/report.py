@@ -540,31 +540,24 @@ if os.path.exists(os.path.join(RAW, "garage_ceiling.txt")) and os.path.exists(ce
 if not md:
     md.append("*Not measured in this run* (section `garage` needs the `garage` binary; see `bench/garage_ceiling.sh`).\n")
 
-# --------------------------------------------------------------- coord
-# bench/coord_bench.sh writes raw/coord.txt and, from it, coord.md (its
-# recommendation on top, the tables below): the page shows coord.md whole.
-md = blocks["coord"] = []
-all_rows += [dict(section="coord", **r) for r in parse("coord.txt")]
-coord = os.path.join(RES, "coord.md")
-if os.path.exists(os.path.join(RAW, "coord.txt")) and os.path.exists(coord):
-    text = open(coord, encoding="utf-8").read()
-    # Its own title is the template's heading.
-    md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
-else:
-    md.append("*Not measured in this run* (section `coord` needs redis-server, PostgreSQL 15 and etcd; see `bench/coord_bench.sh`).\n")
+# ------------------------------------------------------- coord, cluster
+# bench/coord_bench.sh and bench/cluster_bench.sh write raw/<name>.txt and,
+# from it, <name>.md (their explanation on top, the tables below): the page
+# shows that page whole, under the template's heading.
+def whole_page(name, missing):
+    md = blocks[name] = []
+    all_rows.extend(dict(section=name, **r) for r in parse(name + ".txt"))
+    page = os.path.join(RES, name + ".md")
+    if os.path.exists(os.path.join(RAW, name + ".txt")) and os.path.exists(page):
+        text = open(page, encoding="utf-8").read()
+        md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
+    else:
+        md.append("*Not measured in this run* (" + missing + ").\n")
 
-# ------------------------------------------------------------- cluster
-# bench/cluster_bench.sh writes raw/cluster.txt and, from it, cluster.md (the
-# explanation on top, the tables below): the page shows cluster.md whole.
-md = blocks["cluster"] = []
-all_rows += [dict(section="cluster", **r) for r in parse("cluster.txt")]
-cluster = os.path.join(RES, "cluster.md")
-if os.path.exists(os.path.join(RAW, "cluster.txt")) and os.path.exists(cluster):
-    text = open(cluster, encoding="utf-8").read()
-    md.append(re.sub(r"\A# .*\n+", "", text).strip() + "\n")
-else:
-    md.append("*Not measured in this run* (section `cluster` is not in the default list: it needs Docker and about 20 minutes; "
-              "`SECTIONS=cluster bench/run_all.sh`, see `bench/cluster_bench.sh`).\n")
+
+whole_page("coord", "section `coord` needs redis-server, PostgreSQL 15 and etcd; see `bench/coord_bench.sh`")
+whole_page("cluster", "section `cluster` is not in the default list: it needs Docker and about 20 minutes; "
+                      "`SECTIONS=cluster bench/run_all.sh`, see `bench/cluster_bench.sh`")
 
 # ------------------------------------------------------------ targets
 md_t = ["### Targets\n", "| target | measured | reached |", "|---|---|---|"]

@@ -60,20 +60,6 @@ struct Args {
     label: String,
 }
 
-/// `len` pseudo-random bytes, different for every `seed`.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn client(bucket: &str) -> Result<AmazonS3, BoxError> {
     // The same precedence as the server's `--storage` (step_server::store::s3).
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -89,7 +75,7 @@ fn mb_per_s(bytes: usize, secs: f64) -> f64 {
 
 async fn big(s3: Arc<AmazonS3>, args: &Args, run: usize) -> Result<(), BoxError> {
     let path = Path::from(format!("ceiling/big/{}/{run}", args.label));
-    let body = Bytes::from(content(args.size, 1 + run as u64));
+    let body = Bytes::from(step_bench::noise(args.size, 1 + run as u64));
     let part_size = args.part_size.max(1);
     let parts = args.size.div_ceil(part_size);
 
@@ -174,7 +160,7 @@ async fn small(s3: Arc<AmazonS3>, args: &Args, run: usize) -> Result<(), BoxErro
     // One distinct buffer per PUT, made before the clock starts.
     let bodies: Vec<Bytes> = (0..args.count)
         .map(|i| {
-            Bytes::from(content(
+            Bytes::from(step_bench::noise(
                 args.size,
                 ((run as u64) << 32) | i as u64 | 1 << 62,
             ))

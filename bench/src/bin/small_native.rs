@@ -59,21 +59,6 @@ struct Run {
     first_error: Option<String>,
 }
 
-/// `len` bytes of xorshift output: incompressible, like real uploads, for
-/// a store that compresses what it keeps (Garage: zstd).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Distance between the stamps that make each file's content its own.
 const STAMP_EVERY: usize = 4096;
 
@@ -188,7 +173,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Arc::new(Args::parse());
-    let base = Arc::new(noise(args.size));
+    let base = Arc::new(step_bench::noise(args.size, 1));
     let began = Instant::now();
     let until = began + Duration::from_secs(args.seconds);
     let tasks: Vec<_> = (0..args.concurrency)
