@@ -515,6 +515,24 @@ mod tests {
     }
 
     #[test]
+    fn a_coordinator_is_refused_beside_the_disk_store_and_a_bad_url_is_named() {
+        let dir = std::env::temp_dir().join(format!("step-coord-test-{}", std::process::id()));
+        let mut args =
+            ServerArgs::try_parse_from(["step-server", "--coord", "redis://127.0.0.1:1"])
+                .expect("parse");
+        args.service.data_dir = dir.clone();
+        let err = args
+            .service
+            .build()
+            .expect_err("a disk store cannot be shared");
+        assert!(err.to_string().contains("--coord"), "{err}");
+        assert!(!dir.exists(), "refused before the store is opened");
+        let err = RedisCoord::new("http://not-redis", "ns", Duration::from_secs(60))
+            .expect_err("not a redis URL");
+        assert!(!err.is_empty());
+    }
+
+    #[test]
     fn a_frame_budget_below_one_block_is_refused() {
         let args = ServerArgs::try_parse_from([
             "step-server",
