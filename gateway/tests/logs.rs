@@ -194,10 +194,13 @@ async fn json_log_is_one_object_per_line_with_the_access_fields() {
 }
 
 async fn readyz_against_a_dead_backend_logs_the_outage_once() {
-    // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // A port nothing listens on, kept bound (never listening) for the whole
+    // test, so no other server started meanwhile can take it: connections
+    // to it are refused.
+    let dead = tokio::net::TcpSocket::new_v4().expect("socket");
+    dead.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let dead_addr = dead.local_addr().expect("addr").to_string();
-    drop(dead);
     let gw = GatewayProc::start(
         &[
             "--bind",
