@@ -9,7 +9,10 @@
 //! periodic sweeper of idle ones.
 
 pub mod api;
+#[cfg(test)]
+mod cancel_tests;
 pub mod disk;
+mod keylock;
 mod names;
 pub mod object;
 pub mod s3;

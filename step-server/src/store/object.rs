@@ -170,6 +170,7 @@ use super::api::{
     Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
     StoreResult, UnfinishedStats, UploadWriter, unix_now,
 };
+use super::keylock::{self, Idle, LockMap};
 use coord::{Coord, Lease, Mark};
 
 /// Smallest multipart part written (AWS requires 5 MiB but for the last).
@@ -378,14 +379,20 @@ struct KeyState {
     lease: Option<Box<dyn Lease>>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<KeyState>>;
+impl Idle for KeyState {
+    /// A key's entry in the lock map stays while it caches an upload.
+    fn idle(&self) -> bool {
+        self.upload.is_none()
+    }
+}
 
-/// A key's slot locked by [`Inner::lock_key`]: however the operation ends
-/// (error, cancellation), the key's lease goes with the guard.
-/// Coordinated, the slot also forgets what it loaded: the next holder
+/// A key locked by [`Inner::lock_key`]: however the operation ends (error,
+/// cancellation), the key's lease goes with the guard, and so does the
+/// key's entry in the lock map once nobody uses it and it holds no upload.
+/// Coordinated, the entry also forgets what it loaded: the next holder
 /// reloads anyway, and an upload completed by another instance must not
 /// stay in this one's memory.
-struct KeyGuard(tokio::sync::OwnedMutexGuard<KeyState>);
+struct KeyGuard(keylock::KeyGuard<Id, KeyState>);
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
@@ -423,8 +430,10 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     root: Path,
     limits: StoreLimits,
-    files: Mutex<HashMap<Id, Slot>>,
-    records: Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per-key locks, each with what this instance knows of the key.
+    files: LockMap<Id, KeyState>,
+    /// Per-key locks of records (and accounts).
+    records: LockMap<Id>,
     pending: Mutex<HashMap<Id, Pending>>,
     /// Uploads already in the bucket have been accounted for.
     scanned: tokio::sync::OnceCell<()>,
@@ -451,11 +460,9 @@ pub struct ObjectStorage {
     inner: Arc<Inner>,
 }
 
-/// A key's slot, locked for one operation ([`ObjectStorage::hold`]).
+/// A key, locked for one operation ([`ObjectStorage::hold`]).
 struct HeldKey {
     names: Names,
-    id: Id,
-    slot: Slot,
     state: KeyGuard,
 }
 
@@ -465,39 +472,17 @@ impl ObjectStorage {
     async fn hold(&self, user: &str, key: &str) -> StoreResult<HeldKey> {
         self.inner.ensure_scanned().await?;
         let names = Names::new(user, key);
-        let id = names.id();
-        let slot = self.inner.file_slot(&id);
-        let state = match self.inner.lock_key(&names, &slot).await {
-            Ok(state) => state,
-            Err(e) => {
-                self.inner.release_slot(&id, slot);
-                return Err(e);
-            }
-        };
-        Ok(HeldKey {
-            names,
-            id,
-            slot,
-            state,
-        })
+        let state = self.inner.lock_key(&names).await?;
+        Ok(HeldKey { names, state })
     }
 
     /// End `held`'s operation with its `result`. After a failure the bucket
     /// may be ahead of what we think: the key is reloaded next time.
     fn release<T>(&self, held: HeldKey, result: StoreResult<T>) -> StoreResult<T> {
-        let HeldKey {
-            id,
-            slot,
-            mut state,
-            ..
-        } = held;
+        let mut state = held.state;
         if result.is_err() {
             state.loaded = false;
         }
-        // The guard holds a clone of the slot: gone before release_slot
-        // counts them.
-        drop(state);
-        self.inner.release_slot(&id, slot);
         result
     }
 
@@ -519,8 +504,8 @@ impl ObjectStorage {
                 store,
                 root: Path::from(prefix),
                 limits,
-                files: Mutex::new(HashMap::new()),
-                records: Mutex::new(HashMap::new()),
+                files: LockMap::new(),
+                records: LockMap::new(),
                 pending: Mutex::new(HashMap::new()),
                 scanned: tokio::sync::OnceCell::new(),
                 held_total: Arc::new(AtomicU64::new(0)),
@@ -676,39 +661,19 @@ impl Inner {
         self.delete_paths(paths).await
     }
 
-    // -------------------------------------------------------------- key slots
+    // -------------------------------------------------------------- key locks
 
-    /// Lock a key's `slot` for one operation: this instance's lock, then,
-    /// with a coordinator, the key's lease (and the slot is reloaded: another
-    /// instance may have changed the key). The lease goes when the caller
-    /// sets `lease` back to `None` or drops the guard.
-    async fn lock_key(&self, n: &Names, slot: &Slot) -> StoreResult<KeyGuard> {
-        let mut state = KeyGuard(Arc::clone(slot).lock_owned().await);
+    /// Lock a key for one operation: this instance's lock, then, with a
+    /// coordinator, the key's lease (and the key is reloaded: another
+    /// instance may have changed it). The lease goes when the caller sets
+    /// `lease` back to `None` or drops the guard.
+    async fn lock_key(&self, n: &Names) -> StoreResult<KeyGuard> {
+        let mut state = KeyGuard(self.files.lock(n.id()).await);
         if let Some(coord) = &self.coord {
             state.lease = Some(coord.lease(&n.lease_name()).await?);
             state.loaded = false;
         }
         Ok(state)
-    }
-
-    fn file_slot(&self, id: &Id) -> Slot {
-        Arc::clone(lock(&self.files).entry(id.clone()).or_default())
-    }
-
-    /// Forget a key's slot once nobody uses it and it holds no upload (the
-    /// bucket stays the truth; the slot is reloaded when needed).
-    fn release_slot(&self, id: &Id, slot: Slot) {
-        let mut files = lock(&self.files);
-        // Clones are made only under `files`: two references (the map's and
-        // ours) mean nobody else holds it, nor can get it now.
-        if Arc::strong_count(&slot) == 2
-            && let Ok(st) = slot.try_lock()
-            && st.upload.is_none()
-            && files.get(id).is_some_and(|s| Arc::ptr_eq(s, &slot))
-        {
-            drop(st);
-            files.remove(id);
-        }
     }
 
     /// With a coordinator, a record key's lease: records are create-only
@@ -717,17 +682,6 @@ impl Inner {
         match &self.coord {
             Some(coord) => coord.lease(&n.record_lease_name()).await.map(Some),
             None => Ok(None),
-        }
-    }
-
-    fn record_lock(&self, id: &Id) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(lock(&self.records).entry(id.clone()).or_default())
-    }
-
-    fn release_record_lock(&self, id: &Id, l: Arc<tokio::sync::Mutex<()>>) {
-        let mut records = lock(&self.records);
-        if Arc::strong_count(&l) == 2 && files_ptr_eq(records.get(id), &l) {
-            records.remove(id);
         }
     }
 
@@ -1496,31 +1450,18 @@ impl Inner {
             due
         };
         for (n, old, _) in due {
-            let id = n.id();
-            let slot = self.file_slot(&id);
-            let st = match self.lock_key(&n, &slot).await {
-                Ok(st) => st,
-                Err(e) => {
-                    self.release_slot(&id, slot);
-                    return Err(e);
-                }
-            };
-            let current = self.get_json::<FileMeta>(&self.meta_path(&n)).await;
-            let result = match current {
-                Ok(Some(meta)) if meta.upload_id.as_deref() == Some(old.as_str()) => Ok(()),
-                Ok(_) => {
+            let _st = self.lock_key(&n).await?;
+            match self.get_json::<FileMeta>(&self.meta_path(&n)).await? {
+                Some(meta) if meta.upload_id.as_deref() == Some(old.as_str()) => {}
+                _ => {
                     self.delete_paths(vec![
                         self.retired_meta_path(&n, &old),
                         self.content_path(&n, &old),
                         self.sums_path(&n, &old),
                     ])
-                    .await
+                    .await?
                 }
-                Err(e) => Err(e),
-            };
-            drop(st);
-            self.release_slot(&id, slot);
-            result?;
+            }
         }
         Ok(())
     }
@@ -1715,33 +1656,19 @@ impl Inner {
                 us: id.0.clone(),
                 ks: id.1.clone(),
             };
-            let slot = self.file_slot(&id);
-            let mut st = match self.lock_key(&probe, &slot).await {
-                Ok(st) => st,
-                Err(e) => {
-                    self.release_slot(&id, slot);
-                    return Err(e);
-                }
-            };
-            let loaded = self.load(&probe, &mut st).await;
+            let mut st = self.lock_key(&probe).await?;
+            self.load(&probe, &mut st).await?;
             // Rechecked under the key's lock (and, coordinated, with the
             // last block any instance took): a block may have come since.
             let still_idle = lock(&self.pending)
                 .get(&id)
                 .is_some_and(|p| p.last_ms < cutoff);
-            if let Err(e) = loaded {
-                drop(st);
-                self.release_slot(&id, slot);
-                return Err(e);
-            }
             if still_idle && let Some(up) = st.upload.take() {
                 self.fence(&st).await?;
                 self.discard_unfinished(&probe, &up.id).await?;
                 info!(upload_id = %up.id, "expired an idle unfinished upload");
                 swept += 1;
             }
-            drop(st);
-            self.release_slot(&id, slot);
         }
         // Blocks of uploads that are no longer current (superseded, deleted
         // while a block was in flight) once they are as old as the expiry.
@@ -2068,10 +1995,6 @@ fn encode_sums(crcs: &[u32]) -> Vec<u8> {
     crcs.iter().flat_map(|c| c.to_le_bytes()).collect()
 }
 
-fn files_ptr_eq<T>(a: Option<&Arc<T>>, b: &Arc<T>) -> bool {
-    a.is_some_and(|a| Arc::ptr_eq(a, b))
-}
-
 /// Why an assembly stopped.
 enum AssembleError {
     /// A staged block is missing or has the wrong length (its index), or the
@@ -2112,23 +2035,16 @@ impl Storage for ObjectStorage {
         record: Map<String, Value>,
     ) -> StoreResult<()> {
         let n = Names::new(user, key);
-        let id = n.id();
-        let l = self.inner.record_lock(&id);
-        let result = async {
-            let _g = l.lock().await;
-            let lease = self.inner.record_lease(&n).await?;
-            let path = self.inner.rec_path(&n);
-            if self.inner.exists(&path).await? {
-                return Err(StoreError::Exists);
-            }
-            if let Some(lease) = &lease {
-                lease.check().await?;
-            }
-            self.inner.put_json(&path, &record).await
+        let _g = self.inner.records.lock(n.id()).await;
+        let lease = self.inner.record_lease(&n).await?;
+        let path = self.inner.rec_path(&n);
+        if self.inner.exists(&path).await? {
+            return Err(StoreError::Exists);
         }
-        .await;
-        self.inner.release_record_lock(&id, l);
-        result
+        if let Some(lease) = &lease {
+            lease.check().await?;
+        }
+        self.inner.put_json(&path, &record).await
     }
 
     async fn record_get(&self, user: &str, key: &str) -> StoreResult<Map<String, Value>> {
@@ -2141,23 +2057,16 @@ impl Storage for ObjectStorage {
 
     async fn record_delete(&self, user: &str, key: &str) -> StoreResult<()> {
         let n = Names::new(user, key);
-        let id = n.id();
-        let l = self.inner.record_lock(&id);
-        let result = async {
-            let _g = l.lock().await;
-            let lease = self.inner.record_lease(&n).await?;
-            let path = self.inner.rec_path(&n);
-            if !self.inner.exists(&path).await? {
-                return Err(StoreError::NotFound);
-            }
-            if let Some(lease) = &lease {
-                lease.check().await?;
-            }
-            self.inner.store.delete(&path).await.map_err(store_err)
+        let _g = self.inner.records.lock(n.id()).await;
+        let lease = self.inner.record_lease(&n).await?;
+        let path = self.inner.rec_path(&n);
+        if !self.inner.exists(&path).await? {
+            return Err(StoreError::NotFound);
         }
-        .await;
-        self.inner.release_record_lock(&id, l);
-        result
+        if let Some(lease) = &lease {
+            lease.check().await?;
+        }
+        self.inner.store.delete(&path).await.map_err(store_err)
     }
 
     async fn plan_upload(
@@ -2209,37 +2118,26 @@ impl Storage for ObjectStorage {
     async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>> {
         self.inner.ensure_scanned().await?;
         let n = Names::new(user, key);
-        let id = n.id();
-        let slot = self.inner.file_slot(&id);
-        let result = match &self.inner.coord {
-            Some(coord) => self.inner.open_coordinated(coord.as_ref(), &n).await,
+        let (upload_id, plan) = match &self.inner.coord {
+            Some(coord) => self.inner.open_coordinated(coord.as_ref(), &n).await?,
             None => {
-                let mut st = slot.lock().await;
-                match self.inner.load(&n, &mut st).await {
-                    Err(e) => Err(e),
-                    Ok(()) => match st.upload.as_ref() {
-                        Some(up) => Ok((up.id.clone(), up.plan)),
-                        None if self.inner.exists(&self.inner.meta_path(&n)).await? => {
-                            Err(StoreError::AlreadyComplete)
-                        }
-                        None => Err(StoreError::NotPlanned),
-                    },
+                let mut st = self.inner.files.lock(n.id()).await;
+                self.inner.load(&n, &mut st).await?;
+                match st.upload.as_ref() {
+                    Some(up) => (up.id.clone(), up.plan),
+                    None if self.inner.exists(&self.inner.meta_path(&n)).await? => {
+                        return Err(StoreError::AlreadyComplete);
+                    }
+                    None => return Err(StoreError::NotPlanned),
                 }
             }
         };
-        match result {
-            Ok((upload_id, plan)) => Ok(Box::new(ObjectUpload {
-                inner: Arc::clone(&self.inner),
-                names: n,
-                slot,
-                upload_id,
-                plan,
-            })),
-            Err(e) => {
-                self.inner.release_slot(&id, slot);
-                Err(e)
-            }
-        }
+        Ok(Box::new(ObjectUpload {
+            inner: Arc::clone(&self.inner),
+            names: n,
+            upload_id,
+            plan,
+        }))
     }
 
     async fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta> {
@@ -2366,7 +2264,6 @@ impl Storage for ObjectStorage {
 struct ObjectUpload {
     inner: Arc<Inner>,
     names: Names,
-    slot: Slot,
     /// The upload this handle was opened on.
     upload_id: String,
     plan: PlanRecord,
@@ -2395,7 +2292,7 @@ impl ObjectUpload {
                 .await;
         }
         let earlier = {
-            let mut st = self.slot.lock().await;
+            let mut st = inner.files.lock(n.id()).await;
             inner.load(n, &mut st).await?;
             let up = self.current(&st, want.as_deref()).await?;
             if up.received[index as usize] {
@@ -2416,7 +2313,7 @@ impl ObjectUpload {
             .put(&path, PutPayload::from_bytes(data.clone()))
             .await
             .map_err(store_err)?;
-        let mut st = self.slot.lock().await;
+        let mut st = inner.files.lock(n.id()).await;
         inner.load(n, &mut st).await?;
         let up = match self.current(&st, want.as_deref()).await {
             Ok(_) => st.upload.as_mut().ok_or(StoreError::NotPlanned)?,
@@ -2511,7 +2408,7 @@ impl ObjectUpload {
                 }
             }
         }
-        let mut st = inner.lock_key(n, &self.slot).await?;
+        let mut st = inner.lock_key(n).await?;
         let result = async {
             inner.load(n, &mut st).await?;
             match st.upload.as_ref() {
@@ -2569,7 +2466,7 @@ impl ObjectUpload {
                 .await
                 .map_err(store_err)?;
         }
-        let mut st = self.slot.lock().await;
+        let mut st = inner.files.lock(n.id()).await;
         inner.load(n, &mut st).await?;
         self.current(&st, want.as_deref()).await?;
         let up = st.upload.as_mut().ok_or(StoreError::NotPlanned)?;
@@ -2628,12 +2525,7 @@ impl UploadWriter for ObjectUpload {
         data: Bytes,
         upload_id: Option<String>,
     ) -> StoreResult<Option<String>> {
-        let result = self.put(index, data, upload_id).await;
-        let ObjectUpload {
-            inner, names, slot, ..
-        } = *self;
-        inner.release_slot(&names.id(), slot);
-        result
+        self.put(index, data, upload_id).await
     }
 }
 

@@ -23,14 +23,8 @@ impl Inner {
         name: &str,
         f: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let id = ("acct".to_owned(), user_seg(name));
-        let l = self.record_lock(&id);
-        let result = {
-            let _g = l.lock().await;
-            f.await
-        };
-        self.release_record_lock(&id, l);
-        result
+        let _g = self.records.lock(("acct".to_owned(), user_seg(name))).await;
+        f.await
     }
 }
 

@@ -32,6 +32,17 @@ struct Counters {
 struct Recording {
     inner: Arc<InMemory>,
     counters: Arc<Counters>,
+    /// Every call yields to the runtime first, so requests interleave (and
+    /// can be cancelled) inside one store operation.
+    yields: bool,
+}
+
+impl Recording {
+    async fn turn(&self) {
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl fmt::Display for Recording {
@@ -71,6 +82,7 @@ impl ObjectStore for Recording {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.turn().await;
         self.counters
             .put_bytes
             .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
@@ -81,6 +93,7 @@ impl ObjectStore for Recording {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.turn().await;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(RecordingUpload {
             inner,
@@ -93,6 +106,7 @@ impl ObjectStore for Recording {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.turn().await;
         let r = self.inner.get_opts(location, options).await?;
         if !r.meta.location.as_ref().is_empty() {
             self.counters
@@ -131,11 +145,16 @@ impl ObjectStore for Recording {
 }
 
 fn recording() -> (Arc<InMemory>, Arc<Counters>, ObjectStorage) {
+    recording_with(false)
+}
+
+fn recording_with(yields: bool) -> (Arc<InMemory>, Arc<Counters>, ObjectStorage) {
     let mem = Arc::new(InMemory::new());
     let counters = Arc::new(Counters::default());
     let store = Arc::new(Recording {
         inner: Arc::clone(&mem),
         counters: Arc::clone(&counters),
+        yields,
     });
     let storage = ObjectStorage::new(store, "pre/fix", StoreLimits::default());
     (mem, counters, storage)
@@ -1526,4 +1545,24 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
         put(&nodes[0], "u", "k", &data, last).await,
         Some(md5_hex(&data))
     );
+}
+
+/// Requests cut off at every await point, alone and racing on a few keys,
+/// leave no entry in the key locks (nor, coordinated, a lease held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_leave_no_lock_behind() {
+    let (_, _, s) = recording_with(true);
+    crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())).await;
+    assert_eq!(s.inner.files.len(), 0, "file keys still locked or cached");
+    assert_eq!(s.inner.records.len(), 0);
+
+    let (coord, instances) = cluster(2);
+    let racing = instances
+        .iter()
+        .map(|s| crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())));
+    futures::future::join_all(racing).await;
+    for s in &instances {
+        assert_eq!(s.inner.files.len(), 0, "coordinated: file keys left");
+    }
+    assert_eq!(coord.leases_held(), 0, "a lease outlived its request");
 }
