@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 
 pub use api::{
-    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreResult, UnfinishedStats, UploadWriter,
+    Account, Accounts, Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Records,
+    Replace, Storage, StoreError, StoreResult, UnfinishedStats, Upkeep, UploadWriter,
 };
 pub use disk::DiskStore;
 
@@ -86,18 +86,18 @@ impl StoreLimits {
     }
 }
 
-/// Run [`Storage::sweep_expired`] every `period` on the current tokio
+/// Run [`Upkeep::sweep_expired`] every `period` on the current tokio
 /// runtime, for whatever implementation stands behind `storage`, until the
-/// last holder of the storage (the service) lets go of it. `None` outside a
-/// runtime.
+/// last holder of the storage (the service) lets go of it: the task keeps
+/// only a weak reference. `None` outside a runtime.
 pub fn spawn_sweeper(
-    storage: &Arc<dyn Storage>,
+    storage: Arc<dyn Upkeep>,
     period: Duration,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     // Weak: the sweeper must not keep the storage (and so the server's
     // state) alive after the service is gone.
-    let storage: Weak<dyn Storage> = Arc::downgrade(storage);
+    let storage: Weak<dyn Upkeep> = Arc::downgrade(&storage);
     Some(runtime.spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,8 +120,6 @@ pub fn spawn_sweeper(
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use bytes::Bytes;
-    use serde_json::{Map, Value};
     use tokio::sync::mpsc;
 
     /// A storage that only reports its sweeps.
@@ -129,77 +127,7 @@ mod tests {
     struct Sweeps(mpsc::UnboundedSender<()>);
 
     #[async_trait]
-    impl Storage for Sweeps {
-        async fn record_create(&self, _: &str, _: &str, _: Map<String, Value>) -> StoreResult<()> {
-            Err(StoreError::NotFound)
-        }
-        async fn record_get(&self, _: &str, _: &str) -> StoreResult<Map<String, Value>> {
-            Err(StoreError::NotFound)
-        }
-        async fn record_delete(&self, _: &str, _: &str) -> StoreResult<()> {
-            Err(StoreError::NotFound)
-        }
-        async fn plan_upload(
-            &self,
-            _: &str,
-            _: &str,
-            _: PlanRecord,
-            _: bool,
-        ) -> StoreResult<PlanOutcome> {
-            Err(StoreError::NotFound)
-        }
-        async fn plan_replace(
-            &self,
-            _: &str,
-            _: &str,
-            _: PlanRecord,
-            _: bool,
-            _: Replace,
-        ) -> StoreResult<PlanOutcome> {
-            Err(StoreError::NotFound)
-        }
-        async fn open_upload(&self, _: &str, _: &str) -> StoreResult<Box<dyn UploadWriter>> {
-            Err(StoreError::NotPlanned)
-        }
-        async fn head_version(&self, _: &str, _: &str, _: &str) -> StoreResult<FileMeta> {
-            Err(StoreError::NotFound)
-        }
-        async fn delete_file_if(&self, _: &str, _: &str, _: &str) -> StoreResult<Deleted> {
-            Err(StoreError::NotFound)
-        }
-        async fn head(&self, _: &str, _: &str) -> StoreResult<FileMeta> {
-            Err(StoreError::NotFound)
-        }
-        async fn read(&self, _: &str, _: &FileMeta, _: u64, _: u64) -> StoreResult<Bytes> {
-            Err(StoreError::NotFound)
-        }
-        async fn delete_file(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Deleted> {
-            Err(StoreError::NotFound)
-        }
-        async fn list_files(
-            &self,
-            _: &str,
-            _: &str,
-            _: Option<&str>,
-            _: usize,
-        ) -> StoreResult<ListPage> {
-            Err(StoreError::NotFound)
-        }
-        async fn account_get(&self, _: &str) -> StoreResult<Option<Account>> {
-            Ok(None)
-        }
-        async fn account_create(&self, _: &Account) -> StoreResult<()> {
-            Err(StoreError::NotFound)
-        }
-        async fn account_replace(&self, _: &Account) -> StoreResult<()> {
-            Err(StoreError::NotFound)
-        }
-        async fn account_delete(&self, _: &str) -> StoreResult<()> {
-            Err(StoreError::NotFound)
-        }
-        async fn account_list(&self) -> StoreResult<Vec<String>> {
-            Ok(Vec::new())
-        }
+    impl Upkeep for Sweeps {
         fn unfinished_stats(&self) -> UnfinishedStats {
             UnfinishedStats::default()
         }
@@ -213,8 +141,9 @@ mod tests {
     async fn the_sweeper_sweeps_any_storage_until_its_holder_lets_go() {
         let bound = Duration::from_secs(10);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let storage: Arc<dyn Storage> = Arc::new(Sweeps(tx));
-        let sweeper = spawn_sweeper(&storage, Duration::from_millis(5)).expect("in a runtime");
+        let storage: Arc<dyn Upkeep> = Arc::new(Sweeps(tx));
+        let sweeper =
+            spawn_sweeper(Arc::clone(&storage), Duration::from_millis(5)).expect("in a runtime");
         for _ in 0..3 {
             tokio::time::timeout(bound, rx.recv())
                 .await

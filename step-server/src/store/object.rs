@@ -167,8 +167,8 @@ use tracing::{debug, error, info, warn};
 
 use super::StoreLimits;
 use super::api::{
-    Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreResult, UnfinishedStats, UploadWriter, unix_now,
+    Account, Accounts, Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Records,
+    Replace, StoreError, StoreResult, UnfinishedStats, Upkeep, UploadWriter, unix_now,
 };
 use super::keylock::{self, Idle, LockMap};
 use coord::{Coord, Lease, Mark};
@@ -2007,27 +2007,7 @@ use AssembleError::{Failed, Missing};
 // ------------------------------------------------------------------ the trait
 
 #[async_trait]
-impl Storage for ObjectStorage {
-    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
-        self.account_get_impl(name).await
-    }
-
-    async fn account_create(&self, account: &Account) -> StoreResult<()> {
-        self.account_put_impl(account, true).await
-    }
-
-    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
-        self.account_put_impl(account, false).await
-    }
-
-    async fn account_delete(&self, name: &str) -> StoreResult<()> {
-        self.account_delete_impl(name).await
-    }
-
-    async fn account_list(&self) -> StoreResult<Vec<String>> {
-        self.account_list_impl().await
-    }
-
+impl Records for ObjectStorage {
     async fn record_create(
         &self,
         user: &str,
@@ -2068,7 +2048,10 @@ impl Storage for ObjectStorage {
         }
         self.inner.store.delete(&path).await.map_err(store_err)
     }
+}
 
+#[async_trait]
+impl Files for ObjectStorage {
     async fn plan_upload(
         &self,
         user: &str,
@@ -2232,7 +2215,33 @@ impl Storage for ObjectStorage {
     ) -> StoreResult<ListPage> {
         self.inner.list_files(user, prefix, after, limit).await
     }
+}
 
+#[async_trait]
+impl Accounts for ObjectStorage {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        self.account_get_impl(name).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        self.account_put_impl(account, true).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        self.account_put_impl(account, false).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        self.account_delete_impl(name).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        self.account_list_impl().await
+    }
+}
+
+#[async_trait]
+impl Upkeep for ObjectStorage {
     /// One HEAD in the bucket (a missing object is an answer) and, with a
     /// coordinator, one PING.
     async fn ready(&self) -> StoreResult<()> {

@@ -73,8 +73,8 @@ use step_core::digest::EMPTY_MD5;
 use tracing::{debug, error, info, warn};
 
 use super::api::{
-    self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage,
-    StoreError, StoreResult, UnfinishedStats, UploadWriter,
+    self, Account, Accounts, Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Records,
+    Replace, StoreError, StoreResult, UnfinishedStats, Upkeep, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
 use commit::Committer;
@@ -1409,34 +1409,7 @@ impl Disk {
 }
 
 #[async_trait]
-impl Storage for DiskStore {
-    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
-        let disk = Arc::clone(&self.disk);
-        let name = name.to_owned();
-        blocking(move || disk.account_get(&name)).await
-    }
-
-    async fn account_create(&self, account: &Account) -> StoreResult<()> {
-        let (disk, account) = (Arc::clone(&self.disk), account.clone());
-        blocking(move || disk.account_create(&account)).await
-    }
-
-    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
-        let (disk, account) = (Arc::clone(&self.disk), account.clone());
-        blocking(move || disk.account_replace(&account)).await
-    }
-
-    async fn account_delete(&self, name: &str) -> StoreResult<()> {
-        let disk = Arc::clone(&self.disk);
-        let name = name.to_owned();
-        blocking(move || disk.account_delete(&name)).await
-    }
-
-    async fn account_list(&self) -> StoreResult<Vec<String>> {
-        let disk = Arc::clone(&self.disk);
-        blocking(move || disk.account_list()).await
-    }
-
+impl Records for DiskStore {
     async fn record_create(
         &self,
         user: &str,
@@ -1459,7 +1432,10 @@ impl Storage for DiskStore {
         let (user, key) = (user.to_owned(), key.to_owned());
         blocking(move || disk.record_delete(&user, &key)).await
     }
+}
 
+#[async_trait]
+impl Files for DiskStore {
     async fn plan_upload(
         &self,
         user: &str,
@@ -1544,7 +1520,40 @@ impl Storage for DiskStore {
         let after = after.map(str::to_owned);
         blocking(move || disk.list_files(&user, &prefix, after.as_deref(), limit)).await
     }
+}
 
+#[async_trait]
+impl Accounts for DiskStore {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_get(&name)).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_create(&account)).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(&self.disk), account.clone());
+        blocking(move || disk.account_replace(&account)).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        let disk = Arc::clone(&self.disk);
+        let name = name.to_owned();
+        blocking(move || disk.account_delete(&name)).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        let disk = Arc::clone(&self.disk);
+        blocking(move || disk.account_list()).await
+    }
+}
+
+#[async_trait]
+impl Upkeep for DiskStore {
     fn unfinished_stats(&self) -> UnfinishedStats {
         self.disk.unfinished_stats()
     }
