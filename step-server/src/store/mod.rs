@@ -12,6 +12,7 @@ pub mod api;
 #[cfg(test)]
 mod cancel_tests;
 pub mod disk;
+pub mod files;
 mod keylock;
 mod names;
 pub mod object;

@@ -15,7 +15,14 @@ use object_store::{
 };
 use step_core::digest::md5_hex;
 
+use super::names::{KEY_ORDERED_BYTES, key_seg, names, user_seg};
 use super::*;
+use crate::store::api::{Deleted, Files, Records, UnfinishedStats, Upkeep};
+use crate::store::sums::CHUNK;
+use serde_json::{Map, Value};
+use std::time::SystemTime;
+use step_core::digest::EMPTY_MD5;
+use step_core::plan::total_blocks;
 
 const BS: u64 = 20480;
 
@@ -524,7 +531,7 @@ async fn bytes_crossing_and_written_per_content_byte() {
         );
         assert!((got - want_got).abs() < 0.01, "{name}: got {got}");
         assert_eq!(
-            s.inner.held_total.load(Ordering::Relaxed),
+            s.backend().held_total.load(Ordering::Relaxed),
             0,
             "{name}: memory budget returned"
         );
@@ -796,7 +803,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
     };
     // The last block was staged, then the server died before completing.
     let s = over(&mem);
-    let last = s.inner.block_path(&Names::new("u", "cut"), &id, 4);
+    let last = s.backend().block_path(&names("u", "cut"), &id, 4);
     mem.put(&last, PutPayload::from(block(&data, 4)))
         .await
         .expect("stage");
@@ -825,7 +832,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
         out.upload_id.expect("id")
     };
     let s = over(&mem);
-    let last = s.inner.block_path(&Names::new("u", "cut2"), &id, 4);
+    let last = s.backend().block_path(&names("u", "cut2"), &id, 4);
     mem.put(&last, PutPayload::from(block(&data, 4)))
         .await
         .expect("stage");
@@ -840,7 +847,7 @@ async fn leftovers_of_a_completed_upload_never_show() {
     let md5 = upload(&s, "u", "x", &data).await;
     let meta = s.head("u", "x").await.expect("head");
     // A crash after the meta, before the cleanup: state and a block remain.
-    let n = Names::new("u", "x");
+    let n = names("u", "x");
     let upload_id = meta.upload_id.clone().expect("id");
     let state = UploadState {
         upload_id: upload_id.clone(),
@@ -851,12 +858,12 @@ async fn leftovers_of_a_completed_upload_never_show() {
         created_unix: 0,
         replace: None,
     };
-    s.inner
-        .put_json(&s.inner.state_path(&n), &state)
+    s.backend()
+        .put_json(&s.backend().state_path(&n), &state)
         .await
         .expect("state");
     mem.put(
-        &s.inner.block_path(&n, &upload_id, 0),
+        &s.backend().block_path(&n, &upload_id, 0),
         PutPayload::from(block(&data, 0)),
     )
     .await
@@ -972,7 +979,7 @@ async fn idle_uploads_expire_and_stray_blocks_go() {
         .expect("plan");
     put(&s, "u", "idle", &data, 0).await;
     // A block of a superseded upload, landed after its discard.
-    let stray = s.inner.block_path(&Names::new("u", "idle"), "0123", 0);
+    let stray = s.backend().block_path(&names("u", "idle"), "0123", 0);
     mem.put(&stray, PutPayload::from_static(b"stale"))
         .await
         .expect("stray");
@@ -1058,9 +1065,9 @@ async fn ranged_reads_are_verified_against_the_sums() {
     let data = body(100_000, 8);
     upload(&s, "u", "v", &data).await;
     let meta = s.head("u", "v").await.expect("head");
-    let n = Names::new("u", "v");
+    let n = names("u", "v");
     let content = s
-        .inner
+        .backend()
         .content_path(&n, meta.upload_id.as_deref().expect("id"));
     // Rot one byte at rest.
     let mut rotten = data.clone();
@@ -1270,9 +1277,9 @@ async fn content_of_a_failed_completion_goes_with_its_upload() {
     let id = out.upload_id.expect("id");
     put(&s, "u", "f", &data, 0).await;
     // A completion that wrote the content and failed before the meta.
-    let n = Names::new("u", "f");
+    let n = names("u", "f");
     mem.put(
-        &s.inner.content_path(&n, &id),
+        &s.backend().content_path(&n, &id),
         PutPayload::from(data.clone()),
     )
     .await
@@ -1298,7 +1305,7 @@ async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
             .await
             .expect("plan");
     }
-    assert_eq!(s.inner.assemblers.available_permits(), 0);
+    assert_eq!(s.backend().assemblers.available_permits(), 0);
     let data = body(len, 30);
     let md5 = upload(&s, "u", "extra", &data).await;
     assert_eq!(md5, md5_hex(&data));
@@ -1553,8 +1560,12 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
 async fn cancelled_requests_leave_no_lock_behind() {
     let (_, _, s) = recording_with(true);
     crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())).await;
-    assert_eq!(s.inner.files.len(), 0, "file keys still locked or cached");
-    assert_eq!(s.inner.records.len(), 0);
+    assert_eq!(
+        s.backend().files.len(),
+        0,
+        "file keys still locked or cached"
+    );
+    assert_eq!(s.backend().records.len(), 0);
 
     let (coord, instances) = cluster(2);
     let racing = instances
@@ -1562,7 +1573,7 @@ async fn cancelled_requests_leave_no_lock_behind() {
         .map(|s| crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())));
     futures::future::join_all(racing).await;
     for s in &instances {
-        assert_eq!(s.inner.files.len(), 0, "coordinated: file keys left");
+        assert_eq!(s.backend().files.len(), 0, "coordinated: file keys left");
     }
     assert_eq!(coord.leases_held(), 0, "a lease outlived its request");
 }
