@@ -97,6 +97,13 @@ pub struct PlanRecord {
     pub block_size: u64,
 }
 
+impl PlanRecord {
+    /// Blocks in the plan.
+    pub fn total(&self) -> u64 {
+        step_core::plan::total_blocks(self.size, self.block_size)
+    }
+}
+
 /// A complete file's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {

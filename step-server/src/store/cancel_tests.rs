@@ -104,16 +104,19 @@ async fn racer(s: Arc<dyn Storage>, me: usize) {
     }
 }
 
-/// Race [`RACERS`] tasks of cancelled requests over a few keys, then delete
-/// what they left (uncancelled: the shared keys by DELETE, the rest by a
-/// sweep from far in the future), so that nothing is worth keeping.
-pub(crate) async fn cancel_everything(s: Arc<dyn Storage>) {
+/// Race [`RACERS`] tasks of cancelled requests over a few keys, wait for
+/// `settled` (work a cancelled request left running, where a store has
+/// such), then delete what they left (uncancelled: the shared keys by
+/// DELETE, the rest by a sweep from far in the future), so that nothing is
+/// worth keeping.
+pub(crate) async fn cancel_everything(s: Arc<dyn Storage>, settled: impl Future<Output = ()>) {
     let tasks: Vec<_> = (0..RACERS)
         .map(|me| tokio::spawn(racer(Arc::clone(&s), me)))
         .collect();
     for t in tasks {
         t.await.expect("a racer panicked");
     }
+    settled.await;
     for k in 0..KEYS {
         // A replacing upload outlives the file it replaces: a second DELETE
         // takes it.

@@ -31,6 +31,7 @@ use bytes::Bytes;
 
 pub use backend::{Backend, Key, Received, Sink, Unfinished};
 pub use ledger::{Activity, KeyId, Ledger, Writing, unix_ms};
+pub use versions::version_id_ok;
 
 use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
@@ -147,7 +148,9 @@ impl<B: Backend> Files for FileStore<B> {
 
     async fn open_upload(&self, user: &str, key: &str) -> StoreResult<Box<dyn UploadWriter>> {
         let key = self.backend.key(user, key);
-        let writer = self.run(|s| async move { s.open(key).await }).await?;
+        let writer = self
+            .run(|s| async move { s.open_writer(key).await })
+            .await?;
         Ok(Box::new(writer))
     }
 

@@ -28,7 +28,7 @@ impl<B: Backend> std::fmt::Debug for Writer<B> {
 }
 
 impl<B: Backend> FileStore<B> {
-    pub(super) async fn open(&self, key: Key) -> StoreResult<Writer<B>> {
+    pub(super) async fn open_writer(&self, key: Key) -> StoreResult<Writer<B>> {
         match self.backend.open(&key).await? {
             Some(sink) => Ok(Writer {
                 _writing: self.backend.ledger().writing(&key.id),

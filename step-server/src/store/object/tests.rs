@@ -1559,7 +1559,7 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_requests_leave_no_lock_behind() {
     let (_, _, s) = recording_with(true);
-    crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())).await;
+    crate::store::cancel_tests::cancel_everything(Arc::new(s.clone()), async {}).await;
     assert_eq!(
         s.backend().files.len(),
         0,
@@ -1570,7 +1570,7 @@ async fn cancelled_requests_leave_no_lock_behind() {
     let (coord, instances) = cluster(2);
     let racing = instances
         .iter()
-        .map(|s| crate::store::cancel_tests::cancel_everything(Arc::new(s.clone())));
+        .map(|s| crate::store::cancel_tests::cancel_everything(Arc::new(s.clone()), async {}));
     futures::future::join_all(racing).await;
     for s in &instances {
         assert_eq!(s.backend().files.len(), 0, "coordinated: file keys left");
