@@ -13,26 +13,18 @@ use tracing::{info, warn};
 use super::blocks::DiskUpload;
 use super::publish::Sealed;
 use super::upload::{self, Phase, Upload};
-use super::{Disk, Slot, UploadSlot, lock};
-use crate::store::StoreLimits;
+use super::{Disk, DiskHeld, Slot, UploadSlot, lock};
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreError, StoreResult};
 use crate::store::files::{
     Activity, Backend, Key, KeyId, Ledger, Received, Unfinished, version_id_ok,
 };
-use crate::store::keylock::KeyGuard;
+use crate::store::limits::StoreLimits;
 
 /// Unfinished uploads kept open at once. Each holds two file descriptors;
 /// beyond this, uploads nobody is writing to are closed (their state is on
 /// disk and reloads on the next block), so abandoned uploads cannot exhaust
 /// the server's descriptors.
 const MAX_OPEN_UPLOADS: usize = 1024;
-
-/// A key locked for one operation.
-#[derive(Debug)]
-pub struct DiskHeld {
-    pub(super) key: Key,
-    _lock: KeyGuard<KeyId, ()>,
-}
 
 /// Close uploads nobody is writing to when too many are open.
 fn evict_idle(open: &mut HashMap<KeyId, UploadSlot>) {

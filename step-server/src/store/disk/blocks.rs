@@ -7,9 +7,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::backend::DiskHeld;
 use super::upload::Phase;
-use super::{Disk, UploadSlot, lock};
+use super::{Disk, DiskHeld, UploadSlot, lock};
 use crate::store::api::{PlanRecord, StoreError, StoreResult};
 use crate::store::files::Sink;
 
@@ -53,6 +52,7 @@ impl Disk {
             Phase::Complete => return Err(StoreError::AlreadyComplete),
             // Deleted, or superseded by a SAVE (the key has another upload).
             Phase::Discarded => {
+                drop(up);
                 let superseded = named.is_some() && lock(&self.open).contains_key(&held.key.id);
                 return Err(if superseded {
                     StoreError::Superseded

@@ -87,9 +87,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use super::api::{FileMeta, StoreError, StoreResult};
-use super::files::{FileStore, KeyId, Ledger};
-use super::keylock::LockMap;
-use super::{StoreLimits, names};
+use super::files::{FileStore, Key, KeyId, Ledger};
+use super::keylock::{KeyGuard, LockMap};
+use super::limits::StoreLimits;
+use super::names;
 use commit::Committer;
 use upload::Upload;
 
@@ -117,6 +118,13 @@ impl Slot {
 }
 
 type UploadSlot = Arc<Slot>;
+
+/// A key locked for one operation.
+#[derive(Debug)]
+pub struct DiskHeld {
+    key: Key,
+    _lock: KeyGuard<KeyId, ()>,
+}
 
 /// One file system, as the lifecycle's backend.
 #[derive(Debug)]
@@ -186,6 +194,23 @@ impl Area {
             Area::Versions => "versions",
         }
     }
+}
+
+/// Write `bytes` to a new temp file in `tmp`, synced if `durable` (else a
+/// later sync must cover it before it is renamed anywhere).
+fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<PathBuf> {
+    use std::io::Write;
+    let path = tmp.join(uuid::Uuid::new_v4().simple().to_string());
+    let mut file = File::options().write(true).create_new(true).open(&path)?;
+    let mut result = file.write_all(bytes);
+    if durable {
+        result = result.and_then(|()| file.sync_all());
+    }
+    if let Err(e) = result {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
 }
 
 /// The entries of `dir` (none if it does not exist).
@@ -318,7 +343,7 @@ impl Disk {
     fn create_exclusive(&self, dest: &Path, bytes: &[u8]) -> io::Result<bool> {
         let parent = dest.parent().ok_or_else(|| io::Error::other("no parent"))?;
         fs::create_dir_all(parent)?;
-        let tmp = publish::write_temp(&self.root.join("tmp"), bytes, true)?;
+        let tmp = write_temp(&self.root.join("tmp"), bytes, true)?;
         let linked = fs::hard_link(&tmp, dest);
         let _ = fs::remove_file(&tmp);
         match linked {

@@ -7,14 +7,15 @@
 //! only then answers. All of it under the key's lock: nothing else changes
 //! the key meanwhile.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tracing::debug;
 
-use super::backend::DiskHeld;
-use super::{Area, Disk, entries, json_err, lock, not_found_ok, sync_dir, upload};
+use super::{
+    Area, Disk, DiskHeld, entries, json_err, lock, not_found_ok, sync_dir, upload, write_temp,
+};
 use crate::store::api::{FileMeta, StoreError, StoreResult};
 use crate::store::files::{Key, KeyId, Unfinished, version_id_ok};
 use crate::store::sums;
@@ -68,23 +69,6 @@ struct Place {
     versions: PathBuf,
     tmp: PathBuf,
     current: Option<FileMeta>,
-}
-
-/// Write `bytes` to a new temp file in `tmp`, synced if `durable` (else a
-/// later sync must cover it before it is renamed anywhere).
-pub(super) fn write_temp(tmp: &Path, bytes: &[u8], durable: bool) -> io::Result<PathBuf> {
-    use std::io::Write;
-    let path = tmp.join(uuid::Uuid::new_v4().simple().to_string());
-    let mut file = File::options().write(true).create_new(true).open(&path)?;
-    let mut result = file.write_all(bytes);
-    if durable {
-        result = result.and_then(|()| file.sync_all());
-    }
-    if let Err(e) = result {
-        let _ = fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(path)
 }
 
 impl Disk {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::ledger::{KeyId, Ledger};
-use crate::store::StoreLimits;
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult};
+use crate::store::limits::StoreLimits;
 
 /// A key as one store knows it: the names a client gave and the store's
 /// own encoding of them. A key found by the sweeper from its [`KeyId`]

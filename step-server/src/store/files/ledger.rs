@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::store::StoreLimits;
 use crate::store::api::{StoreResult, UnfinishedStats};
+use crate::store::limits::StoreLimits;
 
 /// A key's identity inside one store: its user and key as that store
 /// encodes them (injective, and what it files them under).

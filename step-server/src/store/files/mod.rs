@@ -8,16 +8,23 @@
 //! Where each rule lives: `save.rs` (SAVE: check, resume, start over,
 //! empty files, caps), `complete.rs` (completion: the replace condition,
 //! the switch, versions retired), `remove.rs` (DELETE, scoped and
-//! conditional), `versions.rs` (replaced versions: reading them by id,
-//! sweeping them after the grace), `sweep.rs` (idle uploads), `writer.rs`
-//! (UPLOAD's blocks), `ledger.rs` (the accounts of unfinished uploads),
-//! `listing.rs` (the rules of a listing page).
+//! conditional), `versions.rs` and `retired.rs` (replaced versions: reading
+//! them by id, sweeping them after the grace), `sweep.rs` (idle uploads),
+//! `writer.rs` (UPLOAD's blocks), `ledger.rs` (the accounts of unfinished
+//! uploads), `listing.rs` (the rules of a listing page), `backend.rs` (what
+//! a store provides).
+//!
+//! Every operation runs whole inside [`Backend::run`] (the disk's calls
+//! block, so it runs there on a thread for blocking work) and takes the
+//! key's lock with [`Backend::lock`] before it looks at the key, so what
+//! it decides still holds when it acts.
 
 mod backend;
 mod complete;
 mod ledger;
 pub mod listing;
 mod remove;
+mod retired;
 mod save;
 mod sweep;
 mod versions;
@@ -31,13 +38,13 @@ use bytes::Bytes;
 
 pub use backend::{Backend, Key, Received, Sink, Unfinished};
 pub use ledger::{Activity, KeyId, Ledger, Writing, unix_ms};
-pub use versions::version_id_ok;
+pub use retired::version_id_ok;
 
 use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
     UnfinishedStats, Upkeep, UploadWriter,
 };
-use versions::Retired;
+use retired::Retired;
 
 /// What a SAVE asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
+use super::io::store_err;
 use super::names::user_seg;
-use super::{Bucket, ObjectStorage, store_err};
+use super::{Bucket, ObjectStorage};
 use crate::store::api::{Account, Accounts, StoreError, StoreResult};
 
 impl Bucket {

@@ -1,7 +1,7 @@
-//! A file's content written from its staged blocks: at completion (one PUT
-//! for a small file; a multipart upload for a large one), or — for large
-//! uploads alone on their bucket — while the blocks arrive, by an
-//! [`Assembler`] task, so completion has only the tail left. The md5 and
+//! The pieces that write a large file's content as a multipart upload in
+//! order ([`Progress`]), while its blocks arrive ([`Assembler`], a task for
+//! an upload alone on its bucket, so completion has only the tail left),
+//! keeping early blocks in memory within budgets ([`Held`]). The md5 and
 //! the chunk CRCs are computed over the content in order as it passes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,224 +13,28 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, UploadPart};
-use step_core::plan::{block_len, total_blocks};
 use tracing::warn;
 
-use super::{Bucket, PART_MIN, Upload, other, store_err};
+use super::io::{other, store_err};
 use crate::store::api::{PlanRecord, StoreError, StoreResult};
-use crate::store::files::Key;
 use crate::store::sums::ChunkSums;
 
 /// Parts per file at most (AWS allows 10,000).
 const MAX_PARTS: u64 = 9_000;
+/// Smallest multipart part written (AWS requires 5 MiB but for the last).
+pub const PART_MIN: u64 = 8 << 20;
 /// Bytes of staged blocks read back at once (small requests are slow on
 /// some servers: Garage answers each in 45–90 ms, so depth matters).
 const READ_AHEAD_BYTES: u64 = 2 << 20;
 
 /// Staged blocks read back concurrently.
-fn read_ahead(block_size: u64) -> usize {
+pub(super) fn read_ahead(block_size: u64) -> usize {
     usize::try_from(READ_AHEAD_BYTES / block_size.max(1))
         .unwrap_or(64)
         .clamp(4, 64)
 }
 /// Multipart parts in flight at once during completion.
 const PARTS_IN_FLIGHT: usize = 2;
-
-impl Bucket {
-    /// The content of the full upload `up` of `n`, written under its own
-    /// name with its sums; returns its md5. `last` is the block that
-    /// completed it, if it was just staged.
-    pub(super) async fn seal_upload(
-        &self,
-        n: &Key,
-        up: &mut Upload,
-        last: Option<(u64, Bytes)>,
-    ) -> StoreResult<String> {
-        let progress = match up.assembler.take() {
-            Some(a) => a.finish(last).await,
-            None => None,
-        };
-        let (md5, crcs) = match self.assemble(n, up, progress).await {
-            Ok(done) => done,
-            Err(Missing(Some(index))) => {
-                // Lost from the bucket behind our back: to be sent again.
-                if let Some(r) = up.received.get_mut(index as usize) {
-                    *r = false;
-                    up.remaining += 1;
-                }
-                return Err(other(format!(
-                    "staged block {index} is missing; SAVE again to resume"
-                )));
-            }
-            Err(Missing(None)) => return Err(other("completion failed")),
-            Err(Failed(e)) => return Err(e),
-        };
-        self.store
-            .put(
-                &self.sums_path(n, &up.id),
-                PutPayload::from(encode_sums(&crcs)),
-            )
-            .await
-            .map_err(store_err)?;
-        Ok(md5)
-    }
-
-    /// Read the staged blocks back in order and write them as the file's
-    /// content; returns the md5 and the chunk CRCs computed as they pass.
-    async fn assemble(
-        &self,
-        n: &Key,
-        up: &mut Upload,
-        progress: Option<Progress>,
-    ) -> Result<(String, Vec<u32>), AssembleError> {
-        let plan = up.plan;
-        let total = total_blocks(plan.size, plan.block_size);
-        let dest = self.content_path(n, &up.id);
-        let held = up.held.take_all();
-        let up: &Upload = up;
-        let mut blocks = self.staged_blocks(n, &up.id, plan, 0..total, held);
-        let mut md5 = Md5::new();
-        let mut crcs = ChunkSums::default();
-        let mut next = |r: Option<Result<(u64, Bytes), (u64, object_store::Error)>>| match r {
-            None => Err(Missing(None)),
-            Some(Ok((i, b))) => {
-                if Some(b.len() as u64) != block_len(plan.size, plan.block_size, i) {
-                    return Err(Missing(Some(i)));
-                }
-                md5.update(&b);
-                crcs.update(&b);
-                Ok(b)
-            }
-            Some(Err((i, object_store::Error::NotFound { .. }))) => Err(Missing(Some(i))),
-            Some(Err((_, e))) => Err(Failed(store_err(e))),
-        };
-        if plan.size <= PART_MIN {
-            let mut parts = Vec::with_capacity(total as usize);
-            for _ in 0..total {
-                parts.push(next(blocks.next().await)?);
-            }
-            drop(blocks);
-            self.store
-                .put(&dest, PutPayload::from_iter(parts))
-                .await
-                .map_err(|e| Failed(store_err(e)))?;
-            return Ok((hex::encode(md5.finalize()), crcs.finish()));
-        }
-        drop(blocks);
-        let mut p = match progress {
-            Some(p) => p,
-            None => Progress::new(
-                self.store
-                    .put_multipart(&dest)
-                    .await
-                    .map_err(|e| Failed(store_err(e)))?,
-                plan,
-                Arc::clone(&self.held_total),
-            ),
-        };
-        let result = self.assemble_rest(n, up, &mut p).await;
-        match result {
-            Ok(()) => p.finish().await.map_err(Failed),
-            Err(e) => {
-                p.abort().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Blocks `range` of upload `id`, in order: from `held` where kept, else
-    /// read back from the bucket (a few GETs ahead).
-    fn staged_blocks<'a>(
-        &'a self,
-        n: &'a Key,
-        id: &'a str,
-        plan: PlanRecord,
-        range: std::ops::Range<u64>,
-        mut held: BTreeMap<u64, Bytes>,
-    ) -> impl futures::Stream<Item = Result<(u64, Bytes), (u64, object_store::Error)>> + 'a {
-        futures::stream::iter(range)
-            .map(move |i| {
-                let kept = held.remove(&i);
-                let path = self.block_path(n, id, i);
-                async move {
-                    if let Some(b) = kept {
-                        return Ok((i, b));
-                    }
-                    match self.store.get(&path).await {
-                        Ok(r) => r.bytes().await.map(|b| (i, b)).map_err(|e| (i, e)),
-                        Err(e) => Err((i, e)),
-                    }
-                }
-            })
-            .buffered(read_ahead(plan.block_size))
-    }
-
-    /// Feed `p` every block it has not seen: from memory when it holds
-    /// them, else read back from the bucket.
-    async fn assemble_rest(
-        &self,
-        n: &Key,
-        up: &Upload,
-        p: &mut Progress,
-    ) -> Result<(), AssembleError> {
-        let plan = up.plan;
-        let total = total_blocks(plan.size, plan.block_size);
-        let held = p.held.take_all();
-        let mut blocks = self.staged_blocks(n, &up.id, plan, p.next..total, held);
-        while let Some(r) = blocks.next().await {
-            let b = match r {
-                Ok((i, b)) => {
-                    if Some(b.len() as u64) != block_len(plan.size, plan.block_size, i) {
-                        return Err(Missing(Some(i)));
-                    }
-                    b
-                }
-                Err((i, object_store::Error::NotFound { .. })) => return Err(Missing(Some(i))),
-                Err((_, e)) => return Err(Failed(store_err(e))),
-            };
-            p.feed(b).await.map_err(Failed)?;
-        }
-        if p.next != total {
-            return Err(Missing(None));
-        }
-        Ok(())
-    }
-
-    /// Start a large upload's multipart upload and the task writing its
-    /// parts, `staged` being the blocks already in the bucket. `None` if the
-    /// store refuses: then it is all done at completion.
-    pub(super) async fn start_assembler(
-        &self,
-        n: &Key,
-        upload_id: &str,
-        plan: PlanRecord,
-        staged: BTreeSet<u64>,
-    ) -> Option<Assembler> {
-        let Ok(permit) = Arc::clone(&self.assemblers).try_acquire_owned() else {
-            return None;
-        };
-        match self
-            .store
-            .put_multipart(&self.content_path(n, upload_id))
-            .await
-        {
-            Ok(mp) => {
-                let mut p = Progress::new(mp, plan, Arc::clone(&self.held_total));
-                p.staged = staged;
-                Some(Assembler::start(
-                    Arc::clone(&self.store),
-                    self.blocks_dir(n, upload_id),
-                    p,
-                    permit,
-                ))
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot start a multipart upload: assembling at completion");
-                None
-            }
-        }
-    }
-}
 
 /// Blocks kept in memory so they need not be read back from the bucket,
 /// within a per-upload cap and a budget shared by the whole store.
@@ -268,7 +72,7 @@ impl Held {
         true
     }
 
-    fn contains(&self, i: u64) -> bool {
+    pub(super) fn contains(&self, i: u64) -> bool {
         self.map.contains_key(&i)
     }
 
@@ -285,7 +89,7 @@ impl Held {
 
     /// Everything held (no longer counted against the budgets: consumed
     /// right away by the completion).
-    fn take_all(&mut self) -> BTreeMap<u64, Bytes> {
+    pub(super) fn take_all(&mut self) -> BTreeMap<u64, Bytes> {
         self.total.fetch_sub(self.bytes, Ordering::Relaxed);
         self.bytes = 0;
         std::mem::take(&mut self.map)
@@ -301,19 +105,19 @@ impl Drop for Held {
 /// A large file's content being written as a multipart upload, in order:
 /// blocks `[0, next)` are hashed and in parts (sent, or in `part`), and
 /// `held` keeps early blocks in memory (up to [`HELD_BYTES`]).
-struct Progress {
-    mp: Box<dyn MultipartUpload>,
-    part_size: u64,
-    next: u64,
-    md5: Md5,
-    crcs: ChunkSums,
-    part: Vec<Bytes>,
-    part_len: u64,
-    in_flight: FuturesUnordered<UploadPart>,
-    held: Held,
-    read_ahead: usize,
+pub(super) struct Progress {
+    pub(super) mp: Box<dyn MultipartUpload>,
+    pub(super) part_size: u64,
+    pub(super) next: u64,
+    pub(super) md5: Md5,
+    pub(super) crcs: ChunkSums,
+    pub(super) part: Vec<Bytes>,
+    pub(super) part_len: u64,
+    pub(super) in_flight: FuturesUnordered<UploadPart>,
+    pub(super) held: Held,
+    pub(super) read_ahead: usize,
     /// Early blocks known staged but not held (read back when reached).
-    staged: BTreeSet<u64>,
+    pub(super) staged: BTreeSet<u64>,
 }
 
 /// Early blocks one upload's assembly keeps in memory, at most.
@@ -326,7 +130,11 @@ pub(super) const MAX_ASSEMBLERS: usize = 16;
 const HELD_BYTES_TOTAL: u64 = 256 << 20;
 
 impl Progress {
-    fn new(mp: Box<dyn MultipartUpload>, plan: PlanRecord, held_total: Arc<AtomicU64>) -> Progress {
+    pub(super) fn new(
+        mp: Box<dyn MultipartUpload>,
+        plan: PlanRecord,
+        held_total: Arc<AtomicU64>,
+    ) -> Progress {
         Progress {
             mp,
             part_size: PART_MIN.max(plan.size.div_ceil(MAX_PARTS)),
@@ -343,7 +151,7 @@ impl Progress {
     }
 
     /// Append block `next`.
-    async fn feed(&mut self, b: Bytes) -> StoreResult<()> {
+    pub(super) async fn feed(&mut self, b: Bytes) -> StoreResult<()> {
         self.md5.update(&b);
         self.crcs.update(&b);
         self.part_len += b.len() as u64;
@@ -369,7 +177,7 @@ impl Progress {
 
     /// The last part, then the multipart's completion: the content is in
     /// place (not yet a file: no meta).
-    async fn finish(mut self) -> StoreResult<(String, Vec<u32>)> {
+    pub(super) async fn finish(mut self) -> StoreResult<(String, Vec<u32>)> {
         let done: StoreResult<()> = async {
             if !self.part.is_empty() {
                 self.flush().await?;
@@ -393,7 +201,7 @@ impl Progress {
         }
     }
 
-    async fn abort(&mut self) {
+    pub(super) async fn abort(&mut self) {
         self.in_flight.clear();
         if let Err(e) = self.mp.abort().await {
             warn!(error = %e, "cannot abort a multipart upload");
@@ -421,7 +229,7 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
-    fn start(
+    pub(super) fn start(
         store: Arc<dyn ObjectStore>,
         blocks_dir: Path,
         p: Progress,
@@ -466,7 +274,7 @@ impl Assembler {
 
     /// Hand over the last block (if any), wait for what was sent before,
     /// and take the progress made; `None` if the assembler failed.
-    async fn finish(self, last: Option<(u64, Bytes)>) -> Option<Progress> {
+    pub(super) async fn finish(self, last: Option<(u64, Bytes)>) -> Option<Progress> {
         if let Some(b) = last {
             let _ = self.tx.send(b).await;
         }
@@ -525,15 +333,15 @@ async fn advance(p: &mut Progress, store: &Arc<dyn ObjectStore>, dir: &Path) -> 
 
 /// The sums object: one little-endian u32 per chunk, nothing else (its
 /// path carries the upload id, which ties it to the very content).
-fn encode_sums(crcs: &[u32]) -> Vec<u8> {
+pub(super) fn encode_sums(crcs: &[u32]) -> Vec<u8> {
     crcs.iter().flat_map(|c| c.to_le_bytes()).collect()
 }
 
 /// Why an assembly stopped.
-enum AssembleError {
+pub(super) enum AssembleError {
     /// A staged block is missing or has the wrong length (its index), or the
     /// block stream ended early.
     Missing(Option<u64>),
     Failed(StoreError),
 }
-use AssembleError::{Failed, Missing};
+pub(super) use AssembleError::{Failed, Missing};

@@ -11,12 +11,14 @@ use object_store::ObjectStoreExt;
 use step_core::plan::total_blocks;
 use tracing::{info, warn};
 
+use super::assembly::PART_MIN;
 use super::blocks::ObjectUpload;
+use super::io::{other, store_err};
 use super::names::{lease_name, names};
-use super::{Bucket, HeldKey, PART_MIN, Upload, UploadState, other, store_err};
-use crate::store::StoreLimits;
+use super::{Bucket, HeldKey, Upload, UploadState};
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult, unix_now};
 use crate::store::files::{Backend, Key, Ledger, Received, Unfinished};
+use crate::store::limits::StoreLimits;
 
 impl HeldKey {
     /// Mark a change under way (see [`HeldKey::changing`]); `result` ends it.

@@ -16,9 +16,11 @@ use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 use step_core::plan::{block_len, total_blocks};
 
+use super::assembly::PART_MIN;
 use super::coord::{Coord, Mark};
+use super::io::{other, store_err};
 use super::names::lease_name;
-use super::{Bucket, HeldKey, KeyGuard, KeyState, PART_MIN, Upload, other, store_err};
+use super::{Bucket, HeldKey, KeyGuard, KeyState, Upload};
 use crate::store::api::{PlanRecord, StoreError, StoreResult};
 use crate::store::files::{Key, Received, Sink};
 

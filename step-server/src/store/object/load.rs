@@ -13,9 +13,11 @@ use step_core::plan::{block_len, total_blocks};
 use tracing::{info, warn};
 
 use super::assembly::Held;
+use super::assembly::PART_MIN;
 use super::coord::Coord;
+use super::io::{lock, other, store_err};
 use super::names::lease_name;
-use super::{Bucket, KNOWN_PLANS, KeyState, PART_MIN, Upload, UploadState, lock, other, store_err};
+use super::{Bucket, KNOWN_PLANS, KeyState, Upload, UploadState};
 use crate::store::api::{FileMeta, PlanRecord, StoreResult};
 use crate::store::files::{Activity, Key, KeyId};
 

@@ -151,16 +151,18 @@ mod assembly;
 mod backend;
 mod blocks;
 pub mod coord;
+mod io;
 mod load;
 mod names;
 mod read;
 mod records;
+mod seal;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
@@ -169,41 +171,21 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use step_core::plan::to_ranges;
 
-use super::StoreLimits;
 use super::api::{PlanRecord, Replace, StoreError, StoreResult};
 use super::files::{FileStore, Key, KeyId, Ledger};
 use super::keylock::{self, Idle, LockMap};
+use super::limits::StoreLimits;
+pub use assembly::PART_MIN;
 use assembly::{Assembler, Held, MAX_ASSEMBLERS};
 use coord::{Coord, Lease};
+use io::{other, store_err};
 
-/// Smallest multipart part written (AWS requires 5 MiB but for the last).
-pub const PART_MIN: u64 = 8 << 20;
 /// Coordinated: plans of uploads kept in memory, at most.
 const KNOWN_PLANS: usize = 4096;
 
 /// The storage interface on an object store: the upload lifecycle over a
 /// [`Bucket`], with the bucket's records and accounts; see the module docs.
 pub type ObjectStorage = FileStore<Bucket>;
-
-// ------------------------------------------------------------------ errors
-
-/// The one place `object_store` errors become [`StoreError`]s.
-fn store_err(e: object_store::Error) -> StoreError {
-    match e {
-        object_store::Error::NotFound { .. } => StoreError::NotFound,
-        // HTTP failures after retries: connection refused, 5xx, timeouts.
-        object_store::Error::Generic { .. } => StoreError::Unavailable(e.to_string()),
-        other => StoreError::Other(Box::new(other)),
-    }
-}
-
-fn other(msg: impl Into<String>) -> StoreError {
-    StoreError::Other(msg.into().into())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 // ------------------------------------------------------------------ state
 

@@ -10,8 +10,9 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use tracing::{debug, error};
 
+use super::Bucket;
+use super::io::{other, store_err};
 use super::names::{KEY_ORDERED_BYTES, key_seg, key_seg_ordered, user_seg};
-use super::{Bucket, other, store_err};
 use crate::store::api::{FileMeta, ListPage, StoreError, StoreResult};
 use crate::store::files::listing::PageRule;
 use crate::store::sums::CHUNK;

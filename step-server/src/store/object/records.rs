@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use object_store::ObjectStoreExt;
 use serde_json::{Map, Value};
 
+use super::ObjectStorage;
+use super::io::store_err;
 use super::names::names;
-use super::{ObjectStorage, store_err};
 use crate::store::api::{Records, StoreError, StoreResult};
 
 #[async_trait]

@@ -15,6 +15,7 @@ use object_store::{
 };
 use step_core::digest::md5_hex;
 
+use super::io::lock;
 use super::names::{KEY_ORDERED_BYTES, key_seg, names, user_seg};
 use super::*;
 use crate::store::api::{Deleted, Files, Records, UnfinishedStats, Upkeep};
