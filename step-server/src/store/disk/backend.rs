@@ -15,6 +15,7 @@ use super::publish::Sealed;
 use super::upload::{self, Phase, Upload};
 use super::{Disk, DiskHeld, Slot, UploadSlot, lock};
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreError, StoreResult};
+use crate::store::files::listing::PageRule;
 use crate::store::files::{
     Activity, Backend, Key, KeyId, Ledger, Received, Unfinished, version_id_ok,
 };
@@ -181,14 +182,8 @@ impl Backend for Disk {
         self.read_range(user, meta, offset, len)
     }
 
-    async fn list(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<ListPage> {
-        self.list_files(user, prefix, after, limit)
+    async fn list(&self, user: &str, rule: PageRule<'_>) -> StoreResult<ListPage> {
+        self.list_files(user, rule)
     }
 
     async fn lock(&self, key: &Key) -> StoreResult<DiskHeld> {

@@ -111,24 +111,13 @@ impl Disk {
     /// key order, so every name is decoded and the page picked from them
     /// (O(n log limit) for n files of the user); only the page's metas are
     /// read.
-    pub(super) fn list_files(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<ListPage> {
-        let rule = PageRule {
-            prefix,
-            after,
-            limit,
-        };
+    pub(super) fn list_files(&self, user: &str, rule: PageRule<'_>) -> StoreResult<ListPage> {
         let dir = self.root.join(Area::Meta.dir()).join(names::encode(user));
         // The `limit + 1` smallest wanted keys so far, with their names.
         let mut best: BinaryHeap<(String, OsString)> = BinaryHeap::new();
         // Readable names of keys with this prefix start with its encoding:
         // the others are passed over without decoding.
-        let name_prefix = names::encode_prefix(prefix);
+        let name_prefix = names::encode_prefix(rule.prefix);
         for entry in entries(&dir)? {
             let name = entry.file_name();
             if let Some(readable) = name.to_str().filter(|n| !n.starts_with('~'))

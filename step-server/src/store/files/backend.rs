@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::ledger::{KeyId, Ledger};
+use super::listing::PageRule;
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult};
 use crate::store::limits::StoreLimits;
 
@@ -97,14 +98,8 @@ pub trait Backend: Send + Sync + Debug + Sized + 'static {
     async fn has_upload(&self, key: &Key) -> StoreResult<bool>;
     /// `len` bytes at `offset` of the file `meta` describes, verified.
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes>;
-    /// One page of `user`'s complete files (see [`super::listing`]).
-    async fn list(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<ListPage>;
+    /// One page of `user`'s complete files, as `rule` says.
+    async fn list(&self, user: &str, rule: PageRule<'_>) -> StoreResult<ListPage>;
     /// Whether the store answers now.
     async fn ready(&self) -> StoreResult<()> {
         Ok(())

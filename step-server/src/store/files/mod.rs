@@ -44,6 +44,7 @@ use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
     UnfinishedStats, Upkeep, UploadWriter,
 };
+use listing::PageRule;
 use retired::Retired;
 
 /// What a SAVE asks for.
@@ -207,9 +208,12 @@ impl<B: Backend> Files for FileStore<B> {
         let (user, prefix) = (user.to_owned(), prefix.to_owned());
         let after = after.map(str::to_owned);
         self.run(|s| async move {
-            s.backend
-                .list(&user, &prefix, after.as_deref(), limit)
-                .await
+            let rule = PageRule {
+                prefix: &prefix,
+                after: after.as_deref(),
+                limit,
+            };
+            s.backend.list(&user, rule).await
         })
         .await
     }

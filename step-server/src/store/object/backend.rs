@@ -17,6 +17,7 @@ use super::io::{other, store_err};
 use super::names::{lease_name, names};
 use super::{Bucket, HeldKey, Upload, UploadState};
 use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult, unix_now};
+use crate::store::files::listing::PageRule;
 use crate::store::files::{Backend, Key, Ledger, Received, Unfinished};
 use crate::store::limits::StoreLimits;
 
@@ -71,14 +72,8 @@ impl Backend for Bucket {
         self.read_range(user, meta, offset, len).await
     }
 
-    async fn list(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<ListPage> {
-        self.list_files(user, prefix, after, limit).await
+    async fn list(&self, user: &str, rule: PageRule<'_>) -> StoreResult<ListPage> {
+        self.list_files(user, rule).await
     }
 
     /// One HEAD in the bucket (a missing object is an answer) and, with a

@@ -89,9 +89,8 @@ impl Bucket {
         }
         let n = &sink.names;
         let earlier = {
-            let mut st = self.files.lock(n.id.clone()).await;
-            self.load(n, &mut st).await?;
-            let up = self.current_upload(sink, &st, named).await?;
+            let st = self.lock_current(sink, named).await?;
+            let up = st.upload.as_ref().ok_or(StoreError::NotPlanned)?;
             up.received[index as usize].then(|| up.held.get(index))
         };
         if let Some(held) = earlier {
@@ -102,12 +101,13 @@ impl Bucket {
             .put(&path, PutPayload::from_bytes(data.clone()))
             .await
             .map_err(store_err)?;
-        let mut st = KeyGuard(self.files.lock(n.id.clone()).await);
-        self.load(n, &mut st).await?;
-        if let Err(e) = self.current_upload(sink, &st, named).await {
-            let _ = self.store.delete(&path).await;
-            return Err(e);
-        }
+        let mut st = match self.lock_current(sink, named).await {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = self.store.delete(&path).await;
+                return Err(e);
+            }
+        };
         let up = st.upload.as_mut().ok_or(StoreError::NotPlanned)?;
         if !up.received[index as usize] {
             up.received[index as usize] = true;
@@ -241,9 +241,7 @@ impl Bucket {
                 .await
                 .map_err(store_err)?;
         }
-        let mut st = KeyGuard(self.files.lock(n.id.clone()).await);
-        self.load(n, &mut st).await?;
-        self.current_upload(sink, &st, named).await?;
+        let mut st = self.lock_current(sink, named).await?;
         let up = st.upload.as_mut().ok_or(StoreError::NotPlanned)?;
         if changed {
             if let Some(a) = up.assembler.take() {
@@ -262,6 +260,19 @@ impl Bucket {
             });
         }
         Ok(Received::Stored)
+    }
+
+    /// The key, locked (this instance's lock) with its upload loaded, if
+    /// that is still the one `sink` was opened on (and the one named).
+    async fn lock_current(
+        &self,
+        sink: &ObjectUpload,
+        named: Option<&str>,
+    ) -> StoreResult<KeyGuard> {
+        let mut st = KeyGuard(self.files.lock(sink.names.id.clone()).await);
+        self.load(&sink.names, &mut st).await?;
+        self.current_upload(sink, &st, named).await?;
+        Ok(st)
     }
 
     /// The key's upload, if it is still the one `sink` was opened on (and

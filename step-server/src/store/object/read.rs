@@ -95,22 +95,11 @@ impl Bucket {
     /// segments sort as keys do, so the LIST starts at the page's first
     /// candidate and stops past the prefix; keys long enough to end in a
     /// hash are fetched a whole group at a time and sorted by their key.
-    pub(super) async fn list_files(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<ListPage> {
-        let rule = PageRule {
-            prefix,
-            after,
-            limit,
-        };
+    pub(super) async fn list_files(&self, user: &str, rule: PageRule<'_>) -> StoreResult<ListPage> {
         let dir = self.meta_dir(&user_seg(user));
         // Every key starting with `prefix` has a segment starting with this.
-        let pre_seg = key_seg_ordered(prefix.as_bytes());
-        let mut list: Listing = match list_offset(&pre_seg, after) {
+        let pre_seg = key_seg_ordered(rule.prefix.as_bytes());
+        let mut list: Listing = match list_offset(&pre_seg, rule.after) {
             Some(o) => self
                 .store
                 .list_with_offset(Some(&dir), &dir.clone().join(o.as_str())),
