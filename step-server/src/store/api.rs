@@ -119,7 +119,7 @@ pub struct FileMeta {
     pub completed_unix: u64,
 }
 
-/// What a replacing SAVE asks for ([`Storage::plan_replace`]); kept with
+/// What a replacing SAVE asks for ([`Files::plan_replace`]); kept with
 /// the unfinished upload, so its completion checks it again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replace {

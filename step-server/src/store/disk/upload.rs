@@ -275,8 +275,9 @@ impl Upload {
         let id = uuid::Uuid::new_v4().simple().to_string();
         // The plan file is written last: its presence marks the directory as
         // a usable upload. It is written in place, not renamed there: in this
-        // process only the store's registry lock, which the caller holds,
-        // looks at it; and a plan torn by a crash fails to parse, so `open`
+        // process it is read only under the key's lock, which the caller
+        // holds (a HEAD only asks whether it exists); and a plan torn by a
+        // crash fails to parse, so `open`
         // discards the directory like any other half-written upload. It is
         // not fsynced (an fsync here cost every SAVE a journal commit,
         // milliseconds on a busy disk): the blocks and receipts of an

@@ -58,7 +58,7 @@ pub struct SaveRequest {
     pub replace: Option<Replace>,
 }
 
-/// A store: the lifecycle over backend `B`. Cheap to clone (one `Arc`).
+/// A store: the lifecycle over backend `B`. Cheap to clone.
 pub struct FileStore<B> {
     backend: Arc<B>,
     retired: Arc<Retired>,

@@ -435,7 +435,7 @@ impl Bucket {
         self.path(&["file", &n.id.0, &n.id.1, upload_id])
     }
     /// A replaced version's meta, kept beside its content while it may
-    /// still be read (see [`Storage::head_version`]).
+    /// still be read (see [`Files::head_version`](crate::store::Files::head_version)).
     fn retired_meta_path(&self, n: &Key, upload_id: &str) -> Path {
         self.path(&["file", &n.id.0, &n.id.1, &format!("{upload_id}.meta")])
     }
