@@ -10,8 +10,11 @@
 //!   the upload again. The user always comes from the request's own
 //!   credentials: a URL names an upload, it grants nothing, and another
 //!   user's SAVE finds no upload of that id;
-//! * the offset is the server's: a SAVE with `resume` answers with the blocks
-//!   still missing, and the contiguous prefix of stored blocks is the offset;
+//! * the offset is the server's: FILE GET `upload_status` (a read, our STEP
+//!   extension) answers with the key's unfinished upload and the blocks it
+//!   still misses, and the contiguous prefix of stored blocks is the offset.
+//!   Finding an upload never changes it: a URL that does not name the
+//!   key's current upload (its id and plan) is 404 and touches nothing;
 //! * PATCH bytes become UPLOAD blocks as whole blocks arrive. A PATCH that
 //!   ends inside a block leaves a tail (less than one block) that this
 //!   process keeps, counted against `--max-buffered-bytes`, and reports in
@@ -19,6 +22,10 @@
 //!   the block-aligned one the server holds and the client resends from
 //!   there. Every response names the block size (`Step-Block-Size`): chunks
 //!   that are multiples of it never depend on a kept tail.
+//!
+//! Requests on one upload are serialised by a lock on what the URL names —
+//! the user, key and upload id — not on the URL's text, which can be spelt
+//! in more than one way.
 //!
 //! An `Upload-Checksum` chunk is spooled (memory or temp file, like a
 //! multipart upload) and checked before any of it is stored, so a mismatch
@@ -151,11 +158,17 @@ impl UploadRef {
 
 // ------------------------------------------------------------ kept tails
 
-/// Per upload (by URL): the lock that serialises its requests and the
-/// partial block its last PATCH left, if kept.
+/// Which upload a request is about: whose, under which key, which upload
+/// (none: an empty file, complete at creation).
+type UploadId = (String, String, Option<String>);
+
+type SlotMap = Arc<Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<Slot>>>>>;
+
+/// Per upload: the lock that serialises its requests and the partial block
+/// its last PATCH left, if kept.
 #[derive(Debug, Default)]
 pub struct Tails {
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>>,
+    slots: SlotMap,
 }
 
 #[derive(Debug, Default)]
@@ -174,14 +187,16 @@ struct Tail {
 /// One request's hold on an upload; the slot is forgotten when released
 /// with no tail and nobody else waiting.
 struct SlotGuard {
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>>,
-    id: String,
+    slots: SlotMap,
+    id: UploadId,
     guard: Option<OwnedMutexGuard<Slot>>,
 }
 
 impl std::fmt::Debug for SlotGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotGuard").field("id", &self.id).finish()
+        f.debug_struct("SlotGuard")
+            .field("key", &self.id.1)
+            .finish()
     }
 }
 
@@ -190,11 +205,12 @@ fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Tails {
-    /// Wait (up to [`LOCK_WAIT`]) until no other request works on `id`.
-    /// Requests on one upload are serialised on purpose, I/O included:
-    /// its offset is only meaningful between them.
-    async fn lock(&self, id: &str) -> Result<SlotGuard, GatewayError> {
-        let slot = Arc::clone(lock_map(&self.slots).entry(id.to_owned()).or_default());
+    /// Wait (up to [`LOCK_WAIT`]) until no other request of `user` works
+    /// on upload `r`. Requests on one upload are serialised on purpose, I/O
+    /// included: its offset is only meaningful between them.
+    async fn lock(&self, user: &str, r: &UploadRef) -> Result<SlotGuard, GatewayError> {
+        let id = (user.to_owned(), r.key.clone(), r.upload_id.clone());
+        let slot = Arc::clone(lock_map(&self.slots).entry(id.clone()).or_default());
         let guard = tokio::time::timeout(LOCK_WAIT, slot.lock_owned())
             .await
             .map_err(|_| {
@@ -204,7 +220,7 @@ impl Tails {
             })?;
         Ok(SlotGuard {
             slots: Arc::clone(&self.slots),
-            id: id.to_owned(),
+            id,
             guard: Some(guard),
         })
     }
@@ -383,14 +399,25 @@ enum Found {
         /// Bytes of the contiguous prefix of stored blocks.
         prefix: u64,
         tp: TransferPlan,
+        /// Seconds an idle upload lives (the server's capability).
         expiry: Option<u64>,
+        /// The upload's last SAVE or block, Unix seconds (0: unknown).
+        last_active: u64,
     },
     Complete,
 }
 
-/// Ask the server where `r` stands: a SAVE with `resume` answers with the
-/// blocks still missing. Side effects are undone: a SAVE that found nothing
-/// to resume started a new upload, which is removed again.
+fn no_status() -> GatewayError {
+    GatewayError::NotImplemented(
+        "the STEP backend cannot report an unfinished upload without changing it (no \
+         upload_status capability), which tus needs"
+            .into(),
+    )
+}
+
+/// Ask the server where `r` stands, changing nothing: the key's unfinished
+/// upload when it is `r`'s (same id and plan), else the key's complete file
+/// when `r` completed it, else 404.
 async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, GatewayError> {
     let Some(want_id) = r.upload_id.as_deref() else {
         // An empty file: complete at creation; it exists or it is gone.
@@ -401,15 +428,15 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
     if !caps.resume {
         return Err(no_resume());
     }
+    if !caps.upload_status {
+        return Err(no_status());
+    }
     let tp = st.backend.plan_for(&conn);
-    let opts = SaveOptions {
-        block_size: Some(r.block_size),
-        resume: true,
-    };
-    let saved = conn.file_save(Some(&r.key), r.size, opts).await;
-    match saved.map_err(|e| st.backend.step_error(e)) {
-        Ok(plan) if plan.upload_id.as_deref() == Some(want_id) => {
-            let prefix = plan
+    let status = conn.file_upload_status(&r.key).await;
+    drop(conn);
+    match status.map_err(|e| st.backend.step_error(e)) {
+        Ok(s) if s.upload_id == want_id && s.size == r.size && s.block_size == r.block_size => {
+            let prefix = s
                 .missing
                 .first()
                 .map_or(r.size, |m| m[0].saturating_mul(r.block_size).min(r.size));
@@ -417,18 +444,14 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
                 prefix,
                 tp,
                 expiry: caps.upload_expiry,
+                last_active: s.last_active,
             })
         }
-        Ok(plan) => {
-            if !plan.resumed {
-                st.backend
-                    .discard_upload(token, &r.key, plan.upload_id.as_deref(), false)
-                    .await;
-            }
-            Err(gone())
-        }
-        Err(GatewayError::Step {
-            status: Status::KeyExists,
+        // Another upload of the key, or none: this one may have completed
+        // (a replacing upload can be under way beside its file).
+        Ok(_)
+        | Err(GatewayError::Step {
+            status: Status::NotFound,
             reason: None,
             ..
         }) => complete_or_gone(st, token, r).await,
@@ -545,12 +568,12 @@ pub async fn create(
     let mut offset = if r.upload_id.is_none() { size } else { 0 };
     let mut failure = None;
     if with_upload && r.upload_id.is_some() {
-        let id = r.encode();
-        let slot = st.tus.lock(&id).await?;
+        let slot = st.tus.lock(&auth.user, &r).await?;
         let found = Found::Open {
             prefix: 0,
             tp,
             expiry,
+            last_active: 0,
         };
         match spawn_write(&st, token, r.clone(), slot, found, 0, sum, body).await {
             Ok(p) => offset = p.offset,
@@ -621,17 +644,26 @@ pub async fn head(
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
     let r = UploadRef::decode(&id)?;
-    let mut slot = st.tus.lock(&id).await?;
+    let mut slot = st.tus.lock(&auth.user, &r).await?;
     let (_, found) = find_as(&st, &auth, &r).await?;
     let mut resp = StatusCode::OK.into_response();
     match found {
         Found::Complete => set(&mut resp, UPLOAD_OFFSET, r.size),
-        Found::Open { prefix, expiry, .. } => {
+        Found::Open {
+            prefix,
+            expiry,
+            last_active,
+            ..
+        } => {
             let tail = slot.take_tail(prefix);
             let kept = tail.as_ref().map_or(0, |t| t.bytes.len() as u64);
             slot.slot().tail = tail;
             set(&mut resp, UPLOAD_OFFSET, prefix + kept);
-            expires(&mut resp, expiry);
+            // From its last write: asking does not keep an upload alive.
+            if let Some(secs) = expiry.filter(|_| last_active > 0) {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(last_active + secs);
+                set(&mut resp, UPLOAD_EXPIRES, httpdate::fmt_http_date(at));
+            }
         }
     }
     set(&mut resp, UPLOAD_LENGTH, r.size);
@@ -656,7 +688,7 @@ pub async fn terminate(
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
     let r = UploadRef::decode(&id)?;
-    let mut slot = st.tus.lock(&id).await?;
+    let mut slot = st.tus.lock(&auth.user, &r).await?;
     // Found first: the server answers a FILE DELETE that discards an
     // unfinished upload with "not found" (as the reference does), so only
     // this tells a terminated upload from a missing one.
@@ -722,7 +754,7 @@ pub async fn write(
             r.size
         )));
     }
-    let slot = st.tus.lock(&id).await?;
+    let slot = st.tus.lock(&auth.user, &r).await?;
     let (token, found) = find_as(&st, &auth, &r).await?;
     let p = spawn_write(&st, token, r.clone(), slot, found, claimed, sum, body).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -778,7 +810,9 @@ async fn write_at(
                 got: claimed,
             });
         }
-        Found::Open { prefix, tp, expiry } => (prefix, tp, expiry),
+        Found::Open {
+            prefix, tp, expiry, ..
+        } => (prefix, tp, expiry),
     };
     let tail = slot.take_tail(prefix);
     let offset = prefix + tail.as_ref().map_or(0, |t| t.bytes.len() as u64);
@@ -851,7 +885,15 @@ async fn write_at(
         });
     }
     let stored = blocks.index * r.block_size;
-    let kept = slot.keep(st, stored, blocks.buf.split().freeze());
+    // A tail that would reach the end (a last block held back) is dropped:
+    // an offset equal to Upload-Length would say the upload is complete.
+    let rest = blocks.buf.split().freeze();
+    let rest = if stored + rest.len() as u64 >= r.size {
+        Bytes::new()
+    } else {
+        rest
+    };
+    let kept = slot.keep(st, stored, rest);
     debug!(key = %r.key, stored, kept, "tus chunk written");
     if let Some(e) = blocks.failure {
         return Err(e);
@@ -884,11 +926,17 @@ where
         loop {
             if self.buf.len() >= self.block_size || (self.pos == self.size && !self.buf.is_empty())
             {
-                let n = self.buf.len().min(self.block_size);
-                let block = self.buf.split_to(n).freeze();
-                let i = self.index;
-                self.index += 1;
-                return Some((i, block));
+                // The block that completes the upload waits for the body's
+                // end: a body that goes on past Upload-Length must not
+                // complete it (and a failed one is not taken as whole).
+                let completes = (self.index + 1) * self.block_size as u64 >= self.size;
+                if !completes || (self.ended && self.failure.is_none()) {
+                    let n = self.buf.len().min(self.block_size);
+                    let block = self.buf.split_to(n).freeze();
+                    let i = self.index;
+                    self.index += 1;
+                    return Some((i, block));
+                }
             }
             if self.ended {
                 return None;
@@ -897,9 +945,15 @@ where
                 Some(Ok(chunk)) => {
                     let len = chunk.len() as u64;
                     if self.pos + len > self.size {
+                        // What fits is taken, so where the body's framing
+                        // cut it does not change what is kept.
+                        let fits = (self.size - self.pos) as usize;
+                        self.buf.extend_from_slice(&chunk[..fits]);
+                        self.pos = self.size;
                         self.ended = true;
                         self.failure = Some(GatewayError::BadRequest(format!(
-                            "the body goes past Upload-Length {}",
+                            "the body goes past Upload-Length {}: nothing past it is stored, \
+                             and the upload continues at the offset HEAD reports",
                             self.size
                         )));
                         continue;
@@ -1002,5 +1056,37 @@ mod tests {
         assert_eq!(b.next_block().await, Some((2, Bytes::from_static(b"xyz"))));
         assert_eq!(b.next_block().await, None);
         assert!(b.buf.is_empty() && b.failure.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_last_block_waits_for_the_end_and_a_longer_body_never_completes() {
+        let blocks = |chunks: Vec<&'static [u8]>| Blocks {
+            body: futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))),
+            buf: BytesMut::new(),
+            block_size: 4,
+            index: 0,
+            pos: 0,
+            size: 6,
+            ended: false,
+            failure: None,
+        };
+        let mut b = blocks(vec![b"abcd", b"ef", b"", b"gh"]);
+        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
+        // "ef" completes the upload, but "gh" follows: refused, not sent.
+        assert_eq!(b.next_block().await, None);
+        assert!(matches!(b.failure, Some(GatewayError::BadRequest(_))));
+        assert_eq!(&b.buf[..], b"ef");
+        // The same bytes framed otherwise: the same outcome.
+        let mut b = blocks(vec![b"abcd", b"efgh"]);
+        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
+        assert_eq!(b.next_block().await, None);
+        assert!(b.failure.is_some());
+        assert_eq!(&b.buf[..], b"ef");
+        // Exactly the upload's length: the last block goes once the body ends.
+        let mut b = blocks(vec![b"abcd", b"ef", b""]);
+        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
+        assert_eq!(b.next_block().await, Some((1, Bytes::from_static(b"ef"))));
+        assert_eq!(b.next_block().await, None);
+        assert!(b.failure.is_none());
     }
 }
