@@ -41,32 +41,36 @@ const ATTACKS: &str = concat!(
 
 fn main() {
     prereq::main(vec![
-        prereq::needs(
+        in_chromium(
             "page_uploads_lists_resumes_and_deletes_in_chromium",
-            browser,
-            |py| block_on_threads(2, page_in_chromium(py)),
+            page_in_chromium,
         ),
-        prereq::needs(
+        in_chromium(
             "page_signs_in_when_the_gateway_requires_a_token",
-            browser,
-            |py| block_on_threads(2, page_signs_in(py)),
+            page_signs_in,
         ),
-        prereq::needs(
+        in_chromium(
             "uploaded_html_and_svg_never_run_in_the_gateways_origin",
-            browser,
-            |py| block_on_threads(2, stored_scripts_do_not_run(py)),
+            stored_scripts_do_not_run,
         ),
-        prereq::needs(
+        in_chromium(
             "a_forged_cross_site_form_cannot_replace_alices_file",
-            browser,
-            |py| block_on_threads(2, forged_form_is_refused(py)),
+            forged_form_is_refused,
         ),
-        prereq::needs(
+        in_chromium(
             "the_page_is_not_framed_and_forgets_alice_at_sign_out",
-            browser,
-            |py| block_on_threads(2, page_state_is_per_user(py)),
+            page_state_is_per_user,
         ),
     ]);
+}
+
+/// A test that needs the browser (else ignored with the reason).
+fn in_chromium<F, Fut>(name: &str, test: F) -> prereq::Trial
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    prereq::needs(name, browser, move |py| block_on_threads(2, test(py)))
 }
 
 /// The venv's python (with selenium), when chromium and its driver are here.
@@ -143,20 +147,10 @@ async fn page_signs_in(py: PathBuf) {
     // The file is alice's: without a token nothing is served, with hers the
     // exact bytes.
     assert_eq!(gw.get("/files/alice.bin").await.status(), 401);
-    let login: Value = gw
-        .client
-        .post(gw.at("/login"))
-        .json(&serde_json::json!({"username": "alice"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("token");
     let body = gw
         .client
         .get(gw.at("/files/alice.bin"))
-        .bearer_auth(login["token"].as_str().expect("token"))
+        .bearer_auth(gw.token("alice").await)
         .send()
         .await
         .expect("GET")
@@ -185,20 +179,6 @@ async fn attack(py: &Path, mode: &str, gw: &Gateway, work: &Path) -> Value {
     let report = support::python::run_for_json(py, ATTACKS, &args, Duration::from_secs(240)).await;
     println!("browser_security.py {mode}: {report}");
     report
-}
-
-async fn token_of(gw: &Gateway, user: &str) -> String {
-    let login: Value = gw
-        .client
-        .post(gw.at("/login"))
-        .json(&serde_json::json!({ "username": user }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("token");
-    login["token"].as_str().expect("token").to_owned()
 }
 
 async fn stored_scripts_do_not_run(py: PathBuf) {
@@ -231,7 +211,7 @@ async fn stored_scripts_do_not_run(py: PathBuf) {
 async fn forged_form_is_refused(py: PathBuf) {
     let step = TestServer::start().await;
     let gw = signed_in_gateway(&step).await;
-    let alice = token_of(&gw, "alice").await;
+    let alice = gw.token("alice").await;
     let words = "alice's own words";
     let r = gw
         .client
@@ -299,7 +279,7 @@ async fn page_state_is_per_user(py: PathBuf) {
     assert_eq!(r["uploads_shown_after_signout"], "", "{r}");
     assert_eq!(r["pending_after_signout"], "", "{r}");
     // Ended on the server too.
-    let alice = token_of(&gw, "alice").await;
+    let alice = gw.token("alice").await;
     let head = gw
         .client
         .head(gw.at(url))

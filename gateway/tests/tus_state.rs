@@ -15,72 +15,22 @@
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use step_tests::{TestServer, pattern};
 
 mod support;
 use support::Gateway;
-
-const BLOCK: u64 = 65_536;
-
-async fn gateway(step: &TestServer) -> Gateway {
-    support::gateway_with(step.addr, |_, transfer| transfer.block_size = BLOCK).await
-}
-
-fn tus(gw: &Gateway, method: Method, path: &str) -> RequestBuilder {
-    gw.client
-        .request(method, gw.at(path))
-        .header("Tus-Resumable", "1.0.0")
-}
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .expect("ascii")
-        .to_owned()
-}
-
-async fn create(gw: &Gateway, name: &str, len: usize) -> String {
-    let r = tus(gw, Method::POST, "/tus/")
-        .header("Upload-Length", len.to_string())
-        .header(
-            "Upload-Metadata",
-            format!("filename {}", STANDARD.encode(name)),
-        )
-        .send()
-        .await
-        .expect("POST /tus/");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    header(&r, "location")
-}
-
-fn patch_req(gw: &Gateway, path: &str, offset: u64) -> RequestBuilder {
-    tus(gw, Method::PATCH, path)
-        .header("Upload-Offset", offset.to_string())
-        .header("Content-Type", "application/offset+octet-stream")
-}
+use support::tus::{BLOCK, create, gateway, header, offset, patch_request, tus};
 
 async fn patch(gw: &Gateway, path: &str, offset: u64, data: &[u8]) -> reqwest::Response {
-    patch_req(gw, path, offset)
-        .body(data.to_vec())
-        .send()
-        .await
-        .expect("PATCH")
+    support::tus::patch(gw, path, offset, data, None).await
 }
 
 async fn head(gw: &Gateway, path: &str) -> reqwest::Response {
     tus(gw, Method::HEAD, path).send().await.expect("HEAD")
-}
-
-async fn offset(gw: &Gateway, path: &str) -> u64 {
-    let r = head(gw, path).await;
-    assert_eq!(r.status(), StatusCode::OK, "HEAD {path}");
-    header(&r, "upload-offset").parse().expect("a number")
 }
 
 /// The JSON an upload URL carries.
@@ -109,7 +59,7 @@ async fn a_head_patch_or_delete_of_a_made_up_url_touches_nothing() {
     // default --anonymous write).
     let body = pattern(2 << 20, 7);
     let half = body.len() / 2;
-    let path = create(&gw, "shared.bin", body.len()).await;
+    let path = create(&gw, "shared.bin", body.len(), None).await;
     let r = patch(&gw, &path, 0, &body[..half]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(offset(&gw, &path).await, half as u64);
@@ -144,7 +94,7 @@ async fn head_reports_the_offset_and_refreshes_nothing() {
     let step = TestServer::start().await;
     let gw = gateway(&step).await;
     let body = pattern(300_000, 8);
-    let path = create(&gw, "head.bin", body.len()).await;
+    let path = create(&gw, "head.bin", body.len(), None).await;
     // One block stored and a tail this gateway keeps.
     let r = patch(&gw, &path, 0, &body[..100_000]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -175,7 +125,7 @@ async fn a_re_encoded_url_gets_no_second_concurrent_patch() {
     let step = TestServer::start().await;
     let gw = gateway(&step).await;
     let body = pattern(200_000, 9);
-    let path = create(&gw, "twice.bin", body.len()).await;
+    let path = create(&gw, "twice.bin", body.len(), None).await;
     // The same upload, its JSON written in another order.
     let v = url_json(&path);
     let respelt = url_of(&format!(
@@ -201,7 +151,7 @@ async fn a_re_encoded_url_gets_no_second_concurrent_patch() {
         }
     });
     let first = tokio::spawn(
-        patch_req(&gw, &path, 0)
+        patch_request(&gw, &path, 0)
             .header("Content-Length", body.len().to_string())
             .body(reqwest::Body::wrap_stream(chunks))
             .send(),
@@ -244,7 +194,7 @@ async fn chunked(gw: &Gateway, path: &str, offset: u64, chunks: Vec<Vec<u8>>) ->
             .into_iter()
             .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
     );
-    patch_req(gw, path, offset)
+    patch_request(gw, path, offset)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
@@ -270,7 +220,7 @@ async fn a_chunked_patch_past_upload_length_is_refused_and_commits_no_excess() {
     ];
     for (i, (what, chunks)) in cases.into_iter().enumerate() {
         let key = format!("long{i}.bin");
-        let path = create(&gw, &key, body.len()).await;
+        let path = create(&gw, &key, body.len(), None).await;
         let r = chunked(&gw, &path, 0, chunks).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
         let err: Value = r.json().await.expect("JSON error");
@@ -290,7 +240,7 @@ async fn a_chunked_patch_past_upload_length_is_refused_and_commits_no_excess() {
         assert!(got == body, "{what}: exactly the upload's bytes");
     }
     // Announced by Content-Length: refused before anything is read.
-    let path = create(&gw, "long-cl.bin", body.len()).await;
+    let path = create(&gw, "long-cl.bin", body.len(), None).await;
     let r = patch(&gw, &path, 0, &[&body[..], &excess[..]].concat()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(offset(&gw, &path).await, 0);
