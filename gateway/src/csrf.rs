@@ -96,7 +96,7 @@ pub async fn guard(State(policy): State<Arc<Policy>>, req: Request, next: Next) 
     match policy.refusal(req.headers()) {
         None => next.run(req).await,
         Some(why) => {
-            tracing::info!(method = %req.method(), uri = %req.uri(), "cross-site write refused");
+            tracing::debug!(method = %req.method(), uri = %req.uri(), "cross-site write refused");
             GatewayError::CrossSite(why).into_response()
         }
     }
