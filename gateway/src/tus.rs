@@ -31,8 +31,7 @@
 //! multipart upload) and checked before any of it is stored, so a mismatch
 //! (460) keeps nothing of it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -44,12 +43,11 @@ use axum::routing::{patch, post};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use step_core::Status;
 use step_core::client::{SaveOptions, UploadPlan};
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tracing::{debug, info};
 
 use crate::AppState;
@@ -77,12 +75,12 @@ const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 /// it (unless the upload is complete).
 pub const STEP_BLOCK_SIZE: HeaderName = HeaderName::from_static("step-block-size");
 
-/// How long a request waits for another request on the same upload (a
-/// PATCH whose client went away is noticed when its body fails).
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// Tails kept at once, whatever their size (each also counts its bytes
-/// against --max-buffered-bytes).
-const MAX_TAILS: usize = 10_000;
+mod blocks;
+mod tails;
+
+use blocks::Blocks;
+use tails::SlotGuard;
+pub use tails::Tails;
 
 /// The tus routes, to be served with the file routes' body handling (no
 /// body-size limit, the minimum body rate).
@@ -152,134 +150,6 @@ impl UploadRef {
             missing: vec![[0, total_block]],
             resumed: true,
             upload_id: self.upload_id.clone(),
-        }
-    }
-}
-
-// ------------------------------------------------------------ kept tails
-
-/// Which upload a request is about: whose, under which key, which upload
-/// (none: an empty file, complete at creation).
-type UploadId = (String, String, Option<String>);
-
-type SlotMap = Arc<Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<Slot>>>>>;
-
-/// Per upload: the lock that serialises its requests and the partial block
-/// its last PATCH left, if kept.
-#[derive(Debug, Default)]
-pub struct Tails {
-    slots: SlotMap,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    tail: Option<Tail>,
-}
-
-/// Bytes after the last stored block, starting at `at` (block-aligned).
-#[derive(Debug)]
-struct Tail {
-    at: u64,
-    bytes: Bytes,
-    _budget: OwnedSemaphorePermit,
-}
-
-/// One request's hold on an upload; the slot is forgotten when released
-/// with no tail and nobody else waiting.
-struct SlotGuard {
-    slots: SlotMap,
-    id: UploadId,
-    guard: Option<OwnedMutexGuard<Slot>>,
-}
-
-impl std::fmt::Debug for SlotGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotGuard")
-            .field("key", &self.id.1)
-            .finish()
-    }
-}
-
-fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Tails {
-    /// Wait (up to [`LOCK_WAIT`]) until no other request of `user` works
-    /// on upload `r`. Requests on one upload are serialised on purpose, I/O
-    /// included: its offset is only meaningful between them.
-    async fn lock(&self, user: &str, r: &UploadRef) -> Result<SlotGuard, GatewayError> {
-        let id = (user.to_owned(), r.key.clone(), r.upload_id.clone());
-        let slot = Arc::clone(lock_map(&self.slots).entry(id.clone()).or_default());
-        let guard = tokio::time::timeout(LOCK_WAIT, slot.lock_owned())
-            .await
-            .map_err(|_| {
-                GatewayError::Locked(
-                    "another request is writing this upload; try again shortly".into(),
-                )
-            })?;
-        Ok(SlotGuard {
-            slots: Arc::clone(&self.slots),
-            id,
-            guard: Some(guard),
-        })
-    }
-
-    pub fn kept(&self) -> usize {
-        lock_map(&self.slots).len()
-    }
-}
-
-impl SlotGuard {
-    fn slot(&mut self) -> &mut Slot {
-        self.guard.as_mut().expect("held until drop")
-    }
-
-    /// The kept tail, when it continues the server's prefix `at`.
-    fn take_tail(&mut self, at: u64) -> Option<Tail> {
-        self.slot().tail.take().filter(|t| t.at == at)
-    }
-
-    /// Keep `bytes` (less than one block) after the stored prefix `at`, if
-    /// the budget allows; returns how many bytes were kept.
-    fn keep(&mut self, st: &AppState, at: u64, bytes: Bytes) -> u64 {
-        self.slot().tail = None;
-        if bytes.is_empty() || lock_map(&self.slots).len() > MAX_TAILS {
-            return 0;
-        }
-        let Ok(n) = u32::try_from(bytes.len()) else {
-            return 0;
-        };
-        let Ok(budget) = Arc::clone(&st.buffered).try_acquire_many_owned(n) else {
-            return 0;
-        };
-        let len = bytes.len() as u64;
-        self.slot().tail = Some(Tail {
-            at,
-            bytes,
-            _budget: budget,
-        });
-        len
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let Some(guard) = self.guard.take() else {
-            return;
-        };
-        let empty = guard.tail.is_none();
-        let slot = Arc::clone(OwnedMutexGuard::mutex(&guard));
-        drop(guard);
-        if !empty {
-            return;
-        }
-        let mut map = lock_map(&self.slots);
-        // The map's reference and ours: nobody else waits for it, and a new
-        // waiter would need the map lock we hold.
-        if Arc::strong_count(&slot) == 2 && map.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &slot))
-        {
-            map.remove(&self.id);
         }
     }
 }
@@ -904,75 +774,6 @@ async fn write_at(
     })
 }
 
-/// A PATCH body cut into the upload's blocks, starting with the kept tail.
-struct Blocks<S> {
-    body: S,
-    /// Bytes not yet sent, from the block boundary `index * block_size`.
-    buf: BytesMut,
-    block_size: usize,
-    index: u64,
-    /// Absolute position of the end of `buf`.
-    pos: u64,
-    size: u64,
-    ended: bool,
-    failure: Option<GatewayError>,
-}
-
-impl<S> Blocks<S>
-where
-    S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
-{
-    async fn next_block(&mut self) -> Option<(u64, Bytes)> {
-        loop {
-            if self.buf.len() >= self.block_size || (self.pos == self.size && !self.buf.is_empty())
-            {
-                // The block that completes the upload waits for the body's
-                // end: a body that goes on past Upload-Length must not
-                // complete it (and a failed one is not taken as whole).
-                let completes = (self.index + 1) * self.block_size as u64 >= self.size;
-                if !completes || (self.ended && self.failure.is_none()) {
-                    let n = self.buf.len().min(self.block_size);
-                    let block = self.buf.split_to(n).freeze();
-                    let i = self.index;
-                    self.index += 1;
-                    return Some((i, block));
-                }
-            }
-            if self.ended {
-                return None;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    let len = chunk.len() as u64;
-                    if self.pos + len > self.size {
-                        // What fits is taken, so where the body's framing
-                        // cut it does not change what is kept.
-                        let fits = (self.size - self.pos) as usize;
-                        self.buf.extend_from_slice(&chunk[..fits]);
-                        self.pos = self.size;
-                        self.ended = true;
-                        self.failure = Some(GatewayError::BadRequest(format!(
-                            "the body goes past Upload-Length {}: nothing past it is stored, \
-                             and the upload continues at the offset HEAD reports",
-                            self.size
-                        )));
-                        continue;
-                    }
-                    self.pos += len;
-                    self.buf.extend_from_slice(&chunk);
-                }
-                Some(Err(e)) => {
-                    // What arrived stays: whole blocks are sent, the rest is
-                    // the tail.
-                    self.ended = true;
-                    self.failure = Some(e);
-                }
-                None => self.ended = true,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1021,72 +822,5 @@ mod tests {
             HeaderValue::from_static("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="),
         );
         assert!(checksum(&h).is_err());
-    }
-
-    #[tokio::test]
-    async fn blocks_start_from_the_tail_and_keep_the_rest() {
-        let body =
-            futures::stream::iter([&b"cdefg"[..], b"hij"].map(|c| Ok(Bytes::from_static(c))));
-        let mut b = Blocks {
-            body,
-            buf: BytesMut::from(&b"ab"[..]),
-            block_size: 4,
-            index: 3,
-            pos: 14,
-            size: 30,
-            ended: false,
-            failure: None,
-        };
-        assert_eq!(b.next_block().await, Some((3, Bytes::from_static(b"abcd"))));
-        assert_eq!(b.next_block().await, Some((4, Bytes::from_static(b"efgh"))));
-        assert_eq!(b.next_block().await, None);
-        assert_eq!(&b.buf[..], b"ij");
-        // The last block is short and sent as soon as the upload is whole.
-        let body = futures::stream::iter([Ok(Bytes::from_static(b"xyz"))]);
-        let mut b = Blocks {
-            body,
-            buf: BytesMut::new(),
-            block_size: 4,
-            index: 2,
-            pos: 8,
-            size: 11,
-            ended: false,
-            failure: None,
-        };
-        assert_eq!(b.next_block().await, Some((2, Bytes::from_static(b"xyz"))));
-        assert_eq!(b.next_block().await, None);
-        assert!(b.buf.is_empty() && b.failure.is_none());
-    }
-
-    #[tokio::test]
-    async fn the_last_block_waits_for_the_end_and_a_longer_body_never_completes() {
-        let blocks = |chunks: Vec<&'static [u8]>| Blocks {
-            body: futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c)))),
-            buf: BytesMut::new(),
-            block_size: 4,
-            index: 0,
-            pos: 0,
-            size: 6,
-            ended: false,
-            failure: None,
-        };
-        let mut b = blocks(vec![b"abcd", b"ef", b"", b"gh"]);
-        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
-        // "ef" completes the upload, but "gh" follows: refused, not sent.
-        assert_eq!(b.next_block().await, None);
-        assert!(matches!(b.failure, Some(GatewayError::BadRequest(_))));
-        assert_eq!(&b.buf[..], b"ef");
-        // The same bytes framed otherwise: the same outcome.
-        let mut b = blocks(vec![b"abcd", b"efgh"]);
-        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
-        assert_eq!(b.next_block().await, None);
-        assert!(b.failure.is_some());
-        assert_eq!(&b.buf[..], b"ef");
-        // Exactly the upload's length: the last block goes once the body ends.
-        let mut b = blocks(vec![b"abcd", b"ef", b""]);
-        assert_eq!(b.next_block().await, Some((0, Bytes::from_static(b"abcd"))));
-        assert_eq!(b.next_block().await, Some((1, Bytes::from_static(b"ef"))));
-        assert_eq!(b.next_block().await, None);
-        assert!(b.failure.is_none());
     }
 }
