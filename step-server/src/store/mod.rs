@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 pub use api::{
     Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreResult, UnfinishedStats, UploadWriter,
+    StoreResult, UnfinishedStats, UnfinishedUpload, UploadWriter,
 };
 pub use disk::DiskStore;
 
@@ -165,6 +165,9 @@ mod tests {
             Err(StoreError::NotFound)
         }
         async fn head(&self, _: &str, _: &str) -> StoreResult<FileMeta> {
+            Err(StoreError::NotFound)
+        }
+        async fn upload_status(&self, _: &str, _: &str) -> StoreResult<UnfinishedUpload> {
             Err(StoreError::NotFound)
         }
         async fn read(&self, _: &str, _: &FileMeta, _: u64, _: u64) -> StoreResult<Bytes> {

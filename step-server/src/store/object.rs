@@ -168,7 +168,7 @@ use tracing::{debug, error, info, warn};
 use super::StoreLimits;
 use super::api::{
     Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreResult, UnfinishedStats, UploadWriter, unix_now,
+    StoreResult, UnfinishedStats, UnfinishedUpload, UploadWriter, unix_now,
 };
 use coord::{Coord, Lease, Mark};
 
@@ -2242,6 +2242,16 @@ impl Storage for ObjectStorage {
         }
     }
 
+    async fn upload_status(&self, user: &str, key: &str) -> StoreResult<UnfinishedUpload> {
+        self.inner.ensure_scanned().await?;
+        let n = Names::new(user, key);
+        let id = n.id();
+        let slot = self.inner.file_slot(&id);
+        let result = self.inner.upload_status(&n, &slot).await;
+        self.inner.release_slot(&id, slot);
+        result
+    }
+
     async fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta> {
         let n = Names::new(user, key);
         if let Some(meta) = self.inner.get_json(&self.inner.meta_path(&n)).await? {
@@ -2639,5 +2649,6 @@ impl UploadWriter for ObjectUpload {
 
 mod accounts;
 pub mod coord;
+mod status;
 #[cfg(test)]
 mod tests;

@@ -74,7 +74,7 @@ use tracing::{debug, error, info, warn};
 
 use super::api::{
     self, Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage,
-    StoreError, StoreResult, UnfinishedStats, UploadWriter,
+    StoreError, StoreResult, UnfinishedStats, UnfinishedUpload, UploadWriter,
 };
 use super::{StoreLimits, names, sums};
 use commit::Committer;
@@ -1192,6 +1192,48 @@ impl Disk {
         })
     }
 
+    /// The unfinished upload under `key`, read only: from its open slot, or
+    /// from its files without opening them for writing. The registry knows
+    /// every unfinished upload (indexed at open).
+    fn upload_status(&self, user: &str, key: &str) -> StoreResult<UnfinishedUpload> {
+        let (slot, activity) = match lock(&self.registry).pending.get(&id_of(user, key)) {
+            Some(p) => (p.slot.clone(), Arc::clone(&p.activity)),
+            None => return Err(StoreError::NotFound),
+        };
+        let last_active_unix = activity.last_ms.load(Ordering::Relaxed) / 1000;
+        let (plan, id, missing) = match slot {
+            Some(slot) => {
+                let up = lock(&slot.upload);
+                if !matches!(up.phase, Phase::Receiving) {
+                    return Err(StoreError::NotFound);
+                }
+                let missing = step_core::plan::to_ranges(up.missing());
+                (up.plan, Some(up.id.clone()), missing)
+            }
+            // Closed: its files say (a SAVE or DELETE racing this read
+            // leaves them whole or gone).
+            None => match upload::peek(&self.path(Area::Uploads, user, key)) {
+                Ok(found) => found,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let upload_id = match id {
+            Some(id) => id,
+            // From before ids: it gets one when opened, as for a block.
+            None => match self.upload_slot(user, key)? {
+                Some(slot) => lock(&slot.upload).id.clone(),
+                None => return Err(StoreError::NotFound),
+            },
+        };
+        Ok(UnfinishedUpload {
+            upload_id,
+            plan,
+            missing,
+            last_active_unix,
+        })
+    }
+
     /// FILE GET / DOWNLOAD: a complete file's metadata.
     fn head(&self, user: &str, key: &str) -> StoreResult<FileMeta> {
         match self.read_meta(user, key)? {
@@ -1514,6 +1556,12 @@ impl Storage for DiskStore {
         let disk = Arc::clone(&self.disk);
         let (user, meta) = (user.to_owned(), meta.clone());
         blocking(move || disk.read(&user, &meta, offset, len)).await
+    }
+
+    async fn upload_status(&self, user: &str, key: &str) -> StoreResult<UnfinishedUpload> {
+        let disk = Arc::clone(&self.disk);
+        let (user, key) = (user.to_owned(), key.to_owned());
+        blocking(move || disk.upload_status(&user, &key)).await
     }
 
     async fn delete_file(
