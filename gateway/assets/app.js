@@ -5,7 +5,9 @@
 
 const TOKEN_KEY = "step-token";
 const USER_KEY = "step-user";
-const UPLOADS_KEY = "step-tus-uploads"; // fingerprint -> {url, name, size}
+// Unfinished uploads per user ("step-tus-uploads:" + user name, "" when not
+// signed in): fingerprint -> {url, name, size}. Cleared at sign-out.
+const UPLOADS_KEY = "step-tus-uploads:";
 const PARALLEL = 3; // files uploading at once
 const CHUNK_TARGET = 8 << 20; // bytes per PATCH, rounded to whole blocks
 const RETRIES = 8; // attempts after a failed PATCH before giving up
@@ -59,16 +61,35 @@ async function login(ev) {
     $("password").value = "";
     clearError();
     showWho();
+    showPending();
     listFiles(true);
   } catch (e) {
     showError(e.message);
   }
 }
 
-function logout() {
+/** Where the signed-in user's (or the anonymous) unfinished uploads live. */
+function uploadsKey() { return UPLOADS_KEY + (sessionStorage.getItem(USER_KEY) || ""); }
+
+/**
+ * Signing out ends what the session started: uploads in progress stop, the
+ * unfinished ones are cancelled on the server and forgotten here, so the
+ * next person at this browser sees none of their names or URLs.
+ */
+async function logout() {
+  if (active.size && !confirm(`Sign out and cancel ${active.size} upload(s) in progress?`)) return;
+  queue.length = 0;
+  for (const u of active) u.cancel();
+  const key = uploadsKey();
+  const left = Object.values(remembered(key));
+  localStorage.removeItem(key);
+  await Promise.allSettled(left.map((e) =>
+    fetch(e.url, { method: "DELETE", headers: tusHeaders() })));
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(USER_KEY);
+  $("uploads").replaceChildren();
   showWho();
+  showPending();
   listFiles(true);
 }
 
@@ -223,14 +244,16 @@ async function remove(key, row) {
 
 // ------------------------------------------------------------ tus uploads
 
-function remembered() {
-  try { return JSON.parse(localStorage.getItem(UPLOADS_KEY) || "{}"); } catch (_) { return {}; }
+/** The unfinished uploads kept under `key` (the current user's by default). */
+function remembered(key) {
+  try { return JSON.parse(localStorage.getItem(key || uploadsKey()) || "{}"); } catch (_) { return {}; }
 }
 
-function remember(fp, entry) {
-  const all = remembered();
+function remember(key, fp, entry) {
+  const all = remembered(key);
   if (entry) all[fp] = entry; else delete all[fp];
-  localStorage.setItem(UPLOADS_KEY, JSON.stringify(all));
+  if (Object.keys(all).length) localStorage.setItem(key, JSON.stringify(all));
+  else localStorage.removeItem(key);
   showPending();
 }
 
@@ -259,6 +282,11 @@ class Upload {
   constructor(file) {
     this.file = file;
     this.fp = fingerprint(file);
+    // Whose upload this is, fixed at the start: a sign-out meanwhile must
+    // not file it under the next user.
+    this.owner = uploadsKey();
+    this.cancelled = false;
+    this.xhr = null;
     this.li = document.createElement("li");
     this.li.dataset.name = file.name;
     const name = document.createElement("span");
@@ -290,22 +318,35 @@ class Upload {
     this.info.textContent = note || `${human(done)} of ${human(size)} · ${human(Math.max(0, speed))}/s`;
   }
 
+  /** Stop at once (sign-out); what the server holds is ended by the caller. */
+  cancel() {
+    this.cancelled = true;
+    if (this.xhr) this.xhr.abort();
+  }
+
+  check() {
+    if (this.cancelled) throw new TusError("Cancelled: you signed out.");
+  }
+
   async run() {
+    active.add(this);
     try {
       await this.upload();
       this.li.className = "done";
       this.show(this.file.size, `Uploaded ${human(this.file.size)}`);
-      remember(this.fp, null);
+      remember(this.owner, this.fp, null);
       listFiles(true);
     } catch (e) {
       this.li.className = "failed";
       this.info.textContent = e.message;
+    } finally {
+      active.delete(this);
     }
   }
 
   async upload() {
     let offset = null;
-    const known = remembered()[this.fp];
+    const known = remembered(this.owner)[this.fp];
     if (known) {
       this.url = known.url;
       offset = await this.head();
@@ -317,15 +358,18 @@ class Upload {
     if (offset === null) offset = await this.create();
     let failures = 0;
     while (offset < this.file.size) {
+      this.check();
       try {
         offset = await this.patch(offset);
         failures = 0;
       } catch (e) {
+        this.check();
         if (!e.retry || failures >= RETRIES) throw e;
         failures++;
         const wait = Math.min(30, 2 ** failures) * 500;
         this.info.textContent = `${e.message} Retrying in ${Math.round(wait / 1000)} s…`;
         await new Promise((ok) => setTimeout(ok, wait));
+        this.check();
         // The server says where to continue.
         const at = await this.head().catch(() => null);
         if (at === null) throw new TusError("The upload is gone from the server; choose the file again.");
@@ -345,7 +389,12 @@ class Upload {
     if (r.status !== 201) throw new TusError(await errorText(r, "starting the upload of " + this.file.name));
     this.url = new URL(r.headers.get("Location"), location.href).pathname;
     this.blockSize = Number(r.headers.get("Step-Block-Size")) || 0;
-    remember(this.fp, { url: this.url, name: this.file.name, size: this.file.size });
+    if (this.cancelled) {
+      // Signed out while it was being created: it ends here too.
+      await fetch(this.url, { method: "DELETE", headers: tusHeaders() }).catch(() => null);
+      this.check();
+    }
+    remember(this.owner, this.fp, { url: this.url, name: this.file.name, size: this.file.size });
     return Number(r.headers.get("Upload-Offset")) || 0;
   }
 
@@ -353,7 +402,7 @@ class Upload {
   async head() {
     const r = await fetch(this.url, { method: "HEAD", headers: tusHeaders(), cache: "no-store" });
     if (r.status === 404 || r.status === 410) {
-      remember(this.fp, null);
+      remember(this.owner, this.fp, null);
       return null;
     }
     if (!r.ok) throw new TusError(await errorText(r, "asking where " + this.file.name + " stopped"), r.status >= 500);
@@ -372,6 +421,7 @@ class Upload {
     const body = this.file.slice(offset, end);
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
+      this.xhr = xhr;
       xhr.open("PATCH", this.url);
       for (const [k, v] of Object.entries(tusHeaders({
         "Upload-Offset": String(offset),
@@ -393,6 +443,7 @@ class Upload {
         reject(new TusError(`Upload of ${this.file.name} failed (HTTP ${xhr.status})${msg ? ": " + msg : ""}.`, retry));
       };
       xhr.onerror = () => reject(new TusError("The connection dropped.", true));
+      xhr.onabort = () => reject(new TusError("Cancelled: you signed out."));
       xhr.ontimeout = () => reject(new TusError("The server stopped answering.", true));
       xhr.send(body);
     });
@@ -401,6 +452,8 @@ class Upload {
 
 const queue = [];
 let running = 0;
+/** Uploads running now (sign-out cancels them). */
+const active = new Set();
 
 function enqueue(files) {
   for (const f of files) queue.push(new Upload(f));
@@ -418,6 +471,8 @@ function pump() {
 // ------------------------------------------------------------ wiring
 
 function init() {
+  // Older pages kept every user's unfinished uploads under one key.
+  localStorage.removeItem("step-tus-uploads");
   showWho();
   showPending();
   $("login-form").addEventListener("submit", login);

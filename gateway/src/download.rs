@@ -19,6 +19,13 @@
 //! protects a partial range on every path. Against a reference server a
 //! partial range is not verified.
 //!
+//! Presentation. The bytes are the user's, served from the gateway's own
+//! origin (where the page keeps its token), so they must never run there:
+//! every response carries `nosniff` and a sandboxing CSP that loads
+//! nothing, and only passive media and plain text are shown `inline`;
+//! everything else — HTML, SVG, XML, PDF, scripts, unknown types — is an
+//! `attachment` the browser saves instead of opening ([`presentation`]).
+//!
 //! Stalls. A client that stops reading (or never reads) leaves the channel
 //! full; after [`STALL_FACTOR`] × the backend timeout without room, the
 //! download gives up and the body ends with an error. However a download
@@ -121,14 +128,12 @@ pub async fn respond(
         etag: Some(&tag),
         modified: plan.last_modified,
     };
-    let mut headers = HeaderMap::new();
-    let mime = mime_guess::from_path(key).first_or_octet_stream();
+    let mut headers = presentation(key);
     let put = |h: &mut HeaderMap, name, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
         }
     };
-    put(&mut headers, header::CONTENT_TYPE, mime.to_string());
     conditional::validator_headers(&mut headers, current);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
@@ -177,6 +182,98 @@ pub async fn respond(
         rx.recv().await.map(|item| (item, rx))
     });
     Ok((status, headers, Body::from_stream(body)).into_response())
+}
+
+/// What user content may do in a browser: nothing. A sandbox (an opaque
+/// origin: no script, no storage, no cookies of ours, no forms), nothing
+/// fetched; media documents may load their own URL, and the inline styles
+/// browsers give image and text views are harmless.
+pub const USER_CONTENT_CSP: &str =
+    "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'";
+
+/// Types a browser shows without running anything from them: raster
+/// images, audio, video, plain text. Shown inline; every other type
+/// (including SVG, HTML, XML, PDF and unknown ones) is an attachment.
+const INLINE_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/bmp",
+    "image/x-icon",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "audio/webm",
+    "audio/flac",
+    "audio/aac",
+    "audio/mp4",
+    "audio/m4a",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "text/plain",
+];
+
+/// Bytes of a file name kept as they are in `filename*` (RFC 8187
+/// attr-char); the rest is percent-encoded.
+const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// The headers that say how a browser presents the file under `key`:
+/// its type (guessed from the key; plain text as UTF-8), whether it is
+/// shown or saved and under which name, and that it runs nothing.
+pub fn presentation(key: &str) -> HeaderMap {
+    let mime = mime_guess::from_path(key).first_or_octet_stream();
+    let essence = mime.essence_str();
+    let inline = INLINE_TYPES.contains(&essence);
+    let kind = if essence == "text/plain" {
+        "text/plain; charset=utf-8".to_owned()
+    } else {
+        essence.to_owned()
+    };
+    let name = key.rsplit('/').next().unwrap_or(key);
+    // A quoted ASCII name for every client, and the exact one (RFC 8187)
+    // where it differs.
+    let plain: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '_',
+        })
+        .collect();
+    let mut disposition = format!(
+        "{}; filename=\"{plain}\"",
+        if inline { "inline" } else { "attachment" }
+    );
+    if plain != name {
+        let exact = percent_encoding::utf8_percent_encode(name, ATTR_CHAR);
+        disposition.push_str(&format!("; filename*=UTF-8''{exact}"));
+    }
+    let mut h = HeaderMap::new();
+    for (name, value) in [
+        (header::CONTENT_TYPE, kind),
+        (header::CONTENT_DISPOSITION, disposition),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (header::CONTENT_SECURITY_POLICY, USER_CONTENT_CSP.to_owned()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    h
 }
 
 /// Why a download stopped early.
@@ -368,6 +465,42 @@ mod tests {
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).expect("header")
+    }
+
+    #[test]
+    fn only_passive_types_are_shown_inline() {
+        let shown = |key: &str| {
+            let h = presentation(key);
+            let get = |n| {
+                h.get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (get(header::CONTENT_TYPE), get(header::CONTENT_DISPOSITION))
+        };
+        for key in [
+            "a.html", "b.htm", "c.svg", "d.xml", "e.pdf", "f.js", "g.mjs", "h", "i.swf",
+        ] {
+            assert!(
+                shown(key).1.starts_with("attachment;"),
+                "{key}: {:?}",
+                shown(key)
+            );
+        }
+        for key in ["a.png", "b.jpeg", "c.gif", "d.mp3", "e.mp4", "f.txt"] {
+            assert!(
+                shown(key).1.starts_with("inline;"),
+                "{key}: {:?}",
+                shown(key)
+            );
+        }
+        assert_eq!(shown("x/notes.txt").0, "text/plain; charset=utf-8");
+        assert_eq!(
+            shown("a/b\\c\"d.txt").1,
+            "inline; filename=\"b_c_d.txt\"; filename*=UTF-8''b%5Cc%22d.txt"
+        );
+        assert_eq!(shown("\r\n.png").1.lines().count(), 1);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A write sent by a browser on behalf of another site (see `csrf.rs`).
+    #[error("{0}")]
+    CrossSite(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -134,6 +137,7 @@ impl GatewayError {
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::CrossSite(_) => StatusCode::FORBIDDEN,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,6 +189,7 @@ impl GatewayError {
             GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::CrossSite(_) => "cross_site",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::Unprocessable(_) => "unprocessable",
             GatewayError::TooLarge(_) => "too_large",

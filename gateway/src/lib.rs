@@ -14,6 +14,7 @@ pub mod backend;
 pub mod body;
 pub mod conditional;
 pub mod config;
+pub mod csrf;
 pub mod download;
 pub mod error;
 pub mod metrics;
@@ -192,6 +193,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(csrf::Policy::new(&state.http.cors_origins)),
+            csrf::guard,
+        ))
+        .layer(middleware::from_fn(page::inert_by_default))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             record_metrics,

@@ -256,8 +256,9 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError) -> GatewayError
     }
 }
 
-/// `POST /upload` (multipart/form-data): the first file part is stored under
-/// `?key=`, else its file name, else a fresh uuid.
+/// `POST /upload` (multipart/form-data): the first file part (one with a
+/// file name) is stored under `?key=`, else its file name, else a fresh
+/// uuid.
 pub async fn upload_multipart(
     State(st): State<Arc<AppState>>,
     auth: Auth,
@@ -269,7 +270,16 @@ pub async fn upload_multipart(
     let bad = |e: axum::extract::multipart::MultipartError| multipart_error(&e);
     while let Some(part) = form.next_field().await.map_err(bad)? {
         let file_name = part.file_name().map(str::to_owned);
-        if file_name.is_none() && part.name() != Some("file") {
+        if file_name.is_none() {
+            // A text field is never the file: a form that types its
+            // content (as a forged one can) is refused, not stored.
+            if part.name() == Some("file") {
+                return Err(GatewayError::BadRequest(
+                    "the form's \"file\" field is text, not a file: send the file as a file \
+                     part, e.g. curl -F file=@otter.jpg"
+                        .into(),
+                ));
+            }
             continue;
         }
         let key = q

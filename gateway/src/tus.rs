@@ -10,8 +10,11 @@
 //!   the upload again. The user always comes from the request's own
 //!   credentials: a URL names an upload, it grants nothing, and another
 //!   user's SAVE finds no upload of that id;
-//! * the offset is the server's: a SAVE with `resume` answers with the blocks
-//!   still missing, and the contiguous prefix of stored blocks is the offset;
+//! * the offset is the server's: FILE GET `upload_status` (a read, our STEP
+//!   extension) answers with the key's unfinished upload and the blocks it
+//!   still misses, and the contiguous prefix of stored blocks is the offset.
+//!   Finding an upload never changes it: a URL that does not name the
+//!   key's current upload (its id and plan) is 404 and touches nothing;
 //! * PATCH bytes become UPLOAD blocks as whole blocks arrive. A PATCH that
 //!   ends inside a block leaves a tail (less than one block) that this
 //!   process keeps, counted against `--max-buffered-bytes`, and reports in
@@ -20,12 +23,15 @@
 //!   there. Every response names the block size (`Step-Block-Size`): chunks
 //!   that are multiples of it never depend on a kept tail.
 //!
+//! Requests on one upload are serialised by a lock on what the URL names —
+//! the user, key and upload id — not on the URL's text, which can be spelt
+//! in more than one way.
+//!
 //! An `Upload-Checksum` chunk is spooled (memory or temp file, like a
 //! multipart upload) and checked before any of it is stored, so a mismatch
 //! (460) keeps nothing of it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -37,12 +43,11 @@ use axum::routing::{patch, post};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use step_core::Status;
 use step_core::client::{SaveOptions, UploadPlan};
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tracing::{debug, info};
 
 use crate::AppState;
@@ -70,12 +75,12 @@ const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 /// it (unless the upload is complete).
 pub const STEP_BLOCK_SIZE: HeaderName = HeaderName::from_static("step-block-size");
 
-/// How long a request waits for another request on the same upload (a
-/// PATCH whose client went away is noticed when its body fails).
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// Tails kept at once, whatever their size (each also counts its bytes
-/// against --max-buffered-bytes).
-const MAX_TAILS: usize = 10_000;
+mod blocks;
+mod tails;
+
+use blocks::Blocks;
+use tails::SlotGuard;
+pub use tails::Tails;
 
 /// The tus routes, to be served with the file routes' body handling (no
 /// body-size limit, the minimum body rate).
@@ -145,125 +150,6 @@ impl UploadRef {
             missing: vec![[0, total_block]],
             resumed: true,
             upload_id: self.upload_id.clone(),
-        }
-    }
-}
-
-// ------------------------------------------------------------ kept tails
-
-/// Per upload (by URL): the lock that serialises its requests and the
-/// partial block its last PATCH left, if kept.
-#[derive(Debug, Default)]
-pub struct Tails {
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>>,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    tail: Option<Tail>,
-}
-
-/// Bytes after the last stored block, starting at `at` (block-aligned).
-#[derive(Debug)]
-struct Tail {
-    at: u64,
-    bytes: Bytes,
-    _budget: OwnedSemaphorePermit,
-}
-
-/// One request's hold on an upload; the slot is forgotten when released
-/// with no tail and nobody else waiting.
-struct SlotGuard {
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>>,
-    id: String,
-    guard: Option<OwnedMutexGuard<Slot>>,
-}
-
-impl std::fmt::Debug for SlotGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotGuard").field("id", &self.id).finish()
-    }
-}
-
-fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Tails {
-    /// Wait (up to [`LOCK_WAIT`]) until no other request works on `id`.
-    /// Requests on one upload are serialised on purpose, I/O included:
-    /// its offset is only meaningful between them.
-    async fn lock(&self, id: &str) -> Result<SlotGuard, GatewayError> {
-        let slot = Arc::clone(lock_map(&self.slots).entry(id.to_owned()).or_default());
-        let guard = tokio::time::timeout(LOCK_WAIT, slot.lock_owned())
-            .await
-            .map_err(|_| {
-                GatewayError::Locked(
-                    "another request is writing this upload; try again shortly".into(),
-                )
-            })?;
-        Ok(SlotGuard {
-            slots: Arc::clone(&self.slots),
-            id: id.to_owned(),
-            guard: Some(guard),
-        })
-    }
-
-    pub fn kept(&self) -> usize {
-        lock_map(&self.slots).len()
-    }
-}
-
-impl SlotGuard {
-    fn slot(&mut self) -> &mut Slot {
-        self.guard.as_mut().expect("held until drop")
-    }
-
-    /// The kept tail, when it continues the server's prefix `at`.
-    fn take_tail(&mut self, at: u64) -> Option<Tail> {
-        self.slot().tail.take().filter(|t| t.at == at)
-    }
-
-    /// Keep `bytes` (less than one block) after the stored prefix `at`, if
-    /// the budget allows; returns how many bytes were kept.
-    fn keep(&mut self, st: &AppState, at: u64, bytes: Bytes) -> u64 {
-        self.slot().tail = None;
-        if bytes.is_empty() || lock_map(&self.slots).len() > MAX_TAILS {
-            return 0;
-        }
-        let Ok(n) = u32::try_from(bytes.len()) else {
-            return 0;
-        };
-        let Ok(budget) = Arc::clone(&st.buffered).try_acquire_many_owned(n) else {
-            return 0;
-        };
-        let len = bytes.len() as u64;
-        self.slot().tail = Some(Tail {
-            at,
-            bytes,
-            _budget: budget,
-        });
-        len
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let Some(guard) = self.guard.take() else {
-            return;
-        };
-        let empty = guard.tail.is_none();
-        let slot = Arc::clone(OwnedMutexGuard::mutex(&guard));
-        drop(guard);
-        if !empty {
-            return;
-        }
-        let mut map = lock_map(&self.slots);
-        // The map's reference and ours: nobody else waits for it, and a new
-        // waiter would need the map lock we hold.
-        if Arc::strong_count(&slot) == 2 && map.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &slot))
-        {
-            map.remove(&self.id);
         }
     }
 }
@@ -383,14 +269,25 @@ enum Found {
         /// Bytes of the contiguous prefix of stored blocks.
         prefix: u64,
         tp: TransferPlan,
+        /// Seconds an idle upload lives (the server's capability).
         expiry: Option<u64>,
+        /// The upload's last SAVE or block, Unix seconds (0: unknown).
+        last_active: u64,
     },
     Complete,
 }
 
-/// Ask the server where `r` stands: a SAVE with `resume` answers with the
-/// blocks still missing. Side effects are undone: a SAVE that found nothing
-/// to resume started a new upload, which is removed again.
+fn no_status() -> GatewayError {
+    GatewayError::NotImplemented(
+        "the STEP backend cannot report an unfinished upload without changing it (no \
+         upload_status capability), which tus needs"
+            .into(),
+    )
+}
+
+/// Ask the server where `r` stands, changing nothing: the key's unfinished
+/// upload when it is `r`'s (same id and plan), else the key's complete file
+/// when `r` completed it, else 404.
 async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, GatewayError> {
     let Some(want_id) = r.upload_id.as_deref() else {
         // An empty file: complete at creation; it exists or it is gone.
@@ -401,15 +298,15 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
     if !caps.resume {
         return Err(no_resume());
     }
+    if !caps.upload_status {
+        return Err(no_status());
+    }
     let tp = st.backend.plan_for(&conn);
-    let opts = SaveOptions {
-        block_size: Some(r.block_size),
-        resume: true,
-    };
-    let saved = conn.file_save(Some(&r.key), r.size, opts).await;
-    match saved.map_err(|e| st.backend.step_error(e)) {
-        Ok(plan) if plan.upload_id.as_deref() == Some(want_id) => {
-            let prefix = plan
+    let status = conn.file_upload_status(&r.key).await;
+    drop(conn);
+    match status.map_err(|e| st.backend.step_error(e)) {
+        Ok(s) if s.upload_id == want_id && s.size == r.size && s.block_size == r.block_size => {
+            let prefix = s
                 .missing
                 .first()
                 .map_or(r.size, |m| m[0].saturating_mul(r.block_size).min(r.size));
@@ -417,18 +314,14 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
                 prefix,
                 tp,
                 expiry: caps.upload_expiry,
+                last_active: s.last_active,
             })
         }
-        Ok(plan) => {
-            if !plan.resumed {
-                st.backend
-                    .discard_upload(token, &r.key, plan.upload_id.as_deref(), false)
-                    .await;
-            }
-            Err(gone())
-        }
-        Err(GatewayError::Step {
-            status: Status::KeyExists,
+        // Another upload of the key, or none: this one may have completed
+        // (a replacing upload can be under way beside its file).
+        Ok(_)
+        | Err(GatewayError::Step {
+            status: Status::NotFound,
             reason: None,
             ..
         }) => complete_or_gone(st, token, r).await,
@@ -545,12 +438,12 @@ pub async fn create(
     let mut offset = if r.upload_id.is_none() { size } else { 0 };
     let mut failure = None;
     if with_upload && r.upload_id.is_some() {
-        let id = r.encode();
-        let slot = st.tus.lock(&id).await?;
+        let slot = st.tus.lock(&auth.user, &r).await?;
         let found = Found::Open {
             prefix: 0,
             tp,
             expiry,
+            last_active: 0,
         };
         match spawn_write(&st, token, r.clone(), slot, found, 0, sum, body).await {
             Ok(p) => offset = p.offset,
@@ -621,17 +514,26 @@ pub async fn head(
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
     let r = UploadRef::decode(&id)?;
-    let mut slot = st.tus.lock(&id).await?;
+    let mut slot = st.tus.lock(&auth.user, &r).await?;
     let (_, found) = find_as(&st, &auth, &r).await?;
     let mut resp = StatusCode::OK.into_response();
     match found {
         Found::Complete => set(&mut resp, UPLOAD_OFFSET, r.size),
-        Found::Open { prefix, expiry, .. } => {
+        Found::Open {
+            prefix,
+            expiry,
+            last_active,
+            ..
+        } => {
             let tail = slot.take_tail(prefix);
             let kept = tail.as_ref().map_or(0, |t| t.bytes.len() as u64);
             slot.slot().tail = tail;
             set(&mut resp, UPLOAD_OFFSET, prefix + kept);
-            expires(&mut resp, expiry);
+            // From its last write: asking does not keep an upload alive.
+            if let Some(secs) = expiry.filter(|_| last_active > 0) {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(last_active + secs);
+                set(&mut resp, UPLOAD_EXPIRES, httpdate::fmt_http_date(at));
+            }
         }
     }
     set(&mut resp, UPLOAD_LENGTH, r.size);
@@ -656,7 +558,7 @@ pub async fn terminate(
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
     let r = UploadRef::decode(&id)?;
-    let mut slot = st.tus.lock(&id).await?;
+    let mut slot = st.tus.lock(&auth.user, &r).await?;
     // Found first: the server answers a FILE DELETE that discards an
     // unfinished upload with "not found" (as the reference does), so only
     // this tells a terminated upload from a missing one.
@@ -722,7 +624,7 @@ pub async fn write(
             r.size
         )));
     }
-    let slot = st.tus.lock(&id).await?;
+    let slot = st.tus.lock(&auth.user, &r).await?;
     let (token, found) = find_as(&st, &auth, &r).await?;
     let p = spawn_write(&st, token, r.clone(), slot, found, claimed, sum, body).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -778,7 +680,9 @@ async fn write_at(
                 got: claimed,
             });
         }
-        Found::Open { prefix, tp, expiry } => (prefix, tp, expiry),
+        Found::Open {
+            prefix, tp, expiry, ..
+        } => (prefix, tp, expiry),
     };
     let tail = slot.take_tail(prefix);
     let offset = prefix + tail.as_ref().map_or(0, |t| t.bytes.len() as u64);
@@ -851,7 +755,15 @@ async fn write_at(
         });
     }
     let stored = blocks.index * r.block_size;
-    let kept = slot.keep(st, stored, blocks.buf.split().freeze());
+    // A tail that would reach the end (a last block held back) is dropped:
+    // an offset equal to Upload-Length would say the upload is complete.
+    let rest = blocks.buf.split().freeze();
+    let rest = if stored + rest.len() as u64 >= r.size {
+        Bytes::new()
+    } else {
+        rest
+    };
+    let kept = slot.keep(st, stored, rest);
     debug!(key = %r.key, stored, kept, "tus chunk written");
     if let Some(e) = blocks.failure {
         return Err(e);
@@ -860,63 +772,6 @@ async fn write_at(
         offset: stored + kept,
         expiry,
     })
-}
-
-/// A PATCH body cut into the upload's blocks, starting with the kept tail.
-struct Blocks<S> {
-    body: S,
-    /// Bytes not yet sent, from the block boundary `index * block_size`.
-    buf: BytesMut,
-    block_size: usize,
-    index: u64,
-    /// Absolute position of the end of `buf`.
-    pos: u64,
-    size: u64,
-    ended: bool,
-    failure: Option<GatewayError>,
-}
-
-impl<S> Blocks<S>
-where
-    S: Stream<Item = Result<Bytes, GatewayError>> + Unpin,
-{
-    async fn next_block(&mut self) -> Option<(u64, Bytes)> {
-        loop {
-            if self.buf.len() >= self.block_size || (self.pos == self.size && !self.buf.is_empty())
-            {
-                let n = self.buf.len().min(self.block_size);
-                let block = self.buf.split_to(n).freeze();
-                let i = self.index;
-                self.index += 1;
-                return Some((i, block));
-            }
-            if self.ended {
-                return None;
-            }
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    let len = chunk.len() as u64;
-                    if self.pos + len > self.size {
-                        self.ended = true;
-                        self.failure = Some(GatewayError::BadRequest(format!(
-                            "the body goes past Upload-Length {}",
-                            self.size
-                        )));
-                        continue;
-                    }
-                    self.pos += len;
-                    self.buf.extend_from_slice(&chunk);
-                }
-                Some(Err(e)) => {
-                    // What arrived stays: whole blocks are sent, the rest is
-                    // the tail.
-                    self.ended = true;
-                    self.failure = Some(e);
-                }
-                None => self.ended = true,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -967,40 +822,5 @@ mod tests {
             HeaderValue::from_static("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="),
         );
         assert!(checksum(&h).is_err());
-    }
-
-    #[tokio::test]
-    async fn blocks_start_from_the_tail_and_keep_the_rest() {
-        let body =
-            futures::stream::iter([&b"cdefg"[..], b"hij"].map(|c| Ok(Bytes::from_static(c))));
-        let mut b = Blocks {
-            body,
-            buf: BytesMut::from(&b"ab"[..]),
-            block_size: 4,
-            index: 3,
-            pos: 14,
-            size: 30,
-            ended: false,
-            failure: None,
-        };
-        assert_eq!(b.next_block().await, Some((3, Bytes::from_static(b"abcd"))));
-        assert_eq!(b.next_block().await, Some((4, Bytes::from_static(b"efgh"))));
-        assert_eq!(b.next_block().await, None);
-        assert_eq!(&b.buf[..], b"ij");
-        // The last block is short and sent as soon as the upload is whole.
-        let body = futures::stream::iter([Ok(Bytes::from_static(b"xyz"))]);
-        let mut b = Blocks {
-            body,
-            buf: BytesMut::new(),
-            block_size: 4,
-            index: 2,
-            pos: 8,
-            size: 11,
-            ended: false,
-            failure: None,
-        };
-        assert_eq!(b.next_block().await, Some((2, Bytes::from_static(b"xyz"))));
-        assert_eq!(b.next_block().await, None);
-        assert!(b.buf.is_empty() && b.failure.is_none());
     }
 }

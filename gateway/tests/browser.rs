@@ -9,6 +9,16 @@
 //! the deleted one is gone. With STEP_SCREENSHOT=path the script saves a
 //! PNG of the page (docs/page.png was made that way).
 //!
+//! tests/tus/browser_security.py plays an attacker against a signed-in
+//! user (a page on another origin of this machine): scripts in alice's
+//! uploaded HTML, SVG and text files must not run in the gateway's origin
+//! nor read her token (a control proves the harness sees a script that
+//! runs); a forged cross-site form must not replace her file with her
+//! cached Basic credentials (a control proves the browser sends them); the
+//! page must not load in another site's frame, and her unfinished
+//! uploads' names and URLs must not outlive her sign-out nor show to the
+//! next user of the browser.
+//!
 //! Reported as ignored, with the reason, where chromium, chromedriver or
 //! the Python venv are missing (a failure under STEP_REQUIRE_ALL_TESTS).
 
@@ -24,20 +34,43 @@ mod support;
 use support::Gateway;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tus/browser.py");
+const ATTACKS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/tus/browser_security.py"
+);
 
 fn main() {
     prereq::main(vec![
-        prereq::needs(
+        in_chromium(
             "page_uploads_lists_resumes_and_deletes_in_chromium",
-            browser,
-            |py| block_on_threads(2, page_in_chromium(py)),
+            page_in_chromium,
         ),
-        prereq::needs(
+        in_chromium(
             "page_signs_in_when_the_gateway_requires_a_token",
-            browser,
-            |py| block_on_threads(2, page_signs_in(py)),
+            page_signs_in,
+        ),
+        in_chromium(
+            "uploaded_html_and_svg_never_run_in_the_gateways_origin",
+            stored_scripts_do_not_run,
+        ),
+        in_chromium(
+            "a_forged_cross_site_form_cannot_replace_alices_file",
+            forged_form_is_refused,
+        ),
+        in_chromium(
+            "the_page_is_not_framed_and_forgets_alice_at_sign_out",
+            page_state_is_per_user,
         ),
     ]);
+}
+
+/// A test that needs the browser (else ignored with the reason).
+fn in_chromium<F, Fut>(name: &str, test: F) -> prereq::Trial
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    prereq::needs(name, browser, move |py| block_on_threads(2, test(py)))
 }
 
 /// The venv's python (with selenium), when chromium and its driver are here.
@@ -114,20 +147,10 @@ async fn page_signs_in(py: PathBuf) {
     // The file is alice's: without a token nothing is served, with hers the
     // exact bytes.
     assert_eq!(gw.get("/files/alice.bin").await.status(), 401);
-    let login: Value = gw
-        .client
-        .post(gw.at("/login"))
-        .json(&serde_json::json!({"username": "alice"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("token");
     let body = gw
         .client
         .get(gw.at("/files/alice.bin"))
-        .bearer_auth(login["token"].as_str().expect("token"))
+        .bearer_auth(gw.token("alice").await)
         .send()
         .await
         .expect("GET")
@@ -138,4 +161,132 @@ async fn page_signs_in(py: PathBuf) {
         hex::encode(Md5::digest(&body)),
         md5_of_file(&work.path().join("alice.bin"))
     );
+}
+
+/// A gateway that wants credentials (so the page signs in and the
+/// browser is challenged for, and caches, HTTP Basic).
+async fn signed_in_gateway(step: &TestServer) -> Gateway {
+    support::gateway_with(step.addr, |http, transfer| {
+        http.require_auth = true;
+        transfer.block_size = 65_536;
+    })
+    .await
+}
+
+async fn attack(py: &Path, mode: &str, gw: &Gateway, work: &Path) -> Value {
+    let work = work.to_string_lossy();
+    let args = [mode, gw.url.as_str(), &work];
+    let report = support::python::run_for_json(py, ATTACKS, &args, Duration::from_secs(240)).await;
+    println!("browser_security.py {mode}: {report}");
+    report
+}
+
+async fn stored_scripts_do_not_run(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = signed_in_gateway(&step).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let r = attack(&py, "xss", &gw, work.path()).await;
+    // The harness sees a script that runs (served by the other site).
+    for control in ["control", "control-svg"] {
+        assert!(r["controls"][control].as_u64() >= Some(1), "{control}: {r}");
+    }
+    let ran = r["ran"].as_object().expect("ran");
+    assert_eq!(ran.len(), 7, "{r}");
+    for (how, beacons) in ran {
+        assert_eq!(
+            beacons, 0,
+            "{how}: a stored script ran in the gateway's origin"
+        );
+    }
+    assert_eq!(r["tokens"], serde_json::json!([]), "no token read");
+    assert_eq!(r["notes_shown_as_text"], true, "{r}");
+    assert_eq!(r["png_shown"], 1, "an image is still shown inline: {r}");
+    // Chromium saved them rather than opening them.
+    let saved = r["downloaded"].as_array().expect("downloads");
+    for name in ["evil.html", "evil.svg"] {
+        assert!(saved.iter().any(|f| f == name), "{name} not saved: {r}");
+    }
+}
+
+async fn forged_form_is_refused(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = signed_in_gateway(&step).await;
+    let alice = gw.token("alice").await;
+    let words = "alice's own words";
+    let r = gw
+        .client
+        .put(gw.at("/files/alice.txt"))
+        .bearer_auth(&alice)
+        .body(words)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 201);
+    let work = tempfile::tempdir().expect("tempdir");
+    let r = attack(&py, "csrf", &gw, work.path()).await;
+    assert_eq!(r["alice_sees"], words, "{r}");
+    // Control: the other site's GET form gets alice's file, so the browser
+    // does send her credentials along.
+    assert_eq!(r["get"], words, "{r}");
+    for form in ["file", "text"] {
+        let answer: Value = serde_json::from_str(r[form].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{form}: not JSON ({e}): {r}"));
+        assert_eq!(answer["error"], "cross_site", "{form}: {answer}");
+    }
+    let body = gw
+        .client
+        .get(gw.at("/files/alice.txt"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, words, "alice's file is intact");
+}
+
+async fn page_state_is_per_user(py: PathBuf) {
+    let step = TestServer::start().await;
+    let gw = signed_in_gateway(&step).await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let r = attack(&py, "state", &gw, work.path()).await;
+    assert_eq!(r["framed_page_loaded"], false, "{r}");
+    let name = "alice-secret-plans.pdf";
+    let url = r["upload_url"].as_str().expect("the upload's URL");
+    assert!(
+        r["alice_pending"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(name),
+        "{r}"
+    );
+    assert!(
+        !r["bob_pending"].as_str().unwrap_or_default().contains(name),
+        "{r}"
+    );
+    assert!(
+        r["confirm"].as_str().unwrap_or_default().contains("cancel"),
+        "{r}"
+    );
+    for what in ["stored_after_signout", "stored_after_reload"] {
+        let stored = r[what].as_str().expect("localStorage");
+        assert!(
+            !stored.contains(name) && !stored.contains(url),
+            "{what}: {stored}"
+        );
+    }
+    assert_eq!(r["uploads_shown_after_signout"], "", "{r}");
+    assert_eq!(r["pending_after_signout"], "", "{r}");
+    // Ended on the server too.
+    let alice = gw.token("alice").await;
+    let head = gw
+        .client
+        .head(gw.at(url))
+        .bearer_auth(&alice)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404, "the unfinished upload was cancelled");
 }

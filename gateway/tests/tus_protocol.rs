@@ -7,77 +7,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use md5::{Digest, Md5};
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use step_tests::{TestServer, pattern};
 
 mod support;
-use support::Gateway;
-
-const BLOCK: u64 = 65_536;
-
-async fn gateway(step: &TestServer) -> Gateway {
-    support::gateway_with(step.addr, |_, transfer| transfer.block_size = BLOCK).await
-}
-
-fn tus(gw: &Gateway, method: Method, path: &str) -> RequestBuilder {
-    gw.client
-        .request(method, gw.at(path))
-        .header("Tus-Resumable", "1.0.0")
-}
+use support::tus::{BLOCK, create, gateway, header, offset, patch, tus};
 
 fn md5_b64(data: &[u8]) -> String {
     STANDARD.encode(Md5::digest(data))
-}
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .expect("ascii")
-        .to_owned()
-}
-
-/// POST /tus/ for `len` bytes named `name`; the upload's path.
-async fn create(gw: &Gateway, name: &str, len: usize, auth: Option<&str>) -> String {
-    let mut req = tus(gw, Method::POST, "/tus/")
-        .header("Upload-Length", len.to_string())
-        .header(
-            "Upload-Metadata",
-            format!("filename {}", STANDARD.encode(name)),
-        );
-    if let Some(token) = auth {
-        req = req.bearer_auth(token);
-    }
-    let r = req.send().await.expect("POST /tus/");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(header(&r, "tus-resumable"), "1.0.0");
-    header(&r, "location")
-}
-
-async fn patch(
-    gw: &Gateway,
-    path: &str,
-    offset: u64,
-    data: &[u8],
-    checksum: Option<String>,
-) -> reqwest::Response {
-    let mut req = tus(gw, Method::PATCH, path)
-        .header("Upload-Offset", offset.to_string())
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(data.to_vec());
-    if let Some(sum) = checksum {
-        req = req.header("Upload-Checksum", format!("md5 {sum}"));
-    }
-    req.send().await.expect("PATCH")
-}
-
-async fn offset(gw: &Gateway, path: &str) -> u64 {
-    let r = tus(gw, Method::HEAD, path).send().await.expect("HEAD");
-    assert_eq!(r.status(), StatusCode::OK, "HEAD {path}");
-    assert_eq!(header(&r, "cache-control"), "no-store");
-    header(&r, "upload-offset").parse().expect("a number")
 }
 
 async fn error_code(r: reqwest::Response) -> String {

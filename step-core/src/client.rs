@@ -119,6 +119,10 @@ pub struct Capabilities {
     /// DOWNLOAD may ask for it.
     #[serde(skip_serializing_if = "is_false")]
     pub replace: bool,
+    /// FILE GET takes `upload_status`: the key's unfinished upload (its
+    /// id, plan and missing blocks), answered without changing anything.
+    #[serde(skip_serializing_if = "is_false")]
+    pub upload_status: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -188,6 +192,23 @@ impl From<SaveAnswer> for UploadPlan {
             upload_id: a.upload_id,
         }
     }
+}
+
+/// The unfinished upload under a key (FILE GET with `upload_status`, our
+/// server's extension): read only, nothing is resumed or refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UploadStatus {
+    pub key: String,
+    pub size: u64,
+    pub total_block: u64,
+    pub block_size: u64,
+    pub upload_id: String,
+    /// Blocks the server still needs, as `[start, end)` ranges.
+    #[serde(rename = "missing_ranges")]
+    pub missing: Vec<[u64; 2]>,
+    /// When it last received a SAVE or a block, Unix seconds (0: unknown).
+    #[serde(default)]
+    pub last_active: u64,
 }
 
 /// A FILE UPLOAD answer: the file's md5 once this block completed it.
@@ -868,6 +889,17 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(bs) = block_size {
             req.set(field::BLOCK_SIZE, bs);
         }
+        decode(expect_ok(self.call(&req).await?)?)
+    }
+
+    /// FILE GET with `upload_status` (our server's extension, announced as
+    /// `upload_status`): the unfinished upload under `key`, read only;
+    /// refused 404 when the key holds none.
+    pub async fn file_upload_status(&mut self, key: &str) -> Result<UploadStatus, ClientError> {
+        let req = self
+            .request(Operation::Get, Kind::File)?
+            .with(field::KEY, key)
+            .with(field::UPLOAD_STATUS, true);
         decode(expect_ok(self.call(&req).await?)?)
     }
 

@@ -55,6 +55,12 @@ pub mod field {
     /// A precondition on the current file's md5 (SAVE with `replace`,
     /// DELETE): refused with reason `precondition` when it differs.
     pub const IF_MD5: &str = "if_md5";
+    /// FILE GET extension: ask about the key's unfinished upload instead
+    /// of its complete file, without changing anything.
+    pub const UPLOAD_STATUS: &str = "upload_status";
+    /// When an unfinished upload last received a SAVE or a block, Unix
+    /// seconds (its expiry counts from then).
+    pub const LAST_ACTIVE: &str = "last_active";
 }
 
 macro_rules! wire_enum {

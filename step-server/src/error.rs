@@ -19,6 +19,9 @@ pub enum StepError {
     NotFound(String),
     #[error("The key {0} is not completely uploaded.")]
     Unfinished(String),
+    /// FILE GET `upload_status` of a key with no unfinished upload.
+    #[error("The key {0} has no unfinished upload.")]
+    NoUpload(String),
     #[error("The \"key\" {0} is not accepted for uploading.")]
     NotPlanned(String),
     #[error("The \"key\" {0} is completely uploaded.")]
@@ -108,6 +111,7 @@ impl StepError {
             | StepError::TooLarge(_) => Status::KeyExists,
             StepError::NotFound(_)
             | StepError::Unfinished(_)
+            | StepError::NoUpload(_)
             | StepError::OtherUpload(_)
             | StepError::Replaced(_) => Status::NotFound,
             // Reference clients never send the conditions; "operation not

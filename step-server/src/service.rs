@@ -287,6 +287,7 @@ impl Service {
             upload_expiry: Some(self.limits.upload_expiry_secs),
             list: self.limits.extensions.list,
             replace: self.limits.extensions.replace,
+            upload_status: true,
         }
     }
 
@@ -823,6 +824,9 @@ impl Service {
 
     async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
         let key = self.key(msg, "FILE GET")?;
+        if msg.bool_field(field::UPLOAD_STATUS) {
+            return self.upload_status(user, key).await;
+        }
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
         let block_size = self.block_size(msg);
         // Extensions: the version (DOWNLOADs may name it, so they are never
@@ -840,6 +844,29 @@ impl Service {
             m.set(field::LAST_MODIFIED, meta.completed_unix);
         }
         Ok(m)
+    }
+
+    /// FILE GET with `upload_status` (extension): the key's unfinished
+    /// upload — its id, plan and missing blocks — read only, so a client
+    /// may ask as often as it likes without resuming, refreshing or
+    /// superseding anything.
+    async fn upload_status(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        let found = self.store.upload_status(user, key).await;
+        let up = found.map_err(|e| match e {
+            StoreError::NotFound => StepError::NoUpload(key.to_owned()),
+            e => StepError::from_store(e, key),
+        })?;
+        let total = total_blocks(up.plan.size, up.plan.block_size);
+        Ok(
+            ok(Operation::Get, Kind::File, "This is the unfinished upload.")
+                .with(field::KEY, key)
+                .with(field::SIZE, up.plan.size)
+                .with(field::TOTAL_BLOCK, total)
+                .with(field::BLOCK_SIZE, up.plan.block_size)
+                .with(field::UPLOAD_ID, up.upload_id)
+                .with(field::MISSING_RANGES, serde_json::json!(up.missing))
+                .with(field::LAST_ACTIVE, up.last_active_unix),
+        )
     }
 
     async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {

@@ -23,7 +23,7 @@ use step_core::digest::{EMPTY_MD5, md5_hex};
 use step_core::plan::total_blocks;
 use step_server::store::{
     Account, Deleted, FileMeta, ListPage, PlanOutcome, PlanRecord, Replace, Storage, StoreError,
-    StoreLimits,
+    StoreLimits, UnfinishedUpload,
 };
 
 /// One storage made for one case.
@@ -105,6 +105,7 @@ pub const CASES: &[&str] = &[
     "replace",
     "replace_conditions",
     "replace_after_reopen",
+    "upload_status",
 ];
 
 /// Run every case against `subject`, in order (each with its own storage).
@@ -143,6 +144,7 @@ pub async fn run_case(subject: &dyn Subject, name: &str) {
         "replace" => replace(subject).await,
         "replace_conditions" => replace_conditions(subject).await,
         "replace_after_reopen" => replace_after_reopen(subject).await,
+        "upload_status" => upload_status(subject).await,
         other => panic!("no contract case {other:?}"),
     }
 }
@@ -159,7 +161,7 @@ macro_rules! storage_contract {
             delete_complete, delete_unfinished, listing, listing_pages, head,
             ranged_reads, every_error, users_are_apart, expiry_and_stats,
             no_space, quota, integrity, accounts, replace,
-            replace_conditions, replace_after_reopen);
+            replace_conditions, replace_after_reopen, upload_status);
     };
     (@cases $subject:expr; $($case:ident),* $(,)?) => {
         $(
@@ -1613,4 +1615,86 @@ pub async fn replace_after_reopen(subject: &dyn Subject) {
     assert_eq!(md5, Some(md5_hex(&v2)));
     let m2 = s.head("alice", "r").await.expect("new");
     assert_eq!(read_all(s, "alice", &m2).await, v2);
+}
+
+/// The unfinished upload under a key, read only: its id, plan and missing
+/// blocks, the same from a reopened storage (a restart, or another
+/// instance), and asking makes, resumes and removes nothing: the upload
+/// completes afterwards with the right md5, a key with nothing stays
+/// empty, and the stats count what they counted.
+pub async fn upload_status(subject: &dyn Subject) {
+    let limits = StoreLimits::default();
+    let inst = subject.fresh(limits).await;
+    let s = &*inst.storage;
+    let nothing = |r: Result<UnfinishedUpload, StoreError>, what: &str| {
+        assert_err(r, |e| matches!(e, StoreError::NotFound), what);
+    };
+    nothing(s.upload_status("alice", "u").await, "a key with nothing");
+    assert_eq!(s.unfinished_stats().count, 0, "asking made no upload");
+    assert_err(
+        s.head("alice", "u").await,
+        |e| matches!(e, StoreError::NotFound),
+        "still nothing under the key",
+    );
+    let body = body(5 * BS as usize + 3, 51);
+    let plan = plan_of(body.len() as u64);
+    let before = step_server::store::api::unix_now();
+    let (out, _) = upload_in(s, "alice", "u", &body, &[0, 2, 5]).await;
+    let id = out.upload_id.clone().expect("an upload id");
+    let status = s.upload_status("alice", "u").await.expect("its status");
+    let after = step_server::store::api::unix_now();
+    assert_eq!(status.upload_id, id);
+    assert_eq!(status.plan, plan);
+    assert_eq!(status.missing, vec![[1, 2], [3, 5]]);
+    assert!(
+        (before.saturating_sub(1)..=after + 1).contains(&status.last_active_unix),
+        "last active {} not within [{before}, {after}]",
+        status.last_active_unix
+    );
+    assert_eq!(
+        s.upload_status("alice", "u").await.expect("again"),
+        status,
+        "asking again changes nothing"
+    );
+    assert_eq!(s.unfinished_stats().count, 1);
+    nothing(s.upload_status("bob", "u").await, "another user's key");
+    complete(s, "alice", "done", &body[..1500]).await;
+    nothing(s.upload_status("alice", "done").await, "a complete file");
+
+    let Instance { storage, place } = inst;
+    drop(storage);
+    let s = subject.reopen(&*place, limits).await;
+    let s = &*s;
+    let reopened = s.upload_status("alice", "u").await.expect("after reopen");
+    assert_eq!(
+        (&reopened.upload_id, reopened.plan, &reopened.missing),
+        (&status.upload_id, status.plan, &status.missing),
+        "the same upload after reopen"
+    );
+    // Blocks keep going to the upload that was asked about.
+    let mut md5 = None;
+    for i in [4, 1, 3] {
+        md5 = put(s, "alice", "u", &body, i, Some(&id))
+            .await
+            .unwrap_or_else(|e| panic!("block {i}: {e}"));
+        if i == 1 {
+            let partway = s.upload_status("alice", "u").await.expect("part way");
+            assert_eq!(partway.missing, vec![[3, 4]]);
+        }
+    }
+    assert_eq!(md5, Some(md5_hex(&body)), "completed with the right md5");
+    nothing(s.upload_status("alice", "u").await, "a completed upload");
+    assert_eq!(s.unfinished_stats().count, 0);
+
+    // A replacing upload beside the complete file is the key's unfinished
+    // upload; the file stays the key's file.
+    let m1 = s.head("alice", "u").await.expect("complete");
+    let out = s
+        .plan_replace("alice", "u", plan_of(2 * BS), false, Replace::default())
+        .await
+        .expect("replace plan");
+    let replacing = s.upload_status("alice", "u").await.expect("replacing");
+    assert_eq!(Some(replacing.upload_id), out.upload_id);
+    assert_eq!(replacing.missing, vec![[0, 2]]);
+    assert_eq!(s.head("alice", "u").await.expect("still the file"), m1);
 }

@@ -322,3 +322,75 @@ async fn without_the_replace_extension_replace_is_ignored() {
         .await
         .expect("plain delete");
 }
+
+/// FILE GET `upload_status` (announced as `upload_status`): the key's
+/// unfinished upload — id, plan, missing ranges, last activity — answered
+/// without changing it: asked with another plan in mind it starts nothing
+/// over (a SAVE with `resume` and a different plan would), the upload's
+/// blocks still land, and a key with nothing or a complete file is 404.
+#[tokio::test]
+async fn file_get_upload_status_reads_the_unfinished_upload_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let mut c = login(server.addr, "status").await;
+    assert!(c.capabilities().upload_status, "announced");
+    let bs = step_core::DEFAULT_BLOCK_SIZE;
+    let body = pattern(bs as usize * 3 + 11, 9);
+    let plan = c
+        .file_save(
+            Some("up.bin"),
+            body.len() as u64,
+            SaveOptions {
+                block_size: Some(bs),
+                resume: false,
+            },
+        )
+        .await
+        .expect("plan");
+    let id = plan.upload_id.clone().expect("an upload id");
+    let parts = blocks(&body, bs as usize);
+    c.upload_block(&plan, 1, parts[1].1.clone())
+        .await
+        .expect("block 1");
+    let status = c.file_upload_status("up.bin").await.expect("status");
+    assert_eq!(status.upload_id, id);
+    assert_eq!(
+        (status.size, status.block_size, status.total_block),
+        (body.len() as u64, bs, 4)
+    );
+    assert_eq!(status.missing, vec![[0, 1], [2, 4]]);
+    assert!(status.last_active > 0);
+    // The wire shape: operation GET, the fields reference clients know.
+    let req = c
+        .request(Operation::Get, Kind::File)
+        .expect("req")
+        .with(field::KEY, "up.bin")
+        .with(field::UPLOAD_STATUS, true);
+    let resp = c.call(&req).await.expect("call");
+    assert_eq!(resp.status_code(), Some(200));
+    assert_eq!(resp.get(field::OPERATION), Some(&Value::from("GET")));
+    assert_eq!(resp.get(field::UPLOAD_ID), Some(&Value::from(id.as_str())));
+    // Nothing there, another user's key, a complete file: 404.
+    for (client_user, key) in [("status", "none.bin"), ("other", "up.bin")] {
+        let mut who = login(server.addr, client_user).await;
+        let e = who.file_upload_status(key).await.expect_err("no upload");
+        assert_eq!(e.status(), Some(Status::NotFound), "{client_user} {key}");
+    }
+    upload(&mut c, "whole.bin", &body).await;
+    let e = c
+        .file_upload_status("whole.bin")
+        .await
+        .expect_err("complete");
+    assert_eq!(e.status(), Some(Status::NotFound));
+    // Still the same upload: its blocks complete it with the right md5.
+    for i in [0, 2, 3] {
+        let md5 = c
+            .upload_block(&plan, i, parts[i as usize].1.clone())
+            .await
+            .expect("block");
+        if i == 3 {
+            assert_eq!(md5, Some(step_core::digest::md5_hex(&body)));
+        }
+    }
+    let e = c.file_upload_status("up.bin").await.expect_err("completed");
+    assert_eq!(e.status(), Some(Status::NotFound));
+}

@@ -6,6 +6,7 @@
 
 pub mod proc;
 pub mod python;
+pub mod tus;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,6 +181,21 @@ impl Gateway {
             .send()
             .await
             .expect("send")
+    }
+
+    /// A token for `user` from `POST /login` (the STEP default password).
+    pub async fn token(&self, user: &str) -> String {
+        let login: serde_json::Value = self
+            .client
+            .post(self.at("/login"))
+            .json(&serde_json::json!({ "username": user }))
+            .send()
+            .await
+            .expect("POST /login")
+            .json()
+            .await
+            .expect("a JSON answer");
+        login["token"].as_str().expect("a token").to_owned()
     }
 
     pub async fn metrics(&self) -> String {

@@ -166,6 +166,18 @@ pub struct PlanOutcome {
     pub upload_id: Option<String>,
 }
 
+/// A key's unfinished upload as [`Files::upload_status`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedUpload {
+    pub upload_id: String,
+    pub plan: PlanRecord,
+    /// Block indexes not yet received, as `[start, end)` ranges.
+    pub missing: Vec<[u64; 2]>,
+    /// The last SAVE or block, Unix seconds (the upload's expiry counts
+    /// from it).
+    pub last_active_unix: u64,
+}
+
 /// The result of a FILE DELETE that found something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
@@ -284,6 +296,12 @@ pub trait Files: Send + Sync + Debug {
     /// `len` bytes at `offset` of the complete file `meta` describes,
     /// verified against the checksums kept with it where there are some.
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes>;
+    /// The unfinished upload under `key` (beside a complete file, for a
+    /// replacing one), read only: nothing is resumed, refreshed, loaded
+    /// for writing or cleaned up, so asking never changes what a later
+    /// SAVE, block or expiry sweep sees. [`StoreError::NotFound`] when the
+    /// key holds none.
+    async fn upload_status(&self, user: &str, key: &str) -> StoreResult<UnfinishedUpload>;
     /// DELETE: the complete file or unfinished upload under `key`; with
     /// `upload_id`, only that upload (or the file it completed), else
     /// [`StoreError::OtherUpload`].

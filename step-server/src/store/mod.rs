@@ -27,7 +27,8 @@ mod sweeper;
 
 pub use api::{
     Account, Accounts, Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Records,
-    Replace, Storage, StoreError, StoreResult, UnfinishedStats, Upkeep, UploadWriter,
+    Replace, Storage, StoreError, StoreResult, UnfinishedStats, UnfinishedUpload, Upkeep,
+    UploadWriter,
 };
 pub use disk::DiskStore;
 pub use limits::StoreLimits;

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
+
+use step_core::plan::to_ranges;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +17,9 @@ use super::blocks::DiskUpload;
 use super::publish::Sealed;
 use super::upload::{self, Phase, Upload};
 use super::{Disk, DiskHeld, Slot, UploadSlot, lock};
-use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreError, StoreResult};
+use crate::store::api::{
+    FileMeta, ListPage, PlanRecord, Replace, StoreError, StoreResult, UnfinishedUpload,
+};
 use crate::store::files::listing::PageRule;
 use crate::store::files::{
     Activity, Backend, Key, KeyId, Ledger, Received, Unfinished, version_id_ok,
@@ -178,6 +183,49 @@ impl Backend for Disk {
             || self.upload_dir(&key.id).join(upload::PLAN).exists())
     }
 
+    /// From the open upload, or from its files without opening them for
+    /// writing; the ledger knows every unfinished upload (indexed at open).
+    async fn status(&self, key: &Key) -> StoreResult<Option<UnfinishedUpload>> {
+        let Some(activity) = self.ledger.get(&key.id) else {
+            return Ok(None);
+        };
+        let last_active_unix = activity.last_ms.load(Ordering::Relaxed) / 1000;
+        let slot = lock(&self.open).get(&key.id).cloned();
+        let (plan, id, missing) = match slot {
+            Some(slot) => {
+                let up = lock(&slot.upload);
+                if !matches!(up.phase, Phase::Receiving) {
+                    return Ok(None);
+                }
+                (up.plan, Some(up.id.clone()), to_ranges(up.missing()))
+            }
+            // Closed: its files say (a SAVE or DELETE racing this read
+            // leaves them whole or gone).
+            None => match upload::peek(&self.upload_dir(&key.id)) {
+                Ok(found) => found,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let upload_id = match id {
+            Some(id) => id,
+            // From before ids: it gets one when opened, as for a block.
+            None => {
+                let held = Backend::lock(self, key).await?;
+                match self.upload_slot(&held.key)? {
+                    Some(slot) => slot.id.clone(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(UnfinishedUpload {
+            upload_id,
+            plan,
+            missing,
+            last_active_unix,
+        }))
+    }
+
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes> {
         self.read_range(user, meta, offset, len)
     }
@@ -211,7 +259,7 @@ impl Backend for Disk {
             return Ok(Vec::new());
         };
         let up = lock(&slot.upload);
-        Ok(step_core::plan::to_ranges(up.missing()))
+        Ok(to_ranges(up.missing()))
     }
 
     async fn create(

@@ -198,6 +198,27 @@ pub fn scan(dir: &Path) -> io::Result<Scanned> {
     })
 }
 
+/// The plan, id and missing blocks of the upload in `dir`, read without
+/// opening it for writing. The id is `None` for an upload from before ids
+/// that has none on disk (it gets one when loaded).
+pub fn peek(dir: &Path) -> io::Result<(PlanRecord, Option<String>, Vec<[u64; 2]>)> {
+    let file = read_plan(dir)?;
+    let receipts = read_receipts(dir, &file.plan)?;
+    if receipts.len() as u64 != file.plan.total() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "upload files do not match the plan",
+        ));
+    }
+    let id = match file.id {
+        Some(id) => Some(id),
+        None => fs::read_to_string(dir.join(ID)).ok(),
+    };
+    let missing =
+        step_core::plan::to_ranges((0..file.plan.total()).filter(|&i| receipts[i as usize] == 0));
+    Ok((file.plan, id, missing))
+}
+
 fn received_bytes(plan: &PlanRecord, receipts: &[u8]) -> u64 {
     receipts
         .iter()

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 
 use super::ledger::{KeyId, Ledger};
 use super::listing::PageRule;
-use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult};
+use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult, UnfinishedUpload};
 use crate::store::limits::StoreLimits;
 
 /// A key as one store knows it: the names a client gave and the store's
@@ -96,6 +96,10 @@ pub trait Backend: Send + Sync + Debug + Sized + 'static {
     async fn kept_version(&self, key: &Key, id: &str) -> StoreResult<Option<FileMeta>>;
     /// Whether the key holds an unfinished upload.
     async fn has_upload(&self, key: &Key) -> StoreResult<bool>;
+    /// The key's unfinished upload, read only: nothing is resumed,
+    /// refreshed, loaded for writing or cleaned up, so asking never changes
+    /// what a later SAVE, block or sweep sees.
+    async fn status(&self, key: &Key) -> StoreResult<Option<UnfinishedUpload>>;
     /// `len` bytes at `offset` of the file `meta` describes, verified.
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes>;
     /// One page of `user`'s complete files, as `rule` says.

@@ -42,7 +42,7 @@ pub use retired::version_id_ok;
 
 use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
-    UnfinishedStats, Upkeep, UploadWriter,
+    UnfinishedStats, UnfinishedUpload, Upkeep, UploadWriter,
 };
 use listing::PageRule;
 use retired::Retired;
@@ -171,6 +171,12 @@ impl<B: Backend> Files for FileStore<B> {
         let key = self.backend.key(user, key);
         let id = upload_id.to_owned();
         self.run(|s| async move { s.version(key, &id).await }).await
+    }
+
+    async fn upload_status(&self, user: &str, key: &str) -> StoreResult<UnfinishedUpload> {
+        let key = self.backend.key(user, key);
+        self.run(|s| async move { s.backend.status(&key).await?.ok_or(StoreError::NotFound) })
+            .await
     }
 
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes> {

@@ -16,7 +16,9 @@ use super::blocks::ObjectUpload;
 use super::io::{other, store_err};
 use super::names::{lease_name, names};
 use super::{Bucket, HeldKey, Upload, UploadState};
-use crate::store::api::{FileMeta, ListPage, PlanRecord, Replace, StoreResult, unix_now};
+use crate::store::api::{
+    FileMeta, ListPage, PlanRecord, Replace, StoreError, StoreResult, UnfinishedUpload, unix_now,
+};
 use crate::store::files::listing::PageRule;
 use crate::store::files::{Backend, Key, Ledger, Received, Unfinished};
 use crate::store::limits::StoreLimits;
@@ -66,6 +68,14 @@ impl Backend for Bucket {
     /// An upload's state tells it apart from nothing (one HEAD, no lock).
     async fn has_upload(&self, key: &Key) -> StoreResult<bool> {
         self.exists(&self.state_path(key)).await
+    }
+
+    async fn status(&self, key: &Key) -> StoreResult<Option<UnfinishedUpload>> {
+        match self.upload_status(key).await {
+            Ok(status) => Ok(Some(status)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read(&self, user: &str, meta: &FileMeta, offset: u64, len: u64) -> StoreResult<Bytes> {

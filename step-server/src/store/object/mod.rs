@@ -157,6 +157,7 @@ mod names;
 mod read;
 mod records;
 mod seal;
+mod status;
 #[cfg(test)]
 mod tests;
 
