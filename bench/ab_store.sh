@@ -2,21 +2,22 @@
 # Two builds of the server side by side on the storage rows: the native
 # upload of 100 MiB and 1 GiB, and 10 KiB files (native and through the
 # gateway), on the local disk and on Garage. Each repetition runs A then B,
-# the next B then A (so drift of a shared machine falls on both), and the
-# medians per row and build are printed at the end.
+# the next B then A (so drift of a shared machine falls on both; an even
+# REPS gives each build each place equally often), and the medians per row
+# and build are printed at the end.
 #
 #   bench/ab_store.sh A_BIN_DIR B_BIN_DIR [REPS]
 #
 # A_BIN_DIR, B_BIN_DIR: directories holding release builds of step-server,
 # gateway, step-client, step-bench and small_native (cargo build --release
-# -p step-server -p gateway -p step-client -p step-bench). REPS defaults to 5
-# (the 1 GiB row runs min(REPS, 3) times). AB_ROWS="cli100MiB small" runs only
+# -p step-server -p gateway -p step-client -p step-bench). REPS defaults to 6
+# (the 1 GiB row runs min(REPS, AB_BIG_REPS=3) times). AB_ROWS="cli100MiB small" runs only
 # those rows, AB_GARAGE=0 skips Garage. Raw lines go to
 # ${RESULTS:-bench/results}/raw/ab_store.txt. Garage rows need garage
 # (tests/garage/install.sh) and are skipped with a note without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-A=$(cd "$1" && pwd); B=$(cd "$2" && pwd); REPS=${3:-5}
+A=$(cd "$1" && pwd); B=$(cd "$2" && pwd); REPS=${3:-6}
 RESULTS=${RESULTS:-$PWD/bench/results}
 mkdir -p "$RESULTS/raw"
 OUT=$RESULTS/raw/ab_store.txt
@@ -76,6 +77,9 @@ measure() {
   local b=$1 name=$2 row=$3 v pids before after line
   v="SPID_${b}_$name"; pids=(${!v})
   if [[ $row == gw-small ]]; then v="GPID_${b}_$name"; pids+=(${!v}); fi
+  # What the previous run left dirty is written out first, so no run pays
+  # for the one before it.
+  sync
   before=$(cpu_of "${pids[@]}")
   line=$(measure_row "$@")
   after=$(cpu_of "${pids[@]}")
@@ -167,7 +171,7 @@ for rep in $(seq "$REPS"); do
   order="A B"; (( rep % 2 == 0 )) && order="B A"
   for place in "${places[@]}"; do
     for row in $(rows_for "$place"); do
-      [[ $row == 1GiB ]] && (( rep > 3 )) && continue
+      [[ $row == 1GiB ]] && (( rep > ${AB_BIG_REPS:-3} )) && continue
       for b in $order; do
         measure "$b" "$place" "$row" | tee -a "$OUT" || echo "label=$b|$place|$row error=failed" | tee -a "$OUT"
       done
