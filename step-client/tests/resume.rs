@@ -84,9 +84,13 @@ async fn interrupted(server: &TestServer, dir: &Path, key: &str, data: &[u8]) {
     std::fs::remove_file(dir.join(key)).expect("rm local");
     let proxy = cutting_proxy(server.addr, CUT_AFTER).await;
     let cut = client_at(proxy, dir, &["download", key]).await;
-    assert!(!cut.ok, "the cut download must fail: {cut:?}");
+    support::assert_one_line_error(&cut, "connection lost");
     assert!(
-        cut.stdout.contains("run the same command again to resume"),
+        cut.stderr.contains(&format!(".{key}.part keeps")),
+        "says what it kept: {cut:?}"
+    );
+    assert!(
+        cut.stderr.contains("rerun the same command to resume"),
         "{cut:?}"
     );
     assert!(!dir.join(key).exists(), "nothing under the target's name");
@@ -237,7 +241,15 @@ async fn ctrl_c_mid_download_then_the_same_command_resumes() {
         .expect("kill -INT");
     assert!(int.success());
     let out = child.wait_with_output().await.expect("wait");
-    assert!(!out.status.success(), "interrupted: {out:?}");
+    assert_eq!(out.status.code(), Some(130), "interrupted: {out:?}");
+    let r = Run::of(out);
+    // One line: what is kept, and how to go on.
+    support::assert_one_line_error(&r, "interrupted");
+    assert!(r.stderr.contains(".int.bin.part keeps"), "{r:?}");
+    assert!(
+        r.stderr.contains("rerun the same command to resume"),
+        "{r:?}"
+    );
     assert!(!dir.path().join("int.bin").exists());
 
     let again = client_at(server.addr, dir.path(), &["download", "int.bin"]).await;

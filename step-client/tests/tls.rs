@@ -74,4 +74,22 @@ async fn upload_and_download_over_tls() {
     .await;
     assert!(!plain.ok, "{plain:?}");
     assert!(!plain.stderr.contains("did not answer"), "{plain:?}");
+
+    // Plain STEP spoken to the TLS port: named as such, with the flag to add.
+    let tport = port.to_string();
+    let r = support::run_raw(
+        dir.path(),
+        &[
+            "--server-ip",
+            "127.0.0.1",
+            "--port",
+            &tport,
+            "--id",
+            "tls-user",
+            "plan",
+            "secret.bin",
+        ],
+    )
+    .await;
+    support::assert_one_line_error(&r, "if it is a TLS port, add --tls");
 }

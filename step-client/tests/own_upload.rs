@@ -1,0 +1,293 @@
+//! A resumed upload is only ever the user's own: step-client keeps the id of
+//! an upload it started (per server, user and key, with what identifies the
+//! local file) and resumes only that one, only for that file. Another
+//! writer's unfinished upload of the same key, or the user's own upload of
+//! a file that has changed since, is started over; a writer whose upload
+//! another one took over stops with a clear error, never a success.
+//! Real binaries, real server; each "machine" is a directory of its own
+//! (its own state directory).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use step_core::digest::md5_hex;
+use step_tests::{TestServer, pattern};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+mod support;
+
+use support::{CutProxy, Toward, assert_ok, assert_one_line_error, client, md5_line, run};
+
+const SIZE: usize = 16 << 20;
+
+fn port_of(server: &TestServer) -> String {
+    server.addr.port().to_string()
+}
+
+/// Start `upload key` of the file `name` in `dir`, throttled, and kill it
+/// (as a crash would) once it reported `percent`.
+async fn crash_upload_at(server: &TestServer, dir: &Path, name: &str, key: &str, percent: u32) {
+    let port = port_of(server);
+    let mut child = client(dir)
+        .args([
+            "--server-ip",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--id",
+            "same-user",
+            "--connections",
+            "1",
+            "upload",
+            name,
+            "--key",
+            key,
+            "--limit-rate",
+            "8M",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let reached = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if percent_of(&line).is_some_and(|p| p >= percent) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(reached, "the throttled upload never reported {percent}%");
+    child.kill().await.expect("kill");
+    let _ = child.wait().await;
+}
+
+/// "Uploading k:  30% (...)" → 30.
+fn percent_of(line: &str) -> Option<u32> {
+    let (_, rest) = line.split_once(": ")?;
+    rest.trim_start().split_once('%')?.0.parse().ok()
+}
+
+async fn download(server: &TestServer, dir: &Path, key: &str) -> Vec<u8> {
+    let r = run(
+        server,
+        dir,
+        "same-user",
+        &["download", key, "-o", "check.bin", "--force"],
+    )
+    .await;
+    assert_ok(&r);
+    std::fs::read(dir.join("check.bin")).expect("downloaded")
+}
+
+/// The upload records in a machine's state directory.
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let state = dir.join(".step-state");
+    let mut out = Vec::new();
+    let mut stack = vec![state];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_since_the_interruption_starts_over() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let v1 = pattern(SIZE, 1);
+    std::fs::write(dir.path().join("f.bin"), &v1).expect("write");
+    crash_upload_at(&server, dir.path(), "f.bin", "f.bin", 30).await;
+
+    // Same name, same size, other bytes.
+    let v2 = pattern(SIZE, 2);
+    std::fs::write(dir.path().join("f.bin"), &v2).expect("write");
+    let again = run(&server, dir.path(), "same-user", &["upload", "f.bin"]).await;
+    assert_ok(&again);
+    assert!(!again.stdout.contains("Resuming"), "{again:?}");
+    assert_eq!(md5_line(&again), Some(md5_hex(&v2).as_str()));
+    assert!(download(&server, dir.path(), "f.bin").await == v2);
+    assert!(
+        records(dir.path()).is_empty(),
+        "a finished upload leaves no record"
+    );
+}
+
+/// Machine A's upload was cut; machine B (same account) then started its
+/// own file under the same key and was cut too. A's rerun must not resume
+/// B's blocks: it starts over and stores exactly A's file. B's rerun then
+/// finds the key taken and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writers_unfinished_upload_is_never_resumed() {
+    let server = TestServer::start().await;
+    let (a, b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let (mine, theirs) = (pattern(SIZE, 3), pattern(SIZE, 4));
+    std::fs::write(a.path().join("shared.bin"), &mine).expect("write");
+    std::fs::write(b.path().join("shared.bin"), &theirs).expect("write");
+    crash_upload_at(&server, a.path(), "shared.bin", "shared.bin", 20).await;
+    crash_upload_at(&server, b.path(), "shared.bin", "shared.bin", 40).await;
+
+    let again = run(&server, a.path(), "same-user", &["upload", "shared.bin"]).await;
+    assert_ok(&again);
+    assert_eq!(md5_line(&again), Some(md5_hex(&mine).as_str()));
+    assert!(download(&server, a.path(), "shared.bin").await == mine);
+
+    let late = run(&server, b.path(), "same-user", &["upload", "shared.bin"]).await;
+    assert_one_line_error(&late, "already exists on the server");
+    assert!(
+        records(b.path()).is_empty(),
+        "a refused upload's record is dropped"
+    );
+    assert!(download(&server, b.path(), "shared.bin").await == mine);
+}
+
+/// B uploads slowly; A uploads another file to the same key meanwhile and
+/// finishes. The key holds A's file; B stops with an error that says
+/// another upload took over — never a success, never a mixed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_upload_was_taken_over_stops_clearly() {
+    let server = TestServer::start().await;
+    let (a, b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let (mine, theirs) = (pattern(SIZE, 5), pattern(SIZE, 6));
+    std::fs::write(a.path().join("k.bin"), &mine).expect("write");
+    std::fs::write(b.path().join("k.bin"), &theirs).expect("write");
+    let port = port_of(&server);
+    let mut slow = client(b.path())
+        .args([
+            "--server-ip",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--id",
+            "same-user",
+            "--connections",
+            "1",
+            "upload",
+            "k.bin",
+            "--limit-rate",
+            "4M",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(slow.stdout.take().expect("stdout")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if percent_of(&line).is_some_and(|p| p >= 10) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(started, "the slow upload never got going");
+
+    let fast = run(&server, a.path(), "same-user", &["upload", "k.bin"]).await;
+    assert_ok(&fast);
+    assert_eq!(md5_line(&fast), Some(md5_hex(&mine).as_str()));
+
+    while let Ok(Some(_)) = lines.next_line().await {}
+    let out = tokio::time::timeout(Duration::from_secs(60), slow.wait_with_output())
+        .await
+        .expect("the slow upload ends")
+        .expect("wait");
+    let r = support::Run {
+        ok: out.status.success(),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_one_line_error(&r, "another upload");
+    assert!(download(&server, a.path(), "k.bin").await == mine);
+}
+
+/// The rerun's SAVE names the upload the first run started (resume and
+/// upload_id, as the protocol asks), and every UPLOAD carries the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_names_its_own_upload() {
+    let server = TestServer::start().await;
+    let proxy = CutProxy::start(server.addr, Toward::Server, 6 << 20).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = pattern(SIZE, 7);
+    std::fs::write(dir.path().join("id.bin"), &data).expect("write");
+    let port = proxy.addr.port().to_string();
+    let args = [
+        "--server-ip",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--id",
+        "same-user",
+        "--connections",
+        "1",
+        "upload",
+        "id.bin",
+    ];
+    let cut = support::run_raw(dir.path(), &args).await;
+    assert!(!cut.ok, "{cut:?}");
+    let first = proxy.sent();
+    let save = |conn: &[u8]| {
+        support::frames_json(conn)
+            .into_iter()
+            .find(|f| f["operation"] == "SAVE" && f["type"] == "FILE")
+    };
+    let first_save = first.iter().find_map(|c| save(c)).expect("a SAVE");
+    assert!(
+        first_save.get("upload_id").is_none(),
+        "nothing to resume yet: {first_save}"
+    );
+
+    proxy.pass_all();
+    let again = support::run_raw(dir.path(), &args).await;
+    assert_ok(&again);
+    assert!(again.stdout.contains("Resuming: "), "{again:?}");
+    let sent = proxy.sent();
+    let frames = sent[first.len()..]
+        .iter()
+        .flat_map(|c| support::frames_json(c))
+        .collect::<Vec<_>>();
+    let resave = frames
+        .iter()
+        .find(|f| f["operation"] == "SAVE" && f["type"] == "FILE")
+        .expect("the rerun's SAVE");
+    assert_eq!(resave["resume"], true, "{resave}");
+    let id = resave["upload_id"].as_str().expect("upload_id in the SAVE");
+    let uploads: Vec<_> = frames
+        .iter()
+        .filter(|f| f["operation"] == "UPLOAD")
+        .collect();
+    assert!(!uploads.is_empty());
+    assert!(
+        uploads.iter().all(|f| f["upload_id"] == id),
+        "every UPLOAD names it"
+    );
+    assert!(
+        records(dir.path()).is_empty(),
+        "a finished upload leaves no record"
+    );
+}
