@@ -27,7 +27,7 @@ use crate::hashing::{InOrderMd5, Layout};
 use crate::partial::{Adopted, PartFile};
 use crate::progress::{Mode, Progress, human_bytes, summary};
 use crate::say;
-use crate::session::{Pace, Session, Tuning, Waits};
+use crate::session::{Pace, Session, Tuning, Waits, block_here};
 
 /// Early blocks held in memory for the md5 at most; a block further ahead
 /// is read back from the partial when its turn comes.
@@ -193,7 +193,7 @@ impl Fetch<'_> {
                 .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).wait_before(len));
             if let Some(wait) = wait {
                 // Reading stops meanwhile, and TCP holds the sender back.
-                tokio::task::block_in_place(|| std::thread::sleep(wait));
+                block_here(|| std::thread::sleep(wait));
             }
             Ok(())
         };

@@ -64,18 +64,9 @@ impl InOrderMd5 {
         let Some(tx) = &self.tx else { return };
         match tx.try_send((index, data)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(item)) => {
-                // In a runtime, let its other tasks move elsewhere meanwhile.
-                let send = || {
-                    let _ = tx.send(item);
-                };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                        tokio::task::block_in_place(send);
-                    }
-                    _ => send(),
-                }
-            }
+            Err(TrySendError::Full(item)) => crate::session::block_here(|| {
+                let _ = tx.send(item);
+            }),
         }
     }
 

@@ -568,6 +568,10 @@ impl ReadJob {
         let mut ranges = self.wanted.iter().peekable();
         let mut file = file;
         for index in 0..total_blocks(self.size, self.block_size) {
+            if tx.is_closed() {
+                // The network side stopped (Ctrl-C, a lost connection).
+                return Ok(());
+            }
             let len = block_len(self.size, self.block_size, index).unwrap_or(0);
             let block = self.read_block(&mut file, len)?;
             md5.give(index, block.clone());

@@ -17,12 +17,18 @@ use support::{assert_ok, assert_one_line_error, client, md5_line, run, run_raw, 
 async fn upload_download_plan_delete_round_trip() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    // Over the spread threshold, so several connections and big blocks are used.
+    // Several connections and big blocks, both ways.
     let data = pattern(10 << 20 | 12345, 1);
     write(dir.path(), "big.bin", &data);
     let md5 = md5_hex(&data);
 
-    let up = run(&server, dir.path(), "alice", &["upload", "big.bin"]).await;
+    let up = run(
+        &server,
+        dir.path(),
+        "alice",
+        &["upload", "big.bin", "--connections", "4"],
+    )
+    .await;
     assert_ok(&up);
     assert!(
         !up.stdout.contains("Token"),
@@ -43,7 +49,14 @@ async fn upload_download_plan_delete_round_trip() {
         &server,
         dir.path(),
         "alice",
-        &["download", "big.bin", "-o", "copy.bin"],
+        &[
+            "download",
+            "big.bin",
+            "-o",
+            "copy.bin",
+            "--connections",
+            "4",
+        ],
     )
     .await;
     assert_ok(&down);

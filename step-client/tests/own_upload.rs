@@ -188,7 +188,7 @@ async fn a_writer_whose_upload_was_taken_over_stops_clearly() {
             "upload",
             "k.bin",
             "--limit-rate",
-            "4M",
+            "2M",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
