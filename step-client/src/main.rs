@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::Value;
+use step_core::ClientError;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Cli, Command, ConnArgs, DataCommand, UploadArgs, normalize_args};
@@ -124,14 +125,28 @@ async fn delete(
     let mut s = Session::open(conn, cancel).await?;
     let w = s.waits.clone();
     for key in keys {
-        w.bounded(Subject::File(key), s.client.file_delete(key))
-            .await?;
-        // An unfinished upload of it is gone too: nothing left to resume.
+        let deleting = async {
+            match s.client.file_delete(key).await {
+                // STEP discards an unfinished upload and still answers 404,
+                // in the reference's words.
+                Err(ClientError::Refused {
+                    code: 404, message, ..
+                }) if message.contains("not completely uploaded") => Ok(false),
+                other => other.map(|()| true),
+            }
+        };
+        let complete = w.bounded(Subject::File(key), deleting).await?;
+        // Nothing of the key is left to resume.
         if let Some(r) = records::Records::new(conn.state_dir.as_deref(), &s.addr, &s.user, key) {
             r.clear();
         }
         if !conn.quiet {
-            say(format_args!("Deleted {key}"));
+            let what = if complete {
+                ""
+            } else {
+                "the unfinished upload of "
+            };
+            say(format_args!("Deleted {what}{key}"));
         }
     }
     Ok(())

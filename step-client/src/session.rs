@@ -39,7 +39,6 @@ pub struct Session {
     pub client: StepClient,
     pub token: String,
     pub caps: Capabilities,
-    pub timeout: Duration,
     /// How every wait of this session is bounded (--timeout, Ctrl-C).
     pub waits: Waits,
     /// Set with --tls: every connection of the session speaks TLS.
@@ -92,7 +91,6 @@ impl Session {
             user,
             token: String::new(),
             caps: Capabilities::default(),
-            timeout,
             waits: waits.clone(),
             tls,
         };
@@ -137,7 +135,7 @@ impl Session {
                 &self.host,
                 self.port,
                 &self.addr,
-                self.timeout,
+                self.waits.timeout,
                 self.tls.as_ref(),
             )
         }))

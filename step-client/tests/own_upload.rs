@@ -291,3 +291,105 @@ async fn a_resume_names_its_own_upload() {
         "a finished upload leaves no record"
     );
 }
+
+/// The upload completed on the server but its last answers never reached
+/// the client (here: the rest of the upload, under its own id, finished by
+/// a raw client): the rerun recognises its own finished upload by id and
+/// md5 and says so, rather than "already exists".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_finished_without_its_answer_is_recognised() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = pattern(SIZE, 8);
+    std::fs::write(dir.path().join("done.bin"), &data).expect("write");
+    crash_upload_at(&server, dir.path(), "done.bin", "done.bin", 30).await;
+    let rec = records(dir.path())
+        .pop()
+        .expect("a record of the unfinished upload");
+    let id = rec["upload_id"].as_str().expect("upload_id").to_owned();
+    let block_size = rec["block_size"].as_u64().expect("block_size");
+
+    let mut c = step_tests::login(server.addr, "same-user").await;
+    let plan = c
+        .file_save_own("done.bin", data.len() as u64, Some(block_size), &id, false)
+        .await
+        .expect("resume");
+    assert_eq!(plan.upload_id.as_deref(), Some(id.as_str()));
+    let missing: Vec<u64> = step_core::plan::from_ranges(&plan.missing).collect();
+    let blocks = step_tests::blocks(&data, block_size as usize)
+        .into_iter()
+        .filter(|(i, _)| missing.contains(i))
+        .map(Ok);
+    c.upload_blocks(&plan, futures::stream::iter(blocks), 8, |_| {})
+        .await
+        .expect("finish the upload");
+
+    let again = run(&server, dir.path(), "same-user", &["upload", "done.bin"]).await;
+    assert_ok(&again);
+    assert!(again.stdout.contains("already on the server"), "{again:?}");
+    assert_eq!(md5_line(&again), Some(md5_hex(&data).as_str()));
+    assert!(records(dir.path()).is_empty());
+}
+
+/// The unfinished upload is deleted while it runs: the uploader stops with
+/// an error that says so (and drops its record), never a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_deleted_while_it_runs_says_so() {
+    let server = TestServer::start().await;
+    let (a, b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    std::fs::write(a.path().join("gone.bin"), pattern(SIZE, 9)).expect("write");
+    let port = port_of(&server);
+    let mut slow = client(a.path())
+        .args([
+            "--server-ip",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--id",
+            "same-user",
+            "upload",
+            "gone.bin",
+            "--limit-rate",
+            "2M",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(slow.stdout.take().expect("stdout")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if percent_of(&line).is_some_and(|p| p >= 10) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(started, "the slow upload never got going");
+    let deleted = run(&server, b.path(), "same-user", &["delete", "gone.bin"]).await;
+    assert_ok(&deleted);
+    assert!(
+        deleted
+            .stdout
+            .contains("Deleted the unfinished upload of gone.bin"),
+        "{deleted:?}"
+    );
+    while let Ok(Some(_)) = lines.next_line().await {}
+    let out = tokio::time::timeout(Duration::from_secs(60), slow.wait_with_output())
+        .await
+        .expect("the upload ends")
+        .expect("wait");
+    let r = support::Run {
+        ok: out.status.success(),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_one_line_error(&r, "is gone from the server");
+    assert!(records(a.path()).is_empty(), "nothing left to resume");
+}
