@@ -8,16 +8,13 @@
 //! (its own state directory).
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
 use step_core::digest::md5_hex;
 use step_tests::{TestServer, pattern};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
 
-use support::{CutProxy, Toward, assert_ok, assert_one_line_error, client, md5_line, run};
+use support::{CutProxy, Running, Toward, assert_ok, assert_one_line_error, md5_line, run};
 
 const SIZE: usize = 16 << 20;
 
@@ -28,49 +25,17 @@ fn port_of(server: &TestServer) -> String {
 /// Start `upload key` of the file `name` in `dir`, throttled, and kill it
 /// (as a crash would) once it reported `percent`.
 async fn crash_upload_at(server: &TestServer, dir: &Path, name: &str, key: &str, percent: u32) {
-    let port = port_of(server);
-    let mut child = client(dir)
-        .args([
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "same-user",
-            "--connections",
-            "1",
-            "upload",
-            name,
-            "--key",
-            key,
-            "--limit-rate",
-            "8M",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let reached = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if percent_of(&line).is_some_and(|p| p >= percent) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(reached, "the throttled upload never reported {percent}%");
-    child.kill().await.expect("kill");
-    let _ = child.wait().await;
+    let mut up = slow_upload(server, dir, &[name, "--key", key, "--limit-rate", "8M"]);
+    up.until_percent(percent).await;
+    up.crash().await;
 }
 
-/// "Uploading k:  30% (...)" → 30.
-fn percent_of(line: &str) -> Option<u32> {
-    let (_, rest) = line.split_once(": ")?;
-    rest.trim_start().split_once('%')?.0.parse().ok()
+/// `upload ARGS` as "same-user" on one connection, in the background.
+fn slow_upload(server: &TestServer, dir: &Path, args: &[&str]) -> Running {
+    let port = port_of(server);
+    let mut all = vec!["--connections", "1", "upload"];
+    all.extend_from_slice(args);
+    Running::start(dir, &support::at(&port, "same-user", &all))
 }
 
 async fn download(server: &TestServer, dir: &Path, key: &str) -> Vec<u8> {
@@ -174,54 +139,14 @@ async fn a_writer_whose_upload_was_taken_over_stops_clearly() {
     let (mine, theirs) = (pattern(SIZE, 5), pattern(SIZE, 6));
     std::fs::write(a.path().join("k.bin"), &mine).expect("write");
     std::fs::write(b.path().join("k.bin"), &theirs).expect("write");
-    let port = port_of(&server);
-    let mut slow = client(b.path())
-        .args([
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "same-user",
-            "--connections",
-            "1",
-            "upload",
-            "k.bin",
-            "--limit-rate",
-            "2M",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(slow.stdout.take().expect("stdout")).lines();
-    let started = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if percent_of(&line).is_some_and(|p| p >= 10) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(started, "the slow upload never got going");
+    let mut slow = slow_upload(&server, b.path(), &["k.bin", "--limit-rate", "2M"]);
+    slow.until_percent(10).await;
 
     let fast = run(&server, a.path(), "same-user", &["upload", "k.bin"]).await;
     assert_ok(&fast);
     assert_eq!(md5_line(&fast), Some(md5_hex(&mine).as_str()));
 
-    while let Ok(Some(_)) = lines.next_line().await {}
-    let out = tokio::time::timeout(Duration::from_secs(60), slow.wait_with_output())
-        .await
-        .expect("the slow upload ends")
-        .expect("wait");
-    let r = support::Run {
-        ok: out.status.success(),
-        stdout: String::new(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let (r, _) = slow.finish().await;
     assert_one_line_error(&r, "another upload");
     assert!(download(&server, a.path(), "k.bin").await == mine);
 }
@@ -235,20 +160,8 @@ async fn a_resume_names_its_own_upload() {
     let dir = tempfile::tempdir().expect("dir");
     let data = pattern(SIZE, 7);
     std::fs::write(dir.path().join("id.bin"), &data).expect("write");
-    let port = proxy.addr.port().to_string();
-    let args = [
-        "--server-ip",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--id",
-        "same-user",
-        "--connections",
-        "1",
-        "upload",
-        "id.bin",
-    ];
-    let cut = support::run_raw(dir.path(), &args).await;
+    let args = ["--connections", "1", "upload", "id.bin"];
+    let cut = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
     assert!(!cut.ok, "{cut:?}");
     let first = proxy.sent();
     let save = |conn: &[u8]| {
@@ -263,7 +176,7 @@ async fn a_resume_names_its_own_upload() {
     );
 
     proxy.pass_all();
-    let again = support::run_raw(dir.path(), &args).await;
+    let again = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
     assert_ok(&again);
     assert!(again.stdout.contains("Resuming: "), "{again:?}");
     let sent = proxy.sent();
@@ -341,37 +254,8 @@ async fn an_upload_deleted_while_it_runs_says_so() {
         tempfile::tempdir().expect("b"),
     );
     std::fs::write(a.path().join("gone.bin"), pattern(SIZE, 9)).expect("write");
-    let port = port_of(&server);
-    let mut slow = client(a.path())
-        .args([
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "same-user",
-            "upload",
-            "gone.bin",
-            "--limit-rate",
-            "2M",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(slow.stdout.take().expect("stdout")).lines();
-    let started = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if percent_of(&line).is_some_and(|p| p >= 10) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(started, "the slow upload never got going");
+    let mut slow = slow_upload(&server, a.path(), &["gone.bin", "--limit-rate", "2M"]);
+    slow.until_percent(10).await;
     let deleted = run(&server, b.path(), "same-user", &["delete", "gone.bin"]).await;
     assert_ok(&deleted);
     assert!(
@@ -380,16 +264,7 @@ async fn an_upload_deleted_while_it_runs_says_so() {
             .contains("Deleted the unfinished upload of gone.bin"),
         "{deleted:?}"
     );
-    while let Ok(Some(_)) = lines.next_line().await {}
-    let out = tokio::time::timeout(Duration::from_secs(60), slow.wait_with_output())
-        .await
-        .expect("the upload ends")
-        .expect("wait");
-    let r = support::Run {
-        ok: out.status.success(),
-        stdout: String::new(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let (r, _) = slow.finish().await;
     assert_one_line_error(&r, "is gone from the server");
     assert!(records(a.path()).is_empty(), "nothing left to resume");
 }

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use step_core::digest::md5_hex;
 use step_server::service::{Extensions, Limits};
 use step_tests::{TestConfig, TestServer, pattern};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
 
 use support::{
-    CutProxy, Run, Toward, assert_ok, assert_one_line_error, client, md5_line, run, run_raw, write,
+    CutProxy, Run, Running, Toward, assert_ok, assert_one_line_error, client, md5_line, run,
+    run_at, run_raw, write,
 };
 
 /// A server with some extensions turned off, as an older or stricter one.
@@ -28,19 +28,6 @@ async fn server_without(extensions: Extensions) -> TestServer {
         ..TestConfig::default()
     })
     .await
-}
-
-/// Run against `addr` (a proxy, say) as `user`.
-async fn run_at(
-    addr: std::net::SocketAddr,
-    dir: &std::path::Path,
-    user: &str,
-    args: &[&str],
-) -> Run {
-    let port = addr.port().to_string();
-    let mut all = vec!["--server-ip", "127.0.0.1", "--port", &port, "--id", user];
-    all.extend_from_slice(args);
-    run_raw(dir, &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,20 +278,7 @@ async fn an_http_server_on_the_port_is_named_as_such() {
     let port = web.rsplit(':').next().expect("port").to_owned();
     let dir = tempfile::tempdir().expect("dir");
     write(dir.path(), "f", b"data");
-    let r = run_raw(
-        dir.path(),
-        &[
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "h",
-            "upload",
-            "f",
-        ],
-    )
-    .await;
+    let r = run_raw(dir.path(), &support::at(&port, "h", &["upload", "f"])).await;
     assert_one_line_error(&r, "is an HTTP server, not a STEP server");
     assert!(!r.stderr.contains("bytes"), "no frame sizes: {r:?}");
 }
@@ -344,57 +318,12 @@ async fn ctrl_c_mid_upload_says_what_was_kept() {
     let data = pattern(32 << 20, 12);
     write(dir.path(), "int.bin", &data);
     let port = server.addr.port().to_string();
-    let mut child = client(dir.path())
-        .args([
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "c",
-            "upload",
-            "int.bin",
-            "--limit-rate",
-            "8M",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let reached = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("20%") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(reached, "the throttled upload never reported 20%");
-    let pid = child.id().expect("pid").to_string();
-    let int = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill -INT");
-    assert!(int.success());
-    let mut rest = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        rest.push_str(&line);
-        rest.push('\n');
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("ends after Ctrl-C")
-        .expect("wait");
-    assert_eq!(out.status.code(), Some(130), "{out:?}");
-    let r = Run {
-        ok: false,
-        stdout: rest,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let args = ["upload", "int.bin", "--limit-rate", "8M"];
+    let mut up = Running::start(dir.path(), &support::at(&port, "c", &args));
+    up.until_percent(20).await;
+    up.interrupt();
+    let (r, code) = up.finish().await;
+    assert_eq!(code, Some(130), "{r:?}");
     assert_one_line_error(&r, "interrupted");
     assert!(
         r.stderr

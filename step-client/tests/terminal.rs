@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use step_tests::prereq::{self, block_on_threads, command_works};
 use step_tests::{TestServer, pattern};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
 
-use support::{BIN, client, write};
+use support::{BIN, write};
 
 fn main() {
     prereq::main(vec![prereq::needs(
@@ -29,42 +28,14 @@ async fn the_first_frame_after_a_resume_shows_a_sane_speed() {
     let dir = tempfile::tempdir().expect("dir");
     write(dir.path(), "big.bin", &pattern(64 << 20, 3));
     let port = server.addr.port().to_string();
-    let args = [
-        "--server-ip",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--id",
-        "tty",
-        "--connections",
-        "1",
-        "upload",
-        "big.bin",
-    ];
+    let args = support::at(&port, "tty", &["--connections", "1", "upload", "big.bin"]);
 
     // Cut at 30% or more (a crash: no clean-up).
-    let mut child = client(dir.path())
-        .args(args)
-        .args(["--limit-rate", "16M"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let reached = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if ["30%", "40%", "50%"].iter().any(|p| line.contains(p)) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(reached, "the throttled upload never reported 30%");
-    child.kill().await.expect("kill");
-    let _ = child.wait().await;
+    let mut first: Vec<&str> = args.to_vec();
+    first.extend(["--limit-rate", "16M"]);
+    let mut up = support::Running::start(dir.path(), &first);
+    up.until_percent(30).await;
+    up.crash().await;
 
     // The rerun on a terminal, throttled to 8 MiB/s.
     let cmd = format!("{BIN} {} --limit-rate 8M", args.join(" "));

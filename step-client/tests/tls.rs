@@ -77,19 +77,7 @@ async fn upload_and_download_over_tls() {
 
     // Plain STEP spoken to the TLS port: named as such, with the flag to add.
     let tport = port.to_string();
-    let r = support::run_raw(
-        dir.path(),
-        &[
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &tport,
-            "--id",
-            "tls-user",
-            "plan",
-            "secret.bin",
-        ],
-    )
-    .await;
+    let plain_args = support::at(&tport, "tls-user", &["plan", "secret.bin"]);
+    let r = support::run_raw(dir.path(), &plain_args).await;
     support::assert_one_line_error(&r, "if it is a TLS port, add --tls");
 }

@@ -61,12 +61,22 @@ pub async fn run_raw(dir: &Path, args: &[&str]) -> Run {
     Run::of(out)
 }
 
+/// `args` for the server on 127.0.0.1:`port` as `user`.
+pub fn at<'a>(port: &'a str, user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--server-ip", "127.0.0.1", "--port", port, "--id", user];
+    all.extend_from_slice(args);
+    all
+}
+
 /// Run against `server` as `user`.
 pub async fn run(server: &TestServer, dir: &Path, user: &str, args: &[&str]) -> Run {
-    let port = server.addr.port().to_string();
-    let mut all = vec!["--server-ip", "127.0.0.1", "--port", &port, "--id", user];
-    all.extend_from_slice(args);
-    run_raw(dir, &all).await
+    run_at(server.addr, dir, user, args).await
+}
+
+/// Run against the server (or proxy) at `addr` as `user`.
+pub async fn run_at(addr: std::net::SocketAddr, dir: &Path, user: &str, args: &[&str]) -> Run {
+    let port = addr.port().to_string();
+    run_raw(dir, &at(&port, user, args)).await
 }
 
 pub fn assert_ok(r: &Run) {
@@ -268,4 +278,94 @@ pub async fn start_gateway(step: std::net::SocketAddr, flags: &[&str]) -> String
         std::future::pending::<()>(),
     ));
     format!("http://{addr}")
+}
+
+/// "Uploading k:  30% (...)" → 30.
+pub fn percent_of(line: &str) -> Option<u32> {
+    let (_, rest) = line.split_once(": ")?;
+    rest.trim_start().split_once('%')?.0.parse().ok()
+}
+
+/// The client running in the background, its stdout read line by line.
+#[derive(Debug)]
+pub struct Running {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stdout: String,
+}
+
+impl Running {
+    /// Start the client in `dir` with `args`.
+    pub fn start(dir: &Path, args: &[&str]) -> Running {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = client(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn step-client");
+        let stdout = child.stdout.take().expect("stdout");
+        Running {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            stdout: String::new(),
+        }
+    }
+
+    /// Wait for a progress line at `percent` % or more (a throttled
+    /// transfer gets there in seconds).
+    pub async fn until_percent(&mut self, percent: u32) {
+        let reached = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.stdout.push_str(&line);
+                self.stdout.push('\n');
+                if percent_of(&line).is_some_and(|p| p >= percent) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(reached, "never reported {percent}%: {}", self.stdout);
+    }
+
+    /// Ctrl-C, as a terminal sends it.
+    pub fn interrupt(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill -INT");
+        assert!(sent.success());
+    }
+
+    /// Killed, as a crash would (no clean-up).
+    pub async fn crash(mut self) {
+        self.child.kill().await.expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    /// Its output once it ends (within a minute), and its exit status.
+    pub async fn finish(mut self) -> (Run, Option<i32>) {
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            self.stdout.push_str(&line);
+            self.stdout.push('\n');
+        }
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            self.child.wait_with_output(),
+        )
+        .await
+        .expect("step-client ends")
+        .expect("wait");
+        let code = out.status.code();
+        let run = Run {
+            ok: out.status.success(),
+            stdout: self.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        (run, code)
+    }
 }
