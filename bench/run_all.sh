@@ -14,13 +14,17 @@
 #   REF_DIR=/tmp/ref      local checkout of the reference Python server and
 #                         client (xjtlu/server.py, xjtlu/client.py); never
 #                         committed. Absent: the reference series are skipped.
-#   SECTIONS="fig8 fig9 large download small idle profile garage coord"
+#   SECTIONS="fig8 fig9 large download client small idle profile garage coord"
 #                         run only some sections (profile: bench/profile.sh,
 #                         perf on the upload and download paths)
 #                         (garage: bench/garage_ceiling.sh, the step-server on
 #                         Garage next to disk and Garage's own throughput)
 #                         (coord: bench/coord_bench.sh, the coordination
 #                         engines of issue 16: Redis, PostgreSQL, etcd)
+#                         (client: bench/client_bench.sh, step-client's
+#                         goals beside md5sum, dufs and the course client;
+#                         CLIENT_BASELINE=/path/to/another/step-client adds
+#                         it, alternating, as the "now" column)
 #                         (cluster: bench/cluster_bench.sh, deploy/cluster
 #                         measured; not in the default list: it needs Docker
 #                         and about 20 minutes, e.g. SECTIONS=cluster)
@@ -39,7 +43,7 @@ QUICK=${BENCH_QUICK:-0}
 REF_DIR=${REF_DIR:-/tmp/ref}
 REF_SERVER=$REF_DIR/xjtlu/server.py
 PY_CLIENT=$REF_DIR/xjtlu/client.py
-SECTIONS=${SECTIONS:-"fig8 fig9 large download small idle profile garage coord"}
+SECTIONS=${SECTIONS:-"fig8 fig9 large download client small idle profile garage coord"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 mkdir -p "$RAW"
@@ -553,6 +557,12 @@ section_idle() {
     stop "$STEP_PID"
   )
   return 0
+}
+
+section_client() {
+  echo "== client: step-client beside md5sum, dufs and the course client (load $(load))"
+  RESULTS=$RESULTS RAW=$RAW BENCH_QUICK=$QUICK REF_DIR=$REF_DIR BENCH_TMP=$(dirname "$WORK") \
+    bash bench/client_bench.sh || note "client_bench failed"
 }
 
 section_garage() {

@@ -12,15 +12,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use clap::Parser;
-use gateway::AppState;
-use gateway::backend::Backend;
-use gateway::config::GatewayArgs;
-use gateway::metrics::Metrics;
 use step_core::digest::password_for;
 use step_server::accounts::AuthMode;
 use step_tests::prereq::{self, block_on_threads, command_works};
@@ -74,7 +68,7 @@ impl Setup {
         .await;
         server.add_account("alice", "alice pw").await;
         server.add_account("bob", "bob pw").await;
-        let gateway = start_gateway(server.addr, gateway_flags).await;
+        let gateway = support::start_gateway(server.addr, gateway_flags).await;
         Setup {
             server,
             gateway,
@@ -198,33 +192,6 @@ fn uuid() -> u64 {
 }
 
 /// A gateway in this process in front of `step`, with `flags`.
-async fn start_gateway(step: SocketAddr, flags: &[&str]) -> String {
-    let backend_addr = step.to_string();
-    let mut argv = vec![
-        "gateway",
-        "--backend",
-        &backend_addr,
-        "--backend-timeout",
-        "5",
-    ];
-    argv.extend_from_slice(flags);
-    let args = GatewayArgs::try_parse_from(argv).expect("gateway flags");
-    let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
-        .then(|| args.http.default_user.clone());
-    let backend = Backend::new(backend_addr, args.transfer, default_user, Metrics::new());
-    let state = AppState::new(backend, args.http);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway::serve(
-        listener,
-        state,
-        std::future::pending::<()>(),
-    ));
-    format!("http://{addr}")
-}
-
 fn basic(user: &str, password: &str) -> String {
     format!("{user}:{password}")
 }

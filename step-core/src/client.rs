@@ -78,6 +78,14 @@ impl ClientError {
         }
     }
 
+    /// Our server's `reason` for a refusal, when it sent one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ClientError::Refused { reason, .. } => *reason,
+            _ => None,
+        }
+    }
+
     /// The connection broke or went silent (as opposed to a refusal or a
     /// malformed answer): the same request may well work on a new one.
     pub fn is_interruption(&self) -> bool {
@@ -762,7 +770,37 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         size: u64,
         opts: SaveOptions,
     ) -> Result<UploadPlan, ClientError> {
-        self.save(key, size, opts, None).await
+        self.save(key, size, opts, None, None).await
+    }
+
+    /// FILE SAVE resuming the caller's own upload `upload_id` (the id an
+    /// earlier SAVE answer gave): sends `resume` with `upload_id`, so a
+    /// server continues only that upload (when it is still the key's
+    /// current one, with the same plan) and otherwise starts over
+    /// (`resumed: false`). With `replace`, the upload replaces a complete
+    /// file as [`Self::file_save_replace`] does (without `if_md5`). A
+    /// server that ignores `upload_id` may resume another upload: the
+    /// answer's `upload_id` tells.
+    pub async fn file_save_own(
+        &mut self,
+        key: &str,
+        size: u64,
+        block_size: Option<u64>,
+        upload_id: &str,
+        replace: bool,
+    ) -> Result<UploadPlan, ClientError> {
+        let opts = SaveOptions {
+            block_size,
+            resume: true,
+        };
+        self.save(
+            Some(key),
+            size,
+            opts,
+            replace.then_some(None),
+            Some(upload_id),
+        )
+        .await
     }
 
     /// FILE SAVE with `replace` (our server's extension): plan an upload
@@ -777,7 +815,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         opts: SaveOptions,
         if_md5: Option<&str>,
     ) -> Result<UploadPlan, ClientError> {
-        self.save(Some(key), size, opts, Some(if_md5)).await
+        self.save(Some(key), size, opts, Some(if_md5), None).await
     }
 
     async fn save(
@@ -786,6 +824,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         size: u64,
         opts: SaveOptions,
         replace: Option<Option<&str>>,
+        upload_id: Option<&str>,
     ) -> Result<UploadPlan, ClientError> {
         let mut req = self
             .request(Operation::Save, Kind::File)?
@@ -804,6 +843,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         }
         if opts.resume {
             req.set(field::RESUME, true);
+        }
+        if let Some(id) = upload_id {
+            req.set(field::UPLOAD_ID, id);
         }
         decode(expect_ok(self.call(&req).await?)?)
     }
