@@ -274,6 +274,7 @@ mod tests {
         upload_expiry: None,
         list: true,
         replace: true,
+        anonymous: None,
     };
 
     #[test]

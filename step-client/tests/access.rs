@@ -209,9 +209,8 @@ async fn start_gateway(step: SocketAddr, flags: &[&str]) -> String {
     ];
     argv.extend_from_slice(flags);
     let args = GatewayArgs::try_parse_from(argv).expect("gateway flags");
-    let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
-        .then(|| args.http.default_user.clone());
-    let backend = Backend::new(backend_addr, args.transfer, default_user, Metrics::new());
+    let anonymous = args.http.anonymous_wanted();
+    let backend = Backend::new(backend_addr, args.transfer, anonymous, Metrics::new());
     let state = AppState::new(backend, args.http);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
