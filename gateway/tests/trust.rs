@@ -453,3 +453,100 @@ async fn wrong_basic_floods_do_not_starve_bearer_requests() {
     );
     assert!(answers.get(&429).copied().unwrap_or(0) > 0, "{answers:?}");
 }
+
+/// The gateway binary with `args`, no GATEWAY_/STEP_ variable from the
+/// environment, in `dir`.
+fn gateway_binary(dir: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for (var, _) in std::env::vars() {
+        if var.starts_with("GATEWAY_") || var.starts_with("STEP_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.current_dir(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string()
+}
+
+/// Anonymous write beyond loopback is a decision: without `--anonymous`,
+/// a non-loopback `--bind` or `--step-ip` is refused at start, saying how
+/// to open up knowingly, before anything listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_write_beyond_loopback_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for flags in [&["--bind", "0.0.0.0"][..], &["--step-ip", "0.0.0.0"]] {
+        let (port, step_port) = (free_port(), free_port());
+        let mut args = vec!["--port", &port, "--step-port", &step_port];
+        args.extend_from_slice(flags);
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            gateway_binary(dir.path(), &args).output(),
+        )
+        .await
+        .expect("exits")
+        .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?}: {stderr}");
+        assert!(stderr.contains("--anonymous write"), "{flags:?}: {stderr}");
+        assert!(
+            !dir.path().join("step-data").exists(),
+            "refused before the store is opened"
+        );
+    }
+}
+
+/// The README's first command as written: `gateway` with no flags (here
+/// only free ports), then `curl -F file=@x localhost:PORT/upload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_first_command_still_works() {
+    step_tests::prereq::command_works("curl", &["--version"]).expect("this test runs curl");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (port, step_port) = (free_port(), free_port());
+    let _gw = gateway_binary(dir.path(), &["--port", &port, "--step-port", &step_port])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::fs::write(dir.path().join("x"), b"otter").expect("file");
+    let url = format!("localhost:{port}/upload");
+    let started = Instant::now();
+    loop {
+        let out = tokio::process::Command::new("curl")
+            .current_dir(dir.path())
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-F",
+                "file=@x",
+                &url,
+            ])
+            .output()
+            .await
+            .expect("curl");
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "201" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "curl got {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = reqwest::get(format!("http://127.0.0.1:{port}/files/x"))
+        .await
+        .expect("get");
+    assert_eq!(got.text().await.expect("text"), "otter");
+}
