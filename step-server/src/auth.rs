@@ -121,7 +121,11 @@ impl AttemptPacer {
     /// Count an attempt for `key`: `Err(wait)` when it must wait first.
     pub fn attempt<K: Hash + ?Sized>(&self, key: &K) -> Result<(), Duration> {
         let bucket = (self.hasher.hash_one(key) % PACER_BUCKETS) as u16;
-        if self.checks.fetch_add(1, Ordering::Relaxed) % PACER_SWEEP_EVERY == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PACER_SWEEP_EVERY)
+        {
             self.limiter.retain_recent();
         }
         self.limiter
