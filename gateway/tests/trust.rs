@@ -50,6 +50,19 @@ async fn read_token(s: &TestServer) -> String {
     login.token
 }
 
+/// Alice's token from `POST /login` with her password.
+async fn alice_token(gw: &Gateway) -> String {
+    let login = gw
+        .client
+        .post(gw.at("/login"))
+        .json(&serde_json::json!({"username": "alice", "password": "alice pw"}))
+        .send()
+        .await
+        .expect("login");
+    let answer: serde_json::Value = login.json().await.expect("json");
+    answer["token"].as_str().expect("token").to_owned()
+}
+
 /// A tus upload of one byte started by alice (`password` hers): its path.
 async fn tus_upload(gw: &Gateway, password: &str) -> String {
     let r = gw
@@ -292,17 +305,7 @@ async fn a_password_change_ends_cached_basic_logins_and_tokens() {
         basic("alice pw").send().await.expect("put").status(),
         StatusCode::CREATED
     );
-    let login = gw
-        .client
-        .post(gw.at("/login"))
-        .json(&serde_json::json!({"username": "alice", "password": "alice pw"}))
-        .send()
-        .await
-        .expect("login");
-    let token = login.json::<serde_json::Value>().await.expect("json")["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = alice_token(&gw).await;
     let store = step_server::store::DiskStore::open_for_accounts(s.data_dir()).expect("accounts");
     step_server::users::set_password(
         store.as_ref(),
@@ -370,17 +373,7 @@ async fn a_password_change_ends_cached_basic_logins_and_tokens() {
 async fn wrong_basic_floods_do_not_starve_bearer_requests() {
     let s = step(AuthMode::Accounts, Anonymous::None).await;
     let gw = support::gateway_with(s.addr, |http, _| http.anonymous = Some(Anonymous::None)).await;
-    let login = gw
-        .client
-        .post(gw.at("/login"))
-        .json(&serde_json::json!({"username": "alice", "password": "alice pw"}))
-        .send()
-        .await
-        .expect("login");
-    let token = login.json::<serde_json::Value>().await.expect("json")["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = alice_token(&gw).await;
     let put = gw
         .client
         .put(gw.at("/files/a.txt"))
