@@ -16,14 +16,13 @@
 //! the server closed fails that check and is replaced.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value, json};
-use std::net::IpAddr;
-
 use step_core::access::{Anonymous, Identity, Scope};
 use step_core::client::{
     Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, LocalServe, StepClient, expect_ok,
@@ -56,13 +55,13 @@ pub struct StepManager {
     /// restarted (perhaps with a new token secret), so cached tokens are
     /// suspect.
     losses: Arc<AtomicU64>,
-    /// What the server announced at the last LOGIN that succeeded. A server
-    /// with accounts (`--auth accounts`) refuses the probe's login, so its
-    /// connections learn the server's capabilities from users' logins.
+    /// What the server announced: at the first connection's probe (an
+    /// anonymous LOGIN, answered with capabilities whether granted or not),
+    /// then at every LOGIN that succeeded.
     caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
     /// The capabilities have been probed once: later connections take
     /// them as they are (renewed by every user's LOGIN).
-    probe_refused: Arc<AtomicBool>,
+    probed: Arc<AtomicBool>,
 }
 
 impl StepManager {
@@ -93,7 +92,7 @@ impl managed::Manager for StepManager {
 
     async fn create(&self) -> Result<StepClient, ClientError> {
         let mut client = self.connect(self.timeout).await?;
-        if !self.probe_refused.load(Ordering::Relaxed) {
+        if !self.probed.load(Ordering::Relaxed) {
             // What the server can do comes with a LOGIN answer; an anonymous
             // one costs no password check, and our server announces its
             // capabilities even when it refuses it. A server without the
@@ -104,7 +103,7 @@ impl managed::Manager for StepManager {
             let resp = client.call(&probe).await?;
             let caps = Capabilities::from_login(&resp);
             *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
-            self.probe_refused.store(true, Ordering::Relaxed);
+            self.probed.store(true, Ordering::Relaxed);
         }
         if let Some(caps) = self.known_caps() {
             client.set_capabilities(caps);
@@ -297,7 +296,7 @@ pub struct Backend {
     losses: Arc<AtomicU64>,
     /// Shared with the pool's manager (see [`StepManager`]).
     caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
-    probe_refused: Arc<AtomicBool>,
+    probed: Arc<AtomicBool>,
     /// What the last readiness probe found ([`Readiness`] as u8): only a
     /// change is logged, so a probe polled against a dead backend does not
     /// flood the log.
@@ -396,7 +395,7 @@ impl Backend {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
         let caps = Arc::new(std::sync::Mutex::new(None));
-        let probe_refused = Arc::new(AtomicBool::new(false));
+        let probed = Arc::new(AtomicBool::new(false));
         let list: Vec<Member> = addrs
             .into_iter()
             .map(|(addr, tls)| {
@@ -406,7 +405,7 @@ impl Backend {
                     timeout,
                     losses: Arc::clone(&losses),
                     caps: Arc::clone(&caps),
-                    probe_refused: Arc::clone(&probe_refused),
+                    probed: Arc::clone(&probed),
                 };
                 let pool = |manager: StepManager, size: usize| {
                     Pool::builder(manager)
@@ -447,7 +446,7 @@ impl Backend {
             metrics,
             losses,
             caps,
-            probe_refused,
+            probed,
         );
         if members.list.len() >= 2 {
             tokio::spawn(probe_loop(
@@ -485,7 +484,7 @@ impl Backend {
         metrics: GatewayMetrics,
         losses: Arc<AtomicU64>,
         caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
-        probe_refused: Arc<AtomicBool>,
+        probed: Arc<AtomicBool>,
     ) -> Self {
         Self {
             transport,
@@ -494,7 +493,7 @@ impl Backend {
             default_token: Mutex::new(None),
             losses,
             caps,
-            probe_refused,
+            probed,
             readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
             probes: CancellationToken::new(),
@@ -841,7 +840,7 @@ impl Backend {
     /// Connections made without the probe's login (a server with accounts)
     /// take what the server announced at a user's login.
     fn learned_caps(&self, conn: &mut StepClient) {
-        if self.probe_refused.load(Ordering::Relaxed)
+        if self.probed.load(Ordering::Relaxed)
             && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
         {
             conn.set_capabilities(caps);
@@ -1253,7 +1252,7 @@ mod tests {
                     timeout: Duration::from_secs(1),
                     losses: Arc::default(),
                     caps: Arc::default(),
-                    probe_refused: Arc::default(),
+                    probed: Arc::default(),
                 };
                 let logins = Pool::builder(StepManager {
                     addr: manager.addr.clone(),
@@ -1261,7 +1260,7 @@ mod tests {
                     timeout: Duration::from_secs(1),
                     losses: Arc::default(),
                     caps: Arc::default(),
-                    probe_refused: Arc::default(),
+                    probed: Arc::default(),
                 })
                 .build()
                 .expect("pool");

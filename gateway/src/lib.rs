@@ -69,12 +69,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `login_attempts_per_min`: Basic logins one client address may start
-    /// per minute in front of `--backend` (`--login-attempts-per-source`).
+    /// The state with the default pace of Basic logins per client address.
     pub fn new(backend: Backend, http: HttpArgs) -> Arc<Self> {
         Self::with_login_pace(backend, http, 30)
     }
 
+    /// `login_attempts_per_min`: Basic logins one client address may start
+    /// per minute in front of `--backend` (`--login-attempts-per-source`).
     pub fn with_login_pace(
         backend: Backend,
         http: HttpArgs,
