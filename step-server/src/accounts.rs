@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use tokio::sync::Semaphore;
 use tracing::error;
 
 /// `--auth`: how LOGIN checks a password.
@@ -70,18 +69,28 @@ pub fn is_valid_hash(phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
 }
 
-/// Checks passwords against hashes, a few at a time, off the async threads,
-/// with a bounded number waiting.
+/// Checks passwords against hashes on a few threads of its own, with a
+/// bounded queue in front of them.
+///
+/// Dedicated threads rather than the runtime's blocking pool: each argon2
+/// check allocates its 19 MiB on the thread that runs it, and the allocator
+/// keeps that memory per thread; on a pool of hundreds of threads a login
+/// flood grew the server to gigabytes. Here memory stays at one check's
+/// worth per hashing thread.
 #[derive(Debug)]
 pub struct Verifier {
-    /// Verifications running at once: argon2 takes a core for tens of
-    /// milliseconds, so a login flood must not take every core.
-    hashing: Arc<Semaphore>,
-    /// Verifications running or waiting; none free means busy.
-    admitted: Arc<Semaphore>,
+    /// Checks waiting for a hashing thread; full means busy.
+    jobs: async_channel::Sender<Check>,
     /// What an unknown user's password is checked against, so that a
     /// refusal costs the same whether or not the user exists.
     dummy: String,
+}
+
+/// One password check for a hashing thread.
+struct Check {
+    hash: String,
+    password: String,
+    answer: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// Every password check is taken: retry in a moment.
@@ -89,56 +98,65 @@ pub struct Verifier {
 #[error("the server is busy checking other passwords")]
 pub struct Busy;
 
-/// How many verifications run at once on this machine: half the cores
+/// How many passwords are checked at once on this machine: half the cores
 /// (at least one), so token requests keep the rest.
 pub fn hashing_slots() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / 2).max(1)
 }
 
+/// Whether `password` matches the PHC string `hash` (CPU-heavy).
+fn matches(hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(e) => {
+            error!(error = %e, "a stored password hash cannot be read; that account cannot log in");
+            false
+        }
+    }
+}
+
 impl Verifier {
-    /// A verifier running [`hashing_slots`] at once with up to `queue` more
-    /// waiting.
+    /// A verifier with [`hashing_slots`] hashing threads and up to `queue`
+    /// checks waiting (at least one). The threads end with the verifier.
     pub fn new(queue: usize) -> Result<Arc<Verifier>, HashError> {
-        let running = hashing_slots();
         let mut secret = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let (jobs, waiting) = async_channel::bounded::<Check>(queue.max(1));
+        for i in 0..hashing_slots() {
+            let waiting = waiting.clone();
+            std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || {
+                    while let Ok(check) = waiting.recv_blocking() {
+                        // Nobody waits for a check whose LOGIN went away.
+                        if !check.answer.is_closed() {
+                            let _ = check.answer.send(matches(&check.hash, &check.password));
+                        }
+                    }
+                })
+                .map_err(|e| HashError(format!("cannot start a password-check thread: {e}")))?;
+        }
         Ok(Arc::new(Verifier {
-            hashing: Arc::new(Semaphore::new(running)),
-            admitted: Arc::new(Semaphore::new(running + queue)),
+            jobs,
             dummy: hash_password(&hex::encode(secret))?,
         }))
     }
 
     /// Whether `password` matches `stored` (a PHC string); with no stored
     /// hash, the same work is done against the dummy and the answer is no.
-    /// [`Busy`] at once when every slot, running or waiting, is taken.
+    /// [`Busy`] at once when the queue is full.
     pub async fn verify(&self, stored: Option<&str>, password: &str) -> Result<bool, Busy> {
-        let admitted = Arc::clone(&self.admitted)
-            .try_acquire_owned()
-            .map_err(|_| Busy)?;
-        let exists = stored.is_some();
-        let hash = stored.unwrap_or(&self.dummy).to_owned();
-        let password = password.to_owned();
-        let Ok(permit) = Arc::clone(&self.hashing).acquire_owned().await else {
-            return Ok(false);
+        let (answer, checked) = tokio::sync::oneshot::channel();
+        let check = Check {
+            hash: stored.unwrap_or(&self.dummy).to_owned(),
+            password: password.to_owned(),
+            answer,
         };
-        // The permits go with the work: a request cancelled while it runs
-        // does not free its core for another verification early.
-        let checked = tokio::task::spawn_blocking(move || {
-            let _permits = (permit, admitted);
-            match PasswordHash::new(&hash) {
-                Ok(parsed) => Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok(),
-                Err(e) => {
-                    error!(error = %e, "a stored password hash cannot be read; that account cannot log in");
-                    false
-                }
-            }
-        })
-        .await;
-        Ok(exists && checked.unwrap_or(false))
+        self.jobs.try_send(check).map_err(|_| Busy)?;
+        Ok(stored.is_some() && checked.await.unwrap_or(false))
     }
 }
 
@@ -162,23 +180,26 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn beyond_the_queue_a_check_is_refused_at_once() {
-        let v = Verifier::new(0).expect("verifier");
+        let v = Verifier::new(1).expect("verifier");
         let h = hash_password("pw").expect("hash");
-        let slots = hashing_slots();
-        let running: Vec<_> = (0..slots)
+        // Far more at once than the hashing threads and the queue of one
+        // take: each check takes milliseconds, submitting them microseconds.
+        let all: Vec<_> = (0..64)
             .map(|_| {
                 let (v, h) = (Arc::clone(&v), h.clone());
                 tokio::spawn(async move { v.verify(Some(&h), "pw").await })
             })
             .collect();
-        // Wait until every slot is taken (the admitted count says so).
-        while v.admitted.available_permits() > 0 {
-            tokio::task::yield_now().await;
+        let (mut checked, mut busy) = (0, 0);
+        for r in all {
+            match r.await.expect("join") {
+                Ok(true) => checked += 1,
+                Ok(false) => panic!("a right password was refused"),
+                Err(Busy) => busy += 1,
+            }
         }
-        assert_eq!(v.verify(Some(&h), "pw").await, Err(Busy));
-        for r in running {
-            assert_eq!(r.await.expect("join"), Ok(true));
-        }
+        assert!(checked >= hashing_slots() + 1, "{checked} checked");
+        assert!(busy > 0, "none refused as busy");
         assert_eq!(v.verify(Some(&h), "pw").await, Ok(true), "free again");
     }
 }
