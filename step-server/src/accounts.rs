@@ -198,7 +198,7 @@ mod tests {
                 Err(Busy) => busy += 1,
             }
         }
-        assert!(checked >= hashing_slots() + 1, "{checked} checked");
+        assert!(checked > hashing_slots(), "{checked} checked");
         assert!(busy > 0, "none refused as busy");
         assert_eq!(v.verify(Some(&h), "pw").await, Ok(true), "free again");
     }
