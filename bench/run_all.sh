@@ -83,7 +83,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 # Each start_* sets a variable with the PID and one with the port.
 start_step() { # start_step NAME [DATA_DIR] -> STEP_PID STEP_PORT
   STEP_PORT=$(free_port)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$STEP_PORT" --data-dir "${2:-$WORK/store-$1}" \
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$STEP_PORT" --data-dir "${2:-$WORK/store-$1}" \
     --token-secret "bench-$$" --log error >"$WORK/step-$1.log" 2>&1 &
   STEP_PID=$!; PIDS+=("$STEP_PID")
   wait_port "$STEP_PORT"
@@ -151,7 +151,7 @@ section_fig8() {
   sizes=$(python3 -c 'print(",".join(str(round(9728 + k * (1000000 - 9728) / 9)) for k in range(10)))')
   start_step fig8
   local shm_pid; SHM_PORT=$(free_port); SHM_DIR=$(mktemp -d /dev/shm/stepbench.XXXXXX)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$SHM_PORT" --data-dir "$SHM_DIR" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$SHM_PORT" --data-dir "$SHM_DIR" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
   shm_pid=$!; PIDS+=("$shm_pid")
   wait_port "$SHM_PORT"
   if have_ref; then start_ref fig8; else note "note: no reference at $REF_DIR: Python series skipped"; fi
@@ -383,7 +383,7 @@ section_small() {
   local shm_step shm_port shm_gw shm_gw_port
   SHM_DIR=$(mktemp -d /dev/shm/stepbench.XXXXXX)
   shm_port=$(free_port)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$shm_port" --data-dir "$SHM_DIR/store" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$shm_port" --data-dir "$SHM_DIR/store" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
   shm_step=$!; PIDS+=("$shm_step")
   wait_port "$shm_port"
   shm_gw_port=$(free_port)

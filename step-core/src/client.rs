@@ -131,6 +131,10 @@ pub struct Capabilities {
     /// id, plan and missing blocks), answered without changing anything.
     #[serde(skip_serializing_if = "is_false")]
     pub upload_status: bool,
+    /// What anonymous callers may do here (`read`, `write`), when anything:
+    /// a LOGIN with `anonymous` then mints the public identity's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<crate::access::Anonymous>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -230,6 +234,22 @@ pub struct UploadAck {
 #[derive(Deserialize)]
 struct LoginAnswer {
     token: String,
+}
+
+/// An anonymous LOGIN's answer: the public identity's token, whose files
+/// it acts on, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicLogin {
+    pub token: String,
+    pub user: String,
+    pub scope: crate::access::Scope,
+}
+
+#[derive(Deserialize)]
+struct PublicAnswer {
+    token: String,
+    username: Option<String>,
+    scope: Option<crate::access::Scope>,
 }
 
 /// A DATA SAVE answer.
@@ -718,6 +738,35 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         self.capabilities = caps;
         self.token = Some(token.clone());
         Ok(token)
+    }
+
+    /// LOGIN as the public identity (our extension): no password; the
+    /// server grants at most `want` and at most what its anonymous mode
+    /// allows.
+    pub async fn login_anonymous(
+        &mut self,
+        want: crate::access::Anonymous,
+    ) -> Result<PublicLogin, ClientError> {
+        let req =
+            Message::request(Operation::Login, Kind::Auth).with(field::ANONYMOUS, want.as_str());
+        let resp = expect_ok(self.call(&req).await?)?;
+        let caps = Capabilities::from_login(&resp);
+        let answer: PublicAnswer = decode(resp)?;
+        // A server that leaves out whom or what (not ours) granted what
+        // was asked for, as the public user.
+        let login = PublicLogin {
+            token: answer.token,
+            user: answer.username.unwrap_or_else(|| "anonymous".into()),
+            scope: match answer.scope {
+                Some(scope) => scope,
+                None => want.scope().ok_or_else(|| {
+                    ClientError::Protocol("an anonymous LOGIN granted with nothing asked".into())
+                })?,
+            },
+        };
+        self.capabilities = caps;
+        self.token = Some(login.token.clone());
+        Ok(login)
     }
 
     /// DATA SAVE; returns the key (server-chosen when `key` is `None`).

@@ -259,12 +259,11 @@ pub async fn start_gateway(step: std::net::SocketAddr, flags: &[&str]) -> String
     ];
     argv.extend_from_slice(flags);
     let args = gateway::config::GatewayArgs::try_parse_from(argv).expect("gateway flags");
-    let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
-        .then(|| args.http.default_user.clone());
+    let anonymous = args.http.anonymous_wanted();
     let backend = gateway::backend::Backend::new(
         backend_addr,
         args.transfer,
-        default_user,
+        anonymous,
         gateway::metrics::Metrics::new(),
     );
     let state = gateway::AppState::new(backend, args.http);
