@@ -160,6 +160,14 @@ async fn walk(gw: &Gateway, caller: Caller, token: &str, alice_pw: &str) {
             (RouteKind::Needs(_), _) => None,
         };
         match refused {
+            // Over TCP the gateway does not know a bearer token's scope; a
+            // tus write first looks its upload up, and alice's upload is not
+            // in the public identity's namespace: 404 before anything could
+            // be written (in process the scope refuses it first).
+            Some(StatusCode::FORBIDDEN)
+                if *route == "/tus/{id}"
+                    && matches!(caller, Caller::ReadBearer)
+                    && status == StatusCode::NOT_FOUND => {}
             Some(want) => {
                 assert_eq!(status, want, "{what}");
                 let code = if want == StatusCode::FORBIDDEN {

@@ -198,7 +198,11 @@ mod tests {
                 Err(Busy) => busy += 1,
             }
         }
-        assert!(checked > hashing_slots(), "{checked} checked");
+        // How many get in depends on whether a hashing thread has taken
+        // the first check off the queue before the others arrive; at
+        // least one always does, and the rest are refused, never queued.
+        assert!(checked >= 1, "{checked} checked");
+        assert_eq!(checked + busy, 64);
         assert!(busy > 0, "none refused as busy");
         assert_eq!(v.verify(Some(&h), "pw").await, Ok(true), "free again");
     }
