@@ -33,11 +33,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listening on $1" >&2; return 1
-}
+GARAGE=$(command -v garage || echo "${CARGO_HOME:-$HOME/.cargo}/bin/garage")
+source bench/garage.sh
 wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 bin() { if [[ $1 == A ]]; then echo "$A"; else echo "$B"; fi; }
 
@@ -53,7 +50,7 @@ start() {
     --storage "$storage" --token-secret "ab-$$" --log error >"$WORK/$b-$name.log" 2>&1 &
   PIDS+=($!)
   printf -v "SPID_${b}_$name" '%s' "$!"
-  wait_port "$port"
+  wait_port "$port" "$!"
   gw=$(free_port)
   "$(bin "$b")/gateway" --bind 127.0.0.1 --port "$gw" --backend "127.0.0.1:$port" \
     --spool-dir "$WORK" --log error >"$WORK/$b-$name-gw.log" 2>&1 &
@@ -135,33 +132,11 @@ head -c $((100 << 20)) /dev/urandom >"$WORK/file-100MiB"
 places=(disk)
 start A disk disk
 start B disk disk
-GARAGE=$(command -v garage || echo "${CARGO_HOME:-$HOME/.cargo}/bin/garage")
 if [[ ${AB_GARAGE:-1} == 0 ]]; then
   echo "note: AB_GARAGE=0: the Garage rows are not measured" >&2
 elif [[ -x $GARAGE ]]; then
-  gdir=$WORK/garage; mkdir -p "$gdir"
-  s3=$(free_port); rpc=$(free_port)
-  cat >"$gdir/garage.toml" <<TOML
-metadata_dir = "$gdir/meta"
-data_dir = "$gdir/data"
-db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3"
-root_domain = ".s3.garage.localhost"
-TOML
-  export AWS_ACCESS_KEY_ID=GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  export AWS_SECRET_ACCESS_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  export AWS_ENDPOINT_URL=http://127.0.0.1:$s3 AWS_REGION=garage AWS_ALLOW_HTTP=true
-  GARAGE_DEFAULT_ACCESS_KEY=$AWS_ACCESS_KEY_ID GARAGE_DEFAULT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
-    GARAGE_DEFAULT_BUCKET=bench RUST_LOG=warn \
-    "$GARAGE" -c "$gdir/garage.toml" server --single-node --default-bucket >"$gdir/garage.log" 2>&1 &
-  PIDS+=($!)
-  wait_port "$s3"
+  start_garage garage false
+  PIDS+=("$G_PID")
   start A garage s3://bench/a
   start B garage s3://bench/b
   places+=(garage)
