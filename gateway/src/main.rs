@@ -68,7 +68,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
                 .start(anonymous)
                 .await
                 .map_err(|e| e.to_string())?;
-            metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
+            metrics = metrics.with_store(service.store().clone());
             // HTTP requests call the service directly; the port still
             // serves native STEP clients.
             in_process = Some(std::sync::Arc::clone(&service));

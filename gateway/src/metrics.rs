@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use step_server::store::Storage;
+use step_server::store::Upkeep;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -47,7 +47,7 @@ pub struct Metrics {
     backend_requests: Family<BackendLabels, Counter>,
     /// The embedded server's store, whose unfinished uploads are reported
     /// (a separate step-server's are not visible from here).
-    store: Option<Arc<dyn Storage>>,
+    store: Option<Arc<dyn Upkeep>>,
     unfinished_uploads: Gauge,
     unfinished_bytes_planned: Gauge,
     unfinished_bytes_received: Gauge,
@@ -216,7 +216,7 @@ impl Metrics {
     }
 
     /// Also report the unfinished uploads of `store` (the embedded server's).
-    pub fn with_store(mut self, store: Arc<dyn Storage>) -> Self {
+    pub fn with_store(mut self, store: Arc<dyn Upkeep>) -> Self {
         self.store = Some(store);
         self
     }

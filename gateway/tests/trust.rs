@@ -343,7 +343,7 @@ async fn a_password_change_ends_cached_basic_logins_and_tokens() {
         .await
         .expect("get");
     assert_eq!(r.status(), StatusCode::OK);
-    step_server::store::Storage::account_delete(store.as_ref(), "alice")
+    step_server::store::Accounts::account_delete(store.as_ref(), "alice")
         .await
         .expect("remove");
     let started = Instant::now();

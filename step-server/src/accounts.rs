@@ -5,7 +5,7 @@
 //!   hex, so every course client works unchanged — and anyone can act as
 //!   anyone. Accounts in the storage are ignored.
 //! * `accounts`: LOGIN succeeds only for an account in the storage
-//!   ([`crate::store::Storage::account_get`]) whose argon2id hash the
+//!   ([`crate::store::Accounts::account_get`]) whose argon2id hash the
 //!   password matches. An unknown user and a wrong password get the same
 //!   answer after the same work (an unknown user is checked against a dummy
 //!   hash), so the answer does not tell which names exist.

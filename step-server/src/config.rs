@@ -396,7 +396,7 @@ impl ServiceArgs {
             replaced_grace: Duration::from_secs(self.replaced_grace),
         };
         let storage = self.open_storage(store_limits)?;
-        let _sweeper = store::spawn_sweeper(&storage, store_limits.sweep_period());
+        let _sweeper = store::spawn_sweeper(storage.clone(), store_limits.sweep_period());
         let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
             .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;
         let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);

@@ -15,14 +15,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use crate::store::Storage;
+use crate::store::Upkeep;
 
 /// A probe of the storage gives up after this long (a balancer checks
 /// every few seconds; a slow answer counts as down).
 const READY_WITHIN: Duration = Duration::from_secs(2);
 
 /// Serve the probes on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, storage: Arc<dyn Storage>) {
+pub async fn serve(listener: TcpListener, storage: Arc<dyn Upkeep>) {
     let app = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -32,7 +32,7 @@ pub async fn serve(listener: TcpListener, storage: Arc<dyn Storage>) {
     }
 }
 
-async fn readyz(State(storage): State<Arc<dyn Storage>>) -> impl IntoResponse {
+async fn readyz(State(storage): State<Arc<dyn Upkeep>>) -> impl IntoResponse {
     let unavailable = |message: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,

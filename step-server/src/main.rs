@@ -75,10 +75,7 @@ async fn main() -> ExitCode {
         let addr = SocketAddr::new(addr.ip(), port);
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(step_server::health::serve(
-                    l,
-                    std::sync::Arc::clone(service.storage()),
-                ));
+                tokio::spawn(step_server::health::serve(l, service.storage().clone()));
             }
             Err(e) => {
                 eprintln!("step-server: cannot listen for health checks on {addr}: {e}");

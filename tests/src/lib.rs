@@ -11,7 +11,7 @@ use step_server::ConnectionLimits;
 use step_server::accounts::{AuthMode, hash_password};
 use step_server::auth::Public;
 use step_server::service::{Limits, Service};
-use step_server::store::{DiskStore, Storage};
+use step_server::store::{Accounts, DiskStore, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -13,7 +13,7 @@ use step_server::accounts::{AuthMode, hash_password};
 use step_server::auth::LoginLimits;
 use step_server::service::Limits;
 use step_server::store::object::ObjectStorage;
-use step_server::store::{Account, Storage};
+use step_server::store::{Account, Accounts};
 use step_tests::{TestConfig, TestServer, blocks, connect_from, download, pattern};
 
 async fn accounts_server(limits: Limits) -> TestServer {

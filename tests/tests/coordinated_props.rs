@@ -66,7 +66,7 @@ use step_core::plan::{block_len, total_blocks};
 use step_server::store::object::ObjectStorage;
 use step_server::store::object::coord::{Coord, Lease, Mark, MemoryCoord};
 use step_server::store::{
-    Deleted, PlanRecord, Replace, Storage, StoreError, StoreLimits, StoreResult,
+    Deleted, Files, PlanRecord, Records, Replace, StoreError, StoreLimits, StoreResult, Upkeep,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

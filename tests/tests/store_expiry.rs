@@ -12,7 +12,7 @@ use step_core::token::TokenKey;
 use step_core::{Reason, Status};
 use step_server::ConnectionLimits;
 use step_server::service::{Limits, Service};
-use step_server::store::{Storage, Store, StoreLimits, UnfinishedStats};
+use step_server::store::{Files, Storage, Store, StoreLimits, UnfinishedStats, Upkeep};
 use step_tests::{TEST_SECRET, blocks, download, login, pattern};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -97,6 +97,13 @@ pub struct PlanRecord {
     pub block_size: u64,
 }
 
+impl PlanRecord {
+    /// Blocks in the plan.
+    pub fn total(&self) -> u64 {
+        step_core::plan::total_blocks(self.size, self.block_size)
+    }
+}
+
 /// A complete file's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
@@ -112,7 +119,7 @@ pub struct FileMeta {
     pub completed_unix: u64,
 }
 
-/// What a replacing SAVE asks for ([`Storage::plan_replace`]); kept with
+/// What a replacing SAVE asks for ([`Files::plan_replace`]); kept with
 /// the unfinished upload, so its completion checks it again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replace {
@@ -159,7 +166,7 @@ pub struct PlanOutcome {
     pub upload_id: Option<String>,
 }
 
-/// A key's unfinished upload as [`Storage::upload_status`] reads it.
+/// A key's unfinished upload as [`Files::upload_status`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnfinishedUpload {
     pub upload_id: String,
@@ -234,10 +241,9 @@ pub trait UploadWriter: Send + Debug {
     ) -> StoreResult<Option<String>>;
 }
 
-/// Everything the STEP service keeps.
+/// DATA records: small JSON objects, create-only.
 #[async_trait]
-pub trait Storage: Send + Sync + Debug {
-    // ------------------------------------------------------------ records
+pub trait Records: Send + Sync + Debug {
     /// Store a record under a new key ([`StoreError::Exists`] if taken).
     async fn record_create(
         &self,
@@ -247,8 +253,12 @@ pub trait Storage: Send + Sync + Debug {
     ) -> StoreResult<()>;
     async fn record_get(&self, user: &str, key: &str) -> StoreResult<Map<String, Value>>;
     async fn record_delete(&self, user: &str, key: &str) -> StoreResult<()>;
+}
 
-    // ------------------------------------------------------------ files
+/// FILEs: uploads planned, written block by block and completed; complete
+/// files read, replaced, listed and deleted.
+#[async_trait]
+pub trait Files: Send + Sync + Debug {
     /// SAVE: plan an upload (resume an unfinished one with the same plan when
     /// `resume`; otherwise start over). [`StoreError::Exists`] when the key
     /// holds a complete file; a size-0 plan completes at once.
@@ -319,10 +329,13 @@ pub trait Storage: Send + Sync + Debug {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<ListPage>;
+}
 
-    // ------------------------------------------------------------ accounts
-    // Accounts live with the files (disk or bucket), so `step-server user …`
-    // and every server on the same storage see the same ones.
+/// Login accounts (`--auth accounts`). They live with the files (disk or
+/// bucket), so `step-server user …` and every server on the same storage
+/// see the same ones.
+#[async_trait]
+pub trait Accounts: Send + Sync + Debug {
     /// The account called `name`, if there is one.
     async fn account_get(&self, name: &str) -> StoreResult<Option<Account>>;
     /// Add an account ([`StoreError::Exists`] if the name is taken).
@@ -334,15 +347,26 @@ pub trait Storage: Send + Sync + Debug {
     async fn account_delete(&self, name: &str) -> StoreResult<()>;
     /// Every account's name, sorted.
     async fn account_list(&self) -> StoreResult<Vec<String>>;
+}
 
-    // ------------------------------------------------------------ upkeep
+/// What the server runs beside requests: readiness, metrics, sweeps.
+#[async_trait]
+pub trait Upkeep: Send + Sync + Debug {
     /// Whether the storage (and what it depends on) answers now: for a
     /// readiness probe. Local storage always does.
     async fn ready(&self) -> StoreResult<()> {
         Ok(())
     }
     fn unfinished_stats(&self) -> UnfinishedStats;
-    /// Remove unfinished uploads idle since before `now − expiry`; returns
-    /// how many went. Run periodically by the server.
+    /// Remove unfinished uploads idle since before `now − expiry`, and
+    /// replaced versions past their grace; returns how many uploads went.
+    /// Run periodically by the server.
     async fn sweep_expired(&self, now: SystemTime) -> StoreResult<usize>;
 }
+
+/// Everything the STEP service keeps, in one handle: what a store that has
+/// all four concerns is. A part of the server (or a test double) that needs
+/// only one takes that trait instead (`Arc<dyn Storage>` coerces to any).
+pub trait Storage: Records + Files + Accounts + Upkeep {}
+
+impl<T: Records + Files + Accounts + Upkeep + ?Sized> Storage for T {}

@@ -9,8 +9,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{Disk, json_err, lock, not_found_ok, sync_dir};
-use crate::store::api::{Account, StoreError, StoreResult};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Disk, DiskStore, blocking, json_err, lock, not_found_ok, sync_dir};
+use crate::store::api::{Account, Accounts, StoreError, StoreResult};
 use crate::store::names;
 
 const DIR: &str = "accounts";
@@ -40,11 +44,11 @@ impl Disk {
         Ok(path)
     }
 
-    pub(super) fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+    fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
         read_account(&self.account_path(name))
     }
 
-    pub(super) fn account_create(&self, account: &Account) -> StoreResult<()> {
+    fn account_create(&self, account: &Account) -> StoreResult<()> {
         let dest = self.account_path(&account.name);
         let dir = self.root.join(DIR);
         fs::create_dir_all(&dir)?;
@@ -59,7 +63,7 @@ impl Disk {
         }
     }
 
-    pub(super) fn account_replace(&self, account: &Account) -> StoreResult<()> {
+    fn account_replace(&self, account: &Account) -> StoreResult<()> {
         let dest = self.account_path(&account.name);
         let tmp = self.account_temp(account)?;
         // Checked and renamed under one lock, so a replace racing a delete
@@ -85,7 +89,7 @@ impl Disk {
         }
     }
 
-    pub(super) fn account_delete(&self, name: &str) -> StoreResult<()> {
+    fn account_delete(&self, name: &str) -> StoreResult<()> {
         let removed = {
             let _g = lock(&self.accounts);
             not_found_ok(fs::remove_file(self.account_path(name)))?
@@ -96,7 +100,7 @@ impl Disk {
         Ok(sync_dir(&self.root.join(DIR))?)
     }
 
-    pub(super) fn account_list(&self) -> StoreResult<Vec<String>> {
+    fn account_list(&self) -> StoreResult<Vec<String>> {
         let mut out = Vec::new();
         // Long names are stored under a hash, so the name is read from the
         // file rather than decoded from its name.
@@ -107,6 +111,36 @@ impl Disk {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl Accounts for DiskStore {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        let disk = Arc::clone(self.backend());
+        let name = name.to_owned();
+        blocking(move || disk.account_get(&name)).await
+    }
+
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(self.backend()), account.clone());
+        blocking(move || disk.account_create(&account)).await
+    }
+
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        let (disk, account) = (Arc::clone(self.backend()), account.clone());
+        blocking(move || disk.account_replace(&account)).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        let disk = Arc::clone(self.backend());
+        let name = name.to_owned();
+        blocking(move || disk.account_delete(&name)).await
+    }
+
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        let disk = Arc::clone(self.backend());
+        blocking(move || disk.account_list()).await
     }
 }
 

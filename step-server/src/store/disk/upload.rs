@@ -16,18 +16,19 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use step_core::plan::{block_len, total_blocks};
+use step_core::plan::block_len;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::api::{PlanRecord, Replace};
+use crate::store::files::Activity;
 use crate::store::sums::ChunkSums;
 
 pub const DATA: &str = "data";
@@ -161,41 +162,6 @@ impl PrefixHasher {
     }
 }
 
-impl PlanRecord {
-    pub fn total(&self) -> u64 {
-        total_blocks(self.size, self.block_size)
-    }
-}
-
-/// What the store's accounting of unfinished uploads needs to see of an
-/// upload without taking its lock: bytes received and when it was last used.
-#[derive(Debug, Default)]
-pub struct Activity {
-    pub received: AtomicU64,
-    /// Milliseconds since the Unix epoch of the last SAVE or block.
-    pub last_ms: AtomicU64,
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl Activity {
-    pub fn new(received: u64, last: SystemTime) -> Arc<Activity> {
-        Arc::new(Activity {
-            received: AtomicU64::new(received),
-            last_ms: AtomicU64::new(unix_ms(last)),
-        })
-    }
-
-    pub fn touch(&self, now: SystemTime) {
-        self.last_ms.fetch_max(unix_ms(now), Ordering::Relaxed);
-    }
-}
-
 /// What the store needs to know of an upload on disk, read without opening
 /// it for writing (at start, to account for every unfinished upload).
 #[derive(Debug)]
@@ -303,7 +269,12 @@ fn bit(bits: &[u64], i: u64) -> bool {
 
 impl Upload {
     /// Start a fresh upload in `dir` (which must not exist yet).
-    pub fn create(dir: PathBuf, plan: PlanRecord, replace: Option<Replace>) -> io::Result<Upload> {
+    pub fn create(
+        dir: PathBuf,
+        plan: PlanRecord,
+        replace: Option<Replace>,
+        activity: Arc<Activity>,
+    ) -> io::Result<Upload> {
         fs::create_dir_all(&dir)?;
         let data = OpenOptions::new()
             .read(true)
@@ -325,8 +296,9 @@ impl Upload {
         let id = uuid::Uuid::new_v4().simple().to_string();
         // The plan file is written last: its presence marks the directory as
         // a usable upload. It is written in place, not renamed there: in this
-        // process only the store's registry lock, which the caller holds,
-        // looks at it; and a plan torn by a crash fails to parse, so `open`
+        // process it is read only under the key's lock, which the caller
+        // holds (a HEAD only asks whether it exists); and a plan torn by a
+        // crash fails to parse, so `open`
         // discards the directory like any other half-written upload. It is
         // not fsynced (an fsync here cost every SAVE a journal commit,
         // milliseconds on a busy disk): the blocks and receipts of an
@@ -341,7 +313,6 @@ impl Upload {
             .create_new(true)
             .open(dir.join(PLAN))?
             .write_all(&serde_json::to_vec(&file)?)?;
-        let activity = Activity::new(0, SystemTime::now());
         let mut up = Self::assemble(dir, plan, data, receipts, None, id, activity);
         up.replace = replace;
         Ok(up)
@@ -522,8 +493,9 @@ impl Upload {
             self.rehash = false;
         }
         self.advance_hash()?;
-        // Whatever happens next (publishing can fail), a block written again
-        // sets `rehash`: every index is below `hashed` now.
+        // Whatever happens next (publishing can fail), the digests taken are
+        // gone: a completion tried again reads the data back.
+        self.rehash = true;
         std::mem::replace(&mut self.hasher, PrefixHasher::Inline(Digests::default())).finish()
     }
 
@@ -612,8 +584,13 @@ mod tests {
             vec![0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9, 10],
         ];
         for (n, order) in orders.iter().enumerate() {
-            let mut up =
-                Upload::create(tmp.path().join(format!("u{n}")), plan, None).expect("create");
+            let mut up = Upload::create(
+                tmp.path().join(format!("u{n}")),
+                plan,
+                None,
+                Activity::new(0, SystemTime::now()),
+            )
+            .expect("create");
             let mut done = false;
             for &i in order {
                 assert!(!done, "completed early");
@@ -641,8 +618,13 @@ mod tests {
             vec![0, 1, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9, 10],
         ];
         for (n, order) in orders.iter().enumerate() {
-            let mut up =
-                Upload::create(tmp.path().join(format!("t{n}")), plan, None).expect("create");
+            let mut up = Upload::create(
+                tmp.path().join(format!("t{n}")),
+                plan,
+                None,
+                Activity::new(0, SystemTime::now()),
+            )
+            .expect("create");
             up.hasher = PrefixHasher::threaded(2);
             assert!(matches!(up.hasher, PrefixHasher::Thread { .. }));
             for &i in order {
@@ -667,9 +649,14 @@ mod tests {
         let replace = Replace {
             if_md5: Some("abc".into()),
         };
-        let id = Upload::create(dir.clone(), plan, Some(replace.clone()))
-            .expect("create")
-            .id;
+        let id = Upload::create(
+            dir.clone(),
+            plan,
+            Some(replace.clone()),
+            Activity::new(0, SystemTime::now()),
+        )
+        .expect("create")
+        .id;
         let mut names: Vec<_> = fs::read_dir(&dir)
             .expect("ls")
             .map(|e| e.expect("entry").file_name().into_string().expect("name"))
@@ -724,7 +711,9 @@ mod tests {
         };
         let dir = tmp.path().join("u");
         {
-            let mut up = Upload::create(dir.clone(), plan, None).expect("create");
+            let mut up =
+                Upload::create(dir.clone(), plan, None, Activity::new(0, SystemTime::now()))
+                    .expect("create");
             up.write_block(0, &body[..100]).expect("w");
             up.write_block(2, &body[200..300]).expect("w");
         }

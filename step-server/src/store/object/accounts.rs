@@ -5,13 +5,16 @@
 //! them); the running server only reads accounts, so the lock is needed only
 //! between management commands of one process.
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
-use super::{Inner, ObjectStorage, store_err, user_seg};
-use crate::store::api::{Account, StoreError, StoreResult};
+use super::io::store_err;
+use super::names::user_seg;
+use super::{Bucket, ObjectStorage};
+use crate::store::api::{Account, Accounts, StoreError, StoreResult};
 
-impl Inner {
+impl Bucket {
     fn account_path(&self, name: &str) -> object_store::path::Path {
         self.path(&["acct", &user_seg(name)])
     }
@@ -23,43 +26,28 @@ impl Inner {
         name: &str,
         f: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let id = ("acct".to_owned(), user_seg(name));
-        let l = self.record_lock(&id);
-        let result = {
-            let _g = l.lock().await;
-            f.await
-        };
-        self.release_record_lock(&id, l);
-        result
+        let _g = self.records.lock(("acct".to_owned(), user_seg(name))).await;
+        f.await
     }
 }
 
-impl ObjectStorage {
-    pub(super) async fn account_get_impl(&self, name: &str) -> StoreResult<Option<Account>> {
-        let inner = &self.inner;
+#[async_trait]
+impl Accounts for ObjectStorage {
+    async fn account_get(&self, name: &str) -> StoreResult<Option<Account>> {
+        let inner = self.backend();
         inner.get_json(&inner.account_path(name)).await
     }
 
-    pub(super) async fn account_put_impl(
-        &self,
-        account: &Account,
-        create: bool,
-    ) -> StoreResult<()> {
-        let inner = &self.inner;
-        let path = inner.account_path(&account.name);
-        inner
-            .with_account_lock(&account.name, async {
-                match (inner.exists(&path).await?, create) {
-                    (true, true) => Err(StoreError::Exists),
-                    (false, false) => Err(StoreError::NotFound),
-                    _ => inner.put_json(&path, account).await,
-                }
-            })
-            .await
+    async fn account_create(&self, account: &Account) -> StoreResult<()> {
+        self.backend().account_put(account, true).await
     }
 
-    pub(super) async fn account_delete_impl(&self, name: &str) -> StoreResult<()> {
-        let inner = &self.inner;
+    async fn account_replace(&self, account: &Account) -> StoreResult<()> {
+        self.backend().account_put(account, false).await
+    }
+
+    async fn account_delete(&self, name: &str) -> StoreResult<()> {
+        let inner = self.backend();
         let path = inner.account_path(name);
         inner
             .with_account_lock(name, async {
@@ -71,8 +59,8 @@ impl ObjectStorage {
             .await
     }
 
-    pub(super) async fn account_list_impl(&self) -> StoreResult<Vec<String>> {
-        let inner = &self.inner;
+    async fn account_list(&self) -> StoreResult<Vec<String>> {
+        let inner = self.backend();
         let dir = inner.path(&["acct"]);
         let mut list = inner.store.list(Some(&dir));
         let mut names = Vec::new();
@@ -85,5 +73,20 @@ impl ObjectStorage {
         }
         names.sort();
         Ok(names)
+    }
+}
+
+impl Bucket {
+    /// Create (`create`) or replace an account, deciding under its lock.
+    async fn account_put(&self, account: &Account, create: bool) -> StoreResult<()> {
+        let path = self.account_path(&account.name);
+        self.with_account_lock(&account.name, async {
+            match (self.exists(&path).await?, create) {
+                (true, true) => Err(StoreError::Exists),
+                (false, false) => Err(StoreError::NotFound),
+                _ => self.put_json(&path, account).await,
+            }
+        })
+        .await
     }
 }

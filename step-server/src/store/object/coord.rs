@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::api::{StoreError, StoreResult};
+use crate::store::keylock::{KeyGuard, LockMap};
 
 /// A lease lives this long unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -484,7 +485,7 @@ impl Drop for RedisLease {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryCoord {
     state: Arc<Mutex<MemoryState>>,
-    leases: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    leases: Arc<LockMap<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -498,6 +499,12 @@ struct MemoryState {
 impl MemoryCoord {
     pub fn new() -> MemoryCoord {
         MemoryCoord::default()
+    }
+
+    /// Leases held or waited for now (tests).
+    #[cfg(test)]
+    pub fn leases_held(&self) -> usize {
+        self.leases.len()
     }
 
     /// Make the engine unreachable (`true`) or reachable again (tests).
@@ -521,7 +528,7 @@ impl MemoryCoord {
 
 #[derive(Debug)]
 struct MemoryLease {
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _guard: KeyGuard<String, ()>,
     coord: MemoryCoord,
 }
 
@@ -536,14 +543,7 @@ impl Lease for MemoryLease {
 impl Coord for MemoryCoord {
     async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
         drop(self.up()?);
-        let m = Arc::clone(
-            self.leases
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(name.to_owned())
-                .or_default(),
-        );
-        let guard = m.lock_owned().await;
+        let guard = self.leases.lock(name.to_owned()).await;
         Ok(Box::new(MemoryLease {
             _guard: guard,
             coord: self.clone(),

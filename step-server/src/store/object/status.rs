@@ -1,5 +1,6 @@
-//! [`Storage::upload_status`](crate::store::Storage::upload_status) on the
-//! object store: a key's unfinished upload, read without loading the key
+//! The read-only status of a key's unfinished upload on the object store
+//! ([`Files::upload_status`](crate::store::Files::upload_status)), read
+//! without loading the key
 //! for writing, taking its lease, refreshing its activity or removing
 //! leftovers — so asking never changes what a later SAVE, block or sweep
 //! sees.
@@ -9,10 +10,16 @@
 //! blocks). Coordinated, the coordinator is: it names the key's current
 //! upload and the blocks every instance received.
 
-use super::coord::Coord;
-use super::{Inner, Names, Slot, UploadState, lock};
-use crate::store::api::{PlanRecord, StoreError, StoreResult, UnfinishedUpload};
+use std::sync::atomic::Ordering;
+
 use step_core::plan::{to_ranges, total_blocks};
+
+use super::coord::Coord;
+use super::io::lock;
+use super::names::lease_name;
+use super::{Bucket, UploadState};
+use crate::store::api::{FileMeta, PlanRecord, StoreError, StoreResult, UnfinishedUpload};
+use crate::store::files::Key;
 
 fn missing_of(received: &[bool]) -> Vec<[u64; 2]> {
     to_ranges(
@@ -24,22 +31,22 @@ fn missing_of(received: &[bool]) -> Vec<[u64; 2]> {
     )
 }
 
-impl Inner {
-    /// The unfinished upload under `n`; `slot` is the key's (held only to
-    /// read it, never for I/O of another request's making).
-    pub(super) async fn upload_status(
-        &self,
-        n: &Names,
-        slot: &Slot,
-    ) -> StoreResult<UnfinishedUpload> {
+impl Bucket {
+    /// The unfinished upload under `n` (this instance's lock on the key is
+    /// taken only to read what it holds).
+    pub(super) async fn upload_status(&self, n: &Key) -> StoreResult<UnfinishedUpload> {
+        self.ensure_scanned().await?;
         if let Some(coord) = &self.coord {
             return self.status_coordinated(coord.as_ref(), n).await;
         }
         {
-            let st = slot.lock().await;
+            let st = self.files.lock(n.id.clone()).await;
             if st.loaded {
                 let up = st.upload.as_ref().ok_or(StoreError::NotFound)?;
-                let last_ms = lock(&self.pending).get(&n.id()).map_or(0, |p| p.last_ms);
+                let last_ms = self
+                    .ledger
+                    .get(&n.id)
+                    .map_or(0, |a| a.last_ms.load(Ordering::Relaxed));
                 return Ok(UnfinishedUpload {
                     upload_id: up.id.clone(),
                     plan: up.plan,
@@ -69,14 +76,12 @@ impl Inner {
     /// The key's upload state, unless there is none or it is what a
     /// completion left behind (its file's meta exists; a replacing upload
     /// lives beside the file it replaces).
-    async fn live_state(&self, n: &Names) -> StoreResult<UploadState> {
+    async fn live_state(&self, n: &Key) -> StoreResult<UploadState> {
         let state = self
             .get_json::<UploadState>(&self.state_path(n))
             .await?
             .ok_or(StoreError::NotFound)?;
-        let meta = self
-            .get_json::<crate::store::api::FileMeta>(&self.meta_path(n))
-            .await?;
+        let meta = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
         let completed = meta.is_some_and(|meta| {
             state.replace.is_none() || meta.upload_id.as_deref() == Some(&state.upload_id)
         });
@@ -89,10 +94,10 @@ impl Inner {
     async fn status_coordinated(
         &self,
         coord: &dyn Coord,
-        n: &Names,
+        n: &Key,
     ) -> StoreResult<UnfinishedUpload> {
         let upload_id = coord
-            .current(&n.lease_name())
+            .current(&lease_name(n))
             .await?
             .ok_or(StoreError::NotFound)?;
         let known = lock(&self.plans).get(&upload_id).copied();

@@ -15,7 +15,15 @@ use object_store::{
 };
 use step_core::digest::md5_hex;
 
+use super::io::lock;
+use super::names::{KEY_ORDERED_BYTES, key_seg, names, user_seg};
 use super::*;
+use crate::store::api::{Deleted, Files, Records, UnfinishedStats, Upkeep};
+use crate::store::sums::CHUNK;
+use serde_json::{Map, Value};
+use std::time::SystemTime;
+use step_core::digest::EMPTY_MD5;
+use step_core::plan::total_blocks;
 
 const BS: u64 = 20480;
 
@@ -32,6 +40,17 @@ struct Counters {
 struct Recording {
     inner: Arc<InMemory>,
     counters: Arc<Counters>,
+    /// Every call yields to the runtime first, so requests interleave (and
+    /// can be cancelled) inside one store operation.
+    yields: bool,
+}
+
+impl Recording {
+    async fn turn(&self) {
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl fmt::Display for Recording {
@@ -71,6 +90,7 @@ impl ObjectStore for Recording {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.turn().await;
         self.counters
             .put_bytes
             .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
@@ -81,6 +101,7 @@ impl ObjectStore for Recording {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.turn().await;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(RecordingUpload {
             inner,
@@ -93,6 +114,7 @@ impl ObjectStore for Recording {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.turn().await;
         let r = self.inner.get_opts(location, options).await?;
         if !r.meta.location.as_ref().is_empty() {
             self.counters
@@ -131,11 +153,16 @@ impl ObjectStore for Recording {
 }
 
 fn recording() -> (Arc<InMemory>, Arc<Counters>, ObjectStorage) {
+    recording_with(false)
+}
+
+fn recording_with(yields: bool) -> (Arc<InMemory>, Arc<Counters>, ObjectStorage) {
     let mem = Arc::new(InMemory::new());
     let counters = Arc::new(Counters::default());
     let store = Arc::new(Recording {
         inner: Arc::clone(&mem),
         counters: Arc::clone(&counters),
+        yields,
     });
     let storage = ObjectStorage::new(store, "pre/fix", StoreLimits::default());
     (mem, counters, storage)
@@ -505,7 +532,7 @@ async fn bytes_crossing_and_written_per_content_byte() {
         );
         assert!((got - want_got).abs() < 0.01, "{name}: got {got}");
         assert_eq!(
-            s.inner.held_total.load(Ordering::Relaxed),
+            s.backend().held_total.load(Ordering::Relaxed),
             0,
             "{name}: memory budget returned"
         );
@@ -777,7 +804,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
     };
     // The last block was staged, then the server died before completing.
     let s = over(&mem);
-    let last = s.inner.block_path(&Names::new("u", "cut"), &id, 4);
+    let last = s.backend().block_path(&names("u", "cut"), &id, 4);
     mem.put(&last, PutPayload::from(block(&data, 4)))
         .await
         .expect("stage");
@@ -806,7 +833,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
         out.upload_id.expect("id")
     };
     let s = over(&mem);
-    let last = s.inner.block_path(&Names::new("u", "cut2"), &id, 4);
+    let last = s.backend().block_path(&names("u", "cut2"), &id, 4);
     mem.put(&last, PutPayload::from(block(&data, 4)))
         .await
         .expect("stage");
@@ -821,7 +848,7 @@ async fn leftovers_of_a_completed_upload_never_show() {
     let md5 = upload(&s, "u", "x", &data).await;
     let meta = s.head("u", "x").await.expect("head");
     // A crash after the meta, before the cleanup: state and a block remain.
-    let n = Names::new("u", "x");
+    let n = names("u", "x");
     let upload_id = meta.upload_id.clone().expect("id");
     let state = UploadState {
         upload_id: upload_id.clone(),
@@ -832,12 +859,12 @@ async fn leftovers_of_a_completed_upload_never_show() {
         created_unix: 0,
         replace: None,
     };
-    s.inner
-        .put_json(&s.inner.state_path(&n), &state)
+    s.backend()
+        .put_json(&s.backend().state_path(&n), &state)
         .await
         .expect("state");
     mem.put(
-        &s.inner.block_path(&n, &upload_id, 0),
+        &s.backend().block_path(&n, &upload_id, 0),
         PutPayload::from(block(&data, 0)),
     )
     .await
@@ -953,7 +980,7 @@ async fn idle_uploads_expire_and_stray_blocks_go() {
         .expect("plan");
     put(&s, "u", "idle", &data, 0).await;
     // A block of a superseded upload, landed after its discard.
-    let stray = s.inner.block_path(&Names::new("u", "idle"), "0123", 0);
+    let stray = s.backend().block_path(&names("u", "idle"), "0123", 0);
     mem.put(&stray, PutPayload::from_static(b"stale"))
         .await
         .expect("stray");
@@ -1039,9 +1066,9 @@ async fn ranged_reads_are_verified_against_the_sums() {
     let data = body(100_000, 8);
     upload(&s, "u", "v", &data).await;
     let meta = s.head("u", "v").await.expect("head");
-    let n = Names::new("u", "v");
+    let n = names("u", "v");
     let content = s
-        .inner
+        .backend()
         .content_path(&n, meta.upload_id.as_deref().expect("id"));
     // Rot one byte at rest.
     let mut rotten = data.clone();
@@ -1251,9 +1278,9 @@ async fn content_of_a_failed_completion_goes_with_its_upload() {
     let id = out.upload_id.expect("id");
     put(&s, "u", "f", &data, 0).await;
     // A completion that wrote the content and failed before the meta.
-    let n = Names::new("u", "f");
+    let n = names("u", "f");
     mem.put(
-        &s.inner.content_path(&n, &id),
+        &s.backend().content_path(&n, &id),
         PutPayload::from(data.clone()),
     )
     .await
@@ -1279,7 +1306,7 @@ async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
             .await
             .expect("plan");
     }
-    assert_eq!(s.inner.assemblers.available_permits(), 0);
+    assert_eq!(s.backend().assemblers.available_permits(), 0);
     let data = body(len, 30);
     let md5 = upload(&s, "u", "extra", &data).await;
     assert_eq!(md5, md5_hex(&data));
@@ -1526,4 +1553,28 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
         put(&nodes[0], "u", "k", &data, last).await,
         Some(md5_hex(&data))
     );
+}
+
+/// Requests cut off at every await point, alone and racing on a few keys,
+/// leave no entry in the key locks (nor, coordinated, a lease held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_leave_no_lock_behind() {
+    let (_, _, s) = recording_with(true);
+    crate::store::cancel_tests::cancel_everything(Arc::new(s.clone()), async {}).await;
+    assert_eq!(
+        s.backend().files.len(),
+        0,
+        "file keys still locked or cached"
+    );
+    assert_eq!(s.backend().records.len(), 0);
+
+    let (coord, instances) = cluster(2);
+    let racing = instances
+        .iter()
+        .map(|s| crate::store::cancel_tests::cancel_everything(Arc::new(s.clone()), async {}));
+    futures::future::join_all(racing).await;
+    for s in &instances {
+        assert_eq!(s.backend().files.len(), 0, "coordinated: file keys left");
+    }
+    assert_eq!(coord.leases_held(), 0, "a lease outlived its request");
 }
