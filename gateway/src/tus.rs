@@ -52,6 +52,7 @@ use tracing::{debug, info};
 
 use crate::AppState;
 use crate::backend::TransferPlan;
+use crate::clash::{ClashQuery, OnClash};
 use crate::error::GatewayError;
 use crate::routes::{self, Auth};
 
@@ -405,10 +406,12 @@ async fn max_size(st: &AppState) -> Option<u64> {
 pub async fn create(
     State(st): State<Arc<AppState>>,
     auth: Auth,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
     require_version(&headers)?;
+    let on_clash = ClashQuery::from_query(uri.query())?.choice(OnClash::Refuse)?;
     if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
         return Err(GatewayError::BadRequest(
             "Upload-Defer-Length is not supported: send Upload-Length".into(),
@@ -425,15 +428,7 @@ pub async fn create(
     }
     let sum = checksum(&headers)?;
     let key = filename(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let (token, r, expiry, tp) = st
-        .with_token(&auth, |t| {
-            let (st, key) = (Arc::clone(&st), key.clone());
-            async move {
-                let (r, expiry, tp) = begin(&st, &t, key, size).await?;
-                Ok((t, r, expiry, tp))
-            }
-        })
-        .await?;
+    let (token, r, expiry, tp) = begin_as(&st, &auth, &key, size, on_clash).await?;
     info!(key = %r.key, size, "tus upload created");
     let mut offset = if r.upload_id.is_none() { size } else { 0 };
     let mut failure = None;
@@ -457,6 +452,12 @@ pub async fn create(
         None => StatusCode::CREATED.into_response(),
     };
     set(&mut resp, header::LOCATION, r.location());
+    // The key it got (a renaming upload's free name), as HEAD says it.
+    set(
+        &mut resp,
+        UPLOAD_METADATA,
+        format!("filename {}", STANDARD.encode(r.key.as_bytes())),
+    );
     set(&mut resp, UPLOAD_OFFSET, offset);
     set(&mut resp, STEP_BLOCK_SIZE, r.block_size);
     if offset < size {
@@ -465,13 +466,56 @@ pub async fn create(
     Ok(resp)
 }
 
-/// SAVE a new upload; its URL, the server's upload expiry, and the
-/// transfer settings for its blocks.
+/// What [`begin`] gives: the token that worked, the upload's URL, the
+/// server's upload expiry, and the transfer settings for its blocks.
+type Begun = (String, UploadRef, Option<u64>, TransferPlan);
+
+/// [`begin`] as the request's clash choice says (see `clash.rs`): a
+/// renaming upload takes the first free name, and the next one when
+/// another upload took that name meanwhile.
+async fn begin_as(
+    st: &Arc<AppState>,
+    auth: &Auth,
+    key: &str,
+    size: u64,
+    on_clash: OnClash,
+) -> Result<Begun, GatewayError> {
+    let attempt = |name: String, replace: bool| {
+        st.with_token(auth, move |t| {
+            let (st, name) = (Arc::clone(st), name.clone());
+            async move {
+                let (r, expiry, tp) = begin(&st, &t, name, size, replace).await?;
+                Ok((t, r, expiry, tp))
+            }
+        })
+    };
+    if on_clash != OnClash::Rename {
+        let replace = on_clash == OnClash::Replace;
+        return attempt(key.to_owned(), replace)
+            .await
+            .map_err(|e| crate::clash::explain(e, key));
+    }
+    let mut from = 0;
+    loop {
+        let (name, n) = crate::clash::free_name(st, auth, key, from).await?;
+        match attempt(name, false).await {
+            Err(e) if crate::clash::lost_race(&e) && n + 1 < crate::clash::MAX_RENAMES => {
+                from = n + 1
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SAVE a new upload (replacing the key's file when it completes, with
+/// `replace` and a server that can); its URL, the server's upload expiry,
+/// and the transfer settings for its blocks.
 async fn begin(
     st: &AppState,
     token: &str,
     key: String,
     size: u64,
+    replace: bool,
 ) -> Result<(UploadRef, Option<u64>, TransferPlan), GatewayError> {
     let mut conn = st.backend.conn(token).await?;
     let caps = conn.capabilities();
@@ -490,7 +534,13 @@ async fn begin(
         block_size: tp.block_size,
         resume: false,
     };
-    let saved = conn.file_save(Some(&key), size, opts).await;
+    // Without the server's replace extension a replace is a plain SAVE: an
+    // existing key is refused, as for PUT.
+    let saved = if replace && caps.replace {
+        conn.file_save_replace(&key, size, opts, None).await
+    } else {
+        conn.file_save(Some(&key), size, opts).await
+    };
     let plan = saved.map_err(|e| st.backend.step_error(e))?;
     if plan.upload_id.is_none() && size > 0 {
         return Err(no_resume());
