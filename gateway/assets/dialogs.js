@@ -180,7 +180,7 @@ export async function askClash(name, folder, others) {
     + "Replace it with the one you are uploading, keep both (the new one gets a number added to its name), or skip it?";
   $("clash-all").checked = false;
   $("clash-all-label").hidden = others === 0;
-  $("clash-all-text").textContent = `Do the same for the ${others} other file${others === 1 ? "" : "s"} with a name that exists`;
+  $("clash-all-text").textContent = "Do the same for the other uploads whose name exists";
   const id = await choose($("clash"), ["clash-replace", "clash-rename", "clash-skip"]);
   const choice = { "clash-replace": "replace", "clash-rename": "rename" }[id] || "skip";
   return { choice, all: $("clash-all").checked };

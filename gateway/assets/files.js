@@ -195,7 +195,7 @@ function sorted() {
     let c = 0;
     if (by === "size") c = a.size - b.size;
     else if (by === "date") c = Date.parse(a.last_modified) - Date.parse(b.last_modified);
-    return sign * (c || name(a.key, b.key));
+    return c ? sign * c : name(a.key, b.key) * (by === "name" ? sign : 1);
   });
   const local = [...newFolders].filter((f) => f.startsWith(view.prefix)
     && f.slice(view.prefix.length).split("/").length === 2 && !view.folders.includes(f) && !view.q);

@@ -69,7 +69,6 @@ function tusHeaders(extra) { return headers(Object.assign({ "Tus-Resumable": "1.
 /** Decisions that apply to every later clash ("do the same for the others"). */
 let clashForAll = null;
 let asking = Promise.resolve();
-let waitingToAsk = 0;
 
 class Upload {
   constructor(file, key) {
@@ -201,7 +200,7 @@ class Upload {
 
   /** While a request is retried: say why and when. */
   waiting(p, ms, n) {
-    this.info.textContent = `${p.message === OFFLINE ? "Connection lost" : p.message} Retrying in ${Math.ceil(ms / 1000)} s (attempt ${n + 1}).`;
+    this.info.textContent = `${p.message === OFFLINE ? "Connection lost." : p.message} Retrying in ${Math.ceil(ms / 1000)} s (attempt ${n + 1}).`;
   }
 
   retry(attempt) {
@@ -284,6 +283,7 @@ class Upload {
         const got = fromBase64Utf8(meta[1]);
         if (got !== this.key) {
           this.key = got;
+          this.li.dataset.name = got;
           this.li.querySelector(".name").textContent = got;
         }
       }
@@ -295,15 +295,14 @@ class Upload {
 
   askClash() {
     if (clashForAll) return Promise.resolve(clashForAll);
-    waitingToAsk++;
     const turn = asking.then(async () => {
-      waitingToAsk--;
       if (clashForAll) return clashForAll;
       const slash = this.key.lastIndexOf("/");
       const folder = slash >= 0 ? `the folder “${this.key.slice(0, slash)}”` : "your files";
       this.info.textContent = "A file with this name exists: waiting for your choice";
-      const { choice, all } = await askClash(this.key.slice(slash + 1), folder, waitingToAsk);
-      if (all) clashForAll = choice;
+      const others = all.filter((u) => u !== this && !u.finished() && u.state !== "paused").length;
+      const { choice, all: forAll } = await askClash(this.key.slice(slash + 1), folder, others);
+      if (forAll) clashForAll = choice;
       return choice;
     });
     asking = turn.catch(() => null);
