@@ -133,6 +133,9 @@ fn asset(headers: &HeaderMap, body: &'static str, kind: &'static str) -> Respons
     // For browsers that predate frame-ancestors.
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // The page's own links and form posts name no other site.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     resp
 }
