@@ -10,11 +10,10 @@ import { enqueue, forgetPending, initUploads, showPending, stopAll, unfinished }
 
 // ------------------------------------------------------------ messages
 
-function notice(text, retry) {
+function notice(text, { ok = false } = {}) {
   $("notice-text").textContent = text;
   $("notice").hidden = !text;
-  $("notice-retry").hidden = !retry;
-  $("notice-retry").onclick = retry || null;
+  $("notice").classList.toggle("ok", ok);
 }
 
 // ------------------------------------------------------------ signing in
@@ -184,7 +183,7 @@ function init() {
   // Older pages kept every user's unfinished uploads under one key.
   localStorage.removeItem("step-tus-uploads");
   initDialogs();
-  initFiles({ needLogin, changed: (text) => notice(text) });
+  initFiles({ needLogin, changed: (text, ok) => notice(text, { ok }) });
   initUploads({ uploaded, needLogin });
   initDrop();
   showWho();

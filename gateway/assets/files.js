@@ -421,7 +421,7 @@ async function removeAll(keys, folders) {
     await Promise.all([next(), next(), next(), next()]);
     for (const k of keys) view.selected.delete(k);
     for (const f of folders) view.selected.delete(f);
-    hooks.changed(`Deleted ${what.join(" and ")}.`);
+    hooks.changed(`Deleted ${what.join(" and ")}.`, true);
   } catch (e) {
     if (e.signIn) hooks.needLogin(e.message);
     hooks.changed(e.message);

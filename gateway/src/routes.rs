@@ -172,8 +172,7 @@ impl Spooled {
                 };
                 let mut f = f.try_clone().await.map_err(io)?;
                 f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
-                let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)
-                    .map_err(move |e| io(e));
+                let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map_err(io);
                 Ok(Box::pin(s))
             }
         }
