@@ -191,7 +191,7 @@ async fn is_free(st: &AppState, token: &str, key: &str) -> Result<bool, GatewayE
 }
 
 /// The first free name for `key` from candidate `from` on, and its number.
-pub async fn free_name(
+async fn free_name(
     st: &Arc<AppState>,
     auth: &Auth,
     key: &str,
@@ -216,6 +216,28 @@ pub async fn free_name(
             "{key:?} and its first {MAX_RENAMES} numbered names are all taken: choose another name"
         ),
     })
+}
+
+/// Runs `attempt` with the first free name for `key`, and with the next
+/// free one each time another upload took the name at the same moment.
+pub async fn with_free_name<T, F, Fut>(
+    st: &Arc<AppState>,
+    auth: &Auth,
+    key: &str,
+    attempt: F,
+) -> Result<T, GatewayError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, GatewayError>>,
+{
+    let mut from = 0;
+    loop {
+        let (name, n) = free_name(st, auth, key, from).await?;
+        match attempt(name).await {
+            Err(e) if lost_race(&e) && n + 1 < MAX_RENAMES => from = n + 1,
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ impl Spooled {
 
     /// The bytes from the start again, keeping the spool (an upload that
     /// lost its name to another tries the next one with them).
-    pub(crate) async fn replay(&mut self) -> Result<ByteStream, GatewayError> {
+    pub(crate) async fn replay(&self) -> Result<ByteStream, GatewayError> {
         match self {
             Spooled::Memory(b, _) => Ok(Box::pin(futures::stream::iter([Ok(b.clone())]))),
             Spooled::File(f, _, _) => {
@@ -272,28 +272,23 @@ async fn store_renamed(
     st: &Arc<AppState>,
     auth: &Auth,
     key: &str,
-    mut spooled: Spooled,
+    spooled: Spooled,
 ) -> Result<Stored, GatewayError> {
-    let size = spooled.len();
-    let mut from = 0;
-    loop {
-        let (name, n) = clash::free_name(st, auth, key, from).await?;
+    let spooled = &spooled;
+    clash::with_free_name(st, auth, key, |name| async move {
         let stream = spooled.replay().await?;
-        let stored = upload::store_with(
+        upload::store_with(
             &st.backend,
             &auth.token,
             auth.default,
             &name,
-            size,
+            spooled.len(),
             stream,
             Overwrite::Never,
         )
-        .await;
-        match stored {
-            Err(e) if clash::lost_race(&e) && n + 1 < clash::MAX_RENAMES => from = n + 1,
-            other => return other,
-        }
-    }
+        .await
+    })
+    .await
 }
 
 /// Store a spooled upload as the request's clash choice says.

@@ -489,22 +489,13 @@ async fn begin_as(
             }
         })
     };
-    if on_clash != OnClash::Rename {
-        let replace = on_clash == OnClash::Replace;
-        return attempt(key.to_owned(), replace)
-            .await
-            .map_err(|e| crate::clash::explain(e, key));
+    if on_clash == OnClash::Rename {
+        return crate::clash::with_free_name(st, auth, key, |name| attempt(name, false)).await;
     }
-    let mut from = 0;
-    loop {
-        let (name, n) = crate::clash::free_name(st, auth, key, from).await?;
-        match attempt(name, false).await {
-            Err(e) if crate::clash::lost_race(&e) && n + 1 < crate::clash::MAX_RENAMES => {
-                from = n + 1
-            }
-            other => return other,
-        }
-    }
+    let replace = on_clash == OnClash::Replace;
+    attempt(key.to_owned(), replace)
+        .await
+        .map_err(|e| crate::clash::explain(e, key))
 }
 
 /// SAVE a new upload (replacing the key's file when it completes, with
