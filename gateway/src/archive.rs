@@ -40,6 +40,10 @@ use crate::listing::{self, Scan};
 /// Most keys and folders one request may name.
 pub const MAX_ITEMS: usize = 10_000;
 
+/// The longest prefix, key or folder a selection names (a key is at most
+/// 1024 bytes on a STEP server with default limits).
+pub const MAX_NAME_CHARS: usize = 1024;
+
 /// Archives written at once; beyond, 503 (each holds a blocking thread).
 pub const MAX_CONCURRENT: usize = 16;
 
@@ -74,6 +78,16 @@ impl Selection {
             }
         }
         s.prefix = prefix.unwrap_or_default();
+        let too_long = std::iter::once(&s.prefix)
+            .chain(&s.keys)
+            .chain(&s.folders)
+            .find(|k| k.chars().count() > MAX_NAME_CHARS);
+        if let Some(k) = too_long {
+            return Err(GatewayError::BadRequest(format!(
+                "{:?}… is longer than a key can be ({MAX_NAME_CHARS} characters)",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
         if s.keys.len() + s.folders.len() > MAX_ITEMS {
             return Err(GatewayError::BadRequest(format!(
                 "a download can name at most {MAX_ITEMS} files and folders; download their \
@@ -91,10 +105,20 @@ impl Selection {
                 s.prefix
             )));
         }
-        // A key inside a named folder comes with the folder.
+        // Each file once: a key named twice, a key inside a named folder, a
+        // folder inside another named folder come with the first.
+        let mut seen = std::collections::HashSet::new();
+        s.folders.retain(|f| seen.insert(f.clone()));
         let folders = s.folders.clone();
-        s.keys
-            .retain(|k| !folders.iter().any(|f| k.starts_with(f.as_str())));
+        s.folders.retain(|f| {
+            !folders
+                .iter()
+                .any(|outer| outer != f && f.starts_with(outer.as_str()))
+        });
+        let folders = s.folders.clone();
+        s.keys.retain(|k| {
+            seen.insert(k.clone()) && !folders.iter().any(|f| k.starts_with(f.as_str()))
+        });
         Ok(s)
     }
 
@@ -502,6 +526,19 @@ fn write_zip(mut parts: mpsc::Receiver<Part>, out: mpsc::Sender<Result<Bytes, st
         let _ = out.blocking_send(Err(std::io::Error::other(why)));
         broken.store(true, Ordering::Relaxed);
     };
+    // Names already in the archive: two keys can make one name (a made-safe
+    // name can equal a real one), and a zip must not hold it twice.
+    let mut names = std::collections::HashSet::new();
+    let mut unique = |name: String| {
+        let mut n = 0;
+        loop {
+            let candidate = crate::clash::candidate(&name, n);
+            if names.insert(candidate.clone()) {
+                return candidate;
+            }
+            n += 1;
+        }
+    };
     while let Some(part) = parts.blocking_recv() {
         let done = match part {
             Part::File {
@@ -512,10 +549,11 @@ fn write_zip(mut parts: mpsc::Receiver<Part>, out: mpsc::Sender<Result<Bytes, st
                 let opts = stored
                     .last_modified_time(zip_time(modified))
                     .large_file(size >= u64::from(u32::MAX));
-                zip.start_file(name, opts).map_err(|e| e.to_string())
+                zip.start_file(unique(name), opts)
+                    .map_err(|e| e.to_string())
             }
             Part::Folder(name) => zip
-                .add_directory(name, stored.unix_permissions(0o755))
+                .add_directory(unique(name), stored.unix_permissions(0o755))
                 .map_err(|e| e.to_string()),
             Part::Data(bytes) => zip.write_all(&bytes).map_err(|e| e.to_string()),
             Part::Fail(why) => Err(why),

@@ -12,7 +12,9 @@
 //! * a search: keys are matched as they are read, case-insensitively, and
 //!   one request reads at most [`SEARCH_SCAN`] keys; if the page is not
 //!   full by then, it ends early with a cursor and the client asks again
-//!   (the page does, while the person keeps looking).
+//!   (the page does, while the person keeps looking). With a delimiter too,
+//!   the search stays on that one level: its files and sub-folders whose
+//!   names match.
 //!
 //! The cursor is the key the scan stopped after, so pages follow each
 //! other exactly however the request is shaped.
@@ -40,6 +42,9 @@ pub const SEARCH_SCAN: u64 = 20_000;
 /// The longest search text.
 pub const MAX_QUERY_CHARS: usize = 256;
 
+/// The longest delimiter.
+pub const MAX_DELIMITER_CHARS: usize = 16;
+
 /// Keys FILE LIST gives per request while scanning.
 const SCAN_PAGE: u64 = 1000;
 
@@ -52,7 +57,8 @@ pub struct ListParams {
     cursor: Option<String>,
     /// Report keys below this separator (after the prefix) as one folder.
     delimiter: Option<String>,
-    /// Only keys whose part after the prefix contains this, ignoring case.
+    /// Only keys whose part after the prefix contains this, ignoring case
+    /// (with `delimiter`: files and sub-folders of that level).
     q: Option<String>,
 }
 
@@ -110,11 +116,13 @@ impl Scan {
             )));
         }
         let delimiter = q.delimiter.clone().filter(|d| !d.is_empty());
-        if needle.is_some() && delimiter.is_some() {
-            return Err(GatewayError::BadRequest(
-                "search (q) looks through every folder below the prefix: leave out delimiter"
-                    .into(),
-            ));
+        if delimiter
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DELIMITER_CHARS)
+        {
+            return Err(GatewayError::BadRequest(format!(
+                "the delimiter is at most {MAX_DELIMITER_CHARS} characters (folders use \"/\")"
+            )));
         }
         Ok(Scan {
             prefix: q.prefix.clone(),
@@ -151,12 +159,16 @@ fn past(folder: &str) -> String {
     format!("{folder}\u{10FFFF}")
 }
 
+/// The longest `after` a STEP server takes (its default key length).
+const MAX_AFTER_BYTES: usize = 1024;
+
 /// Where to continue after `key`, found below `folder`: past the whole
 /// folder, or just past `key` when it sorts even later (a key that
-/// continues with U+10FFFF), so the scan always moves on.
+/// continues with U+10FFFF) or when the jump would be longer than a key
+/// can be, so the scan always moves on.
 fn skip_past(folder: &str, key: &str) -> String {
     let jump = past(folder);
-    if key.as_bytes() >= jump.as_bytes() {
+    if key.as_bytes() >= jump.as_bytes() || jump.len() > MAX_AFTER_BYTES {
         key.to_owned()
     } else {
         jump
@@ -210,7 +222,9 @@ pub async fn scan(
             after = Some(f.key.clone());
             if let Some(folder) = scan.folder_of(&f.key) {
                 let end = skip_past(folder, &f.key);
-                found.folders.push(folder.to_owned());
+                if scan.matches(folder.trim_end_matches(scan.delimiter.as_deref().unwrap_or(""))) {
+                    found.folders.push(folder.to_owned());
+                }
                 after = Some(end.clone());
                 inside = Some(end);
             } else if scan.matches(&f.key) {
@@ -309,6 +323,18 @@ mod tests {
         let odd = "a/\u{10FFFF}x";
         assert_eq!(skip_past("a/", odd), odd);
         assert_eq!(skip_past("a/", "a/b"), past("a/"));
+        let long = format!("{}/", "x".repeat(1022));
+        let key = format!("{long}y");
+        assert_eq!(skip_past(&long, &key), key, "a jump no server takes");
+    }
+
+    #[test]
+    fn a_search_on_one_level_matches_folder_names() {
+        let s = scan("docs/", Some("/"), Some("OLD"));
+        let folder = s.folder_of("docs/Old Stuff/x.txt").expect("a folder");
+        assert!(s.matches(folder.trim_end_matches('/')));
+        let folder = s.folder_of("docs/new/old.txt").expect("a folder");
+        assert!(!s.matches(folder.trim_end_matches('/')));
     }
 
     #[test]

@@ -201,14 +201,10 @@ async fn search_finds_substrings_in_any_case_and_says_when_nothing_matches() {
     // Paged: two at a time, all of them, once.
     let (paged, _) = walk(&gw, &[("q", "T")], 2).await;
     assert_eq!(paged.len(), 8, "{paged:?}");
-    // Search looks through folders: it does not take a delimiter.
-    let r = gw
-        .client
-        .get(url(&gw, "/files", &[("q", "x"), ("delimiter", "/")]))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // With a delimiter, the search stays on one level: files and folders.
+    let level = list(&gw, &[("q", "O"), ("prefix", "docs/"), ("delimiter", "/")]).await;
+    assert_eq!(folders(&level), ["docs/old/"]);
+    assert_eq!(keys(&level), ["docs/Report 2024.PDF"]);
 }
 
 // ------------------------------------------------------------ archives
@@ -311,7 +307,14 @@ async fn names_that_could_escape_the_folder_are_made_safe() {
     let step = TestServer::start().await;
     let gw = gateway(step.addr).await;
     // Named in the query: a URL path cannot carry ".." segments.
-    for key in ["../evil.txt", "/abs.txt", "a/../../up.txt", "ok/fine.txt"] {
+    for key in [
+        "../evil.txt",
+        "/abs.txt",
+        "a/../../up.txt",
+        "ok/fine.txt",
+        "x\\y",
+        "x%5Cy",
+    ] {
         let part = reqwest::multipart::Part::bytes(key.as_bytes().to_vec()).file_name("x");
         let r = gw
             .client
@@ -335,7 +338,13 @@ async fn names_that_could_escape_the_folder_are_made_safe() {
         assert!(!name.starts_with('/'), "{name}");
     }
     assert_eq!(files["ok/fine.txt"], b"ok/fine.txt");
-    assert_eq!(files.len(), 4, "{:?}", files.keys());
+    // A made-safe name that equals a real one: both kept, under two names.
+    assert_eq!(files["x%5Cy"], b"x%5Cy");
+    assert_eq!(files["x%5Cy (1)"], b"x\\y");
+    assert_eq!(files.len(), 6, "{:?}", files.keys());
+    // A key named twice is in the zip once.
+    let (_, body) = get_zip(&gw, &[("key", "ok/fine.txt"), ("key", "ok/fine.txt")]).await;
+    assert_eq!(unzip(&body).len(), 1);
 }
 
 #[tokio::test]
