@@ -25,10 +25,12 @@ function showWho() {
   $("show-login").hidden = !!name || !$("login").hidden;
 }
 
-function needLogin(why) {
+/** Shows the sign-in form; `optional` when the files can be seen without it. */
+function needLogin(why, optional = false) {
   if (!$("login").hidden) return;
   $("login").hidden = false;
   $("browser").hidden = true;
+  $("login-cancel").hidden = !optional;
   $("login-why").textContent = user()
     ? "Your session has ended. Sign in again to go on."
     : "Sign in to see and upload your files.";
@@ -189,7 +191,12 @@ function init() {
   showWho();
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
-  $("show-login").addEventListener("click", () => needLogin());
+  $("show-login").addEventListener("click", () => needLogin(undefined, true));
+  $("login-cancel").addEventListener("click", () => {
+    $("login").hidden = true;
+    $("browser").hidden = false;
+    showWho();
+  });
   $("notice-close").addEventListener("click", () => notice(""));
   $("pick-files").addEventListener("click", () => $("file-input").click());
   $("pick-folder").addEventListener("click", () => $("folder-input").click());

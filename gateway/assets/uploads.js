@@ -212,6 +212,12 @@ class Upload {
     const known = remembered(this.owner)[this.id];
     if (known) {
       this.url = known.url;
+      // It may have been given a free name (keep both) when it started.
+      if (known.key && known.key !== this.key) {
+        this.key = known.key;
+        this.li.dataset.name = known.key;
+        this.li.querySelector(".name").textContent = known.key;
+      }
       offset = await this.retry(() => this.head());
       if (offset !== null) {
         this.li.dataset.resumedFrom = String(offset);
