@@ -29,7 +29,7 @@ EPORT=$(free_port); ESTEP=$(free_port)
   --data-dir "$WORK/embedded" --log warn & PIDS+=($!)
 # Pool: the gateway in front of a separate step-server.
 SPORT=$(free_port); PPORT=$(free_port)
-"$BIN/step-server" --ip 127.0.0.1 --port "$SPORT" --data-dir "$WORK/server" --log warn & PIDS+=($!)
+"$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$SPORT" --data-dir "$WORK/server" --log warn & PIDS+=($!)
 "$BIN/gateway" --bind 127.0.0.1 --port "$PPORT" --backend "127.0.0.1:$SPORT" --log warn & PIDS+=($!)
 wait_http "http://127.0.0.1:$EPORT/readyz"
 wait_http "http://127.0.0.1:$PPORT/readyz"

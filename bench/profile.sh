@@ -35,7 +35,7 @@ wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sl
 wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 P=$(free_port); H=$(free_port)
-"$BIN/step-server" --ip 127.0.0.1 --port "$P" --data-dir "$WORK/store" --token-secret prof --log error & SP=$!; PIDS+=("$SP")
+"$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$P" --data-dir "$WORK/store" --token-secret prof --log error & SP=$!; PIDS+=("$SP")
 "$BIN/gateway" --bind 127.0.0.1 --port "$H" --backend "127.0.0.1:$P" --spool-dir "$WORK" --log error & GP=$!; PIDS+=("$GP")
 wait_port "$P"; wait_http "http://127.0.0.1:$H/readyz"
 

@@ -556,6 +556,7 @@ def whole_page(name, missing):
 
 
 whole_page("coord", "section `coord` needs redis-server, PostgreSQL 15 and etcd; see `bench/coord_bench.sh`")
+whole_page("client", "section `client` did not run; see `bench/client_bench.sh`")
 whole_page("cluster", "section `cluster` is not in the default list: it needs Docker and about 20 minutes; "
                       "`SECTIONS=cluster bench/run_all.sh`, see `bench/cluster_bench.sh`")
 
@@ -730,7 +731,7 @@ notes = open(os.path.join(RAW, "notes.txt"), encoding="utf-8").read().strip() if
 if notes:
     head.append("Notes from the run:\n\n```\n" + notes + "\n```\n")
 blocks["machine"] = head
-order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "small", "small_native", "idle", "memory", "profiles", "garage", "coord", "cluster"]
+order = ["machine", "goals", "targets", "fig8", "fig9", "large", "download", "client", "small", "small_native", "idle", "memory", "profiles", "garage", "coord", "cluster"]
 with open(os.path.join(RES, "summary.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(line for name in order for line in blocks.get(name, []) + [""]) + "\n")
 with open(os.path.join(RES, "summary.json"), "w", encoding="utf-8") as f:

@@ -14,13 +14,17 @@
 #   REF_DIR=/tmp/ref      local checkout of the reference Python server and
 #                         client (xjtlu/server.py, xjtlu/client.py); never
 #                         committed. Absent: the reference series are skipped.
-#   SECTIONS="fig8 fig9 large download small idle profile garage coord"
+#   SECTIONS="fig8 fig9 large download client small idle profile garage coord"
 #                         run only some sections (profile: bench/profile.sh,
 #                         perf on the upload and download paths)
 #                         (garage: bench/garage_ceiling.sh, the step-server on
 #                         Garage next to disk and Garage's own throughput)
 #                         (coord: bench/coord_bench.sh, the coordination
 #                         engines of issue 16: Redis, PostgreSQL, etcd)
+#                         (client: bench/client_bench.sh, step-client's
+#                         goals beside md5sum, dufs and the course client;
+#                         CLIENT_BASELINE=/path/to/another/step-client adds
+#                         it, alternating, as the "now" column)
 #                         (cluster: bench/cluster_bench.sh, deploy/cluster
 #                         measured; not in the default list: it needs Docker
 #                         and about 20 minutes, e.g. SECTIONS=cluster)
@@ -39,7 +43,7 @@ QUICK=${BENCH_QUICK:-0}
 REF_DIR=${REF_DIR:-/tmp/ref}
 REF_SERVER=$REF_DIR/xjtlu/server.py
 PY_CLIENT=$REF_DIR/xjtlu/client.py
-SECTIONS=${SECTIONS:-"fig8 fig9 large download small idle profile garage coord"}
+SECTIONS=${SECTIONS:-"fig8 fig9 large download client small idle profile garage coord"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 RAW=$RESULTS/raw
 mkdir -p "$RAW"
@@ -79,7 +83,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 # Each start_* sets a variable with the PID and one with the port.
 start_step() { # start_step NAME [DATA_DIR] -> STEP_PID STEP_PORT
   STEP_PORT=$(free_port)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$STEP_PORT" --data-dir "${2:-$WORK/store-$1}" \
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$STEP_PORT" --data-dir "${2:-$WORK/store-$1}" \
     --token-secret "bench-$$" --log error >"$WORK/step-$1.log" 2>&1 &
   STEP_PID=$!; PIDS+=("$STEP_PID")
   wait_port "$STEP_PORT"
@@ -147,7 +151,7 @@ section_fig8() {
   sizes=$(python3 -c 'print(",".join(str(round(9728 + k * (1000000 - 9728) / 9)) for k in range(10)))')
   start_step fig8
   local shm_pid; SHM_PORT=$(free_port); SHM_DIR=$(mktemp -d /dev/shm/stepbench.XXXXXX)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$SHM_PORT" --data-dir "$SHM_DIR" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$SHM_PORT" --data-dir "$SHM_DIR" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
   shm_pid=$!; PIDS+=("$shm_pid")
   wait_port "$SHM_PORT"
   if have_ref; then start_ref fig8; else note "note: no reference at $REF_DIR: Python series skipped"; fi
@@ -379,7 +383,7 @@ section_small() {
   local shm_step shm_port shm_gw shm_gw_port
   SHM_DIR=$(mktemp -d /dev/shm/stepbench.XXXXXX)
   shm_port=$(free_port)
-  "$BIN/step-server" --ip 127.0.0.1 --port "$shm_port" --data-dir "$SHM_DIR/store" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
+  "$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$shm_port" --data-dir "$SHM_DIR/store" --token-secret "bench-$$" --log error >/dev/null 2>&1 &
   shm_step=$!; PIDS+=("$shm_step")
   wait_port "$shm_port"
   shm_gw_port=$(free_port)
@@ -553,6 +557,12 @@ section_idle() {
     stop "$STEP_PID"
   )
   return 0
+}
+
+section_client() {
+  echo "== client: step-client beside md5sum, dufs and the course client (load $(load))"
+  RESULTS=$RESULTS RAW=$RAW BENCH_QUICK=$QUICK REF_DIR=$REF_DIR BENCH_TMP=$(dirname "$WORK") \
+    bash bench/client_bench.sh || note "client_bench failed"
 }
 
 section_garage() {

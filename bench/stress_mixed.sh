@@ -22,7 +22,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 ulimit -n 65536 2>/dev/null || true
 
 SPORT=$(free_port); HPORT=$(free_port)
-"$BIN/step-server" --ip 127.0.0.1 --port "$SPORT" --data-dir "$WORK/store" --token-secret "mixed-$$-$RANDOM" --log warn >"$WORK/server.log" 2>&1 &
+"$BIN/step-server" --ip 127.0.0.1 --anonymous write --port "$SPORT" --data-dir "$WORK/store" --token-secret "mixed-$$-$RANDOM" --log warn >"$WORK/server.log" 2>&1 &
 PIDS+=($!)
 "$BIN/gateway" --bind 127.0.0.1 --port "$HPORT" --backend "127.0.0.1:$SPORT" --pool-size 64 --pool-wait-ms 30000 --log warn >"$WORK/gateway.log" 2>&1 &
 PIDS+=($!)

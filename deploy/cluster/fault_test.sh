@@ -44,9 +44,13 @@ STATS="http://127.0.0.1:$STEP_CLUSTER_STATS_PORT/stats;csv"
 COURSE=(python3 "$ROOT/tests/python/course_style_client.py")
 PERBLOCK=(python3 "$ROOT/tests/python/per_block_client.py")
 PROBE=(python3 "$HERE/stepprobe.py")
-# The gateway's anonymous user: files uploaded as it over STEP are the ones
-# curl sees without credentials.
-U=anonymous
+# One user for every client: the course clients log in as it by the md5
+# rule (open mode), curl with HTTP Basic and the same password, so what one
+# uploads the others read. (The public area has no password: it is not
+# where course clients can write.)
+U=fault-tester
+UPW="$(printf %s "$U" | md5sum | cut -d' ' -f1)"
+AS_U=(-u "$U:$UPW")
 
 STARTED=0
 FAILED=0
@@ -112,7 +116,7 @@ back_in() { # back_in SERVICE: running, healthy and UP in the front balancer
     wait_for 90 healthy "$1" && wait_for 30 is_status step "$1" UP
 }
 same_via_curl() { # same_via_curl KEY FILE: GET through the balanced gateways is FILE
-    curl -fsS -o "$WORK/got" "$HTTP/files/$1" && cmp -s "$WORK/got" "$2"
+    curl -fsS "${AS_U[@]}" -o "$WORK/got" "$HTTP/files/$1" && cmp -s "$WORK/got" "$2"
 }
 same_via_step() { # same_via_step PORT KEY FILE
     "${COURSE[@]}" 127.0.0.1 "$1" "$U" download "$2" "$WORK/got" >/dev/null && cmp -s "$WORK/got" "$3"
@@ -142,7 +146,7 @@ check "$F" "per-block client (new connection per block) 2 MiB via :STEP, md5 rig
     "$(field connections <<<"$out") connections; sessions before: $before after: $(sessions)" test "$rc" = 0
 check "$F" "curl GET of the per-block upload via :HTTP byte-identical" "" same_via_curl pb.bin "$WORK/pb.bin"
 rand_file curl.bin $((5 * 1024 * 1024 + 3))
-code="$(curl -sS -o "$WORK/ans" -w '%{http_code}' -F "file=@$WORK/curl.bin" "$HTTP/upload")"
+code="$(curl -sS "${AS_U[@]}" -o "$WORK/ans" -w '%{http_code}' -F "file=@$WORK/curl.bin" "$HTTP/upload")"
 check "$F" "curl -F upload 5 MiB via :HTTP" "HTTP $code" test "$code" = 201
 both_ways() { same_via_curl curl.bin "$WORK/curl.bin" && same_via_step "$FRONT" curl.bin "$WORK/curl.bin"; }
 check "$F" "curl upload read back via :HTTP and via :STEP byte-identical" "" both_ways
@@ -202,7 +206,7 @@ check "$F" "garage3 stopped mid-upload: course + per-block uploads via :STEP com
 both_same() { same_via_curl c1.bin "$WORK/c1.bin" && same_via_curl c2.bin "$WORK/c2.bin"; }
 check "$F" "both read back via :HTTP byte-identical (garage3 still down)" "" both_same
 rand_file c3.bin $((1024 * 1024))
-code="$(curl -sS -o /dev/null -w '%{http_code}' -F "file=@$WORK/c3.bin" "$HTTP/upload")"
+code="$(curl -sS "${AS_U[@]}" -o /dev/null -w '%{http_code}' -F "file=@$WORK/c3.bin" "$HTTP/upload")"
 check "$F" "new curl upload while garage3 is down" "HTTP $code" test "$code" = 201
 docker start "$(cid garage3)" >/dev/null
 rejoined() { local s; s="$(garage 1 status 2>&1)" && [[ $s != *FAILED* ]] && [[ $(grep -c 'zone[123]' <<<"$s") == 3 ]]; }
@@ -238,7 +242,7 @@ check "$F" "uploads in flight when Redis dies: a STEP error status, never a wron
     "mid-upload: $mid; course: exit $r1 status $s1; per-block: exit $r2 status $s2" \
     test "$mid" = yes -a "$r1" != 2 -a "$r2" != 2 -a "$s1" != None -a "$s2" != None -a "$s1" != 200
 rand_file d3.bin 100000
-code="$(curl -sS -o "$WORK/d3.ans" -w '%{http_code}' -F "file=@$WORK/d3.bin" "$HTTP/upload")"
+code="$(curl -sS "${AS_U[@]}" -o "$WORK/d3.ans" -w '%{http_code}' -F "file=@$WORK/d3.bin" "$HTTP/upload")"
 body="$(head -c 200 "$WORK/d3.ans")"
 json_503() { [[ $code == 503 ]] && python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$WORK/d3.ans"; }
 check "$F" "curl upload while Redis is down: HTTP 503 with a JSON error" "HTTP $code: $body" json_503

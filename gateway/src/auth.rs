@@ -1,76 +1,63 @@
-//! Who a request acts for, and what it may do: the gateway's HTTP rules for
-//! authentication, in one place.
+//! Who a request acts for, and whether it may: the gateway's side of the
+//! one trust model ([`step_core::access`]).
 //!
-//! * `Authorization: Bearer <token>` — a STEP token from `POST /login`, used
-//!   as it is (the STEP server checks it and scopes everything to its user).
+//! Every route declares what it does ([`crate::routes::ROUTE_KINDS`]);
+//! [`authorize`], a layer over every route, resolves the caller of each
+//! route that needs one and calls [`decide`] before the handler runs:
+//!
+//! * `Authorization: Bearer <token>` — a STEP token, used as it is. In
+//!   process its scope is known here; over `--backend` the STEP server
+//!   decides again for every request it forwards, so a read-only token is
+//!   refused either way.
 //! * `Authorization: Basic base64(user:password)` (`curl -u alice:secret`) —
 //!   the gateway logs in to the STEP server as that user. The token is cached
 //!   per user and password digest (never the password) for half its TTL, so
 //!   a burst of requests costs one password check on the server; the cache
-//!   is bounded ([`BASIC_CACHE_ENTRIES`]).
-//! * Neither — the anonymous user (`--default-user`, `anonymous`), allowed
-//!   what `--anonymous none|read|write` says: `read` is GET and HEAD (and
-//!   OPTIONS), everything else is a write.
-//!
-//! Every route that touches files or records takes [`Auth`] as an
-//! extractor. The resolved user is also recorded in the request's
-//! [`RequestUser`] slot, so the access log names the user.
+//!   is bounded ([`BASIC_CACHE_ENTRIES`]). Logins are paced per client
+//!   address (by the embedded server, or here in front of `--backend`) and
+//!   use a lane of connections of their own.
+//! * Neither — the public identity, with what `--anonymous` asks for and
+//!   the STEP server grants (its token comes from an anonymous LOGIN, never
+//!   from a password).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 use step_core::Status;
+use step_core::access::{Access, Anonymous, Refusal, Scope, decide};
 
 use crate::AppState;
 use crate::access_log::RequestUser;
 use crate::backend::token_reuse;
 use crate::error::GatewayError;
+use crate::routes::RouteKind;
 
-/// `--anonymous`: what requests without credentials may do.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Anonymous {
-    /// Nothing: 401 with a `WWW-Authenticate` challenge.
-    None,
-    /// GET and HEAD only, as the anonymous user.
-    Read,
-    /// Everything, as the anonymous user (the README's bare curl works).
-    #[default]
-    Write,
-}
+/// The address of the HTTP client a request came from, set on every
+/// request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
-/// What a request is about to do, from its method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Write,
-}
-
-impl Action {
-    pub fn of(method: &Method) -> Action {
-        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-            Action::Read
-        } else {
-            Action::Write
-        }
-    }
-}
-
-/// The caller of a request: the STEP token it acts with, and who that is.
+/// The caller of a request: the STEP token it acts with, who that is, and
+/// what it may do where the gateway knows.
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub token: String,
-    /// The token is the gateway's anonymous (default) user's: a refusal
-    /// (the server restarted with a new secret) renews it and retries.
+    /// The token is the public identity's: a refusal (the server restarted
+    /// with a new secret) renews it and retries.
     pub default: bool,
     pub user: String,
+    /// What the token allows, where the gateway knows (anonymous, Basic,
+    /// in process); `None`: a Bearer token the STEP server checks.
+    pub scope: Option<Scope>,
     /// Set for a Basic login (to renew its token when refused).
     basic: Option<BasicLogin>,
 }
@@ -126,6 +113,7 @@ impl BasicLogins {
         st: &AppState,
         user: &str,
         password: &str,
+        client: Option<IpAddr>,
     ) -> Result<(String, BasicKey), GatewayError> {
         let key = self.key(user, password);
         let losses = st.backend.connection_losses();
@@ -139,13 +127,13 @@ impl BasicLogins {
                     self.forget(&key, &c.token);
                 }
                 Err(guard) => {
-                    let c = login(st, user, password, losses).await?;
+                    let c = login(st, user, password, losses, client).await?;
                     let _ = guard.insert(c.clone());
                     return Ok((c.token, key));
                 }
             }
         }
-        let c = login(st, user, password, losses).await?;
+        let c = login(st, user, password, losses, client).await?;
         Ok((c.token, key))
     }
 
@@ -159,9 +147,19 @@ async fn login(
     user: &str,
     password: &str,
     losses: u64,
+    client: Option<IpAddr>,
 ) -> Result<CachedLogin, GatewayError> {
+    // In process the embedded server paces logins by the client's address;
+    // in front of --backend the server sees only this gateway's, so the
+    // gateway paces them here, before the server spends a password check.
+    if !st.backend.is_in_process()
+        && let Some(ip) = client
+        && let Err(wait) = st.login_pacer.attempt(&step_server::auth::source_key(ip))
+    {
+        return Err(GatewayError::TooManyAttempts(wait.as_secs().max(1)));
+    }
     let minted = Instant::now();
-    match st.backend.login_caps(user, password).await {
+    match st.backend.login_caps(user, password, client).await {
         Ok((token, caps)) => Ok(CachedLogin {
             token,
             renew_at: minted + token_reuse(caps.token_ttl),
@@ -169,6 +167,7 @@ async fn login(
         }),
         Err(GatewayError::Step {
             status: Status::WrongPassword,
+            reason: None,
             ..
         }) => Err(GatewayError::Unauthorized(
             "wrong user or password (HTTP Basic)".into(),
@@ -215,27 +214,35 @@ fn token_user(token: &str) -> String {
 }
 
 impl Auth {
-    async fn resolve(parts: &Parts, st: &AppState) -> Result<Auth, GatewayError> {
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+    /// Who the request acts for: its credential, or the public identity.
+    async fn resolve(
+        headers: &HeaderMap,
+        st: &AppState,
+        client: Option<IpAddr>,
+    ) -> Result<Auth, GatewayError> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
             let text = value.to_str().unwrap_or_default().trim();
             // The scheme is case-insensitive (RFC 9110 §11.1).
             let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+                let scope = st.backend.scope_of(rest).await?;
                 return Ok(Auth {
                     token: rest.to_owned(),
                     default: false,
                     user: token_user(rest),
+                    scope,
                     basic: None,
                 });
             }
             if scheme.eq_ignore_ascii_case("basic") && !rest.is_empty() {
                 let (user, password) = basic_credentials(rest)?;
-                let (token, key) = st.logins.token(st, &user, &password).await?;
+                let (token, key) = st.logins.token(st, &user, &password, client).await?;
                 return Ok(Auth {
                     token,
                     default: false,
                     user,
+                    scope: Some(Scope::Full),
                     basic: Some(BasicLogin { key, password }),
                 });
             }
@@ -243,42 +250,26 @@ impl Auth {
                 "Authorization must be \"Bearer <token>\" or \"Basic <base64 user:password>\"",
             ));
         }
-        let allowed = match (st.anonymous, Action::of(&parts.method)) {
-            (Anonymous::Write, _) | (Anonymous::Read, Action::Read) => true,
-            (Anonymous::Read, Action::Write) | (Anonymous::None, _) => false,
-        };
-        if !allowed {
-            let what = if st.anonymous == Anonymous::Read {
-                "anonymous requests may only read here"
-            } else {
-                "credentials are required here"
-            };
-            return Err(GatewayError::Unauthorized(format!(
-                "{what}: send HTTP Basic (curl -u user:password) or a token from POST /login \
-                 (Authorization: Bearer <token>)"
-            )));
+        if st.anonymous == Anonymous::None {
+            return Err(needs_credentials("credentials are required here"));
         }
-        let token = match st.backend.default_token().await {
-            Err(GatewayError::Step {
-                status: Status::WrongPassword,
-                ..
-            }) => {
-                return Err(GatewayError::Unauthorized(format!(
-                    "the STEP server refuses the anonymous user {:?} (accounts mode with no \
-                     account for it): send HTTP Basic (curl -u user:password) or a token",
-                    st.http.default_user
-                )));
-            }
-            other => other?,
-        };
-        match token {
-            Some(token) => Ok(Auth {
-                token,
+        match st.backend.default_token().await {
+            Ok(Some(public)) => Ok(Auth {
+                token: public.token,
                 default: true,
-                user: st.http.default_user.clone(),
+                user: public.user,
+                scope: Some(public.scope),
                 basic: None,
             }),
-            None => Err(unauthorized("a token is required")),
+            Ok(None) => Err(needs_credentials("credentials are required here")),
+            Err(GatewayError::Step {
+                status: Status::WrongPassword,
+                message,
+                ..
+            }) => Err(needs_credentials(&format!(
+                "the STEP server allows no anonymous access ({message})"
+            ))),
+            Err(e) => Err(e),
         }
     }
 
@@ -286,15 +277,80 @@ impl Auth {
     /// gateway made it (anonymous, Basic), else `None`.
     pub async fn renewed(&self, st: &AppState) -> Result<Option<String>, GatewayError> {
         if self.default {
-            return st.backend.renew_default_token(&self.token).await;
+            let public = st.backend.renew_default_token(&self.token).await?;
+            return Ok(public.map(|p| p.token));
         }
         if let Some(basic) = &self.basic {
             st.logins.forget(&basic.key, &self.token);
-            let (token, _) = st.logins.token(st, &self.user, &basic.password).await?;
+            let (token, _) = st
+                .logins
+                .token(st, &self.user, &basic.password, None)
+                .await?;
             return Ok(Some(token));
         }
         Ok(None)
     }
+
+    /// [`decide`] for this caller and `access`, as an HTTP answer: an
+    /// anonymous caller is asked for credentials (401), a credential that
+    /// cannot do it is refused (403).
+    fn may(&self, access: Access) -> Result<(), GatewayError> {
+        // A Bearer token whose scope only the STEP server knows is decided
+        // there, for every request forwarded.
+        let scope = self.scope.unwrap_or(Scope::Full);
+        match decide(Some(scope), access) {
+            Ok(()) => Ok(()),
+            Err(Refusal::ReadOnly) if self.default => {
+                Err(needs_credentials("anonymous requests may only read here"))
+            }
+            Err(Refusal::ReadOnly) => Err(GatewayError::ReadOnly(
+                "this token may only read: log in as a user to write".into(),
+            )),
+            Err(other) => Err(GatewayError::ReadOnly(other.to_string())),
+        }
+    }
+}
+
+/// A 401 that says how to send credentials.
+fn needs_credentials(what: &str) -> GatewayError {
+    GatewayError::Unauthorized(format!(
+        "{what}: send HTTP Basic (curl -u user:password) or a token from POST /login \
+         (Authorization: Bearer <token>)"
+    ))
+}
+
+/// The layer over every route: look up what the route does, resolve its
+/// caller, [`decide`], and hand the caller to the handler. A route with no
+/// declared kind is refused (fail closed).
+pub async fn authorize(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Some(path) = req.extensions().get::<MatchedPath>().cloned() else {
+        // No route matched: the fallback answers 404.
+        return next.run(req).await;
+    };
+    let access = match crate::routes::kind_of(req.method(), path.as_str()) {
+        Some(RouteKind::Open) | Some(RouteKind::OtherMethod) => return next.run(req).await,
+        Some(RouteKind::Needs(access)) => access,
+        None => {
+            tracing::error!(route = %path.as_str(), method = %req.method(), "a route without a declared access kind");
+            return GatewayError::Internal(
+                "this route declares no access kind; it is refused until it does".into(),
+            )
+            .into_response();
+        }
+    };
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+    let auth = match Auth::resolve(req.headers(), &st, client).await {
+        Ok(auth) => auth,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(slot) = req.extensions().get::<RequestUser>() {
+        slot.set(auth.user.as_str());
+    }
+    if let Err(e) = auth.may(access) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(auth);
+    next.run(req).await
 }
 
 impl FromRequestParts<Arc<AppState>> for Auth {
@@ -302,13 +358,13 @@ impl FromRequestParts<Arc<AppState>> for Auth {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &Arc<AppState>,
+        _state: &Arc<AppState>,
     ) -> Result<Self, GatewayError> {
-        let auth = Auth::resolve(parts, state).await?;
-        if let Some(slot) = parts.extensions.get::<RequestUser>() {
-            slot.set(auth.user.as_str());
-        }
-        Ok(auth)
+        parts.extensions.get::<Auth>().cloned().ok_or_else(|| {
+            GatewayError::Internal(
+                "the route's caller was not resolved: its access kind says it needs none".into(),
+            )
+        })
     }
 }
 
@@ -355,43 +411,6 @@ mod tests {
         for bad in [enc("nocolon"), enc(":pw"), "%%%".into()] {
             assert!(basic_credentials(&bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn reads_are_get_and_head() {
-        assert_eq!(Action::of(&Method::GET), Action::Read);
-        assert_eq!(Action::of(&Method::HEAD), Action::Read);
-        for m in [Method::PUT, Method::POST, Method::DELETE, Method::PATCH] {
-            assert_eq!(Action::of(&m), Action::Write, "{m}");
-        }
-    }
-
-    #[tokio::test]
-    async fn the_extractor_records_the_user_for_the_access_log() {
-        use clap::Parser;
-        let args = crate::config::GatewayArgs::try_parse_from(["gateway", "--pool-wait-ms", "100"])
-            .expect("flags");
-        let backend = crate::backend::Backend::new(
-            "127.0.0.1:9".into(),
-            args.transfer,
-            None,
-            crate::metrics::Metrics::new(),
-        );
-        let state = AppState::new(backend, args.http);
-        let token = step_core::token::TokenKey::new(b"s", 60).mint("alice", 1_000_000);
-        let slot = RequestUser::default();
-        let (mut parts, ()) = axum::http::Request::builder()
-            .uri("/files/x")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .extension(slot.clone())
-            .body(())
-            .expect("request")
-            .into_parts();
-        let auth = Auth::from_request_parts(&mut parts, &state)
-            .await
-            .expect("a bearer token needs no backend");
-        assert_eq!(auth.user, "alice");
-        assert_eq!(slot.get(), Some("alice"));
     }
 
     #[test]

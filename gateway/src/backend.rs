@@ -16,12 +16,14 @@
 //! the server closed fails that check and is replaced.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use serde_json::{Map, Value, json};
+use step_core::access::{Anonymous, Identity, Scope};
 use step_core::client::{
     Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, LocalServe, StepClient, expect_ok,
 };
@@ -38,9 +40,9 @@ use crate::config::TransferArgs;
 use crate::error::GatewayError;
 use crate::metrics::Metrics as GatewayMetrics;
 
-/// The user a connection logs in as when it is created, to learn what the
-/// server can do (capabilities come with the LOGIN answer).
-const PROBE_USER: &str = "step-gateway-probe";
+/// Connections to each backend kept for LOGINs (a lane of their own), so
+/// password checks never take the connections token requests need.
+pub const LOGIN_LANE: usize = 4;
 
 /// Creates and checks pooled STEP connections.
 #[derive(Debug)]
@@ -53,14 +55,13 @@ pub struct StepManager {
     /// restarted (perhaps with a new token secret), so cached tokens are
     /// suspect.
     losses: Arc<AtomicU64>,
-    /// What the server announced at the last LOGIN that succeeded. A server
-    /// with accounts (`--auth accounts`) refuses the probe's login, so its
-    /// connections learn the server's capabilities from users' logins.
+    /// What the server announced: at the first connection's probe (an
+    /// anonymous LOGIN, answered with capabilities whether granted or not),
+    /// then at every LOGIN that succeeded.
     caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
-    /// The server refused the probe's login: later connections skip it
-    /// (each refusal would cost the server a password check, be paced and
-    /// logged).
-    probe_refused: Arc<AtomicBool>,
+    /// The capabilities have been probed once: later connections take
+    /// them as they are (renewed by every user's LOGIN).
+    probed: Arc<AtomicBool>,
 }
 
 impl StepManager {
@@ -91,22 +92,20 @@ impl managed::Manager for StepManager {
 
     async fn create(&self) -> Result<StepClient, ClientError> {
         let mut client = self.connect(self.timeout).await?;
-        if !self.probe_refused.load(Ordering::Relaxed) {
-            match client.login(PROBE_USER, &password_for(PROBE_USER)).await {
-                Ok(_) => {
-                    *self.caps.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(client.capabilities());
-                }
-                Err(e) if e.status() == Some(Status::WrongPassword) => {
-                    debug!("the STEP server refuses the probe's login (accounts mode)");
-                    self.probe_refused.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
+        if !self.probed.load(Ordering::Relaxed) {
+            // What the server can do comes with a LOGIN answer; an anonymous
+            // one costs no password check, and our server announces its
+            // capabilities even when it refuses it. A server without the
+            // extension (the reference) refuses it and announces nothing:
+            // the reference's defaults then apply.
+            let probe = Message::request(Operation::Login, Kind::Auth)
+                .with(field::ANONYMOUS, Anonymous::Read.as_str());
+            let resp = client.call(&probe).await?;
+            let caps = Capabilities::from_login(&resp);
+            *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
+            self.probed.store(true, Ordering::Relaxed);
         }
-        if self.probe_refused.load(Ordering::Relaxed)
-            && let Some(caps) = self.known_caps()
-        {
+        if let Some(caps) = self.known_caps() {
             client.set_capabilities(caps);
         }
         debug!(addr = %self.addr, caps = ?client.capabilities(), "new STEP connection");
@@ -154,6 +153,8 @@ struct Members {
 #[derive(Debug)]
 struct Member {
     pool: Pool,
+    /// The login lane ([`LOGIN_LANE`] connections).
+    logins: Pool,
     /// What the health probes last concluded (always true with one backend:
     /// it is then used whatever the probes say, as before there were several).
     up: AtomicBool,
@@ -251,21 +252,23 @@ impl std::ops::DerefMut for Session {
     }
 }
 
-/// The service acting for one user (token checked once, by
-/// [`Service::user_of`]), or for nobody: then each request's own token is
-/// checked (LOGIN, the readiness probe).
+/// The service acting for one identity (token checked once, by
+/// [`Service::identity_of`]), or for nobody: then each request's own token
+/// is checked (LOGIN, the readiness probe), LOGINs paced by `client`, the
+/// HTTP client's address.
 #[derive(Debug)]
 struct ServeAs {
     service: Arc<Service>,
-    user: Option<String>,
+    identity: Option<Identity>,
+    client: Option<IpAddr>,
 }
 
 impl LocalServe for ServeAs {
     fn serve(self: Arc<Self>, msg: Message) -> futures::future::BoxFuture<'static, Message> {
         Box::pin(async move {
-            match &self.user {
-                Some(user) => self.service.serve_as(user, msg).await,
-                None => self.service.serve_message(msg).await,
+            match &self.identity {
+                Some(identity) => self.service.serve_as(identity, msg).await,
+                None => self.service.serve_message(msg, self.client).await,
             }
         })
     }
@@ -286,13 +289,14 @@ pub struct TransferPlan {
 pub struct Backend {
     transport: Transport,
     settings: TransferArgs,
-    default_user: Option<String>,
-    /// The default user's token while it may be reused.
+    /// What the gateway asks the server to let anonymous callers do.
+    anonymous: Anonymous,
+    /// The public identity's token while it may be reused.
     default_token: Mutex<Option<CachedToken>>,
     losses: Arc<AtomicU64>,
     /// Shared with the pool's manager (see [`StepManager`]).
     caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
-    probe_refused: Arc<AtomicBool>,
+    probed: Arc<AtomicBool>,
     /// What the last readiness probe found ([`Readiness`] as u8): only a
     /// change is logged, so a probe polled against a dead backend does not
     /// flood the log.
@@ -325,13 +329,22 @@ enum Readiness {
     Down = 2,
 }
 
-/// The default user's token and when to stop reusing it.
+/// The public identity's token and when to stop reusing it.
 #[derive(Debug)]
 struct CachedToken {
-    token: String,
+    public: PublicToken,
     renew_at: Instant,
     /// The connection-loss count when it was minted.
     losses: u64,
+}
+
+/// The public identity as the server granted it: its token, whose files
+/// it acts on, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicToken {
+    pub token: String,
+    pub user: String,
+    pub scope: Scope,
 }
 
 /// The longest a default-user token is reused before logging in again.
@@ -352,10 +365,10 @@ impl Backend {
     pub fn new(
         addr: String,
         settings: TransferArgs,
-        default_user: Option<String>,
+        anonymous: Anonymous,
         metrics: GatewayMetrics,
     ) -> Self {
-        Self::with_tls(addr, None, settings, default_user, metrics)
+        Self::with_tls(addr, None, settings, anonymous, metrics)
     }
 
     /// [`Backend::new`], speaking TLS to the backend when `tls` is given.
@@ -363,10 +376,10 @@ impl Backend {
         addr: String,
         tls: Option<TlsClient>,
         settings: TransferArgs,
-        default_user: Option<String>,
+        anonymous: Anonymous,
         metrics: GatewayMetrics,
     ) -> Self {
-        Self::with_backends(vec![(addr, tls)], settings, default_user, metrics)
+        Self::with_backends(vec![(addr, tls)], settings, anonymous, metrics)
     }
 
     /// Interchangeable STEP servers (`--backend a,b,c`), each with its TLS
@@ -376,36 +389,41 @@ impl Backend {
     pub fn with_backends(
         addrs: Vec<(String, Option<TlsClient>)>,
         settings: TransferArgs,
-        default_user: Option<String>,
+        anonymous: Anonymous,
         metrics: GatewayMetrics,
     ) -> Self {
         let timeout = settings.backend_timeout();
         let losses = Arc::new(AtomicU64::new(0));
         let caps = Arc::new(std::sync::Mutex::new(None));
-        let probe_refused = Arc::new(AtomicBool::new(false));
+        let probed = Arc::new(AtomicBool::new(false));
         let list: Vec<Member> = addrs
             .into_iter()
             .map(|(addr, tls)| {
-                let manager = StepManager {
+                let manager = |addr: String, tls: Option<TlsClient>| StepManager {
                     addr,
                     tls,
                     timeout,
                     losses: Arc::clone(&losses),
                     caps: Arc::clone(&caps),
-                    probe_refused: Arc::clone(&probe_refused),
+                    probed: Arc::clone(&probed),
                 };
-                let pool = Pool::builder(manager)
-                    .max_size(settings.pool_size.max(1))
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
-                    .create_timeout(Some(timeout))
-                    // Recycling may read answers an abandoned exchange left
-                    // owed, each within the backend timeout.
-                    .recycle_timeout(Some(timeout * 2))
-                    .build()
-                    .expect("a runtime is configured, so building cannot fail");
+                let pool = |manager: StepManager, size: usize| {
+                    Pool::builder(manager)
+                        .max_size(size)
+                        .runtime(deadpool::Runtime::Tokio1)
+                        .wait_timeout(Some(Duration::from_millis(settings.pool_wait_ms)))
+                        .create_timeout(Some(timeout))
+                        // Recycling may read answers an abandoned exchange
+                        // left owed, each within the backend timeout.
+                        .recycle_timeout(Some(timeout * 2))
+                        .build()
+                        .expect("a runtime is configured, so building cannot fail")
+                };
+                let logins = pool(manager(addr.clone(), tls.clone()), LOGIN_LANE);
+                let pool = pool(manager(addr, tls), settings.pool_size.max(1));
                 Member {
                     pool,
+                    logins,
                     // Up until probes say otherwise: requests need not wait
                     // for the first round.
                     up: AtomicBool::new(true),
@@ -424,11 +442,11 @@ impl Backend {
         let backend = Self::with_transport(
             Transport::Pools(Arc::clone(&members)),
             settings,
-            default_user,
+            anonymous,
             metrics,
             losses,
             caps,
-            probe_refused,
+            probed,
         );
         if members.list.len() >= 2 {
             tokio::spawn(probe_loop(
@@ -444,14 +462,14 @@ impl Backend {
     pub fn in_process(
         service: Arc<Service>,
         settings: TransferArgs,
-        default_user: Option<String>,
+        anonymous: Anonymous,
         metrics: GatewayMetrics,
     ) -> Self {
         let caps = Arc::new(std::sync::Mutex::new(Some(service.capabilities())));
         Self::with_transport(
             Transport::InProcess(service),
             settings,
-            default_user,
+            anonymous,
             metrics,
             Arc::new(AtomicU64::new(0)),
             caps,
@@ -462,20 +480,20 @@ impl Backend {
     fn with_transport(
         transport: Transport,
         settings: TransferArgs,
-        default_user: Option<String>,
+        anonymous: Anonymous,
         metrics: GatewayMetrics,
         losses: Arc<AtomicU64>,
         caps: Arc<std::sync::Mutex<Option<Capabilities>>>,
-        probe_refused: Arc<AtomicBool>,
+        probed: Arc<AtomicBool>,
     ) -> Self {
         Self {
             transport,
             settings,
-            default_user,
+            anonymous,
             default_token: Mutex::new(None),
             losses,
             caps,
-            probe_refused,
+            probed,
             readiness: AtomicU8::new(Readiness::Unknown as u8),
             metrics,
             probes: CancellationToken::new(),
@@ -507,6 +525,22 @@ impl Backend {
             }
         }
         sum
+    }
+
+    /// What a Bearer `token` allows, where this gateway can tell: in
+    /// process, checked by the service (a refusal is the answer); over TCP
+    /// `None`, the STEP server deciding for every request it is sent.
+    pub async fn scope_of(&self, token: &str) -> Result<Option<Scope>, GatewayError> {
+        let Transport::InProcess(service) = &self.transport else {
+            return Ok(None);
+        };
+        match service.identity_of(token).await {
+            Ok(identity) => Ok(Some(identity.scope)),
+            Err(refusal) => Err(match expect_ok(refusal) {
+                Err(e) => e.into(),
+                Ok(_) => GatewayError::Internal("a token refusal said 200".into()),
+            }),
+        }
     }
 
     /// Whether the STEP service runs in this process (the embedded server).
@@ -607,11 +641,11 @@ impl Backend {
 
     /// An in-process session: the token is checked here, once.
     async fn local(&self, service: &Arc<Service>, token: &str) -> Result<Session, GatewayError> {
-        let user = if token.is_empty() {
+        let identity = if token.is_empty() {
             None
         } else {
-            match service.user_of(token).await {
-                Ok(user) => Some(user),
+            match service.identity_of(token).await {
+                Ok(identity) => Some(identity),
                 Err(refusal) => {
                     return Err(match expect_ok(refusal) {
                         Err(e) => e.into(),
@@ -622,7 +656,8 @@ impl Backend {
         };
         let serve = Arc::new(ServeAs {
             service: Arc::clone(service),
-            user,
+            identity,
+            client: None,
         });
         let client = StepClient::local(serve, token.to_owned(), service.capabilities());
         Ok(Session::Local(client))
@@ -731,8 +766,58 @@ impl Backend {
     }
 
     /// LOGIN; returns the token.
-    pub async fn login(&self, username: &str, password: &str) -> Result<String, GatewayError> {
-        self.login_caps(username, password).await.map(|(t, _)| t)
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<String, GatewayError> {
+        self.login_caps(username, password, client)
+            .await
+            .map(|(t, _)| t)
+    }
+
+    /// A session for a LOGIN: in process, the service paced by the HTTP
+    /// `client`'s address; over TCP, a connection of the login lane, never
+    /// one token requests need.
+    async fn login_session(&self, client: Option<IpAddr>) -> Result<Session, GatewayError> {
+        let members = match &self.transport {
+            Transport::InProcess(service) => {
+                let serve = Arc::new(ServeAs {
+                    service: Arc::clone(service),
+                    identity: None,
+                    client,
+                });
+                let caps = service.capabilities();
+                return Ok(Session::Local(StepClient::local(
+                    serve,
+                    String::new(),
+                    caps,
+                )));
+            }
+            Transport::Pools(members) => members,
+        };
+        let mut last = None;
+        for index in candidates(members, Route::Any) {
+            let member = &members.list[index];
+            member.in_flight.fetch_add(1, Ordering::Relaxed);
+            let lease = Lease {
+                members: Arc::clone(members),
+                index,
+            };
+            match member.logins.get().await {
+                Ok(conn) => return Ok(Session::Tcp(conn, lease)),
+                Err(PoolError::Timeout(managed::TimeoutType::Wait)) => {
+                    self.metrics.backend_errors.inc();
+                    last = Some(GatewayError::BackendUnavailable(
+                        "every login connection is busy; retry in a moment".into(),
+                    ));
+                }
+                Err(e) => last = Some(self.pool_error(e)),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| GatewayError::BackendUnavailable("no STEP backend is up".into())))
     }
 
     /// LOGIN; returns the token and what the server announced with it.
@@ -740,15 +825,14 @@ impl Backend {
         &self,
         username: &str,
         password: &str,
+        client: Option<IpAddr>,
     ) -> Result<(String, Capabilities), GatewayError> {
-        let (u, p) = (username.to_owned(), password.to_owned());
-        // LOGIN needs no token; the pooled connection's is overwritten below.
-        let (token, caps) = self
-            .call("", |mut c| async move {
-                let r = c.login(&u, &p).await.map(|t| (t, c.capabilities()));
-                (c, r)
-            })
-            .await?;
+        let mut c = self.login_session(client).await?;
+        let token = c
+            .login(username, password)
+            .await
+            .map_err(|e| self.step_error(e))?;
+        let caps = c.capabilities();
         *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
         Ok((token, caps))
     }
@@ -756,19 +840,20 @@ impl Backend {
     /// Connections made without the probe's login (a server with accounts)
     /// take what the server announced at a user's login.
     fn learned_caps(&self, conn: &mut StepClient) {
-        if self.probe_refused.load(Ordering::Relaxed)
+        if self.probed.load(Ordering::Relaxed)
             && let Some(caps) = *self.caps.lock().unwrap_or_else(|p| p.into_inner())
         {
             conn.set_capabilities(caps);
         }
     }
 
-    /// The default user's token, logging in when there is none or it is due
-    /// for renewal (half the TTL the server announced).
-    pub async fn default_token(&self) -> Result<Option<String>, GatewayError> {
-        let Some(user) = &self.default_user else {
+    /// The public identity's token, logging in when there is none or it is
+    /// due for renewal (half the TTL the server announced); `None` when the
+    /// gateway lets anonymous callers do nothing.
+    pub async fn default_token(&self) -> Result<Option<PublicToken>, GatewayError> {
+        if self.anonymous == Anonymous::None {
             return Ok(None);
-        };
+        }
         // Held across the LOGIN on purpose: concurrent requests wait for the
         // one login instead of each minting a token.
         let mut cached = self.default_token.lock().await;
@@ -777,24 +862,54 @@ impl Backend {
             && Instant::now() < c.renew_at
             && c.losses == losses
         {
-            return Ok(Some(c.token.clone()));
+            return Ok(Some(c.public.clone()));
         }
         let minted = Instant::now();
-        let (token, caps) = self.login_caps(user, &password_for(user)).await?;
+        // No password is checked: a pooled connection will do (the login
+        // lane is for password checks, which may be slow under a flood).
+        let mut c = self.conn("").await?;
+        let public = match c.login_anonymous(self.anonymous).await {
+            Ok(login) => PublicToken {
+                token: login.token,
+                user: login.user,
+                scope: login.scope,
+            },
+            // A server without the extension (the reference, where anyone
+            // is anyone) answers a LOGIN without a username with 410: the
+            // public user logs in by the reference's rule there.
+            Err(e) if e.status() == Some(Status::FieldMissing) => {
+                let user = step_server::auth::PUBLIC_NAME;
+                let token = c
+                    .login(user, &password_for(user))
+                    .await
+                    .map_err(|e| self.step_error(e))?;
+                PublicToken {
+                    token,
+                    user: user.to_owned(),
+                    scope: self.anonymous.scope().unwrap_or(Scope::Read),
+                }
+            }
+            Err(e) => return Err(self.step_error(e)),
+        };
+        let caps = c.capabilities();
+        *self.caps.lock().unwrap_or_else(|p| p.into_inner()) = Some(caps);
         *cached = Some(CachedToken {
-            token: token.clone(),
+            public: public.clone(),
             renew_at: minted + token_reuse(caps.token_ttl),
             losses: self.losses.load(Ordering::Relaxed),
         });
-        Ok(Some(token))
+        Ok(Some(public))
     }
 
     /// After the server refused the default token `stale`: forget it (unless
     /// another request already replaced it) and return a fresh one.
-    pub async fn renew_default_token(&self, stale: &str) -> Result<Option<String>, GatewayError> {
+    pub async fn renew_default_token(
+        &self,
+        stale: &str,
+    ) -> Result<Option<PublicToken>, GatewayError> {
         {
             let mut cached = self.default_token.lock().await;
-            if cached.as_ref().is_some_and(|c| c.token == stale) {
+            if cached.as_ref().is_some_and(|c| c.public.token == stale) {
                 *cached = None;
             }
         }
@@ -1139,10 +1254,21 @@ mod tests {
                     timeout: Duration::from_secs(1),
                     losses: Arc::default(),
                     caps: Arc::default(),
-                    probe_refused: Arc::default(),
+                    probed: Arc::default(),
                 };
+                let logins = Pool::builder(StepManager {
+                    addr: manager.addr.clone(),
+                    tls: None,
+                    timeout: Duration::from_secs(1),
+                    losses: Arc::default(),
+                    caps: Arc::default(),
+                    probed: Arc::default(),
+                })
+                .build()
+                .expect("pool");
                 Member {
                     pool: Pool::builder(manager).build().expect("pool"),
+                    logins,
                     up: AtomicBool::new(true),
                     failures: AtomicU32::new(0),
                     in_flight: AtomicUsize::new(0),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use step_core::access::Anonymous;
 use step_server::config::ServiceArgs;
 use step_server::logging::LogFormat;
 
@@ -14,8 +15,10 @@ use step_server::logging::LogFormat;
     about = "REST gateway in front of a STEP server; with no --backend it runs one in-process"
 )]
 pub struct GatewayArgs {
-    /// Address the HTTP server binds.
-    #[arg(long, env = "GATEWAY_BIND", default_value = "0.0.0.0")]
+    /// Address the HTTP server binds: loopback unless opened up knowingly
+    /// (`0.0.0.0` for every interface; anonymous write beyond loopback
+    /// then needs an explicit `--anonymous write`).
+    #[arg(long, env = "GATEWAY_BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// HTTP port.
     #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
@@ -26,8 +29,9 @@ pub struct GatewayArgs {
     /// process (on --step-ip/--step-port) over the --data-dir store.
     #[arg(long, env = "STEP_BACKEND")]
     pub backend: Option<String>,
-    /// Address the embedded STEP server listens on.
-    #[arg(long, env = "STEP_IP", default_value = "0.0.0.0")]
+    /// Address the embedded STEP server listens on (loopback unless opened
+    /// up, as --bind).
+    #[arg(long, env = "STEP_IP", default_value = "127.0.0.1")]
     pub step_ip: String,
     /// Port of the embedded STEP server.
     #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT)]
@@ -90,17 +94,17 @@ pub struct TransferArgs {
 /// The HTTP side.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
-    /// Requests without a token act as this user. Empty disables it.
-    #[arg(long, env = "GATEWAY_DEFAULT_USER", default_value = "anonymous")]
-    pub default_user: String,
-    /// Refuse requests without a token (401) instead of using the default
-    /// user: the same as `--anonymous none`.
+    /// Refuse requests without credentials (401): the same as
+    /// `--anonymous none`.
     #[arg(long, env = "GATEWAY_REQUIRE_AUTH", default_value_t = false)]
     pub require_auth: bool,
-    /// What requests without credentials may do, as the default user:
-    /// `none` (401), `read` (GET/HEAD only) or `write` (everything).
-    #[arg(long, env = "GATEWAY_ANONYMOUS", value_enum, default_value_t = crate::auth::Anonymous::Write)]
-    pub anonymous: crate::auth::Anonymous,
+    /// What requests without credentials may do, as the public identity:
+    /// `none` (401), `read` (the read routes) or `write` (every route).
+    /// Default `write`, allowed only while the gateway (and its embedded
+    /// STEP port) listen on loopback; beyond, give it explicitly. With
+    /// --backend the STEP server grants at most its own --anonymous.
+    #[arg(long, env = "GATEWAY_ANONYMOUS", value_parser = step_server::config::anonymous_parser())]
+    pub anonymous: Option<Anonymous>,
     /// Largest upload in bytes (0 = unlimited).
     #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value_t = 0)]
     pub max_upload: u64,
@@ -157,9 +161,42 @@ impl GatewayArgs {
     pub fn step_addr(&self) -> Result<SocketAddr, String> {
         parse_addr(&self.step_ip, self.step_port)
     }
+
+    /// Anonymous write reachable from other hosts must be asked for: the
+    /// default `write` is refused at start on a non-loopback --bind (or, for
+    /// the embedded server, --step-ip) unless --anonymous is given.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.http.anonymous.is_some() || self.http.anonymous_wanted() != Anonymous::Write {
+            return Ok(());
+        }
+        let mut exposed = vec![("--bind", self.http_addr()?)];
+        if self.backend.is_none() {
+            exposed.push(("--step-ip", self.step_addr()?));
+        }
+        match exposed.iter().find(|(_, a)| !a.ip().is_loopback()) {
+            None => Ok(()),
+            Some((flag, addr)) => Err(format!(
+                "refusing to let anyone on the network write without credentials: {flag} {} \
+                 is not loopback and anonymous write is only the default. Say what you \
+                 want: --anonymous write (GATEWAY_ANONYMOUS=write) to allow it knowingly, \
+                 --anonymous read or none, or listen on 127.0.0.1",
+                addr.ip()
+            )),
+        }
+    }
 }
 
 impl HttpArgs {
+    /// What anonymous callers are to get: `--anonymous` (default write),
+    /// none with `--require-auth`.
+    pub fn anonymous_wanted(&self) -> Anonymous {
+        if self.require_auth {
+            Anonymous::None
+        } else {
+            self.anonymous.unwrap_or(Anonymous::Write)
+        }
+    }
+
     pub fn body_interval(&self) -> Duration {
         Duration::from_secs(self.body_interval_secs.max(1))
     }
@@ -195,6 +232,40 @@ mod tests {
         assert_eq!(args.port, 8080);
         assert_eq!(args.step_port, 1379);
         assert!(args.backend.is_none());
-        assert_eq!(args.http.default_user, "anonymous");
+        assert_eq!(args.http.anonymous_wanted(), Anonymous::Write);
+        assert!(args.http_addr().expect("addr").ip().is_loopback());
+        assert!(args.step_addr().expect("addr").ip().is_loopback());
+        assert_eq!(args.check_exposure(), Ok(()));
+    }
+
+    #[test]
+    fn anonymous_write_beyond_loopback_must_be_asked_for() {
+        let refused = |argv: &[&str]| {
+            let args = GatewayArgs::try_parse_from(argv).expect("flags");
+            args.check_exposure().expect_err("refused")
+        };
+        let err = refused(&["gateway", "--bind", "0.0.0.0"]);
+        assert!(err.contains("--anonymous write"), "{err}");
+        assert!(refused(&["gateway", "--step-ip", "0.0.0.0"]).contains("--step-ip"));
+        for ok in [
+            &["gateway", "--bind", "0.0.0.0", "--anonymous", "write"][..],
+            &["gateway", "--bind", "0.0.0.0", "--anonymous", "read"],
+            &["gateway", "--bind", "0.0.0.0", "--require-auth"],
+            &["gateway", "--bind", "::1"],
+            &[
+                "gateway",
+                "--bind",
+                "0.0.0.0",
+                "--backend",
+                "s:1379",
+                "--anonymous",
+                "none",
+            ],
+            // With --backend there is no embedded STEP port to expose.
+            &["gateway", "--step-ip", "0.0.0.0", "--backend", "s:1379"],
+        ] {
+            let args = GatewayArgs::try_parse_from(ok).expect("flags");
+            assert_eq!(args.check_exposure(), Ok(()), "{ok:?}");
+        }
     }
 }

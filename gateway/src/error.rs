@@ -80,6 +80,12 @@ pub enum GatewayError {
     ChecksumMismatch,
     #[error("{0}")]
     Locked(String),
+    /// The caller's credential does not allow what the route does.
+    #[error("{0}")]
+    ReadOnly(String),
+    /// Too many Basic logins from this client lately.
+    #[error("too many login attempts from your address; retry in {0} s")]
+    TooManyAttempts(u64),
 }
 
 /// STEP status → HTTP status, in one table.
@@ -120,6 +126,11 @@ pub fn http_status_for_reason(reason: Reason) -> StatusCode {
         Reason::Replaced => StatusCode::CONFLICT,
         // The server's storage or coordination engine is down: retry later.
         Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::ReadOnly => StatusCode::FORBIDDEN,
+        // Every password check is taken: retry in a moment.
+        Reason::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        Reason::NoAnonymous => StatusCode::UNAUTHORIZED,
     }
 }
 
@@ -158,6 +169,8 @@ impl GatewayError {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
             GatewayError::Locked(_) => StatusCode::LOCKED,
+            GatewayError::ReadOnly(_) => StatusCode::FORBIDDEN,
+            GatewayError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -206,6 +219,8 @@ impl GatewayError {
             GatewayError::OffsetMismatch { .. } => "offset_mismatch",
             GatewayError::ChecksumMismatch => "checksum_mismatch",
             GatewayError::Locked(_) => "locked",
+            GatewayError::ReadOnly(_) => "read_only",
+            GatewayError::TooManyAttempts(_) => "too_many_attempts",
         }
     }
 
@@ -292,6 +307,18 @@ impl IntoResponse for GatewayError {
             // through in a moment, perhaps on another STEP backend.
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        let retry = match &self {
+            GatewayError::TooManyAttempts(secs) => Some(*secs),
+            // The server's own pace (per address or name), in front of it.
+            GatewayError::Step {
+                reason: Some(Reason::TooManyAttempts | Reason::Busy),
+                ..
+            } => Some(1),
+            _ => None,
+        };
+        if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if let GatewayError::TusVersion = &self {
             resp.headers_mut().insert(

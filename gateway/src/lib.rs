@@ -35,6 +35,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use step_core::access::Anonymous;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,12 +57,14 @@ pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 pub struct AppState {
     pub backend: Arc<Backend>,
     pub http: HttpArgs,
-    pub require_auth: bool,
-    /// What token-less requests may do (`--anonymous`; `none` when
-    /// `--require-auth` or no default user).
-    pub anonymous: auth::Anonymous,
+    /// What token-less requests may ask for (`--anonymous`; `none` with
+    /// `--require-auth`); the STEP server may grant less.
+    pub anonymous: Anonymous,
     /// Tokens of HTTP Basic logins.
     pub logins: auth::BasicLogins,
+    /// Basic logins per client address, in front of `--backend` (the
+    /// server there sees only this gateway's address).
+    pub login_pacer: step_server::auth::AttemptPacer,
     /// Bytes of multipart bodies held in memory, across all requests
     /// (--max-buffered-bytes); beyond it uploads spool to disk.
     pub buffered: Arc<Semaphore>,
@@ -72,22 +75,28 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state with the default pace of Basic logins per client address.
     pub fn new(backend: Backend, http: HttpArgs) -> Arc<Self> {
-        let require_auth = http.require_auth || http.default_user.is_empty();
+        Self::with_login_pace(backend, http, 30)
+    }
+
+    /// `login_attempts_per_min`: Basic logins one client address may start
+    /// per minute in front of `--backend` (`--login-attempts-per-source`).
+    pub fn with_login_pace(
+        backend: Backend,
+        http: HttpArgs,
+        login_attempts_per_min: u32,
+    ) -> Arc<Self> {
         let buffered = Arc::new(Semaphore::new(
             http.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
         ));
-        let anonymous = if require_auth {
-            auth::Anonymous::None
-        } else {
-            http.anonymous
-        };
+        let anonymous = http.anonymous_wanted();
         Arc::new(Self {
             backend: Arc::new(backend),
             http,
-            require_auth,
             anonymous,
             logins: auth::BasicLogins::default(),
+            login_pacer: step_server::auth::AttemptPacer::per_minute(login_attempts_per_min),
             buffered,
             tus: tus::Tails::default(),
             archives: Arc::new(Semaphore::new(archive::MAX_CONCURRENT)),
@@ -199,6 +208,11 @@ pub fn app(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .merge(files)
         .merge(small)
+        // Every route: its caller resolved and the one decision made.
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::authorize,
+        ))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -309,7 +323,14 @@ pub async fn serve_tls(
         };
         state.backend.metrics.http_connections.inc();
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Every request knows its client's address (login pacing).
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            router.clone(),
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(auth::ClientAddr(peer));
+                req
+            },
+        ));
         let stop = stop.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
@@ -338,13 +359,21 @@ pub async fn serve_tls(
 
 /// HTTP/1.1 on one accepted connection (plain or TLS) until it ends or the
 /// server stops (then gracefully: the request in progress finishes).
-async fn serve_http<I>(
+async fn serve_http<I, S>(
     io: I,
-    service: hyper_util::service::TowerToHyperService<Router>,
+    service: hyper_util::service::TowerToHyperService<S>,
     header_timeout: Duration,
     stop: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

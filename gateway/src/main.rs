@@ -42,6 +42,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: GatewayArgs) -> Result<(), String> {
+    args.check_exposure()?;
+    let anonymous = args.http.anonymous_wanted();
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -61,7 +63,11 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         None => {
             let addr = args.step_addr()?;
             step_server::config::warn_if_open(args.embedded.auth, addr);
-            let (service, limits) = args.embedded.start().await.map_err(|e| e.to_string())?;
+            let (service, limits) = args
+                .embedded
+                .start(anonymous)
+                .await
+                .map_err(|e| e.to_string())?;
             metrics = metrics.with_store(std::sync::Arc::clone(service.store()));
             // HTTP requests call the service directly; the port still
             // serves native STEP clients.
@@ -84,20 +90,22 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     };
     info!(backend = %backend_addr, embedded = embedded.is_some(), "STEP backend");
 
-    let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
-        .then(|| args.http.default_user.clone());
     let backend = match in_process {
-        Some(service) => Backend::in_process(service, args.transfer.clone(), default_user, metrics),
+        Some(service) => Backend::in_process(service, args.transfer.clone(), anonymous, metrics),
         None => {
             let mut backends = Vec::new();
             for addr in backend_list(&backend_addr)? {
                 let tls = backend_tls(&args, &addr)?;
                 backends.push((addr, tls));
             }
-            Backend::with_backends(backends, args.transfer.clone(), default_user, metrics)
+            Backend::with_backends(backends, args.transfer.clone(), anonymous, metrics)
         }
     };
-    let state = AppState::new(backend, args.http.clone());
+    let state = AppState::with_login_pace(
+        backend,
+        args.http.clone(),
+        args.embedded.login_attempts_per_source,
+    );
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

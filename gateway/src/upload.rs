@@ -393,6 +393,7 @@ where
             let fresh = backend
                 .renew_default_token(token)
                 .await?
+                .map(|public| public.token)
                 .ok_or_else(|| GatewayError::Unauthorized("a token is required".into()))?;
             let begun = begin(backend, &fresh, key, size, &overwrite).await?;
             (fresh, begun)

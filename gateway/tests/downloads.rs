@@ -157,11 +157,14 @@ async fn whole_get_of_bytes_corrupted_at_rest_never_completes() {
 async fn whole_get_in_process_of_bytes_corrupted_at_rest_never_completes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Storage> = DiskStore::open(dir.path()).expect("store");
-    let service = Arc::new(Service::new(
-        store,
-        TokenKey::new(TEST_SECRET, 86_400),
-        Limits::default(),
-    ));
+    let service = Arc::new(
+        Service::new(store, TokenKey::new(TEST_SECRET, 86_400), Limits::default()).with_public(
+            step_server::auth::Public {
+                anonymous: step_core::access::Anonymous::Write,
+                ..Default::default()
+            },
+        ),
+    );
     let gw = support::gateway_in_process(service, |_, transfer| transfer.pool_wait_ms = 2000).await;
     corrupted_whole_gets_never_complete(&gw, dir.path()).await;
 }

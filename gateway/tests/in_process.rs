@@ -29,11 +29,14 @@ struct Embedded {
 async fn embedded() -> Embedded {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Storage> = DiskStore::open(dir.path().join("store")).expect("store");
-    let service = Arc::new(Service::new(
-        store,
-        TokenKey::new(TEST_SECRET, 86_400),
-        Limits::default(),
-    ));
+    let service = Arc::new(
+        Service::new(store, TokenKey::new(TEST_SECRET, 86_400), Limits::default()).with_public(
+            step_server::auth::Public {
+                anonymous: step_core::access::Anonymous::Write,
+                ..Default::default()
+            },
+        ),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let step = listener.local_addr().expect("addr");
     tokio::spawn(step_server::run(
@@ -107,11 +110,12 @@ async fn files_ranges_multipart_listing_and_records_in_process() {
     assert_eq!(gw.get("/files/m.txt").await.status(), StatusCode::NOT_FOUND);
 
     // A native client on the embedded port reads the same store (the
-    // gateway's anonymous requests act as the user "anonymous").
+    // gateway's anonymous requests act as the public identity, whose token
+    // an anonymous LOGIN gives).
     let mut c = step_core::StepClient::connect(e.step)
         .await
         .expect("connect");
-    c.login("anonymous", &password_for("anonymous"))
+    c.login_anonymous(step_core::access::Anonymous::Write)
         .await
         .expect("login");
     assert!(download(&mut c, "dir/a.bin").await == body);

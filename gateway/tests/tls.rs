@@ -225,7 +225,12 @@ async fn gateway_reaches_a_tls_backend() {
         .await
         .expect("round trip");
     // The file is in the TLS server's store: read back on its plain port.
-    let mut c = step_tests::login(server.addr, "anonymous").await;
+    let mut c = step_core::StepClient::connect(server.addr)
+        .await
+        .expect("connect");
+    c.login_anonymous(step_core::access::Anonymous::Read)
+        .await
+        .expect("the public identity");
     assert_eq!(step_tests::download(&mut c, "via-tls.bin").await, expected);
 
     // A wrong name for the backend's certificate: refused, so not ready.

@@ -22,6 +22,9 @@ pub struct Cli {
     /// Key to store the upload under (default: the file's name).
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+    /// Replace the file if the key already holds one (with -f).
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -56,9 +59,18 @@ pub struct ConnArgs {
     /// system's root certificates).
     #[arg(long, env = "STEP_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Print only results and errors: no token, no progress.
-    #[arg(short, long, global = true)]
+    /// Print only results and errors: no progress.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Also print the login token, what the server offers and how the
+    /// transfer uses it (on stderr).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Where unfinished uploads are remembered, so that running the same
+    /// command again resumes them (default: the user's state directory,
+    /// e.g. ~/.local/state/step-client).
+    #[arg(long, env = "STEP_STATE_DIR", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
     /// Seconds to wait for the server to connect or answer before giving up.
     #[arg(
         long,
@@ -85,7 +97,8 @@ pub struct TuneArgs {
     /// 20480..=the server's maximum).
     #[arg(long, global = true)]
     pub block_size: Option<u64>,
-    /// Cap the transfer rate, e.g. 500K or 8M (bytes per second).
+    /// Cap the transfer rate of uploads and downloads, e.g. 500K or 8M
+    /// (bytes per second).
     #[arg(long, value_parser = parse_rate, value_name = "RATE", global = true)]
     pub limit_rate: Option<u64>,
 }
@@ -104,8 +117,19 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Delete a file by key.
-    Delete { key: String },
+    /// Delete files by key.
+    Delete {
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// List your files: size, when each was completed, name.
+    List {
+        /// Only keys starting with this, such as `docs/`.
+        prefix: Option<String>,
+        /// Print a JSON array (key, size, md5, last_modified in Unix seconds).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a file's download plan (size, blocks, md5).
     Plan { key: String },
     /// DATA records: small JSON objects kept per user.
@@ -130,6 +154,9 @@ pub struct UploadArgs {
     /// Key to store it under (default: the file's name).
     #[arg(long)]
     pub key: Option<String>,
+    /// Replace the file if the key already holds one.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,6 +224,35 @@ where
         }
     }
     out
+}
+
+/// What to say when the command line does not parse: clap's own words,
+/// except for a lone word that names a file (`step-client otter.jpg`), which
+/// gets a hint in one line. Returns the exit status.
+pub fn explain(err: &clap::Error) -> std::process::ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let word = match (err.kind(), err.get(ContextKind::InvalidSubcommand)) {
+        (ErrorKind::InvalidSubcommand, Some(ContextValue::String(w))) => Some(w.as_str()),
+        _ => None,
+    };
+    match word.filter(|w| looks_like_a_file(w)) {
+        Some(w) => {
+            eprintln!(
+                "step-client: error: {w:?} is not a command; did you mean `step-client upload {w}`?"
+            );
+            std::process::ExitCode::from(2)
+        }
+        None => {
+            let _ = err.print();
+            std::process::ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2))
+        }
+    }
+}
+
+/// An existing path, or a word shaped like a file name: no command has a
+/// dot or a slash in it.
+fn looks_like_a_file(word: &str) -> bool {
+    word.contains(['.', '/']) || std::path::Path::new(word).exists()
 }
 
 /// `500K`, `8M`, `1G` (powers of 1024) or plain bytes per second.
@@ -291,22 +347,51 @@ mod tests {
             }
             other => panic!("wrong command {other:?}"),
         }
-        let cli =
-            parse(&["step-client", "-id", "7", "upload", "-f", "x", "--key", "y"]).expect("parses");
+        let cli = parse(&[
+            "step-client",
+            "-id",
+            "7",
+            "upload",
+            "-f",
+            "x",
+            "--key",
+            "y",
+            "--overwrite",
+        ])
+        .expect("parses");
         assert!(matches!(
             cli.command,
             Some(Command::Upload(UploadArgs {
                 file_flag: Some(_),
+                overwrite: true,
                 ..
             }))
         ));
         assert!(parse(&["step-client", "upload"]).is_err());
+        assert!(
+            parse(&["step-client", "delete"]).is_err(),
+            "delete needs a key"
+        );
+        let cli = parse(&["step-client", "list", "docs/", "--json", "-v"]).expect("parses");
+        assert!(cli.conn.verbose);
+        assert!(matches!(
+            cli.command,
+            Some(Command::List { json: true, .. })
+        ));
+        assert!(parse(&["step-client", "-q", "-v", "list"]).is_err());
     }
 
     #[test]
     fn values_after_double_dash_are_untouched() {
         let out = normalize_args(["a", "data", "save", "--", "-id"].map(OsString::from));
         assert_eq!(out.last().map(|s| s.as_os_str()), Some("-id".as_ref()));
+    }
+
+    #[test]
+    fn only_file_like_words_get_the_upload_hint() {
+        assert!(looks_like_a_file("otter.jpg"));
+        assert!(looks_like_a_file("dir/x"));
+        assert!(!looks_like_a_file("lsit"));
     }
 
     #[test]

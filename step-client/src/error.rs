@@ -3,7 +3,10 @@
 use std::io;
 use std::path::PathBuf;
 
-use step_core::{ClientError, Status};
+use step_core::{ClientError, CodecError, Reason, Status};
+
+/// What a transfer stopped by Ctrl-C says first.
+const INTERRUPTED: &str = "interrupted";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -16,8 +19,52 @@ pub enum CliError {
          accounts needs the password: STEP_PASSWORD, --password, or run in a terminal to be asked"
     )]
     WrongPassword { user: String },
-    #[error("{what} {key:?} already exists on the server; delete it first or choose another --key")]
-    KeyExists { what: &'static str, key: String },
+    #[error("{what} {key:?} already exists on the server; {hint}")]
+    KeyExists {
+        what: &'static str,
+        key: String,
+        hint: &'static str,
+    },
+    #[error(
+        "the server at {addr} cannot replace files (it does not offer the replace extension): \
+         delete {key:?} first (step-client delete {key}), then upload it again"
+    )]
+    CannotReplace { addr: String, key: String },
+    #[error(
+        "the server at {addr} cannot list files (it does not offer the FILE LIST extension, \
+         as the course's reference server does not); name the files you want instead"
+    )]
+    CannotList { addr: String },
+    #[error(
+        "{addr} is an HTTP server, not a STEP server: give the STEP server's port (1379 unless it \
+         was started with another --port); a gateway's web address is for a browser or curl"
+    )]
+    HttpServer { addr: String },
+    #[error(
+        "{addr} speaks TLS: add --tls (and --ca-cert FILE if its certificate is not from a \
+         public authority)"
+    )]
+    TlsServer { addr: String },
+    #[error(
+        "{addr} closed the connection without answering the login: if it is a TLS port, add \
+         --tls; otherwise the server is turning connections away (at its limit, or stopping)"
+    )]
+    ClosedAtLogin { addr: String },
+    #[error(
+        "another upload to {key:?} took its place on the server (the same account uploaded other \
+         bytes under this name meanwhile); nothing of this upload is kept: see what is there with \
+         `step-client list`, and upload again with --overwrite to replace it"
+    )]
+    Superseded { key: String },
+    #[error(
+        "the unfinished upload of {key:?} is gone from the server (deleted, or expired after \
+         being left idle); run the same command again to start over"
+    )]
+    UploadGone { key: String },
+    #[error("{cause}: {kept} — rerun the same command to resume")]
+    Stopped { cause: String, kept: String },
+    #[error("interrupted")]
+    Interrupted,
     #[error("{what} {key:?} is not on the server")]
     NotFound { what: &'static str, key: String },
     #[error("cannot read {}: {reason}", path.display())]
@@ -47,7 +94,7 @@ pub enum CliError {
         code: u64,
         message: String,
     },
-    #[error("the connection to {addr} failed: {reason}")]
+    #[error("connection lost to {addr} ({reason})")]
     Connection { addr: String, reason: String },
     #[error("the server at {addr} broke the protocol: {reason}")]
     Protocol { addr: String, reason: String },
@@ -60,11 +107,29 @@ pub enum Subject<'a> {
     Login(&'a str),
     File(&'a str),
     Data(&'a str),
+    List,
 }
+
+/// The first four bytes of an HTTP answer (`HTTP/1.1 ...`) read as a STEP
+/// frame's JSON length.
+const HTTP_AS_LENGTH: u64 = u32::from_be_bytes(*b"HTTP") as u64;
 
 impl CliError {
     /// Turn a protocol-level failure into the user's terms.
     pub fn from_client(err: ClientError, addr: &str, subject: Subject<'_>) -> CliError {
+        if let ClientError::Codec(CodecError::JsonTooLong { len, .. }) = &err {
+            // A TLS record starts with its type (0x15 alert, 0x16
+            // handshake) and version 3.x.
+            if *len == HTTP_AS_LENGTH {
+                return CliError::HttpServer {
+                    addr: addr.to_owned(),
+                };
+            } else if matches!(len >> 16, 0x1503 | 0x1603) {
+                return CliError::TlsServer {
+                    addr: addr.to_owned(),
+                };
+            }
+        }
         match (err.status(), subject) {
             (Some(Status::WrongPassword), Subject::Login(user)) => {
                 return CliError::WrongPassword {
@@ -75,11 +140,18 @@ impl CliError {
                 return CliError::KeyExists {
                     what: "file",
                     key: key.to_owned(),
+                    hint: "pass --overwrite to replace it, or --key to store it under another name",
                 };
             }
             (Some(Status::KeyExists), Subject::Data(key)) => {
                 return CliError::KeyExists {
                     what: "record",
+                    key: key.to_owned(),
+                    hint: "delete it first or choose another --key",
+                };
+            }
+            (_, Subject::File(key)) if err.reason() == Some(Reason::Superseded) => {
+                return CliError::Superseded {
                     key: key.to_owned(),
                 };
             }
@@ -114,9 +186,15 @@ impl CliError {
                 addr,
                 reason: io_reason(&e),
             },
-            ClientError::Closed => CliError::Connection {
+            ClientError::Closed | ClientError::Codec(CodecError::Truncated { .. }) => {
+                CliError::Connection {
+                    addr,
+                    reason: "the server closed the connection".into(),
+                }
+            }
+            ClientError::Codec(CodecError::Io(e)) => CliError::Connection {
                 addr,
-                reason: "the server closed the connection".into(),
+                reason: io_reason(&e),
             },
             ClientError::Broken(why) => CliError::Connection {
                 addr,
@@ -158,6 +236,39 @@ impl CliError {
                 reason: io_reason(e),
             },
         }
+    }
+
+    /// Ctrl-C, in either form: the process exits with 130 as shells expect.
+    pub fn is_interrupt(&self) -> bool {
+        match self {
+            CliError::Interrupted => true,
+            CliError::Stopped { cause, .. } => cause == INTERRUPTED,
+            _ => false,
+        }
+    }
+
+    /// The connection broke or went silent mid-way: what arrived is worth
+    /// keeping, and the same command may well work now.
+    pub fn is_interruption(&self) -> bool {
+        matches!(
+            self,
+            CliError::Connection { .. } | CliError::Timeout { .. } | CliError::Interrupted
+        )
+    }
+
+    /// A transfer stopped by `self` (an interruption), with what was kept.
+    pub fn stopped(self, kept: String) -> CliError {
+        let cause = match self {
+            CliError::Interrupted => INTERRUPTED.to_owned(),
+            CliError::Connection { addr, reason } => {
+                format!("connection lost to {addr} ({reason})")
+            }
+            CliError::Timeout { addr, secs } => {
+                format!("connection lost: {addr} sent nothing for {secs} s")
+            }
+            other => return other,
+        };
+        CliError::Stopped { cause, kept }
     }
 
     pub fn unreadable(path: PathBuf, e: &io::Error) -> CliError {
@@ -207,7 +318,8 @@ mod tests {
         let e = CliError::from_client(refused(402), "a:1", Subject::File("k"));
         assert_eq!(
             e.to_string(),
-            "file \"k\" already exists on the server; delete it first or choose another --key"
+            "file \"k\" already exists on the server; pass --overwrite to replace it, or --key to \
+             store it under another name"
         );
         let e = CliError::from_client(refused(404), "a:1", Subject::Data("k"));
         assert_eq!(e.to_string(), "record \"k\" is not on the server");
@@ -230,7 +342,31 @@ mod tests {
         let e = CliError::from_client(ClientError::Closed, "h:1", Subject::File("k"));
         assert_eq!(
             e.to_string(),
-            "the connection to h:1 failed: the server closed the connection"
+            "connection lost to h:1 (the server closed the connection)"
         );
+        let pipe = ClientError::Codec(CodecError::Io(io::Error::from(io::ErrorKind::BrokenPipe)));
+        let e = CliError::from_client(pipe, "h:1", Subject::File("k")).stopped("3 of 9".into());
+        assert_eq!(
+            e.to_string(),
+            "connection lost to h:1 (broken pipe): 3 of 9 — rerun the same command to resume"
+        );
+        assert!(!e.is_interrupt());
+        assert!(CliError::Interrupted.stopped(String::new()).is_interrupt());
+    }
+
+    #[test]
+    fn other_protocols_are_named() {
+        let frame = |first: &[u8; 4]| {
+            ClientError::Codec(CodecError::JsonTooLong {
+                len: u64::from(u32::from_be_bytes(*first)),
+                max: 1 << 20,
+            })
+        };
+        let http = CliError::from_client(frame(b"HTTP"), "h:80", Subject::Login("u"));
+        assert!(matches!(http, CliError::HttpServer { .. }), "{http}");
+        let tls = CliError::from_client(frame(&[0x15, 3, 3, 0]), "h:1", Subject::Login("u"));
+        assert!(matches!(tls, CliError::TlsServer { .. }), "{tls}");
+        let other = CliError::from_client(frame(b"\0\x10\0\0"), "h:1", Subject::Login("u"));
+        assert!(matches!(other, CliError::Protocol { .. }), "{other}");
     }
 }

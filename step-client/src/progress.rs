@@ -5,12 +5,15 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// Plain mode prints a line each time another tenth is done.
 const PLAIN_STEPS: u64 = 10;
+/// A speed measured over less than this is mostly noise (the first block
+/// of a window): none is shown before.
+const RATE_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -36,6 +39,9 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     plain: Option<Plain>,
     done: AtomicU64,
+    /// Bytes done before this run (a resume): not this run's speed.
+    already: u64,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -53,15 +59,34 @@ impl Progress {
         let (bar, plain) = match mode {
             Mode::Bar => {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
+                // Speed and ETA from this run's own bytes and clock, not
+                // indicatif's estimator, which counts a resumed upload's
+                // starting position as bytes moved in its first instant.
+                let speed = move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Some(r) = rate(state.pos().saturating_sub(already), state.elapsed()) {
+                        let _ = write!(w, "{}/s", human_bytes(r as u64));
+                    }
+                };
+                let eta = move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let left = state.len().unwrap_or(0).saturating_sub(state.pos());
+                    match rate(state.pos().saturating_sub(already), state.elapsed()) {
+                        Some(r) if r > 0.0 => {
+                            let _ = write!(w, "ETA {}", clock(left as f64 / r));
+                        }
+                        _ => {}
+                    }
+                };
                 let style = ProgressStyle::with_template(
-                    "{msg}: {percent:>3}% [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    "{msg}: {percent:>3}% [{wide_bar}] {bytes}/{total_bytes} {rate} {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key("rate", speed)
+                .with_key("eta", eta)
                 .progress_chars("█▉▊▋▌▍▎▏ ");
                 bar.set_style(style);
                 bar.set_message(label.to_owned());
                 bar.set_position(already);
-                bar.reset_eta();
+                bar.reset_elapsed();
                 (Some(bar), None)
             }
             Mode::Plain => (
@@ -78,6 +103,8 @@ impl Progress {
             bar,
             plain,
             done: AtomicU64::new(already),
+            already,
+            started: Instant::now(),
         }
     }
 
@@ -91,13 +118,16 @@ impl Progress {
             let mut printed = plain.printed.lock().unwrap_or_else(|p| p.into_inner());
             if now > *printed {
                 *printed = now;
-                println!(
-                    "{}: {:>3}% ({} of {})",
+                let speed = rate(done.saturating_sub(self.already), self.started.elapsed())
+                    .map(|r| format!(", {}/s", human_bytes(r as u64)))
+                    .unwrap_or_default();
+                crate::say(format_args!(
+                    "{}: {:>3}% ({} of {}{speed})",
                     plain.label,
                     now * (100 / PLAIN_STEPS),
                     human_bytes(done),
                     human_bytes(plain.total)
-                );
+                ));
             }
         }
     }
@@ -121,6 +151,21 @@ impl Progress {
             bar.abandon();
             crate::say("");
         }
+    }
+}
+
+/// Bytes per second over this run, once it has run long enough to tell.
+fn rate(moved: u64, elapsed: Duration) -> Option<f64> {
+    (elapsed >= RATE_AFTER).then(|| moved as f64 / elapsed.as_secs_f64())
+}
+
+/// 75.4 → "1:15"; 4000 → "1:06:40".
+fn clock(secs: f64) -> String {
+    let s = secs.ceil().min(359_999.0) as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
     }
 }
 
@@ -174,6 +219,15 @@ mod tests {
         assert_eq!(tenths(100, 100), 10);
         assert_eq!(tenths(0, 0), 10);
         assert_eq!(tenths(u64::MAX, u64::MAX), 10);
+    }
+
+    #[test]
+    fn rates_wait_for_enough_time_and_clocks_read_well() {
+        assert_eq!(rate(1 << 30, Duration::from_millis(10)), None);
+        assert_eq!(rate(1 << 20, Duration::from_secs(2)), Some(524_288.0));
+        assert_eq!(clock(75.4), "1:16");
+        assert_eq!(clock(4000.0), "1:06:40");
+        assert_eq!(clock(0.0), "0:00");
     }
 
     #[test]

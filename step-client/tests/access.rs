@@ -12,17 +12,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use clap::Parser;
-use gateway::AppState;
-use gateway::backend::Backend;
-use gateway::config::GatewayArgs;
-use gateway::metrics::Metrics;
+use step_core::access::Anonymous;
 use step_core::digest::password_for;
 use step_server::accounts::AuthMode;
+use step_server::auth::Public;
 use step_tests::prereq::{self, block_on_threads, command_works};
 use step_tests::{TestConfig, TestServer, pattern};
 
@@ -67,14 +63,49 @@ struct Setup {
 
 impl Setup {
     async fn new(mode: AuthMode, gateway_flags: &[&str]) -> Setup {
+        Self::start(
+            mode,
+            Public {
+                anonymous: Anonymous::Write,
+                ..Public::default()
+            },
+            gateway_flags,
+        )
+        .await
+    }
+
+    /// [`Setup::new`], the server's anonymous mode `anonymous`.
+    async fn with_anonymous(mode: AuthMode, anonymous: Anonymous, gateway_flags: &[&str]) -> Setup {
+        Self::start(
+            mode,
+            Public {
+                anonymous,
+                ..Public::default()
+            },
+            gateway_flags,
+        )
+        .await
+    }
+
+    /// [`Setup::new`], anonymous callers reading `public_user`'s files.
+    async fn with_public(mode: AuthMode, public_user: &str, gateway_flags: &[&str]) -> Setup {
+        let public = Public {
+            anonymous: Anonymous::Read,
+            user: public_user.into(),
+        };
+        Self::start(mode, public, gateway_flags).await
+    }
+
+    async fn start(mode: AuthMode, public: Public, gateway_flags: &[&str]) -> Setup {
         let server = TestServer::start_with(TestConfig {
             auth: mode,
+            public,
             ..TestConfig::default()
         })
         .await;
         server.add_account("alice", "alice pw").await;
         server.add_account("bob", "bob pw").await;
-        let gateway = start_gateway(server.addr, gateway_flags).await;
+        let gateway = support::start_gateway(server.addr, gateway_flags).await;
         Setup {
             server,
             gateway,
@@ -198,33 +229,6 @@ fn uuid() -> u64 {
 }
 
 /// A gateway in this process in front of `step`, with `flags`.
-async fn start_gateway(step: SocketAddr, flags: &[&str]) -> String {
-    let backend_addr = step.to_string();
-    let mut argv = vec![
-        "gateway",
-        "--backend",
-        &backend_addr,
-        "--backend-timeout",
-        "5",
-    ];
-    argv.extend_from_slice(flags);
-    let args = GatewayArgs::try_parse_from(argv).expect("gateway flags");
-    let default_user = (!args.http.require_auth && !args.http.default_user.is_empty())
-        .then(|| args.http.default_user.clone());
-    let backend = Backend::new(backend_addr, args.transfer, default_user, Metrics::new());
-    let state = AppState::new(backend, args.http);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(gateway::serve(
-        listener,
-        state,
-        std::future::pending::<()>(),
-    ));
-    format!("http://{addr}")
-}
-
 fn basic(user: &str, password: &str) -> String {
     format!("{user}:{password}")
 }
@@ -572,20 +576,20 @@ async fn accounts_curl() {
     support::assert_one_line_error(&r, "is not on the server");
 }
 
-/// `--anonymous read`: token-less GET/HEAD as the anonymous user, writes
-/// refused; `--anonymous write` in accounts mode without an account for
-/// the anonymous user: refused, saying why.
+/// `--anonymous read` with a publishing account (`--public-user press`):
+/// press uploads with its own password, token-less GET/HEAD read press's
+/// files, every token-less write is refused, and nobody obtains the public
+/// identity with a password — not the md5 rule, not `POST /login`, not
+/// Basic, not step-client — in open or accounts mode.
 async fn anonymous_rights() {
-    let s = Setup::new(AuthMode::Accounts, &["--anonymous", "read"]).await;
-    s.server
-        .add_account("anonymous", &password_for("anonymous"))
-        .await;
+    let s = Setup::with_public(AuthMode::Accounts, "press", &["--anonymous", "read"]).await;
+    s.server.add_account("press", "press pw").await;
     let f = s.file("pub", b"public bytes");
     let f_s = f.to_str().expect("utf-8");
     let r = s
         .step(
-            "anonymous",
-            Some(&password_for("anonymous")),
+            "press",
+            Some("press pw"),
             &["upload", f_s, "--key", "pub.txt"],
         )
         .await;
@@ -643,10 +647,55 @@ async fn anonymous_rights() {
         .0,
         201
     );
+    public_identity_has_no_password(&s).await;
+    let (code, body) = s.curl(&[], "/files/pub.txt").await;
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, &b"public bytes"[..]),
+        "intact"
+    );
 
-    let s = Setup::new(AuthMode::Accounts, &[]).await;
+    // Open mode, the default public area: the same refusals.
+    let s = Setup::new(AuthMode::Open, &["--anonymous", "read"]).await;
+    public_identity_has_no_password(&s).await;
+
+    // The STEP server allows no anonymous access: token-less requests get
+    // 401 saying so, whatever the gateway asks for.
+    let s = Setup::with_anonymous(AuthMode::Accounts, Anonymous::None, &[]).await;
     let (code, body) = s.curl(&[], "/files/x").await;
     assert_eq!(code, 401);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("anonymous"), "{text}");
+}
+
+/// Every way of presenting a password for the public identity is refused.
+async fn public_identity_has_no_password(s: &Setup) {
+    let md5 = password_for("anonymous");
+    assert_eq!(s.http_login("anonymous", None).await, None, "POST /login");
+    assert_eq!(s.http_login("anonymous", Some(&md5)).await, None);
+    let f = s.file("deface", b"<script>alert(1)</script>");
+    let f_s = f.to_str().expect("utf-8");
+    assert_eq!(
+        s.curl(
+            &["-u", &basic("anonymous", &md5), "-T", f_s],
+            "/files/pub.txt"
+        )
+        .await
+        .0,
+        401,
+        "Basic anonymous:md5"
+    );
+    assert_eq!(
+        s.course("anonymous", "login", &[]).await,
+        401,
+        "course client"
+    );
+    let r = s
+        .step(
+            "anonymous",
+            Some(&md5),
+            &["upload", f_s, "--key", "pub.txt"],
+        )
+        .await;
+    support::assert_one_line_error(&r, "refused the login");
 }

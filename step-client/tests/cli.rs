@@ -2,29 +2,36 @@
 //! a free port.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use step_core::digest::md5_hex;
 use step_tests::{TestServer, pattern};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
 
-use support::{assert_ok, assert_one_line_error, client, md5_line, run, run_raw, write};
+use support::{Running, assert_ok, assert_one_line_error, client, md5_line, run, run_raw, write};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_download_plan_delete_round_trip() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    // Over the spread threshold, so several connections and big blocks are used.
+    // Several connections and big blocks, both ways.
     let data = pattern(10 << 20 | 12345, 1);
     write(dir.path(), "big.bin", &data);
     let md5 = md5_hex(&data);
 
-    let up = run(&server, dir.path(), "alice", &["upload", "big.bin"]).await;
+    let up = run(
+        &server,
+        dir.path(),
+        "alice",
+        &["upload", "big.bin", "--connections", "4"],
+    )
+    .await;
     assert_ok(&up);
-    assert!(up.stdout.contains("Token: "), "{up:?}");
+    assert!(
+        !up.stdout.contains("Token"),
+        "the token only with -v: {up:?}"
+    );
     assert_eq!(md5_line(&up), Some(md5.as_str()));
     assert!(up.stdout.contains("Uploading big.bin: 100%"), "{up:?}");
 
@@ -40,7 +47,14 @@ async fn upload_download_plan_delete_round_trip() {
         &server,
         dir.path(),
         "alice",
-        &["download", "big.bin", "-o", "copy.bin"],
+        &[
+            "download",
+            "big.bin",
+            "-o",
+            "copy.bin",
+            "--connections",
+            "4",
+        ],
     )
     .await;
     assert_ok(&down);
@@ -173,7 +187,10 @@ async fn handout_single_dash_invocation() {
     )
     .await;
     assert_ok(&r);
-    assert!(r.stdout.starts_with("Token: "), "{r:?}");
+    assert!(
+        r.stdout.contains("Uploaded otter.jpg: 1 of 1 blocks sent"),
+        "{r:?}"
+    );
     assert_eq!(md5_line(&r), Some(md5_hex(&data).as_str()));
 
     // The course clients' double-dash underscore spellings, and env fallbacks.
@@ -384,8 +401,9 @@ async fn interrupted_upload_resumes() {
     let port = server.addr.port().to_string();
 
     // Throttled so there is time to kill it in the middle.
-    let mut child = client(dir.path())
-        .args([
+    let mut up = Running::start(
+        dir.path(),
+        &[
             "-server_ip",
             "127.0.0.1",
             "-port",
@@ -396,26 +414,10 @@ async fn interrupted_upload_resumes() {
             "huge.bin",
             "--limit-rate",
             "16M",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let reached = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if percent(&line).is_some_and(|p| p >= 30) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(reached, "the throttled upload never reported 30%");
-    child.kill().await.expect("kill");
-    let _ = child.wait().await;
+        ],
+    );
+    up.until_percent(30).await;
+    up.crash().await;
 
     let again = run(&server, dir.path(), "r", &["-f", "huge.bin"]).await;
     assert_ok(&again);
@@ -433,7 +435,7 @@ async fn interrupted_upload_resumes() {
     let first = again
         .stdout
         .lines()
-        .find_map(percent)
+        .find_map(support::percent_of)
         .expect("a progress line");
     assert!(first > 30, "{again:?}");
     assert_eq!(md5_line(&again), Some(md5_hex(&data).as_str()));
@@ -447,12 +449,6 @@ async fn interrupted_upload_resumes() {
     .await;
     assert_ok(&down);
     assert!(std::fs::read(dir.path().join("back.bin")).expect("back") == data);
-}
-
-/// "Uploading huge.bin:  30% (...)" → 30.
-fn percent(line: &str) -> Option<u32> {
-    let (_, rest) = line.split_once(": ")?;
-    rest.trim_start().split_once('%')?.0.parse().ok()
 }
 
 /// "12 of 64 blocks already on the server" → (12, 64).

@@ -62,16 +62,7 @@ async fn proxy(upstream: SocketAddr, limit: u64, stall: bool) -> SocketAddr {
 
 async fn client_at(addr: SocketAddr, dir: &Path, args: &[&str]) -> Run {
     let port = addr.port().to_string();
-    let mut all = vec![
-        "--server-ip",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--id",
-        "resumer",
-        "--connections",
-        "1",
-    ];
+    let mut all = support::at(&port, "resumer", &["--connections", "1"]);
     all.extend_from_slice(args);
     run_raw(dir, &all).await
 }
@@ -84,9 +75,13 @@ async fn interrupted(server: &TestServer, dir: &Path, key: &str, data: &[u8]) {
     std::fs::remove_file(dir.join(key)).expect("rm local");
     let proxy = cutting_proxy(server.addr, CUT_AFTER).await;
     let cut = client_at(proxy, dir, &["download", key]).await;
-    assert!(!cut.ok, "the cut download must fail: {cut:?}");
+    support::assert_one_line_error(&cut, "connection lost");
     assert!(
-        cut.stdout.contains("run the same command again to resume"),
+        cut.stderr.contains(&format!(".{key}.part keeps")),
+        "says what it kept: {cut:?}"
+    );
+    assert!(
+        cut.stderr.contains("rerun the same command to resume"),
         "{cut:?}"
     );
     assert!(!dir.join(key).exists(), "nothing under the target's name");
@@ -206,38 +201,24 @@ async fn ctrl_c_mid_download_then_the_same_command_resumes() {
 
     let stalled = proxy(server.addr, CUT_AFTER, true).await;
     let port = stalled.port().to_string();
-    let child = support::client(dir.path())
-        .args([
-            "--server-ip",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--id",
-            "resumer",
-            "--connections",
-            "1",
-            "download",
-            "int.bin",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let args = ["--connections", "1", "download", "int.bin"];
+    let down = support::Running::start(dir.path(), &support::at(&port, "resumer", &args));
     let state = dir.path().join(".int.bin.part.state");
     // The header line and at least a few blocks recorded.
     step_tests::wait::until("blocks on disk", std::time::Duration::from_secs(60), || {
         std::fs::read_to_string(&state).is_ok_and(|t| t.lines().count() > 4)
     })
     .await;
-    let pid = child.id().expect("pid").to_string();
-    let int = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill -INT");
-    assert!(int.success());
-    let out = child.wait_with_output().await.expect("wait");
-    assert!(!out.status.success(), "interrupted: {out:?}");
+    down.interrupt();
+    let (r, code) = down.finish().await;
+    assert_eq!(code, Some(130), "interrupted: {r:?}");
+    // One line: what is kept, and how to go on.
+    support::assert_one_line_error(&r, "interrupted");
+    assert!(r.stderr.contains(".int.bin.part keeps"), "{r:?}");
+    assert!(
+        r.stderr.contains("rerun the same command to resume"),
+        "{r:?}"
+    );
     assert!(!dir.path().join("int.bin").exists());
 
     let again = client_at(server.addr, dir.path(), &["download", "int.bin"]).await;

@@ -74,4 +74,10 @@ async fn upload_and_download_over_tls() {
     .await;
     assert!(!plain.ok, "{plain:?}");
     assert!(!plain.stderr.contains("did not answer"), "{plain:?}");
+
+    // Plain STEP spoken to the TLS port: named as such, with the flag to add.
+    let tport = port.to_string();
+    let plain_args = support::at(&tport, "tls-user", &["plan", "secret.bin"]);
+    let r = support::run_raw(dir.path(), &plain_args).await;
+    support::assert_one_line_error(&r, "if it is a TLS port, add --tls");
 }

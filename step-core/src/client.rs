@@ -78,6 +78,14 @@ impl ClientError {
         }
     }
 
+    /// Our server's `reason` for a refusal, when it sent one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ClientError::Refused { reason, .. } => *reason,
+            _ => None,
+        }
+    }
+
     /// The connection broke or went silent (as opposed to a refusal or a
     /// malformed answer): the same request may well work on a new one.
     pub fn is_interruption(&self) -> bool {
@@ -123,6 +131,10 @@ pub struct Capabilities {
     /// id, plan and missing blocks), answered without changing anything.
     #[serde(skip_serializing_if = "is_false")]
     pub upload_status: bool,
+    /// What anonymous callers may do here (`read`, `write`), when anything:
+    /// a LOGIN with `anonymous` then mints the public identity's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<crate::access::Anonymous>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -222,6 +234,22 @@ pub struct UploadAck {
 #[derive(Deserialize)]
 struct LoginAnswer {
     token: String,
+}
+
+/// An anonymous LOGIN's answer: the public identity's token, whose files
+/// it acts on, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicLogin {
+    pub token: String,
+    pub user: String,
+    pub scope: crate::access::Scope,
+}
+
+#[derive(Deserialize)]
+struct PublicAnswer {
+    token: String,
+    username: Option<String>,
+    scope: Option<crate::access::Scope>,
 }
 
 /// A DATA SAVE answer.
@@ -712,6 +740,35 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         Ok(token)
     }
 
+    /// LOGIN as the public identity (our extension): no password; the
+    /// server grants at most `want` and at most what its anonymous mode
+    /// allows.
+    pub async fn login_anonymous(
+        &mut self,
+        want: crate::access::Anonymous,
+    ) -> Result<PublicLogin, ClientError> {
+        let req =
+            Message::request(Operation::Login, Kind::Auth).with(field::ANONYMOUS, want.as_str());
+        let resp = expect_ok(self.call(&req).await?)?;
+        let caps = Capabilities::from_login(&resp);
+        let answer: PublicAnswer = decode(resp)?;
+        // A server that leaves out whom or what (not ours) granted what
+        // was asked for, as the public user.
+        let login = PublicLogin {
+            token: answer.token,
+            user: answer.username.unwrap_or_else(|| "anonymous".into()),
+            scope: match answer.scope {
+                Some(scope) => scope,
+                None => want.scope().ok_or_else(|| {
+                    ClientError::Protocol("an anonymous LOGIN granted with nothing asked".into())
+                })?,
+            },
+        };
+        self.capabilities = caps;
+        self.token = Some(login.token.clone());
+        Ok(login)
+    }
+
     /// DATA SAVE; returns the key (server-chosen when `key` is `None`).
     pub async fn data_save(
         &mut self,
@@ -762,7 +819,37 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         size: u64,
         opts: SaveOptions,
     ) -> Result<UploadPlan, ClientError> {
-        self.save(key, size, opts, None).await
+        self.save(key, size, opts, None, None).await
+    }
+
+    /// FILE SAVE resuming the caller's own upload `upload_id` (the id an
+    /// earlier SAVE answer gave): sends `resume` with `upload_id`, so a
+    /// server continues only that upload (when it is still the key's
+    /// current one, with the same plan) and otherwise starts over
+    /// (`resumed: false`). With `replace`, the upload replaces a complete
+    /// file as [`Self::file_save_replace`] does (without `if_md5`). A
+    /// server that ignores `upload_id` may resume another upload: the
+    /// answer's `upload_id` tells.
+    pub async fn file_save_own(
+        &mut self,
+        key: &str,
+        size: u64,
+        block_size: Option<u64>,
+        upload_id: &str,
+        replace: bool,
+    ) -> Result<UploadPlan, ClientError> {
+        let opts = SaveOptions {
+            block_size,
+            resume: true,
+        };
+        self.save(
+            Some(key),
+            size,
+            opts,
+            replace.then_some(None),
+            Some(upload_id),
+        )
+        .await
     }
 
     /// FILE SAVE with `replace` (our server's extension): plan an upload
@@ -777,7 +864,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         opts: SaveOptions,
         if_md5: Option<&str>,
     ) -> Result<UploadPlan, ClientError> {
-        self.save(Some(key), size, opts, Some(if_md5)).await
+        self.save(Some(key), size, opts, Some(if_md5), None).await
     }
 
     async fn save(
@@ -786,6 +873,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         size: u64,
         opts: SaveOptions,
         replace: Option<Option<&str>>,
+        upload_id: Option<&str>,
     ) -> Result<UploadPlan, ClientError> {
         let mut req = self
             .request(Operation::Save, Kind::File)?
@@ -804,6 +892,9 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         }
         if opts.resume {
             req.set(field::RESUME, true);
+        }
+        if let Some(id) = upload_id {
+            req.set(field::UPLOAD_ID, id);
         }
         decode(expect_ok(self.call(&req).await?)?)
     }

@@ -1,5 +1,6 @@
 //! The STEP v1.1 protocol, without IO of its own.
 //!
+//! * [`access`] — who may do what: operation kinds, token scopes, the decision.
 //! * [`codec`] — the frame codec (`tokio_util::codec`), capped on both lengths.
 //! * [`json`] — JSON encoding whose byte count equals its character count.
 //! * [`message`] — messages, operations, types, directions and status codes.
@@ -10,6 +11,7 @@
 //! * [`pipeline`] — its stream of responses, cancel-safe.
 //! * [`conn`] — its connection: plain TCP, or TLS (feature `tls`).
 
+pub mod access;
 pub mod client;
 pub mod codec;
 pub mod conn;

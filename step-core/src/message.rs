@@ -61,6 +61,13 @@ pub mod field {
     /// When an unfinished upload last received a SAVE or a block, Unix
     /// seconds (its expiry counts from then).
     pub const LAST_ACTIVE: &str = "last_active";
+    /// LOGIN as the public identity: what the caller asks for (`read`,
+    /// `write`); no username or password.
+    pub const ANONYMOUS: &str = "anonymous";
+    /// What a LOGIN's token allows (`read`, `full`).
+    pub const SCOPE: &str = "scope";
+    /// LOGIN refusals that may pass: seconds after which to retry.
+    pub const RETRY_AFTER: &str = "retry_after";
 }
 
 macro_rules! wire_enum {
@@ -145,6 +152,15 @@ wire_enum!(
         // engine several servers share) cannot be reached now; the request
         // may succeed later, unchanged.
         Unavailable = "unavailable",
+        // The token may only read (the public identity under anonymous
+        // read); the request would write.
+        ReadOnly = "read_only",
+        // Too many password checks are running or queued: retry in a moment.
+        Busy = "busy",
+        // Too many LOGINs from this address or for this user name lately.
+        TooManyAttempts = "too_many_attempts",
+        // Anonymous access is off on this server.
+        NoAnonymous = "no_anonymous",
     }
 );
 

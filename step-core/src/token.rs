@@ -29,6 +29,14 @@
 //! reference's `.`→`_` made them one); names without `.` or `%` keep exactly
 //! the reference's shape. The public md5 covers the parts as they appear, so a
 //! client that re-checks it still accepts our tokens.
+//!
+//! What the token allows ([`Scope`]) and the account's epoch (bumped by a
+//! password change, gone with the account) are bound into the keyed digits
+//! without changing the shape: a verifier recomputes the digits for each
+//! scope under the account's current epoch, so a read-only token cannot be
+//! turned into a full one, and a token minted before a password change or
+//! an account's removal stops verifying. A full-scope token of epoch 0 (open
+//! mode, and accounts made before epochs) is keyed exactly as before.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -36,6 +44,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::access::Scope;
 use crate::digest::md5_hex;
 
 /// The reference server's salt. It is public; tokens signed only with it are
@@ -51,6 +60,47 @@ const MAC_MODULUS: u64 = 10u64.pow(MAC_DIGITS);
 /// Longest lifetime the issue-time counter can express unambiguously, with a
 /// day of margin.
 pub const MAX_TTL_SECS: u64 = TIME_MODULUS * UNIT_SECS - 86_400;
+
+/// What a token grants beyond naming its user: its scope and the epoch of
+/// its account (0 in open mode), both bound into its keyed digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grant {
+    pub scope: Scope,
+    pub epoch: u64,
+    /// Minted for the public identity (an anonymous LOGIN), not for a
+    /// password: the server caps it by its current anonymous mode.
+    pub public: bool,
+}
+
+impl Grant {
+    /// A full token of epoch 0: what open mode mints for everyone.
+    pub const FULL: Grant = Grant {
+        scope: Scope::Full,
+        epoch: 0,
+        public: false,
+    };
+
+    /// A password login's grant under the account's `epoch`.
+    pub fn user(epoch: u64) -> Grant {
+        Grant {
+            scope: Scope::Full,
+            epoch,
+            public: false,
+        }
+    }
+}
+
+/// A token taken apart and its public md5 checked, not yet verified: the
+/// user it names (to look up that account's epoch) and what the keyed
+/// check needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The username, decoded from the user part.
+    pub user: String,
+    part: String,
+    counter: u64,
+    keyed: String,
+}
 
 /// Why a token was refused. The messages match the reference's wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -169,12 +219,22 @@ impl TokenKey {
         self.ttl_secs
     }
 
-    fn keyed_digits(&self, user: &str, unit: u64) -> String {
+    fn keyed_digits(&self, user: &str, unit: u64, grant: Grant) -> String {
         let mut mac = self.mac.clone();
         mac.update(b"step-token-v2\0");
         mac.update(user.as_bytes());
         mac.update(b"\0");
         mac.update(&unit.to_be_bytes());
+        if grant != Grant::FULL {
+            mac.update(b"\0");
+            mac.update(grant.scope.as_str().as_bytes());
+            mac.update(if grant.public {
+                b"\0public"
+            } else {
+                b"\0user\0\0"
+            });
+            mac.update(&grant.epoch.to_be_bytes());
+        }
         let out = mac.finalize().into_bytes();
         let mut first = [0u8; 8];
         first.copy_from_slice(&out[..8]);
@@ -185,14 +245,20 @@ impl TokenKey {
         )
     }
 
-    /// A token for `username`, issued at `now_unix` (seconds).
+    /// A full token of epoch 0 for `username`, issued at `now_unix`
+    /// (seconds): what open mode mints.
     pub fn mint(&self, username: &str, now_unix: u64) -> String {
+        self.mint_with(username, now_unix, Grant::FULL)
+    }
+
+    /// A token for `username` granting `grant`, issued at `now_unix`.
+    pub fn mint_with(&self, username: &str, now_unix: u64, grant: Grant) -> String {
         let user = user_part(username);
         let unit = now_unix / UNIT_SECS;
         let stamp = format!(
             "{:0width$}{}",
             unit % TIME_MODULUS,
-            self.keyed_digits(&user, unit),
+            self.keyed_digits(&user, unit, grant),
             width = TIME_DIGITS as usize
         );
         let payload = format!("{user}.{stamp}.login");
@@ -200,18 +266,19 @@ impl TokenKey {
         STANDARD.encode(format!("{payload}.{sig}"))
     }
 
-    /// The username a token belongs to (decoded, see [`username_of`]), if the
-    /// token is ours, intact and unexpired.
-    pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
+    /// Take `token` apart and check what anyone can check (shape, public
+    /// md5); the keyed digits are [`TokenKey::check`]ed once the account's
+    /// epoch is known.
+    pub fn claim(token: &str) -> Result<Claim, TokenError> {
         let raw = STANDARD
             .decode(token.trim())
             .map_err(|_| TokenError::Format)?;
         let text = String::from_utf8(raw).map_err(|_| TokenError::Format)?;
         let parts: Vec<&str> = text.split('.').collect();
-        let [user, stamp, login, sig] = parts[..] else {
+        let [part, stamp, login, sig] = parts[..] else {
             return Err(TokenError::Format);
         };
-        let payload = format!("{user}.{stamp}.login");
+        let payload = format!("{part}.{stamp}.login");
         if login != "login" || !sig.eq_ignore_ascii_case(&public_signature(&payload)) {
             return Err(TokenError::Signature);
         }
@@ -221,21 +288,53 @@ impl TokenKey {
         }
         let (time_digits, keyed) = stamp.split_at(TIME_DIGITS as usize);
         let counter: u64 = time_digits.parse().map_err(|_| TokenError::Signature)?;
+        let user = username_of(part).ok_or(TokenError::Format)?;
+        Ok(Claim {
+            user,
+            part: part.to_owned(),
+            counter,
+            keyed: keyed.to_owned(),
+        })
+    }
+
+    /// The grant `claim` was minted with, if its keyed digits match under
+    /// the account's current `epoch` and it has not expired. Each scope,
+    /// for a user and for the public identity, is tried (four HMACs at most).
+    pub fn check(&self, claim: &Claim, now_unix: u64, epoch: u64) -> Result<Grant, TokenError> {
         // The latest unit not after now whose counter matches.
         let now_unit = now_unix / UNIT_SECS;
-        let back = (now_unit % TIME_MODULUS + TIME_MODULUS - counter) % TIME_MODULUS;
+        let back = (now_unit % TIME_MODULUS + TIME_MODULUS - claim.counter) % TIME_MODULUS;
         let Some(unit) = now_unit.checked_sub(back) else {
             return Err(TokenError::Signature);
         };
-        let expected = self.keyed_digits(user, unit);
-        if !bool::from(expected.as_bytes().ct_eq(keyed.as_bytes())) {
+        let grants = [false, true].into_iter().flat_map(|public| {
+            Scope::ALL.into_iter().map(move |scope| Grant {
+                scope,
+                epoch,
+                public,
+            })
+        });
+        let found = grants.into_iter().find(|&grant| {
+            let expected = self.keyed_digits(&claim.part, unit, grant);
+            bool::from(expected.as_bytes().ct_eq(claim.keyed.as_bytes()))
+        });
+        let Some(grant) = found else {
             return Err(TokenError::Signature);
-        }
+        };
         // Counted from the end of the issue unit: at least `ttl` after minting.
         if now_unix >= (unit + 1) * UNIT_SECS + self.ttl_secs {
             return Err(TokenError::Expired);
         }
-        username_of(user).ok_or(TokenError::Format)
+        Ok(grant)
+    }
+
+    /// The username a token of epoch 0 belongs to, whatever its scope, if
+    /// the token is ours, intact and unexpired (tools and tests; the server
+    /// checks [`TokenKey::claim`]s against the account's epoch).
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
+        let claim = Self::claim(token)?;
+        self.check(&claim, now_unix, 0)?;
+        Ok(claim.user)
     }
 }
 
@@ -385,6 +484,38 @@ mod tests {
         let token = key.mint("erin", issued);
         assert_eq!(key.verify(&token, issued + 120), Ok("erin".into()));
         assert_eq!(key.verify(&token, issued + 86_400), Ok("erin".into()));
+    }
+
+    #[test]
+    fn scope_and_epoch_are_bound_into_the_keyed_digits() {
+        let key = TokenKey::new(b"k", 86_400);
+        let read = Grant {
+            scope: Scope::Read,
+            epoch: 7,
+            public: true,
+        };
+        let token = key.mint_with("pub", NOW, read);
+        let claim = TokenKey::claim(&token).expect("claim");
+        assert_eq!(claim.user, "pub");
+        assert_eq!(key.check(&claim, NOW, 7), Ok(read));
+        assert_eq!(key.check(&claim, NOW, 8), Err(TokenError::Signature));
+        assert_eq!(key.check(&claim, NOW, 0), Err(TokenError::Signature));
+        let full = key.mint_with("pub", NOW, Grant::user(7));
+        let claim = TokenKey::claim(&full).expect("claim");
+        assert_eq!(key.check(&claim, NOW, 7), Ok(Grant::user(7)));
+        let public_full = Grant {
+            public: true,
+            ..Grant::user(7)
+        };
+        let claim = TokenKey::claim(&key.mint_with("pub", NOW, public_full)).expect("claim");
+        assert_eq!(key.check(&claim, NOW, 7), Ok(public_full));
+        // The same shape as every other token, and the old keying for the
+        // full scope of epoch 0.
+        assert_eq!(decode(&token).split('.').count(), 4);
+        assert_eq!(key.mint("pub", NOW), key.mint_with("pub", NOW, Grant::FULL));
+        // A read token cannot be edited into a full one: the digits differ
+        // and only the secret computes them.
+        assert_ne!(decode(&token), decode(&full));
     }
 
     #[test]

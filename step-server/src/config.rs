@@ -11,7 +11,10 @@ use step_core::StepCodec;
 use step_core::token::TokenKey;
 use tracing::{info, warn};
 
+use step_core::access::Anonymous;
+
 use crate::accounts::AuthMode;
+use crate::auth::{LoginLimits, Public};
 use crate::server::ConnectionLimits;
 use crate::service::{Extensions, Limits, Service};
 use crate::store::object::ObjectStorage;
@@ -162,11 +165,34 @@ pub struct ServiceArgs {
     /// a Docker secret. Accounts not in the file are left as they are.
     #[arg(long, env = "STEP_ACCOUNTS_FILE")]
     pub accounts_file: Option<PathBuf>,
-    /// Refused LOGINs answered per second in accounts mode, server-wide
-    /// (beyond a one-second burst, further refusals wait): bounds online
-    /// password guessing.
-    #[arg(long, env = "STEP_LOGIN_FAILURES_PER_SEC", default_value_t = 10)]
-    pub login_failures_per_sec: u32,
+    /// Password LOGINs per minute from one source address (an IPv6 /64),
+    /// in a burst of as many (accounts mode); beyond, refused at once with
+    /// "too many attempts, retry in N s", before any password is checked.
+    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_SOURCE", default_value_t = 30)]
+    pub login_attempts_per_source: u32,
+    /// Password LOGINs per minute for one user name, in a burst of as many
+    /// (accounts mode); beyond, refused at once as above.
+    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_USER", default_value_t = 30)]
+    pub login_attempts_per_user: u32,
+    /// Password checks that may wait beyond those running (half the cores);
+    /// beyond, a LOGIN is refused at once as busy ("retry in 1 s").
+    #[arg(long, env = "STEP_LOGIN_QUEUE", default_value_t = 32)]
+    pub login_queue: usize,
+    /// The public user: whose files anonymous callers read (and, with
+    /// anonymous write, write). `anonymous` (the default) is reserved: no
+    /// password logs in as it. Another name must be an account (accounts
+    /// mode), which publishes there with its own password.
+    #[arg(long, env = "STEP_PUBLIC_USER", default_value = crate::auth::PUBLIC_NAME,
+          alias = "default-user")]
+    pub public_user: String,
+    /// Seconds a new connection has to send its first request's header
+    /// and JSON part; then it is closed (silent sockets free their slot).
+    #[arg(long, env = "STEP_FIRST_REQUEST_TIMEOUT", default_value_t = 10)]
+    pub first_request_timeout: u64,
+    /// Connections one source address (an IPv6 /64) may hold at once;
+    /// further ones from it are closed at accept.
+    #[arg(long, env = "STEP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 128)]
+    pub max_connections_per_source: usize,
     /// Seconds a replaced version of a file stays readable for downloads
     /// that began before the replace (also removed at the key's next
     /// replace or DELETE).
@@ -224,7 +250,15 @@ impl std::fmt::Debug for ServiceArgs {
             .field("coord", &self.coord.as_ref().map(|_| "<set>"))
             .field("auth", &self.auth)
             .field("accounts_file", &self.accounts_file)
-            .field("login_failures_per_sec", &self.login_failures_per_sec)
+            .field("login_attempts_per_source", &self.login_attempts_per_source)
+            .field("login_attempts_per_user", &self.login_attempts_per_user)
+            .field("login_queue", &self.login_queue)
+            .field("public_user", &self.public_user)
+            .field("first_request_timeout", &self.first_request_timeout)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
             .field("replaced_grace", &self.replaced_grace)
             .field("disable_extensions", &self.disable_extensions)
             .finish()
@@ -319,6 +353,15 @@ impl ServiceArgs {
     /// Settings that cannot work are refused here, with a message that says
     /// which flag to change, before anything is opened.
     pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        self.build_with(Anonymous::None)
+    }
+
+    /// [`Self::build`], anonymous callers allowed `anonymous` over
+    /// `--public-user`'s files.
+    pub fn build_with(
+        &self,
+        anonymous: Anonymous,
+    ) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
         let invalid = |text: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, text);
         if let Err(e) = TokenKey::try_new(b"check", self.token_ttl) {
             return Err(invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")));
@@ -364,7 +407,11 @@ impl ServiceArgs {
             max_block_size: self.max_block_size,
             token_failures_per_sec: self.token_failures_per_sec,
             upload_expiry_secs: self.upload_expiry.max(1),
-            login_failures_per_sec: self.login_failures_per_sec,
+            login: LoginLimits {
+                per_source_per_min: self.login_attempts_per_source,
+                per_user_per_min: self.login_attempts_per_user,
+                queue: self.login_queue,
+            },
             extensions: Extensions {
                 list: !self.disable_extensions.contains(&Extension::List),
                 replace: !self.disable_extensions.contains(&Extension::Replace),
@@ -376,17 +423,27 @@ impl ServiceArgs {
             codec: StepCodec::new(self.max_json, max_binary),
             frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
             json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
+            first_request_timeout: Duration::from_secs(self.first_request_timeout.max(1)),
+            max_per_source: self.max_connections_per_source.max(1),
         };
         let service = Service::new(storage, tokens, limits)
             .with_auth(self.auth)
-            .map_err(std::io::Error::other)?;
+            .map_err(std::io::Error::other)?
+            .with_public(Public {
+                anonymous,
+                user: self.public_user.clone(),
+            });
         Ok((Arc::new(service), conn))
     }
 
     /// [`Self::build`], then the accounts of `--accounts-file` imported: what
     /// a server does at start.
-    pub async fn start(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
-        let built = self.build()?;
+    pub async fn start(
+        &self,
+        anonymous: Anonymous,
+    ) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
+        self.check_public(anonymous)?;
+        let built = self.build_with(anonymous)?;
         if let Some(path) = &self.accounts_file {
             let n = crate::users::import_accounts_file(built.0.store().as_ref(), path)
                 .await
@@ -399,6 +456,30 @@ impl ServiceArgs {
             tracing::info!(accounts = n, file = %path.display(), "accounts imported");
         }
         Ok(built)
+    }
+
+    /// `--public-user` must be usable: a name other than the reserved one
+    /// is a real account, which open mode has none of.
+    fn check_public(&self, anonymous: Anonymous) -> std::io::Result<()> {
+        let user = &self.public_user;
+        if user.is_empty() || user.len() > 256 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--public-user / STEP_PUBLIC_USER must be 1 to 256 bytes",
+            ));
+        }
+        if user != crate::auth::PUBLIC_NAME
+            && self.auth == AuthMode::Open
+            && anonymous != Anonymous::None
+        {
+            warn!(
+                public_user = %user,
+                "--public-user names an ordinary user in open mode: nobody can log in as it \
+                 any more (the md5 rule is refused for the public user); publish there with \
+                 --auth accounts and an account of that name"
+            );
+        }
+        Ok(())
     }
 
     /// The storage for account management only (`step-server user`): on
@@ -436,6 +517,13 @@ pub struct ServerArgs {
     pub tls: TlsListenArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// What callers without a password may do, over --public-user's files:
+    /// `none`, `read` (GET, DOWNLOAD, LIST), `write` (also SAVE, UPLOAD,
+    /// DELETE). They obtain the public identity's token with a LOGIN
+    /// carrying `anonymous` (a gateway in front does that for them).
+    #[arg(long, env = "STEP_ANONYMOUS", default_value = "none",
+          value_parser = anonymous_parser())]
+    pub anonymous: Anonymous,
     /// Port (on --ip) of a small HTTP endpoint for load balancers and
     /// orchestrators: `GET /healthz` (the process answers) and `GET /readyz`
     /// (200 only while the storage — and `--coord`'s engine — answer within
@@ -451,6 +539,16 @@ pub struct ServerArgs {
     /// With no subcommand, serve.
     #[command(subcommand)]
     pub command: Option<crate::users::ServerCommand>,
+}
+
+/// A clap parser for `--anonymous none|read|write`, listing the values.
+pub fn anonymous_parser() -> impl clap::builder::TypedValueParser<Value = Anonymous> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["none", "read", "write"]).map(|v| match v.as_str() {
+        "read" => Anonymous::Read,
+        "write" => Anonymous::Write,
+        _ => Anonymous::None,
+    })
 }
 
 /// The clear warning open mode deserves when `addr` is reachable from other

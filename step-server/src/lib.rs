@@ -10,6 +10,7 @@
 //! * [`tls`] — certificates for TLS listeners (reloaded on SIGHUP).
 
 pub mod accounts;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;

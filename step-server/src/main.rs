@@ -50,7 +50,7 @@ async fn main() -> ExitCode {
         }
     };
     step_server::config::warn_if_open(args.service.auth, addr);
-    let (service, limits) = match args.service.start().await {
+    let (service, limits) = match args.service.start(args.anonymous).await {
         Ok(built) => built,
         Err(e) => {
             eprintln!("step-server: {e}");

@@ -18,6 +18,12 @@
 //! connection); it costs the server no memory, and the bytes skipped are at
 //! most the codec's binary cap per request, which the peer had to send.
 //!
+//! A new connection has `first_request_timeout` (10 s) to send its first
+//! request's header and JSON part, and one source address (an IPv6 /64) may
+//! hold at most `max_per_source` connections (further ones are closed at
+//! accept): silent sockets neither hold a slot for the whole idle timeout nor
+//! let one address take every slot, so honest clients keep being served.
+//!
 //! JSON parts must be read before anything can be checked, so those longer
 //! than [`UNBUDGETED_JSON`] wait for a share of a JSON budget of their own
 //! before a byte of them is buffered. It is separate from the block budget so
@@ -59,6 +65,11 @@ pub struct ConnectionLimits {
     /// Bytes of JSON parts longer than [`UNBUDGETED_JSON`] buffered at once,
     /// server-wide. Raised to the codec's JSON cap if below it.
     pub json_budget: usize,
+    /// A new connection's first request must bring its header and JSON
+    /// part within this (at most the idle timeout).
+    pub first_request_timeout: Duration,
+    /// Connections one source address (an IPv6 /64) may hold at once.
+    pub max_per_source: usize,
 }
 
 /// Default of [`ConnectionLimits::frame_budget`]: 32 of the largest blocks.
@@ -78,6 +89,58 @@ impl Default for ConnectionLimits {
             codec: StepCodec::default(),
             frame_budget: DEFAULT_FRAME_BUDGET,
             json_budget: DEFAULT_JSON_BUDGET,
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            max_per_source: DEFAULT_MAX_PER_SOURCE,
+        }
+    }
+}
+
+/// Default of [`ConnectionLimits::first_request_timeout`], as long as a
+/// TLS handshake may take.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`ConnectionLimits::max_per_source`].
+pub const DEFAULT_MAX_PER_SOURCE: usize = 128;
+
+/// Connections open per source address: each accepted connection holds a
+/// [`SourceSlot`] that gives its count back when dropped. Holds at most one
+/// entry per open connection.
+#[derive(Debug, Default)]
+struct Sources {
+    open: std::sync::Mutex<std::collections::HashMap<[u8; 8], usize>>,
+}
+
+/// One connection's place in [`Sources`].
+#[derive(Debug)]
+struct SourceSlot {
+    sources: Arc<Sources>,
+    key: [u8; 8],
+}
+
+impl Sources {
+    /// A slot for a connection from `ip`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let key = crate::auth::source_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
         }
     }
 }
@@ -111,6 +174,7 @@ pub async fn run_with_tls(
         stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
         next_id: AtomicU64::new(1),
+        sources: Arc::new(Sources::default()),
         service,
         limits,
     };
@@ -148,6 +212,7 @@ struct Shared {
     stop: CancellationToken,
     tracker: TaskTracker,
     next_id: AtomicU64,
+    sources: Arc<Sources>,
     service: Arc<Service>,
     limits: ConnectionLimits,
 }
@@ -166,6 +231,11 @@ async fn accept_loop(listener: &TcpListener, tls: Option<&TlsAcceptor>, shared: 
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Some(source_slot) = shared.sources.take(peer.ip(), shared.limits.max_per_source) else {
+            // Closed at once: its slot goes back with the permit.
+            debug!(%peer, "connection refused: too many from this address");
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +266,7 @@ async fn accept_loop(listener: &TcpListener, tls: Option<&TlsAcceptor>, shared: 
                         }
                     }
                 }
+                drop(source_slot);
                 drop(permit);
             }
             .instrument(span),
@@ -286,16 +357,16 @@ fn release_buffers<S: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<S, Req
 /// Why a connection loop ends.
 type Closing = &'static str;
 
-/// The next piece of a request, within the idle timeout, unless the server
-/// stops first.
+/// The next piece of a request, within `wait`, unless the server stops
+/// first.
 async fn next_part<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, RequestCodec>,
-    limits: &ConnectionLimits,
+    wait: Duration,
     stop: &CancellationToken,
 ) -> Result<RequestPart, Closing> {
     let next = tokio::select! {
         () = stop.cancelled() => return Err("server shutting down"),
-        next = tokio::time::timeout(limits.idle_timeout, framed.next()) => next,
+        next = tokio::time::timeout(wait, framed.next()) => next,
     };
     match next {
         Err(_) => Err("idle timeout"),
@@ -308,20 +379,31 @@ async fn next_part<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// What one connection reads requests with.
+struct Reader<'a> {
+    service: &'a Service,
+    budget: &'a Budgets,
+    limits: &'a ConnectionLimits,
+    stop: &'a CancellationToken,
+    peer: SocketAddr,
+}
+
 /// Read one request and answer it: the reply, or why the connection ends.
+/// Its header and JSON part must arrive within `head_wait`.
 async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, RequestCodec>,
-    service: &Service,
-    budget: &Budgets,
-    limits: &ConnectionLimits,
-    stop: &CancellationToken,
+    r: &Reader<'_>,
+    head_wait: Duration,
 ) -> Result<Reply, Closing> {
-    let mut part = next_part(framed, limits, stop).await?;
+    let (service, budget, limits, stop) = (r.service, r.budget, r.limits, r.stop);
+    let head_by = tokio::time::Instant::now() + head_wait;
+    let left = || head_by.saturating_duration_since(tokio::time::Instant::now());
+    let mut part = next_part(framed, left(), stop).await?;
     // Held until the request is answered (its parsed JSON lives that long).
     let mut _json_share = None;
     if let RequestPart::LargeHead { json_len } = part {
         _json_share = Some(take_share(framed, limits, &budget.json, json_len, stop).await?);
-        part = next_part(framed, limits, stop).await?;
+        part = next_part(framed, left(), stop).await?;
     }
     let RequestPart::Head { json, binary_len } = part else {
         // A body comes only after read_body(), which is always followed by
@@ -330,7 +412,7 @@ async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
         return Err("bad frame");
     };
     // Not raced against `stop`: a request that has arrived is finished.
-    let request = match service.admit(json).await {
+    let request = match service.admit_from(json, Some(r.peer.ip())).await {
         // The codec skips the binary part, if any, before the next head.
         Admission::Answer(reply) => return Ok(reply),
         Admission::Proceed(request) => request,
@@ -343,7 +425,7 @@ async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
     // share first, then block share: no cycle, no deadlock.)
     let share = take_share(framed, limits, &budget.blocks, binary_len, stop).await?;
     framed.codec_mut().read_body();
-    let RequestPart::Body(body) = next_part(framed, limits, stop).await? else {
+    let RequestPart::Body(body) = next_part(framed, limits.idle_timeout, stop).await? else {
         error!("expected a request body; closing");
         return Err("bad frame");
     };
@@ -366,10 +448,22 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut framed = Framed::new(stream, codec);
     release_buffers(&mut framed);
     let mut requests = 0u64;
+    let reader = Reader {
+        service: &service,
+        budget: &budget,
+        limits: &limits,
+        stop: &stop,
+        peer,
+    };
     // A peer that stops reading would otherwise hold its slot (and a task)
     // forever: every write waits at most as long as a read may.
     let reason = loop {
-        let reply = match next_reply(&mut framed, &service, &budget, &limits, &stop).await {
+        let head_wait = if requests == 0 {
+            limits.first_request_timeout.min(limits.idle_timeout)
+        } else {
+            limits.idle_timeout
+        };
+        let reply = match next_reply(&mut framed, &reader, head_wait).await {
             Ok(reply) => reply,
             Err(reason) => break reason,
         };

@@ -7,20 +7,22 @@
 //! plan) before anything reaches it. Failures are [`StepError`]s, turned into
 //! responses in one place; storage failures become them in one place too.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value;
+use step_core::access::{self, Identity, Refusal};
 use step_core::client::Capabilities;
 use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
-use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Status, digest};
-use tracing::{Instrument, debug, error, info, warn};
+use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Reason, Status};
+use tracing::{Instrument, debug, info};
 
-use crate::accounts::{AuthMode, HashError, Verifier};
+use crate::accounts::{AuthMode, HashError};
+use crate::auth::{Authority, LoginLimits, Public};
 use crate::error::StepError;
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
@@ -37,10 +39,8 @@ pub struct Limits {
     /// Announced in LOGIN's capabilities: seconds an unfinished upload
     /// lives without activity (the store's `upload_expiry` enforces it).
     pub upload_expiry_secs: u64,
-    /// Refused LOGINs answered per second in accounts mode, server-wide,
-    /// beyond a burst of as many; further refusals wait their turn. Bounds
-    /// online password guessing (each guess also costs an argon2 check).
-    pub login_failures_per_sec: u32,
+    /// Pacing and bounded hashing of password LOGINs (accounts mode).
+    pub login: LoginLimits,
     /// Extensions served and announced.
     pub extensions: Extensions,
 }
@@ -79,7 +79,7 @@ impl Default for Limits {
             max_key_len: 1024,
             max_username_len: 256,
             token_failures_per_sec: 1000,
-            login_failures_per_sec: 10,
+            login: LoginLimits::default(),
             max_file_size: 1 << 40,
             max_block_size: step_core::codec::DEFAULT_MAX_BINARY as u64,
             upload_expiry_secs: 86_400,
@@ -108,60 +108,17 @@ impl From<Message> for Reply {
 #[derive(Debug)]
 pub struct Service {
     store: Arc<dyn Storage>,
-    tokens: TokenKey,
     limits: Limits,
-    refusals: Pacer,
-    login: Login,
-    login_refusals: Pacer,
+    auth: Authority,
 }
 
-/// How LOGIN checks passwords (see [`crate::accounts`]).
-#[derive(Debug)]
-enum Login {
-    Open,
-    Accounts(Arc<Verifier>),
-}
-
-/// Paces an event server-wide to a rate, with a burst of one second's worth
-/// (GCRA): within the rate nothing waits; beyond it each event waits for its
-/// slot. Valid tokens never pass through here, so only guessing slows down.
-#[derive(Debug)]
-struct Pacer {
-    interval: std::time::Duration,
-    burst: std::time::Duration,
-    next: std::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Pacer {
-    fn new(per_sec: u32) -> Self {
-        let per_sec = per_sec.max(1);
-        Self {
-            interval: std::time::Duration::from_secs(1) / per_sec,
-            burst: std::time::Duration::from_secs(1),
-            next: std::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    async fn wait_turn(&self) {
-        let now = tokio::time::Instant::now();
-        let allowed_at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot.checked_sub(self.burst).unwrap_or(now)
-        };
-        if allowed_at > now {
-            tokio::time::sleep_until(allowed_at).await;
-        }
-    }
-}
-
-/// Who a request acts for: whoever its token names (over the wire), or a
-/// user an in-process caller already checked with [`Service::user_of`].
+/// Who a request acts for: whoever its token names (over the wire, from
+/// `peer`), or an identity an in-process caller already checked with
+/// [`Service::identity_of`].
 #[derive(Debug, Clone, Copy)]
 enum Caller<'a> {
-    Token,
-    Checked(&'a str),
+    Token { peer: Option<IpAddr> },
+    Checked(&'a Identity),
 }
 
 /// What [`Service::admit`] decided about a request from its JSON part.
@@ -173,7 +130,7 @@ pub enum Admission {
     Proceed(Admitted),
 }
 
-/// An authenticated request waiting for [`Service::serve`].
+/// An authenticated, authorized request waiting for [`Service::serve`].
 #[derive(Debug)]
 pub struct Admitted {
     msg: Message,
@@ -188,20 +145,6 @@ impl Admitted {
     pub fn wants_body(&self) -> bool {
         (self.op, self.kind) == (Operation::Upload, Kind::File)
     }
-}
-
-/// A 403 for a request's token, and whether it counts as a guess (a token
-/// was presented) and so waits in the refusal pacer.
-struct TokenRefusal {
-    message: Message,
-    guess: bool,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Maps a storage failure for `key` to the request's failure.
@@ -227,6 +170,22 @@ fn check_block(plan: PlanRecord, index: i64, len: u64) -> Result<u64, StepError>
     Ok(index)
 }
 
+/// A request its caller's credential does not allow: 403, as for a token
+/// that cannot do it, with our `reason`.
+fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
+    let text = match refusal {
+        Refusal::ReadOnly => {
+            format!("This token may only read; {op} {kind} writes. Log in as a user to write.")
+        }
+        other => other.to_string(),
+    };
+    let m = Message::response(op.as_str(), kind.as_str(), Status::BadToken, text);
+    match refusal {
+        Refusal::ReadOnly => m.with(field::REASON, Reason::ReadOnly.as_str()),
+        _ => m,
+    }
+}
+
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
     Message::response(op.as_str(), kind.as_str(), Status::Ok, msg)
 }
@@ -245,32 +204,43 @@ impl Service {
         &self.store
     }
 
+    /// A service in open mode with anonymous access off.
     pub fn new(storage: Arc<dyn Storage>, tokens: TokenKey, limits: Limits) -> Self {
+        let auth = Authority::new(
+            Arc::clone(&storage),
+            tokens,
+            limits.token_failures_per_sec,
+            limits.login,
+            limits.max_username_len,
+        );
         Self {
             store: storage,
-            tokens,
-            refusals: Pacer::new(limits.token_failures_per_sec),
-            login: Login::Open,
-            login_refusals: Pacer::new(limits.login_failures_per_sec),
             limits,
+            auth,
         }
     }
 
     /// The service with LOGIN checking passwords as `mode` says (a new
     /// service is in open mode).
     pub fn with_auth(mut self, mode: AuthMode) -> Result<Self, HashError> {
-        self.login = match mode {
-            AuthMode::Open => Login::Open,
-            AuthMode::Accounts => Login::Accounts(Verifier::new()?),
-        };
+        self.auth.set_mode(mode, self.limits.login.queue)?;
         Ok(self)
     }
 
+    /// The service with anonymous callers allowed what `public` says (a
+    /// new service allows them nothing).
+    pub fn with_public(mut self, public: Public) -> Self {
+        self.auth.set_public(public);
+        self
+    }
+
     pub fn auth_mode(&self) -> AuthMode {
-        match self.login {
-            Login::Open => AuthMode::Open,
-            Login::Accounts(_) => AuthMode::Accounts,
-        }
+        self.auth.mode()
+    }
+
+    /// What anonymous callers may do here, and as whom.
+    pub fn public(&self) -> &Public {
+        self.auth.public()
     }
 
     pub fn store(&self) -> &Arc<dyn Storage> {
@@ -282,18 +252,19 @@ impl Service {
             pipelining: true,
             resume: true,
             max_block_size: self.limits.max_block_size,
-            token_ttl: Some(self.tokens.ttl_secs()),
+            token_ttl: Some(self.auth.token_ttl()),
             max_file_size: Some(self.limits.max_file_size),
             upload_expiry: Some(self.limits.upload_expiry_secs),
             list: self.limits.extensions.list,
             replace: self.limits.extensions.replace,
             upload_status: true,
+            anonymous: self.auth.anonymous(),
         }
     }
 
     /// Answer one frame (JSON and binary part already read).
     pub async fn handle(&self, frame: Frame) -> Reply {
-        match self.admit(frame.json).await {
+        match self.admit_from(frame.json, None).await {
             Admission::Answer(reply) => reply,
             Admission::Proceed(request) => self.serve(request, frame.binary).await,
         }
@@ -305,6 +276,12 @@ impl Service {
     /// (the connection skips it); only an admitted FILE UPLOAD needs one
     /// ([`Admitted::wants_body`]).
     pub async fn admit(&self, json: Bytes) -> Admission {
+        self.admit_from(json, None).await
+    }
+
+    /// [`Service::admit`] for a request from `peer` (its address paces
+    /// password LOGINs).
+    pub async fn admit_from(&self, json: Bytes, peer: Option<IpAddr>) -> Admission {
         let msg = match Message::from_frame(Frame {
             json,
             binary: Bytes::new(),
@@ -322,20 +299,22 @@ impl Service {
                 );
             }
         };
-        self.admit_message(msg, Caller::Token).await
+        self.admit_message(msg, Caller::Token { peer }).await
     }
 
     /// Answer a request given as a message (in process, no frame), its
-    /// token checked as over the wire.
-    pub async fn serve_message(&self, msg: Message) -> Message {
-        self.answer(msg, Caller::Token).await
+    /// token checked as over the wire; `peer` is whom it comes from (an
+    /// HTTP client's address), for LOGIN's pacing.
+    pub async fn serve_message(&self, msg: Message, peer: Option<IpAddr>) -> Message {
+        self.answer(msg, Caller::Token { peer }).await
     }
 
-    /// Answer `msg` for `user` (from [`Service::user_of`]) in process: every
-    /// rule of a request over the wire applies — envelope, extensions,
-    /// LOGIN, the UPLOAD checks — except the token, which is not read.
-    pub async fn serve_as(&self, user: &str, msg: Message) -> Message {
-        self.answer(msg, Caller::Checked(user)).await
+    /// Answer `msg` for `identity` (from [`Service::identity_of`]) in
+    /// process: every rule of a request over the wire applies — envelope,
+    /// extensions, LOGIN, the access decision, the UPLOAD checks — except
+    /// the token, which is not read again.
+    pub async fn serve_as(&self, identity: &Identity, msg: Message) -> Message {
+        self.answer(msg, Caller::Checked(identity)).await
     }
 
     async fn answer(&self, msg: Message, caller: Caller<'_>) -> Message {
@@ -359,29 +338,30 @@ impl Service {
                     .into(),
             );
         }
+        let peer = match caller {
+            Caller::Token { peer } => peer,
+            Caller::Checked(_) => None,
+        };
         if op == Operation::Login {
-            return Admission::Answer(self.login(&msg, kind).await.into());
+            let caps = self.capabilities().to_json();
+            return Admission::Answer(self.auth.login(&msg, kind, peer, caps).await.into());
         }
-        let checked = match caller {
-            Caller::Checked(user) => Ok(user.to_owned()),
-            Caller::Token => self.authenticate(&msg, op),
+        let identity = match caller {
+            Caller::Checked(identity) => identity.clone(),
+            Caller::Token { .. } => match self.auth.authenticate(&msg, op).await {
+                Ok(identity) => identity,
+                Err(refusal) => return Admission::Answer(refusal.into()),
+            },
         };
-        let user = match checked {
-            Ok(user) => user,
-            Err(refusal) => {
-                // Why, never the token: a token is a credential.
-                debug!(%op, reason = refusal.message.status_msg(), "token refused");
-                // Only a presented token can be a guess. A request with no
-                // token at all (health probes: `--health-check`, /readyz) is
-                // refused at once, so a guessing flood cannot make the
-                // service look dead.
-                if refusal.guess {
-                    self.refusals.wait_turn().await;
-                }
-                return Admission::Answer(refusal.message.into());
-            }
-        };
-        self.admit_as(msg, op, kind, user)
+        // The one decision: what this operation does against what the
+        // caller's credential allows.
+        if let Some(access) = access::of_step(op, kind)
+            && let Err(refusal) = access::decide(Some(identity.scope), access)
+        {
+            info!(user = %identity.user, %op, %kind, "refused: {refusal}");
+            return Admission::Answer(refused_access(op, kind, refusal).into());
+        }
+        self.admit_as(msg, op, kind, identity.user)
     }
 
     /// [`Service::admit`] past the token: `user` is who the request acts for.
@@ -439,116 +419,13 @@ impl Service {
         }
     }
 
-    /// The user `token` names, checked as a request's token is (a refusal
-    /// is paced like any guess): an in-process caller checks a token once
-    /// and then serves every request of its exchange with
+    /// The identity `token` proves, checked as a request's token is (a
+    /// refusal is paced like any guess): an in-process caller checks a
+    /// token once and then serves every request of its exchange with
     /// [`Service::serve_as`].
-    pub async fn user_of(&self, token: &str) -> Result<String, Message> {
-        match self.tokens.verify(token, now_unix()) {
-            Ok(user) => Ok(user),
-            Err(e) => {
-                self.refusals.wait_turn().await;
-                Err(Message::response(
-                    "LOGIN",
-                    Kind::Auth.as_str(),
-                    Status::BadToken,
-                    e.to_string(),
-                ))
-            }
-        }
-    }
-
-    async fn login(&self, msg: &Message, kind: Kind) -> Message {
-        let refuse = |status: Status, text: String| {
-            Message::response(Operation::Login.as_str(), Kind::Auth.as_str(), status, text)
-        };
-        if kind != Kind::Auth {
-            return refuse(
-                Status::TypeNotAllowed,
-                "Type of LOGIN has to be AUTH.".into(),
-            );
-        }
-        let username = match msg.str_field(field::USERNAME) {
-            Ok(Some(u)) if !u.is_empty() && u.len() <= self.limits.max_username_len => u,
-            Ok(None) => {
-                return refuse(
-                    Status::FieldMissing,
-                    "\"username\" has to be a field for LOGIN".into(),
-                );
-            }
-            _ => {
-                return refuse(
-                    Status::FieldMissing,
-                    format!(
-                        "\"username\" must be a non-empty string of at most {} bytes",
-                        self.limits.max_username_len
-                    ),
-                );
-            }
-        };
-        let password = match msg.str_field(field::PASSWORD) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                return refuse(
-                    Status::FieldMissing,
-                    "\"password\" has to be a field for LOGIN".into(),
-                );
-            }
-            Err(e) => return refuse(Status::FieldMissing, e.to_string()),
-        };
-        match &self.login {
-            Login::Open => {
-                if !digest::password_matches(username, password) {
-                    info!(%username, "login refused: wrong password");
-                    return refuse(Status::WrongPassword, "Password error for login.".into());
-                }
-            }
-            Login::Accounts(verifier) => {
-                let account = match self.store.account_get(username).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        error!(%username, error = %e, "login refused: cannot read the accounts");
-                        return refuse(
-                            Status::WrongPassword,
-                            "Login is unavailable: the server cannot read its accounts.".into(),
-                        );
-                    }
-                };
-                let stored = account.as_ref().map(|a| a.password_hash.as_str());
-                if !verifier.verify(stored, password).await {
-                    // One answer for an unknown user and a wrong password;
-                    // the log (peer in the connection's span) tells them apart.
-                    warn!(%username, known = stored.is_some(), "login refused: wrong user or password");
-                    self.login_refusals.wait_turn().await;
-                    return refuse(Status::WrongPassword, "Password error for login.".into());
-                }
-            }
-        }
-        info!(%username, "login");
-        Message::response(
-            Operation::Login.as_str(),
-            Kind::Auth.as_str(),
-            Status::Ok,
-            "Login successfully",
-        )
-        .with(field::TOKEN, self.tokens.mint(username, now_unix()))
-        .with(field::CAPABILITIES, self.capabilities().to_json())
-    }
-
-    /// The user a request acts for, or the 403 the reference gives.
-    fn authenticate(&self, msg: &Message, op: Operation) -> Result<String, TokenRefusal> {
-        let refuse = |text: String, guess: bool| TokenRefusal {
-            message: Message::response(op.as_str(), Kind::Auth.as_str(), Status::BadToken, text),
-            guess,
-        };
-        let token = match msg.get(field::TOKEN) {
-            None => return Err(refuse("No token.".into(), false)),
-            Some(Value::String(t)) => t,
-            Some(_) => return Err(refuse("Token format is wrong.".into(), true)),
-        };
-        self.tokens
-            .verify(token, now_unix())
-            .map_err(|e| refuse(e.to_string(), true))
+    pub async fn identity_of(&self, token: &str) -> Result<Identity, Message> {
+        let msg = Message::request(Operation::Login, Kind::Auth).with(field::TOKEN, token);
+        self.auth.authenticate(&msg, Operation::Login).await
     }
 
     fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {

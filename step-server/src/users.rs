@@ -10,6 +10,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use crate::accounts::{AuthMode, hash_password, is_valid_hash};
+use crate::auth::PUBLIC_NAME;
 use crate::config::ServiceArgs;
 use crate::store::{Account, Storage, StoreError};
 
@@ -28,11 +29,12 @@ pub enum ServerCommand {
 pub enum UserCommand {
     /// Add an account; its password from a prompt, or a line on stdin.
     Add { name: String },
-    /// Remove an account (its files stay; its tokens live out their TTL).
+    /// Remove an account (its files stay; its tokens end within seconds).
     Remove { name: String },
     /// List the accounts' names, one a line.
     List,
-    /// Change an account's password (prompt, or a line on stdin).
+    /// Change an account's password (prompt, or a line on stdin); the
+    /// old password and every token minted before end within seconds.
     Passwd { name: String },
     /// Print the argon2id hash of a password (prompt or stdin), for a line
     /// `NAME:HASH` of --accounts-file; stores nothing.
@@ -60,7 +62,20 @@ fn check_name(name: &str) -> Result<(), UserError> {
             "a user name must be 1 to {MAX_NAME} bytes"
         )));
     }
+    if name == PUBLIC_NAME {
+        return Err(UserError::Invalid(format!(
+            "{PUBLIC_NAME:?} is the public identity's reserved name: no password logs in as it. \
+             To publish into the public area, add an account of another name and start the \
+             server with --public-user NAME"
+        )));
+    }
     Ok(())
+}
+
+/// A fresh account epoch: random, so a removed and re-added account never
+/// gets an epoch its old tokens were minted under.
+pub fn new_epoch() -> u64 {
+    rand::RngCore::next_u64(&mut rand::rng()).max(1)
 }
 
 /// The password: prompted for (twice, to catch typos) on a terminal, else
@@ -118,6 +133,7 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
             let account = Account {
                 name: name.clone(),
                 password_hash,
+                epoch: new_epoch(),
             };
             match storage.account_create(&account).await {
                 Err(StoreError::Exists) => Err(UserError::Exists(name.clone())),
@@ -131,16 +147,8 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
                 return Err(UserError::NoSuchUser(name.clone()));
             }
             let password_hash = hash_off_thread(read_password(Some(name))?).await?;
-            let account = Account {
-                name: name.clone(),
-                password_hash,
-            };
-            match storage.account_replace(&account).await {
-                Err(StoreError::NotFound) => Err(UserError::NoSuchUser(name.clone())),
-                r => r
-                    .map(|()| format!("changed the password of {name}\n"))
-                    .map_err(Into::into),
-            }
+            set_password(storage.as_ref(), name, password_hash).await?;
+            Ok(format!("changed the password of {name}\n"))
         }
         UserCommand::Remove { name } => match storage.account_delete(name).await {
             Err(StoreError::NotFound) => Err(UserError::NoSuchUser(name.clone())),
@@ -153,6 +161,25 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
             Ok(names.iter().map(|n| format!("{n}\n")).collect())
         }
         UserCommand::Hash => unreachable!("answered above"),
+    }
+}
+
+/// Give account `name` the password whose hash is `password_hash`, under a
+/// new epoch: the old password and every token minted before end at once
+/// (within the servers' epoch cache, two seconds).
+pub async fn set_password(
+    storage: &dyn Storage,
+    name: &str,
+    password_hash: String,
+) -> Result<(), UserError> {
+    let account = Account {
+        name: name.to_owned(),
+        password_hash,
+        epoch: new_epoch(),
+    };
+    match storage.account_replace(&account).await {
+        Err(StoreError::NotFound) => Err(UserError::NoSuchUser(name.to_owned())),
+        r => r.map_err(Into::into),
     }
 }
 
@@ -184,11 +211,17 @@ pub async fn import_accounts_file(storage: &dyn Storage, path: &Path) -> Result<
         accounts.push(Account {
             name: name.to_owned(),
             password_hash: hash.to_owned(),
+            epoch: new_epoch(),
         });
     }
     for account in &accounts {
         match storage.account_create(account).await {
-            Err(StoreError::Exists) => storage.account_replace(account).await?,
+            // Imported at every start: an unchanged password keeps its
+            // epoch (and its tokens); a changed one ends them.
+            Err(StoreError::Exists) => match storage.account_get(&account.name).await? {
+                Some(now) if now.password_hash == account.password_hash => {}
+                _ => storage.account_replace(account).await?,
+            },
             r => r?,
         }
     }

@@ -99,7 +99,7 @@ while [[ $step_port == "$http_port" ]]; do step_port=$(free_port); done
 # sending it, and hundreds of generated ones of up to 10^15 bytes would
 # otherwise meet the disk's free space (507) instead of the 413 documented
 # for lengths over the limit.
-env -u STEP_BACKEND -u GATEWAY_REQUIRE_AUTH -u GATEWAY_DEFAULT_USER -u GATEWAY_MAX_UPLOAD \
+env -u STEP_BACKEND -u GATEWAY_REQUIRE_AUTH -u STEP_PUBLIC_USER -u STEP_ANONYMOUS -u GATEWAY_MAX_UPLOAD \
     -u GATEWAY_CORS_ORIGINS -u STEP_DATA_DIR \
     "$bin" --bind 127.0.0.1 --port "$http_port" \
     --step-ip 127.0.0.1 --step-port "$step_port" \

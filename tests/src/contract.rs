@@ -1192,6 +1192,7 @@ fn account(name: &str, hash: &str) -> Account {
     Account {
         name: name.to_owned(),
         password_hash: hash.to_owned(),
+        epoch: 3,
     }
 }
 

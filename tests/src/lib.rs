@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use step_core::access::Anonymous;
 use step_core::token::TokenKey;
 use step_server::ConnectionLimits;
 use step_server::accounts::{AuthMode, hash_password};
+use step_server::auth::Public;
 use step_server::service::{Limits, Service};
 use step_server::store::{DiskStore, Storage};
 use tokio::net::TcpListener;
@@ -38,6 +40,9 @@ pub struct TestConfig {
     pub storage: Option<Arc<dyn Storage>>,
     /// How LOGIN checks passwords (`--auth`).
     pub auth: AuthMode,
+    /// What anonymous callers may do, as whom (`--anonymous`,
+    /// `--public-user`): write by default, as the gateway's tests use it.
+    pub public: Public,
 }
 
 impl Default for TestConfig {
@@ -49,6 +54,10 @@ impl Default for TestConfig {
             data_dir: None,
             storage: None,
             auth: AuthMode::Open,
+            public: Public {
+                anonymous: Anonymous::Write,
+                ..Public::default()
+            },
         }
     }
 }
@@ -84,7 +93,8 @@ impl TestServer {
         let service = Arc::new(
             Service::new(store, TokenKey::new(TEST_SECRET, cfg.token_ttl), cfg.limits)
                 .with_auth(cfg.auth)
-                .expect("auth mode"),
+                .expect("auth mode")
+                .with_public(cfg.public),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -112,6 +122,7 @@ impl TestServer {
         let account = step_server::store::Account {
             name: name.to_owned(),
             password_hash: hash_password(password).expect("hash"),
+            epoch: step_server::users::new_epoch(),
         };
         store.account_create(&account).await.expect("add account");
     }
@@ -165,6 +176,26 @@ pub async fn login(addr: SocketAddr, user: &str) -> step_core::StepClient {
         .await
         .expect("login");
     c
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (e.g.
+/// `127.0.0.2`: Linux routes all of 127/8 to loopback), so a test can play
+/// clients at different addresses.
+pub async fn tcp_from(source: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.parse().expect("an IPv4 address"), 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A STEP client connected to `addr` from the loopback address `source`.
+pub async fn connect_from(source: &str, addr: SocketAddr) -> step_core::StepClient {
+    let stream = tcp_from(source, addr).await.expect("connect");
+    step_core::StepClient::new(
+        step_core::Connection::Plain(stream),
+        step_core::StepCodec::default(),
+    )
 }
 
 /// `body` cut into numbered blocks of `block_size`.

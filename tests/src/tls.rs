@@ -90,11 +90,17 @@ impl TlsTestServer {
     pub async fn start(pki: &TestPki) -> TlsTestServer {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let store = DiskStore::open(data_dir.path()).expect("store");
-        let service = Arc::new(Service::new(
-            store,
-            TokenKey::new(TEST_SECRET, 86_400),
-            step_server::service::Limits::default(),
-        ));
+        let service = Arc::new(
+            Service::new(
+                store,
+                TokenKey::new(TEST_SECRET, 86_400),
+                step_server::service::Limits::default(),
+            )
+            .with_public(step_server::auth::Public {
+                anonymous: step_core::access::Anonymous::Write,
+                ..Default::default()
+            }),
+        );
         let files = step_server::tls::CertFiles::open(&pki.cert, &pki.key).expect("certificate");
         let acceptor = files.acceptor().expect("acceptor");
         let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");

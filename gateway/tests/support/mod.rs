@@ -58,10 +58,9 @@ pub async fn gateway_multi(
     transfer.backend_timeout = 2;
     transfer.pool_wait_ms = 300;
     tweak(&mut http, &mut transfer);
-    let default_user =
-        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
+    let anonymous = http.anonymous_wanted();
     let list = backends.iter().map(|a| (a.to_string(), None)).collect();
-    let backend = Backend::with_backends(list, transfer, default_user, Metrics::new());
+    let backend = Backend::with_backends(list, transfer, anonymous, Metrics::new());
     start(backend, http).await
 }
 
@@ -74,9 +73,8 @@ pub async fn gateway_in_process(
     let args = GatewayArgs::try_parse_from(["gateway"]).expect("defaults");
     let (mut http, mut transfer) = (args.http, args.transfer);
     tweak(&mut http, &mut transfer);
-    let default_user =
-        (!http.require_auth && !http.default_user.is_empty()).then(|| http.default_user.clone());
-    let backend = Backend::in_process(service, transfer, default_user, Metrics::new());
+    let anonymous = http.anonymous_wanted();
+    let backend = Backend::in_process(service, transfer, anonymous, Metrics::new());
     start(backend, http).await
 }
 
@@ -220,11 +218,17 @@ pub async fn step_on(
     secret: &[u8],
 ) -> tokio::task::JoinHandle<()> {
     let store = step_server::store::Store::open(&dir).expect("store");
-    let service = Arc::new(step_server::Service::new(
-        store,
-        step_core::token::TokenKey::new(secret, 86_400),
-        step_server::service::Limits::default(),
-    ));
+    let service = Arc::new(
+        step_server::Service::new(
+            store,
+            step_core::token::TokenKey::new(secret, 86_400),
+            step_server::service::Limits::default(),
+        )
+        .with_public(step_server::auth::Public {
+            anonymous: step_core::access::Anonymous::Write,
+            ..Default::default()
+        }),
+    );
     // The old server's socket may take a moment to go.
     let deadline = Instant::now() + Duration::from_secs(20);
     let listener = loop {

@@ -201,6 +201,10 @@ pub struct ListPage {
 pub struct Account {
     pub name: String,
     pub password_hash: String,
+    /// Bound into the account's tokens: a new one (password changed) ends
+    /// every token minted before. Accounts written before epochs read as 0.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// An unfinished upload opened for one block (UPLOAD): the service reads the
