@@ -32,12 +32,14 @@ wait_http "$B/readyz"
 head -c "$((PER << 20))" /dev/urandom > "$WORK/part"
 fill() {
   local folder=$1 mib=$2 n i
+  local uploads=()
   n=$(( (mib + PER - 1) / PER ))
   for i in $(seq "$n"); do
-    curl -sS -f -o /dev/null -T "$WORK/part" "$B/files/$folder/part-$i.bin" &
-    [ $((i % 4)) -eq 0 ] && wait
+    curl -sS -f -o /dev/null -T "$WORK/part" "$B/files/$folder/part-$i.bin" & uploads+=($!)
+    if [ ${#uploads[@]} -eq 4 ]; then wait "${uploads[@]}"; uploads=(); fi
   done
-  wait
+  # Only the uploads: a bare wait would wait for the servers too.
+  if [ ${#uploads[@]} -gt 0 ]; then wait "${uploads[@]}"; fi
 }
 fill small "$SMALL"
 fill large "$LARGE"

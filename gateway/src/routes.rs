@@ -53,6 +53,10 @@ pub const ROUTE_KINDS: &[(&str, &str, RouteKind)] = &[
     ("DELETE", "/files/{*key}", RouteKind::Needs(Access::Write)),
     ("GET", "/files", RouteKind::Needs(Access::Read)),
     ("GET", "/files/", RouteKind::Needs(Access::Read)),
+    // Zips of folders and selections; the page's downloads (a form post
+    // that only reads: its token comes from the form, see archive.rs).
+    ("GET", "/archive", RouteKind::Needs(Access::Read)),
+    ("POST", "/download", RouteKind::Needs(Access::Read)),
     ("POST", "/records", RouteKind::Needs(Access::Write)),
     ("PUT", "/records/{key}", RouteKind::Needs(Access::Write)),
     ("GET", "/records/{key}", RouteKind::Needs(Access::Read)),
@@ -65,8 +69,7 @@ pub const ROUTE_KINDS: &[(&str, &str, RouteKind)] = &[
     ("OPTIONS", "/tus/{id}", RouteKind::Open),
     ("POST", "/login", RouteKind::Open),
     ("GET", "/", RouteKind::Open),
-    ("GET", "/assets/app.js", RouteKind::Open),
-    ("GET", "/assets/style.css", RouteKind::Open),
+    ("GET", "/assets/{name}", RouteKind::Open),
     ("GET", "/healthz", RouteKind::Open),
     ("GET", "/readyz", RouteKind::Open),
     ("GET", "/metrics", RouteKind::Open),
