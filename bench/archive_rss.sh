@@ -22,7 +22,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 reset_hwm() { echo 5 > "/proc/$1/clear_refs"; }
 
 SPORT=$(free_port); HPORT=$(free_port)
-"$BIN/step-server" --ip 127.0.0.1 --port "$SPORT" --data-dir "$WORK/store" --log warn & SPID=$!; PIDS+=($SPID)
+"$BIN/step-server" --ip 127.0.0.1 --port "$SPORT" --data-dir "$WORK/store" --anonymous write --log warn & SPID=$!; PIDS+=($SPID)
 "$BIN/gateway" --bind 127.0.0.1 --port "$HPORT" --backend "127.0.0.1:$SPORT" --log warn & GPID=$!; PIDS+=($GPID)
 B="http://127.0.0.1:$HPORT"
 wait_http "$B/readyz"
