@@ -368,15 +368,22 @@ impl FromRequestParts<Arc<AppState>> for Auth {
     }
 }
 
-/// Middleware: a 401 to a script's request (`X-Requested-With:
-/// XMLHttpRequest`, as the page at `/` sends) keeps only the Bearer
+/// Middleware: a 401 to a script's request keeps only the Bearer
 /// challenge. A Basic challenge makes browsers open their own password
-/// dialog over the page, which has its own sign-in form.
+/// dialog over the page, which has its own sign-in form (and while that
+/// dialog waits, the page's request never ends). A script's request is one
+/// marked `X-Requested-With: XMLHttpRequest` (as the page sends), or any
+/// request a browser makes from a page rather than a navigation
+/// (`Sec-Fetch-Mode` other than `navigate`): fetch, XHR, images, media.
 pub async fn script_challenge(req: Request, next: Next) -> Response {
-    let script = req
-        .headers()
+    let h = req.headers();
+    let marked = h
         .get("x-requested-with")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    let from_page = h
+        .get("sec-fetch-mode")
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"navigate"));
+    let script = marked || from_page;
     let mut resp = next.run(req).await;
     if script && resp.status() == StatusCode::UNAUTHORIZED {
         let h = resp.headers_mut();

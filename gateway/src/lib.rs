@@ -9,14 +9,17 @@
 //! * [`access_log`] — one log line per request.
 
 pub mod access_log;
+pub mod archive;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod clash;
 pub mod conditional;
 pub mod config;
 pub mod csrf;
 pub mod download;
 pub mod error;
+pub mod listing;
 pub mod metrics;
 pub mod page;
 pub mod routes;
@@ -67,6 +70,8 @@ pub struct AppState {
     pub buffered: Arc<Semaphore>,
     /// tus uploads' per-upload locks and kept partial blocks.
     pub tus: tus::Tails,
+    /// Zip downloads being written (each holds a blocking thread).
+    pub archives: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -94,6 +99,7 @@ impl AppState {
             login_pacer: step_server::auth::AttemptPacer::per_minute(login_attempts_per_min),
             buffered,
             tus: tus::Tails::default(),
+            archives: Arc::new(Semaphore::new(archive::MAX_CONCURRENT)),
         })
     }
 }
@@ -179,8 +185,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/login", post(routes::login))
         .route("/records", post(routes::create_record))
         // The listing; `/files/` (an empty key) lists too.
-        .route("/files", get(routes::list_files))
-        .route("/files/", get(routes::list_files))
+        .route("/files", get(listing::list_files))
+        .route("/files/", get(listing::list_files))
+        // Folders and selections as one zip; the page's downloads.
+        .route("/archive", get(archive::get_archive))
+        .route("/download", post(archive::post_download))
         .route(
             "/records/{key}",
             put(routes::put_record)
@@ -206,6 +215,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            archive::form_credentials,
+        ))
         .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn_with_state(
             Arc::new(csrf::Policy::new(&state.http.cors_origins)),

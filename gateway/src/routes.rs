@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use step_core::Status;
 use step_core::access::Access;
@@ -22,6 +22,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::AppState;
+use crate::clash::{self, ClashQuery, OnClash};
 use crate::conditional;
 use crate::error::GatewayError;
 use crate::upload::{self, Overwrite, Stored};
@@ -52,6 +53,10 @@ pub const ROUTE_KINDS: &[(&str, &str, RouteKind)] = &[
     ("DELETE", "/files/{*key}", RouteKind::Needs(Access::Write)),
     ("GET", "/files", RouteKind::Needs(Access::Read)),
     ("GET", "/files/", RouteKind::Needs(Access::Read)),
+    // Zips of folders and selections; the page's downloads (a form post
+    // that only reads: its token comes from the form, see archive.rs).
+    ("GET", "/archive", RouteKind::Needs(Access::Read)),
+    ("POST", "/download", RouteKind::Needs(Access::Read)),
     ("POST", "/records", RouteKind::Needs(Access::Write)),
     ("PUT", "/records/{key}", RouteKind::Needs(Access::Write)),
     ("GET", "/records/{key}", RouteKind::Needs(Access::Read)),
@@ -64,8 +69,7 @@ pub const ROUTE_KINDS: &[(&str, &str, RouteKind)] = &[
     ("OPTIONS", "/tus/{id}", RouteKind::Open),
     ("POST", "/login", RouteKind::Open),
     ("GET", "/", RouteKind::Open),
-    ("GET", "/assets/app.js", RouteKind::Open),
-    ("GET", "/assets/style.css", RouteKind::Open),
+    ("GET", "/assets/{name}", RouteKind::Open),
     ("GET", "/healthz", RouteKind::Open),
     ("GET", "/readyz", RouteKind::Open),
     ("GET", "/metrics", RouteKind::Open),
@@ -172,9 +176,9 @@ pub async fn login(
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     key: Option<String>,
-    /// Replace an existing file (atomically) instead of refusing with 409.
-    #[serde(default)]
-    overwrite: bool,
+    /// What a name clash does (see `clash.rs`).
+    overwrite: Option<bool>,
+    rename: Option<bool>,
 }
 
 fn created(stored: Stored) -> Response {
@@ -219,6 +223,23 @@ impl Spooled {
         match self {
             Spooled::Memory(b, _) => b.len() as u64,
             Spooled::File(_, n, _) => *n,
+        }
+    }
+
+    /// The bytes from the start again, keeping the spool (an upload that
+    /// lost its name to another tries the next one with them).
+    pub(crate) async fn replay(&self) -> Result<ByteStream, GatewayError> {
+        match self {
+            Spooled::Memory(b, _) => Ok(Box::pin(futures::stream::iter([Ok(b.clone())]))),
+            Spooled::File(f, _, _) => {
+                let io = |e: std::io::Error| {
+                    GatewayError::Internal(format!("reading the spooled upload: {e}"))
+                };
+                let mut f = f.try_clone().await.map_err(io)?;
+                f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).map_err(io);
+                Ok(Box::pin(s))
+            }
         }
     }
 
@@ -308,6 +329,46 @@ async fn store_spooled(
         overwrite,
     )
     .await
+    .map_err(|e| clash::explain(e, key))
+}
+
+/// Store `spooled` under the first free name of `key` (see `clash.rs`).
+async fn store_renamed(
+    st: &Arc<AppState>,
+    auth: &Auth,
+    key: &str,
+    spooled: Spooled,
+) -> Result<Stored, GatewayError> {
+    let spooled = &spooled;
+    clash::with_free_name(st, auth, key, |name| async move {
+        let stream = spooled.replay().await?;
+        upload::store_with(
+            &st.backend,
+            &auth.token,
+            auth.default,
+            &name,
+            spooled.len(),
+            stream,
+            Overwrite::Never,
+        )
+        .await
+    })
+    .await
+}
+
+/// Store a spooled upload as the request's clash choice says.
+async fn store_choice(
+    st: &Arc<AppState>,
+    auth: &Auth,
+    key: &str,
+    spooled: Spooled,
+    on_clash: OnClash,
+) -> Result<Stored, GatewayError> {
+    match on_clash {
+        OnClash::Rename => store_renamed(st, auth, key, spooled).await,
+        OnClash::Replace => store_spooled(st, auth, key, spooled, Overwrite::Always).await,
+        OnClash::Refuse => store_spooled(st, auth, key, spooled, Overwrite::Never).await,
+    }
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> GatewayError {
@@ -357,12 +418,12 @@ pub async fn upload_multipart(
         // name with control characters, which openapi.yaml forbids — is
         // refused as a whole rather than half-accepted.
         while form.next_field().await.map_err(bad)?.is_some() {}
-        let overwrite = if q.overwrite {
-            Overwrite::Always
-        } else {
-            Overwrite::Never
+        let clash = ClashQuery {
+            overwrite: q.overwrite,
+            rename: q.rename,
         };
-        let stored = store_spooled(&st, &auth, &key, spooled, overwrite).await?;
+        let on_clash = clash.choice(OnClash::Refuse)?;
+        let stored = store_choice(&st, &auth, &key, spooled, on_clash).await?;
         return Ok(created(stored));
     }
     Err(GatewayError::BadRequest(
@@ -412,20 +473,29 @@ async fn write_preconditions(
 
 /// `PUT /files/{key}`: the raw body is the file, streamed straight through
 /// when Content-Length is given, spooled when it is not. An existing file is
-/// replaced atomically; `If-None-Match: *` makes it create-only and
-/// `If-Match` replaces only the version it names (412 otherwise).
+/// replaced atomically; `If-None-Match: *` (or `?overwrite=false`) makes it
+/// create-only, `If-Match` replaces only the version it names (412
+/// otherwise), and `?rename=true` stores it under a free name instead
+/// (spooled first, so it can move on to the next name).
 pub async fn put_file(
     State(st): State<Arc<AppState>>,
     auth: Auth,
     Key(key): Key,
+    query: Result<Query<ClashQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
+    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    let on_clash = q.clash_choice_for_put(&headers)?;
+    if on_clash == OnClash::Rename {
+        let spooled = spool(&st, Box::pin(body_chunks(body))).await?;
+        return store_renamed(&st, &auth, &key, spooled).await.map(created);
+    }
     let pinned = write_preconditions(&st, &auth, &key, &headers).await?;
     let create_only = conditional::create_only(&headers);
     let overwrite = match pinned {
         Some(md5) => Overwrite::IfMd5(md5),
-        None if create_only => Overwrite::Never,
+        None if create_only || on_clash == OnClash::Refuse => Overwrite::Never,
         None => Overwrite::Always,
     };
     let conditional = create_only || matches!(overwrite, Overwrite::IfMd5(_));
@@ -451,6 +521,16 @@ pub async fn put_file(
     }
 }
 
+fn body_chunks(body: Body) -> impl Stream<Item = Result<Bytes, GatewayError>> {
+    body.into_data_stream().map_err(|e| {
+        if crate::body::is_too_slow(&e) {
+            GatewayError::BodyTimeout(e.to_string())
+        } else {
+            GatewayError::BadRequest(format!("reading the request body: {e}"))
+        }
+    })
+}
+
 async fn put_body(
     st: &Arc<AppState>,
     auth: &Auth,
@@ -459,13 +539,7 @@ async fn put_body(
     body: Body,
     overwrite: Overwrite,
 ) -> Result<Stored, GatewayError> {
-    let chunks = body.into_data_stream().map_err(|e| {
-        if crate::body::is_too_slow(&e) {
-            GatewayError::BodyTimeout(e.to_string())
-        } else {
-            GatewayError::BadRequest(format!("reading the request body: {e}"))
-        }
-    });
+    let chunks = body_chunks(body);
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -484,82 +558,13 @@ async fn put_body(
                 overwrite,
             )
             .await
+            .map_err(|e| clash::explain(e, key))
         }
         None => {
             let spooled = spool(st, Box::pin(chunks)).await?;
             store_spooled(st, auth, key, spooled, overwrite).await
         }
     }
-}
-
-/// Query of `GET /files`.
-#[derive(Debug, Deserialize)]
-pub struct ListParams {
-    #[serde(default)]
-    prefix: String,
-    limit: Option<u64>,
-    cursor: Option<String>,
-}
-
-/// Entries per listing page unless `?limit=` says otherwise, and at most.
-pub const LIST_DEFAULT_LIMIT: u64 = 100;
-pub const LIST_MAX_LIMIT: u64 = 1000;
-
-/// One file in `GET /files`.
-#[derive(Debug, Serialize)]
-pub struct ListedFile {
-    key: String,
-    size: u64,
-    md5: String,
-    /// What `GET /files/{key}` sends as `ETag`.
-    etag: String,
-    /// RFC 3339, UTC.
-    last_modified: String,
-}
-
-/// `GET /files`.
-#[derive(Debug, Serialize)]
-pub struct Listing {
-    files: Vec<ListedFile>,
-    /// Pass as `?cursor=` for the next page; null on the last.
-    next_cursor: Option<String>,
-}
-
-/// `GET /files` (and `GET /files/`): the caller's complete files in key
-/// order, a page at a time.
-pub async fn list_files(
-    State(st): State<Arc<AppState>>,
-    auth: Auth,
-    query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Listing>, GatewayError> {
-    let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
-    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
-    if !(1..=LIST_MAX_LIMIT).contains(&limit) {
-        return Err(GatewayError::BadRequest(format!(
-            "limit must be from 1 to {LIST_MAX_LIMIT}"
-        )));
-    }
-    let page = st
-        .with_token(&auth, |t| {
-            let backend = Arc::clone(&st.backend);
-            let (prefix, cursor) = (q.prefix.clone(), q.cursor.clone());
-            async move { backend.file_list(&t, prefix, cursor, limit).await }
-        })
-        .await?;
-    Ok(Json(Listing {
-        files: page
-            .files
-            .into_iter()
-            .map(|f| ListedFile {
-                etag: crate::conditional::etag(&f.md5),
-                last_modified: crate::conditional::rfc3339(f.last_modified),
-                key: f.key,
-                size: f.size,
-                md5: f.md5,
-            })
-            .collect(),
-        next_cursor: page.next,
-    }))
 }
 
 /// `GET` and `HEAD /files/{key}` (HEAD: the same headers, no body).

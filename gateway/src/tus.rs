@@ -52,6 +52,7 @@ use tracing::{debug, info};
 
 use crate::AppState;
 use crate::backend::TransferPlan;
+use crate::clash::{ClashQuery, OnClash};
 use crate::error::GatewayError;
 use crate::routes::{self, Auth};
 
@@ -76,9 +77,11 @@ const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 pub const STEP_BLOCK_SIZE: HeaderName = HeaderName::from_static("step-block-size");
 
 mod blocks;
+mod create;
 mod tails;
 
 use blocks::Blocks;
+pub use create::create;
 use tails::SlotGuard;
 pub use tails::Tails;
 
@@ -395,113 +398,6 @@ async fn max_size(st: &AppState) -> Option<u64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-// ------------------------------------------------------------ creation
-
-/// `POST /tus/`: a FILE SAVE for `Upload-Length` bytes under the
-/// `filename` of `Upload-Metadata` (else a fresh uuid); with a body, its
-/// bytes are written at offset 0 (creation-with-upload).
-pub async fn create(
-    State(st): State<Arc<AppState>>,
-    auth: Auth,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, GatewayError> {
-    require_version(&headers)?;
-    if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
-        return Err(GatewayError::BadRequest(
-            "Upload-Defer-Length is not supported: send Upload-Length".into(),
-        ));
-    }
-    let size = u64_header(&headers, &UPLOAD_LENGTH)?
-        .ok_or_else(|| GatewayError::BadRequest("Upload-Length is required".into()))?;
-    routes::check_size(&st, size)?;
-    let with_upload = has_body(&headers);
-    if with_upload && !content_type_is_offset_stream(&headers) {
-        return Err(GatewayError::UnsupportedMediaType(format!(
-            "a body sent with the creation must be {OFFSET_STREAM}"
-        )));
-    }
-    let sum = checksum(&headers)?;
-    let key = filename(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let (token, r, expiry, tp) = st
-        .with_token(&auth, |t| {
-            let (st, key) = (Arc::clone(&st), key.clone());
-            async move {
-                let (r, expiry, tp) = begin(&st, &t, key, size).await?;
-                Ok((t, r, expiry, tp))
-            }
-        })
-        .await?;
-    info!(key = %r.key, size, "tus upload created");
-    let mut offset = if r.upload_id.is_none() { size } else { 0 };
-    let mut failure = None;
-    if with_upload && r.upload_id.is_some() {
-        let slot = st.tus.lock(&auth.user, &r).await?;
-        let found = Found::Open {
-            prefix: 0,
-            tp,
-            expiry,
-            last_active: 0,
-        };
-        match spawn_write(&st, token, r.clone(), slot, found, 0, sum, body).await {
-            Ok(p) => offset = p.offset,
-            // The upload exists: its URL goes back with the error's status
-            // so the client can resume it.
-            Err(e) => failure = Some(e),
-        }
-    }
-    let mut resp = match failure {
-        Some(e) => e.into_response(),
-        None => StatusCode::CREATED.into_response(),
-    };
-    set(&mut resp, header::LOCATION, r.location());
-    set(&mut resp, UPLOAD_OFFSET, offset);
-    set(&mut resp, STEP_BLOCK_SIZE, r.block_size);
-    if offset < size {
-        expires(&mut resp, expiry);
-    }
-    Ok(resp)
-}
-
-/// SAVE a new upload; its URL, the server's upload expiry, and the
-/// transfer settings for its blocks.
-async fn begin(
-    st: &AppState,
-    token: &str,
-    key: String,
-    size: u64,
-) -> Result<(UploadRef, Option<u64>, TransferPlan), GatewayError> {
-    let mut conn = st.backend.conn(token).await?;
-    let caps = conn.capabilities();
-    if !caps.resume {
-        return Err(no_resume());
-    }
-    if let Some(max) = caps.max_file_size
-        && size > max
-    {
-        return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
-        )));
-    }
-    let tp = st.backend.plan_for(&conn);
-    let opts = SaveOptions {
-        block_size: tp.block_size,
-        resume: false,
-    };
-    let saved = conn.file_save(Some(&key), size, opts).await;
-    let plan = saved.map_err(|e| st.backend.step_error(e))?;
-    if plan.upload_id.is_none() && size > 0 {
-        return Err(no_resume());
-    }
-    let r = UploadRef {
-        key: plan.key,
-        upload_id: plan.upload_id,
-        size,
-        block_size: plan.block_size.max(1),
-    };
-    Ok((r, caps.upload_expiry, tp))
 }
 
 // ------------------------------------------------------------ HEAD

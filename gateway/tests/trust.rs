@@ -92,7 +92,10 @@ fn concrete(gw: &Gateway, method: &str, route: &str, tus: &str) -> reqwest::Requ
     let path = if route == "/tus/{id}" {
         tus.to_owned()
     } else {
-        route.replace("{*key}", "t.txt").replace("{key}", "r1")
+        route
+            .replace("{*key}", "t.txt")
+            .replace("{key}", "r1")
+            .replace("{name}", "app.js")
     };
     let method = Method::from_bytes(method.as_bytes()).expect("method");
     let req = gw

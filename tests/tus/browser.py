@@ -8,9 +8,9 @@ gateway/tests/browser.rs).
    appear in the listing;
 2. resume after a page reload: half of a third file is uploaded over tus
    beforehand and its upload URL is in the page's localStorage, as an
-   interrupted upload leaves it; the page is reloaded, the file chosen
-   again, and the page must continue from the server's offset;
-3. deletes the first file with its Delete button (accepting the prompt);
+   interrupted upload leaves it; the page is reloaded, says so, the file is
+   chosen again, and the page must continue from the server's offset;
+3. deletes a file with its Delete button (confirming in the page's dialog);
 4. with STEP_SCREENSHOT=path set, saves a PNG of the page on the way.
 
 With `auth` (a gateway that requires a token): the page must show its
@@ -151,11 +151,12 @@ def main(base, workdir):
         # Resume across a page reload.
         third = make(workdir, "big video.mp4", 2_000_000, 3)
         url, offset = tus_half(base, third, "big video.mp4")
-        fp = f"big video.mp4|2000000|{1_700_000_000 * 1000}"
-        # The page keeps them per user; "" is the anonymous one.
+        # The page keeps them per user ("" is the anonymous one), by key
+        # and size.
         d.execute_script(
             "localStorage.setItem('step-tus-uploads:', JSON.stringify(arguments[0]))",
-            {fp: {"url": url, "name": "big video.mp4", "size": 2_000_000}},
+            {"big video.mp4|2000000": {"url": url, "key": "big video.mp4",
+                                       "name": "big video.mp4", "size": 2_000_000}},
         )
         d.refresh()
         WebDriverWait(d, PATIENCE).until(EC.visibility_of_element_located((By.ID, "pending")))
@@ -174,10 +175,12 @@ def main(base, workdir):
         if listing:
             deleted = "notes.txt"
             row = d.find_element(By.CSS_SELECTOR, f'#file-rows tr[data-key="{deleted}"]')
-            row.find_element(By.CSS_SELECTOR, "button.delete").click()
-            WebDriverWait(d, PATIENCE).until(EC.alert_is_present())
-            d.switch_to.alert.accept()
-            WebDriverWait(d, PATIENCE).until(EC.staleness_of(row))
+            row.find_element(By.CSS_SELECTOR, "button.danger").click()
+            # The page asks in its own dialog.
+            WebDriverWait(d, PATIENCE).until(EC.visibility_of_element_located((By.ID, "confirm")))
+            d.find_element(By.ID, "confirm-yes").click()
+            WebDriverWait(d, PATIENCE).until(lambda d: not d.find_elements(
+                By.CSS_SELECTOR, f'#file-rows tr[data-key="{deleted}"]'))
         print(json.dumps({
             "uploaded": [os.path.basename(f) for f in files] + ["big video.mp4"],
             "deleted": deleted,

@@ -355,13 +355,14 @@ def state(base, workdir):
         # alice resumes (the upload is running again), then signs out.
         d.find_element(By.ID, "file-input").send_keys(path)
         WebDriverWait(d, PATIENCE).until(
-            lambda d: "Resuming" in d.find_element(By.CSS_SELECTOR, "#uploads li .info").text
+            lambda d: "Continuing" in d.find_element(By.CSS_SELECTOR, "#uploads li .info").text
             or "/s" in d.find_element(By.CSS_SELECTOR, "#uploads li .info").text)
         d.find_element(By.ID, "logout").click()
+        # The page asks first, in its own dialog.
         try:
-            WebDriverWait(d, 5).until(EC.alert_is_present())
-            report["confirm"] = d.switch_to.alert.text
-            d.switch_to.alert.accept()
+            WebDriverWait(d, 5).until(EC.visibility_of_element_located((By.ID, "confirm")))
+            report["confirm"] = d.find_element(By.ID, "confirm").text
+            d.find_element(By.ID, "confirm-yes").click()
         except Exception:
             report["confirm"] = None
         WebDriverWait(d, PATIENCE).until(EC.invisibility_of_element_located((By.ID, "who")))

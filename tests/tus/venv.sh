@@ -24,5 +24,5 @@ skip() {
 # shellcheck source=../python/pinned_venv.sh
 . "$here/../python/pinned_venv.sh"
 pinned_venv "$python" "$venv" "$requirements" \
-    "$venv/bin/python" -c 'import tusclient, selenium'
+    "$venv/bin/python" -c 'import tusclient, selenium, axe_selenium_python'
 echo "$venv/bin/python"
