@@ -58,7 +58,7 @@ impl Backend for Bucket {
     }
 
     async fn current(&self, key: &Key) -> StoreResult<Option<FileMeta>> {
-        self.get_json(&self.meta_path(key)).await
+        self.current_meta(key).await
     }
 
     async fn kept_version(&self, key: &Key, id: &str) -> StoreResult<Option<FileMeta>> {
@@ -187,7 +187,16 @@ impl Backend for Bucket {
         current: Option<&FileMeta>,
     ) -> StoreResult<()> {
         held.changing = true;
-        let published = self.swap_meta(&held.names, current, meta).await;
+        let published = match &self.coord {
+            Some(_) => match self.publish_fenced(held, current, meta).await {
+                Ok(()) => {
+                    self.remove_replaced(&held.names, current, meta).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            None => self.swap_meta(&held.names, current, meta).await,
+        };
         held.settle(published)
     }
 
@@ -202,6 +211,10 @@ impl Backend for Bucket {
 
     async fn remove_file(&self, held: &mut HeldKey) -> StoreResult<()> {
         held.changing = true;
+        if let Some(coord) = &self.coord {
+            let removed = self.remove_fenced(coord.as_ref(), held).await;
+            return held.settle(removed);
+        }
         let n = &held.names;
         // Meta first: from that instant the file is no longer complete.
         let removed = match self.store.delete(&self.meta_path(n)).await {
@@ -223,6 +236,7 @@ impl Backend for Bucket {
         let n = &held.names;
         self.delete_paths(vec![
             self.retired_meta_path(n, id),
+            self.version_meta_path(&n.id.0, &n.id.1, id),
             self.content_path(n, id),
             self.sums_path(n, id),
         ])
@@ -254,6 +268,9 @@ impl Backend for Bucket {
                 "removing blocks of uploads that are gone"
             );
             self.delete_paths(orphans).await?;
+        }
+        if let Some(coord) = &self.coord {
+            self.sweep_uncommitted(coord.as_ref(), cutoff_ms).await?;
         }
         Ok(())
     }
@@ -332,19 +349,33 @@ impl Bucket {
                 .await?;
         }
         self.put_json(&self.meta_path(n), meta).await?;
-        if current.is_none() {
-            return Ok(());
-        }
-        // Earlier replaced versions: everything in the key's content
-        // directory but the new version and the one just replaced.
-        let keep: Vec<&str> = [meta.upload_id.as_deref(), old.as_deref()]
+        self.remove_replaced(n, current, meta).await;
+        Ok(())
+    }
+
+    /// After `meta` replaced `current`: the versions replaced before it go
+    /// (everything in the key's content directory but the new version and
+    /// the one just replaced). What cannot be removed now goes at the next
+    /// replace or DELETE.
+    async fn remove_replaced(&self, n: &Key, current: Option<&FileMeta>, meta: &FileMeta) {
+        let Some(current) = current else {
+            return;
+        };
+        let old = current.upload_id.as_deref();
+        let keep: Vec<&str> = [meta.upload_id.as_deref(), old]
             .into_iter()
             .flatten()
             .collect();
         let mut stale = Vec::new();
         let mut list = self.store.list(Some(&self.content_dir(n)));
         while let Some(m) = list.next().await {
-            let m = m.map_err(store_err)?;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(user = %n.user, key = %n.key, error = %e, "cannot list replaced versions yet");
+                    return;
+                }
+            };
             let version = m
                 .location
                 .filename()
@@ -358,6 +389,5 @@ impl Bucket {
         if let Err(e) = self.delete_paths(stale).await {
             warn!(user = %n.user, key = %n.key, error = %e, "cannot remove replaced versions yet");
         }
-        Ok(())
     }
 }

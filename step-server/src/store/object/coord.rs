@@ -43,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::api::{StoreError, StoreResult};
-use crate::store::keylock::{KeyGuard, LockMap};
 
 /// A lease lives this long unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -73,6 +72,17 @@ pub trait Lease: Send + Sync + Debug {
     /// point, so a holder that lost it (stalled past [`LEASE_TTL`], engine
     /// lost its data) writes nothing more.
     async fn check(&self) -> StoreResult<()>;
+    /// Point `pointer` at `new` (`None`: at nothing) if it still points at
+    /// `expected`, in one step with checking this lease is still held: the
+    /// commit point of a record or a file's meta. A holder that lost the
+    /// lease (stalled past [`LEASE_TTL`]) fails here, whatever it wrote
+    /// before under a name of its own.
+    async fn swap(
+        &self,
+        pointer: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> StoreResult<()>;
 }
 
 /// The coordination engine, as the object store uses it. Names are opaque
@@ -96,6 +106,14 @@ pub trait Coord: Send + Sync + Debug {
     async fn forget(&self, upload_id: &str) -> StoreResult<()>;
     /// Whether the engine answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
+    /// The version `pointer` names (set by [`Lease::swap`]).
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>>;
+    /// Several pointers in one request (listings, the sweep).
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>>;
+}
+
+fn lost_lease() -> StoreError {
+    StoreError::Unavailable("lost the key's lease to another instance".into())
 }
 
 fn now_ms() -> u64 {
@@ -110,7 +128,8 @@ fn now_ms() -> u64 {
 // ------------------------------------------------------------------ Redis
 
 /// Coordination in Redis 7. Keys (under `step:<namespace>:`): `lease:<name>`
-/// (holder's token, with a TTL), `cur:<key>` (current upload id), and per
+/// (holder's token, with a TTL), `ptr:<name>` (the current version of a
+/// record or a file, no TTL), `cur:<key>` (current upload id), and per
 /// upload `bits:<id>` (a bitmap of received blocks) and `up:<id>` (a hash:
 /// `count`, `last_ms`). Per-upload keys and `cur:` expire
 /// `state_ttl` after their last block or SAVE (the upload expiry, doubled),
@@ -161,6 +180,23 @@ return 0";
 
 /// Whether `ARGV[1]` holds the lease.
 const HOLDS: &str = r"return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0";
+
+/// KEYS: lease, pointer. ARGV: token, expected ('' for none), new ('' for
+/// none). 1: swapped; -1: the lease is not the token's; -2: the pointer
+/// moved.
+const SWAP: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then
+  return -2
+end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1";
 
 /// KEYS: cur, bits, up. ARGV: upload id, index, ttl ms, now ms.
 const MARK: &str = r"
@@ -276,6 +312,7 @@ impl Coord for RedisCoord {
             conn,
             key,
             token,
+            ns: self.ns.clone(),
             lost,
             stop,
         }))
@@ -378,6 +415,24 @@ impl Coord for RedisCoord {
             .map(|_| ())
             .map_err(engine_err)
     }
+
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.conn().await?;
+        conn.get(self.k("ptr", pointer)).await.map_err(engine_err)
+    }
+
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if pointers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let keys: Vec<String> = pointers.iter().map(|p| self.k("ptr", p)).collect();
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(engine_err)
+    }
 }
 
 /// Keep `key` ours until `stop`; on a failed or refused renewal, say the
@@ -423,6 +478,8 @@ struct RedisLease {
     conn: ConnectionManager,
     key: String,
     token: String,
+    /// The engine's key prefix (`step:<namespace>:`), for pointers.
+    ns: String,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -438,9 +495,8 @@ impl Debug for RedisLease {
 #[async_trait]
 impl Lease for RedisLease {
     async fn check(&self) -> StoreResult<()> {
-        let lost = || StoreError::Unavailable("lost the key's lease to another instance".into());
         if self.lost.load(Ordering::Acquire) {
-            return Err(lost());
+            return Err(lost_lease());
         }
         let mut conn = self.conn.clone();
         let holds: i64 = Script::new(HOLDS)
@@ -449,7 +505,38 @@ impl Lease for RedisLease {
             .invoke_async(&mut conn)
             .await
             .map_err(engine_err)?;
-        if holds == 1 { Ok(()) } else { Err(lost()) }
+        if holds == 1 {
+            Ok(())
+        } else {
+            Err(lost_lease())
+        }
+    }
+
+    async fn swap(
+        &self,
+        pointer: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> StoreResult<()> {
+        // Not short-cut by `lost`: the engine's answer is the one that
+        // counts, and it is a single round trip either way.
+        let mut conn = self.conn.clone();
+        let swapped: i64 = Script::new(SWAP)
+            .key(&self.key)
+            .key(format!("{}ptr:{pointer}", self.ns))
+            .arg(&self.token)
+            .arg(expected.unwrap_or(""))
+            .arg(new.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        match swapped {
+            1 => Ok(()),
+            -1 => Err(lost_lease()),
+            _ => Err(StoreError::Unavailable(
+                "the key changed under its lease".into(),
+            )),
+        }
     }
 }
 
@@ -480,18 +567,24 @@ impl Drop for RedisLease {
 
 /// Coordination within one process: several [`super::ObjectStorage`]s
 /// sharing one `MemoryCoord` (and one bucket) behave as separate instances
-/// would with [`RedisCoord`]. Leases never expire here (a holder cannot
-/// vanish without dropping its lease).
+/// would with [`RedisCoord`]. Leases never expire by themselves here (a
+/// holder cannot vanish without dropping its lease); [`MemoryCoord::lapse`]
+/// makes them lapse as a stalled holder's would.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryCoord {
     state: Arc<Mutex<MemoryState>>,
-    leases: Arc<LockMap<String>>,
+    /// Woken when a lease is released or lapses.
+    freed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
 struct MemoryState {
     current: HashMap<String, String>,
     uploads: HashMap<String, (Vec<bool>, u64, Option<u64>)>,
+    /// Held leases: name, holder's token.
+    leases: HashMap<String, u64>,
+    tokens: u64,
+    pointers: HashMap<String, String>,
     /// When set, every operation fails as an unreachable engine would.
     down: bool,
 }
@@ -501,15 +594,23 @@ impl MemoryCoord {
         MemoryCoord::default()
     }
 
-    /// Leases held or waited for now (tests).
+    /// Leases held now (tests).
     #[cfg(test)]
     pub fn leases_held(&self) -> usize {
-        self.leases.len()
+        self.lock().leases.len()
     }
 
     /// Make the engine unreachable (`true`) or reachable again (tests).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Every lease held now lapses, as if its holder had stalled past
+    /// [`LEASE_TTL`]: others may take them, and their holders' commits
+    /// fail (tests).
+    pub fn lapse(&self) {
+        self.lock().leases.clear();
+        self.freed.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -524,30 +625,93 @@ impl MemoryCoord {
             Ok(st)
         }
     }
+
+    /// Take `name`'s lease if it is free: the holder's token.
+    fn try_lease(&self, name: &str) -> StoreResult<Option<u64>> {
+        let mut st = self.up()?;
+        if st.leases.contains_key(name) {
+            return Ok(None);
+        }
+        st.tokens += 1;
+        let token = st.tokens;
+        st.leases.insert(name.to_owned(), token);
+        Ok(Some(token))
+    }
 }
 
 #[derive(Debug)]
 struct MemoryLease {
-    _guard: KeyGuard<String, ()>,
+    name: String,
+    token: u64,
     coord: MemoryCoord,
+}
+
+impl MemoryLease {
+    fn held<'a>(&self, st: &'a mut MemoryState) -> StoreResult<&'a mut MemoryState> {
+        if st.leases.get(&self.name) == Some(&self.token) {
+            Ok(st)
+        } else {
+            Err(lost_lease())
+        }
+    }
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        let mut st = self.coord.lock();
+        if st.leases.get(&self.name) == Some(&self.token) {
+            st.leases.remove(&self.name);
+        }
+        drop(st);
+        self.coord.freed.notify_waiters();
+    }
 }
 
 #[async_trait]
 impl Lease for MemoryLease {
     async fn check(&self) -> StoreResult<()> {
-        self.coord.up().map(|_| ())
+        let mut st = self.coord.up()?;
+        self.held(&mut st).map(|_| ())
+    }
+
+    async fn swap(
+        &self,
+        pointer: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut guard = self.coord.up()?;
+        let st = self.held(&mut guard)?;
+        if st.pointers.get(pointer).map(String::as_str) != expected {
+            return Err(StoreError::Unavailable(
+                "the key changed under its lease".into(),
+            ));
+        }
+        match new {
+            Some(v) => st.pointers.insert(pointer.to_owned(), v.to_owned()),
+            None => st.pointers.remove(pointer),
+        };
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Coord for MemoryCoord {
     async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
-        drop(self.up()?);
-        let guard = self.leases.lock(name.to_owned()).await;
-        Ok(Box::new(MemoryLease {
-            _guard: guard,
-            coord: self.clone(),
-        }))
+        loop {
+            // Registered before trying, so a release in between wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(token) = self.try_lease(name)? {
+                return Ok(Box::new(MemoryLease {
+                    name: name.to_owned(),
+                    token,
+                    coord: self.clone(),
+                }));
+            }
+            freed.await;
+        }
     }
 
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
@@ -611,6 +775,18 @@ impl Coord for MemoryCoord {
 
     async fn ping(&self) -> StoreResult<()> {
         self.up().map(|_| ())
+    }
+
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        Ok(self.up()?.pointers.get(pointer).cloned())
+    }
+
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let st = self.up()?;
+        Ok(pointers
+            .iter()
+            .map(|p| st.pointers.get(p).cloned())
+            .collect())
     }
 }
 

@@ -18,7 +18,7 @@ use super::coord::Coord;
 use super::io::{lock, other, store_err};
 use super::names::lease_name;
 use super::{Bucket, KNOWN_PLANS, KeyState, Upload, UploadState};
-use crate::store::api::{FileMeta, PlanRecord, StoreResult};
+use crate::store::api::{PlanRecord, StoreResult};
 use crate::store::files::{Activity, Key, KeyId};
 
 /// What a LIST of `up/` found for one key.
@@ -120,7 +120,7 @@ impl Bucket {
             self.ledger.remove(&n.id);
             return Ok(());
         };
-        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        let current = self.current_meta(n).await?;
         if current.is_some_and(|meta| {
             state.replace.is_none() || meta.upload_id.as_deref() == Some(&state.upload_id)
         }) {

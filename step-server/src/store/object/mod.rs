@@ -151,6 +151,7 @@ mod assembly;
 mod backend;
 mod blocks;
 pub mod coord;
+mod fenced;
 mod io;
 mod load;
 mod names;
