@@ -907,6 +907,18 @@ impl Coord for JitteryCoord {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointer(pointer).await;
+        self.jitter.pause().await;
+        r
+    }
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointers(pointers).await;
+        self.jitter.pause().await;
+        r
+    }
 }
 
 // ------------------------------------------------------------------ actors
