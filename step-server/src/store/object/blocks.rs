@@ -291,9 +291,7 @@ impl Bucket {
             } else {
                 StoreError::NotPlanned
             }),
-            None if self.is_complete(&sink.names).await? => {
-                Err(StoreError::AlreadyComplete)
-            }
+            None if self.is_complete(&sink.names).await? => Err(StoreError::AlreadyComplete),
             None => Err(StoreError::NotPlanned),
         }
     }

@@ -109,11 +109,7 @@ impl Bucket {
                 .map_err(store_err)
         };
         let own_path = self.version_meta_path(&n.id.0, &n.id.1, new);
-        let (own, retired, indexed) = futures::join!(
-            self.put_json(&own_path, meta),
-            retire,
-            index
-        );
+        let (own, retired, indexed) = futures::join!(self.put_json(&own_path, meta), retire, index);
         own?;
         retired?;
         indexed?;
@@ -224,10 +220,7 @@ impl Bucket {
         let mut orphans = self.uncommitted_records(coord, cutoff_ms).await?;
         orphans.extend(self.uncommitted_versions(coord, cutoff_ms).await?);
         if !orphans.is_empty() {
-            info!(
-                objects = orphans.len(),
-                "removing objects nobody points at"
-            );
+            info!(objects = orphans.len(), "removing objects nobody points at");
             self.delete_paths(orphans).await?;
         }
         Ok(())
@@ -268,7 +261,11 @@ impl Bucket {
         Ok(found)
     }
 
-    async fn uncommitted_records(&self, coord: &dyn Coord, cutoff_ms: u64) -> StoreResult<Vec<Path>> {
+    async fn uncommitted_records(
+        &self,
+        coord: &dyn Coord,
+        cutoff_ms: u64,
+    ) -> StoreResult<Vec<Path>> {
         let found = self.listed_by_key(&self.path(&["recv"])).await?;
         let keys: Vec<&(String, String)> = found.keys().collect();
         let names: Vec<String> = keys.iter().map(|(u, k)| record_pointer(u, k)).collect();
@@ -284,7 +281,11 @@ impl Bucket {
         Ok(orphans)
     }
 
-    async fn uncommitted_versions(&self, coord: &dyn Coord, cutoff_ms: u64) -> StoreResult<Vec<Path>> {
+    async fn uncommitted_versions(
+        &self,
+        coord: &dyn Coord,
+        cutoff_ms: u64,
+    ) -> StoreResult<Vec<Path>> {
         let found = self.listed_by_key(&self.path(&["file"])).await?;
         let keys: Vec<&(String, String)> = found.keys().collect();
         let names: Vec<String> = keys.iter().map(|(u, k)| file_pointer(u, k)).collect();
