@@ -409,7 +409,7 @@ async fn a_writer_whose_lease_lapsed_never_replaces_a_later_commit(s: Setup) {
         wrong.push(format!("A's completion of gone: {a_gone:?}"));
     }
     let mut c = connect(&b, &token).await;
-    if c.data_get("rec").await.expect("data get")["writer"] != Value::from("b") {
+    if c.data_get("rec").await.expect("data get")["writer"] != "b" {
         wrong.push("B's record was replaced".into());
     }
     if c.file_get("doc", None).await.expect("doc").md5 != md5_hex(&b_body) {

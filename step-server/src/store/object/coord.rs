@@ -11,9 +11,12 @@
 //!   whoever SAVEs, completes, deletes or creates a record there. It expires
 //!   ([`LEASE_TTL`]) unless its holder renews it ([`LEASE_RENEW`]), so a
 //!   crashed holder blocks a key for seconds, not forever; a holder checks it
-//!   still holds the lease ([`Lease::check`]) right before each commit point
-//!   (an upload's state, a file's meta), so one that stalled past expiry stops
-//!   rather than overwrite what the next holder did;
+//!   still holds the lease ([`Lease::check`]) right before each commit point;
+//! - a **pointer** per record and per file to its current version (objects
+//!   never overwritten, `fenced.rs`), moved only by [`Lease::swap`], in one
+//!   step with checking the lease: a holder that stalled past expiry with a
+//!   write in flight cannot replace what the next holder committed (a check
+//!   before the write could not stop a write already on its way);
 //! - the key's **current upload** id, set by SAVE (under the lease) and
 //!   cleared by completion or DELETE;
 //! - per upload, the **blocks received** (a bitmap) and their count, updated

@@ -32,6 +32,10 @@ use super::{Bucket, HeldKey};
 use crate::store::api::{FileMeta, StoreError, StoreResult};
 use crate::store::files::Key;
 
+/// Objects by key (user and key segments), then by version: their paths
+/// and newest change (ms).
+type ByKey = HashMap<(String, String), HashMap<String, (Vec<Path>, u64)>>;
+
 /// Suffix of a version's own meta object in its key's content directory.
 pub(super) const VERSION_META: &str = "v";
 
@@ -229,13 +233,9 @@ impl Bucket {
     /// `dir`'s objects grouped by their key (the two segments after `dir`)
     /// and then by version (the third, up to its first `.`): paths and the
     /// newest change (ms).
-    async fn listed_by_key(
-        &self,
-        dir: &Path,
-    ) -> StoreResult<HashMap<(String, String), HashMap<String, (Vec<Path>, u64)>>> {
+    async fn listed_by_key(&self, dir: &Path) -> StoreResult<ByKey> {
         let skip = dir.parts().count();
-        let mut found: HashMap<(String, String), HashMap<String, (Vec<Path>, u64)>> =
-            HashMap::new();
+        let mut found = ByKey::new();
         let mut list = self.store.list(Some(dir));
         while let Some(m) = list.next().await {
             let m = m.map_err(store_err)?;

@@ -17,6 +17,12 @@
 //! acct/<user>                        login account (JSON; see `object/accounts.rs`)
 //! ```
 //!
+//! Coordinated (`--coord`), what decides a record or a file is never
+//! overwritten (see `fenced.rs`): a record is `recv/<user>/<key>/<version>`,
+//! a file version's meta `file/<user>/<key>/<upload_id>.v`, the coordinator
+//! points at the current ones, and `meta/<user>/<key>` is only an (empty)
+//! index entry for listings.
+//!
 //! `<user>` and `<key>` are encoded into segments of lowercase letters that
 //! keep key order (see `names.rs`).
 //!
@@ -27,7 +33,7 @@
 //! calls), `load.rs` (what a key holds, read back from the bucket),
 //! `blocks.rs` (a block's way in), `assembly.rs` (a file's content written
 //! from its blocks), `listing.rs`, `records.rs`, `accounts.rs`, and
-//! `coord.rs` (several instances on one bucket).
+//! `coord.rs` and `fenced.rs` (several instances on one bucket).
 //!
 //! # What decides what
 //!
