@@ -2,8 +2,9 @@
 //! (SIGSTOP) while its write to the bucket was in flight, and resumed after
 //! its lease had lapsed, must never replace what a later holder committed.
 //!
-//! Two step-server processes on one bucket of moto_server (a real S3 API
-//! over HTTP) and one real Redis. Server A's S3 traffic goes through an
+//! Two step-server processes on one bucket and one real Redis; the bucket
+//! on moto_server (a real S3 API over HTTP), and again on a Garage node
+//! (which ignores conditional writes, so only fencing can help). Server A's S3 traffic goes through an
 //! HTTP-aware TCP proxy that holds A's PUTs of DATA records and file metas.
 //! With three of A's writes held (a DATA SAVE, and two completions), A is
 //! stopped past the lease; B then SAVEs the same record (acknowledged),
@@ -12,8 +13,9 @@
 //! acknowledged, and both servers serve B's record and file, and no file
 //! for the deleted key.
 //!
-//! Reported as ignored, with the reason, where moto_server or redis-server
-//! is not installed; a failure instead under `STEP_REQUIRE_ALL_TESTS`.
+//! Reported as ignored, with the reason, where moto_server, Garage or
+//! redis-server is not installed; a failure instead under
+//! `STEP_REQUIRE_ALL_TESTS`.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -26,6 +28,7 @@ use serde_json::{Map, Value};
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
 use step_core::message::Reason;
+use step_tests::garage::Garage;
 use step_tests::pattern;
 use step_tests::prereq::{self, block_on_threads};
 use step_tests::redis::Redis;
@@ -83,28 +86,87 @@ fn start_moto() -> Result<Moto, String> {
     Ok(moto)
 }
 
+/// An S3 server with a bucket, as the step-servers are to reach it.
+struct S3 {
+    endpoint: String,
+    /// Credentials and region.
+    env: Vec<(&'static str, String)>,
+    storage: String,
+    /// The server, stopped when dropped.
+    _server: Box<dyn std::any::Any + Send>,
+}
+
 struct Setup {
-    moto: Moto,
+    s3: S3,
     redis: Redis,
 }
 
-fn start() -> Result<Setup, String> {
+/// `PUT /bucket` (moto takes unsigned requests).
+fn create_bucket(addr: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| format!("moto: {e}"))?;
+    write!(
+        conn,
+        "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("moto: {e}"))?;
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    if answer.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "create bucket: {}",
+            answer.lines().next().unwrap_or("")
+        ))
+    }
+}
+
+fn on_moto() -> Result<Setup, String> {
     let redis = Redis::start()?;
     let moto = start_moto()?;
-    Ok(Setup { moto, redis })
+    create_bucket(&moto.endpoint["http://".len()..])?;
+    let s3 = S3 {
+        endpoint: moto.endpoint.clone(),
+        env: vec![
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ],
+        storage: format!("s3://{BUCKET}/fenced"),
+        _server: Box::new(moto),
+    };
+    Ok(Setup { s3, redis })
+}
+
+fn on_garage() -> Result<Setup, String> {
+    let redis = Redis::start()?;
+    let garage = Garage::start()?;
+    let s3 = S3 {
+        endpoint: garage.endpoint.clone(),
+        env: garage
+            .aws_env()
+            .into_iter()
+            .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+            .collect(),
+        storage: garage.storage_url("fenced"),
+        _server: Box::new(garage),
+    };
+    Ok(Setup { s3, redis })
 }
 
 fn main() {
-    prereq::main(vec![prereq::needs(
-        "a_writer_whose_lease_lapsed_never_replaces_a_later_commit",
-        start,
-        |s| {
-            block_on_threads(
-                2,
-                a_writer_whose_lease_lapsed_never_replaces_a_later_commit(s),
-            )
-        },
-    )]);
+    let run = |s| {
+        block_on_threads(
+            2,
+            a_writer_whose_lease_lapsed_never_replaces_a_later_commit(s),
+        )
+    };
+    prereq::main(vec![
+        prereq::needs("on_moto", on_moto, run),
+        prereq::needs("on_garage", on_garage, run),
+    ]);
 }
 
 // ------------------------------------------------------------------ proxy
@@ -231,13 +293,10 @@ async fn instance(s: &Setup, endpoint: &str) -> Instance {
     }
     let child = cmd
         .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
+        .envs(s.s3.env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
         .args(["--health-port", &health_port.to_string()])
-        .args(["--storage", &format!("s3://{BUCKET}/fenced")])
+        .args(["--storage", &s.s3.storage])
         .args(["--coord", &s.redis.url()])
         .arg("--data-dir")
         .arg(std::env::temp_dir())
@@ -310,25 +369,17 @@ fn is_refusal(r: &Result<impl std::fmt::Debug, ClientError>) -> bool {
 }
 
 async fn a_writer_whose_lease_lapsed_never_replaces_a_later_commit(s: Setup) {
-    // The bucket (moto takes unsigned requests).
-    let made = reqwest::Client::new()
-        .put(format!("{}/{BUCKET}", s.moto.endpoint))
-        .send()
-        .await
-        .expect("create bucket");
-    assert!(
-        made.status().is_success(),
-        "create bucket: {}",
-        made.status()
-    );
-    let moto_addr: SocketAddr = s.moto.endpoint["http://".len()..].parse().expect("addr");
+    let s3_addr: SocketAddr = s.s3.endpoint["http://".len()..]
+        .trim_end_matches('/')
+        .parse()
+        .expect("S3 address");
     let gate = Arc::new(Gate {
         hold: watch::channel(false).0,
         held: AtomicUsize::new(0),
     });
-    let proxy = start_proxy(moto_addr, Arc::clone(&gate)).await;
+    let proxy = start_proxy(s3_addr, Arc::clone(&gate)).await;
     let a = instance(&s, &format!("http://{proxy}")).await;
-    let b = instance(&s, &s.moto.endpoint).await;
+    let b = instance(&s, &s.s3.endpoint).await;
     let mut login = StepClient::connect(a.step).await.expect("connect");
     let token = login
         .login("alice", &password_for("alice"))
