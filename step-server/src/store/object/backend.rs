@@ -269,7 +269,9 @@ impl Backend for Bucket {
             );
             self.delete_paths(orphans).await?;
         }
-        if let Some(coord) = &self.coord {
+        if let Some(coord) = &self.coord
+            && self.orphan_sweep_due()
+        {
             self.sweep_uncommitted(coord.as_ref(), cutoff_ms).await?;
         }
         Ok(())

@@ -9,7 +9,9 @@
 //! at: it fails at the swap (the client gets "unavailable", never an
 //! acknowledgement), and what a later holder committed stays. Such
 //! leftovers are removed by the sweep once older than the upload expiry,
-//! so a live holder's write (pointed at within seconds) is never taken.
+//! so a live holder's write (pointed at within seconds) is never taken;
+//! finding them LISTs every record and file, so it is done every quarter
+//! of the expiry rather than at every sweep.
 //!
 //! Readers resolve through the pointer: one coordinator read before the
 //! object's GET (a listing reads a page's pointers in one request).
@@ -26,7 +28,7 @@ use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use super::coord::{Coord, Lease};
-use super::io::{other, store_err};
+use super::io::{lock, other, store_err};
 use super::names::{file_pointer, lease_name, record_lease_name, record_pointer};
 use super::{Bucket, HeldKey};
 use crate::store::api::{FileMeta, StoreError, StoreResult};
@@ -210,6 +212,18 @@ impl Bucket {
     }
 
     // -------------------------------------------------------------- sweep
+
+    /// Whether to look for objects nobody points at now: at the first sweep,
+    /// then every quarter of the upload expiry (they are removed only once
+    /// as old as the expiry anyway).
+    pub(super) fn orphan_sweep_due(&self) -> bool {
+        let mut last = lock(&self.orphans_swept);
+        let due = last.is_none_or(|t| t.elapsed() >= self.limits.upload_expiry / 4);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
 
     /// Coordinated: objects of records and versions that were never
     /// committed (written by a holder that lost its lease) or whose commit

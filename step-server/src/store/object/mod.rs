@@ -364,6 +364,9 @@ pub struct Bucket {
     /// Coordinated: plans of uploads by id (ids are never reused), so a
     /// block needs no GET of its upload's state.
     plans: Mutex<HashMap<String, PlanRecord>>,
+    /// Coordinated: when objects nobody points at were last looked for
+    /// (a LIST of every record and file, so not at every sweep).
+    orphans_swept: Mutex<Option<std::time::Instant>>,
 }
 
 impl FileStore<Bucket> {
@@ -392,6 +395,7 @@ impl FileStore<Bucket> {
             assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
             coord,
             plans: Mutex::new(HashMap::new()),
+            orphans_swept: Mutex::new(None),
         })
     }
 
