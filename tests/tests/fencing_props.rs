@@ -4,9 +4,10 @@
 //! creates, replaces and deletes of DATA records and files on a few keys;
 //! some of A's are *stalled* while A's leases lapse, as a paused process's
 //! would, and B runs the next few steps; then A goes on. A stall holds
-//! either A's pointer swap (its writes are in the bucket) or the PUT of
-//! its record or version meta (which then lands after B's steps, as a
-//! write in flight would).
+//! either A's commit in the coordinator (a pointer swap, or a SAVE making
+//! its upload current; its writes are in the bucket) or the PUT of its
+//! record or version meta (which then lands after B's steps, as a write in
+//! flight would).
 //!
 //! Checked after every step, through both instances (GET, HEAD and a read
 //! of the whole file, the listing): what readers see is exactly the last
@@ -25,7 +26,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -97,8 +98,11 @@ struct Step {
     /// Stall this step and run this many of the next steps on B meanwhile.
     stall: Option<usize>,
     /// Stall at the PUT of the record or version meta rather than at the
-    /// pointer swap.
+    /// commit in the coordinator.
     at_put: bool,
+    /// Let this many gated calls through first (a file's SAVE commits its
+    /// upload before its completion commits the file).
+    skip: usize,
     /// File size (1 or 2 blocks).
     size: u64,
 }
@@ -112,16 +116,20 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         prop_oneof![3 => Just(None), 2 => (0..4usize).prop_map(Some)],
         1..2 * BLOCK,
         any::<bool>(),
+        0..2usize,
     )
-        .prop_map(|(writer, target, kind, key, stall, size, at_put)| Step {
-            writer,
-            target,
-            kind,
-            key,
-            stall,
-            at_put,
-            size,
-        })
+        .prop_map(
+            |(writer, target, kind, key, stall, size, at_put, skip)| Step {
+                writer,
+                target,
+                kind,
+                key,
+                stall,
+                at_put,
+                skip,
+                size,
+            },
+        )
 }
 
 // ------------------------------------------------------------------ the stall
@@ -132,6 +140,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 struct Gate {
     armed: AtomicBool,
     at_put: AtomicBool,
+    /// Gated calls let through before the one held.
+    skip: AtomicUsize,
     reached: watch::Sender<bool>,
     released: watch::Sender<bool>,
 }
@@ -140,6 +150,16 @@ impl Gate {
     /// Wait here if armed for `at_put`.
     async fn pass(&self, at_put: bool) {
         if self.at_put.load(Ordering::SeqCst) != at_put {
+            return;
+        }
+        if !self.armed.load(Ordering::SeqCst) {
+            return;
+        }
+        if self
+            .skip
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return;
         }
         if self.armed.swap(false, Ordering::SeqCst) {
@@ -241,6 +261,13 @@ impl Lease for GatedLease {
         self.gate.pass(false).await;
         self.inner.swap(p, expected, new).await
     }
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        if upload_id.is_some() {
+            // A SAVE's commit point.
+            self.gate.pass(false).await;
+        }
+        self.inner.set_current(key, upload_id).await
+    }
 }
 
 #[async_trait]
@@ -253,9 +280,6 @@ impl Coord for GatedCoord {
     }
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
         self.inner.current(key).await
-    }
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        self.inner.set_current(key, upload_id).await
     }
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
         self.inner.mark_block(key, upload_id, index).await
@@ -455,6 +479,7 @@ fn world() -> World {
     let gate = Arc::new(Gate {
         armed: AtomicBool::new(false),
         at_put: AtomicBool::new(false),
+        skip: AtomicUsize::new(0),
         reached: watch::channel(false).0,
         released: watch::channel(false).0,
     });
@@ -490,6 +515,7 @@ async fn stalled(
     w.gate.reached.send_replace(false);
     w.gate.released.send_replace(false);
     w.gate.at_put.store(step.at_put, Ordering::SeqCst);
+    w.gate.skip.store(step.skip, Ordering::SeqCst);
     w.gate.armed.store(true, Ordering::SeqCst);
     let a = w.nodes[0].clone();
     let s = step.clone();

@@ -140,7 +140,9 @@ impl Backend for Bucket {
         held.changing = true;
         // Dropped: its assembler (and multipart upload) go too.
         held.state.upload = None;
-        let discarded = self.discard_unfinished(&held.names, id).await;
+        let discarded = self
+            .discard_unfinished(&held.names, held.state.lease.as_deref(), id)
+            .await;
         held.settle(discarded)
     }
 
@@ -202,7 +204,10 @@ impl Backend for Bucket {
 
     async fn finish(&self, held: &mut HeldKey, id: &str) -> StoreResult<()> {
         held.state.upload = None;
-        if let Err(e) = self.discard(&held.names, id).await {
+        if let Err(e) = self
+            .discard(&held.names, held.state.lease.as_deref(), id)
+            .await
+        {
             // The file is complete; leftovers go when the key is next loaded.
             warn!(user = %held.names.user, key = %held.names.key, error = %e, "cannot remove a completed upload's blocks");
         }
@@ -304,9 +309,13 @@ impl Bucket {
             replace: replace.clone(),
         };
         self.put_json(&self.state_path(n), &state).await?;
-        if let Some(coord) = &self.coord {
-            // From here blocks of the new upload are taken by any instance.
-            coord
+        if self.coord.is_some() {
+            // From here blocks of the new upload are taken by any instance;
+            // a SAVE that lost its lease stops here, unacknowledged.
+            held.state
+                .lease
+                .as_deref()
+                .ok_or_else(|| other("a commit point outside the key's lease"))?
                 .set_current(&lease_name(n), Some(&state.upload_id))
                 .await?;
             self.remember_plan(&state.upload_id, plan);

@@ -88,6 +88,11 @@ pub trait Lease: Send + Sync + Debug {
         expected: Option<&str>,
         new: Option<&str>,
     ) -> StoreResult<()>;
+    /// Make `upload_id` the current upload of `key` (`None`: no upload), in
+    /// one step with checking this lease (`key`'s) is still held, as
+    /// [`Self::swap`]: a SAVE that stalled past its lease is not made
+    /// current over a later one.
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()>;
 }
 
 /// The coordination engine, as the object store uses it. Names are opaque
@@ -98,9 +103,6 @@ pub trait Coord: Send + Sync + Debug {
     async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>>;
     /// The current upload of `key`, if any.
     async fn current(&self, key: &str) -> StoreResult<Option<String>>;
-    /// Make `upload_id` the current upload of `key` (`None`: no upload).
-    /// Called under `key`'s lease.
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()>;
     /// Record block `index` of `upload_id`, atomically with checking that
     /// it is still `key`'s current upload.
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark>;
@@ -201,6 +203,21 @@ if ARGV[3] == '' then
 else
   redis.call('SET', KEYS[2], ARGV[3])
 end
+return 1";
+
+/// KEYS: lease, cur, up (of the upload). ARGV: token, upload id ('' for
+/// none), ttl ms. 1: set; -1: the lease is not the token's.
+const SET_CURRENT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('HSETNX', KEYS[3], 'count', 0)
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return 1";
 
 /// KEYS: cur, bits, up. ARGV: upload id, index, ttl ms, now ms.
@@ -318,6 +335,7 @@ impl Coord for RedisCoord {
             key,
             token,
             ns: self.ns.clone(),
+            state_ttl_ms: self.state_ttl_ms,
             lost,
             stop,
         }))
@@ -326,37 +344,6 @@ impl Coord for RedisCoord {
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn().await?;
         conn.get(self.k("cur", key)).await.map_err(engine_err)
-    }
-
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let cur = self.k("cur", key);
-        match upload_id {
-            Some(id) => {
-                let up = self.k("up", id);
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&cur)
-                    .arg(id)
-                    .arg("PX")
-                    .arg(self.state_ttl_ms)
-                    .ignore()
-                    .cmd("HSETNX")
-                    .arg(&up)
-                    .arg("count")
-                    .arg(0)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&up)
-                    .arg(self.state_ttl_ms)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            }
-            None => conn.del::<_, ()>(cur).await,
-        }
-        .map_err(engine_err)
     }
 
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
@@ -485,6 +472,7 @@ struct RedisLease {
     token: String,
     /// The engine's key prefix (`step:<namespace>:`), for pointers.
     ns: String,
+    state_ttl_ms: u64,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -542,6 +530,21 @@ impl Lease for RedisLease {
                 "the key changed under its lease".into(),
             )),
         }
+    }
+
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let set: i64 = Script::new(SET_CURRENT)
+            .key(&self.key)
+            .key(format!("{}cur:{key}", self.ns))
+            .key(format!("{}up:{}", self.ns, upload_id.unwrap_or("")))
+            .arg(&self.token)
+            .arg(upload_id.unwrap_or(""))
+            .arg(self.state_ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        if set == 1 { Ok(()) } else { Err(lost_lease()) }
     }
 }
 

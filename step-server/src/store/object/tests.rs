@@ -1632,6 +1632,10 @@ impl Lease for CountingLease {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.inner.swap(p, expected, new).await
     }
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.set_current(key, upload_id).await
+    }
 }
 
 impl CountingCoord {
@@ -1652,10 +1656,6 @@ impl Coord for CountingCoord {
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
         self.tick();
         self.inner.current(key).await
-    }
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        self.tick();
-        self.inner.set_current(key, upload_id).await
     }
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<coord::Mark> {
         self.tick();

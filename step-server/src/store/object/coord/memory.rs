@@ -136,6 +136,21 @@ impl Lease for MemoryLease {
         };
         Ok(())
     }
+
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        let mut guard = self.coord.up()?;
+        let st = self.held(&mut guard)?;
+        match upload_id {
+            Some(id) => {
+                st.current.insert(key.to_owned(), id.to_owned());
+                st.uploads.entry(id.to_owned()).or_default();
+            }
+            None => {
+                st.current.remove(key);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -159,20 +174,6 @@ impl Coord for MemoryCoord {
 
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
         Ok(self.up()?.current.get(key).cloned())
-    }
-
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        let mut st = self.up()?;
-        match upload_id {
-            Some(id) => {
-                st.current.insert(key.to_owned(), id.to_owned());
-                st.uploads.entry(id.to_owned()).or_default();
-            }
-            None => {
-                st.current.remove(key);
-            }
-        }
-        Ok(())
     }
 
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
