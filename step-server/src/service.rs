@@ -18,7 +18,7 @@ use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
-use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Reason, Status};
+use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Problem, Status};
 use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
@@ -179,11 +179,11 @@ fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
         }
         other => other.to_string(),
     };
-    let m = Message::response(op.as_str(), kind.as_str(), Status::BadToken, text);
-    match refusal {
-        Refusal::ReadOnly => m.with(field::REASON, Reason::ReadOnly.as_str()),
-        _ => m,
-    }
+    let problem = match refusal {
+        Refusal::ReadOnly => Problem::ReadOnly,
+        _ => Problem::BadToken,
+    };
+    problem.response(op.as_str(), kind.as_str(), text)
 }
 
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
@@ -191,11 +191,8 @@ fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
 }
 
 fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
-    let m = Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string());
-    match e.reason() {
-        Some(reason) => m.with(field::REASON, reason.as_str()),
-        None => m,
-    }
+    e.problem()
+        .response(op.as_str(), kind.as_str(), e.to_string())
 }
 
 impl Service {
@@ -289,13 +286,9 @@ impl Service {
             Ok(m) => m,
             Err(e) => {
                 return Admission::Answer(
-                    Message::response(
-                        "ERROR",
-                        "ERROR",
-                        Status::CompulsoryFieldMissing,
-                        e.to_string(),
-                    )
-                    .into(),
+                    Problem::CompulsoryFieldMissing
+                        .response("ERROR", "ERROR", e.to_string())
+                        .into(),
                 );
             }
         };
