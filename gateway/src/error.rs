@@ -9,18 +9,22 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use step_core::client::ClientError;
 use step_core::codec::CodecError;
-use step_core::{Reason, Status};
+use step_core::{Problem, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The STEP server refused the request.
-    #[error("{message}")]
+    /// The STEP server refused the request: the row of the refusal table
+    /// its status and reason name, which gives the HTTP status, the code
+    /// and the words; `words` when the gateway can say it better for this
+    /// request (naming the key, say).
+    #[error("{}", step_message(*.problem, .said, .words.as_deref()))]
     Step {
+        problem: Problem,
+        /// The STEP status it came with (`step_status` in the body).
         status: Status,
-        message: String,
-        /// Why, when our server said (the `reason` field); it decides the
-        /// HTTP status before the STEP status does.
-        reason: Option<Reason>,
+        /// What the STEP server said: for the log, in protocol terms.
+        said: String,
+        words: Option<String>,
     },
     #[error("{0}")]
     NotFound(String),
@@ -88,60 +92,25 @@ pub enum GatewayError {
     TooManyAttempts(u64),
 }
 
-/// STEP status → HTTP status, in one table.
-pub fn http_status_for(step: Status) -> StatusCode {
-    match step {
-        Status::Ok => StatusCode::OK,
-        Status::KeyExists | Status::WrongOperation | Status::WrongDirection => StatusCode::CONFLICT,
-        Status::NotFound => StatusCode::NOT_FOUND,
-        Status::BadToken | Status::WrongPassword => StatusCode::UNAUTHORIZED,
-        Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
-            StatusCode::BAD_REQUEST
+/// What a person reads for a STEP refusal: the gateway's own words when
+/// it has them, else the table's, with the server's specifics when they are
+/// what the person has to correct.
+fn step_message(problem: Problem, said: &str, words: Option<&str>) -> String {
+    match words {
+        Some(w) => w.to_owned(),
+        None if problem.detail_helps() && !said.is_empty() => {
+            format!("{} The STEP server said: {said}", problem.words())
         }
-        // The gateway computes block indexes and sizes itself: the server
-        // disagreeing with them is a backend fault, not the caller's.
-        Status::IndexTooLarge | Status::BlockSizeMismatch | Status::Earth => {
-            StatusCode::BAD_GATEWAY
-        }
-    }
-}
-
-/// Our server's refusal reason → HTTP status; it is more precise than the
-/// STEP status it comes with (a SAVE above max_file_size is a 402 "key
-/// exists" to reference clients, but 413 here).
-pub fn http_status_for_reason(reason: Reason) -> StatusCode {
-    match reason {
-        Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        // A per-user cap on unfinished uploads is storage the user cannot
-        // have now (RFC 4918 §11.5), like a full disk; not a rate (429).
-        Reason::NoSpace | Reason::Quota => StatusCode::INSUFFICIENT_STORAGE,
-        Reason::Integrity => StatusCode::BAD_GATEWAY,
-        Reason::Superseded => StatusCode::CONFLICT,
-        Reason::OtherUpload => StatusCode::NOT_FOUND,
-        // The store refused an `if_md5`: the version the request named is
-        // not (or no longer) the current one.
-        Reason::Precondition => StatusCode::PRECONDITION_FAILED,
-        // Only mid-download (the version being read was replaced); the
-        // response is already under way, so this is what gets logged.
-        Reason::Replaced => StatusCode::CONFLICT,
-        // The server's storage or coordination engine is down: retry later.
-        Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Reason::ReadOnly => StatusCode::FORBIDDEN,
-        // Every password check is taken: retry in a moment.
-        Reason::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        Reason::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
-        Reason::NoAnonymous => StatusCode::UNAUTHORIZED,
+        None => problem.words().to_owned(),
     }
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Step {
-                reason: Some(reason),
-                ..
-            } => http_status_for_reason(*reason),
-            GatewayError::Step { status, .. } => http_status_for(*status),
+            GatewayError::Step { problem, .. } => {
+                StatusCode::from_u16(problem.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -177,25 +146,7 @@ impl GatewayError {
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::Step {
-                reason: Some(Reason::Precondition),
-                ..
-            } => "precondition_failed",
-            GatewayError::Step {
-                reason: Some(reason),
-                ..
-            } => reason.as_str(),
-            GatewayError::Step { status, .. } => match status {
-                Status::KeyExists => "key_exists",
-                Status::NotFound => "not_found",
-                Status::BadToken => "bad_token",
-                Status::WrongPassword => "wrong_password",
-                Status::WrongOperation | Status::WrongDirection => "conflict",
-                Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
-                    "bad_request"
-                }
-                _ => "backend_refused",
-            },
+            GatewayError::Step { problem, .. } => problem.code(),
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::RequestTimeout(_) => "timeout",
             GatewayError::MethodNotAllowed => "method_not_allowed",
@@ -224,6 +175,35 @@ impl GatewayError {
         }
     }
 
+    /// A refusal of the table's row `problem`, in the gateway's `words`.
+    pub fn refused(problem: Problem, words: impl Into<String>) -> Self {
+        GatewayError::Step {
+            problem,
+            status: problem.step_status(),
+            said: String::new(),
+            words: Some(words.into()),
+        }
+    }
+
+    /// The row of the refusal table, when the STEP server refused.
+    pub fn problem(&self) -> Option<Problem> {
+        match self {
+            GatewayError::Step { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    /// What the access log records: the message, and what the STEP server
+    /// said when it refused.
+    fn cause(&self) -> String {
+        match self {
+            GatewayError::Step { said, .. } if !said.is_empty() => {
+                format!("{self} (STEP: {said})")
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// Whether the backend is at fault (counted in metrics).
     pub fn is_backend_fault(&self) -> bool {
         matches!(
@@ -244,11 +224,14 @@ impl From<ClientError> for GatewayError {
                 message,
                 reason,
                 ..
-            } => match Status::from_code(code) {
-                Some(status) => GatewayError::Step {
+            } => match Status::from_code(code)
+                .and_then(|status| Some((status, Problem::of(status, reason)?)))
+            {
+                Some((status, problem)) => GatewayError::Step {
+                    problem,
                     status,
-                    message,
-                    reason,
+                    said: message,
+                    words: None,
                 },
                 None => GatewayError::BadGateway(format!("unknown STEP status {code}: {message}")),
             },
@@ -279,7 +262,7 @@ impl IntoResponse for GatewayError {
         }
         let mut resp = (status, Json(body)).into_response();
         resp.extensions_mut()
-            .insert(crate::access_log::ErrorCause(self.to_string()));
+            .insert(crate::access_log::ErrorCause(self.cause()));
         if status == StatusCode::UNAUTHORIZED {
             // Both ways in (see auth.rs): Basic first, so browsers and
             // `curl --anyauth` offer it.
@@ -299,7 +282,7 @@ impl IntoResponse for GatewayError {
             &self,
             GatewayError::BackendUnavailable(_)
                 | GatewayError::Step {
-                    reason: Some(Reason::Unavailable),
+                    problem: Problem::Unavailable,
                     ..
                 }
         ) {
@@ -312,7 +295,7 @@ impl IntoResponse for GatewayError {
             GatewayError::TooManyAttempts(secs) => Some(*secs),
             // The server's own pace (per address or name), in front of it.
             GatewayError::Step {
-                reason: Some(Reason::TooManyAttempts | Reason::Busy),
+                problem: Problem::TooManyAttempts | Problem::Busy,
                 ..
             } => Some(1),
             _ => None,
@@ -334,43 +317,102 @@ impl IntoResponse for GatewayError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_step_status_has_an_http_status() {
-        for s in Status::ALL {
-            let code = http_status_for(*s);
-            assert!(code.is_success() || code.is_client_error() || code.is_server_error());
+    fn refused(code: u64, reason: Option<step_core::Reason>, said: &str) -> GatewayError {
+        GatewayError::from(ClientError::Refused {
+            operation: "SAVE".into(),
+            code,
+            message: said.into(),
+            reason,
+        })
+    }
+
+    async fn body_of(e: GatewayError) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn every_refusal_is_answered_from_its_table_row() {
+        for &p in Problem::ALL {
+            let said = "the server's own words";
+            let e = refused(u64::from(p.step_status().code()), p.reason(), said);
+            assert_eq!(e.problem(), Some(p));
+            let (status, body) = body_of(e).await;
+            assert_eq!(status.as_u16(), p.http_status(), "{p:?}");
+            assert_eq!(body["error"], p.code(), "{p:?}");
+            assert_eq!(body["step_status"], p.step_status().code(), "{p:?}");
+            let message = body["message"].as_str().expect("message");
+            assert!(message.starts_with(p.words()), "{p:?}: {message}");
+            // The protocol's words stay in the log, not in the answer,
+            // unless they name the value to correct.
+            assert_eq!(message.contains(said), p.detail_helps(), "{p:?}: {message}");
         }
-        assert_eq!(http_status_for(Status::KeyExists), StatusCode::CONFLICT);
-        assert_eq!(http_status_for(Status::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(http_status_for(Status::BadToken), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn a_few_refusals_read_in_the_users_terms() {
+        let (status, body) = body_of(refused(402, None, "The \"key\" x is existing.")).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::CONFLICT, &"key_exists".into())
+        );
+        assert!(
+            !body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("is existing"),
+            "{body}"
+        );
+        let (status, body) = body_of(refused(401, None, "Password error for login.")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "wrong_password");
+        assert!(
+            !body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Password error"),
+            "{body}"
+        );
+        let (status, body) = body_of(refused(
+            402,
+            Some(step_core::Reason::TooLarge),
+            "Invalid \"size\"",
+        ))
+        .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &"too_large".into())
+        );
+        let (status, body) = body_of(refused(
+            410,
+            None,
+            "\"key\" must be a non-empty string of at most 1024 bytes",
+        ))
+        .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_REQUEST, &"bad_request".into())
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("at most 1024"),
+            "{body}"
+        );
     }
 
     #[test]
     fn client_errors_map_to_gateway_errors() {
-        let refused = ClientError::Refused {
-            operation: "SAVE".into(),
-            code: 402,
-            message: "exists".into(),
-            reason: None,
-        };
-        assert_eq!(GatewayError::from(refused).status(), StatusCode::CONFLICT);
-        for (reason, status) in [
-            (Reason::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
-            (Reason::NoSpace, StatusCode::INSUFFICIENT_STORAGE),
-            (Reason::Quota, StatusCode::INSUFFICIENT_STORAGE),
-            (Reason::Integrity, StatusCode::BAD_GATEWAY),
-            (Reason::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-        ] {
-            let refused = ClientError::Refused {
-                operation: "SAVE".into(),
-                code: 402,
-                message: "no".into(),
-                reason: Some(reason),
-            };
-            let e = GatewayError::from(refused);
-            assert_eq!(e.status(), status, "{reason:?}");
-            assert_eq!(e.code(), reason.as_str());
-        }
+        assert_eq!(
+            refused(999, None, "?").code(),
+            "bad_gateway",
+            "an unknown status is the backend's fault"
+        );
         assert_eq!(
             GatewayError::from(ClientError::TimedOut(std::time::Duration::from_secs(1))).status(),
             StatusCode::GATEWAY_TIMEOUT

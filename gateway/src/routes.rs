@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use step_core::Status;
+use step_core::Problem;
 use step_core::access::Access;
 use step_core::digest::password_for;
 use step_core::message::field;
@@ -101,17 +101,14 @@ impl AppState {
     {
         match op(auth.token.clone()).await {
             // Refused as a token (not for what it may do): perhaps stale.
-            Err(GatewayError::Step {
-                status: Status::BadToken,
-                message,
-                reason: reason @ None,
-            }) => match auth.renewed(self).await? {
+            Err(
+                e @ GatewayError::Step {
+                    problem: Problem::BadToken,
+                    ..
+                },
+            ) => match auth.renewed(self).await? {
                 Some(fresh) => op(fresh).await,
-                None => Err(GatewayError::Step {
-                    status: Status::BadToken,
-                    message,
-                    reason,
-                }),
+                None => Err(e),
             },
             other => other,
         }
@@ -503,8 +500,7 @@ pub async fn put_file(
     match stored {
         // Created by someone else since the precondition was evaluated.
         Err(GatewayError::Step {
-            status: Status::KeyExists,
-            reason: None,
+            problem: Problem::KeyExists,
             ..
         }) if create_only => Err(GatewayError::PreconditionFailed(
             "If-None-Match: *: a file exists under this key".into(),
@@ -512,7 +508,7 @@ pub async fn put_file(
         // Another write of the key won the race (its SAVE superseded this
         // upload, or it completed first): the condition no longer holds.
         Err(GatewayError::Step {
-            status: Status::WrongOperation,
+            problem: Problem::WrongOperation | Problem::Superseded | Problem::Precondition,
             ..
         }) if conditional => Err(GatewayError::PreconditionFailed(
             "another write of this key came first; the condition no longer holds".into(),

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
-use step_core::Status;
+use step_core::Problem;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
 use tracing::{info, warn};
@@ -387,7 +387,7 @@ where
     let started = Instant::now();
     let (token, (plan, tp)) = match begin(backend, token, key, size, &overwrite).await {
         Err(GatewayError::Step {
-            status: Status::BadToken,
+            problem: Problem::BadToken,
             ..
         }) if default => {
             let fresh = backend

@@ -220,6 +220,23 @@ impl Problem {
             .find(|p| p.reason().is_none() && p.step_status() == status)
     }
 
+    /// Whether the refusal says the key holds nothing the request can act
+    /// on (no file, or no longer the one the request meant): all the rows
+    /// of the reference's 404.
+    pub fn is_gone(self) -> bool {
+        self.step_status() == Status::NotFound
+    }
+
+    /// Whether what the STEP server says with this refusal is what a
+    /// person has to correct (a value of theirs that is not valid), so it
+    /// is worth showing beside the words.
+    pub fn detail_helps(self) -> bool {
+        matches!(
+            self,
+            Problem::CompulsoryFieldMissing | Problem::FieldMissing | Problem::TypeNotAllowed
+        )
+    }
+
     /// A response refusing `operation` `kind` this way, saying `status_msg`.
     pub fn response(self, operation: &str, kind: &str, status_msg: impl Into<String>) -> Message {
         self.response_as(self.step_status(), operation, kind, status_msg)
