@@ -12,6 +12,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::Frame;
+/// Where it was first defined; the refusal table defines it now.
+pub use crate::problem::Reason;
 
 /// Reserved field names.
 pub mod field {

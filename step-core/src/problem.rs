@@ -242,9 +242,24 @@ impl Problem {
         self.response_as(self.step_status(), operation, kind, status_msg)
     }
 
-    /// [`Problem::response`] with `status` instead of the row's: at LOGIN
-    /// every refusal is the reference's 401 and at a token check 403, the
-    /// only codes a reference client expects there, whatever the reason.
+    /// A LOGIN refused this way: the reference's own refusals with their
+    /// status, ours with 401 and the reason, since 401 is the only refusal
+    /// a reference client expects of LOGIN.
+    pub fn login_response(self, status_msg: impl Into<String>) -> Message {
+        let status = match self.reason() {
+            Some(_) => Status::WrongPassword,
+            None => self.step_status(),
+        };
+        self.response_as(status, "LOGIN", "AUTH", status_msg)
+    }
+
+    /// `operation` refused at its token check: always the reference's 403
+    /// (type AUTH), with the reason when the row has one.
+    pub fn token_response(self, operation: &str, status_msg: impl Into<String>) -> Message {
+        self.response_as(Status::BadToken, operation, "AUTH", status_msg)
+    }
+
+    /// [`Problem::response`] with `status` instead of the row's.
     pub fn response_as(
         self,
         status: Status,

@@ -232,15 +232,9 @@ pub struct Authority {
     max_username_len: usize,
 }
 
-/// A LOGIN refused: the row's status for the reference's own refusals,
-/// 401 with our reason for the others (the only refusal a reference client
-/// expects of LOGIN).
+/// A LOGIN refused as the table's row says.
 fn login_refusal(problem: Problem, text: impl Into<String>) -> Message {
-    let status = match problem.reason() {
-        Some(_) => Status::WrongPassword,
-        None => problem.step_status(),
-    };
-    problem.response_as(status, Operation::Login.as_str(), Kind::Auth.as_str(), text)
+    problem.login_response(text)
 }
 
 /// A LOGIN answered.
@@ -537,7 +531,7 @@ impl Authority {
     /// The identity `token` proves, or why not.
     pub async fn identify(&self, token: &str, op: Operation) -> Result<Identity, TokenRefusal> {
         let refuse = |text: String| TokenRefusal {
-            message: Problem::BadToken.response(op.as_str(), Kind::Auth.as_str(), text),
+            message: Problem::BadToken.token_response(op.as_str(), text),
             guess: true,
         };
         let claim = TokenKey::claim(token).map_err(|e| refuse(e.to_string()))?;
@@ -552,12 +546,8 @@ impl Authority {
                 error!(error = %e, "cannot read the accounts to check a token");
                 let mut r = refuse("The server cannot check tokens now; retry.".into());
                 // A token check refuses with 403 only, whatever the reason.
-                r.message = Problem::Unavailable.response_as(
-                    Status::BadToken,
-                    op.as_str(),
-                    Kind::Auth.as_str(),
-                    r.message.status_msg(),
-                );
+                r.message =
+                    Problem::Unavailable.token_response(op.as_str(), r.message.status_msg());
                 r.guess = false;
                 return Err(r);
             }
@@ -603,7 +593,7 @@ impl Authority {
     pub async fn authenticate(&self, msg: &Message, op: Operation) -> Result<Identity, Message> {
         let refusal = match msg.get(field::TOKEN) {
             None => TokenRefusal {
-                message: Problem::BadToken.response(op.as_str(), Kind::Auth.as_str(), "No token."),
+                message: Problem::BadToken.token_response(op.as_str(), "No token."),
                 guess: false,
             },
             Some(Value::String(t)) => match self.identify(t, op).await {
@@ -611,11 +601,7 @@ impl Authority {
                 Err(r) => r,
             },
             Some(_) => TokenRefusal {
-                message: Problem::BadToken.response(
-                    op.as_str(),
-                    Kind::Auth.as_str(),
-                    "Token format is wrong.",
-                ),
+                message: Problem::BadToken.token_response(op.as_str(), "Token format is wrong."),
                 guess: true,
             },
         };
