@@ -92,6 +92,141 @@ pub enum GatewayError {
     TooManyAttempts(u64),
 }
 
+/// The gateway's own error codes (every STEP refusal's is the refusal
+/// table's, [`Problem`]): code, HTTP status, when. The table of codes in
+/// docs/http-api.md is made from both, and a test keeps it so.
+pub const OWN_CODES: &[(&str, u16, &str)] = &[
+    (
+        "bad_request",
+        400,
+        "malformed input: a missing JSON content type, a body that is not multipart, no file part, a body shorter or longer than its Content-Length, a repeated query parameter",
+    ),
+    (
+        "unauthorized",
+        401,
+        "no credentials where the request needs them, wrong HTTP Basic credentials, or an `Authorization` header that is neither Bearer nor Basic",
+    ),
+    ("cross_site", 403, "a write sent by a page of another site"),
+    (
+        "read_only",
+        403,
+        "the caller may only read, and the route writes",
+    ),
+    ("not_found", 404, "no such route, or no file under the key"),
+    (
+        "method_not_allowed",
+        405,
+        "the route does not take the method",
+    ),
+    (
+        "body_timeout",
+        408,
+        "the request body arrived slower than the minimum rate",
+    ),
+    (
+        "offset_mismatch",
+        409,
+        "tus: `Upload-Offset` is not the upload's offset",
+    ),
+    (
+        "precondition_failed",
+        412,
+        "`If-Match`, `If-None-Match: *` or `If-Unmodified-Since` does not hold",
+    ),
+    ("tus_version", 412, "tus: `Tus-Resumable: 1.0.0` is missing"),
+    (
+        "too_large",
+        413,
+        "a body above `--max-upload`, `--max-json-body`, or the STEP server's `max_file_size`",
+    ),
+    ("uri_too_long", 414, "a request URI over 16 KiB"),
+    (
+        "unsupported_media_type",
+        415,
+        "tus: a body that is not `application/offset+octet-stream`",
+    ),
+    ("range_not_satisfiable", 416, "a `Range` outside the file"),
+    (
+        "unprocessable",
+        422,
+        "a JSON body of the wrong shape, or a record using a reserved field",
+    ),
+    (
+        "locked",
+        423,
+        "tus: another request on the same upload is still running",
+    ),
+    (
+        "too_many_attempts",
+        429,
+        "too many HTTP Basic logins from the client lately",
+    ),
+    (
+        "checksum_mismatch",
+        460,
+        "tus: the chunk's md5 differs from `Upload-Checksum`",
+    ),
+    ("internal", 500, "the gateway failed (logged)"),
+    (
+        "not_implemented",
+        501,
+        "the STEP server lacks the extension the request needs",
+    ),
+    (
+        "bad_gateway",
+        502,
+        "the STEP server answered out of protocol, or refused the gateway's own login",
+    ),
+    (
+        "md5_mismatch",
+        502,
+        "the md5 the STEP server stored differs from the bytes received; the file was removed",
+    ),
+    (
+        "backend_unavailable",
+        503,
+        "the STEP server cannot be reached, or every connection to it stayed busy",
+    ),
+    (
+        "backend_timeout",
+        504,
+        "the STEP server did not answer in time",
+    ),
+    (
+        "timeout",
+        504,
+        "the request took longer than `--request-timeout`",
+    ),
+];
+
+/// The table of every error code, HTTP status and meaning, as
+/// docs/http-api.md has it between its `error-codes` markers.
+pub fn codes_markdown() -> String {
+    let mut rows: Vec<(u16, String, String)> = OWN_CODES
+        .iter()
+        .map(|(code, status, when)| (*status, format!("`{code}`"), (*when).to_owned()))
+        .collect();
+    for &p in Problem::ALL {
+        let step = match p.reason() {
+            Some(r) => format!("STEP {} `{r}`", p.step_status().code()),
+            None => format!("STEP {}", p.step_status().code()),
+        };
+        rows.push((
+            p.http_status(),
+            format!("`{}`", p.code()),
+            format!("{step}: {}", p.words()),
+        ));
+    }
+    rows.sort();
+    let mut out = String::from(
+        "| HTTP | `error` | when; for a STEP refusal, the `message` |\n|---|---|---|\n",
+    );
+    for (status, code, when) in rows {
+        out.push_str(&format!("| {status} | {code} | {when} |\n"));
+    }
+    out
+}
+
 /// What a person reads for a STEP refusal: the gateway's own words when
 /// it has them, else the table's, with the server's specifics when they are
 /// what the person has to correct.
@@ -420,6 +555,125 @@ mod tests {
         assert_eq!(
             GatewayError::from(ClientError::Closed).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// One of every error the gateway makes itself; the match makes a new
+    /// variant a compile error here until it is listed (and given a code).
+    fn own_samples() -> Vec<GatewayError> {
+        let s = || String::from("x");
+        let all = vec![
+            GatewayError::NotFound(s()),
+            GatewayError::Unauthorized(s()),
+            GatewayError::CrossSite(s()),
+            GatewayError::BadRequest(s()),
+            GatewayError::Unprocessable(s()),
+            GatewayError::TooLarge(s()),
+            GatewayError::BodyTimeout(s()),
+            GatewayError::RequestTimeout(1),
+            GatewayError::MethodNotAllowed,
+            GatewayError::UriTooLong(1),
+            GatewayError::RangeNotSatisfiable { size: 1 },
+            GatewayError::BackendUnavailable(s()),
+            GatewayError::BackendTimeout,
+            GatewayError::BadGateway(s()),
+            GatewayError::Md5Mismatch {
+                received: s(),
+                stored: s(),
+            },
+            GatewayError::NotImplemented(s()),
+            GatewayError::PreconditionFailed(s()),
+            GatewayError::Internal(s()),
+            GatewayError::TusVersion,
+            GatewayError::UnsupportedMediaType(s()),
+            GatewayError::OffsetMismatch {
+                expected: 1,
+                got: 2,
+            },
+            GatewayError::ChecksumMismatch,
+            GatewayError::Locked(s()),
+            GatewayError::ReadOnly(s()),
+            GatewayError::TooManyAttempts(1),
+        ];
+        for e in &all {
+            match e {
+                GatewayError::Step { .. } => unreachable!("not the gateway's own"),
+                GatewayError::NotFound(_)
+                | GatewayError::Unauthorized(_)
+                | GatewayError::CrossSite(_)
+                | GatewayError::BadRequest(_)
+                | GatewayError::Unprocessable(_)
+                | GatewayError::TooLarge(_)
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::RequestTimeout(_)
+                | GatewayError::MethodNotAllowed
+                | GatewayError::UriTooLong(_)
+                | GatewayError::RangeNotSatisfiable { .. }
+                | GatewayError::BackendUnavailable(_)
+                | GatewayError::BackendTimeout
+                | GatewayError::BadGateway(_)
+                | GatewayError::Md5Mismatch { .. }
+                | GatewayError::NotImplemented(_)
+                | GatewayError::PreconditionFailed(_)
+                | GatewayError::Internal(_)
+                | GatewayError::TusVersion
+                | GatewayError::UnsupportedMediaType(_)
+                | GatewayError::OffsetMismatch { .. }
+                | GatewayError::ChecksumMismatch
+                | GatewayError::Locked(_)
+                | GatewayError::ReadOnly(_)
+                | GatewayError::TooManyAttempts(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_code_has_one_http_status_and_is_listed() {
+        let mut status_of = std::collections::HashMap::new();
+        for (code, status, when) in OWN_CODES {
+            assert!(!when.is_empty());
+            assert!(status_of.insert(*code, *status).is_none(), "{code} twice");
+        }
+        for e in own_samples() {
+            let listed = status_of.get(e.code()).copied();
+            assert_eq!(listed, Some(e.status().as_u16()), "{e:?}");
+        }
+        // A code the gateway and the refusal table share means one status.
+        for &p in Problem::ALL {
+            let own = *status_of.entry(p.code()).or_insert(p.http_status());
+            assert_eq!(own, p.http_status(), "{p:?}");
+        }
+        let openapi = crate::OPENAPI;
+        for code in status_of.keys() {
+            assert!(
+                openapi.contains(&format!("            - {code}\n")),
+                "openapi.yaml's Error.error enum lacks {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_documented_table_of_codes_is_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http-api.md");
+        let doc = std::fs::read_to_string(path).expect("docs/http-api.md");
+        let (start, end) = ("<!-- error-codes -->\n", "<!-- /error-codes -->");
+        let table = codes_markdown();
+        let found = doc
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(t, _)| t);
+        if found != Some(table.as_str()) && std::env::var_os("UPDATE_DOCS").is_some() {
+            let (head, rest) = doc.split_once(start).expect("start marker");
+            let (_, tail) = rest.split_once(end).expect("end marker");
+            std::fs::write(path, format!("{head}{start}{table}{end}{tail}")).expect("write");
+            return;
+        }
+        assert_eq!(
+            found,
+            Some(table.as_str()),
+            "docs/http-api.md's table of codes differs from the code; \
+             run with UPDATE_DOCS=1 to rewrite it"
         );
     }
 }

@@ -190,7 +190,21 @@ fn created(stored: Stored) -> Response {
 pub(crate) fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
     if st.http.max_upload > 0 && size > st.http.max_upload {
         return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds this gateway's upload limit of {} bytes",
+            "The file's {size} bytes are more than this gateway's upload limit of {} bytes; \
+             nothing was stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_size`] for a body whose length is not known beforehand: what
+/// was read so far is not the file's size, so only the limit is named.
+fn check_read_so_far(st: &AppState, read: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && read > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file is larger than this gateway's upload limit of {} bytes; nothing was \
+             stored. Upload a smaller file.",
             st.http.max_upload
         )));
     }
@@ -270,7 +284,7 @@ where
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         total += chunk.len() as u64;
-        check_size(st, total)?;
+        check_read_so_far(st, total)?;
         if file.is_none()
             && mem.len() + chunk.len() <= st.http.spool_threshold
             && let Ok(more) = u32::try_from(chunk.len())
@@ -386,7 +400,14 @@ pub async fn upload_multipart(
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, GatewayError> {
     let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
-    let mut form = form.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    // The framework's words ("Invalid `boundary`") are about the protocol.
+    let mut form = form.map_err(|_| {
+        GatewayError::BadRequest(
+            "The request is not a multipart form, so it carries no file. Send the file as a \
+             form field, e.g. curl -F file=@otter.jpg, or PUT the raw file to /files/{key}."
+                .into(),
+        )
+    })?;
     let bad = |e: axum::extract::multipart::MultipartError| multipart_error(&e);
     while let Some(part) = form.next_field().await.map_err(bad)? {
         let file_name = part.file_name().map(str::to_owned);

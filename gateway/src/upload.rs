@@ -280,7 +280,8 @@ async fn begin(
         && size > max
     {
         return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
+            "The file's {size} bytes are more than the STEP server takes ({max} bytes at most); \
+             nothing was stored. Upload a smaller file."
         )));
     }
     let opts = SaveOptions {
