@@ -298,3 +298,84 @@ impl Fields<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(op: Operation, kind: Kind, fields: Value) -> Result<Request, StepError> {
+        let Value::Object(fields) = fields else {
+            panic!("an object")
+        };
+        Request::parse(op, kind, Message::new(fields), &Limits::default())
+    }
+
+    #[test]
+    fn fields_are_typed_once_with_the_refusals_the_handlers_gave() {
+        let save = parse(
+            Operation::Save,
+            Kind::File,
+            json!({"key": "k", "size": 5, "block_size": 1, "replace": true}),
+        );
+        let Ok(Request::FileSave {
+            key,
+            size,
+            block_size,
+            resume,
+            replace,
+        }) = save
+        else {
+            panic!("a SAVE: {save:?}")
+        };
+        assert_eq!(
+            (key.as_str(), size, block_size),
+            ("k", 5, DEFAULT_BLOCK_SIZE)
+        );
+        assert!(!resume);
+        assert_eq!(replace.map(|r| r.if_md5), Some(None));
+        // The key is checked before the size, the size before `if_md5`.
+        let e = parse(Operation::Save, Kind::File, json!({"key": 7, "size": "x"}));
+        assert!(matches!(e, Err(StepError::Invalid(_))), "{e:?}");
+        let e = parse(Operation::Save, Kind::File, json!({"size": -1}));
+        assert!(matches!(e, Err(StepError::SizeInvalid(_))), "{e:?}");
+        let e = parse(
+            Operation::Save,
+            Kind::File,
+            json!({"size": 1, "replace": true, "if_md5": "x"}),
+        );
+        assert!(matches!(e, Err(StepError::Invalid(_))), "{e:?}");
+        let e = parse(Operation::Get, Kind::Data, json!({}));
+        assert_eq!(
+            e.map(|_| ()).map_err(|e| e.to_string()),
+            Err("Field \"key\" is missing for DATA GET.".into())
+        );
+        let e = parse(Operation::Bye, Kind::Auth, json!({}));
+        assert!(matches!(e, Err(StepError::TypeNotAllowed(_))), "{e:?}");
+    }
+
+    #[test]
+    fn what_the_reference_checks_after_the_store_waits_for_the_handler() {
+        let up = parse(
+            Operation::Upload,
+            Kind::File,
+            json!({"key": "k", "block_index": "one", "upload_id": 3}),
+        );
+        let Ok(Request::FileUpload {
+            block_index,
+            upload_id,
+            ..
+        }) = up
+        else {
+            panic!("an UPLOAD: {up:?}")
+        };
+        assert!(block_index.is_err() && upload_id.is_err());
+        assert!(up_wants_body(Operation::Upload, Kind::File));
+        assert!(!up_wants_body(Operation::Get, Kind::File));
+    }
+
+    fn up_wants_body(op: Operation, kind: Kind) -> bool {
+        parse(op, kind, json!({"key": "k"})).is_ok_and(|r| r.wants_body())
+    }
+}
