@@ -187,30 +187,6 @@ fn created(stored: Stored) -> Response {
     resp
 }
 
-pub(crate) fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
-    if st.http.max_upload > 0 && size > st.http.max_upload {
-        return Err(GatewayError::TooLarge(format!(
-            "The file's {size} bytes are more than this gateway's upload limit of {} bytes; \
-             nothing was stored. Upload a smaller file.",
-            st.http.max_upload
-        )));
-    }
-    Ok(())
-}
-
-/// [`check_size`] for a body whose length is not known beforehand: what
-/// was read so far is not the file's size, so only the limit is named.
-fn check_read_so_far(st: &AppState, read: u64) -> Result<(), GatewayError> {
-    if st.http.max_upload > 0 && read > st.http.max_upload {
-        return Err(GatewayError::TooLarge(format!(
-            "The file is larger than this gateway's upload limit of {} bytes; nothing was \
-             stored. Upload a smaller file.",
-            st.http.max_upload
-        )));
-    }
-    Ok(())
-}
-
 pub(crate) type ByteStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
@@ -284,7 +260,7 @@ where
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         total += chunk.len() as u64;
-        check_read_so_far(st, total)?;
+        crate::upload::check_read_so_far(st, total)?;
         if file.is_none()
             && mem.len() + chunk.len() <= st.http.spool_threshold
             && let Ok(more) = u32::try_from(chunk.len())
@@ -563,7 +539,7 @@ async fn put_body(
         .and_then(|v| v.parse::<u64>().ok());
     match length {
         Some(size) => {
-            check_size(st, size)?;
+            crate::upload::check_size(st, size)?;
             let chunks = Box::pin(chunks);
             upload::store_with(
                 &st.backend,

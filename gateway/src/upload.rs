@@ -552,6 +552,31 @@ where
     Ok(md5)
 }
 
+/// A body of known `size` against `--max-upload`.
+pub(crate) fn check_size(st: &crate::AppState, size: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && size > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file's {size} bytes are more than this gateway's upload limit of {} bytes; \
+             nothing was stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_size`] for a body whose length is not known beforehand: what
+/// was read so far is not the file's size, so only the limit is named.
+pub(crate) fn check_read_so_far(st: &crate::AppState, read: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && read > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file is larger than this gateway's upload limit of {} bytes; nothing was \
+             stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
