@@ -12,7 +12,7 @@ use bytes::Bytes;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::plan::{block_len, total_blocks};
 use step_core::transfer::upload_spread;
-use step_core::{ClientError, StepClient};
+use step_core::{ClientError, Problem, StepClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{ConnArgs, TuneArgs};
@@ -462,7 +462,10 @@ impl Upload<'_> {
         kept: String,
     ) -> CliError {
         let e = match e {
-            CliError::Refused { code: 408, .. } => {
+            CliError::Refused {
+                problem: Some(Problem::WrongOperation),
+                ..
+            } => {
                 // Refused as "not in progress": another upload completed the
                 // key, or ours was deleted or expired.
                 let there = w

@@ -18,12 +18,13 @@ use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
-use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Reason, Status};
+use step_core::{Frame, Kind, Message, Operation, Problem, Status};
 use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
 use crate::auth::{Authority, LoginLimits, Public};
 use crate::error::StepError;
+use crate::request::{Later, Request};
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
@@ -130,10 +131,11 @@ pub enum Admission {
     Proceed(Admitted),
 }
 
-/// An authenticated, authorized request waiting for [`Service::serve`].
+/// An authenticated, authorized, parsed request waiting for
+/// [`Service::serve`].
 #[derive(Debug)]
 pub struct Admitted {
-    msg: Message,
+    request: Request,
     op: Operation,
     kind: Kind,
     user: String,
@@ -143,7 +145,7 @@ impl Admitted {
     /// Whether answering needs the request's binary part: only FILE UPLOAD
     /// stores one; every other request's binary part is skipped unread.
     pub fn wants_body(&self) -> bool {
-        (self.op, self.kind) == (Operation::Upload, Kind::File)
+        self.request.wants_body()
     }
 }
 
@@ -179,11 +181,11 @@ fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
         }
         other => other.to_string(),
     };
-    let m = Message::response(op.as_str(), kind.as_str(), Status::BadToken, text);
-    match refusal {
-        Refusal::ReadOnly => m.with(field::REASON, Reason::ReadOnly.as_str()),
-        _ => m,
-    }
+    let problem = match refusal {
+        Refusal::ReadOnly => Problem::ReadOnly,
+        _ => Problem::BadToken,
+    };
+    problem.response(op.as_str(), kind.as_str(), text)
 }
 
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
@@ -191,11 +193,8 @@ fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
 }
 
 fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
-    let m = Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string());
-    match e.reason() {
-        Some(reason) => m.with(field::REASON, reason.as_str()),
-        None => m,
-    }
+    e.problem()
+        .response(op.as_str(), kind.as_str(), e.to_string())
 }
 
 impl Service {
@@ -289,13 +288,9 @@ impl Service {
             Ok(m) => m,
             Err(e) => {
                 return Admission::Answer(
-                    Message::response(
-                        "ERROR",
-                        "ERROR",
-                        Status::CompulsoryFieldMissing,
-                        e.to_string(),
-                    )
-                    .into(),
+                    Problem::CompulsoryFieldMissing
+                        .response("ERROR", "ERROR", e.to_string())
+                        .into(),
                 );
             }
         };
@@ -373,43 +368,37 @@ impl Service {
                 close: true,
             });
         }
-        // The first of UPLOAD's checks (the reference's order) needs no
-        // store; the rest need the plan and come with the body.
-        if (op, kind) == (Operation::Upload, Kind::File)
-            && let Err(e) = self.key(&msg, "FILE uploading")
-        {
-            return Admission::Answer(refuse(op, kind, &e).into());
+        // Parsed once, here; what needs no store is refused before the
+        // binary part is read (the first of UPLOAD's checks, in the
+        // reference's order: the rest need the plan and come with the body).
+        match Request::parse(op, kind, msg, &self.limits) {
+            Ok(request) => Admission::Proceed(Admitted {
+                request,
+                op,
+                kind,
+                user,
+            }),
+            Err(e) => {
+                debug!(%user, %op, %kind, status = e.status().code(), error = %e, "refused");
+                Admission::Answer(refuse(op, kind, &e).into())
+            }
         }
-        Admission::Proceed(Admitted {
-            msg,
-            op,
-            kind,
-            user,
-        })
     }
 
     /// Answer an admitted request; `binary` is its binary part (empty unless
     /// [`Admitted::wants_body`]).
     pub async fn serve(&self, request: Admitted, binary: Bytes) -> Reply {
         let Admitted {
-            mut msg,
+            request,
             op,
             kind,
             user,
         } = request;
-        msg.binary = binary;
         let span = tracing::debug_span!("request", %user, %op, %kind);
-        let result = async {
-            match kind {
-                Kind::Data => self.data(op, &user, msg).await,
-                Kind::File => self.file(op, &user, msg).await,
-                Kind::Auth => Err(StepError::TypeNotAllowed(format!(
-                    "Type AUTH is not allowed for {op}."
-                ))),
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = self
+            .dispatch(&user, request.with_body(binary))
+            .instrument(span)
+            .await;
         match result {
             Ok(m) => m.into(),
             Err(e) => {
@@ -428,139 +417,112 @@ impl Service {
         self.auth.authenticate(&msg, Operation::Login).await
     }
 
-    fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k),
-            Ok(None) => Err(StepError::Invalid(format!(
-                "Field \"key\" is missing for {what}."
-            ))),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The given key, or a fresh uuid4 when there is none.
-    fn key_or_new(&self, msg: &Message) -> Result<String, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k).map(str::to_owned),
-            Ok(None) => Ok(uuid::Uuid::new_v4().to_string()),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    fn check_key<'k>(&self, key: &'k str) -> Result<&'k str, StepError> {
-        if key.is_empty() || key.len() > self.limits.max_key_len {
-            return Err(StepError::Invalid(format!(
-                "\"key\" must be a non-empty string of at most {} bytes",
-                self.limits.max_key_len
-            )));
-        }
-        Ok(key)
-    }
-
-    fn block_index(msg: &Message) -> Result<i64, StepError> {
-        match msg.int_field(field::BLOCK_INDEX) {
-            Ok(Some(i)) => Ok(i),
-            Ok(None) => Err(StepError::Invalid(
-                "The \"block_index\" is compulsory.".into(),
-            )),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The block size a request proposes (extension), or the default.
-    fn block_size(&self, msg: &Message) -> u64 {
-        match msg.int_field(field::BLOCK_SIZE) {
-            Ok(Some(bs))
-                if bs >= DEFAULT_BLOCK_SIZE as i64 && bs as u64 <= self.limits.max_block_size =>
-            {
-                bs as u64
+    async fn dispatch(&self, user: &str, request: Request) -> Result<Message, StepError> {
+        match request {
+            Request::DataSave { key, record } => self.data_save(user, key, record).await,
+            Request::DataGet { key } => self.data_get(user, &key).await,
+            Request::DataDelete { key } => self.data_delete(user, &key).await,
+            Request::FileSave {
+                key,
+                size,
+                block_size,
+                resume,
+                replace,
+            } => {
+                let plan = PlanRecord { size, block_size };
+                self.file_save(user, key, plan, resume, replace).await
             }
-            _ => DEFAULT_BLOCK_SIZE,
-        }
-    }
-
-    async fn data(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
-        let kind = Kind::Data;
-        match op {
-            Operation::Save => {
-                let key = self.key_or_new(&msg)?;
-                let mut record = msg.fields;
-                for name in field::ENVELOPE {
-                    record.remove(name);
-                }
-                record.insert(field::KEY.into(), Value::String(key.clone()));
-                self.store
-                    .record_create(user, &key, record)
+            Request::FileUpload {
+                key,
+                block_index,
+                upload_id,
+                body,
+            } => {
+                self.file_upload(user, key, block_index, upload_id, body)
                     .await
-                    .map_err(in_store(&key))?;
-                info!(%user, %key, "record saved");
-                Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
             }
-            Operation::Get => {
-                let key = self.key(&msg, "DATA GET")?;
-                let mut record = self
-                    .store
-                    .record_get(user, key)
+            Request::FileGet {
+                key,
+                upload_status,
+                block_size,
+            } => match upload_status {
+                true => self.upload_status(user, &key).await,
+                false => self.file_get(user, &key, block_size).await,
+            },
+            Request::FileDownload {
+                key,
+                upload_id,
+                block_index,
+                block_size,
+            } => {
+                let version = upload_id.as_deref();
+                self.file_download(user, &key, version, block_index, block_size)
                     .await
-                    .map_err(in_store(key))?;
-                let envelope = ok(op, kind, "OK");
-                record.extend(envelope.fields);
-                Ok(Message::new(record))
             }
-            Operation::Delete => {
-                let key = self.key(&msg, "DATA delete")?;
-                self.store
-                    .record_delete(user, key)
-                    .await
-                    .map_err(in_store(key))?;
-                info!(%user, %key, "record deleted");
-                Ok(ok(op, kind, format!("The \"key\" {key} is deleted.")).with(field::KEY, key))
-            }
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for DATA."
-            ))),
+            Request::FileDelete {
+                key,
+                upload_id,
+                if_md5,
+            } => self.file_delete(user, &key, upload_id, if_md5).await,
+            Request::FileList {
+                prefix,
+                after,
+                limit,
+            } => self.file_list(user, &prefix, after.as_deref(), limit).await,
         }
     }
 
-    async fn file(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
-        match op {
-            Operation::Save => self.file_save(user, &msg).await,
-            Operation::Upload => self.file_upload(user, msg).await,
-            Operation::Get => self.file_get(user, &msg).await,
-            Operation::Download => self.file_download(user, &msg).await,
-            Operation::Delete => self.file_delete(user, &msg).await,
-            Operation::List => self.file_list(user, &msg).await,
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for FILE."
-            ))),
-        }
+    async fn data_save(
+        &self,
+        user: &str,
+        key: String,
+        record: serde_json::Map<String, Value>,
+    ) -> Result<Message, StepError> {
+        let (op, kind) = (Operation::Save, Kind::Data);
+        self.store
+            .record_create(user, &key, record)
+            .await
+            .map_err(in_store(&key))?;
+        info!(%user, %key, "record saved");
+        Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
+    }
+
+    async fn data_get(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        let mut record = self
+            .store
+            .record_get(user, key)
+            .await
+            .map_err(in_store(key))?;
+        let envelope = ok(Operation::Get, Kind::Data, "OK");
+        record.extend(envelope.fields);
+        Ok(Message::new(record))
+    }
+
+    async fn data_delete(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        self.store
+            .record_delete(user, key)
+            .await
+            .map_err(in_store(key))?;
+        info!(%user, %key, "record deleted");
+        Ok(ok(
+            Operation::Delete,
+            Kind::Data,
+            format!("The \"key\" {key} is deleted."),
+        )
+        .with(field::KEY, key))
     }
 
     /// FILE LIST (extension): one page of the caller's complete files.
-    async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let text = |name: &'static str| match msg.str_field(name) {
-            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
-                "\"{name}\" must be at most {} bytes",
-                self.limits.max_key_len
-            ))),
-            Ok(t) => Ok(t),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        };
-        let prefix = text(field::PREFIX)?.unwrap_or("");
-        let after = text(field::AFTER)?;
-        let limit = match msg.int_field(field::LIMIT) {
-            Ok(None) => LIST_DEFAULT_LIMIT,
-            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            Ok(Some(n)) => {
-                return Err(StepError::Invalid(format!(
-                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
-                )));
-            }
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+    async fn file_list(
+        &self,
+        user: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Message, StepError> {
         let page = self
             .store
-            .list_files(user, prefix, after, limit as usize)
+            .list_files(user, prefix, after, limit)
             .await
             .map_err(in_store(prefix))?;
         let mut next = page.next;
@@ -591,28 +553,16 @@ impl Service {
             .with(field::NEXT, next.map_or(Value::Null, Value::String)))
     }
 
-    async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key_or_new(msg)?;
-        let size = match msg.int_field(field::SIZE) {
-            Ok(None) => return Err(StepError::SizeMissing),
-            Err(e) => return Err(StepError::SizeInvalid(e.to_string())),
-            Ok(Some(s)) if s < 0 => {
-                return Err(StepError::SizeInvalid("it must not be negative".into()));
-            }
-            Ok(Some(s)) if s as u64 > self.limits.max_file_size => {
-                return Err(StepError::TooLarge(format!(
-                    "{s} bytes exceeds this server's limit of {}",
-                    self.limits.max_file_size
-                )));
-            }
-            Ok(Some(s)) => s as u64,
-        };
-        let plan = PlanRecord {
-            size,
-            block_size: self.block_size(msg),
-        };
-        let resume = msg.bool_field(field::RESUME);
-        let replace = match self.replace_of(msg)? {
+    async fn file_save(
+        &self,
+        user: &str,
+        key: String,
+        plan: PlanRecord,
+        resume: bool,
+        replace: Option<Replace>,
+    ) -> Result<Message, StepError> {
+        let size = plan.size;
+        let replace = match replace {
             Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
             None => self.store.plan_upload(user, &key, plan, resume),
         };
@@ -637,42 +587,21 @@ impl Service {
         Ok(m)
     }
 
-    /// A SAVE's `replace` extension (with its `if_md5`), when this server
-    /// serves it; otherwise the fields are ignored, as the reference would.
-    fn replace_of(&self, msg: &Message) -> Result<Option<Replace>, StepError> {
-        if !self.limits.extensions.replace || !msg.bool_field(field::REPLACE) {
-            return Ok(None);
-        }
-        Ok(Some(Replace {
-            if_md5: self.if_md5(msg)?,
-        }))
-    }
-
-    fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
-        match msg.str_field(field::IF_MD5) {
-            Ok(None) => Ok(None),
-            Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(Some(m.to_ascii_lowercase()))
-            }
-            Ok(Some(_)) => Err(StepError::Invalid(
-                "\"if_md5\" must be 32 hexadecimal digits".into(),
-            )),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
-        let key = self.key(&msg, "FILE uploading")?.to_owned();
+    async fn file_upload(
+        &self,
+        user: &str,
+        key: String,
+        block_index: Later<i64>,
+        upload_id: Later<Option<String>>,
+        body: Bytes,
+    ) -> Result<Message, StepError> {
         let upload = self
             .store
             .open_upload(user, &key)
             .await
             .map_err(in_store(&key))?;
-        let index = Self::block_index(&msg)?;
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id.map(str::to_owned),
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+        let index = block_index?;
+        let upload_id = upload_id?;
         // A block naming another upload is refused as such before it is
         // checked against this upload's plan, which a racing SAVE made.
         if let (Some(want), Some(current)) = (upload_id.as_deref(), upload.upload_id())
@@ -680,9 +609,9 @@ impl Service {
         {
             return Err(StepError::Superseded(key));
         }
-        let checked = check_block(upload.plan(), index, msg.binary.len() as u64)?;
+        let checked = check_block(upload.plan(), index, body.len() as u64)?;
         let md5 = upload
-            .put_block(checked, msg.binary, upload_id)
+            .put_block(checked, body, upload_id)
             .await
             .map_err(in_store(&key))?;
         debug!(%user, %key, index, "block stored");
@@ -699,13 +628,8 @@ impl Service {
         Ok(m)
     }
 
-    async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE GET")?;
-        if msg.bool_field(field::UPLOAD_STATUS) {
-            return self.upload_status(user, key).await;
-        }
+    async fn file_get(&self, user: &str, key: &str, block_size: u64) -> Result<Message, StepError> {
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
-        let block_size = self.block_size(msg);
         // Extensions: the version (DOWNLOADs may name it, so they are never
         // served from a newer one) and when it became complete.
         let mut m = ok(Operation::Get, Kind::File, "OK. This is the download plan.")
@@ -746,21 +670,23 @@ impl Service {
         )
     }
 
-    async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE downloading")?;
-        // Our extension: the version a download began with, so a replace
-        // under way never mixes two versions in one download.
-        let version = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+    /// FILE DOWNLOAD; `version` (our extension) is the version the
+    /// download began with, so a replace under way never mixes two
+    /// versions in one download.
+    async fn file_download(
+        &self,
+        user: &str,
+        key: &str,
+        version: Option<&str>,
+        block_index: Later<i64>,
+        block_size: u64,
+    ) -> Result<Message, StepError> {
         let meta = match version {
             Some(id) => self.store.head_version(user, key, id).await,
             None => self.store.head(user, key).await,
         }
         .map_err(in_store(key))?;
-        let index = Self::block_index(msg)?;
-        let block_size = self.block_size(msg);
+        let index = block_index?;
         if index < 0 {
             return Err(StepError::IndexNegative);
         }
@@ -786,22 +712,22 @@ impl Service {
             .with_binary(data))
     }
 
-    async fn file_delete(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE delete")?;
-        // Our extension: DELETE of one upload only (its own cleanup), never
-        // of what another upload stored under the key meanwhile.
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        let if_md5 = if self.limits.extensions.replace {
-            self.if_md5(msg)?
-        } else {
-            None
-        };
+    /// FILE DELETE; `upload_id` (our extension) deletes one upload only
+    /// (its own cleanup), never what another upload stored meanwhile.
+    async fn file_delete(
+        &self,
+        user: &str,
+        key: &str,
+        upload_id: Option<String>,
+        if_md5: Option<String>,
+    ) -> Result<Message, StepError> {
         let deleted = match &if_md5 {
             Some(md5) => self.store.delete_file_if(user, key, md5).await,
-            None => self.store.delete_file(user, key, upload_id).await,
+            None => {
+                self.store
+                    .delete_file(user, key, upload_id.as_deref())
+                    .await
+            }
         };
         match deleted.map_err(in_store(key))? {
             Deleted::File => {
