@@ -160,6 +160,7 @@ pub mod coord;
 mod fenced;
 mod io;
 mod load;
+mod migrate;
 mod names;
 mod read;
 mod records;
@@ -187,6 +188,7 @@ pub use assembly::PART_MIN;
 use assembly::{Assembler, Held, MAX_ASSEMBLERS};
 use coord::{Coord, Lease};
 use io::{other, store_err};
+pub use migrate::Migrated;
 
 /// Coordinated: plans of uploads kept in memory, at most.
 const KNOWN_PLANS: usize = 4096;
@@ -367,6 +369,13 @@ pub struct Bucket {
     /// Coordinated: when objects nobody points at were last looked for
     /// (a LIST of every record and file, so not at every sweep).
     orphans_swept: Mutex<Option<std::time::Instant>>,
+    /// Coordinated: the bucket's layout is known to be current (see
+    /// `migrate.rs`); nothing resolves a record or a file before.
+    layout: tokio::sync::OnceCell<()>,
+    /// Tests: conversions a migration makes before it fails (`u64::MAX`:
+    /// no limit).
+    #[cfg(test)]
+    migrate_budget: AtomicU64,
 }
 
 impl FileStore<Bucket> {
@@ -396,6 +405,9 @@ impl FileStore<Bucket> {
             coord,
             plans: Mutex::new(HashMap::new()),
             orphans_swept: Mutex::new(None),
+            layout: tokio::sync::OnceCell::new(),
+            #[cfg(test)]
+            migrate_budget: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -412,6 +424,14 @@ impl FileStore<Bucket> {
     /// than before the first request that needs it.
     pub async fn recover(&self) -> StoreResult<()> {
         self.backend().ensure_scanned().await
+    }
+
+    /// Coordinated: migrate the bucket from an earlier release's layout if
+    /// it holds one (one instance does it, others wait for it; see
+    /// `migrate.rs`). Until it is done, requests that resolve a record or
+    /// a file answer "unavailable". Alone: nothing to do.
+    pub async fn upgrade(&self) -> StoreResult<Migrated> {
+        self.backend().upgrade_layout().await
     }
 
     /// The object store underneath.
@@ -543,6 +563,7 @@ impl Bucket {
     async fn lock_key(&self, n: &Key) -> StoreResult<KeyGuard> {
         let mut state = KeyGuard(self.files.lock(n.id.clone()).await);
         if let Some(coord) = &self.coord {
+            self.ensure_layout().await?;
             state.lease = Some(coord.lease(&names::lease_name(n)).await?);
             state.loaded = false;
         }
