@@ -6,8 +6,9 @@
 //!
 //! The earlier layout is written by a step-server without `--coord`, whose
 //! layout is the one earlier releases used in coordinated mode too. The
-//! bucket is on moto_server (a real S3 API over HTTP), the coordinator a
-//! real Redis. Reported as ignored, with the reason, where moto_server or
+//! bucket is on moto_server (a real S3 API over HTTP), and again on a
+//! Garage node (whose LIST may lag); the coordinator is a real Redis.
+//! Reported as ignored, with the reason, where moto_server, Garage or
 //! redis-server is not installed; a failure instead under
 //! `STEP_REQUIRE_ALL_TESTS`.
 
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
+use step_tests::garage::Garage;
 use step_tests::pattern;
 use step_tests::prereq::{self, block_on_threads};
 use step_tests::redis::Redis;
@@ -185,10 +187,28 @@ async fn connect(inst: &Instance, token: &str) -> StepClient {
     c
 }
 
+fn on_garage() -> Result<Setup, String> {
+    let redis = Redis::start()?;
+    let garage = Garage::start()?;
+    let s3 = S3 {
+        endpoint: garage.endpoint.clone(),
+        env: garage
+            .aws_env()
+            .into_iter()
+            .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
+            .collect(),
+        storage: garage.storage_url("fenced"),
+        _server: Box::new(garage),
+    };
+    Ok(Setup { s3, redis })
+}
+
 fn main() {
-    prereq::main(vec![prereq::needs("on_moto", on_moto, |s| {
-        block_on_threads(2, a_legacy_bucket_is_served_after_the_upgrade(s))
-    })]);
+    let run = |s| block_on_threads(2, a_legacy_bucket_is_served_after_the_upgrade(s));
+    prereq::main(vec![
+        prereq::needs("on_moto", on_moto, run),
+        prereq::needs("on_garage", on_garage, run),
+    ]);
 }
 
 fn record(n: u64) -> Map<String, Value> {

@@ -111,6 +111,9 @@ impl Bucket {
         }
         // Waits while another instance migrates (or gives up after the
         // lease wait: the caller tries again).
+        info!(
+            "the bucket's layout is not marked current yet: taking the migration lease (waits while another server migrates)"
+        );
         let lease = coord.lease(MIGRATION_LEASE).await?;
         let marker = coord.pointer(LAYOUT_MARKER).await?;
         if marker.as_deref() == Some(LAYOUT_FENCED) {
@@ -195,9 +198,13 @@ impl Bucket {
                 // This release's index entry.
                 continue;
             }
-            let Some(mut meta) = self.get_json::<FileMeta>(&path).await? else {
+            // LIST may show an object already removed or already made an
+            // index entry (Garage): only what GET returns counts.
+            let Some(bytes) = self.get_bytes(&path).await?.filter(|b| !b.is_empty()) else {
                 continue;
             };
+            let mut meta: FileMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| super::io::other(format!("corrupt legacy meta {path}: {e}")))?;
             let pointer = file_pointer(&us, &ks);
             if coord.pointer(&pointer).await?.is_none() {
                 let id = match &meta.upload_id {
