@@ -246,7 +246,7 @@ impl Bucket {
 
     fn log_progress(&self, done: &Migrated) {
         let n = done.records + done.files;
-        if n % LOG_EVERY == 0 {
+        if n.is_multiple_of(LOG_EVERY) {
             info!(
                 records = done.records,
                 files = done.files,
