@@ -30,6 +30,8 @@
 //! other instances answer "unavailable" (upgrading) rather than show a
 //! store without those records and files.
 
+use std::sync::atomic::Ordering;
+
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -50,6 +52,8 @@ pub const MIGRATION_LEASE: &str = "m/migrate";
 /// A request waits this long for a migration under way in this instance
 /// before it answers "unavailable".
 const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Meanwhile it looks for the marker this often.
+const UPGRADE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Progress is logged every this many conversions.
 const LOG_EVERY: u64 = 1000;
 
@@ -69,29 +73,58 @@ fn upgrading() -> StoreError {
 
 impl Bucket {
     /// Coordinated: fails ("unavailable", upgrading) until the bucket's
-    /// layout is known to be current, migrating it if this instance is the
-    /// first to ask. Alone (no coordinator): nothing to do.
+    /// layout is known to be current. A server migrates from its own task
+    /// ([`Self::upgrade_layout`], started at start-up): a request only looks
+    /// for the marker meanwhile, so no request's deadline cuts a migration
+    /// short. Storage used without that task migrates at its first request.
+    /// Alone (no coordinator): nothing to do.
     pub(super) async fn ensure_layout(&self) -> StoreResult<()> {
-        if self.coord.is_none() || self.layout.initialized() {
+        let Some(coord) = &self.coord else {
+            return Ok(());
+        };
+        if self.layout.initialized() {
             return Ok(());
         }
-        match tokio::time::timeout(UPGRADE_WAIT, self.upgrade_layout()).await {
-            Ok(Ok(_)) => Ok(()),
-            // Whatever stopped it (the bucket, the coordinator, another
-            // instance migrating), the store is not there yet.
-            Ok(Err(e @ StoreError::Unavailable(_))) => Err(e),
-            Ok(Err(e)) => {
-                warn!(error = %e, "the bucket's upgrade has not completed");
-                Err(upgrading())
+        if !self.layout_driven.load(Ordering::Acquire) {
+            return match tokio::time::timeout(UPGRADE_WAIT, self.migrate_once()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e @ StoreError::Unavailable(_))) => Err(e),
+                // Whatever else stopped it, the store is not there yet.
+                Ok(Err(e)) => {
+                    warn!(error = %e, "the bucket's upgrade has not completed");
+                    Err(upgrading())
+                }
+                Err(_) => Err(upgrading()),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
+        loop {
+            if self.layout.initialized() {
+                return Ok(());
             }
-            Err(_) => Err(upgrading()),
+            if coord.pointer(LAYOUT_MARKER).await?.as_deref() == Some(LAYOUT_FENCED) {
+                // Done by another instance; this one's task may still be
+                // waiting for the lease (then it is told so there).
+                let _ = self.layout.set(());
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(upgrading());
+            }
+            tokio::time::sleep(UPGRADE_POLL).await;
         }
     }
 
-    /// Migrate the bucket if it holds the earlier layout (once per
-    /// instance; cancel-safe: a migration cut short is resumed by the next
-    /// call, here or on another instance).
+    /// Migrate the bucket if it holds the earlier layout, from the task
+    /// that drives it (requests then only wait for it). Once per instance;
+    /// cancel-safe: a migration cut short is resumed by the next call,
+    /// here or on another instance.
     pub(super) async fn upgrade_layout(&self) -> StoreResult<Migrated> {
+        self.layout_driven.store(true, Ordering::Release);
+        self.migrate_once().await
+    }
+
+    async fn migrate_once(&self) -> StoreResult<Migrated> {
         let Some(coord) = &self.coord else {
             return Ok(Migrated::default());
         };
@@ -259,7 +292,6 @@ impl Bucket {
     /// killed midway would stop.
     #[cfg(test)]
     fn fail_point(&self) -> StoreResult<()> {
-        use std::sync::atomic::Ordering;
         let left = self.migrate_budget.load(Ordering::Acquire);
         if left == u64::MAX {
             return Ok(());

@@ -372,6 +372,8 @@ pub struct Bucket {
     /// Coordinated: the bucket's layout is known to be current (see
     /// `migrate.rs`); nothing resolves a record or a file before.
     layout: tokio::sync::OnceCell<()>,
+    /// [`ObjectStorage::upgrade`] drives the migration: requests only wait.
+    layout_driven: std::sync::atomic::AtomicBool,
     /// Tests: conversions a migration makes before it fails (`u64::MAX`:
     /// no limit).
     #[cfg(test)]
@@ -406,6 +408,7 @@ impl FileStore<Bucket> {
             plans: Mutex::new(HashMap::new()),
             orphans_swept: Mutex::new(None),
             layout: tokio::sync::OnceCell::new(),
+            layout_driven: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             migrate_budget: AtomicU64::new(u64::MAX),
         })
