@@ -21,7 +21,8 @@
 //! overwritten (see `fenced.rs`): a record is `recv/<user>/<key>/<version>`,
 //! a file version's meta `file/<user>/<key>/<upload_id>.v`, the coordinator
 //! points at the current ones, and `meta/<user>/<key>` is only an (empty)
-//! index entry for listings.
+//! index entry for listings. A bucket in the earlier layout is migrated
+//! once before anything is served from it (`migrate.rs`).
 //!
 //! `<user>` and `<key>` are encoded into segments of lowercase letters that
 //! keep key order (see `names.rs`).

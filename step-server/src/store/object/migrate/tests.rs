@@ -360,3 +360,30 @@ async fn a_key_written_by_this_release_wins_over_its_legacy_object() {
     no_legacy_left(&mem).await;
     drop(legacy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_another_ones_migration_answers_unavailable_meanwhile() {
+    let (mem, legacy) = legacy_bucket().await;
+    let coord = MemoryCoord::new();
+    // Another server is migrating (holds the lease).
+    let other = coord.lease(MIGRATION_LEASE).await.expect("lease");
+    let a = node(&mem, &coord);
+    let driver = {
+        let a = a.clone();
+        tokio::spawn(async move { a.upgrade().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let Err(StoreError::Unavailable(why)) = a.head("ann", "dir/file-0").await else {
+        panic!("served before the upgrade");
+    };
+    assert!(why.contains("upgraded"), "{why}");
+    assert!(
+        !driver.is_finished(),
+        "the start-up task waits for the lease"
+    );
+    // The other server stops without finishing: this one takes over.
+    drop(other);
+    let done = driver.await.expect("task").expect("upgrade");
+    assert_eq!(done.files, legacy.files.len() as u64);
+    serves_all(&a, &legacy).await;
+}
