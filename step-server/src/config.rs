@@ -337,6 +337,7 @@ impl ServiceArgs {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     let recovering = storage.clone();
                     rt.spawn(async move {
+                        upgrade_until_done(&recovering).await;
                         if let Err(e) = recovering.recover().await {
                             warn!(error = %e, "cannot list the bucket's unfinished uploads yet");
                         }
@@ -489,6 +490,32 @@ impl ServiceArgs {
         match &self.storage {
             StorageChoice::Disk => Ok(DiskStore::open_for_accounts(&self.data_dir)?),
             StorageChoice::S3 { .. } => self.open_storage(StoreLimits::default()),
+        }
+    }
+}
+
+/// Coordinated: migrate the bucket from an earlier release's layout if it
+/// holds one, trying again while the coordinator or the bucket cannot be
+/// reached (requests answer "unavailable" meanwhile). Alone: returns at
+/// once.
+async fn upgrade_until_done(storage: &ObjectStorage) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match storage.upgrade().await {
+            Ok(m) if m.records + m.files > 0 => {
+                info!(
+                    records = m.records,
+                    files = m.files,
+                    "bucket migrated to this release's layout"
+                );
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot check or migrate the bucket's layout yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }

@@ -574,6 +574,10 @@ async fn objects(w: &World, dir: &str) -> Vec<Path> {
 
 async fn scenario(steps: Vec<Step>) -> Result<(), String> {
     let w = world();
+    // As a step-server does at start (the bucket's layout checked once).
+    for node in &w.nodes {
+        node.upgrade().await.map_err(|e| format!("upgrade: {e}"))?;
+    }
     let mut model = Model::default();
     let mut i = 0;
     while i < steps.len() {

@@ -92,6 +92,8 @@ impl Backend for Bucket {
         self.exists(&self.path(&["ready"])).await?;
         if let Some(coord) = &self.coord {
             coord.ping().await?;
+            // Not ready while the bucket is being upgraded.
+            self.ensure_layout().await?;
         }
         Ok(())
     }
@@ -274,7 +276,10 @@ impl Backend for Bucket {
             );
             self.delete_paths(orphans).await?;
         }
+        // Before the layout is current, a legacy file's content would look
+        // like an object nobody points at.
         if let Some(coord) = &self.coord
+            && self.layout.initialized()
             && self.orphan_sweep_due()
         {
             self.sweep_uncommitted(coord.as_ref(), cutoff_ms).await?;

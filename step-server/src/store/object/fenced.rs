@@ -57,6 +57,7 @@ impl Bucket {
         let Some(coord) = &self.coord else {
             return self.get_json(&self.meta_path(n)).await;
         };
+        self.ensure_layout().await?;
         match coord.pointer(&lease_name(n)).await? {
             Some(id) => {
                 self.get_json(&self.version_meta_path(&n.id.0, &n.id.1, &id))
@@ -70,7 +71,10 @@ impl Bucket {
     /// pointer read).
     pub(super) async fn is_complete(&self, n: &Key) -> StoreResult<bool> {
         match &self.coord {
-            Some(coord) => Ok(coord.pointer(&lease_name(n)).await?.is_some()),
+            Some(coord) => {
+                self.ensure_layout().await?;
+                Ok(coord.pointer(&lease_name(n)).await?.is_some())
+            }
             None => self.exists(&self.meta_path(n)).await,
         }
     }
@@ -148,6 +152,7 @@ impl Bucket {
         n: &Key,
         record: &Map<String, Value>,
     ) -> StoreResult<()> {
+        self.ensure_layout().await?;
         let name = record_lease_name(n);
         if coord.pointer(&name).await?.is_some() {
             return Err(StoreError::Exists);
@@ -163,6 +168,7 @@ impl Bucket {
         coord: &dyn Coord,
         n: &Key,
     ) -> StoreResult<Option<Map<String, Value>>> {
+        self.ensure_layout().await?;
         match coord.pointer(&record_lease_name(n)).await? {
             Some(v) => self.get_json(&self.rec_version_path(n, &v)).await,
             None => Ok(None),
@@ -175,6 +181,7 @@ impl Bucket {
         lease: &dyn Lease,
         n: &Key,
     ) -> StoreResult<()> {
+        self.ensure_layout().await?;
         let name = record_lease_name(n);
         let Some(version) = coord.pointer(&name).await? else {
             return Err(StoreError::NotFound);
@@ -198,6 +205,7 @@ impl Bucket {
         us: &str,
         index: Vec<Path>,
     ) -> StoreResult<Vec<Path>> {
+        self.ensure_layout().await?;
         let segs: Vec<String> = index
             .iter()
             .filter_map(|p| p.filename().map(str::to_owned))

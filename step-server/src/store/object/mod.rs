@@ -21,7 +21,8 @@
 //! overwritten (see `fenced.rs`): a record is `recv/<user>/<key>/<version>`,
 //! a file version's meta `file/<user>/<key>/<upload_id>.v`, the coordinator
 //! points at the current ones, and `meta/<user>/<key>` is only an (empty)
-//! index entry for listings.
+//! index entry for listings. A bucket in the earlier layout is migrated
+//! once before anything is served from it (`migrate.rs`).
 //!
 //! `<user>` and `<key>` are encoded into segments of lowercase letters that
 //! keep key order (see `names.rs`).
@@ -160,6 +161,7 @@ pub mod coord;
 mod fenced;
 mod io;
 mod load;
+mod migrate;
 mod names;
 mod read;
 mod records;
@@ -187,6 +189,7 @@ pub use assembly::PART_MIN;
 use assembly::{Assembler, Held, MAX_ASSEMBLERS};
 use coord::{Coord, Lease};
 use io::{other, store_err};
+pub use migrate::Migrated;
 
 /// Coordinated: plans of uploads kept in memory, at most.
 const KNOWN_PLANS: usize = 4096;
@@ -367,6 +370,15 @@ pub struct Bucket {
     /// Coordinated: when objects nobody points at were last looked for
     /// (a LIST of every record and file, so not at every sweep).
     orphans_swept: Mutex<Option<std::time::Instant>>,
+    /// Coordinated: the bucket's layout is known to be current (see
+    /// `migrate.rs`); nothing resolves a record or a file before.
+    layout: tokio::sync::OnceCell<()>,
+    /// [`ObjectStorage::upgrade`] drives the migration: requests only wait.
+    layout_driven: std::sync::atomic::AtomicBool,
+    /// Tests: conversions a migration makes before it fails (`u64::MAX`:
+    /// no limit).
+    #[cfg(test)]
+    migrate_budget: AtomicU64,
 }
 
 impl FileStore<Bucket> {
@@ -396,6 +408,10 @@ impl FileStore<Bucket> {
             coord,
             plans: Mutex::new(HashMap::new()),
             orphans_swept: Mutex::new(None),
+            layout: tokio::sync::OnceCell::new(),
+            layout_driven: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            migrate_budget: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -412,6 +428,14 @@ impl FileStore<Bucket> {
     /// than before the first request that needs it.
     pub async fn recover(&self) -> StoreResult<()> {
         self.backend().ensure_scanned().await
+    }
+
+    /// Coordinated: migrate the bucket from an earlier release's layout if
+    /// it holds one (one instance does it, others wait for it; see
+    /// `migrate.rs`). Until it is done, requests that resolve a record or
+    /// a file answer "unavailable". Alone: nothing to do.
+    pub async fn upgrade(&self) -> StoreResult<Migrated> {
+        self.backend().upgrade_layout().await
     }
 
     /// The object store underneath.
@@ -543,6 +567,7 @@ impl Bucket {
     async fn lock_key(&self, n: &Key) -> StoreResult<KeyGuard> {
         let mut state = KeyGuard(self.files.lock(n.id.clone()).await);
         if let Some(coord) = &self.coord {
+            self.ensure_layout().await?;
             state.lease = Some(coord.lease(&names::lease_name(n)).await?);
             state.loaded = false;
         }
