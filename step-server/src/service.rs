@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
 use crate::auth::{Authority, LoginLimits, Public};
+use crate::binding::ConnState;
 use crate::error::StepError;
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
@@ -262,11 +263,14 @@ impl Service {
         }
     }
 
-    /// Answer one frame (JSON and binary part already read).
+    /// Answer one frame (JSON and binary part already read) as the only
+    /// request of its connection.
     pub async fn handle(&self, frame: Frame) -> Reply {
         match self.admit_from(frame.json, None).await {
             Admission::Answer(reply) => reply,
-            Admission::Proceed(request) => self.serve(request, frame.binary).await,
+            Admission::Proceed(request) => {
+                self.serve(request, frame.binary, &ConnState::new()).await
+            }
         }
     }
 
@@ -306,22 +310,24 @@ impl Service {
     /// token checked as over the wire; `peer` is whom it comes from (an
     /// HTTP client's address), for LOGIN's pacing.
     pub async fn serve_message(&self, msg: Message, peer: Option<IpAddr>) -> Message {
-        self.answer(msg, Caller::Token { peer }).await
+        self.answer(msg, Caller::Token { peer }, &ConnState::new())
+            .await
     }
 
     /// Answer `msg` for `identity` (from [`Service::identity_of`]) in
     /// process: every rule of a request over the wire applies — envelope,
     /// extensions, LOGIN, the access decision, the UPLOAD checks — except
-    /// the token, which is not read again.
-    pub async fn serve_as(&self, identity: &Identity, msg: Message) -> Message {
-        self.answer(msg, Caller::Checked(identity)).await
+    /// the token, which is not read again. `conn` is the state of the
+    /// caller's session, as a connection's is over the wire.
+    pub async fn serve_as(&self, identity: &Identity, msg: Message, conn: &ConnState) -> Message {
+        self.answer(msg, Caller::Checked(identity), conn).await
     }
 
-    async fn answer(&self, msg: Message, caller: Caller<'_>) -> Message {
+    async fn answer(&self, msg: Message, caller: Caller<'_>, conn: &ConnState) -> Message {
         let binary = msg.binary.clone();
         match self.admit_message(msg, caller).await {
             Admission::Answer(reply) => reply.message,
-            Admission::Proceed(request) => self.serve(request, binary).await.message,
+            Admission::Proceed(request) => self.serve(request, binary, conn).await.message,
         }
     }
 
@@ -389,8 +395,8 @@ impl Service {
     }
 
     /// Answer an admitted request; `binary` is its binary part (empty unless
-    /// [`Admitted::wants_body`]).
-    pub async fn serve(&self, request: Admitted, binary: Bytes) -> Reply {
+    /// [`Admitted::wants_body`]); `conn` is its connection's state.
+    pub async fn serve(&self, request: Admitted, binary: Bytes, conn: &ConnState) -> Reply {
         let Admitted {
             mut msg,
             op,
@@ -402,7 +408,7 @@ impl Service {
         let result = async {
             match kind {
                 Kind::Data => self.data(op, &user, msg).await,
-                Kind::File => self.file(op, &user, msg).await,
+                Kind::File => self.file(op, &user, msg, conn).await,
                 Kind::Auth => Err(StepError::TypeNotAllowed(format!(
                     "Type AUTH is not allowed for {op}."
                 ))),
@@ -522,10 +528,16 @@ impl Service {
         }
     }
 
-    async fn file(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
+    async fn file(
+        &self,
+        op: Operation,
+        user: &str,
+        msg: Message,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
         match op {
-            Operation::Save => self.file_save(user, &msg).await,
-            Operation::Upload => self.file_upload(user, msg).await,
+            Operation::Save => self.file_save(user, &msg, conn).await,
+            Operation::Upload => self.file_upload(user, msg, conn).await,
             Operation::Get => self.file_get(user, &msg).await,
             Operation::Download => self.file_download(user, &msg).await,
             Operation::Delete => self.file_delete(user, &msg).await,
@@ -591,7 +603,12 @@ impl Service {
             .with(field::NEXT, next.map_or(Value::Null, Value::String)))
     }
 
-    async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
+    async fn file_save(
+        &self,
+        user: &str,
+        msg: &Message,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
         let key = self.key_or_new(msg)?;
         let size = match msg.int_field(field::SIZE) {
             Ok(None) => return Err(StepError::SizeMissing),
@@ -612,11 +629,23 @@ impl Service {
             block_size: self.block_size(msg),
         };
         let resume = msg.bool_field(field::RESUME);
+        // Only the upload the SAVE names is resumed: its id is the proof
+        // that the writer is the one who started it.
+        let own = resume
+            .then(|| msg.str_field(field::UPLOAD_ID).ok().flatten())
+            .flatten();
         let replace = match self.replace_of(msg)? {
-            Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
-            None => self.store.plan_upload(user, &key, plan, resume),
+            Some(replace) => self.store.plan_replace(user, &key, plan, own, replace),
+            None => self.store.plan_upload(user, &key, plan, own),
         };
         let outcome = replace.await.map_err(in_store(&key))?;
+        if let Some(id) = outcome
+            .upload_id
+            .as_deref()
+            .filter(|_| outcome.md5.is_none())
+        {
+            conn.bind(user, &key, id);
+        }
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -661,7 +690,12 @@ impl Service {
         }
     }
 
-    async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
+    async fn file_upload(
+        &self,
+        user: &str,
+        msg: Message,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
         let key = self.key(&msg, "FILE uploading")?.to_owned();
         let upload = self
             .store
@@ -669,11 +703,14 @@ impl Service {
             .await
             .map_err(in_store(&key))?;
         let index = Self::block_index(&msg)?;
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
+        let named = match msg.str_field(field::UPLOAD_ID) {
             Ok(id) => id.map(str::to_owned),
             Err(e) => return Err(StepError::Invalid(e.to_string())),
         };
-        // A block naming another upload is refused as such before it is
+        // A block that names no upload is for the one its connection is
+        // bound to (`binding`), so it never lands in another writer's.
+        let upload_id = conn.target(user, &key, named, upload.upload_id());
+        // A block for another upload is refused as such before it is
         // checked against this upload's plan, which a racing SAVE made.
         if let (Some(want), Some(current)) = (upload_id.as_deref(), upload.upload_id())
             && want != current

@@ -259,15 +259,16 @@ pub trait Records: Send + Sync + Debug {
 /// files read, replaced, listed and deleted.
 #[async_trait]
 pub trait Files: Send + Sync + Debug {
-    /// SAVE: plan an upload (resume an unfinished one with the same plan when
-    /// `resume`; otherwise start over). [`StoreError::Exists`] when the key
+    /// SAVE: plan an upload (resume the unfinished upload `resume` names,
+    /// when it is the key's current one with the same plan; otherwise start
+    /// over). [`StoreError::Exists`] when the key
     /// holds a complete file; a size-0 plan completes at once.
     async fn plan_upload(
         &self,
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
     ) -> StoreResult<PlanOutcome>;
     /// SAVE with `replace`: like [`Self::plan_upload`], but a complete file
     /// under `key` does not refuse it; it stays the key's file, readable,
@@ -283,7 +284,7 @@ pub trait Files: Send + Sync + Debug {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
         replace: Replace,
     ) -> StoreResult<PlanOutcome>;
     /// UPLOAD, first half: the unfinished upload under `key`

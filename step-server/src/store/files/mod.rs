@@ -51,9 +51,10 @@ use retired::Retired;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveRequest {
     pub plan: PlanRecord,
-    /// Continue an unfinished upload of the same plan (and condition)
-    /// rather than start over.
-    pub resume: bool,
+    /// Continue the unfinished upload with this id, when it is the key's
+    /// current one with the same plan (and condition), rather than start
+    /// over: only a writer that knows an upload's id may continue it.
+    pub resume: Option<String>,
     /// Replace the key's complete file at completion (SAVE `replace`).
     pub replace: Option<Replace>,
 }
@@ -126,11 +127,11 @@ impl<B: Backend> Files for FileStore<B> {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
     ) -> StoreResult<PlanOutcome> {
         let req = SaveRequest {
             plan,
-            resume,
+            resume: resume.map(str::to_owned),
             replace: None,
         };
         let key = self.backend.key(user, key);
@@ -142,12 +143,12 @@ impl<B: Backend> Files for FileStore<B> {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
         replace: Replace,
     ) -> StoreResult<PlanOutcome> {
         let req = SaveRequest {
             plan,
-            resume,
+            resume: resume.map(str::to_owned),
             replace: Some(replace),
         };
         let key = self.backend.key(user, key);
