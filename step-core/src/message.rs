@@ -139,6 +139,9 @@ wire_enum!(
         Superseded = "superseded",
         // Stored bytes failed their at-rest checksum.
         Integrity = "integrity",
+        // The upload's bytes do not have the md5 its writer sent with them
+        // (UPLOAD `md5`): it was not completed, and is discarded.
+        Md5Mismatch = "md5_mismatch",
         // A per-user cap on unfinished uploads was reached.
         Quota = "quota",
         // A DELETE with `upload_id` found something other than that upload.

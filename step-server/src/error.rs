@@ -51,6 +51,12 @@ pub enum StepError {
     /// Stored bytes failed their at-rest checksum: the block is not served.
     #[error("The stored block of \"key\" {0} failed its integrity check; it is not served.")]
     Integrity(String),
+    /// The upload's bytes do not have the md5 its writer sent (UPLOAD
+    /// `md5`): not completed, discarded; the key keeps what it held.
+    #[error(
+        "The upload of \"key\" {0} does not have the md5 it was sent with; it is discarded and the key keeps what it held."
+    )]
+    Md5Mismatch(String),
     /// A per-user cap on unfinished uploads was reached.
     #[error("{0}")]
     Quota(String),
@@ -92,6 +98,7 @@ impl StepError {
             StoreError::Integrity { .. } => StepError::Integrity(key()),
             StoreError::Quota(text) => StepError::Quota(text),
             StoreError::Precondition => StepError::Precondition(key()),
+            StoreError::Md5Mismatch => StepError::Md5Mismatch(key()),
             StoreError::Replaced => StepError::Replaced(key()),
             StoreError::NoSpace => StepError::NoSpace,
             StoreError::Unavailable(text) => StepError::Unavailable(text),
@@ -132,6 +139,7 @@ impl StepError {
             | StepError::Unavailable(_)
             | StepError::Storage(_)
             | StepError::Integrity(_)
+            | StepError::Md5Mismatch(_)
             | StepError::Quota(_) => Status::BlockSizeMismatch,
         }
     }
@@ -144,6 +152,7 @@ impl StepError {
             StepError::TooLarge(_) => Some(Reason::TooLarge),
             StepError::Superseded(_) => Some(Reason::Superseded),
             StepError::Integrity(_) => Some(Reason::Integrity),
+            StepError::Md5Mismatch(_) => Some(Reason::Md5Mismatch),
             StepError::Quota(_) => Some(Reason::Quota),
             StepError::OtherUpload(_) => Some(Reason::OtherUpload),
             StepError::Precondition(_) => Some(Reason::Precondition),

@@ -259,6 +259,7 @@ impl Service {
             list: self.limits.extensions.list,
             replace: self.limits.extensions.replace,
             upload_status: true,
+            upload_md5: true,
             anonymous: self.auth.anonymous(),
         }
     }
@@ -678,14 +679,19 @@ impl Service {
     }
 
     fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
-        match msg.str_field(field::IF_MD5) {
+        Self::md5_of(msg, field::IF_MD5)
+    }
+
+    /// The md5 in field `name`, if any, lower case.
+    fn md5_of(msg: &Message, name: &'static str) -> Result<Option<String>, StepError> {
+        match msg.str_field(name) {
             Ok(None) => Ok(None),
             Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(Some(m.to_ascii_lowercase()))
             }
-            Ok(Some(_)) => Err(StepError::Invalid(
-                "\"if_md5\" must be 32 hexadecimal digits".into(),
-            )),
+            Ok(Some(_)) => Err(StepError::Invalid(format!(
+                "\"{name}\" must be 32 hexadecimal digits"
+            ))),
             Err(e) => Err(StepError::Invalid(e.to_string())),
         }
     }
@@ -697,7 +703,7 @@ impl Service {
         conn: &ConnState,
     ) -> Result<Message, StepError> {
         let key = self.key(&msg, "FILE uploading")?.to_owned();
-        let upload = self
+        let mut upload = self
             .store
             .open_upload(user, &key)
             .await
@@ -718,6 +724,11 @@ impl Service {
             return Err(StepError::Superseded(key));
         }
         let checked = check_block(upload.plan(), index, msg.binary.len() as u64)?;
+        // Our extension: the whole file's md5 as the writer computed it; an
+        // upload without it is never completed (the key keeps its file).
+        if let Some(want) = Self::md5_of(&msg, field::MD5)? {
+            upload.expect_md5(want);
+        }
         let md5 = upload
             .put_block(checked, msg.binary, upload_id)
             .await

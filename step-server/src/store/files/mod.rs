@@ -21,6 +21,7 @@
 
 mod backend;
 mod complete;
+mod expected;
 mod ledger;
 pub mod listing;
 mod remove;
@@ -44,6 +45,7 @@ use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
     UnfinishedStats, UnfinishedUpload, Upkeep, UploadWriter,
 };
+use expected::Expected;
 use listing::PageRule;
 use retired::Retired;
 
@@ -63,6 +65,8 @@ pub struct SaveRequest {
 pub struct FileStore<B> {
     backend: Arc<B>,
     retired: Arc<Retired>,
+    /// Expected md5s sent before an upload's last block.
+    expected: Arc<Expected>,
 }
 
 impl<B> Clone for FileStore<B> {
@@ -70,6 +74,7 @@ impl<B> Clone for FileStore<B> {
         FileStore {
             backend: Arc::clone(&self.backend),
             retired: Arc::clone(&self.retired),
+            expected: Arc::clone(&self.expected),
         }
     }
 }
@@ -95,6 +100,7 @@ impl<B: Backend> FileStore<B> {
         FileStore {
             backend: Arc::new(backend),
             retired: Arc::default(),
+            expected: Arc::default(),
         }
     }
 

@@ -14,7 +14,7 @@
 //! 5. The user's caps on unfinished uploads are reserved, then the backend
 //!    starts the upload (and may refuse for its own reasons, e.g. space).
 
-use super::complete::Completed;
+use super::complete::{Completed, Done};
 use super::{Backend, FileStore, Key, SaveRequest, Unfinished};
 use crate::store::api::{self, FileMeta, PlanOutcome, StoreResult, unix_now};
 use step_core::digest::EMPTY_MD5;
@@ -84,7 +84,7 @@ impl<B: Backend> FileStore<B> {
         let (plan, upload_id) = (up.plan, Some(up.id.clone()));
         if up.remaining == 0 {
             // Every block is in; its completion was cut short: finish it.
-            let md5 = match self.complete(key, held, &up.id, false, None).await? {
+            let md5 = match self.complete(key, held, &up.id, Done::default()).await? {
                 Completed::Now(md5) | Completed::Already(md5) => Some(md5),
                 Completed::NotFull => None,
             };
