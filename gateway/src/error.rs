@@ -116,6 +116,8 @@ pub fn http_status_for_reason(reason: Reason) -> StatusCode {
         // have now (RFC 4918 §11.5), like a full disk; not a rate (429).
         Reason::NoSpace | Reason::Quota => StatusCode::INSUFFICIENT_STORAGE,
         Reason::Integrity => StatusCode::BAD_GATEWAY,
+        // What reached the server is not what the gateway sent.
+        Reason::Md5Mismatch => StatusCode::BAD_GATEWAY,
         Reason::Superseded => StatusCode::CONFLICT,
         Reason::OtherUpload => StatusCode::NOT_FOUND,
         // The store refused an `if_md5`: the version the request named is
