@@ -333,3 +333,33 @@ async fn six_writers_of_one_key_never_mix() {
         }
     }
 }
+
+/// `upload --overwrite` whose bytes are damaged on the way (a proxy flips
+/// one bit of one UPLOAD): the server refuses the replacement before it
+/// takes the old file's place, the client says so, and the key keeps the
+/// old file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwrite_damaged_on_the_way_keeps_the_old_file() {
+    let server = TestServer::start().await;
+    let proxy = step_tests::proxy::Proxy::start(server.addr).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (old, new) = (pattern(3 << 20, 60), pattern(3 << 20, 61));
+    std::fs::write(dir.path().join("f.bin"), &old).expect("write");
+    assert_ok(&run(&server, dir.path(), "same-user", &["upload", "f.bin"]).await);
+
+    std::fs::write(dir.path().join("f.bin"), &new).expect("write");
+    proxy.flip_uploads(1);
+    let args = ["upload", "f.bin", "--overwrite"];
+    let damaged = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
+    assert_eq!(proxy.flips_left(), 0, "a block was damaged");
+    assert_one_line_error(&damaged, "md5 mismatch");
+    assert!(
+        download(&server, dir.path(), "f.bin").await == old,
+        "the old file stays"
+    );
+
+    let again = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
+    assert_ok(&again);
+    assert_eq!(md5_line(&again), Some(md5_hex(&new).as_str()));
+    assert!(download(&server, dir.path(), "f.bin").await == new);
+}
