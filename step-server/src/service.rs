@@ -14,7 +14,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use step_core::access::{self, Identity, Refusal};
 use step_core::client::Capabilities;
-use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
@@ -66,13 +65,9 @@ impl Default for Extensions {
     }
 }
 
-/// FILE LIST entries per page unless asked otherwise, and at most.
-pub const LIST_DEFAULT_LIMIT: i64 = 100;
-pub const LIST_MAX_LIMIT: i64 = 1000;
-/// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
-/// escaped): a page is cut short, with `next`, rather than exceed what a
-/// client's frame limit (1 MiB by default) takes.
-const LIST_MAX_BYTES: usize = 256 << 10;
+mod list;
+
+pub use list::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -547,61 +542,6 @@ impl Service {
                 "Operation {op} is not allowed for FILE."
             ))),
         }
-    }
-
-    /// FILE LIST (extension): one page of the caller's complete files.
-    async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let text = |name: &'static str| match msg.str_field(name) {
-            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
-                "\"{name}\" must be at most {} bytes",
-                self.limits.max_key_len
-            ))),
-            Ok(t) => Ok(t),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        };
-        let prefix = text(field::PREFIX)?.unwrap_or("");
-        let after = text(field::AFTER)?;
-        let limit = match msg.int_field(field::LIMIT) {
-            Ok(None) => LIST_DEFAULT_LIMIT,
-            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            Ok(Some(n)) => {
-                return Err(StepError::Invalid(format!(
-                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
-                )));
-            }
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        let page = self
-            .store
-            .list_files(user, prefix, after, limit as usize)
-            .await
-            .map_err(in_store(prefix))?;
-        let mut next = page.next;
-        let mut files = Vec::with_capacity(page.files.len());
-        let mut bytes = 0;
-        let count = page.files.len();
-        for (i, meta) in page.files.into_iter().enumerate() {
-            let entry = serde_json::to_value(ListedFile {
-                key: meta.key,
-                size: meta.size,
-                md5: meta.md5,
-                last_modified: meta.completed_unix,
-                upload_id: meta.upload_id,
-            })
-            .map_err(|e| StepError::Storage(StoreError::Other(Box::new(e))))?;
-            bytes += step_core::json::to_ascii_vec(&entry).map_or(0, |v| v.len() + 1);
-            let key = entry[field::KEY].as_str().map(str::to_owned);
-            files.push(entry);
-            if bytes > LIST_MAX_BYTES && i + 1 < count {
-                // Cut short: the next page starts after this entry.
-                next = key;
-                break;
-            }
-        }
-        debug!(%user, prefix, count = files.len(), "files listed");
-        Ok(ok(Operation::List, Kind::File, "The files.")
-            .with(field::FILES, Value::Array(files))
-            .with(field::NEXT, next.map_or(Value::Null, Value::String)))
     }
 
     async fn file_save(
