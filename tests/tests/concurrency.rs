@@ -291,7 +291,7 @@ async fn racing_uploads_that_name_their_upload_never_mix() {
 async fn racing_uploads_without_upload_id_follow_the_reference() {
     for (round, (outcomes, bodies, stored)) in contest(false, 4).await.into_iter().enumerate() {
         assert!(
-            bodies.iter().any(|b| *b == stored),
+            bodies.contains(&stored),
             "round {round}: the file is exactly one racer's bytes"
         );
         assert!(
