@@ -30,7 +30,7 @@ use step_core::client::{
 use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
-use step_core::{Kind, Message, Operation, Status};
+use step_core::{Kind, Message, Operation, Problem};
 use step_server::binding::ConnState;
 use step_server::service::Service;
 use tokio::sync::Mutex;
@@ -882,7 +882,7 @@ impl Backend {
             // A server without the extension (the reference, where anyone
             // is anyone) answers a LOGIN without a username with 410: the
             // public user logs in by the reference's rule there.
-            Err(e) if e.status() == Some(Status::FieldMissing) => {
+            Err(e) if e.problem() == Some(Problem::FieldMissing) => {
                 let user = step_server::auth::PUBLIC_NAME;
                 let token = c
                     .login(user, &password_for(user))
@@ -1080,8 +1080,7 @@ impl Backend {
         match self.file_get(token, key, None).await {
             Ok(plan) => Ok(Some(plan)),
             Err(GatewayError::Step {
-                status: Status::NotFound,
-                reason: None,
+                problem: Problem::NotFound,
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
@@ -1129,11 +1128,8 @@ impl Backend {
         };
         match result {
             // Gone already, or the key now holds someone else's upload.
-            Ok(())
-            | Err(GatewayError::Step {
-                status: Status::NotFound,
-                ..
-            }) => {}
+            Ok(()) => {}
+            Err(GatewayError::Step { problem, .. }) if problem.is_gone() => {}
             Err(e) => warn!(%key, error = %e, "could not discard a failed upload"),
         }
     }

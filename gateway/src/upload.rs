@@ -19,9 +19,9 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
+use step_core::Problem;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
-use step_core::{Reason, Status};
 use tracing::{info, warn};
 
 use crate::backend::{Backend, Route, TransferPlan};
@@ -295,7 +295,8 @@ async fn begin(
         && size > max
     {
         return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
+            "The file's {size} bytes are more than the STEP server takes ({max} bytes at most); \
+             nothing was stored. Upload a smaller file."
         )));
     }
     let opts = SaveOptions {
@@ -402,7 +403,7 @@ where
     let started = Instant::now();
     let (token, (plan, tp)) = match begin(backend, token, key, size, &overwrite).await {
         Err(GatewayError::Step {
-            status: Status::BadToken,
+            problem: Problem::BadToken,
             ..
         }) if default => {
             let fresh = backend
@@ -507,17 +508,16 @@ where
     if let Some(block) = last {
         let sent = send_last(backend, token, plan, tp.route, block, hashed.as_deref()).await;
         md5 = match sent {
-            Err(GatewayError::Step {
-                reason: Some(Reason::Md5Mismatch),
-                ..
-            }) => {
-                let received = hashed.clone().unwrap_or_default();
-                warn!(key = %plan.key, %received, "the server received other bytes than were sent; the upload was refused");
-                return Err(GatewayError::Md5Mismatch {
-                    received,
-                    stored: "not stored: the server refused bytes that were damaged on the way"
-                        .into(),
-                });
+            // The row's words say it: damaged on the way, the old file kept.
+            Err(
+                e @ GatewayError::Step {
+                    problem: Problem::Md5Mismatch,
+                    ..
+                },
+            ) => {
+                let sent = hashed.as_deref().unwrap_or_default();
+                warn!(key = %plan.key, %sent, "the server received other bytes than were sent; the upload was refused");
+                return Err(e);
             }
             sent => sent?.or(md5),
         };
@@ -609,6 +609,31 @@ where
         }
     }
     Ok(md5)
+}
+
+/// A body of known `size` against `--max-upload`.
+pub(crate) fn check_size(st: &crate::AppState, size: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && size > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file's {size} bytes are more than this gateway's upload limit of {} bytes; \
+             nothing was stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_size`] for a body whose length is not known beforehand: what
+/// was read so far is not the file's size, so only the limit is named.
+pub(crate) fn check_read_so_far(st: &crate::AppState, read: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && read > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file is larger than this gateway's upload limit of {} bytes; nothing was \
+             stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

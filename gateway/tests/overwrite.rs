@@ -301,6 +301,12 @@ async fn a_replacement_damaged_on_the_way_leaves_the_old_file() {
         (StatusCode::BAD_GATEWAY, Some("md5_mismatch")),
         "{body}"
     );
+    // The table's words: damaged on the way, the old version kept.
+    assert_eq!(
+        body["message"].as_str(),
+        Some(step_core::Problem::Md5Mismatch.words()),
+        "{body}"
+    );
     let (status, _, got) = gw.get_bytes("/files/k").await;
     assert_eq!(status, StatusCode::OK);
     assert!(got == v1, "the old file stays");

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::plan::{block_len, total_blocks};
 use step_core::transfer::upload_spread;
-use step_core::{ClientError, StepClient};
+use step_core::{ClientError, Problem, StepClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{ConnArgs, TuneArgs};
@@ -482,7 +482,7 @@ impl Upload<'_> {
         let sent = client.upload_last_block(plan, index, data, Some(local));
         match tokio::time::timeout(w.timeout, sent).await {
             Ok(Ok(md5)) => Ok(Some((md5, len))),
-            Ok(Err(e)) if e.reason() == Some(step_core::Reason::Md5Mismatch) => {
+            Ok(Err(e)) if e.problem() == Some(Problem::Md5Mismatch) => {
                 if let Some(r) = self.records {
                     r.clear();
                 }
@@ -513,7 +513,10 @@ impl Upload<'_> {
         kept: String,
     ) -> CliError {
         let e = match e {
-            CliError::Refused { code: 408, .. } => {
+            CliError::Refused {
+                problem: Some(Problem::WrongOperation),
+                ..
+            } => {
                 // Refused as "not in progress": another upload completed the
                 // key, or ours was deleted or expired.
                 let there = w

@@ -31,8 +31,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::{CodecError, Frame, StepCodec};
 use crate::conn::Connection;
-use crate::message::{Kind, Message, Operation, Reason, Status, field};
+use crate::message::{Kind, Message, Operation, Status, field};
 use crate::pipeline::Responses;
+use crate::problem::{Problem, Reason};
 
 /// What went wrong talking to a STEP server.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,11 @@ impl ClientError {
             ClientError::Refused { reason, .. } => *reason,
             _ => None,
         }
+    }
+
+    /// The row of the refusal table a refusal names.
+    pub fn problem(&self) -> Option<Problem> {
+        Problem::of(self.status()?, self.reason())
     }
 
     /// The connection broke or went silent (as opposed to a refusal or a

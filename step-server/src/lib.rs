@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod logging;
+pub mod request;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -17,13 +17,14 @@ use step_core::client::Capabilities;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
-use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Reason, Status};
+use step_core::{Frame, Kind, Message, Operation, Problem, Status};
 use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
 use crate::auth::{Authority, LoginLimits, Public};
 use crate::binding::ConnState;
 use crate::error::StepError;
+use crate::request::{Later, Request};
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
@@ -126,10 +127,11 @@ pub enum Admission {
     Proceed(Admitted),
 }
 
-/// An authenticated, authorized request waiting for [`Service::serve`].
+/// An authenticated, authorized, parsed request waiting for
+/// [`Service::serve`].
 #[derive(Debug)]
 pub struct Admitted {
-    msg: Message,
+    request: Request,
     op: Operation,
     kind: Kind,
     user: String,
@@ -139,7 +141,7 @@ impl Admitted {
     /// Whether answering needs the request's binary part: only FILE UPLOAD
     /// stores one; every other request's binary part is skipped unread.
     pub fn wants_body(&self) -> bool {
-        (self.op, self.kind) == (Operation::Upload, Kind::File)
+        self.request.wants_body()
     }
 }
 
@@ -175,11 +177,21 @@ fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
         }
         other => other.to_string(),
     };
-    let m = Message::response(op.as_str(), kind.as_str(), Status::BadToken, text);
-    match refusal {
-        Refusal::ReadOnly => m.with(field::REASON, Reason::ReadOnly.as_str()),
-        _ => m,
-    }
+    let problem = match refusal {
+        Refusal::ReadOnly => Problem::ReadOnly,
+        _ => Problem::BadToken,
+    };
+    problem.response(op.as_str(), kind.as_str(), text)
+}
+
+/// A FILE UPLOAD's block and what came with it; the fields whose refusal
+/// the reference gives after its store call are checked by the handler.
+struct Block {
+    index: Later<i64>,
+    upload_id: Later<Option<String>>,
+    /// The whole file's md5 as its writer computed it (extension).
+    md5: Later<Option<String>>,
+    body: Bytes,
 }
 
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
@@ -187,11 +199,8 @@ fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
 }
 
 fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
-    let m = Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string());
-    match e.reason() {
-        Some(reason) => m.with(field::REASON, reason.as_str()),
-        None => m,
-    }
+    e.problem()
+        .response(op.as_str(), kind.as_str(), e.to_string())
 }
 
 impl Service {
@@ -289,13 +298,9 @@ impl Service {
             Ok(m) => m,
             Err(e) => {
                 return Admission::Answer(
-                    Message::response(
-                        "ERROR",
-                        "ERROR",
-                        Status::CompulsoryFieldMissing,
-                        e.to_string(),
-                    )
-                    .into(),
+                    Problem::CompulsoryFieldMissing
+                        .response("ERROR", "ERROR", e.to_string())
+                        .into(),
                 );
             }
         };
@@ -375,43 +380,37 @@ impl Service {
                 close: true,
             });
         }
-        // The first of UPLOAD's checks (the reference's order) needs no
-        // store; the rest need the plan and come with the body.
-        if (op, kind) == (Operation::Upload, Kind::File)
-            && let Err(e) = self.key(&msg, "FILE uploading")
-        {
-            return Admission::Answer(refuse(op, kind, &e).into());
+        // Parsed once, here; what needs no store is refused before the
+        // binary part is read (the first of UPLOAD's checks, in the
+        // reference's order: the rest need the plan and come with the body).
+        match Request::parse(op, kind, msg, &self.limits) {
+            Ok(request) => Admission::Proceed(Admitted {
+                request,
+                op,
+                kind,
+                user,
+            }),
+            Err(e) => {
+                debug!(%user, %op, %kind, status = e.status().code(), error = %e, "refused");
+                Admission::Answer(refuse(op, kind, &e).into())
+            }
         }
-        Admission::Proceed(Admitted {
-            msg,
-            op,
-            kind,
-            user,
-        })
     }
 
     /// Answer an admitted request; `binary` is its binary part (empty unless
     /// [`Admitted::wants_body`]); `conn` is its connection's state.
     pub async fn serve(&self, request: Admitted, binary: Bytes, conn: &ConnState) -> Reply {
         let Admitted {
-            mut msg,
+            request,
             op,
             kind,
             user,
         } = request;
-        msg.binary = binary;
         let span = tracing::debug_span!("request", %user, %op, %kind);
-        let result = async {
-            match kind {
-                Kind::Data => self.data(op, &user, msg).await,
-                Kind::File => self.file(op, &user, msg, conn).await,
-                Kind::Auth => Err(StepError::TypeNotAllowed(format!(
-                    "Type AUTH is not allowed for {op}."
-                ))),
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = self
+            .dispatch(&user, request.with_body(binary), conn)
+            .instrument(span)
+            .await;
         match result {
             Ok(m) => m.into(),
             Err(e) => {
@@ -430,152 +429,130 @@ impl Service {
         self.auth.authenticate(&msg, Operation::Login).await
     }
 
-    fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k),
-            Ok(None) => Err(StepError::Invalid(format!(
-                "Field \"key\" is missing for {what}."
-            ))),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The given key, or a fresh uuid4 when there is none.
-    fn key_or_new(&self, msg: &Message) -> Result<String, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k).map(str::to_owned),
-            Ok(None) => Ok(uuid::Uuid::new_v4().to_string()),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    fn check_key<'k>(&self, key: &'k str) -> Result<&'k str, StepError> {
-        if key.is_empty() || key.len() > self.limits.max_key_len {
-            return Err(StepError::Invalid(format!(
-                "\"key\" must be a non-empty string of at most {} bytes",
-                self.limits.max_key_len
-            )));
-        }
-        Ok(key)
-    }
-
-    fn block_index(msg: &Message) -> Result<i64, StepError> {
-        match msg.int_field(field::BLOCK_INDEX) {
-            Ok(Some(i)) => Ok(i),
-            Ok(None) => Err(StepError::Invalid(
-                "The \"block_index\" is compulsory.".into(),
-            )),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The block size a request proposes (extension), or the default.
-    fn block_size(&self, msg: &Message) -> u64 {
-        match msg.int_field(field::BLOCK_SIZE) {
-            Ok(Some(bs))
-                if bs >= DEFAULT_BLOCK_SIZE as i64 && bs as u64 <= self.limits.max_block_size =>
-            {
-                bs as u64
-            }
-            _ => DEFAULT_BLOCK_SIZE,
-        }
-    }
-
-    async fn data(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
-        let kind = Kind::Data;
-        match op {
-            Operation::Save => {
-                let key = self.key_or_new(&msg)?;
-                let mut record = msg.fields;
-                for name in field::ENVELOPE {
-                    record.remove(name);
-                }
-                record.insert(field::KEY.into(), Value::String(key.clone()));
-                self.store
-                    .record_create(user, &key, record)
-                    .await
-                    .map_err(in_store(&key))?;
-                info!(%user, %key, "record saved");
-                Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
-            }
-            Operation::Get => {
-                let key = self.key(&msg, "DATA GET")?;
-                let mut record = self
-                    .store
-                    .record_get(user, key)
-                    .await
-                    .map_err(in_store(key))?;
-                let envelope = ok(op, kind, "OK");
-                record.extend(envelope.fields);
-                Ok(Message::new(record))
-            }
-            Operation::Delete => {
-                let key = self.key(&msg, "DATA delete")?;
-                self.store
-                    .record_delete(user, key)
-                    .await
-                    .map_err(in_store(key))?;
-                info!(%user, %key, "record deleted");
-                Ok(ok(op, kind, format!("The \"key\" {key} is deleted.")).with(field::KEY, key))
-            }
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for DATA."
-            ))),
-        }
-    }
-
-    async fn file(
+    async fn dispatch(
         &self,
-        op: Operation,
         user: &str,
-        msg: Message,
+        request: Request,
         conn: &ConnState,
     ) -> Result<Message, StepError> {
-        match op {
-            Operation::Save => self.file_save(user, &msg, conn).await,
-            Operation::Upload => self.file_upload(user, msg, conn).await,
-            Operation::Get => self.file_get(user, &msg).await,
-            Operation::Download => self.file_download(user, &msg).await,
-            Operation::Delete => self.file_delete(user, &msg).await,
-            Operation::List => self.file_list(user, &msg).await,
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for FILE."
-            ))),
+        match request {
+            Request::DataSave { key, record } => self.data_save(user, key, record).await,
+            Request::DataGet { key } => self.data_get(user, &key).await,
+            Request::DataDelete { key } => self.data_delete(user, &key).await,
+            Request::FileSave {
+                key,
+                size,
+                block_size,
+                resume,
+                upload_id,
+                replace,
+            } => {
+                let plan = PlanRecord { size, block_size };
+                let resume = resume.then_some(upload_id);
+                self.file_save(user, key, plan, resume, replace, conn).await
+            }
+            Request::FileUpload {
+                key,
+                block_index,
+                upload_id,
+                md5,
+                body,
+            } => {
+                let block = Block {
+                    index: block_index,
+                    upload_id,
+                    md5,
+                    body,
+                };
+                self.file_upload(user, key, block, conn).await
+            }
+            Request::FileGet {
+                key,
+                upload_status,
+                block_size,
+            } => match upload_status {
+                true => self.upload_status(user, &key).await,
+                false => self.file_get(user, &key, block_size).await,
+            },
+            Request::FileDownload {
+                key,
+                upload_id,
+                block_index,
+                block_size,
+            } => {
+                let version = upload_id.as_deref();
+                self.file_download(user, &key, version, block_index, block_size)
+                    .await
+            }
+            Request::FileDelete {
+                key,
+                upload_id,
+                if_md5,
+            } => self.file_delete(user, &key, upload_id, if_md5).await,
+            Request::FileList {
+                prefix,
+                after,
+                limit,
+            } => self.file_list(user, &prefix, after.as_deref(), limit).await,
         }
     }
 
+    async fn data_save(
+        &self,
+        user: &str,
+        key: String,
+        record: serde_json::Map<String, Value>,
+    ) -> Result<Message, StepError> {
+        let (op, kind) = (Operation::Save, Kind::Data);
+        self.store
+            .record_create(user, &key, record)
+            .await
+            .map_err(in_store(&key))?;
+        info!(%user, %key, "record saved");
+        Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
+    }
+
+    async fn data_get(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        let mut record = self
+            .store
+            .record_get(user, key)
+            .await
+            .map_err(in_store(key))?;
+        let envelope = ok(Operation::Get, Kind::Data, "OK");
+        record.extend(envelope.fields);
+        Ok(Message::new(record))
+    }
+
+    async fn data_delete(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        self.store
+            .record_delete(user, key)
+            .await
+            .map_err(in_store(key))?;
+        info!(%user, %key, "record deleted");
+        Ok(ok(
+            Operation::Delete,
+            Kind::Data,
+            format!("The \"key\" {key} is deleted."),
+        )
+        .with(field::KEY, key))
+    }
+
+    /// SAVE; `resume` is `Some` when it asks to resume, with the upload
+    /// it names (none named: nothing is resumed).
     async fn file_save(
         &self,
         user: &str,
-        msg: &Message,
+        key: String,
+        plan: PlanRecord,
+        resume: Option<Option<String>>,
+        replace: Option<Replace>,
         conn: &ConnState,
     ) -> Result<Message, StepError> {
-        let key = self.key_or_new(msg)?;
-        let size = match msg.int_field(field::SIZE) {
-            Ok(None) => return Err(StepError::SizeMissing),
-            Err(e) => return Err(StepError::SizeInvalid(e.to_string())),
-            Ok(Some(s)) if s < 0 => {
-                return Err(StepError::SizeInvalid("it must not be negative".into()));
-            }
-            Ok(Some(s)) if s as u64 > self.limits.max_file_size => {
-                return Err(StepError::TooLarge(format!(
-                    "{s} bytes exceeds this server's limit of {}",
-                    self.limits.max_file_size
-                )));
-            }
-            Ok(Some(s)) => s as u64,
-        };
-        let plan = PlanRecord {
-            size,
-            block_size: self.block_size(msg),
-        };
-        let resume = msg.bool_field(field::RESUME);
+        let size = plan.size;
         // Only the upload the SAVE names is resumed: its id is the proof
         // that the writer is the one who started it.
-        let own = resume
-            .then(|| msg.str_field(field::UPLOAD_ID).ok().flatten())
-            .flatten();
-        let replace = match self.replace_of(msg)? {
+        let own = resume.as_ref().and_then(Option::as_deref);
+        let replace = match replace {
             Some(replace) => self.store.plan_replace(user, &key, plan, own, replace),
             None => self.store.plan_upload(user, &key, plan, own),
         };
@@ -594,7 +571,7 @@ impl Service {
             .with(field::SIZE, size)
             .with(field::TOTAL_BLOCK, total)
             .with(field::BLOCK_SIZE, plan.block_size);
-        if resume {
+        if resume.is_some() {
             m.set(field::RESUMED, outcome.resumed);
             m.set(field::MISSING_RANGES, serde_json::json!(outcome.missing));
         }
@@ -607,52 +584,20 @@ impl Service {
         Ok(m)
     }
 
-    /// A SAVE's `replace` extension (with its `if_md5`), when this server
-    /// serves it; otherwise the fields are ignored, as the reference would.
-    fn replace_of(&self, msg: &Message) -> Result<Option<Replace>, StepError> {
-        if !self.limits.extensions.replace || !msg.bool_field(field::REPLACE) {
-            return Ok(None);
-        }
-        Ok(Some(Replace {
-            if_md5: self.if_md5(msg)?,
-        }))
-    }
-
-    fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
-        Self::md5_of(msg, field::IF_MD5)
-    }
-
-    /// The md5 in field `name`, if any, lower case.
-    fn md5_of(msg: &Message, name: &'static str) -> Result<Option<String>, StepError> {
-        match msg.str_field(name) {
-            Ok(None) => Ok(None),
-            Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(Some(m.to_ascii_lowercase()))
-            }
-            Ok(Some(_)) => Err(StepError::Invalid(format!(
-                "\"{name}\" must be 32 hexadecimal digits"
-            ))),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
     async fn file_upload(
         &self,
         user: &str,
-        msg: Message,
+        key: String,
+        block: Block,
         conn: &ConnState,
     ) -> Result<Message, StepError> {
-        let key = self.key(&msg, "FILE uploading")?.to_owned();
         let mut upload = self
             .store
             .open_upload(user, &key)
             .await
             .map_err(in_store(&key))?;
-        let index = Self::block_index(&msg)?;
-        let named = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id.map(str::to_owned),
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+        let index = block.index?;
+        let named = block.upload_id?;
         // A block that names no upload is for the one its connection is
         // bound to (`binding`), so it never lands in another writer's.
         let upload_id = conn.target(user, &key, named, upload.upload_id());
@@ -663,14 +608,14 @@ impl Service {
         {
             return Err(StepError::Superseded(key));
         }
-        let checked = check_block(upload.plan(), index, msg.binary.len() as u64)?;
+        let checked = check_block(upload.plan(), index, block.body.len() as u64)?;
         // Our extension: the whole file's md5 as the writer computed it; an
         // upload without it is never completed (the key keeps its file).
-        if let Some(want) = Self::md5_of(&msg, field::MD5)? {
+        if let Some(want) = block.md5? {
             upload.expect_md5(want);
         }
         let md5 = upload
-            .put_block(checked, msg.binary, upload_id)
+            .put_block(checked, block.body, upload_id)
             .await
             .map_err(in_store(&key))?;
         debug!(%user, %key, index, "block stored");
@@ -687,13 +632,8 @@ impl Service {
         Ok(m)
     }
 
-    async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE GET")?;
-        if msg.bool_field(field::UPLOAD_STATUS) {
-            return self.upload_status(user, key).await;
-        }
+    async fn file_get(&self, user: &str, key: &str, block_size: u64) -> Result<Message, StepError> {
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
-        let block_size = self.block_size(msg);
         // Extensions: the version (DOWNLOADs may name it, so they are never
         // served from a newer one) and when it became complete.
         let mut m = ok(Operation::Get, Kind::File, "OK. This is the download plan.")
@@ -734,21 +674,23 @@ impl Service {
         )
     }
 
-    async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE downloading")?;
-        // Our extension: the version a download began with, so a replace
-        // under way never mixes two versions in one download.
-        let version = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+    /// FILE DOWNLOAD; `version` (our extension) is the version the
+    /// download began with, so a replace under way never mixes two
+    /// versions in one download.
+    async fn file_download(
+        &self,
+        user: &str,
+        key: &str,
+        version: Option<&str>,
+        block_index: Later<i64>,
+        block_size: u64,
+    ) -> Result<Message, StepError> {
         let meta = match version {
             Some(id) => self.store.head_version(user, key, id).await,
             None => self.store.head(user, key).await,
         }
         .map_err(in_store(key))?;
-        let index = Self::block_index(msg)?;
-        let block_size = self.block_size(msg);
+        let index = block_index?;
         if index < 0 {
             return Err(StepError::IndexNegative);
         }
@@ -774,22 +716,22 @@ impl Service {
             .with_binary(data))
     }
 
-    async fn file_delete(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE delete")?;
-        // Our extension: DELETE of one upload only (its own cleanup), never
-        // of what another upload stored under the key meanwhile.
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        let if_md5 = if self.limits.extensions.replace {
-            self.if_md5(msg)?
-        } else {
-            None
-        };
+    /// FILE DELETE; `upload_id` (our extension) deletes one upload only
+    /// (its own cleanup), never what another upload stored meanwhile.
+    async fn file_delete(
+        &self,
+        user: &str,
+        key: &str,
+        upload_id: Option<String>,
+        if_md5: Option<String>,
+    ) -> Result<Message, StepError> {
         let deleted = match &if_md5 {
             Some(md5) => self.store.delete_file_if(user, key, md5).await,
-            None => self.store.delete_file(user, key, upload_id).await,
+            None => {
+                self.store
+                    .delete_file(user, key, upload_id.as_deref())
+                    .await
+            }
         };
         match deleted.map_err(in_store(key))? {
             Deleted::File => {

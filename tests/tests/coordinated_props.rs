@@ -880,12 +880,6 @@ impl Coord for JitteryCoord {
         self.jitter.pause().await;
         r
     }
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        self.jitter.pause().await;
-        let r = self.inner.set_current(key, upload_id).await;
-        self.jitter.pause().await;
-        r
-    }
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
         self.jitter.pause().await;
         let r = self.inner.mark_block(key, upload_id, index).await;
@@ -906,6 +900,18 @@ impl Coord for JitteryCoord {
     }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
+    }
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointer(pointer).await;
+        self.jitter.pause().await;
+        r
+    }
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointers(pointers).await;
+        self.jitter.pause().await;
+        r
     }
 }
 

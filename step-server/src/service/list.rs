@@ -20,30 +20,16 @@ const LIST_MAX_BYTES: usize = 256 << 10;
 
 impl Service {
     /// FILE LIST (extension): one page of the caller's complete files.
-    pub(super) async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let text = |name: &'static str| match msg.str_field(name) {
-            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
-                "\"{name}\" must be at most {} bytes",
-                self.limits.max_key_len
-            ))),
-            Ok(t) => Ok(t),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        };
-        let prefix = text(field::PREFIX)?.unwrap_or("");
-        let after = text(field::AFTER)?;
-        let limit = match msg.int_field(field::LIMIT) {
-            Ok(None) => LIST_DEFAULT_LIMIT,
-            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            Ok(Some(n)) => {
-                return Err(StepError::Invalid(format!(
-                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
-                )));
-            }
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+    pub(super) async fn file_list(
+        &self,
+        user: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Message, StepError> {
         let page = self
             .store
-            .list_files(user, prefix, after, limit as usize)
+            .list_files(user, prefix, after, limit)
             .await
             .map_err(in_store(prefix))?;
         let mut next = page.next;

@@ -17,6 +17,12 @@
 //! acct/<user>                        login account (JSON; see `object/accounts.rs`)
 //! ```
 //!
+//! Coordinated (`--coord`), what decides a record or a file is never
+//! overwritten (see `fenced.rs`): a record is `recv/<user>/<key>/<version>`,
+//! a file version's meta `file/<user>/<key>/<upload_id>.v`, the coordinator
+//! points at the current ones, and `meta/<user>/<key>` is only an (empty)
+//! index entry for listings.
+//!
 //! `<user>` and `<key>` are encoded into segments of lowercase letters that
 //! keep key order (see `names.rs`).
 //!
@@ -27,7 +33,7 @@
 //! calls), `load.rs` (what a key holds, read back from the bucket),
 //! `blocks.rs` (a block's way in), `assembly.rs` (a file's content written
 //! from its blocks), `listing.rs`, `records.rs`, `accounts.rs`, and
-//! `coord.rs` (several instances on one bucket).
+//! `coord.rs` and `fenced.rs` (several instances on one bucket).
 //!
 //! # What decides what
 //!
@@ -151,6 +157,7 @@ mod assembly;
 mod backend;
 mod blocks;
 pub mod coord;
+mod fenced;
 mod io;
 mod load;
 mod names;
@@ -357,6 +364,9 @@ pub struct Bucket {
     /// Coordinated: plans of uploads by id (ids are never reused), so a
     /// block needs no GET of its upload's state.
     plans: Mutex<HashMap<String, PlanRecord>>,
+    /// Coordinated: when objects nobody points at were last looked for
+    /// (a LIST of every record and file, so not at every sweep).
+    orphans_swept: Mutex<Option<std::time::Instant>>,
 }
 
 impl FileStore<Bucket> {
@@ -385,6 +395,7 @@ impl FileStore<Bucket> {
             assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
             coord,
             plans: Mutex::new(HashMap::new()),
+            orphans_swept: Mutex::new(None),
         })
     }
 

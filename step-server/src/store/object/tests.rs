@@ -34,6 +34,19 @@ struct Counters {
     got_bytes: AtomicU64,
     /// Sizes of every multipart part, in order of put_part calls, by object.
     parts: Mutex<Vec<(Path, u64)>>,
+    /// Requests by kind (PUT, GET, HEAD, DELETE, LIST).
+    requests: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn count(&self, kind: &'static str) {
+        *lock(&self.requests).entry(kind).or_default() += 1;
+    }
+
+    /// The requests counted since the last call.
+    fn take(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *lock(&self.requests))
+    }
 }
 
 #[derive(Debug)]
@@ -91,6 +104,7 @@ impl ObjectStore for Recording {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.turn().await;
+        self.counters.count("PUT");
         self.counters
             .put_bytes
             .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
@@ -115,6 +129,8 @@ impl ObjectStore for Recording {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.turn().await;
+        self.counters
+            .count(if options.head { "HEAD" } else { "GET" });
         let r = self.inner.get_opts(location, options).await?;
         if !r.meta.location.as_ref().is_empty() {
             self.counters
@@ -127,9 +143,12 @@ impl ObjectStore for Recording {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        let counters = Arc::clone(&self.counters);
+        let counted = futures::StreamExt::inspect(locations, move |_| counters.count("DELETE"));
+        self.inner.delete_stream(Box::pin(counted))
     }
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.count("LIST");
         self.inner.list(prefix)
     }
     fn list_with_offset(
@@ -137,6 +156,7 @@ impl ObjectStore for Recording {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.count("LIST");
         self.inner.list_with_offset(prefix, offset)
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -1612,9 +1632,10 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
         nodes[0].record_create("u", "r", Map::new()).await,
         Err(StoreError::Unavailable(_))
     ));
+    // Reads resolve through the coordinator's pointer too.
     assert!(matches!(
         nodes[0].head("u", "k").await,
-        Err(StoreError::Unfinished)
+        Err(StoreError::Unavailable(_))
     ));
     // Back: the same upload goes on, on either instance, and completes once.
     coord.set_down(false);
@@ -1661,4 +1682,166 @@ async fn cancelled_requests_leave_no_lock_behind() {
         assert_eq!(s.backend().files.len(), 0, "coordinated: file keys left");
     }
     assert_eq!(coord.leases_held(), 0, "a lease outlived its request");
+}
+
+// ------------------------------------------------------------ requests per operation
+
+/// The coordinator, counting its round trips (every call is one request to
+/// Redis; a lease is one to take and one to release).
+#[derive(Debug, Clone)]
+struct CountingCoord {
+    inner: coord::MemoryCoord,
+    calls: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CountingLease {
+    inner: Box<dyn Lease>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Drop for CountingLease {
+    fn drop(&mut self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Lease for CountingLease {
+    async fn check(&self) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.check().await
+    }
+    async fn swap(&self, p: &str, expected: Option<&str>, new: Option<&str>) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.swap(p, expected, new).await
+    }
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.set_current(key, upload_id).await
+    }
+}
+
+impl CountingCoord {
+    fn tick(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Coord for CountingCoord {
+    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
+        self.tick();
+        Ok(Box::new(CountingLease {
+            inner: self.inner.lease(name).await?,
+            calls: Arc::clone(&self.calls),
+        }))
+    }
+    async fn current(&self, key: &str) -> StoreResult<Option<String>> {
+        self.tick();
+        self.inner.current(key).await
+    }
+    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<coord::Mark> {
+        self.tick();
+        self.inner.mark_block(key, upload_id, index).await
+    }
+    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)> {
+        self.tick();
+        self.inner.received(upload_id, total).await
+    }
+    async fn forget(&self, upload_id: &str) -> StoreResult<()> {
+        self.tick();
+        self.inner.forget(upload_id).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.tick();
+        self.inner.ping().await
+    }
+    async fn pointer(&self, p: &str) -> StoreResult<Option<String>> {
+        self.tick();
+        self.inner.pointer(p).await
+    }
+    async fn pointers(&self, p: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.tick();
+        self.inner.pointers(p).await
+    }
+}
+
+/// Bucket requests and coordinator round trips per operation on a small
+/// file and a record, alone and coordinated (printed with `--nocapture`;
+/// the numbers in the report come from here).
+#[tokio::test]
+async fn requests_per_small_file() {
+    for coordinated in [false, true] {
+        let mem = Arc::new(InMemory::new());
+        let counters = Arc::new(Counters::default());
+        let store = Arc::new(Recording {
+            inner: Arc::clone(&mem),
+            counters: Arc::clone(&counters),
+            yields: false,
+        });
+        let calls = Arc::new(AtomicU64::new(0));
+        let coord = coordinated.then(|| {
+            Arc::new(CountingCoord {
+                inner: coord::MemoryCoord::new(),
+                calls: Arc::clone(&calls),
+            }) as Arc<dyn Coord>
+        });
+        let s = ObjectStorage::coordinated(store, "pre/fix", StoreLimits::default(), coord);
+        s.recover().await.expect("scan");
+        let data = body(10_000, 3);
+        let mut rows = Vec::new();
+        let mut row = |what: &str| {
+            rows.push(format!(
+                "{what:<22} {:?} coordinator: {}",
+                counters.take(),
+                calls.swap(0, Ordering::Relaxed)
+            ));
+        };
+        row("start");
+        s.record_create("u", "r", Map::new()).await.expect("record");
+        row("DATA SAVE");
+        s.record_get("u", "r").await.expect("record");
+        row("DATA GET");
+        s.record_delete("u", "r").await.expect("record");
+        row("DATA DELETE");
+        let out = s
+            .plan_upload("u", "k", plan_of(data.len()), None)
+            .await
+            .expect("plan");
+        row("FILE SAVE");
+        let w = s.open_upload("u", "k").await.expect("open");
+        w.put_block(0, block(&data, 0), out.upload_id)
+            .await
+            .expect("block");
+        row("UPLOAD (completes)");
+        let meta = s.head("u", "k").await.expect("head");
+        row("HEAD");
+        s.read("u", &meta, 0, meta.size).await.expect("read");
+        row("read");
+        s.list_files("u", "", None, 100).await.expect("list");
+        row("LIST (1 file)");
+        let out = s
+            .plan_replace(
+                "u",
+                "k",
+                plan_of(data.len()),
+                None,
+                Replace { if_md5: None },
+            )
+            .await
+            .expect("plan");
+        let w = s.open_upload("u", "k").await.expect("open");
+        w.put_block(0, block(&data, 0), out.upload_id)
+            .await
+            .expect("block");
+        row("replace (SAVE+UPLOAD)");
+        s.delete_file("u", "k", None).await.expect("delete");
+        row("FILE DELETE");
+        println!(
+            "{}:\n  {}",
+            if coordinated { "coordinated" } else { "alone" },
+            rows.join("\n  ")
+        );
+    }
 }
