@@ -31,6 +31,7 @@ use step_core::conn::tls::TlsClient;
 use step_core::digest::password_for;
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, Problem};
+use step_server::binding::ConnState;
 use step_server::service::Service;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -261,13 +262,15 @@ struct ServeAs {
     service: Arc<Service>,
     identity: Option<Identity>,
     client: Option<IpAddr>,
+    /// The session's state, as a connection's over the wire.
+    conn: ConnState,
 }
 
 impl LocalServe for ServeAs {
     fn serve(self: Arc<Self>, msg: Message) -> futures::future::BoxFuture<'static, Message> {
         Box::pin(async move {
             match &self.identity {
-                Some(identity) => self.service.serve_as(identity, msg).await,
+                Some(identity) => self.service.serve_as(identity, msg, &self.conn).await,
                 None => self.service.serve_message(msg, self.client).await,
             }
         })
@@ -658,6 +661,7 @@ impl Backend {
             service: Arc::clone(service),
             identity,
             client: None,
+            conn: ConnState::new(),
         });
         let client = StepClient::local(serve, token.to_owned(), service.capabilities());
         Ok(Session::Local(client))
@@ -787,6 +791,7 @@ impl Backend {
                     service: Arc::clone(service),
                     identity: None,
                     client,
+                    conn: ConnState::new(),
                 });
                 let caps = service.capabilities();
                 return Ok(Session::Local(StepClient::local(

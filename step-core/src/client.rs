@@ -137,6 +137,11 @@ pub struct Capabilities {
     /// id, plan and missing blocks), answered without changing anything.
     #[serde(skip_serializing_if = "is_false")]
     pub upload_status: bool,
+    /// UPLOAD takes `md5`, the whole file's expected md5: an upload whose
+    /// bytes do not have it is refused at completion (`md5_mismatch`) and
+    /// the key keeps what it held.
+    #[serde(skip_serializing_if = "is_false")]
+    pub upload_md5: bool,
     /// What anonymous callers may do here (`read`, `write`), when anything:
     /// a LOGIN with `anonymous` then mints the public identity's token.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -935,6 +940,27 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         data: Bytes,
     ) -> Result<Option<String>, ClientError> {
         let req = self.upload_request(target, index, data)?;
+        let ack: UploadAck = decode(expect_ok(self.call(&req).await?)?)?;
+        Ok(ack.md5)
+    }
+
+    /// UPLOAD the block that completes an upload with the whole file's md5
+    /// as the writer computed it (`md5`, our server's `upload_md5`
+    /// extension): such a server completes the upload only if its bytes
+    /// have it, and otherwise refuses (`md5_mismatch`) and keeps what the
+    /// key held. Send it once every other block is acknowledged. Returns
+    /// the md5 the server reported.
+    pub async fn upload_last_block<'a>(
+        &mut self,
+        target: impl Into<UploadTarget<'a>>,
+        index: u64,
+        data: Bytes,
+        md5: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let mut req = self.upload_request(target, index, data)?;
+        if let Some(md5) = md5 {
+            req.set(field::MD5, md5);
+        }
         let ack: UploadAck = decode(expect_ok(self.call(&req).await?)?)?;
         Ok(ack.md5)
     }

@@ -167,6 +167,12 @@ refusal_table! {
         Integrity: BlockSizeMismatch "integrity" => 502 "integrity"
             "The stored file failed its integrity check and is not served. Tell whoever runs \
              the server; upload the file again if you have it.";
+        /// The upload's bytes do not have the md5 its writer sent with them
+        /// (UPLOAD `md5`): it was not completed and is discarded; the key
+        /// keeps what it held.
+        Md5Mismatch: BlockSizeMismatch "md5_mismatch" => 502 "md5_mismatch"
+            "The file was damaged on the way to the STEP server, so it was not stored; whatever \
+             the name held before is kept unchanged. Upload the file again.";
         /// A per-user cap on unfinished uploads was reached.
         Quota: BlockSizeMismatch "quota" => 507 "quota"
             "You have too many unfinished uploads on the server. Finish or cancel some (they \
@@ -306,8 +312,12 @@ mod tests {
             );
             assert_ne!(p.step_status(), Status::Ok, "{p:?}");
             let code = p.code();
+            // Snake case; digits only after a letter (`md5_mismatch`).
             assert!(
-                !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                code.starts_with(|c: char| c.is_ascii_lowercase())
+                    && code
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{p:?}: {code:?}"
             );
             // A code means one HTTP status, whichever row it comes from.

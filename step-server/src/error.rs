@@ -52,6 +52,12 @@ pub enum StepError {
     /// Stored bytes failed their at-rest checksum: the block is not served.
     #[error("The stored block of \"key\" {0} failed its integrity check; it is not served.")]
     Integrity(String),
+    /// The upload's bytes do not have the md5 its writer sent (UPLOAD
+    /// `md5`): not completed, discarded; the key keeps what it held.
+    #[error(
+        "The upload of \"key\" {0} does not have the md5 it was sent with; it is discarded and the key keeps what it held."
+    )]
+    Md5Mismatch(String),
     /// A per-user cap on unfinished uploads was reached.
     #[error("{0}")]
     Quota(String),
@@ -93,6 +99,7 @@ impl StepError {
             StoreError::Integrity { .. } => StepError::Integrity(key()),
             StoreError::Quota(text) => StepError::Quota(text),
             StoreError::Precondition => StepError::Precondition(key()),
+            StoreError::Md5Mismatch => StepError::Md5Mismatch(key()),
             StoreError::Replaced => StepError::Replaced(key()),
             StoreError::NoSpace => StepError::NoSpace,
             StoreError::Unavailable(text) => StepError::Unavailable(text),
@@ -130,6 +137,7 @@ impl StepError {
             StepError::Unavailable(_) => Problem::Unavailable,
             StepError::Integrity(_) => Problem::Integrity,
             StepError::Quota(_) => Problem::Quota,
+            StepError::Md5Mismatch(_) => Problem::Md5Mismatch,
             // STEP has no server-error code; 406 ("block cannot be taken")
             // is the closest a reference client understands as "this
             // upload failed".

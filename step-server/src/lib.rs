@@ -11,6 +11,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod binding;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -40,6 +40,9 @@ pub enum Request {
         size: u64,
         block_size: u64,
         resume: bool,
+        /// The upload a resuming SAVE names: only that one is resumed (a
+        /// value that is not a string names none).
+        upload_id: Option<String>,
         /// The `replace` extension, when served and asked for.
         replace: Option<Replace>,
     },
@@ -47,6 +50,9 @@ pub enum Request {
         key: String,
         block_index: Later<i64>,
         upload_id: Later<Option<String>>,
+        /// The whole file's md5 as its writer computed it (extension): the
+        /// upload completes only if its bytes have it.
+        md5: Later<Option<String>>,
         /// The block; filled in when the binary part has been read.
         body: Bytes,
     },
@@ -109,6 +115,7 @@ impl Request {
                 key: f.key("FILE uploading")?,
                 block_index: f.block_index(),
                 upload_id: f.text(field::UPLOAD_ID),
+                md5: f.md5(field::MD5),
                 body: msg.binary.clone(),
             }),
             (Kind::File, Operation::Get) => Ok(Request::FileGet {
@@ -126,7 +133,7 @@ impl Request {
                 key: f.key("FILE delete")?,
                 upload_id: f.text(field::UPLOAD_ID)?,
                 if_md5: match limits.extensions.replace {
-                    true => f.if_md5()?,
+                    true => f.md5(field::IF_MD5)?,
                     false => None,
                 },
             }),
@@ -221,15 +228,16 @@ impl Fields<'_> {
         }
     }
 
-    fn if_md5(&self) -> Result<Option<String>, StepError> {
-        match self.msg.str_field(field::IF_MD5) {
+    /// An md5 field (`if_md5`, UPLOAD's `md5`), lower case.
+    fn md5(&self, name: &'static str) -> Result<Option<String>, StepError> {
+        match self.msg.str_field(name) {
             Ok(None) => Ok(None),
             Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Ok(Some(m.to_ascii_lowercase()))
             }
-            Ok(Some(_)) => Err(StepError::Invalid(
-                "\"if_md5\" must be 32 hexadecimal digits".into(),
-            )),
+            Ok(Some(_)) => Err(StepError::Invalid(format!(
+                "\"{name}\" must be 32 hexadecimal digits"
+            ))),
             Err(e) => Err(StepError::Invalid(e.to_string())),
         }
     }
@@ -254,16 +262,24 @@ impl Fields<'_> {
         // when this server does not serve it.
         let replace = if self.limits.extensions.replace && self.msg.bool_field(field::REPLACE) {
             Some(Replace {
-                if_md5: self.if_md5()?,
+                if_md5: self.md5(field::IF_MD5)?,
             })
         } else {
             None
+        };
+        let resume = self.msg.bool_field(field::RESUME);
+        // A resume's upload id is the writer's proof the upload is its own;
+        // one that is not a string proves nothing, as none.
+        let upload_id = match resume {
+            true => self.msg.str_field(field::UPLOAD_ID).ok().flatten(),
+            false => None,
         };
         Ok(Request::FileSave {
             key,
             size,
             block_size: self.block_size(),
-            resume: self.msg.bool_field(field::RESUME),
+            resume,
+            upload_id: upload_id.map(str::to_owned),
             replace,
         })
     }
@@ -324,11 +340,13 @@ mod tests {
             size,
             block_size,
             resume,
+            upload_id,
             replace,
         }) = save
         else {
             panic!("a SAVE: {save:?}")
         };
+        assert_eq!(upload_id, None);
         assert_eq!(
             (key.as_str(), size, block_size),
             ("k", 5, DEFAULT_BLOCK_SIZE)
@@ -346,6 +364,21 @@ mod tests {
             json!({"size": 1, "replace": true, "if_md5": "x"}),
         );
         assert!(matches!(e, Err(StepError::Invalid(_))), "{e:?}");
+        // Only a resume names the upload it continues; a value that is not
+        // a string names none, as the handler took it.
+        let named = |fields| match parse(Operation::Save, Kind::File, fields) {
+            Ok(Request::FileSave { upload_id, .. }) => upload_id,
+            other => panic!("a SAVE: {other:?}"),
+        };
+        assert_eq!(
+            named(json!({"size": 1, "resume": true, "upload_id": "u1"})),
+            Some("u1".into())
+        );
+        assert_eq!(named(json!({"size": 1, "upload_id": "u1"})), None);
+        assert_eq!(
+            named(json!({"size": 1, "resume": true, "upload_id": 7})),
+            None
+        );
         let e = parse(Operation::Get, Kind::Data, json!({}));
         assert_eq!(
             e.map(|_| ()).map_err(|e| e.to_string()),
@@ -360,17 +393,22 @@ mod tests {
         let up = parse(
             Operation::Upload,
             Kind::File,
-            json!({"key": "k", "block_index": "one", "upload_id": 3}),
+            json!({"key": "k", "block_index": "one", "upload_id": 3, "md5": "x"}),
         );
         let Ok(Request::FileUpload {
             block_index,
             upload_id,
+            md5,
             ..
         }) = up
         else {
             panic!("an UPLOAD: {up:?}")
         };
         assert!(block_index.is_err() && upload_id.is_err());
+        assert_eq!(
+            md5.map_err(|e| e.to_string()),
+            Err("\"md5\" must be 32 hexadecimal digits".into())
+        );
         assert!(up_wants_body(Operation::Upload, Kind::File));
         assert!(!up_wants_body(Operation::Get, Kind::File));
     }

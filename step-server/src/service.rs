@@ -14,7 +14,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use step_core::access::{self, Identity, Refusal};
 use step_core::client::Capabilities;
-use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
@@ -23,6 +22,7 @@ use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
 use crate::auth::{Authority, LoginLimits, Public};
+use crate::binding::ConnState;
 use crate::error::StepError;
 use crate::request::{Later, Request};
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
@@ -66,13 +66,9 @@ impl Default for Extensions {
     }
 }
 
-/// FILE LIST entries per page unless asked otherwise, and at most.
-pub const LIST_DEFAULT_LIMIT: i64 = 100;
-pub const LIST_MAX_LIMIT: i64 = 1000;
-/// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
-/// escaped): a page is cut short, with `next`, rather than exceed what a
-/// client's frame limit (1 MiB by default) takes.
-const LIST_MAX_BYTES: usize = 256 << 10;
+mod list;
+
+pub use list::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -188,6 +184,16 @@ fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
     problem.response(op.as_str(), kind.as_str(), text)
 }
 
+/// A FILE UPLOAD's block and what came with it; the fields whose refusal
+/// the reference gives after its store call are checked by the handler.
+struct Block {
+    index: Later<i64>,
+    upload_id: Later<Option<String>>,
+    /// The whole file's md5 as its writer computed it (extension).
+    md5: Later<Option<String>>,
+    body: Bytes,
+}
+
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
     Message::response(op.as_str(), kind.as_str(), Status::Ok, msg)
 }
@@ -257,15 +263,19 @@ impl Service {
             list: self.limits.extensions.list,
             replace: self.limits.extensions.replace,
             upload_status: true,
+            upload_md5: true,
             anonymous: self.auth.anonymous(),
         }
     }
 
-    /// Answer one frame (JSON and binary part already read).
+    /// Answer one frame (JSON and binary part already read) as the only
+    /// request of its connection.
     pub async fn handle(&self, frame: Frame) -> Reply {
         match self.admit_from(frame.json, None).await {
             Admission::Answer(reply) => reply,
-            Admission::Proceed(request) => self.serve(request, frame.binary).await,
+            Admission::Proceed(request) => {
+                self.serve(request, frame.binary, &ConnState::new()).await
+            }
         }
     }
 
@@ -301,22 +311,24 @@ impl Service {
     /// token checked as over the wire; `peer` is whom it comes from (an
     /// HTTP client's address), for LOGIN's pacing.
     pub async fn serve_message(&self, msg: Message, peer: Option<IpAddr>) -> Message {
-        self.answer(msg, Caller::Token { peer }).await
+        self.answer(msg, Caller::Token { peer }, &ConnState::new())
+            .await
     }
 
     /// Answer `msg` for `identity` (from [`Service::identity_of`]) in
     /// process: every rule of a request over the wire applies — envelope,
     /// extensions, LOGIN, the access decision, the UPLOAD checks — except
-    /// the token, which is not read again.
-    pub async fn serve_as(&self, identity: &Identity, msg: Message) -> Message {
-        self.answer(msg, Caller::Checked(identity)).await
+    /// the token, which is not read again. `conn` is the state of the
+    /// caller's session, as a connection's is over the wire.
+    pub async fn serve_as(&self, identity: &Identity, msg: Message, conn: &ConnState) -> Message {
+        self.answer(msg, Caller::Checked(identity), conn).await
     }
 
-    async fn answer(&self, msg: Message, caller: Caller<'_>) -> Message {
+    async fn answer(&self, msg: Message, caller: Caller<'_>, conn: &ConnState) -> Message {
         let binary = msg.binary.clone();
         match self.admit_message(msg, caller).await {
             Admission::Answer(reply) => reply.message,
-            Admission::Proceed(request) => self.serve(request, binary).await.message,
+            Admission::Proceed(request) => self.serve(request, binary, conn).await.message,
         }
     }
 
@@ -386,8 +398,8 @@ impl Service {
     }
 
     /// Answer an admitted request; `binary` is its binary part (empty unless
-    /// [`Admitted::wants_body`]).
-    pub async fn serve(&self, request: Admitted, binary: Bytes) -> Reply {
+    /// [`Admitted::wants_body`]); `conn` is its connection's state.
+    pub async fn serve(&self, request: Admitted, binary: Bytes, conn: &ConnState) -> Reply {
         let Admitted {
             request,
             op,
@@ -396,7 +408,7 @@ impl Service {
         } = request;
         let span = tracing::debug_span!("request", %user, %op, %kind);
         let result = self
-            .dispatch(&user, request.with_body(binary))
+            .dispatch(&user, request.with_body(binary), conn)
             .instrument(span)
             .await;
         match result {
@@ -417,7 +429,12 @@ impl Service {
         self.auth.authenticate(&msg, Operation::Login).await
     }
 
-    async fn dispatch(&self, user: &str, request: Request) -> Result<Message, StepError> {
+    async fn dispatch(
+        &self,
+        user: &str,
+        request: Request,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
         match request {
             Request::DataSave { key, record } => self.data_save(user, key, record).await,
             Request::DataGet { key } => self.data_get(user, &key).await,
@@ -427,19 +444,27 @@ impl Service {
                 size,
                 block_size,
                 resume,
+                upload_id,
                 replace,
             } => {
                 let plan = PlanRecord { size, block_size };
-                self.file_save(user, key, plan, resume, replace).await
+                let resume = resume.then_some(upload_id);
+                self.file_save(user, key, plan, resume, replace, conn).await
             }
             Request::FileUpload {
                 key,
                 block_index,
                 upload_id,
+                md5,
                 body,
             } => {
-                self.file_upload(user, key, block_index, upload_id, body)
-                    .await
+                let block = Block {
+                    index: block_index,
+                    upload_id,
+                    md5,
+                    body,
+                };
+                self.file_upload(user, key, block, conn).await
             }
             Request::FileGet {
                 key,
@@ -512,61 +537,33 @@ impl Service {
         .with(field::KEY, key))
     }
 
-    /// FILE LIST (extension): one page of the caller's complete files.
-    async fn file_list(
-        &self,
-        user: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Message, StepError> {
-        let page = self
-            .store
-            .list_files(user, prefix, after, limit)
-            .await
-            .map_err(in_store(prefix))?;
-        let mut next = page.next;
-        let mut files = Vec::with_capacity(page.files.len());
-        let mut bytes = 0;
-        let count = page.files.len();
-        for (i, meta) in page.files.into_iter().enumerate() {
-            let entry = serde_json::to_value(ListedFile {
-                key: meta.key,
-                size: meta.size,
-                md5: meta.md5,
-                last_modified: meta.completed_unix,
-                upload_id: meta.upload_id,
-            })
-            .map_err(|e| StepError::Storage(StoreError::Other(Box::new(e))))?;
-            bytes += step_core::json::to_ascii_vec(&entry).map_or(0, |v| v.len() + 1);
-            let key = entry[field::KEY].as_str().map(str::to_owned);
-            files.push(entry);
-            if bytes > LIST_MAX_BYTES && i + 1 < count {
-                // Cut short: the next page starts after this entry.
-                next = key;
-                break;
-            }
-        }
-        debug!(%user, prefix, count = files.len(), "files listed");
-        Ok(ok(Operation::List, Kind::File, "The files.")
-            .with(field::FILES, Value::Array(files))
-            .with(field::NEXT, next.map_or(Value::Null, Value::String)))
-    }
-
+    /// SAVE; `resume` is `Some` when it asks to resume, with the upload
+    /// it names (none named: nothing is resumed).
     async fn file_save(
         &self,
         user: &str,
         key: String,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<Option<String>>,
         replace: Option<Replace>,
+        conn: &ConnState,
     ) -> Result<Message, StepError> {
         let size = plan.size;
+        // Only the upload the SAVE names is resumed: its id is the proof
+        // that the writer is the one who started it.
+        let own = resume.as_ref().and_then(Option::as_deref);
         let replace = match replace {
-            Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
-            None => self.store.plan_upload(user, &key, plan, resume),
+            Some(replace) => self.store.plan_replace(user, &key, plan, own, replace),
+            None => self.store.plan_upload(user, &key, plan, own),
         };
         let outcome = replace.await.map_err(in_store(&key))?;
+        if let Some(id) = outcome
+            .upload_id
+            .as_deref()
+            .filter(|_| outcome.md5.is_none())
+        {
+            conn.bind(user, &key, id);
+        }
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -574,7 +571,7 @@ impl Service {
             .with(field::SIZE, size)
             .with(field::TOTAL_BLOCK, total)
             .with(field::BLOCK_SIZE, plan.block_size);
-        if resume {
+        if resume.is_some() {
             m.set(field::RESUMED, outcome.resumed);
             m.set(field::MISSING_RANGES, serde_json::json!(outcome.missing));
         }
@@ -591,27 +588,34 @@ impl Service {
         &self,
         user: &str,
         key: String,
-        block_index: Later<i64>,
-        upload_id: Later<Option<String>>,
-        body: Bytes,
+        block: Block,
+        conn: &ConnState,
     ) -> Result<Message, StepError> {
-        let upload = self
+        let mut upload = self
             .store
             .open_upload(user, &key)
             .await
             .map_err(in_store(&key))?;
-        let index = block_index?;
-        let upload_id = upload_id?;
-        // A block naming another upload is refused as such before it is
+        let index = block.index?;
+        let named = block.upload_id?;
+        // A block that names no upload is for the one its connection is
+        // bound to (`binding`), so it never lands in another writer's.
+        let upload_id = conn.target(user, &key, named, upload.upload_id());
+        // A block for another upload is refused as such before it is
         // checked against this upload's plan, which a racing SAVE made.
         if let (Some(want), Some(current)) = (upload_id.as_deref(), upload.upload_id())
             && want != current
         {
             return Err(StepError::Superseded(key));
         }
-        let checked = check_block(upload.plan(), index, body.len() as u64)?;
+        let checked = check_block(upload.plan(), index, block.body.len() as u64)?;
+        // Our extension: the whole file's md5 as the writer computed it; an
+        // upload without it is never completed (the key keeps its file).
+        if let Some(want) = block.md5? {
+            upload.expect_md5(want);
+        }
         let md5 = upload
-            .put_block(checked, body, upload_id)
+            .put_block(checked, block.body, upload_id)
             .await
             .map_err(in_store(&key))?;
         debug!(%user, %key, index, "block stored");

@@ -329,10 +329,10 @@ async fn upload(s: &ObjectStorage, key: &str, body: &[u8], replace: bool) -> Sto
         block_size: BLOCK,
     };
     let out = if replace {
-        s.plan_replace(USER, key, plan, false, Replace { if_md5: None })
+        s.plan_replace(USER, key, plan, None, Replace { if_md5: None })
             .await?
     } else {
-        s.plan_upload(USER, key, plan, false).await?
+        s.plan_upload(USER, key, plan, None).await?
     };
     let mut md5 = None;
     for (i, chunk) in body.chunks(BLOCK as usize).enumerate() {

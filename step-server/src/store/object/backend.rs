@@ -234,6 +234,12 @@ impl Backend for Bucket {
         held.settle(removed)
     }
 
+    async fn unseal(&self, held: &mut HeldKey, id: &str) -> StoreResult<()> {
+        let n = &held.names;
+        self.delete_paths(vec![self.content_path(n, id), self.sums_path(n, id)])
+            .await
+    }
+
     async fn drop_version(
         &self,
         held: &mut HeldKey,
