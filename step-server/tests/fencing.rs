@@ -18,7 +18,6 @@
 //! `STEP_REQUIRE_ALL_TESTS`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,133 +27,19 @@ use serde_json::{Map, Value};
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
 use step_core::message::Reason;
-use step_tests::garage::Garage;
 use step_tests::pattern;
 use step_tests::prereq::{self, block_on_threads};
-use step_tests::redis::Redis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
+
+mod support;
+use support::s3::{PATIENCE, Setup, connect, instance, on_garage, on_moto};
 
 const SECRET: &str = "fencing-test-secret";
 const BUCKET: &str = "fence";
-const PATIENCE: Duration = Duration::from_secs(60);
 /// Longer than a lease lives unrenewed (`coord::LEASE_TTL`, 10 s).
 const PAST_THE_LEASE: Duration = Duration::from_secs(12);
-
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn start_moto() -> Result<Moto, String> {
-    prereq::command_works("moto_server", &["--help"])
-        .map_err(|e| format!("moto_server is not installed ({e})"))?;
-    let port = free_port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start moto_server: {e}"))?;
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("moto_server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(moto)
-}
-
-/// An S3 server with a bucket, as the step-servers are to reach it.
-struct S3 {
-    endpoint: String,
-    /// Credentials and region.
-    env: Vec<(&'static str, String)>,
-    storage: String,
-    /// The server, stopped when dropped.
-    _server: Box<dyn std::any::Any + Send>,
-}
-
-struct Setup {
-    s3: S3,
-    redis: Redis,
-}
-
-/// `PUT /bucket` (moto takes unsigned requests).
-fn create_bucket(addr: &str) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| format!("moto: {e}"))?;
-    write!(
-        conn,
-        "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("moto: {e}"))?;
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
-    if answer.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
-            "create bucket: {}",
-            answer.lines().next().unwrap_or("")
-        ))
-    }
-}
-
-fn on_moto() -> Result<Setup, String> {
-    let redis = Redis::start()?;
-    let moto = start_moto()?;
-    create_bucket(&moto.endpoint["http://".len()..])?;
-    let s3 = S3 {
-        endpoint: moto.endpoint.clone(),
-        env: vec![
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_ALLOW_HTTP", "true".to_owned()),
-        ],
-        storage: format!("s3://{BUCKET}/fenced"),
-        _server: Box::new(moto),
-    };
-    Ok(Setup { s3, redis })
-}
-
-fn on_garage() -> Result<Setup, String> {
-    let redis = Redis::start()?;
-    let garage = Garage::start()?;
-    let s3 = S3 {
-        endpoint: garage.endpoint.clone(),
-        env: garage
-            .aws_env()
-            .into_iter()
-            .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
-            .collect(),
-        storage: garage.storage_url("fenced"),
-        _server: Box::new(garage),
-    };
-    Ok(Setup { s3, redis })
-}
 
 fn main() {
     let run = |s| {
@@ -164,7 +49,7 @@ fn main() {
         )
     };
     prereq::main(vec![
-        prereq::needs("on_moto", on_moto, run),
+        prereq::needs("on_moto", || on_moto(BUCKET), run),
         prereq::needs("on_garage", on_garage, run),
     ]);
 }
@@ -263,76 +148,6 @@ async fn forward(client: TcpStream, target: SocketAddr, gate: Arc<Gate>) {
 
 // ------------------------------------------------------------------ servers
 
-struct Instance {
-    child: Child,
-    step: SocketAddr,
-}
-
-impl Instance {
-    fn pid(&self) -> String {
-        self.child.id().expect("running").to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-async fn instance(s: &Setup, endpoint: &str) -> Instance {
-    let (port, health_port) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_step-server"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("STEP_") || var.starts_with("AWS_") {
-            cmd.env_remove(var);
-        }
-    }
-    let child = cmd
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .envs(s.s3.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--health-port", &health_port.to_string()])
-        .args(["--storage", &s.s3.storage])
-        .args(["--coord", &s.redis.url()])
-        .arg("--data-dir")
-        .arg(std::env::temp_dir())
-        .args(["--token-secret", SECRET, "--log", "warn"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn step-server");
-    let health = format!("http://127.0.0.1:{health_port}/readyz");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = http.get(&health).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "an instance never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Instance {
-        child,
-        step: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
-}
-
-async fn connect(inst: &Instance, token: &str) -> StepClient {
-    let mut c = StepClient::connect(inst.step).await.expect("connect");
-    c.set_timeout(Some(PATIENCE));
-    c.set_token(token);
-    c
-}
-
 fn record(who: &str) -> Map<String, Value> {
     let mut rec = Map::new();
     rec.insert("writer".into(), Value::from(who));
@@ -378,8 +193,8 @@ async fn a_writer_whose_lease_lapsed_never_replaces_a_later_commit(s: Setup) {
         held: AtomicUsize::new(0),
     });
     let proxy = start_proxy(s3_addr, Arc::clone(&gate)).await;
-    let a = instance(&s, &format!("http://{proxy}")).await;
-    let b = instance(&s, &s.s3.endpoint).await;
+    let a = instance(&s, &format!("http://{proxy}"), true, SECRET).await;
+    let b = instance(&s, &s.s3.endpoint, true, SECRET).await;
     let mut login = StepClient::connect(a.step).await.expect("connect");
     let token = login
         .login("alice", &password_for("alice"))

@@ -12,201 +12,23 @@
 //! redis-server is not installed; a failure instead under
 //! `STEP_REQUIRE_ALL_TESTS`.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use step_core::client::{ClientError, SaveOptions, StepClient};
 use step_core::digest::{md5_hex, password_for};
-use step_tests::garage::Garage;
 use step_tests::pattern;
 use step_tests::prereq::{self, block_on_threads};
-use step_tests::redis::Redis;
-use tokio::process::{Child, Command};
+
+mod support;
+use support::s3::{Instance, Setup, connect, instance, on_garage, on_moto};
 
 const SECRET: &str = "upgrade-test-secret";
 const BUCKET: &str = "upgrade";
-const PATIENCE: Duration = Duration::from_secs(60);
-
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn start_moto() -> Result<Moto, String> {
-    prereq::command_works("moto_server", &["--help"])
-        .map_err(|e| format!("moto_server is not installed ({e})"))?;
-    let port = free_port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start moto_server: {e}"))?;
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("moto_server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(moto)
-}
-
-/// An S3 server with a bucket, as the step-servers are to reach it.
-struct S3 {
-    endpoint: String,
-    /// Credentials and region.
-    env: Vec<(&'static str, String)>,
-    storage: String,
-    /// The server, stopped when dropped.
-    _server: Box<dyn std::any::Any + Send>,
-}
-
-struct Setup {
-    s3: S3,
-    redis: Redis,
-}
-
-/// `PUT /bucket` (moto takes unsigned requests).
-fn create_bucket(addr: &str) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| format!("moto: {e}"))?;
-    write!(
-        conn,
-        "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("moto: {e}"))?;
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
-    if answer.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
-            "create bucket: {}",
-            answer.lines().next().unwrap_or("")
-        ))
-    }
-}
-
-fn on_moto() -> Result<Setup, String> {
-    let redis = Redis::start()?;
-    let moto = start_moto()?;
-    create_bucket(&moto.endpoint["http://".len()..])?;
-    let s3 = S3 {
-        endpoint: moto.endpoint.clone(),
-        env: vec![
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_ALLOW_HTTP", "true".to_owned()),
-        ],
-        storage: format!("s3://{BUCKET}/fenced"),
-        _server: Box::new(moto),
-    };
-    Ok(Setup { s3, redis })
-}
-
-struct Instance {
-    /// Killed when dropped.
-    _child: Child,
-    step: SocketAddr,
-}
-
-async fn instance(s: &Setup, coord: bool) -> Instance {
-    let (port, health_port) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_step-server"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("STEP_") || var.starts_with("AWS_") {
-            cmd.env_remove(var);
-        }
-    }
-    let child = cmd
-        .env("AWS_ENDPOINT_URL", &s.s3.endpoint)
-        .envs(s.s3.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--health-port", &health_port.to_string()])
-        .args(["--storage", &s.s3.storage])
-        .args(if coord {
-            vec!["--coord".to_owned(), s.redis.url()]
-        } else {
-            Vec::new()
-        })
-        .arg("--data-dir")
-        .arg(std::env::temp_dir())
-        .args(["--token-secret", SECRET, "--log", "warn"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn step-server");
-    let health = format!("http://127.0.0.1:{health_port}/readyz");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = http.get(&health).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "an instance never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Instance {
-        _child: child,
-        step: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
-}
-
-async fn connect(inst: &Instance, token: &str) -> StepClient {
-    let mut c = StepClient::connect(inst.step).await.expect("connect");
-    c.set_timeout(Some(PATIENCE));
-    c.set_token(token);
-    c
-}
-
-fn on_garage() -> Result<Setup, String> {
-    let redis = Redis::start()?;
-    let garage = Garage::start()?;
-    let s3 = S3 {
-        endpoint: garage.endpoint.clone(),
-        env: garage
-            .aws_env()
-            .into_iter()
-            .filter(|(k, _)| *k != "AWS_ENDPOINT_URL")
-            .collect(),
-        storage: garage.storage_url("fenced"),
-        _server: Box::new(garage),
-    };
-    Ok(Setup { s3, redis })
-}
 
 fn main() {
     let run = |s| block_on_threads(2, a_legacy_bucket_is_served_after_the_upgrade(s));
     prereq::main(vec![
-        prereq::needs("on_moto", on_moto, run),
+        prereq::needs("on_moto", || on_moto(BUCKET), run),
         prereq::needs("on_garage", on_garage, run),
     ]);
 }
@@ -270,7 +92,7 @@ async fn a_legacy_bucket_is_served_after_the_upgrade(s: Setup) {
     ];
     let records: Vec<(&str, u64)> = vec![("r0", 0), ("r1", 1), ("r2", 2)];
     let token = {
-        let old = instance(&s, false).await;
+        let old = instance(&s, &s.s3.endpoint, false, SECRET).await;
         let mut login = StepClient::connect(old.step).await.expect("connect");
         let token = login
             .login("alice", &password_for("alice"))
@@ -295,7 +117,10 @@ async fn a_legacy_bucket_is_served_after_the_upgrade(s: Setup) {
     };
 
     // Two servers of this release start on it at once.
-    let (a, b) = tokio::join!(instance(&s, true), instance(&s, true));
+    let (a, b) = tokio::join!(
+        instance(&s, &s.s3.endpoint, true, SECRET),
+        instance(&s, &s.s3.endpoint, true, SECRET)
+    );
     serves(&a, &token, &files, &records).await;
     serves(&b, &token, &files, &records).await;
 
@@ -305,7 +130,7 @@ async fn a_legacy_bucket_is_served_after_the_upgrade(s: Setup) {
     c.data_delete("r1").await.expect("data delete");
     c.file_delete("a/small").await.expect("file delete");
     drop((a, b));
-    let later = instance(&s, true).await;
+    let later = instance(&s, &s.s3.endpoint, true, SECRET).await;
     let mut c = connect(&later, &token).await;
     assert!(matches!(
         c.data_get("r1").await,

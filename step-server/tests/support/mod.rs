@@ -89,3 +89,4 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         })
         .collect()
 }
+pub mod s3;
