@@ -43,7 +43,7 @@ async fn upload(s: &ObjectStorage, user: &str, key: &str, data: &[u8]) {
         size: data.len() as u64,
         block_size: BS,
     };
-    let out = s.plan_upload(user, key, plan, false).await.expect("plan");
+    let out = s.plan_upload(user, key, plan, None).await.expect("plan");
     if out.md5.is_some() {
         return;
     }
