@@ -9,9 +9,11 @@
 //! at: it fails at the swap (the client gets "unavailable", never an
 //! acknowledgement), and what a later holder committed stays. Such
 //! leftovers are removed by the sweep once older than the upload expiry,
-//! so a live holder's write (pointed at within seconds) is never taken;
-//! finding them LISTs every record and file, so it is done every quarter
-//! of the expiry rather than at every sweep.
+//! each key's under its lease: a commit under way has written its objects
+//! but not yet pointed at them, and only the lease keeps the sweep off
+//! them (age does not: a completion can outlast a short expiry). Finding
+//! them LISTs every record and file, so it is done every quarter of the
+//! expiry rather than at every sweep.
 //!
 //! Readers resolve through the pointer: one coordinator read before the
 //! object's GET (a listing reads a page's pointers in one request).
