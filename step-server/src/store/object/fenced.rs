@@ -9,9 +9,11 @@
 //! at: it fails at the swap (the client gets "unavailable", never an
 //! acknowledgement), and what a later holder committed stays. Such
 //! leftovers are removed by the sweep once older than the upload expiry,
-//! so a live holder's write (pointed at within seconds) is never taken;
-//! finding them LISTs every record and file, so it is done every quarter
-//! of the expiry rather than at every sweep.
+//! each key's under its lease: a commit under way has written its objects
+//! but not yet pointed at them, and only the lease keeps the sweep off
+//! them (age does not: a completion can outlast a short expiry). Finding
+//! them LISTs every record and file, so it is done every quarter of the
+//! expiry rather than at every sweep.
 //!
 //! Readers resolve through the pointer: one coordinator read before the
 //! object's GET (a listing reads a page's pointers in one request).
@@ -238,13 +240,58 @@ impl Bucket {
     /// was undone, once older than `cutoff_ms`. A version still readable
     /// by its id after a replace has its kept meta (`<id>.meta`) and stays
     /// for the retired-versions sweep.
+    ///
+    /// A commit writes its version's objects before it moves the pointer,
+    /// so between the two they look like nobody's, and their age proves
+    /// nothing (a completion may take longer than a short expiry). So one
+    /// LIST and one pointer read only find the keys that may have such
+    /// objects; each is then decided under the key's lease, where no
+    /// commit can be under way (one that lost the lease fails at its
+    /// pointer, whatever it wrote).
     pub(super) async fn sweep_uncommitted(
         &self,
         coord: &dyn Coord,
         cutoff_ms: u64,
     ) -> StoreResult<()> {
-        let mut orphans = self.uncommitted_records(coord, cutoff_ms).await?;
-        orphans.extend(self.uncommitted_versions(coord, cutoff_ms).await?);
+        for kind in [Versioned::Records, Versioned::Files] {
+            let base = self.path(&[kind.dir()]);
+            let found = self.listed_by_key(&base, &base).await?;
+            let suspects = uncommitted(coord, kind, found, cutoff_ms).await?;
+            for (us, ks) in suspects.into_keys() {
+                self.sweep_key_uncommitted(coord, kind, &us, &ks, cutoff_ms)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One key's objects nobody points at, listed and checked again under
+    /// its lease. A key whose lease cannot be had now is left for the next
+    /// sweep.
+    async fn sweep_key_uncommitted(
+        &self,
+        coord: &dyn Coord,
+        kind: Versioned,
+        us: &str,
+        ks: &str,
+        cutoff_ms: u64,
+    ) -> StoreResult<()> {
+        let _lease = match coord.lease(&kind.pointer(us, ks)).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                warn!(error = %e, "cannot sweep a key's uncommitted objects yet");
+                return Ok(());
+            }
+        };
+        let base = self.path(&[kind.dir()]);
+        let found = self
+            .listed_by_key(&base, &self.path(&[kind.dir(), us, ks]))
+            .await?;
+        let orphans: Vec<Path> = uncommitted(coord, kind, found, cutoff_ms)
+            .await?
+            .into_values()
+            .flatten()
+            .collect();
         if !orphans.is_empty() {
             info!(objects = orphans.len(), "removing objects nobody points at");
             self.delete_paths(orphans).await?;
@@ -252,13 +299,13 @@ impl Bucket {
         Ok(())
     }
 
-    /// `dir`'s objects grouped by their key (the two segments after `dir`)
-    /// and then by version (the third, up to its first `.`): paths and the
-    /// newest change (ms).
-    async fn listed_by_key(&self, dir: &Path) -> StoreResult<ByKey> {
-        let skip = dir.parts().count();
+    /// The objects under `within` (in `base`) grouped by their key (the
+    /// two segments after `base`) and then by version (the third, up to
+    /// its first `.`): paths and the newest change (ms).
+    async fn listed_by_key(&self, base: &Path, within: &Path) -> StoreResult<ByKey> {
+        let skip = base.parts().count();
         let mut found = ByKey::new();
-        let mut list = self.store.list(Some(dir));
+        let mut list = self.store.list(Some(within));
         while let Some(m) = list.next().await {
             let m = m.map_err(store_err)?;
             let parts: Vec<String> = m
@@ -282,50 +329,59 @@ impl Bucket {
         }
         Ok(found)
     }
+}
 
-    async fn uncommitted_records(
-        &self,
-        coord: &dyn Coord,
-        cutoff_ms: u64,
-    ) -> StoreResult<Vec<Path>> {
-        let found = self.listed_by_key(&self.path(&["recv"])).await?;
-        let keys: Vec<&(String, String)> = found.keys().collect();
-        let names: Vec<String> = keys.iter().map(|(u, k)| record_pointer(u, k)).collect();
-        let current = coord.pointers(&names).await?;
-        let mut orphans = Vec::new();
-        for (key, cur) in keys.into_iter().zip(current) {
-            for (version, (paths, ms)) in &found[key] {
-                if Some(version) != cur.as_ref() && *ms < cutoff_ms {
-                    orphans.extend(paths.iter().cloned());
-                }
-            }
+/// Records' or files' versioned objects.
+#[derive(Debug, Clone, Copy)]
+enum Versioned {
+    Records,
+    Files,
+}
+
+impl Versioned {
+    fn dir(self) -> &'static str {
+        match self {
+            Versioned::Records => "recv",
+            Versioned::Files => "file",
         }
-        Ok(orphans)
     }
 
-    async fn uncommitted_versions(
-        &self,
-        coord: &dyn Coord,
-        cutoff_ms: u64,
-    ) -> StoreResult<Vec<Path>> {
-        let found = self.listed_by_key(&self.path(&["file"])).await?;
-        let keys: Vec<&(String, String)> = found.keys().collect();
-        let names: Vec<String> = keys.iter().map(|(u, k)| file_pointer(u, k)).collect();
-        let current = coord.pointers(&names).await?;
-        let mut orphans = Vec::new();
-        for (key, cur) in keys.into_iter().zip(current) {
-            for (version, (paths, ms)) in &found[key] {
-                // A replaced version kept for its grace period (its key
-                // still has a file).
-                let kept = cur.is_some()
-                    && paths
-                        .iter()
-                        .any(|p| p.filename().is_some_and(|f| f.ends_with(".meta")));
-                if Some(version) != cur.as_ref() && !kept && *ms < cutoff_ms {
-                    orphans.extend(paths.iter().cloned());
-                }
+    fn pointer(self, us: &str, ks: &str) -> String {
+        match self {
+            Versioned::Records => record_pointer(us, ks),
+            Versioned::Files => file_pointer(us, ks),
+        }
+    }
+}
+
+/// Of `found`, per key, the objects of versions its pointer does not name
+/// (read now, in one request), older than `cutoff_ms`. A file's replaced
+/// version kept for its grace period (its `.meta`, while the key still has
+/// a file) is not among them.
+async fn uncommitted(
+    coord: &dyn Coord,
+    kind: Versioned,
+    found: ByKey,
+    cutoff_ms: u64,
+) -> StoreResult<HashMap<(String, String), Vec<Path>>> {
+    let keys: Vec<(String, String)> = found.keys().cloned().collect();
+    let names: Vec<String> = keys.iter().map(|(u, k)| kind.pointer(u, k)).collect();
+    let current = coord.pointers(&names).await?;
+    let mut orphans = HashMap::new();
+    for (key, cur) in keys.into_iter().zip(current) {
+        let mut paths_of_key = Vec::new();
+        for (version, (paths, ms)) in &found[&key] {
+            let kept = cur.is_some()
+                && paths
+                    .iter()
+                    .any(|p| p.filename().is_some_and(|f| f.ends_with(".meta")));
+            if Some(version) != cur.as_ref() && !kept && *ms < cutoff_ms {
+                paths_of_key.extend(paths.iter().cloned());
             }
         }
-        Ok(orphans)
+        if !paths_of_key.is_empty() {
+            orphans.insert(key, paths_of_key);
+        }
     }
+    Ok(orphans)
 }
