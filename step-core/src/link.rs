@@ -3,9 +3,9 @@
 //! order. There are two, and the client treats them alike:
 //!
 //! * [`Wire`] — frames over a byte stream (TCP, TLS), through [`StepCodec`];
-//! * [`Channel`] — messages to a STEP service in this process, through a
-//!   pair of bounded channels to a task that calls the service
-//!   ([`serve_in_process`]): no socket, no frames.
+//! * [`Served`] — messages to a STEP service in this process
+//!   ([`serve_in_process`]), each answered on a task of its own: no socket,
+//!   no frames.
 //!
 //! Whatever the link, the client counts the answers it is owed and reads
 //! those of an abandoned exchange before the next one, so the rules of a
@@ -13,14 +13,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use futures::stream::FuturesOrdered;
 use futures::{Sink, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tokio_util::sync::PollSender;
 
 use crate::codec::StepCodec;
 use crate::error::ClientError;
@@ -103,97 +102,101 @@ impl<T: AsyncRead + AsyncWrite + Send + std::fmt::Debug> Link for Wire<T> {
     }
 }
 
-/// Requests a channel's serving task reads ahead, and answers it queues:
-/// enough for a pipelining window, few enough that a stalled reader holds
-/// little.
-const CHANNEL_DEPTH: usize = 32;
-
-/// Requests a serving task has the service answer at once.
+/// Requests a [`Served`] link has the service answer at once; more wait
+/// (the client's window is usually far smaller).
 const SERVED_AT_ONCE: usize = 64;
 
-/// Messages to and from a task serving them in this process.
-#[derive(Debug)]
-pub struct Channel {
-    requests: PollSender<Message>,
-    answers: mpsc::Receiver<Result<Message, ClientError>>,
+/// Requests handed to a STEP service in this process, each answered on a
+/// task of its own; the answers are read back in request order.
+pub struct Served<F> {
+    serve: F,
+    running: FuturesOrdered<JoinHandle<Message>>,
+    /// Who waits for room (a full [`SERVED_AT_ONCE`]), woken by an answer.
+    waiting: Option<Waker>,
 }
 
-impl Sink<Message> for Channel {
+impl<F> std::fmt::Debug for Served<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("running", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, Fut> Sink<Message> for Served<F>
+where
+    F: Fn(Message) -> Fut + Unpin,
+    Fut: Future<Output = Message> + Send + 'static,
+{
     type Error = ClientError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        self.get_mut()
-            .requests
-            .poll_reserve(cx)
-            .map_err(|_| ClientError::Closed)
+        let this = self.get_mut();
+        if this.running.len() < SERVED_AT_ONCE {
+            return Poll::Ready(Ok(()));
+        }
+        this.waiting = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<(), ClientError> {
-        self.get_mut()
-            .requests
-            .send_item(msg)
-            .map_err(|_| ClientError::Closed)
+        let this = self.get_mut();
+        // A task of its own: like a request already sent over a wire, it
+        // runs to its end even if the client stops waiting or goes, so the
+        // service is never cut off midway through a request.
+        this.running.push_back(tokio::spawn((this.serve)(msg)));
+        Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        // A message sent is in the serving task's hands: nothing is buffered.
+        // A request sent is already being served: nothing is buffered.
         Poll::Ready(Ok(()))
     }
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        self.get_mut().requests.close();
         Poll::Ready(Ok(()))
     }
 }
 
-impl Stream for Channel {
+impl<F: Unpin> Stream for Served<F> {
     type Item = Result<Message, ClientError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().answers.poll_recv(cx)
+        let this = self.get_mut();
+        match this.running.poll_next_unpin(cx) {
+            Poll::Ready(Some(done)) => {
+                if let Some(waker) = this.waiting.take() {
+                    waker.wake();
+                }
+                Poll::Ready(Some(done.map_err(|e| {
+                    ClientError::Protocol(format!("the in-process service failed: {e}"))
+                })))
+            }
+            // Nothing asked, nothing owed: the link is idle, not closed (the
+            // client polls again after its next request).
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-impl Link for Channel {}
-
-/// A [`Channel`] whose requests `serve` answers, on a task started here
-/// (so this must run inside a Tokio runtime). Each request is answered on
-/// a task of its own, up to [`SERVED_AT_ONCE`] at once, and the answers
-/// come back in request order. Like a request already sent over a wire, a
-/// request runs to its end even when the client stops waiting or goes: the
-/// service is never cut off midway.
-pub fn serve_in_process<F, Fut>(serve: F) -> Channel
+impl<F, Fut> Link for Served<F>
 where
-    F: Fn(Message) -> Fut + Send + 'static,
+    F: Fn(Message) -> Fut + Send + Unpin,
     Fut: Future<Output = Message> + Send + 'static,
 {
-    let (requests, mut incoming) = mpsc::channel::<Message>(CHANNEL_DEPTH);
-    let (outgoing, answers) = mpsc::channel(CHANNEL_DEPTH);
-    tokio::spawn(async move {
-        let mut running = FuturesOrdered::new();
-        let mut open = true;
-        loop {
-            tokio::select! {
-                msg = incoming.recv(), if open && running.len() < SERVED_AT_ONCE => match msg {
-                    Some(msg) => running.push_back(tokio::spawn(serve(msg))),
-                    None => open = false,
-                },
-                Some(done) = running.next(), if !running.is_empty() => {
-                    let answer = done.map_err(|e| {
-                        ClientError::Protocol(format!("the in-process service failed: {e}"))
-                    });
-                    // The client went: the requests under way finish on
-                    // their own tasks, and nobody wants their answers.
-                    if outgoing.send(answer).await.is_err() {
-                        return;
-                    }
-                }
-                else => return,
-            }
-        }
-    });
-    Channel {
-        requests: PollSender::new(requests),
-        answers,
+}
+
+/// A link whose requests `serve` answers in this process: no socket, no
+/// frames, the same client (pipelining, owed answers, cancel-safety) as
+/// over TCP. Must be used inside a Tokio runtime.
+pub fn serve_in_process<F, Fut>(serve: F) -> Served<F>
+where
+    F: Fn(Message) -> Fut + Send + Unpin + 'static,
+    Fut: Future<Output = Message> + Send + 'static,
+{
+    Served {
+        serve,
+        running: FuturesOrdered::new(),
+        waiting: None,
     }
 }
