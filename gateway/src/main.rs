@@ -6,6 +6,7 @@ use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
 use step_core::conn::tls::{self, TlsClient};
+use step_server::compose::Composer;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -62,29 +63,23 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         Some(list) => list.clone(),
         None => {
             let addr = args.step_addr()?;
-            step_server::config::warn_if_open(args.embedded.auth, addr);
-            let (service, limits) = args
-                .embedded
+            step_server::compose::warn_if_open(args.embedded.auth, addr);
+            let composed = Composer::new(&args.embedded)
                 .start(anonymous)
                 .await
                 .map_err(|e| e.to_string())?;
-            metrics = metrics.with_store(service.store().clone());
+            metrics = metrics.with_store(composed.upkeep());
             // HTTP requests call the service directly; the port still
             // serves native STEP clients.
-            in_process = Some(std::sync::Arc::clone(&service));
+            in_process = Some(std::sync::Arc::clone(&composed.service));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             let stop = stop.clone();
-            embedded = Some(tokio::spawn(step_server::run(
-                listener,
-                service,
-                limits,
-                async move {
-                    stop.cancelled().await;
-                },
-            )));
+            embedded = Some(tokio::spawn(composed.serve(listener, async move {
+                stop.cancelled().await;
+            })));
             format!("127.0.0.1:{}", local.port())
         }
     };
@@ -120,7 +115,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let url = format!("{scheme}://{}/", step_server::config::reachable(local));
+    let url = format!("{scheme}://{}/", step_server::compose::reachable(local));
     info!(addr = %local, "gateway listening: open {url}");
     info!("try: curl -T FILE {url}files/NAME, then curl -o FILE {url}files/NAME");
     let result = gateway::serve_tls(listener, state, acceptor, {
@@ -200,7 +195,7 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = step_server::config::reachable(addr);
+    let target = step_server::compose::reachable(addr);
     // With TLS, the probe trusts exactly the gateway's own certificate.
     let tls = match &args.tls_cert {
         Some(cert) => match step_server::tls::pinned_client(cert) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
+use step_server::compose::Composer;
 use step_server::config::{ListenArgs, ServerArgs};
 use step_server::users::ServerCommand;
 
@@ -29,7 +30,8 @@ async fn main() -> ExitCode {
         return health_check(&args.listen).await;
     }
     if let Some(ServerCommand::User(cmd)) = &args.command {
-        return match step_server::users::run(cmd, &args.service).await {
+        let open = || Composer::new(&args.service).open_accounts();
+        return match step_server::users::run(cmd, args.service.auth, open).await {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -49,8 +51,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    step_server::config::warn_if_open(args.service.auth, addr);
-    let (service, limits) = match args.service.start(args.anonymous).await {
+    step_server::compose::warn_if_open(args.service.auth, addr);
+    let composed = match Composer::new(&args.service).start(args.anonymous).await {
         Ok(built) => built,
         Err(e) => {
             eprintln!("step-server: {e}");
@@ -75,7 +77,8 @@ async fn main() -> ExitCode {
         let addr = SocketAddr::new(addr.ip(), port);
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(step_server::health::serve(l, service.storage().clone()));
+                let storage = composed.service.storage().clone();
+                tokio::spawn(step_server::health::serve(l, storage));
             }
             Err(e) => {
                 eprintln!("step-server: cannot listen for health checks on {addr}: {e}");
@@ -86,8 +89,8 @@ async fn main() -> ExitCode {
     step_server::run_with_tls(
         listener,
         tls,
-        service,
-        limits,
+        composed.service,
+        composed.limits,
         step_server::shutdown_signal(),
     )
     .await;
@@ -127,7 +130,7 @@ async fn health_check(listen: &ListenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = step_server::config::reachable(addr);
+    let target = step_server::compose::reachable(addr);
     let probe = async {
         let mut client = StepClient::connect(target).await?;
         let request = Message::request(Operation::Get, Kind::Data).with(field::KEY, "healthcheck");

@@ -11,35 +11,11 @@ use std::path::Path;
 
 use crate::accounts::{AuthMode, hash_password, is_valid_hash};
 use crate::auth::PUBLIC_NAME;
-use crate::config::ServiceArgs;
+pub use crate::config::{ServerCommand, UserCommand};
 use crate::store::{Account, Storage, StoreError};
 
 /// Longest account name: LOGIN's cap on usernames.
 const MAX_NAME: usize = 256;
-
-#[derive(clap::Subcommand, Debug, Clone)]
-pub enum ServerCommand {
-    /// Manage the accounts `--auth accounts` checks passwords against, in
-    /// the storage --data-dir / --storage name.
-    #[command(subcommand)]
-    User(UserCommand),
-}
-
-#[derive(clap::Subcommand, Debug, Clone)]
-pub enum UserCommand {
-    /// Add an account; its password from a prompt, or a line on stdin.
-    Add { name: String },
-    /// Remove an account (its files stay; its tokens end within seconds).
-    Remove { name: String },
-    /// List the accounts' names, one a line.
-    List,
-    /// Change an account's password (prompt, or a line on stdin); the
-    /// old password and every token minted before end within seconds.
-    Passwd { name: String },
-    /// Print the argon2id hash of a password (prompt or stdin), for a line
-    /// `NAME:HASH` of --accounts-file; stores nothing.
-    Hash,
-}
 
 /// Why a `user` command failed, worded for the person who typed it.
 #[derive(Debug, thiserror::Error)]
@@ -109,19 +85,25 @@ async fn hash_off_thread(password: String) -> Result<String, UserError> {
         .map_err(|e| UserError::Io(std::io::Error::other(e)))
 }
 
-/// Run one `user` command; returns what to print on stdout.
-pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserError> {
+/// Run one `user` command over the account store `open` opens (not opened
+/// for `hash`); `auth` is the mode the servers run in. Returns what to
+/// print on stdout.
+pub async fn run(
+    cmd: &UserCommand,
+    auth: AuthMode,
+    open: impl FnOnce() -> std::io::Result<std::sync::Arc<dyn Storage>>,
+) -> Result<String, UserError> {
     if let UserCommand::Hash = cmd {
         let password = read_password(None)?;
         return Ok(format!("{}\n", hash_off_thread(password).await?));
     }
-    if args.auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
+    if auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
         eprintln!(
             "note: a server in open mode (the default) ignores accounts; start it with \
              --auth accounts (STEP_AUTH=accounts)"
         );
     }
-    let storage = args.open_accounts()?;
+    let storage = open()?;
     match cmd {
         UserCommand::Add { name } => {
             check_name(name)?;
