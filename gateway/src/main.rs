@@ -7,8 +7,9 @@ use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
 use step_core::conn::tls::{self, TlsClient};
 use step_server::compose::Composer;
+use step_server::config::{ServerCommand, listen_error};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -30,12 +31,28 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args).await;
     }
+    if let Some(ServerCommand::User(cmd)) = &args.command {
+        // The embedded server's accounts: `step-server user`'s commands,
+        // over the store the same flags name.
+        let open = || Composer::new(&args.embedded).open_accounts();
+        return match step_server::users::run(cmd, &args.embedded, open).await {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway user: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, on stderr: the log may not be set up to show it, and
+        // saying it twice on a terminal reads as two failures.
         Err(e) => {
-            error!("{e}");
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
@@ -74,7 +91,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
             in_process = Some(std::sync::Arc::clone(&composed.service));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;
+                .map_err(|e| listen_error("for STEP", addr, "--step-port (STEP_PORT)", &e))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             let stop = stop.clone();
             embedded = Some(tokio::spawn(composed.serve(listener, async move {
@@ -104,7 +121,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        .map_err(|e| listen_error("for HTTP", addr, "--port (GATEWAY_PORT)", &e))?;
     let tls = step_server::tls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let acceptor = match &tls {
         Some(files) => {

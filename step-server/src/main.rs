@@ -6,7 +6,7 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
 use step_server::compose::Composer;
-use step_server::config::{ListenArgs, ServerArgs};
+use step_server::config::{ListenArgs, ServerArgs, listen_error};
 use step_server::users::ServerCommand;
 
 const HEALTH_CHECK: &str = "health-check";
@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
     }
     if let Some(ServerCommand::User(cmd)) = &args.command {
         let open = || Composer::new(&args.service).open_accounts();
-        return match step_server::users::run(cmd, args.service.auth, open).await {
+        return match step_server::users::run(cmd, &args.service, open).await {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -62,7 +62,8 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("step-server: cannot listen on {addr}: {e}");
+            let why = listen_error("for STEP", addr, "--port (STEP_PORT)", &e);
+            eprintln!("step-server: {why}");
             return ExitCode::FAILURE;
         }
     };
@@ -81,7 +82,9 @@ async fn main() -> ExitCode {
                 tokio::spawn(step_server::health::serve(l, storage));
             }
             Err(e) => {
-                eprintln!("step-server: cannot listen for health checks on {addr}: {e}");
+                let flag = "--health-port (STEP_HEALTH_PORT)";
+                let why = listen_error("for health checks", addr, flag, &e);
+                eprintln!("step-server: {why}");
                 return ExitCode::FAILURE;
             }
         }
@@ -116,7 +119,7 @@ async fn tls_listener(
     .addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for STEP over TLS on {addr}: {e}"))?;
+        .map_err(|e| listen_error("for STEP over TLS", addr, "--tls-port (STEP_TLS_PORT)", &e))?;
     Ok(Some((listener, acceptor)))
 }
 

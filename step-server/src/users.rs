@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::accounts::{AuthMode, hash_password, is_valid_hash};
 use crate::auth::PUBLIC_NAME;
+use crate::config::ServiceArgs;
 pub use crate::config::{ServerCommand, UserCommand};
 use crate::store::{Account, Storage, StoreError};
 
@@ -55,8 +56,9 @@ pub fn new_epoch() -> u64 {
 }
 
 /// The password: prompted for (twice, to catch typos) on a terminal, else
-/// the first line of stdin without its line ending. Empty is refused.
-fn read_password(name: Option<&str>) -> Result<String, UserError> {
+/// the first line of stdin without its line ending. Shorter than `min`
+/// characters is refused.
+fn read_password(name: Option<&str>, min: usize) -> Result<String, UserError> {
     let password = if std::io::stdin().is_terminal() {
         let who = name.map_or(String::new(), |n| format!(" for {n}"));
         let first = rpassword::prompt_password(format!("Password{who}: "))?;
@@ -75,6 +77,13 @@ fn read_password(name: Option<&str>) -> Result<String, UserError> {
             "empty password: type one at the prompt, or give it as a line on stdin".into(),
         ));
     }
+    let len = password.chars().count();
+    if len < min {
+        return Err(UserError::Invalid(format!(
+            "password too short ({len} characters): at least {min} are needed \
+             (--min-password-len / STEP_MIN_PASSWORD_LEN)"
+        )));
+    }
     Ok(password)
 }
 
@@ -86,18 +95,19 @@ async fn hash_off_thread(password: String) -> Result<String, UserError> {
 }
 
 /// Run one `user` command over the account store `open` opens (not opened
-/// for `hash`); `auth` is the mode the servers run in. Returns what to
-/// print on stdout.
+/// for `hash`), under the settings of `args` (the servers' mode, the
+/// shortest password). Returns what to print on stdout.
 pub async fn run(
     cmd: &UserCommand,
-    auth: AuthMode,
+    args: &ServiceArgs,
     open: impl FnOnce() -> std::io::Result<std::sync::Arc<dyn Storage>>,
 ) -> Result<String, UserError> {
+    let min = args.min_password_len;
     if let UserCommand::Hash = cmd {
-        let password = read_password(None)?;
+        let password = read_password(None, min)?;
         return Ok(format!("{}\n", hash_off_thread(password).await?));
     }
-    if auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
+    if args.auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
         eprintln!(
             "note: a server in open mode (the default) ignores accounts; start it with \
              --auth accounts (STEP_AUTH=accounts)"
@@ -111,7 +121,7 @@ pub async fn run(
             if storage.account_get(name).await?.is_some() {
                 return Err(UserError::Exists(name.clone()));
             }
-            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let password_hash = hash_off_thread(read_password(Some(name), min)?).await?;
             let account = Account {
                 name: name.clone(),
                 password_hash,
@@ -128,7 +138,7 @@ pub async fn run(
             if storage.account_get(name).await?.is_none() {
                 return Err(UserError::NoSuchUser(name.clone()));
             }
-            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let password_hash = hash_off_thread(read_password(Some(name), min)?).await?;
             set_password(storage.as_ref(), name, password_hash).await?;
             Ok(format!("changed the password of {name}\n"))
         }
