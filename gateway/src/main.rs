@@ -71,48 +71,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         }
     });
 
-    // With no --backend, the product runs whole in this process: native STEP
-    // on --step-port and HTTP on --port, over the same store.
-    let mut embedded = None;
-    let mut in_process = None;
-    let mut metrics = Metrics::new();
-    let backend_addr = match &args.backend {
-        Some(list) => list.clone(),
-        None => {
-            let addr = args.step_addr()?;
-            step_server::compose::warn_if_open(args.embedded.auth, addr);
-            let composed = Composer::new(&args.embedded)
-                .start(anonymous)
-                .await
-                .map_err(|e| e.to_string())?;
-            metrics = metrics.with_store(composed.upkeep());
-            // HTTP requests call the service directly; the port still
-            // serves native STEP clients.
-            in_process = Some(std::sync::Arc::clone(&composed.service));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| listen_error("for STEP", addr, "--step-port (STEP_PORT)", &e))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            let stop = stop.clone();
-            embedded = Some(tokio::spawn(composed.serve(listener, async move {
-                stop.cancelled().await;
-            })));
-            format!("127.0.0.1:{}", local.port())
-        }
-    };
-    info!(backend = %backend_addr, embedded = embedded.is_some(), "STEP backend");
-
-    let backend = match in_process {
-        Some(service) => Backend::in_process(service, args.transfer.clone(), anonymous, metrics),
-        None => {
-            let mut backends = Vec::new();
-            for addr in backend_list(&backend_addr)? {
-                let tls = backend_tls(&args, &addr)?;
-                backends.push((addr, tls));
-            }
-            Backend::with_backends(backends, args.transfer.clone(), anonymous, metrics)
-        }
-    };
+    let (backend, embedded) = step_backend(&args, anonymous, &stop).await?;
     let state = AppState::with_login_pace(
         backend,
         args.http.clone(),
@@ -147,6 +106,47 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     }
     info!("gateway stopped");
     result
+}
+
+/// The STEP side: with `--backend`, pools to those servers; without, the
+/// embedded server composed from the flags — native STEP on --step-port,
+/// HTTP requests calling its service in process, over the same store —
+/// and its serving task.
+async fn step_backend(
+    args: &GatewayArgs,
+    anonymous: step_core::access::Anonymous,
+    stop: &CancellationToken,
+) -> Result<(Backend, Option<tokio::task::JoinHandle<()>>), String> {
+    let metrics = Metrics::new();
+    if let Some(list) = &args.backend {
+        info!(backend = %list, embedded = false, "STEP backend");
+        let mut backends = Vec::new();
+        for addr in backend_list(list)? {
+            let tls = backend_tls(args, &addr)?;
+            backends.push((addr, tls));
+        }
+        let backend = Backend::with_backends(backends, args.transfer.clone(), anonymous, metrics);
+        return Ok((backend, None));
+    }
+    let addr = args.step_addr()?;
+    step_server::compose::warn_if_open(args.embedded.auth, addr);
+    let composed = Composer::new(&args.embedded)
+        .start(anonymous)
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = metrics.with_store(composed.upkeep());
+    let service = std::sync::Arc::clone(&composed.service);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| listen_error("for STEP", addr, "--step-port (STEP_PORT)", &e))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(backend = %format!("127.0.0.1:{}", local.port()), embedded = true, "STEP backend");
+    let stop = stop.clone();
+    let serving = tokio::spawn(composed.serve(listener, async move {
+        stop.cancelled().await;
+    }));
+    let backend = Backend::in_process(service, args.transfer.clone(), anonymous, metrics);
+    Ok((backend, Some(serving)))
 }
 
 /// The STEP servers of `--backend a:1379,b:1379` (one, or several

@@ -92,6 +92,47 @@ where
         }
     }
 
+    /// Send while credits last and the source has requests ready; whether
+    /// any went, or the end of the stream (an error) when one must.
+    #[allow(clippy::type_complexity)]
+    fn send_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Result<bool, Poll<Option<Result<Message, ClientError>>>> {
+        let mut moved = false;
+        while self.pending < self.window
+            && let Some(requests) = self.requests.as_mut()
+        {
+            match Pin::new(&mut *self.client.link).poll_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(self.fail(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let msg = match requests.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    self.requests = None;
+                    break;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.requests = None;
+                    return Err(self.finish(e));
+                }
+                Poll::Ready(Some(Ok(msg))) => msg,
+            };
+            if let Err(e) = Pin::new(&mut *self.client.link).start_send(msg) {
+                return Err(self.fail(e));
+            }
+            // Owed from here on: the request is in the link (a frame in the
+            // writer's buffer goes out with the next flush, whoever makes it).
+            self.client.owe();
+            self.pending += 1;
+            self.unflushed = true;
+            moved = true;
+        }
+        Ok(moved)
+    }
+
     /// Ready when the server has made no progress for the timeout.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
         let Some(t) = self.client.timeout() else {
@@ -120,38 +161,10 @@ where
             return this.finish(e);
         }
         loop {
-            let mut moved = false;
-            // Send while credits last and the source has requests ready.
-            while this.pending < this.window
-                && let Some(requests) = this.requests.as_mut()
-            {
-                match Pin::new(&mut *this.client.link).poll_ready(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return this.fail(e),
-                    Poll::Ready(Ok(())) => {}
-                }
-                let msg = match requests.as_mut().poll_next(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(None) => {
-                        this.requests = None;
-                        break;
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        this.requests = None;
-                        return this.finish(e);
-                    }
-                    Poll::Ready(Some(Ok(msg))) => msg,
-                };
-                if let Err(e) = Pin::new(&mut *this.client.link).start_send(msg) {
-                    return this.fail(e);
-                }
-                // Owed from here on: the frame is in the writer's buffer and
-                // goes out with the next flush, whoever makes it.
-                this.client.owe();
-                this.pending += 1;
-                this.unflushed = true;
-                moved = true;
-            }
+            let moved = match this.send_ready(cx) {
+                Ok(moved) => moved,
+                Err(end) => return end,
+            };
             if this.unflushed {
                 match Pin::new(&mut *this.client.link).poll_flush(cx) {
                     Poll::Ready(Ok(())) => this.unflushed = false,

@@ -30,17 +30,7 @@ async fn main() -> ExitCode {
         return health_check(&args.listen).await;
     }
     if let Some(ServerCommand::User(cmd)) = &args.command {
-        let open = || Composer::new(&args.service).open_accounts();
-        return match step_server::users::run(cmd, &args.service, open).await {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("step-server user: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return user_command(cmd, &args).await;
     }
     step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
@@ -98,6 +88,21 @@ async fn main() -> ExitCode {
     )
     .await;
     ExitCode::SUCCESS
+}
+
+/// `step-server user ...`: the accounts in the store the flags name.
+async fn user_command(cmd: &step_server::users::UserCommand, args: &ServerArgs) -> ExitCode {
+    let open = || Composer::new(&args.service).open_accounts();
+    match step_server::users::run(cmd, &args.service, open).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("step-server user: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The TLS listener of --tls-port, its certificate reloaded on SIGHUP.
