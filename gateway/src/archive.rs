@@ -420,10 +420,7 @@ async fn send_file(
         .await;
     let resp = match got {
         Ok(resp) => resp,
-        Err(GatewayError::Step {
-            status: step_core::Status::NotFound,
-            ..
-        }) => return Ok(()),
+        Err(GatewayError::Step { problem, .. }) if problem.is_gone() => return Ok(()),
         Err(e) => return Err(e),
     };
     let h = resp.headers();

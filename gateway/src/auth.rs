@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
-use step_core::Status;
+use step_core::Problem;
 use step_core::access::{Access, Anonymous, Refusal, Scope, decide};
 
 use crate::AppState;
@@ -166,11 +166,10 @@ async fn login(
             losses,
         }),
         Err(GatewayError::Step {
-            status: Status::WrongPassword,
-            reason: None,
+            problem: Problem::WrongPassword,
             ..
         }) => Err(GatewayError::Unauthorized(
-            "wrong user or password (HTTP Basic)".into(),
+            "wrong user or password (HTTP Basic): check both and try again".into(),
         )),
         Err(e) => Err(e),
     }
@@ -263,12 +262,11 @@ impl Auth {
             }),
             Ok(None) => Err(needs_credentials("credentials are required here")),
             Err(GatewayError::Step {
-                status: Status::WrongPassword,
-                message,
+                problem: Problem::NoAnonymous | Problem::WrongPassword,
                 ..
-            }) => Err(needs_credentials(&format!(
-                "the STEP server allows no anonymous access ({message})"
-            ))),
+            }) => Err(needs_credentials(
+                "this server does not serve anonymous callers",
+            )),
             Err(e) => Err(e),
         }
     }

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use step_core::{Reason, Status};
+use step_core::Problem;
 
 use crate::AppState;
 use crate::auth::Auth;
@@ -130,35 +130,23 @@ fn numbered(stem: &str) -> Option<&str> {
 
 /// Whether an upload lost its name to another at the last moment.
 pub fn lost_race(e: &GatewayError) -> bool {
-    matches!(
-        e,
-        GatewayError::Step {
-            status: Status::KeyExists,
-            reason: None,
-            ..
-        } | GatewayError::Step {
-            reason: Some(Reason::Superseded),
-            ..
-        }
-    )
+    matches!(e.problem(), Some(Problem::KeyExists | Problem::Superseded))
 }
 
 /// A refusal because the key is taken, in words that say what to do.
 pub fn explain(e: GatewayError, key: &str) -> GatewayError {
     match e {
         GatewayError::Step {
-            status: Status::KeyExists,
-            reason: None,
+            problem: Problem::KeyExists,
             ..
-        } => GatewayError::Step {
-            status: Status::KeyExists,
-            reason: None,
-            message: format!(
-                "a file named {key:?} already exists: send overwrite=true to replace it, or \
-                 rename=true to keep both (the upload gets a free name such as {:?})",
+        } => GatewayError::refused(
+            Problem::KeyExists,
+            format!(
+                "A file named {key:?} already exists. Send overwrite=true to replace it, or \
+                 rename=true to keep both (the upload gets a free name such as {:?}).",
                 candidate(key, 1)
             ),
-        },
+        ),
         other => other,
     }
 }
@@ -181,8 +169,7 @@ async fn is_free(st: &AppState, token: &str, key: &str) -> Result<bool, GatewayE
         Ok(_) => Ok(false),
         Err(e) => match st.backend.step_error(e) {
             GatewayError::Step {
-                status: Status::NotFound,
-                reason: None,
+                problem: Problem::NotFound,
                 ..
             } => Ok(true),
             other => Err(other),
@@ -209,13 +196,13 @@ async fn free_name(
             return Ok((name, n));
         }
     }
-    Err(GatewayError::Step {
-        status: Status::KeyExists,
-        reason: None,
-        message: format!(
-            "{key:?} and its first {MAX_RENAMES} numbered names are all taken: choose another name"
+    Err(GatewayError::refused(
+        Problem::KeyExists,
+        format!(
+            "{key:?} and its first {MAX_RENAMES} numbered names are all taken. Choose another \
+             name."
         ),
-    })
+    ))
 }
 
 /// Runs `attempt` with the first free name for `key`, and with the next

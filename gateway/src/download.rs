@@ -41,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
-use step_core::Reason;
+use step_core::Problem;
 use step_core::client::{ClientError, DownloadPlan, StepClient, expect_ok};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
@@ -113,8 +113,7 @@ pub async fn respond(
     let plan = match got.map_err(|e| backend.step_error(e)) {
         // No file: If-Match cannot hold (RFC 9110 §13.1.1).
         Err(GatewayError::Step {
-            status: step_core::Status::NotFound,
-            reason: None,
+            problem: step_core::Problem::NotFound,
             ..
         }) if req.contains_key(header::IF_MATCH) => {
             return Err(GatewayError::PreconditionFailed(
@@ -379,11 +378,7 @@ async fn stream_blocks(
         }
         Err(Stop::ClientGone) => debug!(key = %plan.key, "client disconnected mid-download"),
         Err(Stop::Step(e)) => {
-            if let ClientError::Refused {
-                reason: Some(Reason::Integrity),
-                ..
-            } = &e
-            {
+            if e.problem() == Some(Problem::Integrity) {
                 error!(key = %plan.key, error = %e, "the STEP server found stored bytes corrupt; aborting the response");
                 metrics.download_integrity_failures.inc();
             } else {

@@ -9,18 +9,22 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use step_core::client::ClientError;
 use step_core::codec::CodecError;
-use step_core::{Reason, Status};
+use step_core::{Problem, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The STEP server refused the request.
-    #[error("{message}")]
+    /// The STEP server refused the request: the row of the refusal table
+    /// its status and reason name, which gives the HTTP status, the code
+    /// and the words; `words` when the gateway can say it better for this
+    /// request (naming the key, say).
+    #[error("{}", step_message(*.problem, .said, .words.as_deref()))]
     Step {
+        problem: Problem,
+        /// The STEP status it came with (`step_status` in the body).
         status: Status,
-        message: String,
-        /// Why, when our server said (the `reason` field); it decides the
-        /// HTTP status before the STEP status does.
-        reason: Option<Reason>,
+        /// What the STEP server said: for the log, in protocol terms.
+        said: String,
+        words: Option<String>,
     },
     #[error("{0}")]
     NotFound(String),
@@ -88,60 +92,160 @@ pub enum GatewayError {
     TooManyAttempts(u64),
 }
 
-/// STEP status → HTTP status, in one table.
-pub fn http_status_for(step: Status) -> StatusCode {
-    match step {
-        Status::Ok => StatusCode::OK,
-        Status::KeyExists | Status::WrongOperation | Status::WrongDirection => StatusCode::CONFLICT,
-        Status::NotFound => StatusCode::NOT_FOUND,
-        Status::BadToken | Status::WrongPassword => StatusCode::UNAUTHORIZED,
-        Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
-            StatusCode::BAD_REQUEST
-        }
-        // The gateway computes block indexes and sizes itself: the server
-        // disagreeing with them is a backend fault, not the caller's.
-        Status::IndexTooLarge | Status::BlockSizeMismatch | Status::Earth => {
-            StatusCode::BAD_GATEWAY
-        }
+/// The gateway's own error codes (every STEP refusal's is the refusal
+/// table's, [`Problem`]): code, HTTP status, when. The table of codes in
+/// docs/http-api.md is made from both, and a test keeps it so.
+pub const OWN_CODES: &[(&str, u16, &str)] = &[
+    (
+        "bad_request",
+        400,
+        "malformed input: a missing JSON content type, a body that is not multipart, no file part, a body shorter or longer than its Content-Length, a repeated query parameter",
+    ),
+    (
+        "unauthorized",
+        401,
+        "no credentials where the request needs them, wrong HTTP Basic credentials, or an `Authorization` header that is neither Bearer nor Basic",
+    ),
+    ("cross_site", 403, "a write sent by a page of another site"),
+    (
+        "read_only",
+        403,
+        "the caller may only read, and the route writes",
+    ),
+    ("not_found", 404, "no such route, or no file under the key"),
+    (
+        "method_not_allowed",
+        405,
+        "the route does not take the method",
+    ),
+    (
+        "body_timeout",
+        408,
+        "the request body arrived slower than the minimum rate",
+    ),
+    (
+        "offset_mismatch",
+        409,
+        "tus: `Upload-Offset` is not the upload's offset",
+    ),
+    (
+        "precondition_failed",
+        412,
+        "`If-Match`, `If-None-Match: *` or `If-Unmodified-Since` does not hold",
+    ),
+    ("tus_version", 412, "tus: `Tus-Resumable: 1.0.0` is missing"),
+    (
+        "too_large",
+        413,
+        "a body above `--max-upload`, `--max-json-body`, or the STEP server's `max_file_size`",
+    ),
+    ("uri_too_long", 414, "a request URI over 16 KiB"),
+    (
+        "unsupported_media_type",
+        415,
+        "tus: a body that is not `application/offset+octet-stream`",
+    ),
+    ("range_not_satisfiable", 416, "a `Range` outside the file"),
+    (
+        "unprocessable",
+        422,
+        "a JSON body of the wrong shape, or a record using a reserved field",
+    ),
+    (
+        "locked",
+        423,
+        "tus: another request on the same upload is still running",
+    ),
+    (
+        "too_many_attempts",
+        429,
+        "too many HTTP Basic logins from the client lately",
+    ),
+    (
+        "checksum_mismatch",
+        460,
+        "tus: the chunk's md5 differs from `Upload-Checksum`",
+    ),
+    ("internal", 500, "the gateway failed (logged)"),
+    (
+        "not_implemented",
+        501,
+        "the STEP server lacks the extension the request needs",
+    ),
+    (
+        "bad_gateway",
+        502,
+        "the STEP server answered out of protocol, or refused the gateway's own login",
+    ),
+    (
+        "md5_mismatch",
+        502,
+        "the md5 the STEP server stored differs from the bytes received; the file was removed",
+    ),
+    (
+        "backend_unavailable",
+        503,
+        "the STEP server cannot be reached, or every connection to it stayed busy",
+    ),
+    (
+        "backend_timeout",
+        504,
+        "the STEP server did not answer in time",
+    ),
+    (
+        "timeout",
+        504,
+        "the request took longer than `--request-timeout`",
+    ),
+];
+
+/// The table of every error code, HTTP status and meaning, as
+/// docs/http-api.md has it between its `error-codes` markers.
+pub fn codes_markdown() -> String {
+    let mut rows: Vec<(u16, String, String)> = OWN_CODES
+        .iter()
+        .map(|(code, status, when)| (*status, format!("`{code}`"), (*when).to_owned()))
+        .collect();
+    for &p in Problem::ALL {
+        let step = match p.reason() {
+            Some(r) => format!("STEP {} `{r}`", p.step_status().code()),
+            None => format!("STEP {}", p.step_status().code()),
+        };
+        rows.push((
+            p.http_status(),
+            format!("`{}`", p.code()),
+            format!("{step}: {}", p.words()),
+        ));
     }
+    rows.sort();
+    let mut out = String::from(
+        "| HTTP | `error` | when; for a STEP refusal, the `message` |\n|---|---|---|\n",
+    );
+    for (status, code, when) in rows {
+        out.push_str(&format!("| {status} | {code} | {when} |\n"));
+    }
+    out
 }
 
-/// Our server's refusal reason → HTTP status; it is more precise than the
-/// STEP status it comes with (a SAVE above max_file_size is a 402 "key
-/// exists" to reference clients, but 413 here).
-pub fn http_status_for_reason(reason: Reason) -> StatusCode {
-    match reason {
-        Reason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        // A per-user cap on unfinished uploads is storage the user cannot
-        // have now (RFC 4918 §11.5), like a full disk; not a rate (429).
-        Reason::NoSpace | Reason::Quota => StatusCode::INSUFFICIENT_STORAGE,
-        Reason::Integrity => StatusCode::BAD_GATEWAY,
-        Reason::Superseded => StatusCode::CONFLICT,
-        Reason::OtherUpload => StatusCode::NOT_FOUND,
-        // The store refused an `if_md5`: the version the request named is
-        // not (or no longer) the current one.
-        Reason::Precondition => StatusCode::PRECONDITION_FAILED,
-        // Only mid-download (the version being read was replaced); the
-        // response is already under way, so this is what gets logged.
-        Reason::Replaced => StatusCode::CONFLICT,
-        // The server's storage or coordination engine is down: retry later.
-        Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Reason::ReadOnly => StatusCode::FORBIDDEN,
-        // Every password check is taken: retry in a moment.
-        Reason::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        Reason::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
-        Reason::NoAnonymous => StatusCode::UNAUTHORIZED,
+/// What a person reads for a STEP refusal: the gateway's own words when
+/// it has them, else the table's, with the server's specifics when they are
+/// what the person has to correct.
+fn step_message(problem: Problem, said: &str, words: Option<&str>) -> String {
+    match words {
+        Some(w) => w.to_owned(),
+        None if problem.detail_helps() && !said.is_empty() => {
+            format!("{} The STEP server said: {said}", problem.words())
+        }
+        None => problem.words().to_owned(),
     }
 }
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Step {
-                reason: Some(reason),
-                ..
-            } => http_status_for_reason(*reason),
-            GatewayError::Step { status, .. } => http_status_for(*status),
+            GatewayError::Step { problem, .. } => {
+                StatusCode::from_u16(problem.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -177,25 +281,7 @@ impl GatewayError {
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::Step {
-                reason: Some(Reason::Precondition),
-                ..
-            } => "precondition_failed",
-            GatewayError::Step {
-                reason: Some(reason),
-                ..
-            } => reason.as_str(),
-            GatewayError::Step { status, .. } => match status {
-                Status::KeyExists => "key_exists",
-                Status::NotFound => "not_found",
-                Status::BadToken => "bad_token",
-                Status::WrongPassword => "wrong_password",
-                Status::WrongOperation | Status::WrongDirection => "conflict",
-                Status::CompulsoryFieldMissing | Status::FieldMissing | Status::TypeNotAllowed => {
-                    "bad_request"
-                }
-                _ => "backend_refused",
-            },
+            GatewayError::Step { problem, .. } => problem.code(),
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::RequestTimeout(_) => "timeout",
             GatewayError::MethodNotAllowed => "method_not_allowed",
@@ -224,6 +310,35 @@ impl GatewayError {
         }
     }
 
+    /// A refusal of the table's row `problem`, in the gateway's `words`.
+    pub fn refused(problem: Problem, words: impl Into<String>) -> Self {
+        GatewayError::Step {
+            problem,
+            status: problem.step_status(),
+            said: String::new(),
+            words: Some(words.into()),
+        }
+    }
+
+    /// The row of the refusal table, when the STEP server refused.
+    pub fn problem(&self) -> Option<Problem> {
+        match self {
+            GatewayError::Step { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    /// What the access log records: the message, and what the STEP server
+    /// said when it refused.
+    fn cause(&self) -> String {
+        match self {
+            GatewayError::Step { said, .. } if !said.is_empty() => {
+                format!("{self} (STEP: {said})")
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// Whether the backend is at fault (counted in metrics).
     pub fn is_backend_fault(&self) -> bool {
         matches!(
@@ -244,11 +359,14 @@ impl From<ClientError> for GatewayError {
                 message,
                 reason,
                 ..
-            } => match Status::from_code(code) {
-                Some(status) => GatewayError::Step {
+            } => match Status::from_code(code)
+                .and_then(|status| Some((status, Problem::of(status, reason)?)))
+            {
+                Some((status, problem)) => GatewayError::Step {
+                    problem,
                     status,
-                    message,
-                    reason,
+                    said: message,
+                    words: None,
                 },
                 None => GatewayError::BadGateway(format!("unknown STEP status {code}: {message}")),
             },
@@ -279,7 +397,7 @@ impl IntoResponse for GatewayError {
         }
         let mut resp = (status, Json(body)).into_response();
         resp.extensions_mut()
-            .insert(crate::access_log::ErrorCause(self.to_string()));
+            .insert(crate::access_log::ErrorCause(self.cause()));
         if status == StatusCode::UNAUTHORIZED {
             // Both ways in (see auth.rs): Basic first, so browsers and
             // `curl --anyauth` offer it.
@@ -299,7 +417,7 @@ impl IntoResponse for GatewayError {
             &self,
             GatewayError::BackendUnavailable(_)
                 | GatewayError::Step {
-                    reason: Some(Reason::Unavailable),
+                    problem: Problem::Unavailable,
                     ..
                 }
         ) {
@@ -312,7 +430,7 @@ impl IntoResponse for GatewayError {
             GatewayError::TooManyAttempts(secs) => Some(*secs),
             // The server's own pace (per address or name), in front of it.
             GatewayError::Step {
-                reason: Some(Reason::TooManyAttempts | Reason::Busy),
+                problem: Problem::TooManyAttempts | Problem::Busy,
                 ..
             } => Some(1),
             _ => None,
@@ -334,43 +452,102 @@ impl IntoResponse for GatewayError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_step_status_has_an_http_status() {
-        for s in Status::ALL {
-            let code = http_status_for(*s);
-            assert!(code.is_success() || code.is_client_error() || code.is_server_error());
+    fn refused(code: u64, reason: Option<step_core::Reason>, said: &str) -> GatewayError {
+        GatewayError::from(ClientError::Refused {
+            operation: "SAVE".into(),
+            code,
+            message: said.into(),
+            reason,
+        })
+    }
+
+    async fn body_of(e: GatewayError) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn every_refusal_is_answered_from_its_table_row() {
+        for &p in Problem::ALL {
+            let said = "the server's own words";
+            let e = refused(u64::from(p.step_status().code()), p.reason(), said);
+            assert_eq!(e.problem(), Some(p));
+            let (status, body) = body_of(e).await;
+            assert_eq!(status.as_u16(), p.http_status(), "{p:?}");
+            assert_eq!(body["error"], p.code(), "{p:?}");
+            assert_eq!(body["step_status"], p.step_status().code(), "{p:?}");
+            let message = body["message"].as_str().expect("message");
+            assert!(message.starts_with(p.words()), "{p:?}: {message}");
+            // The protocol's words stay in the log, not in the answer,
+            // unless they name the value to correct.
+            assert_eq!(message.contains(said), p.detail_helps(), "{p:?}: {message}");
         }
-        assert_eq!(http_status_for(Status::KeyExists), StatusCode::CONFLICT);
-        assert_eq!(http_status_for(Status::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(http_status_for(Status::BadToken), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn a_few_refusals_read_in_the_users_terms() {
+        let (status, body) = body_of(refused(402, None, "The \"key\" x is existing.")).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::CONFLICT, &"key_exists".into())
+        );
+        assert!(
+            !body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("is existing"),
+            "{body}"
+        );
+        let (status, body) = body_of(refused(401, None, "Password error for login.")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "wrong_password");
+        assert!(
+            !body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Password error"),
+            "{body}"
+        );
+        let (status, body) = body_of(refused(
+            402,
+            Some(step_core::Reason::TooLarge),
+            "Invalid \"size\"",
+        ))
+        .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &"too_large".into())
+        );
+        let (status, body) = body_of(refused(
+            410,
+            None,
+            "\"key\" must be a non-empty string of at most 1024 bytes",
+        ))
+        .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_REQUEST, &"bad_request".into())
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("at most 1024"),
+            "{body}"
+        );
     }
 
     #[test]
     fn client_errors_map_to_gateway_errors() {
-        let refused = ClientError::Refused {
-            operation: "SAVE".into(),
-            code: 402,
-            message: "exists".into(),
-            reason: None,
-        };
-        assert_eq!(GatewayError::from(refused).status(), StatusCode::CONFLICT);
-        for (reason, status) in [
-            (Reason::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
-            (Reason::NoSpace, StatusCode::INSUFFICIENT_STORAGE),
-            (Reason::Quota, StatusCode::INSUFFICIENT_STORAGE),
-            (Reason::Integrity, StatusCode::BAD_GATEWAY),
-            (Reason::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-        ] {
-            let refused = ClientError::Refused {
-                operation: "SAVE".into(),
-                code: 402,
-                message: "no".into(),
-                reason: Some(reason),
-            };
-            let e = GatewayError::from(refused);
-            assert_eq!(e.status(), status, "{reason:?}");
-            assert_eq!(e.code(), reason.as_str());
-        }
+        assert_eq!(
+            refused(999, None, "?").code(),
+            "bad_gateway",
+            "an unknown status is the backend's fault"
+        );
         assert_eq!(
             GatewayError::from(ClientError::TimedOut(std::time::Duration::from_secs(1))).status(),
             StatusCode::GATEWAY_TIMEOUT
@@ -378,6 +555,125 @@ mod tests {
         assert_eq!(
             GatewayError::from(ClientError::Closed).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// One of every error the gateway makes itself; the match makes a new
+    /// variant a compile error here until it is listed (and given a code).
+    fn own_samples() -> Vec<GatewayError> {
+        let s = || String::from("x");
+        let all = vec![
+            GatewayError::NotFound(s()),
+            GatewayError::Unauthorized(s()),
+            GatewayError::CrossSite(s()),
+            GatewayError::BadRequest(s()),
+            GatewayError::Unprocessable(s()),
+            GatewayError::TooLarge(s()),
+            GatewayError::BodyTimeout(s()),
+            GatewayError::RequestTimeout(1),
+            GatewayError::MethodNotAllowed,
+            GatewayError::UriTooLong(1),
+            GatewayError::RangeNotSatisfiable { size: 1 },
+            GatewayError::BackendUnavailable(s()),
+            GatewayError::BackendTimeout,
+            GatewayError::BadGateway(s()),
+            GatewayError::Md5Mismatch {
+                received: s(),
+                stored: s(),
+            },
+            GatewayError::NotImplemented(s()),
+            GatewayError::PreconditionFailed(s()),
+            GatewayError::Internal(s()),
+            GatewayError::TusVersion,
+            GatewayError::UnsupportedMediaType(s()),
+            GatewayError::OffsetMismatch {
+                expected: 1,
+                got: 2,
+            },
+            GatewayError::ChecksumMismatch,
+            GatewayError::Locked(s()),
+            GatewayError::ReadOnly(s()),
+            GatewayError::TooManyAttempts(1),
+        ];
+        for e in &all {
+            match e {
+                GatewayError::Step { .. } => unreachable!("not the gateway's own"),
+                GatewayError::NotFound(_)
+                | GatewayError::Unauthorized(_)
+                | GatewayError::CrossSite(_)
+                | GatewayError::BadRequest(_)
+                | GatewayError::Unprocessable(_)
+                | GatewayError::TooLarge(_)
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::RequestTimeout(_)
+                | GatewayError::MethodNotAllowed
+                | GatewayError::UriTooLong(_)
+                | GatewayError::RangeNotSatisfiable { .. }
+                | GatewayError::BackendUnavailable(_)
+                | GatewayError::BackendTimeout
+                | GatewayError::BadGateway(_)
+                | GatewayError::Md5Mismatch { .. }
+                | GatewayError::NotImplemented(_)
+                | GatewayError::PreconditionFailed(_)
+                | GatewayError::Internal(_)
+                | GatewayError::TusVersion
+                | GatewayError::UnsupportedMediaType(_)
+                | GatewayError::OffsetMismatch { .. }
+                | GatewayError::ChecksumMismatch
+                | GatewayError::Locked(_)
+                | GatewayError::ReadOnly(_)
+                | GatewayError::TooManyAttempts(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_code_has_one_http_status_and_is_listed() {
+        let mut status_of = std::collections::HashMap::new();
+        for (code, status, when) in OWN_CODES {
+            assert!(!when.is_empty());
+            assert!(status_of.insert(*code, *status).is_none(), "{code} twice");
+        }
+        for e in own_samples() {
+            let listed = status_of.get(e.code()).copied();
+            assert_eq!(listed, Some(e.status().as_u16()), "{e:?}");
+        }
+        // A code the gateway and the refusal table share means one status.
+        for &p in Problem::ALL {
+            let own = *status_of.entry(p.code()).or_insert(p.http_status());
+            assert_eq!(own, p.http_status(), "{p:?}");
+        }
+        let openapi = crate::OPENAPI;
+        for code in status_of.keys() {
+            assert!(
+                openapi.contains(&format!("            - {code}\n")),
+                "openapi.yaml's Error.error enum lacks {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_documented_table_of_codes_is_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http-api.md");
+        let doc = std::fs::read_to_string(path).expect("docs/http-api.md");
+        let (start, end) = ("<!-- error-codes -->\n", "<!-- /error-codes -->");
+        let table = codes_markdown();
+        let found = doc
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(t, _)| t);
+        if found != Some(table.as_str()) && std::env::var_os("UPDATE_DOCS").is_some() {
+            let (head, rest) = doc.split_once(start).expect("start marker");
+            let (_, tail) = rest.split_once(end).expect("end marker");
+            std::fs::write(path, format!("{head}{start}{table}{end}{tail}")).expect("write");
+            return;
+        }
+        assert_eq!(
+            found,
+            Some(table.as_str()),
+            "docs/http-api.md's table of codes differs from the code; \
+             run with UPDATE_DOCS=1 to rewrite it"
         );
     }
 }

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use step_core::Status;
+use step_core::Problem;
 use step_core::digest::password_for;
 use step_core::message::field;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -41,17 +41,14 @@ impl AppState {
     {
         match op(auth.token.clone()).await {
             // Refused as a token (not for what it may do): perhaps stale.
-            Err(GatewayError::Step {
-                status: Status::BadToken,
-                message,
-                reason: reason @ None,
-            }) => match auth.renewed(self).await? {
+            Err(
+                e @ GatewayError::Step {
+                    problem: Problem::BadToken,
+                    ..
+                },
+            ) => match auth.renewed(self).await? {
                 Some(fresh) => op(fresh).await,
-                None => Err(GatewayError::Step {
-                    status: Status::BadToken,
-                    message,
-                    reason,
-                }),
+                None => Err(e),
             },
             other => other,
         }
@@ -130,16 +127,6 @@ fn created(stored: Stored) -> Response {
     resp
 }
 
-pub(crate) fn check_size(st: &AppState, size: u64) -> Result<(), GatewayError> {
-    if st.http.max_upload > 0 && size > st.http.max_upload {
-        return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds this gateway's upload limit of {} bytes",
-            st.http.max_upload
-        )));
-    }
-    Ok(())
-}
-
 pub(crate) type ByteStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
@@ -213,7 +200,7 @@ where
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         total += chunk.len() as u64;
-        check_size(st, total)?;
+        crate::upload::check_read_so_far(st, total)?;
         if file.is_none()
             && mem.len() + chunk.len() <= st.http.spool_threshold
             && let Ok(more) = u32::try_from(chunk.len())
@@ -329,7 +316,14 @@ pub async fn upload_multipart(
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, GatewayError> {
     let Query(q) = query.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
-    let mut form = form.map_err(|e| GatewayError::BadRequest(e.body_text()))?;
+    // The framework's words ("Invalid `boundary`") are about the protocol.
+    let mut form = form.map_err(|_| {
+        GatewayError::BadRequest(
+            "The request is not a multipart form, so it carries no file. Send the file as a \
+             form field, e.g. curl -F file=@otter.jpg, or PUT the raw file to /files/{key}."
+                .into(),
+        )
+    })?;
     let bad = |e: axum::extract::multipart::MultipartError| multipart_error(&e);
     while let Some(part) = form.next_field().await.map_err(bad)? {
         let file_name = part.file_name().map(str::to_owned);
@@ -443,8 +437,7 @@ pub async fn put_file(
     match stored {
         // Created by someone else since the precondition was evaluated.
         Err(GatewayError::Step {
-            status: Status::KeyExists,
-            reason: None,
+            problem: Problem::KeyExists,
             ..
         }) if create_only => Err(GatewayError::PreconditionFailed(
             "If-None-Match: *: a file exists under this key".into(),
@@ -452,7 +445,7 @@ pub async fn put_file(
         // Another write of the key won the race (its SAVE superseded this
         // upload, or it completed first): the condition no longer holds.
         Err(GatewayError::Step {
-            status: Status::WrongOperation,
+            problem: Problem::WrongOperation | Problem::Superseded | Problem::Precondition,
             ..
         }) if conditional => Err(GatewayError::PreconditionFailed(
             "another write of this key came first; the condition no longer holds".into(),
@@ -486,7 +479,7 @@ async fn put_body(
         .and_then(|v| v.parse::<u64>().ok());
     match length {
         Some(size) => {
-            check_size(st, size)?;
+            crate::upload::check_size(st, size)?;
             let chunks = Box::pin(chunks);
             upload::store_with(
                 &st.backend,

@@ -46,7 +46,7 @@ use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
-use step_core::Status;
+use step_core::Problem;
 use step_core::client::{SaveOptions, UploadPlan};
 use tracing::{debug, info};
 
@@ -324,8 +324,7 @@ async fn find(st: &AppState, token: &str, r: &UploadRef) -> Result<Found, Gatewa
         // (a replacing upload can be under way beside its file).
         Ok(_)
         | Err(GatewayError::Step {
-            status: Status::NotFound,
-            reason: None,
+            problem: Problem::NotFound,
             ..
         }) => complete_or_gone(st, token, r).await,
         Err(e) => Err(e),
@@ -349,11 +348,8 @@ async fn complete_or_gone(
         {
             Ok(Found::Complete)
         }
-        Ok(_)
-        | Err(GatewayError::Step {
-            status: Status::NotFound,
-            ..
-        }) => Err(gone()),
+        Ok(_) => Err(gone()),
+        Err(GatewayError::Step { problem, .. }) if problem.is_gone() => Err(gone()),
         Err(e) => Err(e),
     }
 }
@@ -471,8 +467,7 @@ pub async fn terminate(
     match deleted {
         Ok(())
         | Err(GatewayError::Step {
-            status: Status::NotFound,
-            reason: None,
+            problem: Problem::NotFound,
             ..
         }) => {
             slot.slot().tail = None;

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use serde::Serialize;
-use step_core::Status;
+use step_core::Problem;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::digest::EMPTY_MD5;
 use tracing::{info, warn};
@@ -259,8 +259,23 @@ async fn send_one(
     route: Route,
     (index, data): (u64, Bytes),
 ) -> Result<Option<String>, GatewayError> {
+    send_last(backend, token, plan, route, (index, data), None).await
+}
+
+/// UPLOAD one block, with the file's md5 when it is the one held back to
+/// complete the upload ([`StepClient::upload_last_block`]).
+///
+/// [`StepClient::upload_last_block`]: step_core::client::StepClient::upload_last_block
+async fn send_last(
+    backend: &Backend,
+    token: &str,
+    plan: &UploadPlan,
+    route: Route,
+    (index, data): (u64, Bytes),
+    md5: Option<&str>,
+) -> Result<Option<String>, GatewayError> {
     let mut conn = backend.conn_to(token, route).await?;
-    let sent = conn.upload_block(plan, index, data).await;
+    let sent = conn.upload_last_block(plan, index, data, md5).await;
     sent.map_err(|e| backend.step_error(e))
 }
 
@@ -280,7 +295,8 @@ async fn begin(
         && size > max
     {
         return Err(GatewayError::TooLarge(format!(
-            "{size} bytes exceeds the STEP server's maximum file size of {max} bytes"
+            "The file's {size} bytes are more than the STEP server takes ({max} bytes at most); \
+             nothing was stored. Upload a smaller file."
         )));
     }
     let opts = SaveOptions {
@@ -387,7 +403,7 @@ where
     let started = Instant::now();
     let (token, (plan, tp)) = match begin(backend, token, key, size, &overwrite).await {
         Err(GatewayError::Step {
-            status: Status::BadToken,
+            problem: Problem::BadToken,
             ..
         }) if default => {
             let fresh = backend
@@ -407,7 +423,7 @@ where
         upload_id: plan.upload_id.clone(),
         armed: true,
     };
-    let mut chunker = Chunker {
+    let chunker = Chunker {
         body,
         pending: Bytes::new(),
         buf: BytesMut::new(),
@@ -418,27 +434,13 @@ where
         ended: false,
         hasher: Hasher::for_upload(backend, size),
     };
-    let result = if plan.total_block == 0 {
-        // Nothing to send; the body must still be empty.
-        match chunker.next_block().await {
-            None => Ok(Some(EMPTY_MD5.to_owned())),
-            Some(Err(e)) => Err(e),
-            Some(Ok(_)) => Err(GatewayError::BadRequest("unexpected body".into())),
-        }
-    } else {
-        let blocks = futures::stream::unfold(&mut chunker, |c| async move {
-            c.next_block().await.map(|b| (b, c))
-        });
-        send_blocks(backend, &token, &plan, tp, blocks).await
-    };
-    let server_md5 = match result {
-        Ok(md5) => md5,
+    let (server_md5, hashed) = match send_body(backend, &token, &plan, tp, chunker).await {
+        Ok(sent) => sent,
         Err(e) => {
             cleanup.run(false).await;
             return Err(e);
         }
     };
-    let hashed = chunker.hasher.finish().await?;
     let Some(stored) = server_md5 else {
         cleanup.run(false).await;
         return Err(GatewayError::BadGateway(
@@ -463,6 +465,64 @@ where
         size,
         md5: received,
     })
+}
+
+/// Send the body's blocks, holding back the one that completes the upload
+/// (the last) until every other is acknowledged; it then goes with the
+/// body's md5, so the server completes the upload only if what it received
+/// is what was read — bytes damaged on the way never replace a file (it
+/// refuses with `md5_mismatch`, and the key keeps what it held). Returns
+/// the md5 the server reported and the body's (none in process).
+async fn send_body<S>(
+    backend: &Backend,
+    token: &str,
+    plan: &UploadPlan,
+    tp: TransferPlan,
+    mut chunker: Chunker<S>,
+) -> Result<(Option<String>, Option<String>), GatewayError>
+where
+    S: Stream<Item = Result<Bytes, GatewayError>> + Send + Unpin,
+{
+    if plan.total_block == 0 {
+        // Nothing to send; the body must still be empty.
+        return match chunker.next_block().await {
+            None => Ok((Some(EMPTY_MD5.to_owned()), None)),
+            Some(Err(e)) => Err(e),
+            Some(Ok(_)) => Err(GatewayError::BadRequest("unexpected body".into())),
+        };
+    }
+    let last_index = plan.total_block - 1;
+    let mut last = None;
+    let blocks = futures::stream::unfold((&mut chunker, &mut last), |(c, last)| async move {
+        match c.next_block().await? {
+            Ok((i, block)) if i == last_index => {
+                *last = Some((i, block));
+                // The chunker has read the whole body: nothing follows.
+                c.next_block().await.map(|b| (b, (c, last)))
+            }
+            b => Some((b, (c, last))),
+        }
+    });
+    let mut md5 = send_blocks(backend, token, plan, tp, blocks).await?;
+    let hashed = chunker.hasher.finish().await?;
+    if let Some(block) = last {
+        let sent = send_last(backend, token, plan, tp.route, block, hashed.as_deref()).await;
+        md5 = match sent {
+            // The row's words say it: damaged on the way, the old file kept.
+            Err(
+                e @ GatewayError::Step {
+                    problem: Problem::Md5Mismatch,
+                    ..
+                },
+            ) => {
+                let sent = hashed.as_deref().unwrap_or_default();
+                warn!(key = %plan.key, %sent, "the server received other bytes than were sent; the upload was refused");
+                return Err(e);
+            }
+            sent => sent?.or(md5),
+        };
+    }
+    Ok((md5, hashed))
 }
 
 /// Send `blocks` of `plan`, taking pooled connections only while there are
@@ -549,6 +609,31 @@ where
         }
     }
     Ok(md5)
+}
+
+/// A body of known `size` against `--max-upload`.
+pub(crate) fn check_size(st: &crate::AppState, size: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && size > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file's {size} bytes are more than this gateway's upload limit of {} bytes; \
+             nothing was stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_size`] for a body whose length is not known beforehand: what
+/// was read so far is not the file's size, so only the limit is named.
+pub(crate) fn check_read_so_far(st: &crate::AppState, read: u64) -> Result<(), GatewayError> {
+    if st.http.max_upload > 0 && read > st.http.max_upload {
+        return Err(GatewayError::TooLarge(format!(
+            "The file is larger than this gateway's upload limit of {} bytes; nothing was \
+             stored. Upload a smaller file.",
+            st.http.max_upload
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

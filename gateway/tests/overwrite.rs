@@ -275,3 +275,45 @@ async fn without_the_replace_extension_put_of_an_existing_key_is_409() {
     assert_eq!(status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(gw.get_bytes("/files/k").await.2, b"one");
 }
+
+/// A replacing PUT whose bytes are damaged between the gateway and the
+/// STEP server (one bit of one UPLOAD flipped by a proxy) fails, and the
+/// key keeps its old file: the server checks the gateway's md5 before the
+/// new version takes the old one's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_damaged_on_the_way_leaves_the_old_file() {
+    let step = TestServer::start().await;
+    let proxy = step_tests::proxy::Proxy::start(step.addr).await;
+    let gw = gateway_with(proxy.addr, |_, t| {
+        t.block_size = 64 * 1024;
+    })
+    .await;
+    let (v1, v2) = (pattern(300_000, 1), pattern(400_000, 2));
+    assert_eq!(
+        put_with(&gw, "k", v1.clone(), &[]).await.0,
+        StatusCode::CREATED
+    );
+    proxy.flip_uploads(1);
+    let (status, body) = put_with(&gw, "k", v2.clone(), &[]).await;
+    assert_eq!(proxy.flips_left(), 0, "a block was damaged");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("md5_mismatch")),
+        "{body}"
+    );
+    // The table's words: damaged on the way, the old version kept.
+    assert_eq!(
+        body["message"].as_str(),
+        Some(step_core::Problem::Md5Mismatch.words()),
+        "{body}"
+    );
+    let (status, _, got) = gw.get_bytes("/files/k").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(got == v1, "the old file stays");
+
+    // Undamaged, the same PUT replaces it.
+    let (status, body) = put_with(&gw, "k", v2.clone(), &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, got) = gw.get_bytes("/files/k").await;
+    assert!(got == v2);
+}

@@ -193,8 +193,9 @@ async fn a_killed_instance_is_resumed_by_one_with_an_empty_data_dir(garage: Gara
     assert!(got == small, "small.bin read back differs");
 
     let mut c = client(&second).await;
+    let id = plan.upload_id.as_deref().expect("upload_id");
     let resumed = c
-        .file_save(Some("big.bin"), SIZE as u64, opts(true))
+        .file_save_own("big.bin", SIZE as u64, Some(BLOCK as u64), id, false)
         .await
         .expect("resume");
     assert!(resumed.resumed, "the unfinished upload was not found");

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use step_core::{ClientError, CodecError, Reason, Status};
+use step_core::{ClientError, CodecError, Problem};
 
 /// What a transfer stopped by Ctrl-C says first.
 const INTERRUPTED: &str = "interrupted";
@@ -93,6 +93,8 @@ pub enum CliError {
         operation: String,
         code: u64,
         message: String,
+        /// The row of the refusal table it names.
+        problem: Option<Problem>,
     },
     #[error("connection lost to {addr} ({reason})")]
     Connection { addr: String, reason: String },
@@ -130,39 +132,40 @@ impl CliError {
                 };
             }
         }
-        match (err.status(), subject) {
-            (Some(Status::WrongPassword), Subject::Login(user)) => {
+        match (err.problem(), subject) {
+            (Some(Problem::WrongPassword), Subject::Login(user)) => {
                 return CliError::WrongPassword {
                     user: user.to_owned(),
                 };
             }
-            (Some(Status::KeyExists), Subject::File(key)) => {
+            (Some(Problem::KeyExists), Subject::File(key)) => {
                 return CliError::KeyExists {
                     what: "file",
                     key: key.to_owned(),
                     hint: "pass --overwrite to replace it, or --key to store it under another name",
                 };
             }
-            (Some(Status::KeyExists), Subject::Data(key)) => {
+            (Some(Problem::KeyExists), Subject::Data(key)) => {
                 return CliError::KeyExists {
                     what: "record",
                     key: key.to_owned(),
                     hint: "delete it first or choose another --key",
                 };
             }
-            (_, Subject::File(key)) if err.reason() == Some(Reason::Superseded) => {
+            (Some(Problem::Superseded), Subject::File(key)) => {
                 return CliError::Superseded {
                     key: key.to_owned(),
                 };
             }
-            // The reference also answers 404 for an upload that never finished.
-            (Some(Status::NotFound), Subject::File(key)) => {
+            // The reference also answers 404 for an upload that never
+            // finished; our reasons of 404 say more than "not found".
+            (Some(p), Subject::File(key)) if p.is_gone() => {
                 return CliError::NotFound {
                     what: "file",
                     key: key.to_owned(),
                 };
             }
-            (Some(Status::NotFound), Subject::Data(key)) => {
+            (Some(p), Subject::Data(key)) if p.is_gone() => {
                 return CliError::NotFound {
                     what: "record",
                     key: key.to_owned(),
@@ -171,6 +174,7 @@ impl CliError {
             _ => {}
         }
         let addr = addr.to_owned();
+        let problem = err.problem();
         match err {
             ClientError::Refused {
                 operation,
@@ -181,6 +185,7 @@ impl CliError {
                 operation,
                 code,
                 message: one_line(&message),
+                problem,
             },
             ClientError::Io(e) => CliError::Connection {
                 addr,

@@ -2,6 +2,7 @@
 //! server's extension), as a table for people or a JSON array for scripts.
 
 use chrono::{Local, TimeZone};
+use step_core::Problem;
 use step_core::client::{ListQuery, ListedFile};
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +44,10 @@ pub async fn run(
         let page = match w.bounded(Subject::List, s.client.file_list(query)).await {
             Ok(page) => page,
             // Announced but refused as an unknown operation: as good as absent.
-            Err(CliError::Refused { code: 408, .. }) => return Err(cannot()),
+            Err(CliError::Refused {
+                problem: Some(Problem::WrongOperation),
+                ..
+            }) => return Err(cannot()),
             Err(e) => return Err(e),
         };
         for file in &page.files {

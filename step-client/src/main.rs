@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::Value;
-use step_core::ClientError;
+use step_core::Problem;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Cli, Command, ConnArgs, DataCommand, UploadArgs, normalize_args};
@@ -129,9 +129,12 @@ async fn delete(
             match s.client.file_delete(key).await {
                 // STEP discards an unfinished upload and still answers 404,
                 // in the reference's words.
-                Err(ClientError::Refused {
-                    code: 404, message, ..
-                }) if message.contains("not completely uploaded") => Ok(false),
+                Err(e)
+                    if e.problem() == Some(Problem::NotFound)
+                        && e.to_string().contains("not completely uploaded") =>
+                {
+                    Ok(false)
+                }
                 other => other.map(|()| true),
             }
         };

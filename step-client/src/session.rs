@@ -378,6 +378,7 @@ mod tests {
         list: true,
         replace: true,
         upload_status: true,
+        upload_md5: true,
         anonymous: None,
     };
 

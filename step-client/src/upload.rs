@@ -12,7 +12,7 @@ use bytes::Bytes;
 use step_core::client::{SaveOptions, UploadPlan};
 use step_core::plan::{block_len, total_blocks};
 use step_core::transfer::upload_spread;
-use step_core::{ClientError, StepClient};
+use step_core::{ClientError, Problem, StepClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{ConnArgs, TuneArgs};
@@ -336,6 +336,8 @@ impl Upload<'_> {
             acked.fetch_add(1, Ordering::Relaxed);
             progress.inc(n);
         };
+        // The block that completes the upload waits for the file's md5.
+        let (rx, held) = hold_last(rx);
         let mut refs: Vec<&mut StepClient> = clients.iter_mut().collect();
         // A throttled block can take longer than --timeout to go out whole.
         let stall = w
@@ -384,6 +386,20 @@ impl Upload<'_> {
                     path: src.path,
                     reason: e.to_string(),
                 });
+            }
+        };
+        let server_md5 = match self
+            .send_last(&mut clients[0], &w, &plan, held, &local)
+            .await
+        {
+            Ok(Some(n)) => {
+                progress.inc(n.1);
+                n.0.or(server_md5)
+            }
+            Ok(None) => server_md5,
+            Err(e) => {
+                progress.abandon();
+                return Err(e);
             }
         };
         progress.finish();
@@ -447,6 +463,41 @@ impl Upload<'_> {
         }
     }
 
+    /// Send the block held back ([`hold_last`]) with the file's md5: a
+    /// server with `upload_md5` completes the upload only if what it
+    /// received has it, and otherwise keeps what the key held (a file being
+    /// replaced stays). Returns the server's md5 and the block's length.
+    async fn send_last(
+        &self,
+        client: &mut StepClient,
+        w: &crate::session::Waits,
+        plan: &UploadPlan,
+        held: tokio::task::JoinHandle<Option<(u64, Bytes)>>,
+        local: &str,
+    ) -> Result<Option<(Option<String>, u64)>, CliError> {
+        let Some((index, data)) = held.await.ok().flatten() else {
+            return Ok(None);
+        };
+        let len = data.len() as u64;
+        let sent = client.upload_last_block(plan, index, data, Some(local));
+        match tokio::time::timeout(w.timeout, sent).await {
+            Ok(Ok(md5)) => Ok(Some((md5, len))),
+            Ok(Err(e)) if e.problem() == Some(Problem::Md5Mismatch) => {
+                if let Some(r) = self.records {
+                    r.clear();
+                }
+                Err(CliError::Md5Mismatch {
+                    what: self.key.to_owned(),
+                    local: local.to_owned(),
+                    server: "other bytes, refused".into(),
+                    hint: "; bytes were damaged on the way, so the server kept what the key held: upload it again",
+                })
+            }
+            Ok(Err(e)) => Err(self.refused(e, &w.addr)),
+            Err(_) => Err(self.refused(ClientError::TimedOut(w.timeout), &w.addr)),
+        }
+    }
+
     fn refused(&self, e: ClientError, addr: &str) -> CliError {
         CliError::from_client(e, addr, Subject::File(self.key))
     }
@@ -462,7 +513,10 @@ impl Upload<'_> {
         kept: String,
     ) -> CliError {
         let e = match e {
-            CliError::Refused { code: 408, .. } => {
+            CliError::Refused {
+                problem: Some(Problem::WrongOperation),
+                ..
+            } => {
                 // Refused as "not in progress": another upload completed the
                 // key, or ours was deleted or expired.
                 let there = w
@@ -487,6 +541,32 @@ impl Upload<'_> {
         }
         e
     }
+}
+
+/// Blocks read from the file, in the order they are sent.
+type Blocks = async_channel::Receiver<Result<(u64, Bytes), ClientError>>;
+
+/// Blocks of `rx` passed on as they come, but for the last one, which the
+/// task returns once `rx` ends: it is sent after every other block is
+/// acknowledged, with the file's md5. A read error is passed on at once.
+fn hold_last(rx: Blocks) -> (Blocks, tokio::task::JoinHandle<Option<(u64, Bytes)>>) {
+    let (tx, out) = async_channel::bounded(1);
+    let task = tokio::spawn(async move {
+        let mut last = None;
+        while let Ok(item) = rx.recv().await {
+            let pass = match item {
+                Ok(block) => last.replace(block).map(Ok),
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(item) = pass
+                && tx.send(item).await.is_err()
+            {
+                return None;
+            }
+        }
+        last
+    });
+    (out, task)
 }
 
 /// The plan must describe this file, whatever the server sent.

@@ -268,3 +268,98 @@ async fn an_upload_deleted_while_it_runs_says_so() {
     assert_one_line_error(&r, "is gone from the server");
     assert!(records(a.path()).is_empty(), "nothing left to resume");
 }
+
+/// Six writers on one machine upload six different files of one size to
+/// one key at once. Whatever the interleaving, the key then holds exactly
+/// one writer's bytes (or nothing), a writer that succeeded is the one
+/// whose bytes it holds, and every other writer failed with an error that
+/// names the conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_writers_of_one_key_never_mix() {
+    const WRITERS: usize = 6;
+    let server = TestServer::start().await;
+    let machine = tempfile::tempdir().expect("machine");
+    let port = port_of(&server);
+    let bodies: Vec<Vec<u8>> = (0..WRITERS)
+        .map(|w| pattern(8 << 20, 40 + w as u8))
+        .collect();
+    let mut running = Vec::new();
+    for (w, body) in bodies.iter().enumerate() {
+        let dir = machine.path().join(format!("w{w}"));
+        std::fs::create_dir(&dir).expect("dir");
+        std::fs::write(dir.join("same.bin"), body).expect("write");
+        let args = support::at(&port, "same-user", &["upload", "same.bin"]);
+        let child = support::client(&dir)
+            // One machine: one state directory for every writer.
+            .env("STEP_STATE_DIR", machine.path().join(".step-state"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output();
+        running.push(tokio::spawn(child));
+    }
+    let mut runs = Vec::new();
+    for r in running {
+        runs.push(support::Run::of(
+            r.await.expect("join").expect("step-client ran"),
+        ));
+    }
+    let mut c = step_tests::login(server.addr, "same-user").await;
+    let stored = match c.file_get("same.bin", None).await {
+        Ok(_) => Some(step_tests::download(&mut c, "same.bin").await),
+        Err(e) => {
+            assert_eq!(e.status().map(|s| s.code()), Some(404), "{e}");
+            None
+        }
+    };
+    let owner = stored.as_ref().map(|s| bodies.iter().position(|b| b == s));
+    assert!(
+        !matches!(owner, Some(None)),
+        "the key holds bytes no writer wrote: {runs:#?}"
+    );
+    for (w, r) in runs.iter().enumerate() {
+        println!("writer {w}: ok {}, {}", r.ok, r.stderr.trim());
+        if r.ok {
+            assert_eq!(
+                owner,
+                Some(Some(w)),
+                "writer {w} succeeded: the key is its file"
+            );
+            assert_eq!(md5_line(r), Some(md5_hex(&bodies[w]).as_str()));
+        } else {
+            assert!(
+                r.stderr.contains("another upload") || r.stderr.contains("already exists"),
+                "writer {w} failed without naming the conflict: {r:?}"
+            );
+        }
+    }
+}
+
+/// `upload --overwrite` whose bytes are damaged on the way (a proxy flips
+/// one bit of one UPLOAD): the server refuses the replacement before it
+/// takes the old file's place, the client says so, and the key keeps the
+/// old file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwrite_damaged_on_the_way_keeps_the_old_file() {
+    let server = TestServer::start().await;
+    let proxy = step_tests::proxy::Proxy::start(server.addr).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (old, new) = (pattern(3 << 20, 60), pattern(3 << 20, 61));
+    std::fs::write(dir.path().join("f.bin"), &old).expect("write");
+    assert_ok(&run(&server, dir.path(), "same-user", &["upload", "f.bin"]).await);
+
+    std::fs::write(dir.path().join("f.bin"), &new).expect("write");
+    proxy.flip_uploads(1);
+    let args = ["upload", "f.bin", "--overwrite"];
+    let damaged = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
+    assert_eq!(proxy.flips_left(), 0, "a block was damaged");
+    assert_one_line_error(&damaged, "md5 mismatch");
+    assert!(
+        download(&server, dir.path(), "f.bin").await == old,
+        "the old file stays"
+    );
+
+    let again = support::run_at(proxy.addr, dir.path(), "same-user", &args).await;
+    assert_ok(&again);
+    assert_eq!(md5_line(&again), Some(md5_hex(&new).as_str()));
+    assert!(download(&server, dir.path(), "f.bin").await == new);
+}

@@ -37,6 +37,11 @@ pub struct Capabilities {
     /// id, plan and missing blocks), answered without changing anything.
     #[serde(skip_serializing_if = "is_false")]
     pub upload_status: bool,
+    /// UPLOAD takes `md5`, the whole file's expected md5: an upload whose
+    /// bytes do not have it is refused at completion (`md5_mismatch`) and
+    /// the key keeps what it held.
+    #[serde(skip_serializing_if = "is_false")]
+    pub upload_md5: bool,
     /// What anonymous callers may do here (`read`, `write`), when anything:
     /// a LOGIN with `anonymous` then mints the public identity's token.
     #[serde(skip_serializing_if = "Option::is_none")]

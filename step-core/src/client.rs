@@ -421,6 +421,27 @@ impl StepClient {
         Ok(ack.md5)
     }
 
+    /// UPLOAD the block that completes an upload with the whole file's md5
+    /// as the writer computed it (`md5`, our server's `upload_md5`
+    /// extension): such a server completes the upload only if its bytes
+    /// have it, and otherwise refuses (`md5_mismatch`) and keeps what the
+    /// key held. Send it once every other block is acknowledged. Returns
+    /// the md5 the server reported.
+    pub async fn upload_last_block<'a>(
+        &mut self,
+        target: impl Into<UploadTarget<'a>>,
+        index: u64,
+        data: Bytes,
+        md5: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
+        let mut req = self.upload_request(target, index, data)?;
+        if let Some(md5) = md5 {
+            req.set(field::MD5, md5);
+        }
+        let ack: UploadAck = decode(expect_ok(self.call_owned(req).await?)?)?;
+        Ok(ack.md5)
+    }
+
     /// UPLOAD every block of `blocks` with up to `window` in flight; returns
     /// the md5 the server reported when the file completed (if it did), and
     /// calls `on_block` with each acknowledged block's length.

@@ -4,7 +4,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::codec::CodecError;
-use crate::message::{Message, Reason, Status, field};
+use crate::message::{Message, Status, field};
+use crate::problem::{Problem, Reason};
 
 /// What went wrong talking to a STEP server.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,11 @@ impl ClientError {
             ClientError::Refused { reason, .. } => *reason,
             _ => None,
         }
+    }
+
+    /// The row of the refusal table a refusal names.
+    pub fn problem(&self) -> Option<Problem> {
+        Problem::of(self.status()?, self.reason())
     }
 
     /// The connection broke or went silent (as opposed to a refusal or a

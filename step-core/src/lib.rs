@@ -6,6 +6,7 @@
 //! * [`message`] — messages, operations, types, directions and status codes.
 //! * [`token`] — login tokens in the reference shape, keyed and expiring.
 //! * [`digest`] — md5 helpers (passwords, file digests).
+//! * [`problem`] — every refusal in one table: STEP status, reason, HTTP status, code, words.
 //! * [`plan`] — block arithmetic shared by servers and clients.
 //! * [`client`] — an async client with a bounded pipelining window.
 //! * [`answers`] — what the server answers it, as types; [`error`] — its errors.
@@ -28,13 +29,15 @@ pub mod link;
 pub mod message;
 pub mod pipeline;
 pub mod plan;
+pub mod problem;
 pub mod token;
 pub mod transfer;
 
 pub use client::{ClientError, StepClient};
 pub use codec::{CodecError, Frame, RequestCodec, RequestPart, StepCodec};
 pub use conn::Connection;
-pub use message::{Direction, Kind, Message, Operation, Reason, Status};
+pub use message::{Direction, Kind, Message, Operation, Status};
+pub use problem::{Problem, Reason};
 
 /// The TCP port STEP servers listen on.
 pub const DEFAULT_PORT: u16 = 1379;

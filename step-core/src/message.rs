@@ -1,4 +1,5 @@
-//! Messages, their reserved fields and the status-code table.
+//! Messages, their reserved fields and the status-code table (the
+//! refusals, and the `reason`s beside the codes, are [`crate::problem`]'s).
 //!
 //! Requests are parsed once, at the edge: [`RequestHead::parse`] applies the
 //! reference's order of checks (EARTH, compulsory fields, direction, operation,
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::Frame;
+/// Where it was first defined; the refusal table defines it now.
+pub use crate::problem::Reason;
 
 /// Reserved field names.
 pub mod field {
@@ -38,7 +41,7 @@ pub mod field {
     /// Names one upload of a key (SAVE answer); an UPLOAD carrying it is
     /// refused with 408 once another SAVE has started the key over.
     pub const UPLOAD_ID: &str = "upload_id";
-    /// Why our server refused a request, as a [`super::Reason`] (error
+    /// Why our server refused a request, as a [`crate::problem::Reason`] (error
     /// responses only; the status stays the reference's).
     pub const REASON: &str = "reason";
     // FILE LIST (extension operation): request fields, then answer fields.
@@ -123,44 +126,6 @@ wire_enum!(
         File = "FILE",
         Data = "DATA",
         Auth = "AUTH",
-    }
-);
-
-wire_enum!(
-    /// The `reason` extension of an error response: what the reference's
-    /// status codes cannot say, so a client (the gateway) can answer
-    /// precisely. Reference peers ignore the field.
-    Reason {
-        // Storage is full (also a SAVE larger than the free space).
-        NoSpace = "no_space",
-        // A SAVE size above the server's `max_file_size`.
-        TooLarge = "too_large",
-        // The `upload_id` is no longer the key's current upload.
-        Superseded = "superseded",
-        // Stored bytes failed their at-rest checksum.
-        Integrity = "integrity",
-        // A per-user cap on unfinished uploads was reached.
-        Quota = "quota",
-        // A DELETE with `upload_id` found something other than that upload.
-        OtherUpload = "other_upload",
-        // An `if_md5` precondition did not hold.
-        Precondition = "precondition",
-        // The version a DOWNLOAD named (`upload_id`) was replaced and is
-        // no longer kept.
-        Replaced = "replaced",
-        // What the server keeps files in (its bucket, or the coordination
-        // engine several servers share) cannot be reached now; the request
-        // may succeed later, unchanged.
-        Unavailable = "unavailable",
-        // The token may only read (the public identity under anonymous
-        // read); the request would write.
-        ReadOnly = "read_only",
-        // Too many password checks are running or queued: retry in a moment.
-        Busy = "busy",
-        // Too many LOGINs from this address or for this user name lately.
-        TooManyAttempts = "too_many_attempts",
-        // Anonymous access is off on this server.
-        NoAnonymous = "no_anonymous",
     }
 );
 

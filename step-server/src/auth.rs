@@ -36,7 +36,7 @@ use serde_json::Value;
 use step_core::access::{Anonymous, Identity};
 use step_core::message::field;
 use step_core::token::{Grant, TokenError, TokenKey};
-use step_core::{Kind, Message, Operation, Reason, Status, digest};
+use step_core::{Kind, Message, Operation, Problem, Status, digest};
 use tracing::{error, info, warn};
 
 use crate::accounts::{AuthMode, Busy, HashError, Verifier};
@@ -232,15 +232,24 @@ pub struct Authority {
     max_username_len: usize,
 }
 
-fn login_refusal(status: Status, text: impl Into<String>) -> Message {
-    Message::response(Operation::Login.as_str(), Kind::Auth.as_str(), status, text)
+/// A LOGIN refused as the table's row says.
+fn login_refusal(problem: Problem, text: impl Into<String>) -> Message {
+    problem.login_response(text)
+}
+
+/// A LOGIN answered.
+fn login_ok() -> Message {
+    Message::response(
+        Operation::Login.as_str(),
+        Kind::Auth.as_str(),
+        Status::Ok,
+        "Login successfully",
+    )
 }
 
 /// A LOGIN refused for now, with our `reason` and `retry_after`.
-fn retry_later(reason: Reason, wait: Duration, text: String) -> Message {
-    login_refusal(Status::WrongPassword, text)
-        .with(field::REASON, reason.as_str())
-        .with(field::RETRY_AFTER, whole_secs(wait))
+fn retry_later(problem: Problem, wait: Duration, text: String) -> Message {
+    login_refusal(problem, text).with(field::RETRY_AFTER, whole_secs(wait))
 }
 
 impl Authority {
@@ -301,7 +310,7 @@ impl Authority {
         caps: Value,
     ) -> Message {
         if kind != Kind::Auth {
-            return login_refusal(Status::TypeNotAllowed, "Type of LOGIN has to be AUTH.");
+            return login_refusal(Problem::TypeNotAllowed, "Type of LOGIN has to be AUTH.");
         }
         if msg.get(field::ANONYMOUS).is_some() {
             return self.login_public(msg, caps).await;
@@ -315,7 +324,7 @@ impl Authority {
         {
             info!(%username, "login refused: the public identity has no password");
             return login_refusal(
-                Status::WrongPassword,
+                Problem::WrongPassword,
                 format!(
                     "\"{username}\" is the public identity: it has no password. Log in as \
                      yourself, or send LOGIN with \"anonymous\" for what anonymous callers may do."
@@ -326,7 +335,7 @@ impl Authority {
             Passwords::Open => {
                 if !digest::password_matches(username, password) {
                     info!(%username, "login refused: wrong password");
-                    return login_refusal(Status::WrongPassword, "Password error for login.");
+                    return login_refusal(Problem::WrongPassword, "Password error for login.");
                 }
                 0
             }
@@ -338,7 +347,7 @@ impl Authority {
             }
         };
         info!(%username, "login");
-        login_refusal(Status::Ok, "Login successfully")
+        login_ok()
             .with(
                 field::TOKEN,
                 self.tokens
@@ -352,13 +361,13 @@ impl Authority {
             Ok(Some(u)) if !u.is_empty() && u.len() <= self.max_username_len => u,
             Ok(None) => {
                 return Err(login_refusal(
-                    Status::FieldMissing,
+                    Problem::FieldMissing,
                     "\"username\" has to be a field for LOGIN",
                 ));
             }
             _ => {
                 return Err(login_refusal(
-                    Status::FieldMissing,
+                    Problem::FieldMissing,
                     format!(
                         "\"username\" must be a non-empty string of at most {} bytes",
                         self.max_username_len
@@ -369,10 +378,10 @@ impl Authority {
         match msg.str_field(field::PASSWORD) {
             Ok(Some(p)) => Ok((username, p)),
             Ok(None) => Err(login_refusal(
-                Status::FieldMissing,
+                Problem::FieldMissing,
                 "\"password\" has to be a field for LOGIN",
             )),
-            Err(e) => Err(login_refusal(Status::FieldMissing, e.to_string())),
+            Err(e) => Err(login_refusal(Problem::FieldMissing, e.to_string())),
         }
     }
 
@@ -389,7 +398,7 @@ impl Authority {
         {
             warn!(%username, "login refused unchecked: too many attempts from this address");
             return Err(retry_later(
-                Reason::TooManyAttempts,
+                Problem::TooManyAttempts,
                 wait,
                 format!(
                     "Too many login attempts from your address; retry in {} s.",
@@ -400,7 +409,7 @@ impl Authority {
         if let Err(wait) = self.by_user.attempt(username) {
             warn!(%username, "login refused unchecked: too many attempts for this user");
             return Err(retry_later(
-                Reason::TooManyAttempts,
+                Problem::TooManyAttempts,
                 wait,
                 format!(
                     "Too many login attempts for this user; retry in {} s.",
@@ -413,10 +422,9 @@ impl Authority {
             Err(e) => {
                 error!(%username, error = %e, "login refused: cannot read the accounts");
                 return Err(login_refusal(
-                    Status::WrongPassword,
+                    Problem::Unavailable,
                     "Login is unavailable: the server cannot read its accounts.",
-                )
-                .with(field::REASON, Reason::Unavailable.as_str()));
+                ));
             }
         };
         let stored = account.as_ref().map(|a| a.password_hash.as_str());
@@ -427,14 +435,14 @@ impl Authority {
                 // log (peer in the connection's span) tells them apart.
                 warn!(%username, known = stored.is_some(), "login refused: wrong user or password");
                 Err(login_refusal(
-                    Status::WrongPassword,
+                    Problem::WrongPassword,
                     "Password error for login.",
                 ))
             }
             Err(Busy) => {
                 warn!(%username, "login refused unchecked: every password check is taken");
                 Err(retry_later(
-                    Reason::Busy,
+                    Problem::Busy,
                     Duration::from_secs(1),
                     "The server is busy checking other logins; retry in 1 s.".into(),
                 ))
@@ -450,7 +458,7 @@ impl Authority {
             Ok(Some("write")) => Anonymous::Write,
             _ => {
                 return login_refusal(
-                    Status::FieldMissing,
+                    Problem::FieldMissing,
                     "\"anonymous\" must be \"read\" or \"write\"",
                 );
             }
@@ -459,10 +467,9 @@ impl Authority {
             // With what the server can do: a gateway's first connection
             // learns it this way, whatever the modes, at no password check.
             return login_refusal(
-                Status::WrongPassword,
+                Problem::NoAnonymous,
                 "Anonymous access is off on this server: log in with a user name and password.",
             )
-            .with(field::REASON, Reason::NoAnonymous.as_str())
             .with(field::CAPABILITIES, caps);
         };
         let user = self.public.user.as_str();
@@ -471,18 +478,16 @@ impl Authority {
             Ok(None) => {
                 error!(public_user = %user, "anonymous login refused: the public user has no account");
                 return login_refusal(
-                    Status::WrongPassword,
+                    Problem::NoAnonymous,
                     "Anonymous access is unavailable: the public user has no account.",
-                )
-                .with(field::REASON, Reason::NoAnonymous.as_str());
+                );
             }
             Err(e) => {
                 error!(error = %e, "anonymous login refused: cannot read the accounts");
                 return login_refusal(
-                    Status::WrongPassword,
+                    Problem::Unavailable,
                     "Login is unavailable: the server cannot read its accounts.",
-                )
-                .with(field::REASON, Reason::Unavailable.as_str());
+                );
             }
         };
         let grant = Grant {
@@ -490,7 +495,7 @@ impl Authority {
             epoch,
             public: true,
         };
-        login_refusal(Status::Ok, "Login successfully")
+        login_ok()
             .with(field::TOKEN, self.tokens.mint_with(user, now_unix(), grant))
             .with(field::USERNAME, user)
             .with(field::SCOPE, scope.as_str())
@@ -526,7 +531,7 @@ impl Authority {
     /// The identity `token` proves, or why not.
     pub async fn identify(&self, token: &str, op: Operation) -> Result<Identity, TokenRefusal> {
         let refuse = |text: String| TokenRefusal {
-            message: Message::response(op.as_str(), Kind::Auth.as_str(), Status::BadToken, text),
+            message: Problem::BadToken.token_response(op.as_str(), text),
             guess: true,
         };
         let claim = TokenKey::claim(token).map_err(|e| refuse(e.to_string()))?;
@@ -540,7 +545,9 @@ impl Authority {
             Err(e) => {
                 error!(error = %e, "cannot read the accounts to check a token");
                 let mut r = refuse("The server cannot check tokens now; retry.".into());
-                r.message.set(field::REASON, Reason::Unavailable.as_str());
+                // A token check refuses with 403 only, whatever the reason.
+                r.message =
+                    Problem::Unavailable.token_response(op.as_str(), r.message.status_msg());
                 r.guess = false;
                 return Err(r);
             }
@@ -586,12 +593,7 @@ impl Authority {
     pub async fn authenticate(&self, msg: &Message, op: Operation) -> Result<Identity, Message> {
         let refusal = match msg.get(field::TOKEN) {
             None => TokenRefusal {
-                message: Message::response(
-                    op.as_str(),
-                    Kind::Auth.as_str(),
-                    Status::BadToken,
-                    "No token.",
-                ),
+                message: Problem::BadToken.token_response(op.as_str(), "No token."),
                 guess: false,
             },
             Some(Value::String(t)) => match self.identify(t, op).await {
@@ -599,12 +601,7 @@ impl Authority {
                 Err(r) => r,
             },
             Some(_) => TokenRefusal {
-                message: Message::response(
-                    op.as_str(),
-                    Kind::Auth.as_str(),
-                    Status::BadToken,
-                    "Token format is wrong.",
-                ),
+                message: Problem::BadToken.token_response(op.as_str(), "Token format is wrong."),
                 guess: true,
             },
         };

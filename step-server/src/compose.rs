@@ -135,6 +135,7 @@ impl<'a> Composer<'a> {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     let recovering = storage.clone();
                     rt.spawn(async move {
+                        upgrade_until_done(&recovering).await;
                         if let Err(e) = recovering.recover().await {
                             warn!(error = %e, "cannot list the bucket's unfinished uploads yet");
                         }
@@ -316,6 +317,32 @@ pub fn warn_if_open(mode: AuthMode, addr: SocketAddr) {
              --auth accounts (STEP_AUTH=accounts) with `step-server user add NAME`, or listen \
              on 127.0.0.1"
         );
+    }
+}
+
+/// Coordinated: migrate the bucket from an earlier release's layout if it
+/// holds one, trying again while the coordinator or the bucket cannot be
+/// reached (requests answer "unavailable" meanwhile). Alone: returns at
+/// once.
+async fn upgrade_until_done(storage: &ObjectStorage) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match storage.upgrade().await {
+            Ok(m) if m.records + m.files > 0 => {
+                info!(
+                    records = m.records,
+                    files = m.files,
+                    "bucket migrated to this release's layout"
+                );
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot check or migrate the bucket's layout yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

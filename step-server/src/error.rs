@@ -1,8 +1,9 @@
-//! The server's one error type, and its one mapping to STEP status codes;
+//! The server's one error type, and its one mapping to the refusal table
+//! ([`Problem`]: STEP status and reason);
 //! the storage layer's errors become it in one place too
 //! ([`StepError::from_store`]).
 
-use step_core::{Reason, Status};
+use step_core::{Problem, Reason, Status};
 
 use crate::store::StoreError;
 
@@ -51,6 +52,12 @@ pub enum StepError {
     /// Stored bytes failed their at-rest checksum: the block is not served.
     #[error("The stored block of \"key\" {0} failed its integrity check; it is not served.")]
     Integrity(String),
+    /// The upload's bytes do not have the md5 its writer sent (UPLOAD
+    /// `md5`): not completed, discarded; the key keeps what it held.
+    #[error(
+        "The upload of \"key\" {0} does not have the md5 it was sent with; it is discarded and the key keeps what it held."
+    )]
+    Md5Mismatch(String),
     /// A per-user cap on unfinished uploads was reached.
     #[error("{0}")]
     Quota(String),
@@ -92,6 +99,7 @@ impl StepError {
             StoreError::Integrity { .. } => StepError::Integrity(key()),
             StoreError::Quota(text) => StepError::Quota(text),
             StoreError::Precondition => StepError::Precondition(key()),
+            StoreError::Md5Mismatch => StepError::Md5Mismatch(key()),
             StoreError::Replaced => StepError::Replaced(key()),
             StoreError::NoSpace => StepError::NoSpace,
             StoreError::Unavailable(text) => StepError::Unavailable(text),
@@ -99,58 +107,53 @@ impl StepError {
         }
     }
 
-    /// The one place where failures become STEP status codes.
-    pub fn status(&self) -> Status {
+    /// The row of the refusal table a failure is answered with: the one
+    /// place where failures become STEP status codes and reasons.
+    pub fn problem(&self) -> Problem {
         match self {
             StepError::Missing(_) | StepError::Invalid(_) | StepError::IndexNegative => {
-                Status::FieldMissing
+                Problem::FieldMissing
             }
-            StepError::KeyExists(_)
-            | StepError::SizeMissing
-            | StepError::SizeInvalid(_)
-            | StepError::TooLarge(_) => Status::KeyExists,
-            StepError::NotFound(_)
-            | StepError::Unfinished(_)
-            | StepError::NoUpload(_)
-            | StepError::OtherUpload(_)
-            | StepError::Replaced(_) => Status::NotFound,
-            // Reference clients never send the conditions; "operation not
-            // allowed" is the nearest code, the reason says which.
-            StepError::Precondition(_) => Status::WrongOperation,
-            StepError::NotPlanned(_) | StepError::AlreadyComplete(_) | StepError::Superseded(_) => {
-                Status::WrongOperation
+            StepError::KeyExists(_) | StepError::SizeMissing | StepError::SizeInvalid(_) => {
+                Problem::KeyExists
             }
-            StepError::IndexTooLarge => Status::IndexTooLarge,
-            StepError::OperationNotAllowed(_) => Status::WrongOperation,
-            StepError::TypeNotAllowed(_) => Status::TypeNotAllowed,
-            StepError::BlockSize { .. } => Status::BlockSizeMismatch,
-            // STEP has no server-error code; 406 ("block cannot be taken") is
-            // the closest a reference client understands as "this upload failed".
-            // Integrity and quota likewise: the block or the upload cannot be
-            // taken, which a reference client treats as a failed transfer.
-            StepError::NoSpace
-            | StepError::Unavailable(_)
-            | StepError::Storage(_)
-            | StepError::Integrity(_)
-            | StepError::Quota(_) => Status::BlockSizeMismatch,
+            StepError::TooLarge(_) => Problem::TooLarge,
+            StepError::NotFound(_) | StepError::Unfinished(_) | StepError::NoUpload(_) => {
+                Problem::NotFound
+            }
+            StepError::OtherUpload(_) => Problem::OtherUpload,
+            StepError::Replaced(_) => Problem::Replaced,
+            // Reference clients never send the conditions; the row's status
+            // is "operation not allowed", the reason says which.
+            StepError::Precondition(_) => Problem::Precondition,
+            StepError::Superseded(_) => Problem::Superseded,
+            StepError::NotPlanned(_)
+            | StepError::AlreadyComplete(_)
+            | StepError::OperationNotAllowed(_) => Problem::WrongOperation,
+            StepError::IndexTooLarge => Problem::IndexTooLarge,
+            StepError::TypeNotAllowed(_) => Problem::TypeNotAllowed,
+            StepError::BlockSize { .. } => Problem::BlockSizeMismatch,
+            StepError::NoSpace => Problem::NoSpace,
+            StepError::Unavailable(_) => Problem::Unavailable,
+            StepError::Integrity(_) => Problem::Integrity,
+            StepError::Quota(_) => Problem::Quota,
+            StepError::Md5Mismatch(_) => Problem::Md5Mismatch,
+            // STEP has no server-error code; 406 ("block cannot be taken")
+            // is the closest a reference client understands as "this
+            // upload failed".
+            StepError::Storage(_) => Problem::BlockSizeMismatch,
         }
     }
 
-    /// The `reason` extension sent with [`StepError::status`]: what the
-    /// status alone cannot say. Reference clients ignore it.
+    /// The STEP status of [`StepError::problem`].
+    pub fn status(&self) -> Status {
+        self.problem().step_status()
+    }
+
+    /// The `reason` extension sent with the status: what the status alone
+    /// cannot say. Reference clients ignore it.
     pub fn reason(&self) -> Option<Reason> {
-        match self {
-            StepError::NoSpace => Some(Reason::NoSpace),
-            StepError::TooLarge(_) => Some(Reason::TooLarge),
-            StepError::Superseded(_) => Some(Reason::Superseded),
-            StepError::Integrity(_) => Some(Reason::Integrity),
-            StepError::Quota(_) => Some(Reason::Quota),
-            StepError::OtherUpload(_) => Some(Reason::OtherUpload),
-            StepError::Precondition(_) => Some(Reason::Precondition),
-            StepError::Replaced(_) => Some(Reason::Replaced),
-            StepError::Unavailable(_) => Some(Reason::Unavailable),
-            _ => None,
-        }
+        self.problem().reason()
     }
 }
 

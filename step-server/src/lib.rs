@@ -13,11 +13,13 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod binding;
 pub mod compose;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod logging;
+pub mod request;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::binding::ConnState;
 use crate::service::{Admission, Reply, Service};
 
 /// Connection-level settings.
@@ -386,6 +387,8 @@ struct Reader<'a> {
     limits: &'a ConnectionLimits,
     stop: &'a CancellationToken,
     peer: SocketAddr,
+    /// What the connection remembers between requests.
+    conn: &'a ConnState,
 }
 
 /// Read one request and answer it: the reply, or why the connection ends.
@@ -418,7 +421,7 @@ async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
         Admission::Proceed(request) => request,
     };
     if !request.wants_body() || binary_len == 0 {
-        return Ok(service.serve(request, Bytes::new()).await);
+        return Ok(service.serve(request, Bytes::new(), r.conn).await);
     }
     // Wait for budget before reading a byte of the block: under load an
     // honest client's block waits in its own socket buffers. (Always JSON
@@ -429,7 +432,7 @@ async fn next_reply<S: AsyncRead + AsyncWrite + Unpin>(
         error!("expected a request body; closing");
         return Err("bad frame");
     };
-    let reply = service.serve(request, body).await;
+    let reply = service.serve(request, body, r.conn).await;
     // The block has been handled (written or refused) and dropped.
     drop(share);
     Ok(reply)
@@ -448,7 +451,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut framed = Framed::new(stream, codec);
     release_buffers(&mut framed);
     let mut requests = 0u64;
+    let conn = ConnState::new();
     let reader = Reader {
+        conn: &conn,
         service: &service,
         budget: &budget,
         limits: &limits,

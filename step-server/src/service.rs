@@ -14,16 +14,17 @@ use bytes::Bytes;
 use serde_json::Value;
 use step_core::access::{self, Identity, Refusal};
 use step_core::client::Capabilities;
-use step_core::client::ListedFile;
 use step_core::message::{Rejection, RequestHead, field};
 use step_core::plan::{block_len, total_blocks};
 use step_core::token::TokenKey;
-use step_core::{DEFAULT_BLOCK_SIZE, Frame, Kind, Message, Operation, Reason, Status};
+use step_core::{Frame, Kind, Message, Operation, Problem, Status};
 use tracing::{Instrument, debug, info};
 
 use crate::accounts::{AuthMode, HashError};
 use crate::auth::{Authority, LoginLimits, Public};
+use crate::binding::ConnState;
 use crate::error::StepError;
+use crate::request::{Later, Request};
 use crate::store::{Deleted, PlanRecord, Replace, Storage, StoreError};
 
 /// Caps the server enforces on what peers send.
@@ -65,13 +66,9 @@ impl Default for Extensions {
     }
 }
 
-/// FILE LIST entries per page unless asked otherwise, and at most.
-pub const LIST_DEFAULT_LIMIT: i64 = 100;
-pub const LIST_MAX_LIMIT: i64 = 1000;
-/// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
-/// escaped): a page is cut short, with `next`, rather than exceed what a
-/// client's frame limit (1 MiB by default) takes.
-const LIST_MAX_BYTES: usize = 256 << 10;
+mod list;
+
+pub use list::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT};
 
 impl Default for Limits {
     fn default() -> Self {
@@ -130,10 +127,11 @@ pub enum Admission {
     Proceed(Admitted),
 }
 
-/// An authenticated, authorized request waiting for [`Service::serve`].
+/// An authenticated, authorized, parsed request waiting for
+/// [`Service::serve`].
 #[derive(Debug)]
 pub struct Admitted {
-    msg: Message,
+    request: Request,
     op: Operation,
     kind: Kind,
     user: String,
@@ -143,7 +141,7 @@ impl Admitted {
     /// Whether answering needs the request's binary part: only FILE UPLOAD
     /// stores one; every other request's binary part is skipped unread.
     pub fn wants_body(&self) -> bool {
-        (self.op, self.kind) == (Operation::Upload, Kind::File)
+        self.request.wants_body()
     }
 }
 
@@ -179,11 +177,21 @@ fn refused_access(op: Operation, kind: Kind, refusal: Refusal) -> Message {
         }
         other => other.to_string(),
     };
-    let m = Message::response(op.as_str(), kind.as_str(), Status::BadToken, text);
-    match refusal {
-        Refusal::ReadOnly => m.with(field::REASON, Reason::ReadOnly.as_str()),
-        _ => m,
-    }
+    let problem = match refusal {
+        Refusal::ReadOnly => Problem::ReadOnly,
+        _ => Problem::BadToken,
+    };
+    problem.response(op.as_str(), kind.as_str(), text)
+}
+
+/// A FILE UPLOAD's block and what came with it; the fields whose refusal
+/// the reference gives after its store call are checked by the handler.
+struct Block {
+    index: Later<i64>,
+    upload_id: Later<Option<String>>,
+    /// The whole file's md5 as its writer computed it (extension).
+    md5: Later<Option<String>>,
+    body: Bytes,
 }
 
 fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
@@ -191,11 +199,8 @@ fn ok(op: Operation, kind: Kind, msg: impl Into<String>) -> Message {
 }
 
 fn refuse(op: Operation, kind: Kind, e: &StepError) -> Message {
-    let m = Message::response(op.as_str(), kind.as_str(), e.status(), e.to_string());
-    match e.reason() {
-        Some(reason) => m.with(field::REASON, reason.as_str()),
-        None => m,
-    }
+    e.problem()
+        .response(op.as_str(), kind.as_str(), e.to_string())
 }
 
 impl Service {
@@ -258,15 +263,19 @@ impl Service {
             list: self.limits.extensions.list,
             replace: self.limits.extensions.replace,
             upload_status: true,
+            upload_md5: true,
             anonymous: self.auth.anonymous(),
         }
     }
 
-    /// Answer one frame (JSON and binary part already read).
+    /// Answer one frame (JSON and binary part already read) as the only
+    /// request of its connection.
     pub async fn handle(&self, frame: Frame) -> Reply {
         match self.admit_from(frame.json, None).await {
             Admission::Answer(reply) => reply,
-            Admission::Proceed(request) => self.serve(request, frame.binary).await,
+            Admission::Proceed(request) => {
+                self.serve(request, frame.binary, &ConnState::new()).await
+            }
         }
     }
 
@@ -289,13 +298,9 @@ impl Service {
             Ok(m) => m,
             Err(e) => {
                 return Admission::Answer(
-                    Message::response(
-                        "ERROR",
-                        "ERROR",
-                        Status::CompulsoryFieldMissing,
-                        e.to_string(),
-                    )
-                    .into(),
+                    Problem::CompulsoryFieldMissing
+                        .response("ERROR", "ERROR", e.to_string())
+                        .into(),
                 );
             }
         };
@@ -306,22 +311,24 @@ impl Service {
     /// token checked as over the wire; `peer` is whom it comes from (an
     /// HTTP client's address), for LOGIN's pacing.
     pub async fn serve_message(&self, msg: Message, peer: Option<IpAddr>) -> Message {
-        self.answer(msg, Caller::Token { peer }).await
+        self.answer(msg, Caller::Token { peer }, &ConnState::new())
+            .await
     }
 
     /// Answer `msg` for `identity` (from [`Service::identity_of`]) in
     /// process: every rule of a request over the wire applies — envelope,
     /// extensions, LOGIN, the access decision, the UPLOAD checks — except
-    /// the token, which is not read again.
-    pub async fn serve_as(&self, identity: &Identity, msg: Message) -> Message {
-        self.answer(msg, Caller::Checked(identity)).await
+    /// the token, which is not read again. `conn` is the state of the
+    /// caller's session, as a connection's is over the wire.
+    pub async fn serve_as(&self, identity: &Identity, msg: Message, conn: &ConnState) -> Message {
+        self.answer(msg, Caller::Checked(identity), conn).await
     }
 
-    async fn answer(&self, msg: Message, caller: Caller<'_>) -> Message {
+    async fn answer(&self, msg: Message, caller: Caller<'_>, conn: &ConnState) -> Message {
         let binary = msg.binary.clone();
         match self.admit_message(msg, caller).await {
             Admission::Answer(reply) => reply.message,
-            Admission::Proceed(request) => self.serve(request, binary).await.message,
+            Admission::Proceed(request) => self.serve(request, binary, conn).await.message,
         }
     }
 
@@ -373,43 +380,37 @@ impl Service {
                 close: true,
             });
         }
-        // The first of UPLOAD's checks (the reference's order) needs no
-        // store; the rest need the plan and come with the body.
-        if (op, kind) == (Operation::Upload, Kind::File)
-            && let Err(e) = self.key(&msg, "FILE uploading")
-        {
-            return Admission::Answer(refuse(op, kind, &e).into());
+        // Parsed once, here; what needs no store is refused before the
+        // binary part is read (the first of UPLOAD's checks, in the
+        // reference's order: the rest need the plan and come with the body).
+        match Request::parse(op, kind, msg, &self.limits) {
+            Ok(request) => Admission::Proceed(Admitted {
+                request,
+                op,
+                kind,
+                user,
+            }),
+            Err(e) => {
+                debug!(%user, %op, %kind, status = e.status().code(), error = %e, "refused");
+                Admission::Answer(refuse(op, kind, &e).into())
+            }
         }
-        Admission::Proceed(Admitted {
-            msg,
-            op,
-            kind,
-            user,
-        })
     }
 
     /// Answer an admitted request; `binary` is its binary part (empty unless
-    /// [`Admitted::wants_body`]).
-    pub async fn serve(&self, request: Admitted, binary: Bytes) -> Reply {
+    /// [`Admitted::wants_body`]); `conn` is its connection's state.
+    pub async fn serve(&self, request: Admitted, binary: Bytes, conn: &ConnState) -> Reply {
         let Admitted {
-            mut msg,
+            request,
             op,
             kind,
             user,
         } = request;
-        msg.binary = binary;
         let span = tracing::debug_span!("request", %user, %op, %kind);
-        let result = async {
-            match kind {
-                Kind::Data => self.data(op, &user, msg).await,
-                Kind::File => self.file(op, &user, msg).await,
-                Kind::Auth => Err(StepError::TypeNotAllowed(format!(
-                    "Type AUTH is not allowed for {op}."
-                ))),
-            }
-        }
-        .instrument(span)
-        .await;
+        let result = self
+            .dispatch(&user, request.with_body(binary), conn)
+            .instrument(span)
+            .await;
         match result {
             Ok(m) => m.into(),
             Err(e) => {
@@ -428,195 +429,141 @@ impl Service {
         self.auth.authenticate(&msg, Operation::Login).await
     }
 
-    fn key<'m>(&self, msg: &'m Message, what: &str) -> Result<&'m str, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k),
-            Ok(None) => Err(StepError::Invalid(format!(
-                "Field \"key\" is missing for {what}."
-            ))),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The given key, or a fresh uuid4 when there is none.
-    fn key_or_new(&self, msg: &Message) -> Result<String, StepError> {
-        match msg.str_field(field::KEY) {
-            Ok(Some(k)) => self.check_key(k).map(str::to_owned),
-            Ok(None) => Ok(uuid::Uuid::new_v4().to_string()),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    fn check_key<'k>(&self, key: &'k str) -> Result<&'k str, StepError> {
-        if key.is_empty() || key.len() > self.limits.max_key_len {
-            return Err(StepError::Invalid(format!(
-                "\"key\" must be a non-empty string of at most {} bytes",
-                self.limits.max_key_len
-            )));
-        }
-        Ok(key)
-    }
-
-    fn block_index(msg: &Message) -> Result<i64, StepError> {
-        match msg.int_field(field::BLOCK_INDEX) {
-            Ok(Some(i)) => Ok(i),
-            Ok(None) => Err(StepError::Invalid(
-                "The \"block_index\" is compulsory.".into(),
-            )),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    /// The block size a request proposes (extension), or the default.
-    fn block_size(&self, msg: &Message) -> u64 {
-        match msg.int_field(field::BLOCK_SIZE) {
-            Ok(Some(bs))
-                if bs >= DEFAULT_BLOCK_SIZE as i64 && bs as u64 <= self.limits.max_block_size =>
-            {
-                bs as u64
+    async fn dispatch(
+        &self,
+        user: &str,
+        request: Request,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
+        match request {
+            Request::DataSave { key, record } => self.data_save(user, key, record).await,
+            Request::DataGet { key } => self.data_get(user, &key).await,
+            Request::DataDelete { key } => self.data_delete(user, &key).await,
+            Request::FileSave {
+                key,
+                size,
+                block_size,
+                resume,
+                upload_id,
+                replace,
+            } => {
+                let plan = PlanRecord { size, block_size };
+                let resume = resume.then_some(upload_id);
+                self.file_save(user, key, plan, resume, replace, conn).await
             }
-            _ => DEFAULT_BLOCK_SIZE,
-        }
-    }
-
-    async fn data(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
-        let kind = Kind::Data;
-        match op {
-            Operation::Save => {
-                let key = self.key_or_new(&msg)?;
-                let mut record = msg.fields;
-                for name in field::ENVELOPE {
-                    record.remove(name);
-                }
-                record.insert(field::KEY.into(), Value::String(key.clone()));
-                self.store
-                    .record_create(user, &key, record)
+            Request::FileUpload {
+                key,
+                block_index,
+                upload_id,
+                md5,
+                body,
+            } => {
+                let block = Block {
+                    index: block_index,
+                    upload_id,
+                    md5,
+                    body,
+                };
+                self.file_upload(user, key, block, conn).await
+            }
+            Request::FileGet {
+                key,
+                upload_status,
+                block_size,
+            } => match upload_status {
+                true => self.upload_status(user, &key).await,
+                false => self.file_get(user, &key, block_size).await,
+            },
+            Request::FileDownload {
+                key,
+                upload_id,
+                block_index,
+                block_size,
+            } => {
+                let version = upload_id.as_deref();
+                self.file_download(user, &key, version, block_index, block_size)
                     .await
-                    .map_err(in_store(&key))?;
-                info!(%user, %key, "record saved");
-                Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
             }
-            Operation::Get => {
-                let key = self.key(&msg, "DATA GET")?;
-                let mut record = self
-                    .store
-                    .record_get(user, key)
-                    .await
-                    .map_err(in_store(key))?;
-                let envelope = ok(op, kind, "OK");
-                record.extend(envelope.fields);
-                Ok(Message::new(record))
-            }
-            Operation::Delete => {
-                let key = self.key(&msg, "DATA delete")?;
-                self.store
-                    .record_delete(user, key)
-                    .await
-                    .map_err(in_store(key))?;
-                info!(%user, %key, "record deleted");
-                Ok(ok(op, kind, format!("The \"key\" {key} is deleted.")).with(field::KEY, key))
-            }
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for DATA."
-            ))),
+            Request::FileDelete {
+                key,
+                upload_id,
+                if_md5,
+            } => self.file_delete(user, &key, upload_id, if_md5).await,
+            Request::FileList {
+                prefix,
+                after,
+                limit,
+            } => self.file_list(user, &prefix, after.as_deref(), limit).await,
         }
     }
 
-    async fn file(&self, op: Operation, user: &str, msg: Message) -> Result<Message, StepError> {
-        match op {
-            Operation::Save => self.file_save(user, &msg).await,
-            Operation::Upload => self.file_upload(user, msg).await,
-            Operation::Get => self.file_get(user, &msg).await,
-            Operation::Download => self.file_download(user, &msg).await,
-            Operation::Delete => self.file_delete(user, &msg).await,
-            Operation::List => self.file_list(user, &msg).await,
-            _ => Err(StepError::OperationNotAllowed(format!(
-                "Operation {op} is not allowed for FILE."
-            ))),
-        }
-    }
-
-    /// FILE LIST (extension): one page of the caller's complete files.
-    async fn file_list(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let text = |name: &'static str| match msg.str_field(name) {
-            Ok(Some(t)) if t.len() > self.limits.max_key_len => Err(StepError::Invalid(format!(
-                "\"{name}\" must be at most {} bytes",
-                self.limits.max_key_len
-            ))),
-            Ok(t) => Ok(t),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        };
-        let prefix = text(field::PREFIX)?.unwrap_or("");
-        let after = text(field::AFTER)?;
-        let limit = match msg.int_field(field::LIMIT) {
-            Ok(None) => LIST_DEFAULT_LIMIT,
-            Ok(Some(n)) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
-            Ok(Some(n)) => {
-                return Err(StepError::Invalid(format!(
-                    "\"limit\" must be from 1 to {LIST_MAX_LIMIT}, not {n}"
-                )));
-            }
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        let page = self
-            .store
-            .list_files(user, prefix, after, limit as usize)
+    async fn data_save(
+        &self,
+        user: &str,
+        key: String,
+        record: serde_json::Map<String, Value>,
+    ) -> Result<Message, StepError> {
+        let (op, kind) = (Operation::Save, Kind::Data);
+        self.store
+            .record_create(user, &key, record)
             .await
-            .map_err(in_store(prefix))?;
-        let mut next = page.next;
-        let mut files = Vec::with_capacity(page.files.len());
-        let mut bytes = 0;
-        let count = page.files.len();
-        for (i, meta) in page.files.into_iter().enumerate() {
-            let entry = serde_json::to_value(ListedFile {
-                key: meta.key,
-                size: meta.size,
-                md5: meta.md5,
-                last_modified: meta.completed_unix,
-                upload_id: meta.upload_id,
-            })
-            .map_err(|e| StepError::Storage(StoreError::Other(Box::new(e))))?;
-            bytes += step_core::json::to_ascii_vec(&entry).map_or(0, |v| v.len() + 1);
-            let key = entry[field::KEY].as_str().map(str::to_owned);
-            files.push(entry);
-            if bytes > LIST_MAX_BYTES && i + 1 < count {
-                // Cut short: the next page starts after this entry.
-                next = key;
-                break;
-            }
-        }
-        debug!(%user, prefix, count = files.len(), "files listed");
-        Ok(ok(Operation::List, Kind::File, "The files.")
-            .with(field::FILES, Value::Array(files))
-            .with(field::NEXT, next.map_or(Value::Null, Value::String)))
+            .map_err(in_store(&key))?;
+        info!(%user, %key, "record saved");
+        Ok(ok(op, kind, format!("Data is saved with key \"{key}\"")).with(field::KEY, key))
     }
 
-    async fn file_save(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key_or_new(msg)?;
-        let size = match msg.int_field(field::SIZE) {
-            Ok(None) => return Err(StepError::SizeMissing),
-            Err(e) => return Err(StepError::SizeInvalid(e.to_string())),
-            Ok(Some(s)) if s < 0 => {
-                return Err(StepError::SizeInvalid("it must not be negative".into()));
-            }
-            Ok(Some(s)) if s as u64 > self.limits.max_file_size => {
-                return Err(StepError::TooLarge(format!(
-                    "{s} bytes exceeds this server's limit of {}",
-                    self.limits.max_file_size
-                )));
-            }
-            Ok(Some(s)) => s as u64,
-        };
-        let plan = PlanRecord {
-            size,
-            block_size: self.block_size(msg),
-        };
-        let resume = msg.bool_field(field::RESUME);
-        let replace = match self.replace_of(msg)? {
-            Some(replace) => self.store.plan_replace(user, &key, plan, resume, replace),
-            None => self.store.plan_upload(user, &key, plan, resume),
+    async fn data_get(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        let mut record = self
+            .store
+            .record_get(user, key)
+            .await
+            .map_err(in_store(key))?;
+        let envelope = ok(Operation::Get, Kind::Data, "OK");
+        record.extend(envelope.fields);
+        Ok(Message::new(record))
+    }
+
+    async fn data_delete(&self, user: &str, key: &str) -> Result<Message, StepError> {
+        self.store
+            .record_delete(user, key)
+            .await
+            .map_err(in_store(key))?;
+        info!(%user, %key, "record deleted");
+        Ok(ok(
+            Operation::Delete,
+            Kind::Data,
+            format!("The \"key\" {key} is deleted."),
+        )
+        .with(field::KEY, key))
+    }
+
+    /// SAVE; `resume` is `Some` when it asks to resume, with the upload
+    /// it names (none named: nothing is resumed).
+    async fn file_save(
+        &self,
+        user: &str,
+        key: String,
+        plan: PlanRecord,
+        resume: Option<Option<String>>,
+        replace: Option<Replace>,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
+        let size = plan.size;
+        // Only the upload the SAVE names is resumed: its id is the proof
+        // that the writer is the one who started it.
+        let own = resume.as_ref().and_then(Option::as_deref);
+        let replace = match replace {
+            Some(replace) => self.store.plan_replace(user, &key, plan, own, replace),
+            None => self.store.plan_upload(user, &key, plan, own),
         };
         let outcome = replace.await.map_err(in_store(&key))?;
+        if let Some(id) = outcome
+            .upload_id
+            .as_deref()
+            .filter(|_| outcome.md5.is_none())
+        {
+            conn.bind(user, &key, id);
+        }
         let total = total_blocks(size, plan.block_size);
         info!(%user, %key, size, total_block = total, block_size = plan.block_size, resumed = outcome.resumed, "upload plan");
         let mut m = ok(Operation::Save, Kind::File, "This is the upload plan.")
@@ -624,7 +571,7 @@ impl Service {
             .with(field::SIZE, size)
             .with(field::TOTAL_BLOCK, total)
             .with(field::BLOCK_SIZE, plan.block_size);
-        if resume {
+        if resume.is_some() {
             m.set(field::RESUMED, outcome.resumed);
             m.set(field::MISSING_RANGES, serde_json::json!(outcome.missing));
         }
@@ -637,52 +584,38 @@ impl Service {
         Ok(m)
     }
 
-    /// A SAVE's `replace` extension (with its `if_md5`), when this server
-    /// serves it; otherwise the fields are ignored, as the reference would.
-    fn replace_of(&self, msg: &Message) -> Result<Option<Replace>, StepError> {
-        if !self.limits.extensions.replace || !msg.bool_field(field::REPLACE) {
-            return Ok(None);
-        }
-        Ok(Some(Replace {
-            if_md5: self.if_md5(msg)?,
-        }))
-    }
-
-    fn if_md5(&self, msg: &Message) -> Result<Option<String>, StepError> {
-        match msg.str_field(field::IF_MD5) {
-            Ok(None) => Ok(None),
-            Ok(Some(m)) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(Some(m.to_ascii_lowercase()))
-            }
-            Ok(Some(_)) => Err(StepError::Invalid(
-                "\"if_md5\" must be 32 hexadecimal digits".into(),
-            )),
-            Err(e) => Err(StepError::Invalid(e.to_string())),
-        }
-    }
-
-    async fn file_upload(&self, user: &str, msg: Message) -> Result<Message, StepError> {
-        let key = self.key(&msg, "FILE uploading")?.to_owned();
-        let upload = self
+    async fn file_upload(
+        &self,
+        user: &str,
+        key: String,
+        block: Block,
+        conn: &ConnState,
+    ) -> Result<Message, StepError> {
+        let mut upload = self
             .store
             .open_upload(user, &key)
             .await
             .map_err(in_store(&key))?;
-        let index = Self::block_index(&msg)?;
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id.map(str::to_owned),
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        // A block naming another upload is refused as such before it is
+        let index = block.index?;
+        let named = block.upload_id?;
+        // A block that names no upload is for the one its connection is
+        // bound to (`binding`), so it never lands in another writer's.
+        let upload_id = conn.target(user, &key, named, upload.upload_id());
+        // A block for another upload is refused as such before it is
         // checked against this upload's plan, which a racing SAVE made.
         if let (Some(want), Some(current)) = (upload_id.as_deref(), upload.upload_id())
             && want != current
         {
             return Err(StepError::Superseded(key));
         }
-        let checked = check_block(upload.plan(), index, msg.binary.len() as u64)?;
+        let checked = check_block(upload.plan(), index, block.body.len() as u64)?;
+        // Our extension: the whole file's md5 as the writer computed it; an
+        // upload without it is never completed (the key keeps its file).
+        if let Some(want) = block.md5? {
+            upload.expect_md5(want);
+        }
         let md5 = upload
-            .put_block(checked, msg.binary, upload_id)
+            .put_block(checked, block.body, upload_id)
             .await
             .map_err(in_store(&key))?;
         debug!(%user, %key, index, "block stored");
@@ -699,13 +632,8 @@ impl Service {
         Ok(m)
     }
 
-    async fn file_get(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE GET")?;
-        if msg.bool_field(field::UPLOAD_STATUS) {
-            return self.upload_status(user, key).await;
-        }
+    async fn file_get(&self, user: &str, key: &str, block_size: u64) -> Result<Message, StepError> {
         let meta = self.store.head(user, key).await.map_err(in_store(key))?;
-        let block_size = self.block_size(msg);
         // Extensions: the version (DOWNLOADs may name it, so they are never
         // served from a newer one) and when it became complete.
         let mut m = ok(Operation::Get, Kind::File, "OK. This is the download plan.")
@@ -746,21 +674,23 @@ impl Service {
         )
     }
 
-    async fn file_download(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE downloading")?;
-        // Our extension: the version a download began with, so a replace
-        // under way never mixes two versions in one download.
-        let version = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
+    /// FILE DOWNLOAD; `version` (our extension) is the version the
+    /// download began with, so a replace under way never mixes two
+    /// versions in one download.
+    async fn file_download(
+        &self,
+        user: &str,
+        key: &str,
+        version: Option<&str>,
+        block_index: Later<i64>,
+        block_size: u64,
+    ) -> Result<Message, StepError> {
         let meta = match version {
             Some(id) => self.store.head_version(user, key, id).await,
             None => self.store.head(user, key).await,
         }
         .map_err(in_store(key))?;
-        let index = Self::block_index(msg)?;
-        let block_size = self.block_size(msg);
+        let index = block_index?;
         if index < 0 {
             return Err(StepError::IndexNegative);
         }
@@ -786,22 +716,22 @@ impl Service {
             .with_binary(data))
     }
 
-    async fn file_delete(&self, user: &str, msg: &Message) -> Result<Message, StepError> {
-        let key = self.key(msg, "FILE delete")?;
-        // Our extension: DELETE of one upload only (its own cleanup), never
-        // of what another upload stored under the key meanwhile.
-        let upload_id = match msg.str_field(field::UPLOAD_ID) {
-            Ok(id) => id,
-            Err(e) => return Err(StepError::Invalid(e.to_string())),
-        };
-        let if_md5 = if self.limits.extensions.replace {
-            self.if_md5(msg)?
-        } else {
-            None
-        };
+    /// FILE DELETE; `upload_id` (our extension) deletes one upload only
+    /// (its own cleanup), never what another upload stored meanwhile.
+    async fn file_delete(
+        &self,
+        user: &str,
+        key: &str,
+        upload_id: Option<String>,
+        if_md5: Option<String>,
+    ) -> Result<Message, StepError> {
         let deleted = match &if_md5 {
             Some(md5) => self.store.delete_file_if(user, key, md5).await,
-            None => self.store.delete_file(user, key, upload_id).await,
+            None => {
+                self.store
+                    .delete_file(user, key, upload_id.as_deref())
+                    .await
+            }
         };
         match deleted.map_err(in_store(key))? {
             Deleted::File => {

@@ -295,8 +295,9 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
     dead.child.wait().await.expect("reaped");
     drop(a);
     let mut b = connect(&nodes[0], Some(&token)).await;
+    let id = plan.upload_id.as_deref().expect("upload_id");
     let again = b
-        .file_save(Some("killed.bin"), body.len() as u64, opts(true))
+        .file_save_own("killed.bin", body.len() as u64, Some(BLOCK), id, false)
         .await
         .expect("resume");
     assert!(again.resumed);
@@ -345,9 +346,10 @@ async fn three_instances_on_one_bucket_act_as_one_server(mut c: Cluster) {
     );
     c.redis.restart().expect("redis back");
     let deadline = Instant::now() + PATIENCE;
+    let id = plan.upload_id.clone().expect("upload_id");
     let again = loop {
         match other
-            .file_save(Some("engine.bin"), body.len() as u64, opts(true))
+            .file_save_own("engine.bin", body.len() as u64, Some(BLOCK), &id, false)
             .await
         {
             Ok(p) => break p,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use step_core::client::{ClientError, SaveOptions, StepClient};
+use step_core::client::{ClientError, SaveOptions, StepClient, UploadPlan};
 use step_core::digest::{md5_hex, password_for};
 use step_core::plan::from_ranges;
 use support::{ServerProc, pattern};
@@ -106,10 +106,22 @@ async fn upload_some(
         .await
 }
 
-fn resume() -> SaveOptions {
-    SaveOptions {
-        block_size: Some(BLOCK as u64),
-        resume: true,
+/// SAVE resuming the key's unfinished upload: the writer names it (here
+/// by asking the server for its id; a real client keeps the id its first
+/// SAVE was given), as a resume must.
+async fn resume(c: &mut StepClient) -> Result<UploadPlan, ClientError> {
+    match c.file_upload_status(KEY).await {
+        Ok(up) => {
+            c.file_save_own(KEY, SIZE as u64, Some(BLOCK as u64), &up.upload_id, false)
+                .await
+        }
+        Err(_) => {
+            let opts = SaveOptions {
+                block_size: Some(BLOCK as u64),
+                resume: true,
+            };
+            c.file_save(Some(KEY), SIZE as u64, opts).await
+        }
     }
 }
 
@@ -124,10 +136,7 @@ async fn phase_killed_at(
 ) -> Vec<u64> {
     let mut c = StepClient::connect(server.addr).await.expect("connect");
     c.set_token(token);
-    let plan = c
-        .file_save(Some(KEY), SIZE as u64, resume())
-        .await
-        .expect("plan");
+    let plan = resume(&mut c).await.expect("plan");
     let missing: Vec<u64> = from_ranges(&plan.missing).collect();
     let before = total_acked.load(Ordering::SeqCst);
     let kill = tokio::sync::Notify::new();
@@ -193,10 +202,7 @@ async fn kill_9_mid_upload_then_resume_gives_a_byte_identical_file() {
     let server = next.expect("restarted server");
     let mut c = StepClient::connect(server.addr).await.expect("connect");
     c.set_token(token.as_str()); // same secret: the token outlived two restarts
-    let plan = c
-        .file_save(Some(KEY), SIZE as u64, resume())
-        .await
-        .expect("resume plan");
+    let plan = resume(&mut c).await.expect("resume plan");
     assert!(plan.resumed, "the unfinished upload is reused");
     let missing: Vec<u64> = from_ranges(&plan.missing).collect();
     for i in &acknowledged {

@@ -234,7 +234,7 @@ async fn upload_in(
     order: &[u64],
 ) -> (PlanOutcome, Vec<Option<String>>) {
     let outcome = s
-        .plan_upload(user, key, plan_of(body.len() as u64), false)
+        .plan_upload(user, key, plan_of(body.len() as u64), None)
         .await
         .expect("plan");
     let id = outcome.upload_id.clone();
@@ -342,10 +342,7 @@ pub async fn plans(subject: &dyn Subject) {
     let inst = fresh(subject).await;
     let s = &*inst.storage;
     let plan = plan_of(4 * BS + 1);
-    let out = s
-        .plan_upload("alice", "p", plan, false)
-        .await
-        .expect("plan");
+    let out = s.plan_upload("alice", "p", plan, None).await.expect("plan");
     assert_eq!(out.plan, plan);
     assert_eq!(out.missing, vec![[0, 5]]);
     assert!(!out.resumed);
@@ -358,16 +355,14 @@ pub async fn plans(subject: &dyn Subject) {
     }
     drop(writer);
     // Without resume a SAVE starts over, with a new id.
-    let again = s
-        .plan_upload("alice", "p", plan, false)
-        .await
-        .expect("plan");
+    let again = s.plan_upload("alice", "p", plan, None).await.expect("plan");
     assert!(!again.resumed);
     assert_ne!(again.upload_id.as_deref(), Some(id.as_str()));
     // A complete key refuses plans, with or without resume.
     let body = body(1500, 1);
     complete(s, "alice", "done", &body).await;
-    for resume in [false, true] {
+    let done_id = s.head("alice", "done").await.expect("head").upload_id;
+    for resume in [None, done_id.as_deref()] {
         assert_err(
             s.plan_upload("alice", "done", plan_of(1500), resume).await,
             |e| matches!(e, StoreError::Exists),
@@ -381,7 +376,7 @@ pub async fn empty_file(subject: &dyn Subject) {
     let inst = fresh(subject).await;
     let s = &*inst.storage;
     let out = s
-        .plan_upload("alice", "empty", plan_of(0), false)
+        .plan_upload("alice", "empty", plan_of(0), None)
         .await
         .expect("plan");
     assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
@@ -465,7 +460,7 @@ pub async fn repeated_blocks(subject: &dyn Subject) {
     let mut mixed = body.clone();
     mixed[..BS as usize].copy_from_slice(&other[..BS as usize]);
     let out = s
-        .plan_upload("alice", "rewrite", plan_of(body.len() as u64), false)
+        .plan_upload("alice", "rewrite", plan_of(body.len() as u64), None)
         .await
         .expect("plan");
     let id = out.upload_id.as_deref();
@@ -491,7 +486,7 @@ pub async fn resume_in_process(subject: &dyn Subject) {
     let plan = plan_of(body.len() as u64);
     let (out, _) = upload_in(s, "alice", "res", &body, &[0, 2, 3]).await;
     let resumed = s
-        .plan_upload("alice", "res", plan, true)
+        .plan_upload("alice", "res", plan, out.upload_id.as_deref())
         .await
         .expect("resume");
     assert!(resumed.resumed);
@@ -505,13 +500,30 @@ pub async fn resume_in_process(subject: &dyn Subject) {
     let meta = s.head("alice", "res").await.expect("complete");
     assert_eq!(meta.md5, md5_hex(&body));
     // Another plan for an unfinished key: started over, nothing kept.
-    upload_in(s, "alice", "res2", &body, &[0, 1]).await;
+    let (first, _) = upload_in(s, "alice", "res2", &body, &[0, 1]).await;
     let other = s
-        .plan_upload("alice", "res2", plan_of(3 * BS), true)
+        .plan_upload("alice", "res2", plan_of(3 * BS), first.upload_id.as_deref())
         .await
         .expect("plan");
     assert!(!other.resumed);
     assert_eq!(other.missing, vec![[0, 3]]);
+    // Only the upload a resume names is continued: its id proves whose it
+    // is. Naming none, or another, starts over as a plain SAVE does.
+    for named in [None, Some("not-its-id"), first.upload_id.as_deref()] {
+        let again = s
+            .plan_upload("alice", "res2", plan_of(3 * BS), named)
+            .await
+            .expect("plan");
+        assert!(!again.resumed, "resume naming {named:?}");
+        assert_ne!(again.upload_id, other.upload_id, "resume naming {named:?}");
+    }
+    let current = s.upload_status("alice", "res2").await.expect("status");
+    let own = s
+        .plan_upload("alice", "res2", plan_of(3 * BS), Some(&current.upload_id))
+        .await
+        .expect("plan");
+    assert!(own.resumed);
+    assert_eq!(own.upload_id.as_deref(), Some(current.upload_id.as_str()));
 }
 
 /// An unfinished upload survives a restart: reopened, SAVE with resume
@@ -538,7 +550,7 @@ pub async fn resume_after_reopen(subject: &dyn Subject) {
         done
     );
     let resumed = s
-        .plan_upload("alice", "r", plan, true)
+        .plan_upload("alice", "r", plan, out.upload_id.as_deref())
         .await
         .expect("resume");
     assert!(resumed.resumed, "resumed after reopen");
@@ -565,12 +577,12 @@ pub async fn racing_uploads_are_kept_apart(subject: &dyn Subject) {
     let a = body(3 * BS as usize, 7);
     let b = body(3 * BS as usize, 8);
     let plan = plan_of(a.len() as u64);
-    let first = s.plan_upload("alice", "k", plan, false).await.expect("a");
+    let first = s.plan_upload("alice", "k", plan, None).await.expect("a");
     let ida = first.upload_id.clone().expect("id");
     put(s, "alice", "k", &a, 0, Some(&ida)).await.expect("a0");
     // A writer opened for A before B's SAVE.
     let stale = s.open_upload("alice", "k").await.expect("open");
-    let second = s.plan_upload("alice", "k", plan, false).await.expect("b");
+    let second = s.plan_upload("alice", "k", plan, None).await.expect("b");
     let idb = second.upload_id.clone().expect("id");
     assert_ne!(ida, idb);
     assert_err(
@@ -618,7 +630,7 @@ pub async fn racing_uploads_one_completes(subject: &dyn Subject) {
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
                 let out = match s
-                    .plan_upload("alice", &key, plan_of(body.len() as u64), false)
+                    .plan_upload("alice", &key, plan_of(body.len() as u64), None)
                     .await
                 {
                     Ok(out) => out,
@@ -750,7 +762,7 @@ pub async fn delete_unfinished(subject: &dyn Subject) {
         "scoped delete of another upload",
     );
     let resumed = s
-        .plan_upload("alice", "u", plan_of(body.len() as u64), true)
+        .plan_upload("alice", "u", plan_of(body.len() as u64), Some(&id))
         .await
         .expect("still there");
     assert!(resumed.resumed);
@@ -1019,7 +1031,7 @@ pub async fn every_error(subject: &dyn Subject) {
         "AlreadyComplete",
     );
     assert_err(
-        s.plan_upload("alice", "f", plan_of(1), false).await,
+        s.plan_upload("alice", "f", plan_of(1), None).await,
         |e| matches!(e, StoreError::Exists),
         "Exists (file)",
     );
@@ -1067,7 +1079,7 @@ pub async fn expiry_and_stats(subject: &dyn Subject) {
     let inst = subject.fresh(limits).await;
     let s = &*inst.storage;
     let body = body(3 * BS as usize + 1, 16);
-    upload_in(s, "alice", "idle", &body, &[0]).await;
+    let (idle, _) = upload_in(s, "alice", "idle", &body, &[0]).await;
     upload_in(s, "bob", "idle", &body, &[0, 3]).await;
     complete(s, "alice", "done", &body).await;
     let stats = s.unfinished_stats();
@@ -1091,7 +1103,12 @@ pub async fn expiry_and_stats(subject: &dyn Subject) {
     );
     s.head("alice", "done").await.expect("complete files stay");
     let out = s
-        .plan_upload("alice", "idle", plan_of(body.len() as u64), true)
+        .plan_upload(
+            "alice",
+            "idle",
+            plan_of(body.len() as u64),
+            idle.upload_id.as_deref(),
+        )
         .await
         .expect("plan");
     assert!(!out.resumed, "a swept upload starts over");
@@ -1114,8 +1131,7 @@ pub async fn no_space(subject: &dyn Subject) {
         .await;
     let s = &*inst.storage;
     assert_err(
-        s.plan_upload("alice", "huge", plan_of(1 << 60), false)
-            .await,
+        s.plan_upload("alice", "huge", plan_of(1 << 60), None).await,
         |e| matches!(e, StoreError::NoSpace),
         "NoSpace",
     );
@@ -1137,25 +1153,25 @@ pub async fn quota(subject: &dyn Subject) {
         .await;
     let s = &*inst.storage;
     let plan = plan_of(2 * BS);
-    s.plan_upload("alice", "a", plan, false).await.expect("a");
-    s.plan_upload("alice", "b", plan, false).await.expect("b");
+    s.plan_upload("alice", "a", plan, None).await.expect("a");
+    s.plan_upload("alice", "b", plan, None).await.expect("b");
     assert_err(
-        s.plan_upload("alice", "c", plan, false).await,
+        s.plan_upload("alice", "c", plan, None).await,
         |e| matches!(e, StoreError::Quota(_)),
         "Quota (count)",
     );
-    s.plan_upload("alice", "b", plan, false)
+    s.plan_upload("alice", "b", plan, None)
         .await
         .expect("starting one's own key over is no new upload");
-    s.plan_upload("bob", "c", plan, false)
+    s.plan_upload("bob", "c", plan, None)
         .await
         .expect("another user is apart");
     assert_err(
-        s.plan_upload("bob", "big", plan_of(9 * BS), false).await,
+        s.plan_upload("bob", "big", plan_of(9 * BS), None).await,
         |e| matches!(e, StoreError::Quota(_)),
         "Quota (bytes)",
     );
-    s.plan_upload("bob", "big", plan_of(8 * BS), false)
+    s.plan_upload("bob", "big", plan_of(8 * BS), None)
         .await
         .expect("within the byte cap");
 }
@@ -1309,7 +1325,7 @@ async fn replace_with(
         if_md5: if_md5.map(str::to_owned),
     };
     let out = s
-        .plan_replace(user, key, plan_of(body.len() as u64), false, replace)
+        .plan_replace(user, key, plan_of(body.len() as u64), None, replace)
         .await?;
     let mut md5 = out.md5.clone();
     for i in 0..total_blocks(body.len() as u64, BS) {
@@ -1329,14 +1345,14 @@ pub async fn replace(subject: &dyn Subject) {
     let m1 = complete(s, "alice", "f", &v1).await;
     let id1 = m1.upload_id.clone().expect("an id");
     assert_err(
-        s.plan_upload("alice", "f", plan_of(9), false).await,
+        s.plan_upload("alice", "f", plan_of(9), None).await,
         |e| matches!(e, StoreError::Exists),
         "a plain SAVE of a complete key",
     );
     // Half-way through the replacement, the key is still the old file.
     let replace = Replace::default();
     let out = s
-        .plan_replace("alice", "f", plan_of(v2.len() as u64), false, replace)
+        .plan_replace("alice", "f", plan_of(v2.len() as u64), None, replace)
         .await
         .expect("replace plan");
     let id2 = out.upload_id.clone().expect("an id");
@@ -1485,7 +1501,7 @@ pub async fn replace_conditions(subject: &dyn Subject) {
             "alice",
             "c",
             plan_of(v2.len() as u64),
-            false,
+            None,
             Replace {
                 if_md5: Some(m1.md5.clone()),
             },
@@ -1521,7 +1537,7 @@ pub async fn replace_conditions(subject: &dyn Subject) {
             "alice",
             "c",
             plan_of(v2.len() as u64),
-            false,
+            None,
             Replace {
                 if_md5: Some(m_other.md5.clone()),
             },
@@ -1581,7 +1597,7 @@ pub async fn replace_after_reopen(subject: &dyn Subject) {
     let plan = plan_of(v2.len() as u64);
     let out = inst
         .storage
-        .plan_replace("alice", "r", plan, false, replace.clone())
+        .plan_replace("alice", "r", plan, None, replace.clone())
         .await
         .expect("plan");
     put(
@@ -1601,7 +1617,7 @@ pub async fn replace_after_reopen(subject: &dyn Subject) {
     assert_eq!(s.head("alice", "r").await.expect("old file"), m1);
     assert_eq!(read_all(s, "alice", &m1).await, v1);
     let resumed = s
-        .plan_replace("alice", "r", plan, true, replace)
+        .plan_replace("alice", "r", plan, out.upload_id.as_deref(), replace)
         .await
         .expect("resume");
     assert!(resumed.resumed);
@@ -1691,7 +1707,7 @@ pub async fn upload_status(subject: &dyn Subject) {
     // upload; the file stays the key's file.
     let m1 = s.head("alice", "u").await.expect("complete");
     let out = s
-        .plan_replace("alice", "u", plan_of(2 * BS), false, Replace::default())
+        .plan_replace("alice", "u", plan_of(2 * BS), None, Replace::default())
         .await
         .expect("replace plan");
     let replacing = s.upload_status("alice", "u").await.expect("replacing");

@@ -84,6 +84,8 @@ impl ObjectSubject {
             limits,
             place.coord.clone(),
         );
+        // As a step-server does at start.
+        storage.upgrade().await.expect("upgrade");
         storage.recover().await.expect("recover");
         Arc::new(storage)
     }

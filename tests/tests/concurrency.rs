@@ -7,10 +7,11 @@
 //!   uploads overlap; the first upload to *complete* wins the key;
 //! * once complete, every SAVE of the key gets 402 and every UPLOAD 408;
 //! * an upload superseded by another client's SAVE gets 408 on its next
-//!   block, on the connection that sent that SAVE or any other block of it,
-//!   so blocks of two uploads never mix: the completed file is
-//!   byte-identical to what one client sent, and that client is the one the
-//!   server reported the md5 to;
+//!   block, on the connection that sent that SAVE or any other block of it
+//!   (with or without `upload_id`: a connection is bound to the upload its
+//!   SAVE started), so blocks of two uploads never mix: the completed file
+//!   is byte-identical to what one client sent, and that client is the one
+//!   the server reported the md5 to;
 //! * no status outside 200/402/408 happens.
 
 use std::net::SocketAddr;
@@ -279,14 +280,24 @@ async fn racing_uploads_that_name_their_upload_never_mix() {
     }
 }
 
-/// Without it (every reference client): the reference's semantics. At most
-/// one block completes the file, the file is complete and self-consistent
-/// (its md5 is that of its bytes, and the one reported), but racing blocks of
-/// equal size can mix. A client that checks the md5 it was sent against its
-/// own (step-client does) notices.
+/// Without it (every reference client): the reference's semantics — SAVE
+/// of an unfinished key starts it over, at most one block completes the
+/// file, and the file is complete and self-consistent (its md5 is that of
+/// its bytes, and the one reported). Each connection is bound to the
+/// upload its SAVE started, so a racer's blocks are refused (408
+/// `superseded`) once another SAVE started the key over: racing blocks of
+/// equal size never mix, and the file is exactly one racer's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_uploads_without_upload_id_follow_the_reference() {
-    for (round, (outcomes, _bodies, stored)) in contest(false, 4).await.into_iter().enumerate() {
+    for (round, (outcomes, bodies, stored)) in contest(false, 4).await.into_iter().enumerate() {
+        assert!(
+            bodies.contains(&stored),
+            "round {round}: the file is exactly one racer's bytes"
+        );
+        assert!(
+            outcomes.iter().all(|o| !matches!(o, Outcome::Absorbed)),
+            "round {round}: no racer's blocks went into another's upload: {outcomes:?}"
+        );
         let reported: Vec<&String> = outcomes
             .iter()
             .filter_map(|o| match o {

@@ -396,8 +396,8 @@ fn scenario_strategy() -> impl Strategy<Value = Scenario> {
 /// blocks that name no upload — such a block goes to whatever upload is the
 /// key's current one, so two clients on one key that do not name theirs
 /// would mix their contents by design. And clients of one key have distinct
-/// sizes: a resumed SAVE continues the key's upload with the same plan
-/// (whoever started it), so equal plans would share an upload by design.
+/// sizes (a resumed SAVE names its own upload, so equal plans no longer
+/// share one; distinct sizes also exercise blocks refused for another plan).
 fn normalise(s: &mut Scenario) {
     for c in &mut s.clients {
         match c.key {
@@ -880,12 +880,6 @@ impl Coord for JitteryCoord {
         self.jitter.pause().await;
         r
     }
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        self.jitter.pause().await;
-        let r = self.inner.set_current(key, upload_id).await;
-        self.jitter.pause().await;
-        r
-    }
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
         self.jitter.pause().await;
         let r = self.inner.mark_block(key, upload_id, index).await;
@@ -906,6 +900,18 @@ impl Coord for JitteryCoord {
     }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
+    }
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointer(pointer).await;
+        self.jitter.pause().await;
+        r
+    }
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.jitter.pause().await;
+        let r = self.inner.pointers(pointers).await;
+        self.jitter.pause().await;
+        r
     }
 }
 
@@ -966,6 +972,8 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
             e: t1,
         });
     };
+    // The upload this client last started: the only one it may resume.
+    let mut own: Option<String> = None;
     for attempt in 0..=usize::from(c.retries) {
         let inst = usize::from(c.save_insts[attempt % c.save_insts.len()]);
         let resume = attempt > 0 || c.resume_first;
@@ -974,10 +982,12 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
             .call(inst, |storage| {
                 let key = &key;
                 let replace = replace.clone();
+                let own = own.clone().filter(|_| resume);
                 async move {
+                    let own = own.as_deref();
                     match replace {
-                        None => storage.plan_upload(USER, key, plan, resume).await,
-                        Some(r) => storage.plan_replace(USER, key, plan, resume, r).await,
+                        None => storage.plan_upload(USER, key, plan, own).await,
+                        Some(r) => storage.plan_replace(USER, key, plan, own, r).await,
                     }
                 }
             })
@@ -1010,6 +1020,7 @@ async fn run_client(w: Arc<World>, s: Arc<Scenario>, me: usize) {
             return;
         };
         lock(&w.uploads).insert(me, id.clone());
+        own = Some(id.clone());
         let missing: BTreeSet<u64> = outcome.missing.iter().flat_map(|[a, b]| *a..*b).collect();
         // An acknowledged block is durable: resuming its upload (through
         // any instance) never asks for it again.
@@ -1510,7 +1521,7 @@ async fn check(w: &World, s: &Scenario) -> Result<String, String> {
             block_size: BLOCK,
         };
         let answer = async {
-            let out = storage.plan_upload(USER, &key, plan, false).await?;
+            let out = storage.plan_upload(USER, &key, plan, None).await?;
             let mut md5 = None;
             for b in 0..total_blocks(plan.size, BLOCK) {
                 let off = (b * BLOCK) as usize;
@@ -1654,12 +1665,12 @@ async fn writer_names_the_upload_it_opened() {
     };
     let first = w
         .at(0)
-        .plan_upload(USER, "k", plan(5000), false)
+        .plan_upload(USER, "k", plan(5000), None)
         .await
         .expect("first SAVE");
     let second = w
         .at(1)
-        .plan_upload(USER, "k", plan(3000), false)
+        .plan_upload(USER, "k", plan(3000), None)
         .await
         .expect("second SAVE");
     assert_ne!(first.upload_id, second.upload_id);

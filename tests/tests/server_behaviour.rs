@@ -281,6 +281,7 @@ async fn uploads_survive_a_restart_and_resume() {
     let server = TestServer::start().await;
     let body = pattern(20480 * 40 + 123, 9);
     let token;
+    let id;
     {
         let mut c = login(server.addr, "resumer").await;
         token = c.token().expect("token").to_owned();
@@ -288,6 +289,7 @@ async fn uploads_survive_a_restart_and_resume() {
             .file_save(Some("big.bin"), body.len() as u64, SaveOptions::default())
             .await
             .expect("plan");
+        id = plan.upload_id.clone().expect("upload_id");
         let first: Vec<_> = blocks(&body, 20480)
             .into_iter()
             .filter(|(i, _)| i % 3 != 0)
@@ -316,14 +318,7 @@ async fn uploads_survive_a_restart_and_resume() {
         Err((Status::NotFound, _))
     ));
     let plan = c
-        .file_save(
-            Some("big.bin"),
-            body.len() as u64,
-            SaveOptions {
-                resume: true,
-                ..SaveOptions::default()
-            },
-        )
+        .file_save_own("big.bin", body.len() as u64, None, &id, false)
         .await
         .expect("resume plan");
     assert!(plan.resumed);

@@ -187,7 +187,7 @@ async fn uploads_left_on_disk_expire_when_the_store_opens() {
                     size: 100,
                     block_size: BS as u64,
                 },
-                false,
+                None,
             )
             .await
             .expect("plan");
@@ -200,7 +200,7 @@ async fn uploads_left_on_disk_expire_when_the_store_opens() {
                     size: 100,
                     block_size: BS as u64,
                 },
-                false,
+                None,
             )
             .await
             .expect("plan");
@@ -234,7 +234,7 @@ async fn per_user_caps_refuse_with_reason_quota() {
     .await;
     let mut alice = login(server.addr, "alice").await;
     let small = pattern(2 * BS, 3);
-    start_upload(&mut alice, "a", &small).await;
+    let a_id = start_upload(&mut alice, "a", &small).await;
     start_upload(&mut alice, "b", &small).await;
     let err = alice
         .file_save(Some("c"), small.len() as u64, SaveOptions::default())
@@ -256,7 +256,7 @@ async fn per_user_caps_refuse_with_reason_quota() {
 
     // Finishing one frees its place.
     let plan = alice
-        .file_save(Some("a"), small.len() as u64, resume())
+        .file_save_own("a", small.len() as u64, None, &a_id, false)
         .await
         .expect("resume a");
     assert!(plan.resumed);

@@ -112,14 +112,7 @@ async fn delete_with_an_upload_id_removes_only_that_upload() {
     let err = c.file_delete_upload("v", &d).await.expect_err("not D's");
     assert_eq!(refusal(err), (Status::NotFound, Some(Reason::OtherUpload)));
     let resumed = c
-        .file_save(
-            Some("v"),
-            first.len() as u64,
-            SaveOptions {
-                resume: true,
-                ..SaveOptions::default()
-            },
-        )
+        .file_save_own("v", first.len() as u64, None, &e, false)
         .await
         .expect("plan");
     assert!(resumed.resumed, "E's upload survives D's DELETE");
@@ -239,10 +232,19 @@ async fn a_superseded_block_is_refused_as_superseded_whatever_the_new_plan() {
         refusal(err),
         (Status::WrongOperation, Some(Reason::Superseded))
     );
-    // Without an id (a reference client) the block is checked against the
-    // key's current plan, as the reference does.
+    // Without an id (a reference client), on the connection that SAVEd the
+    // superseded upload: refused the same way, its connection is bound to it.
     let (i, last) = blocks(&small, BS).remove(1);
-    let err = a
+    let err = a.upload_block("k", i, last).await.expect_err("stale");
+    assert_eq!(
+        refusal(err),
+        (Status::WrongOperation, Some(Reason::Superseded))
+    );
+    // On a connection that never wrote the key, the block is for the key's
+    // current upload and checked against its plan, as the reference does.
+    let mut fresh = login(server.addr, "alice").await;
+    let (i, last) = blocks(&small, BS).remove(1);
+    let err = fresh
         .upload_block("k", i, last)
         .await
         .expect_err("wrong length");

@@ -3,6 +3,9 @@
 //! service — the same client, pipelining and cancel-safety as over TCP,
 //! with no socket and no frames. The token is checked once, when the
 //! session is made; its requests are then served as that identity.
+//! Each session has its own [`ConnState`], as a connection over the wire
+//! has: it lives as long as the session's link, so a session's UPLOADs
+//! stay bound to the upload its SAVE started.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use step_core::StepClient;
 use step_core::access::{Identity, Scope};
 use step_core::link::serve_in_process;
+use step_server::binding::ConnState;
 use step_server::service::Service;
 
 use super::token::refusal;
@@ -51,12 +55,16 @@ fn client(
 ) -> StepClient {
     let served = Arc::clone(service);
     let identity = identity.map(Arc::new);
+    // The session's state, as a connection's over the wire (requests may
+    // run at once here; ConnState locks only around its own list).
+    let conn = Arc::new(ConnState::new());
     let link = serve_in_process(move |msg| {
         let service = Arc::clone(&served);
         let identity = identity.clone();
+        let conn = Arc::clone(&conn);
         async move {
             match identity {
-                Some(identity) => service.serve_as(&identity, msg).await,
+                Some(identity) => service.serve_as(&identity, msg, &conn).await,
                 None => service.serve_message(msg, peer).await,
             }
         }

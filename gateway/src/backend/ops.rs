@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
-use step_core::Status;
+use step_core::Problem;
 use step_core::client::{Capabilities, ClientError, DownloadPlan, FilePage, ListQuery, StepClient};
 use tracing::{debug, warn};
 
@@ -130,8 +130,7 @@ impl Backend {
         match self.file_get(token, key, None).await {
             Ok(plan) => Ok(Some(plan)),
             Err(GatewayError::Step {
-                status: Status::NotFound,
-                reason: None,
+                problem: Problem::NotFound,
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
@@ -171,11 +170,8 @@ impl Backend {
         };
         match result {
             // Gone already, or the key now holds someone else's upload.
-            Ok(())
-            | Err(GatewayError::Step {
-                status: Status::NotFound,
-                ..
-            }) => {}
+            Ok(()) => {}
+            Err(GatewayError::Step { problem, .. }) if problem.is_gone() => {}
             Err(e) => warn!(%key, error = %e, "could not discard a failed upload"),
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use step_core::access::{Anonymous, Scope};
 use step_core::digest::password_for;
-use step_core::{Status, StepClient};
+use step_core::{Problem, StepClient};
 
 use super::Backend;
 use crate::error::GatewayError;
@@ -92,7 +92,7 @@ impl Backend {
                 user: login.user,
                 scope: login.scope,
             }),
-            Err(e) if e.status() == Some(Status::FieldMissing) => {
+            Err(e) if e.problem() == Some(Problem::FieldMissing) => {
                 let user = REFERENCE_PUBLIC_USER;
                 let token = c
                     .login(user, &password_for(user))

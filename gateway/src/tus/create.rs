@@ -22,7 +22,7 @@ pub async fn create(
     }
     let size = u64_header(&headers, &UPLOAD_LENGTH)?
         .ok_or_else(|| GatewayError::BadRequest("Upload-Length is required".into()))?;
-    routes::check_size(&st, size)?;
+    crate::upload::check_size(&st, size)?;
     let with_upload = has_body(&headers);
     if with_upload && !content_type_is_offset_stream(&headers) {
         return Err(GatewayError::UnsupportedMediaType(format!(

@@ -56,6 +56,10 @@ pub enum StoreError {
     /// A condition on the current file (`if_md5`) does not hold.
     #[error("the file is not the version the condition names")]
     Precondition,
+    /// The upload's bytes do not have the md5 its writer expects: it was
+    /// not completed, and is discarded.
+    #[error("the upload's md5 is not the one its writer sent")]
+    Md5Mismatch,
     /// The version asked for was replaced and is no longer kept.
     #[error("that version of the file was replaced and is no longer kept")]
     Replaced,
@@ -228,6 +232,11 @@ pub trait UploadWriter: Send + Debug {
     fn upload_id(&self) -> Option<&str> {
         None
     }
+    /// The whole file's md5 as its writer computed it (UPLOAD `md5`): the
+    /// upload completes only if its bytes have it; otherwise it is
+    /// discarded ([`StoreError::Md5Mismatch`]) and the key keeps what it
+    /// held. Kept for the upload when this block does not complete it.
+    fn expect_md5(&mut self, _md5: String) {}
     /// Write block `index` (already checked against [`Self::plan`]). With
     /// `upload_id`, the block is refused ([`StoreError::Superseded`]) unless
     /// it names this upload — checked atomically with the write, so blocks
@@ -259,15 +268,16 @@ pub trait Records: Send + Sync + Debug {
 /// files read, replaced, listed and deleted.
 #[async_trait]
 pub trait Files: Send + Sync + Debug {
-    /// SAVE: plan an upload (resume an unfinished one with the same plan when
-    /// `resume`; otherwise start over). [`StoreError::Exists`] when the key
+    /// SAVE: plan an upload (resume the unfinished upload `resume` names,
+    /// when it is the key's current one with the same plan; otherwise start
+    /// over). [`StoreError::Exists`] when the key
     /// holds a complete file; a size-0 plan completes at once.
     async fn plan_upload(
         &self,
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
     ) -> StoreResult<PlanOutcome>;
     /// SAVE with `replace`: like [`Self::plan_upload`], but a complete file
     /// under `key` does not refuse it; it stays the key's file, readable,
@@ -283,7 +293,7 @@ pub trait Files: Send + Sync + Debug {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
         replace: Replace,
     ) -> StoreResult<PlanOutcome>;
     /// UPLOAD, first half: the unfinished upload under `key`

@@ -50,11 +50,13 @@ async fn upload(s: &dyn Storage, key: &str, body: &[u8], replace: bool) -> Resul
         size: body.len() as u64,
         block_size: BS,
     };
+    // Resumes the upload a cut-short attempt left, as its writer would.
+    let own = s.upload_status("u", key).await.ok().map(|u| u.upload_id);
     let out = if replace {
-        s.plan_replace("u", key, plan, true, Replace::default())
+        s.plan_replace("u", key, plan, own.as_deref(), Replace::default())
             .await?
     } else {
-        s.plan_upload("u", key, plan, true).await?
+        s.plan_upload("u", key, plan, own.as_deref()).await?
     };
     for [from, to] in out.missing {
         for i in from..to {

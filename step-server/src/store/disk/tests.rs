@@ -31,7 +31,7 @@ async fn complete(store: &Arc<DiskStore>, user: &str, key: &str, body: &[u8]) ->
         block_size: 20480,
     };
     store
-        .plan_upload(user, key, plan, false)
+        .plan_upload(user, key, plan, None)
         .await
         .expect("plan");
     for (i, block) in body.chunks(20480).enumerate() {

@@ -181,6 +181,13 @@ pub trait Backend: Send + Sync + Debug + Sized + 'static {
     /// Remove the key's complete file, every version of it (the meta
     /// first: from then on the key holds no file).
     async fn remove_file(&self, held: &mut Self::Held) -> StoreResult<()>;
+    /// Remove what [`Self::seal`] made of upload `id` when it is not
+    /// published after all (its md5 is not the one its writer sent), after
+    /// the upload was discarded. Nothing by default: a store whose sealed
+    /// content lives in the upload goes with it.
+    async fn unseal(&self, _held: &mut Self::Held, _id: &str) -> StoreResult<()> {
+        Ok(())
+    }
     /// Remove the replaced version `id` of the key, whose file is now
     /// `current` (another version, or none).
     async fn drop_version(

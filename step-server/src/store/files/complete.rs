@@ -8,16 +8,30 @@
 //! 3. A replacement's condition (`if_md5`) is checked against the key's
 //!    file now: one that no longer holds never will, and the upload goes.
 //! 4. The backend seals the content (in place under its own name, md5
-//!    known), then switches the key's meta to it — the one step that
-//!    changes what readers get. The version it replaced stays readable by
-//!    its id for the grace period.
+//!    known). If its writer sent the md5 it expects and the content does
+//!    not have it, the upload goes and the key keeps what it held: bytes
+//!    damaged on the way never replace a good file. Otherwise the key's
+//!    meta switches to it — the one step that changes what readers get.
+//!    The version it replaced stays readable by its id for the grace
+//!    period.
 //! 5. The upload's accounts and state go.
 
 use bytes::Bytes;
 use tracing::info;
 
 use super::{Backend, FileStore, Key, not_current};
-use crate::store::api::{FileMeta, StoreResult, unix_now};
+use crate::store::api::{FileMeta, StoreError, StoreResult, unix_now};
+
+/// What the block that completes an upload brings to its completion.
+#[derive(Debug, Default)]
+pub(super) struct Done {
+    /// The client named the upload (`upload_id`).
+    pub named: bool,
+    /// The last block, when the backend seals with it.
+    pub last: Option<(u64, Bytes)>,
+    /// The file's md5 as its writer sent it with the block.
+    pub md5: Option<String>,
+}
 
 /// What a completion found.
 #[derive(Debug)]
@@ -31,15 +45,15 @@ pub(super) enum Completed {
 }
 
 impl<B: Backend> FileStore<B> {
-    /// Complete upload `upload_id` of `key` (`named`: the client named it).
+    /// Complete upload `upload_id` of `key`.
     pub(super) async fn complete(
         &self,
         key: &Key,
         held: &mut B::Held,
         upload_id: &str,
-        named: bool,
-        last: Option<(u64, Bytes)>,
+        done: Done,
     ) -> StoreResult<Completed> {
+        let Done { named, last, md5 } = done;
         let b = &*self.backend;
         let up = b.unfinished(held).await?;
         let current = b.current(key).await?;
@@ -66,7 +80,17 @@ impl<B: Backend> FileStore<B> {
             info!(user = %key.user, key = %key.key, "replacement refused at completion: its condition no longer holds");
             return Err(e);
         }
+        let expected = md5.or_else(|| self.expected.take(&up.id));
         let (md5, sealed) = b.seal(held, &up, last).await?;
+        if let Some(want) = expected.filter(|want| !want.eq_ignore_ascii_case(&md5)) {
+            drop(sealed);
+            b.fence(held).await?;
+            b.discard(held, &up.id).await?;
+            b.unseal(held, &up.id).await?;
+            b.ledger().remove(&key.id);
+            info!(user = %key.user, key = %key.key, %md5, expected = %want, "upload refused at completion: not the md5 its writer sent");
+            return Err(StoreError::Md5Mismatch);
+        }
         let meta = FileMeta {
             key: key.key.clone(),
             size: up.plan.size,

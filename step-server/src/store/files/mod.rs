@@ -21,6 +21,7 @@
 
 mod backend;
 mod complete;
+mod expected;
 mod ledger;
 pub mod listing;
 mod remove;
@@ -44,6 +45,7 @@ use super::api::{
     Deleted, FileMeta, Files, ListPage, PlanOutcome, PlanRecord, Replace, StoreError, StoreResult,
     UnfinishedStats, UnfinishedUpload, Upkeep, UploadWriter,
 };
+use expected::Expected;
 use listing::PageRule;
 use retired::Retired;
 
@@ -51,9 +53,10 @@ use retired::Retired;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveRequest {
     pub plan: PlanRecord,
-    /// Continue an unfinished upload of the same plan (and condition)
-    /// rather than start over.
-    pub resume: bool,
+    /// Continue the unfinished upload with this id, when it is the key's
+    /// current one with the same plan (and condition), rather than start
+    /// over: only a writer that knows an upload's id may continue it.
+    pub resume: Option<String>,
     /// Replace the key's complete file at completion (SAVE `replace`).
     pub replace: Option<Replace>,
 }
@@ -62,6 +65,8 @@ pub struct SaveRequest {
 pub struct FileStore<B> {
     backend: Arc<B>,
     retired: Arc<Retired>,
+    /// Expected md5s sent before an upload's last block.
+    expected: Arc<Expected>,
 }
 
 impl<B> Clone for FileStore<B> {
@@ -69,6 +74,7 @@ impl<B> Clone for FileStore<B> {
         FileStore {
             backend: Arc::clone(&self.backend),
             retired: Arc::clone(&self.retired),
+            expected: Arc::clone(&self.expected),
         }
     }
 }
@@ -94,6 +100,7 @@ impl<B: Backend> FileStore<B> {
         FileStore {
             backend: Arc::new(backend),
             retired: Arc::default(),
+            expected: Arc::default(),
         }
     }
 
@@ -126,11 +133,11 @@ impl<B: Backend> Files for FileStore<B> {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
     ) -> StoreResult<PlanOutcome> {
         let req = SaveRequest {
             plan,
-            resume,
+            resume: resume.map(str::to_owned),
             replace: None,
         };
         let key = self.backend.key(user, key);
@@ -142,12 +149,12 @@ impl<B: Backend> Files for FileStore<B> {
         user: &str,
         key: &str,
         plan: PlanRecord,
-        resume: bool,
+        resume: Option<&str>,
         replace: Replace,
     ) -> StoreResult<PlanOutcome> {
         let req = SaveRequest {
             plan,
-            resume,
+            resume: resume.map(str::to_owned),
             replace: Some(replace),
         };
         let key = self.backend.key(user, key);

@@ -3,22 +3,27 @@
 //! 1. A plain SAVE of a key holding a complete file is refused
 //!    ([`api::check_save`]); a replacing one only when its `if_md5` does not
 //!    hold.
-//! 2. With `resume`, an unfinished upload of the same plan and condition is
-//!    continued: its missing blocks are answered (one whose blocks are all
-//!    in, its completion cut short, is completed now).
+//! 2. With `resume` naming the key's unfinished upload (its id), of the
+//!    same plan and condition, that upload is continued: its missing blocks
+//!    are answered (one whose blocks are all in, its completion cut short,
+//!    is completed now). The id is the proof of ownership: a resume naming
+//!    no upload, or another one, starts over like a plain SAVE, so a writer
+//!    never continues (and completes with its blocks) someone else's upload.
 //! 3. Otherwise whatever unfinished upload the key holds is discarded.
 //! 4. An empty file completes at once.
 //! 5. The user's caps on unfinished uploads are reserved, then the backend
 //!    starts the upload (and may refuse for its own reasons, e.g. space).
 
-use super::complete::Completed;
+use super::complete::{Completed, Done};
 use super::{Backend, FileStore, Key, SaveRequest, Unfinished};
 use crate::store::api::{self, FileMeta, PlanOutcome, StoreResult, unix_now};
 use step_core::digest::EMPTY_MD5;
 
-/// Whether `req` continues the unfinished upload `up`.
+/// Whether `req` continues the unfinished upload `up`: it names it.
 fn resumes(req: &SaveRequest, up: &Unfinished) -> bool {
-    req.resume && up.plan == req.plan && up.replace == req.replace
+    req.resume.as_deref() == Some(up.id.as_str())
+        && up.plan == req.plan
+        && up.replace == req.replace
 }
 
 impl<B: Backend> FileStore<B> {
@@ -79,7 +84,7 @@ impl<B: Backend> FileStore<B> {
         let (plan, upload_id) = (up.plan, Some(up.id.clone()));
         if up.remaining == 0 {
             // Every block is in; its completion was cut short: finish it.
-            let md5 = match self.complete(key, held, &up.id, false, None).await? {
+            let md5 = match self.complete(key, held, &up.id, Done::default()).await? {
                 Completed::Now(md5) | Completed::Already(md5) => Some(md5),
                 Completed::NotFull => None,
             };

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::complete::Completed;
+use super::complete::{Completed, Done};
 use super::{Backend, FileStore, Key, Received, Sink, Writing};
 use crate::store::api::{PlanRecord, StoreError, StoreResult, UploadWriter};
 
@@ -15,6 +15,8 @@ pub(super) struct Writer<B: Backend> {
     store: FileStore<B>,
     key: Key,
     sink: B::Sink,
+    /// The file's md5 as the writer sent it with this block.
+    expected: Option<String>,
     _writing: Option<Writing>,
 }
 
@@ -35,6 +37,7 @@ impl<B: Backend> FileStore<B> {
                 store: self.clone(),
                 key,
                 sink,
+                expected: None,
             }),
             None if self.backend.current(&key).await?.is_some() => Err(StoreError::AlreadyComplete),
             None => Err(StoreError::NotPlanned),
@@ -52,6 +55,10 @@ impl<B: Backend> UploadWriter for Writer<B> {
         Some(self.sink.upload_id())
     }
 
+    fn expect_md5(&mut self, md5: String) {
+        self.expected = Some(md5);
+    }
+
     async fn put_block(
         self: Box<Self>,
         index: u64,
@@ -63,14 +70,21 @@ impl<B: Backend> UploadWriter for Writer<B> {
             .run(move |s| async move {
                 let named = upload_id.as_deref();
                 let b = &*s.backend;
+                let id = self.sink.upload_id();
                 match b.receive(&self.key, &self.sink, index, data, named).await? {
-                    Received::Stored => Ok(None),
+                    Received::Stored => {
+                        if let Some(md5) = self.expected {
+                            s.expected.keep(id, md5);
+                        }
+                        Ok(None)
+                    }
                     Received::Full { mut held, last } => {
-                        let id = self.sink.upload_id();
-                        match s
-                            .complete(&self.key, &mut held, id, named.is_some(), last)
-                            .await?
-                        {
+                        let done = Done {
+                            named: named.is_some(),
+                            last,
+                            md5: self.expected,
+                        };
+                        match s.complete(&self.key, &mut held, id, done).await? {
                             Completed::Now(md5) => Ok(Some(md5)),
                             Completed::Already(_) | Completed::NotFull => Ok(None),
                         }

@@ -58,7 +58,7 @@ impl Backend for Bucket {
     }
 
     async fn current(&self, key: &Key) -> StoreResult<Option<FileMeta>> {
-        self.get_json(&self.meta_path(key)).await
+        self.current_meta(key).await
     }
 
     async fn kept_version(&self, key: &Key, id: &str) -> StoreResult<Option<FileMeta>> {
@@ -92,6 +92,8 @@ impl Backend for Bucket {
         self.exists(&self.path(&["ready"])).await?;
         if let Some(coord) = &self.coord {
             coord.ping().await?;
+            // Not ready while the bucket is being upgraded.
+            self.ensure_layout().await?;
         }
         Ok(())
     }
@@ -140,7 +142,9 @@ impl Backend for Bucket {
         held.changing = true;
         // Dropped: its assembler (and multipart upload) go too.
         held.state.upload = None;
-        let discarded = self.discard_unfinished(&held.names, id).await;
+        let discarded = self
+            .discard_unfinished(&held.names, held.state.lease.as_deref(), id)
+            .await;
         held.settle(discarded)
     }
 
@@ -187,13 +191,25 @@ impl Backend for Bucket {
         current: Option<&FileMeta>,
     ) -> StoreResult<()> {
         held.changing = true;
-        let published = self.swap_meta(&held.names, current, meta).await;
+        let published = match &self.coord {
+            Some(_) => match self.publish_fenced(held, current, meta).await {
+                Ok(()) => {
+                    self.remove_replaced(&held.names, current, meta).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            None => self.swap_meta(&held.names, current, meta).await,
+        };
         held.settle(published)
     }
 
     async fn finish(&self, held: &mut HeldKey, id: &str) -> StoreResult<()> {
         held.state.upload = None;
-        if let Err(e) = self.discard(&held.names, id).await {
+        if let Err(e) = self
+            .discard(&held.names, held.state.lease.as_deref(), id)
+            .await
+        {
             // The file is complete; leftovers go when the key is next loaded.
             warn!(user = %held.names.user, key = %held.names.key, error = %e, "cannot remove a completed upload's blocks");
         }
@@ -202,6 +218,10 @@ impl Backend for Bucket {
 
     async fn remove_file(&self, held: &mut HeldKey) -> StoreResult<()> {
         held.changing = true;
+        if let Some(coord) = &self.coord {
+            let removed = self.remove_fenced(coord.as_ref(), held).await;
+            return held.settle(removed);
+        }
         let n = &held.names;
         // Meta first: from that instant the file is no longer complete.
         let removed = match self.store.delete(&self.meta_path(n)).await {
@@ -214,6 +234,12 @@ impl Backend for Bucket {
         held.settle(removed)
     }
 
+    async fn unseal(&self, held: &mut HeldKey, id: &str) -> StoreResult<()> {
+        let n = &held.names;
+        self.delete_paths(vec![self.content_path(n, id), self.sums_path(n, id)])
+            .await
+    }
+
     async fn drop_version(
         &self,
         held: &mut HeldKey,
@@ -223,6 +249,7 @@ impl Backend for Bucket {
         let n = &held.names;
         self.delete_paths(vec![
             self.retired_meta_path(n, id),
+            self.version_meta_path(&n.id.0, &n.id.1, id),
             self.content_path(n, id),
             self.sums_path(n, id),
         ])
@@ -255,6 +282,14 @@ impl Backend for Bucket {
             );
             self.delete_paths(orphans).await?;
         }
+        // Before the layout is current, a legacy file's content would look
+        // like an object nobody points at.
+        if let Some(coord) = &self.coord
+            && self.layout.initialized()
+            && self.orphan_sweep_due()
+        {
+            self.sweep_uncommitted(coord.as_ref(), cutoff_ms).await?;
+        }
         Ok(())
     }
 }
@@ -285,9 +320,13 @@ impl Bucket {
             replace: replace.clone(),
         };
         self.put_json(&self.state_path(n), &state).await?;
-        if let Some(coord) = &self.coord {
-            // From here blocks of the new upload are taken by any instance.
-            coord
+        if self.coord.is_some() {
+            // From here blocks of the new upload are taken by any instance;
+            // a SAVE that lost its lease stops here, unacknowledged.
+            held.state
+                .lease
+                .as_deref()
+                .ok_or_else(|| other("a commit point outside the key's lease"))?
                 .set_current(&lease_name(n), Some(&state.upload_id))
                 .await?;
             self.remember_plan(&state.upload_id, plan);
@@ -332,19 +371,33 @@ impl Bucket {
                 .await?;
         }
         self.put_json(&self.meta_path(n), meta).await?;
-        if current.is_none() {
-            return Ok(());
-        }
-        // Earlier replaced versions: everything in the key's content
-        // directory but the new version and the one just replaced.
-        let keep: Vec<&str> = [meta.upload_id.as_deref(), old.as_deref()]
+        self.remove_replaced(n, current, meta).await;
+        Ok(())
+    }
+
+    /// After `meta` replaced `current`: the versions replaced before it go
+    /// (everything in the key's content directory but the new version and
+    /// the one just replaced). What cannot be removed now goes at the next
+    /// replace or DELETE.
+    async fn remove_replaced(&self, n: &Key, current: Option<&FileMeta>, meta: &FileMeta) {
+        let Some(current) = current else {
+            return;
+        };
+        let old = current.upload_id.as_deref();
+        let keep: Vec<&str> = [meta.upload_id.as_deref(), old]
             .into_iter()
             .flatten()
             .collect();
         let mut stale = Vec::new();
         let mut list = self.store.list(Some(&self.content_dir(n)));
         while let Some(m) = list.next().await {
-            let m = m.map_err(store_err)?;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(user = %n.user, key = %n.key, error = %e, "cannot list replaced versions yet");
+                    return;
+                }
+            };
             let version = m
                 .location
                 .filename()
@@ -358,6 +411,5 @@ impl Bucket {
         if let Err(e) = self.delete_paths(stale).await {
             warn!(user = %n.user, key = %n.key, error = %e, "cannot remove replaced versions yet");
         }
-        Ok(())
     }
 }

@@ -189,7 +189,7 @@ impl Bucket {
                 Err(match coord.current(&name).await? {
                     Some(_) if named.is_some() => StoreError::Superseded,
                     Some(_) => StoreError::NotPlanned,
-                    None if self.exists(&self.meta_path(n)).await? => StoreError::AlreadyComplete,
+                    None if self.is_complete(n).await? => StoreError::AlreadyComplete,
                     None => StoreError::NotPlanned,
                 })
             }
@@ -291,9 +291,7 @@ impl Bucket {
             } else {
                 StoreError::NotPlanned
             }),
-            None if self.exists(&self.meta_path(&sink.names)).await? => {
-                Err(StoreError::AlreadyComplete)
-            }
+            None if self.is_complete(&sink.names).await? => Err(StoreError::AlreadyComplete),
             None => Err(StoreError::NotPlanned),
         }
     }

@@ -11,9 +11,12 @@
 //!   whoever SAVEs, completes, deletes or creates a record there. It expires
 //!   ([`LEASE_TTL`]) unless its holder renews it ([`LEASE_RENEW`]), so a
 //!   crashed holder blocks a key for seconds, not forever; a holder checks it
-//!   still holds the lease ([`Lease::check`]) right before each commit point
-//!   (an upload's state, a file's meta), so one that stalled past expiry stops
-//!   rather than overwrite what the next holder did;
+//!   still holds the lease ([`Lease::check`]) right before each commit point;
+//! - a **pointer** per record and per file to its current version (objects
+//!   never overwritten, `fenced.rs`), moved only by [`Lease::swap`], in one
+//!   step with checking the lease: a holder that stalled past expiry with a
+//!   write in flight cannot replace what the next holder committed (a check
+//!   before the write could not stop a write already on its way);
 //! - the key's **current upload** id, set by SAVE (under the lease) and
 //!   cleared by completion or DELETE;
 //! - per upload, the **blocks received** (a bitmap) and their count, updated
@@ -30,10 +33,9 @@
 //! acknowledged that was not recorded, and requests succeed again once the
 //! engine is back, without a restart.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,7 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::api::{StoreError, StoreResult};
-use crate::store::keylock::{KeyGuard, LockMap};
+
+mod memory;
+pub use memory::MemoryCoord;
 
 /// A lease lives this long unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -73,6 +77,22 @@ pub trait Lease: Send + Sync + Debug {
     /// point, so a holder that lost it (stalled past [`LEASE_TTL`], engine
     /// lost its data) writes nothing more.
     async fn check(&self) -> StoreResult<()>;
+    /// Point `pointer` at `new` (`None`: at nothing) if it still points at
+    /// `expected`, in one step with checking this lease is still held: the
+    /// commit point of a record or a file's meta. A holder that lost the
+    /// lease (stalled past [`LEASE_TTL`]) fails here, whatever it wrote
+    /// before under a name of its own.
+    async fn swap(
+        &self,
+        pointer: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Make `upload_id` the current upload of `key` (`None`: no upload), in
+    /// one step with checking this lease (`key`'s) is still held, as
+    /// [`Self::swap`]: a SAVE that stalled past its lease is not made
+    /// current over a later one.
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()>;
 }
 
 /// The coordination engine, as the object store uses it. Names are opaque
@@ -83,9 +103,6 @@ pub trait Coord: Send + Sync + Debug {
     async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>>;
     /// The current upload of `key`, if any.
     async fn current(&self, key: &str) -> StoreResult<Option<String>>;
-    /// Make `upload_id` the current upload of `key` (`None`: no upload).
-    /// Called under `key`'s lease.
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()>;
     /// Record block `index` of `upload_id`, atomically with checking that
     /// it is still `key`'s current upload.
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark>;
@@ -96,6 +113,14 @@ pub trait Coord: Send + Sync + Debug {
     async fn forget(&self, upload_id: &str) -> StoreResult<()>;
     /// Whether the engine answers (readiness).
     async fn ping(&self) -> StoreResult<()>;
+    /// The version `pointer` names (set by [`Lease::swap`]).
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>>;
+    /// Several pointers in one request (listings, the sweep).
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>>;
+}
+
+fn lost_lease() -> StoreError {
+    StoreError::Unavailable("lost the key's lease to another instance".into())
 }
 
 fn now_ms() -> u64 {
@@ -110,7 +135,8 @@ fn now_ms() -> u64 {
 // ------------------------------------------------------------------ Redis
 
 /// Coordination in Redis 7. Keys (under `step:<namespace>:`): `lease:<name>`
-/// (holder's token, with a TTL), `cur:<key>` (current upload id), and per
+/// (holder's token, with a TTL), `ptr:<name>` (the current version of a
+/// record or a file, no TTL), `cur:<key>` (current upload id), and per
 /// upload `bits:<id>` (a bitmap of received blocks) and `up:<id>` (a hash:
 /// `count`, `last_ms`). Per-upload keys and `cur:` expire
 /// `state_ttl` after their last block or SAVE (the upload expiry, doubled),
@@ -161,6 +187,38 @@ return 0";
 
 /// Whether `ARGV[1]` holds the lease.
 const HOLDS: &str = r"return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0";
+
+/// KEYS: lease, pointer. ARGV: token, expected ('' for none), new ('' for
+/// none). 1: swapped; -1: the lease is not the token's; -2: the pointer
+/// moved.
+const SWAP: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then
+  return -2
+end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 1";
+
+/// KEYS: lease, cur, up (of the upload). ARGV: token, upload id ('' for
+/// none), ttl ms. 1: set; -1: the lease is not the token's.
+const SET_CURRENT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('HSETNX', KEYS[3], 'count', 0)
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1";
 
 /// KEYS: cur, bits, up. ARGV: upload id, index, ttl ms, now ms.
 const MARK: &str = r"
@@ -276,6 +334,8 @@ impl Coord for RedisCoord {
             conn,
             key,
             token,
+            ns: self.ns.clone(),
+            state_ttl_ms: self.state_ttl_ms,
             lost,
             stop,
         }))
@@ -284,37 +344,6 @@ impl Coord for RedisCoord {
     async fn current(&self, key: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn().await?;
         conn.get(self.k("cur", key)).await.map_err(engine_err)
-    }
-
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let cur = self.k("cur", key);
-        match upload_id {
-            Some(id) => {
-                let up = self.k("up", id);
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&cur)
-                    .arg(id)
-                    .arg("PX")
-                    .arg(self.state_ttl_ms)
-                    .ignore()
-                    .cmd("HSETNX")
-                    .arg(&up)
-                    .arg("count")
-                    .arg(0)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&up)
-                    .arg(self.state_ttl_ms)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            }
-            None => conn.del::<_, ()>(cur).await,
-        }
-        .map_err(engine_err)
     }
 
     async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
@@ -378,6 +407,24 @@ impl Coord for RedisCoord {
             .map(|_| ())
             .map_err(engine_err)
     }
+
+    async fn pointer(&self, pointer: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.conn().await?;
+        conn.get(self.k("ptr", pointer)).await.map_err(engine_err)
+    }
+
+    async fn pointers(&self, pointers: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if pointers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let keys: Vec<String> = pointers.iter().map(|p| self.k("ptr", p)).collect();
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(engine_err)
+    }
 }
 
 /// Keep `key` ours until `stop`; on a failed or refused renewal, say the
@@ -423,6 +470,9 @@ struct RedisLease {
     conn: ConnectionManager,
     key: String,
     token: String,
+    /// The engine's key prefix (`step:<namespace>:`), for pointers.
+    ns: String,
+    state_ttl_ms: u64,
     lost: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -438,9 +488,8 @@ impl Debug for RedisLease {
 #[async_trait]
 impl Lease for RedisLease {
     async fn check(&self) -> StoreResult<()> {
-        let lost = || StoreError::Unavailable("lost the key's lease to another instance".into());
         if self.lost.load(Ordering::Acquire) {
-            return Err(lost());
+            return Err(lost_lease());
         }
         let mut conn = self.conn.clone();
         let holds: i64 = Script::new(HOLDS)
@@ -449,7 +498,53 @@ impl Lease for RedisLease {
             .invoke_async(&mut conn)
             .await
             .map_err(engine_err)?;
-        if holds == 1 { Ok(()) } else { Err(lost()) }
+        if holds == 1 {
+            Ok(())
+        } else {
+            Err(lost_lease())
+        }
+    }
+
+    async fn swap(
+        &self,
+        pointer: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> StoreResult<()> {
+        // Not short-cut by `lost`: the engine's answer is the one that
+        // counts, and it is a single round trip either way.
+        let mut conn = self.conn.clone();
+        let swapped: i64 = Script::new(SWAP)
+            .key(&self.key)
+            .key(format!("{}ptr:{pointer}", self.ns))
+            .arg(&self.token)
+            .arg(expected.unwrap_or(""))
+            .arg(new.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        match swapped {
+            1 => Ok(()),
+            -1 => Err(lost_lease()),
+            _ => Err(StoreError::Unavailable(
+                "the key changed under its lease".into(),
+            )),
+        }
+    }
+
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let set: i64 = Script::new(SET_CURRENT)
+            .key(&self.key)
+            .key(format!("{}cur:{key}", self.ns))
+            .key(format!("{}up:{}", self.ns, upload_id.unwrap_or("")))
+            .arg(&self.token)
+            .arg(upload_id.unwrap_or(""))
+            .arg(self.state_ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(engine_err)?;
+        if set == 1 { Ok(()) } else { Err(lost_lease()) }
     }
 }
 
@@ -473,144 +568,6 @@ impl Drop for RedisLease {
                 }
             });
         }
-    }
-}
-
-// ------------------------------------------------------------------ memory
-
-/// Coordination within one process: several [`super::ObjectStorage`]s
-/// sharing one `MemoryCoord` (and one bucket) behave as separate instances
-/// would with [`RedisCoord`]. Leases never expire here (a holder cannot
-/// vanish without dropping its lease).
-#[derive(Debug, Default, Clone)]
-pub struct MemoryCoord {
-    state: Arc<Mutex<MemoryState>>,
-    leases: Arc<LockMap<String>>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryState {
-    current: HashMap<String, String>,
-    uploads: HashMap<String, (Vec<bool>, u64, Option<u64>)>,
-    /// When set, every operation fails as an unreachable engine would.
-    down: bool,
-}
-
-impl MemoryCoord {
-    pub fn new() -> MemoryCoord {
-        MemoryCoord::default()
-    }
-
-    /// Leases held or waited for now (tests).
-    #[cfg(test)]
-    pub fn leases_held(&self) -> usize {
-        self.leases.len()
-    }
-
-    /// Make the engine unreachable (`true`) or reachable again (tests).
-    pub fn set_down(&self, down: bool) {
-        self.lock().down = down;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn up(&self) -> StoreResult<std::sync::MutexGuard<'_, MemoryState>> {
-        let st = self.lock();
-        if st.down {
-            Err(StoreError::Unavailable("coordination engine: down".into()))
-        } else {
-            Ok(st)
-        }
-    }
-}
-
-#[derive(Debug)]
-struct MemoryLease {
-    _guard: KeyGuard<String, ()>,
-    coord: MemoryCoord,
-}
-
-#[async_trait]
-impl Lease for MemoryLease {
-    async fn check(&self) -> StoreResult<()> {
-        self.coord.up().map(|_| ())
-    }
-}
-
-#[async_trait]
-impl Coord for MemoryCoord {
-    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
-        drop(self.up()?);
-        let guard = self.leases.lock(name.to_owned()).await;
-        Ok(Box::new(MemoryLease {
-            _guard: guard,
-            coord: self.clone(),
-        }))
-    }
-
-    async fn current(&self, key: &str) -> StoreResult<Option<String>> {
-        Ok(self.up()?.current.get(key).cloned())
-    }
-
-    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
-        let mut st = self.up()?;
-        match upload_id {
-            Some(id) => {
-                st.current.insert(key.to_owned(), id.to_owned());
-                st.uploads.entry(id.to_owned()).or_default();
-            }
-            None => {
-                st.current.remove(key);
-            }
-        }
-        Ok(())
-    }
-
-    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<Mark> {
-        let mut st = self.up()?;
-        if st.current.get(key).map(String::as_str) != Some(upload_id) {
-            return Ok(Mark::NotCurrent);
-        }
-        let (bits, count, last) = st.uploads.entry(upload_id.to_owned()).or_default();
-        let i = usize::try_from(index).map_err(|_| StoreError::Other("index too large".into()))?;
-        if bits.len() <= i {
-            bits.resize(i + 1, false);
-        }
-        let first = !bits[i];
-        bits[i] = true;
-        if first {
-            *count += 1;
-        }
-        *last = Some(now_ms());
-        Ok(Mark::Marked {
-            first,
-            count: *count,
-        })
-    }
-
-    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)> {
-        let st = self.up()?;
-        let (bits, last) = st
-            .uploads
-            .get(upload_id)
-            .map_or((&[][..], None), |(b, _, l)| (b.as_slice(), *l));
-        Ok((
-            (0..total)
-                .map(|i| bits.get(i as usize).copied().unwrap_or(false))
-                .collect(),
-            last,
-        ))
-    }
-
-    async fn forget(&self, upload_id: &str) -> StoreResult<()> {
-        self.up()?.uploads.remove(upload_id);
-        Ok(())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.up().map(|_| ())
     }
 }
 

@@ -14,11 +14,11 @@ use tracing::{info, warn};
 
 use super::assembly::Held;
 use super::assembly::PART_MIN;
-use super::coord::Coord;
+use super::coord::{Coord, Lease};
 use super::io::{lock, other, store_err};
 use super::names::lease_name;
 use super::{Bucket, KNOWN_PLANS, KeyState, Upload, UploadState};
-use crate::store::api::{FileMeta, PlanRecord, StoreResult};
+use crate::store::api::{PlanRecord, StoreResult};
 use crate::store::files::{Activity, Key, KeyId};
 
 /// What a LIST of `up/` found for one key.
@@ -109,25 +109,24 @@ impl Bucket {
             return Ok(());
         }
         let Some(state) = self.get_json::<UploadState>(&self.state_path(n)).await? else {
-            if let Some(coord) = &self.coord
-                && st.lease.is_some()
-            {
+            if let Some(lease) = &st.lease {
                 // The bucket is the truth for what exists.
-                coord.set_current(&lease_name(n), None).await?;
+                lease.set_current(&lease_name(n), None).await?;
             }
             st.upload = None;
             st.loaded = true;
             self.ledger.remove(&n.id);
             return Ok(());
         };
-        let current = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        let current = self.current_meta(n).await?;
         if current.is_some_and(|meta| {
             state.replace.is_none() || meta.upload_id.as_deref() == Some(&state.upload_id)
         }) {
             // Completion got as far as the meta: the rest is leftovers. (A
             // replacing upload lives beside the file it replaces.)
             info!(user = %n.user, key = %n.key, "removing the leftovers of a completed upload");
-            self.discard(n, &state.upload_id).await?;
+            self.discard(n, st.lease.as_deref(), &state.upload_id)
+                .await?;
             st.upload = None;
             st.loaded = true;
             return Ok(());
@@ -229,8 +228,10 @@ impl Bucket {
             return Err(other("plan too large"));
         }
         let name = lease_name(n);
-        if st.lease.is_some() && coord.current(&name).await?.as_deref() != Some(upload_id) {
-            coord.set_current(&name, Some(upload_id)).await?;
+        if let Some(lease) = &st.lease
+            && coord.current(&name).await?.as_deref() != Some(upload_id)
+        {
+            lease.set_current(&name, Some(upload_id)).await?;
         }
         let (received, last_ms) = coord.received(upload_id, total).await?;
         Ok((received, last_ms.unwrap_or(0)))
@@ -276,16 +277,24 @@ impl Bucket {
     }
 
     /// Remove an upload's state (first: from then on it is gone) and its
-    /// staged blocks.
-    pub(super) async fn discard(&self, n: &Key, upload_id: &str) -> StoreResult<()> {
+    /// staged blocks; coordinated, under the key's `lease`.
+    pub(super) async fn discard(
+        &self,
+        n: &Key,
+        lease: Option<&dyn Lease>,
+        upload_id: &str,
+    ) -> StoreResult<()> {
         self.ledger.remove(&n.id);
         match self.store.delete(&self.state_path(n)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_err(e)),
         }
         if let Some(coord) = &self.coord {
-            // Under the key's lease: the upload just removed was its current.
-            coord.set_current(&lease_name(n), None).await?;
+            // The upload just removed was the key's current.
+            lease
+                .ok_or_else(|| other("a commit point outside the key's lease"))?
+                .set_current(&lease_name(n), None)
+                .await?;
             coord.forget(upload_id).await?;
             lock(&self.plans).remove(upload_id);
         }
@@ -307,8 +316,13 @@ impl Bucket {
 
     /// Remove an unfinished upload: [`Self::discard`], and any content a
     /// failed completion of it wrote (never visible: it has no meta).
-    pub(super) async fn discard_unfinished(&self, n: &Key, upload_id: &str) -> StoreResult<()> {
-        self.discard(n, upload_id).await?;
+    pub(super) async fn discard_unfinished(
+        &self,
+        n: &Key,
+        lease: Option<&dyn Lease>,
+        upload_id: &str,
+    ) -> StoreResult<()> {
+        self.discard(n, lease, upload_id).await?;
         self.delete_paths(vec![
             self.content_path(n, upload_id),
             self.sums_path(n, upload_id),

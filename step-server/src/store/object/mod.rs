@@ -17,6 +17,13 @@
 //! acct/<user>                        login account (JSON; see `object/accounts.rs`)
 //! ```
 //!
+//! Coordinated (`--coord`), what decides a record or a file is never
+//! overwritten (see `fenced.rs`): a record is `recv/<user>/<key>/<version>`,
+//! a file version's meta `file/<user>/<key>/<upload_id>.v`, the coordinator
+//! points at the current ones, and `meta/<user>/<key>` is only an (empty)
+//! index entry for listings. A bucket in the earlier layout is migrated
+//! once before anything is served from it (`migrate.rs`).
+//!
 //! `<user>` and `<key>` are encoded into segments of lowercase letters that
 //! keep key order (see `names.rs`).
 //!
@@ -27,7 +34,7 @@
 //! calls), `load.rs` (what a key holds, read back from the bucket),
 //! `blocks.rs` (a block's way in), `assembly.rs` (a file's content written
 //! from its blocks), `listing.rs`, `records.rs`, `accounts.rs`, and
-//! `coord.rs` (several instances on one bucket).
+//! `coord.rs` and `fenced.rs` (several instances on one bucket).
 //!
 //! # What decides what
 //!
@@ -151,8 +158,10 @@ mod assembly;
 mod backend;
 mod blocks;
 pub mod coord;
+mod fenced;
 mod io;
 mod load;
+mod migrate;
 mod names;
 mod read;
 mod records;
@@ -180,6 +189,7 @@ pub use assembly::PART_MIN;
 use assembly::{Assembler, Held, MAX_ASSEMBLERS};
 use coord::{Coord, Lease};
 use io::{other, store_err};
+pub use migrate::Migrated;
 
 /// Coordinated: plans of uploads kept in memory, at most.
 const KNOWN_PLANS: usize = 4096;
@@ -357,6 +367,18 @@ pub struct Bucket {
     /// Coordinated: plans of uploads by id (ids are never reused), so a
     /// block needs no GET of its upload's state.
     plans: Mutex<HashMap<String, PlanRecord>>,
+    /// Coordinated: when objects nobody points at were last looked for
+    /// (a LIST of every record and file, so not at every sweep).
+    orphans_swept: Mutex<Option<std::time::Instant>>,
+    /// Coordinated: the bucket's layout is known to be current (see
+    /// `migrate.rs`); nothing resolves a record or a file before.
+    layout: tokio::sync::OnceCell<()>,
+    /// [`ObjectStorage::upgrade`] drives the migration: requests only wait.
+    layout_driven: std::sync::atomic::AtomicBool,
+    /// Tests: conversions a migration makes before it fails (`u64::MAX`:
+    /// no limit).
+    #[cfg(test)]
+    migrate_budget: AtomicU64,
 }
 
 impl FileStore<Bucket> {
@@ -385,6 +407,11 @@ impl FileStore<Bucket> {
             assemblers: Arc::new(tokio::sync::Semaphore::new(MAX_ASSEMBLERS)),
             coord,
             plans: Mutex::new(HashMap::new()),
+            orphans_swept: Mutex::new(None),
+            layout: tokio::sync::OnceCell::new(),
+            layout_driven: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            migrate_budget: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -401,6 +428,14 @@ impl FileStore<Bucket> {
     /// than before the first request that needs it.
     pub async fn recover(&self) -> StoreResult<()> {
         self.backend().ensure_scanned().await
+    }
+
+    /// Coordinated: migrate the bucket from an earlier release's layout if
+    /// it holds one (one instance does it, others wait for it; see
+    /// `migrate.rs`). Until it is done, requests that resolve a record or
+    /// a file answer "unavailable". Alone: nothing to do.
+    pub async fn upgrade(&self) -> StoreResult<Migrated> {
+        self.backend().upgrade_layout().await
     }
 
     /// The object store underneath.
@@ -532,6 +567,7 @@ impl Bucket {
     async fn lock_key(&self, n: &Key) -> StoreResult<KeyGuard> {
         let mut state = KeyGuard(self.files.lock(n.id.clone()).await);
         if let Some(coord) = &self.coord {
+            self.ensure_layout().await?;
             state.lease = Some(coord.lease(&names::lease_name(n)).await?);
             state.loaded = false;
         }

@@ -73,12 +73,23 @@ pub(super) fn names(user: &str, key: &str) -> Key {
     }
 }
 
-/// A file key's name at the coordinator (its lease, its current upload).
+/// A file key's name at the coordinator (its lease, its current upload,
+/// its pointer to the current version).
 pub(super) fn lease_name(n: &Key) -> String {
-    format!("f/{}/{}", n.id.0, n.id.1)
+    file_pointer(&n.id.0, &n.id.1)
 }
 
-/// A record key's lease name.
+/// [`lease_name`] from a user's and a key's segments.
+pub(super) fn file_pointer(us: &str, ks: &str) -> String {
+    format!("f/{us}/{ks}")
+}
+
+/// A record key's name at the coordinator (its lease, its pointer).
 pub(super) fn record_lease_name(n: &Key) -> String {
-    format!("r/{}/{}", n.id.0, n.id.1)
+    record_pointer(&n.id.0, &n.id.1)
+}
+
+/// [`record_lease_name`] from a user's and a key's segments.
+pub(super) fn record_pointer(us: &str, ks: &str) -> String {
+    format!("r/{us}/{ks}")
 }

@@ -110,8 +110,15 @@ impl Bucket {
         let mut ended = false;
         while files.len() < rule.keep() && !ended {
             let want = rule.keep() - files.len();
-            let batch;
+            let mut batch;
             (batch, ended) = next_batch(&mut list, &dir, &pre_seg, want).await?;
+            if let Some(coord) = &self.coord {
+                // The entries are an index: each key's file is the
+                // version its pointer names.
+                batch = self
+                    .listed_versions(coord.as_ref(), &user_seg(user), batch)
+                    .await?;
+            }
             let metas: Vec<Option<FileMeta>> = futures::stream::iter(batch)
                 .map(|p| async move { self.get_json::<FileMeta>(&p).await })
                 .buffered(LIST_FETCH)

@@ -1,7 +1,8 @@
 //! DATA records in the bucket: one JSON object each, `rec/<user>/<key>`.
-//! "Create only" is decided under the record key's lock (and, coordinated,
-//! its lease) and checked with a HEAD, never with a conditional PUT
-//! (Garage ignores them).
+//! "Create only" is decided under the record key's lock and checked with a
+//! HEAD, never with a conditional PUT (Garage ignores them). Coordinated,
+//! under the record key's lease too, and each record is an object of its
+//! own that the coordinator points at (`fenced.rs`).
 
 use async_trait::async_trait;
 use object_store::ObjectStoreExt;
@@ -24,6 +25,11 @@ impl Records for ObjectStorage {
         let n = names(user, key);
         let _g = b.records.lock(n.id.clone()).await;
         let lease = b.record_lease(&n).await?;
+        if let (Some(coord), Some(lease)) = (&b.coord, &lease) {
+            return b
+                .record_create_fenced(coord.as_ref(), lease.as_ref(), &n, &record)
+                .await;
+        }
         let path = b.rec_path(&n);
         if b.exists(&path).await? {
             return Err(StoreError::Exists);
@@ -36,9 +42,12 @@ impl Records for ObjectStorage {
 
     async fn record_get(&self, user: &str, key: &str) -> StoreResult<Map<String, Value>> {
         let b = self.backend();
-        b.get_json(&b.rec_path(&names(user, key)))
-            .await?
-            .ok_or(StoreError::NotFound)
+        let n = names(user, key);
+        match &b.coord {
+            Some(coord) => b.record_get_fenced(coord.as_ref(), &n).await,
+            None => b.get_json(&b.rec_path(&n)).await,
+        }?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn record_delete(&self, user: &str, key: &str) -> StoreResult<()> {
@@ -46,6 +55,11 @@ impl Records for ObjectStorage {
         let n = names(user, key);
         let _g = b.records.lock(n.id.clone()).await;
         let lease = b.record_lease(&n).await?;
+        if let (Some(coord), Some(lease)) = (&b.coord, &lease) {
+            return b
+                .record_delete_fenced(coord.as_ref(), lease.as_ref(), &n)
+                .await;
+        }
         let path = b.rec_path(&n);
         if !b.exists(&path).await? {
             return Err(StoreError::NotFound);

@@ -18,7 +18,7 @@ use super::coord::Coord;
 use super::io::lock;
 use super::names::lease_name;
 use super::{Bucket, UploadState};
-use crate::store::api::{FileMeta, PlanRecord, StoreError, StoreResult, UnfinishedUpload};
+use crate::store::api::{PlanRecord, StoreError, StoreResult, UnfinishedUpload};
 use crate::store::files::Key;
 
 fn missing_of(received: &[bool]) -> Vec<[u64; 2]> {
@@ -81,7 +81,7 @@ impl Bucket {
             .get_json::<UploadState>(&self.state_path(n))
             .await?
             .ok_or(StoreError::NotFound)?;
-        let meta = self.get_json::<FileMeta>(&self.meta_path(n)).await?;
+        let meta = self.current_meta(n).await?;
         let completed = meta.is_some_and(|meta| {
             state.replace.is_none() || meta.upload_id.as_deref() == Some(&state.upload_id)
         });

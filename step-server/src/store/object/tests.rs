@@ -34,6 +34,19 @@ struct Counters {
     got_bytes: AtomicU64,
     /// Sizes of every multipart part, in order of put_part calls, by object.
     parts: Mutex<Vec<(Path, u64)>>,
+    /// Requests by kind (PUT, GET, HEAD, DELETE, LIST).
+    requests: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Counters {
+    fn count(&self, kind: &'static str) {
+        *lock(&self.requests).entry(kind).or_default() += 1;
+    }
+
+    /// The requests counted since the last call.
+    fn take(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *lock(&self.requests))
+    }
 }
 
 #[derive(Debug)]
@@ -91,6 +104,7 @@ impl ObjectStore for Recording {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.turn().await;
+        self.counters.count("PUT");
         self.counters
             .put_bytes
             .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
@@ -115,6 +129,8 @@ impl ObjectStore for Recording {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.turn().await;
+        self.counters
+            .count(if options.head { "HEAD" } else { "GET" });
         let r = self.inner.get_opts(location, options).await?;
         if !r.meta.location.as_ref().is_empty() {
             self.counters
@@ -127,9 +143,12 @@ impl ObjectStore for Recording {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        let counters = Arc::clone(&self.counters);
+        let counted = futures::StreamExt::inspect(locations, move |_| counters.count("DELETE"));
+        self.inner.delete_stream(Box::pin(counted))
     }
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.count("LIST");
         self.inner.list(prefix)
     }
     fn list_with_offset(
@@ -137,6 +156,7 @@ impl ObjectStore for Recording {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.count("LIST");
         self.inner.list_with_offset(prefix, offset)
     }
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -203,7 +223,7 @@ async fn put(s: &ObjectStorage, user: &str, key: &str, data: &[u8], i: u64) -> O
 /// Upload `data` in order; returns the md5 the last block reported.
 async fn upload(s: &ObjectStorage, user: &str, key: &str, data: &[u8]) -> String {
     let out = s
-        .plan_upload(user, key, plan_of(data.len()), false)
+        .plan_upload(user, key, plan_of(data.len()), None)
         .await
         .expect("plan");
     if let Some(md5) = out.md5 {
@@ -319,7 +339,7 @@ async fn racing_record_creates_one_wins() {
 async fn size_zero_completes_at_save() {
     let s = ObjectStorage::in_memory();
     let out = s
-        .plan_upload("u", "empty", plan_of(0), false)
+        .plan_upload("u", "empty", plan_of(0), None)
         .await
         .expect("plan");
     assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
@@ -328,7 +348,7 @@ async fn size_zero_completes_at_save() {
     assert_eq!((meta.size, meta.md5.as_str()), (0, EMPTY_MD5));
     assert!(s.read("u", &meta, 0, 0).await.expect("read").is_empty());
     assert!(matches!(
-        s.plan_upload("u", "empty", plan_of(0), false).await,
+        s.plan_upload("u", "empty", plan_of(0), None).await,
         Err(StoreError::Exists)
     ));
     assert!(matches!(
@@ -355,7 +375,7 @@ async fn in_order_small_upload_reads_back() {
         Err(StoreError::NotPlanned)
     ));
     let out = s
-        .plan_upload("u", "f", plan_of(data.len()), false)
+        .plan_upload("u", "f", plan_of(data.len()), None)
         .await
         .expect("plan");
     assert_eq!(out.missing, vec![[0, 3]]);
@@ -405,7 +425,7 @@ async fn out_of_order_repeated_large_upload_uses_lawful_parts() {
     let data = body(len, 7);
     let total = total_blocks(len as u64, BS);
     let out = s
-        .plan_upload("u", "big", plan_of(len), false)
+        .plan_upload("u", "big", plan_of(len), None)
         .await
         .expect("plan");
     let upload_id = out.upload_id.expect("id");
@@ -494,7 +514,7 @@ async fn bytes_crossing_and_written_per_content_byte() {
         let (mem, counters, mut s) = recording();
         let data = body(len, 3);
         let total = total_blocks(len as u64, BS);
-        s.plan_upload("u", "f", plan_of(len), false)
+        s.plan_upload("u", "f", plan_of(len), None)
             .await
             .expect("plan");
         let base_put = counters.put_bytes.load(Ordering::Relaxed);
@@ -510,9 +530,18 @@ async fn bytes_crossing_and_written_per_content_byte() {
                     "pre/fix",
                     StoreLimits::default(),
                 );
-                s.plan_upload("u", "f", plan_of(len), true)
-                    .await
-                    .expect("resume");
+                s.plan_upload(
+                    "u",
+                    "f",
+                    plan_of(len),
+                    s.upload_status("u", "f")
+                        .await
+                        .ok()
+                        .map(|u| u.upload_id)
+                        .as_deref(),
+                )
+                .await
+                .expect("resume");
             }
             put(&s, "u", "f", &data, i).await;
         }
@@ -557,7 +586,7 @@ async fn concurrent_blocks_complete_exactly_once() {
     let len = 12 << 20;
     let data = Arc::new(body(len, 11));
     let total = total_blocks(len as u64, BS);
-    s.plan_upload("u", "c", plan_of(len), false)
+    s.plan_upload("u", "c", plan_of(len), None)
         .await
         .expect("plan");
     // Every block twice, all at once.
@@ -593,14 +622,14 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
     let a = body(60_000, 1);
     let b = body(60_000, 2);
     let first = s
-        .plan_upload("u", "k", plan_of(a.len()), false)
+        .plan_upload("u", "k", plan_of(a.len()), None)
         .await
         .expect("a");
     let id_a = first.upload_id.expect("id");
     let w_a = s.open_upload("u", "k").await.expect("open");
     put(&s, "u", "k", &a, 0).await;
     let second = s
-        .plan_upload("u", "k", plan_of(b.len()), false)
+        .plan_upload("u", "k", plan_of(b.len()), None)
         .await
         .expect("b");
     let id_b = second.upload_id.expect("id");
@@ -619,7 +648,16 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
     ));
     // Resume with the same plan keeps b.
     let again = s
-        .plan_upload("u", "k", plan_of(b.len()), true)
+        .plan_upload(
+            "u",
+            "k",
+            plan_of(b.len()),
+            s.upload_status("u", "k")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert!(again.resumed);
@@ -634,7 +672,17 @@ async fn a_new_save_supersedes_and_blocks_never_mix() {
     }
     assert_eq!(md5, Some(md5_hex(&b)));
     assert!(matches!(
-        s.plan_upload("u", "k", plan_of(b.len()), true).await,
+        s.plan_upload(
+            "u",
+            "k",
+            plan_of(b.len()),
+            s.upload_status("u", "k")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref()
+        )
+        .await,
         Err(StoreError::Exists)
     ));
 }
@@ -644,7 +692,7 @@ async fn racing_saves_leave_one_upload() {
     let s = ObjectStorage::in_memory();
     let tries = (0..8).map(|_| {
         let s = s.clone();
-        tokio::spawn(async move { s.plan_upload("u", "r", plan_of(50_000), false).await })
+        tokio::spawn(async move { s.plan_upload("u", "r", plan_of(50_000), None).await })
     });
     let ids: Vec<String> = futures::future::join_all(tries)
         .await
@@ -655,7 +703,17 @@ async fn racing_saves_leave_one_upload() {
     // Only the last SAVE's upload is in the bucket; a reload agrees.
     let fresh = ObjectStorage::new(Arc::clone(s.object_store()), "", StoreLimits::default());
     let out = fresh
-        .plan_upload("u", "r", plan_of(50_000), true)
+        .plan_upload(
+            "u",
+            "r",
+            plan_of(50_000),
+            fresh
+                .upload_status("u", "r")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert!(out.resumed);
@@ -675,7 +733,7 @@ async fn scoped_deletes() {
     let s = ObjectStorage::in_memory();
     let data = body(30_000, 5);
     let out = s
-        .plan_upload("u", "d", plan_of(data.len()), false)
+        .plan_upload("u", "d", plan_of(data.len()), None)
         .await
         .expect("plan");
     let id = out.upload_id.expect("id");
@@ -715,7 +773,7 @@ async fn scoped_deletes() {
         Err(StoreError::NotFound)
     ));
     // Unscoped delete of an unfinished upload.
-    s.plan_upload("u", "d", plan_of(10), false)
+    s.plan_upload("u", "d", plan_of(10), None)
         .await
         .expect("plan");
     assert_eq!(
@@ -739,7 +797,7 @@ async fn a_second_instance_serves_files_and_resumes_uploads() {
     let md5 = {
         let s = over(&mem);
         let md5 = upload(&s, "u", "done", &data).await;
-        s.plan_upload("u", "half", plan_of(half.len()), false)
+        s.plan_upload("u", "half", plan_of(half.len()), None)
             .await
             .expect("plan");
         for i in [0u64, 2, 3, 7] {
@@ -767,7 +825,16 @@ async fn a_second_instance_serves_files_and_resumes_uploads() {
         }
     );
     let out = s
-        .plan_upload("u", "half", plan_of(half.len()), true)
+        .plan_upload(
+            "u",
+            "half",
+            plan_of(half.len()),
+            s.upload_status("u", "half")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert!(out.resumed);
@@ -794,7 +861,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
     let id = {
         let s = over(&mem);
         let out = s
-            .plan_upload("u", "cut", plan_of(data.len()), false)
+            .plan_upload("u", "cut", plan_of(data.len()), None)
             .await
             .expect("plan");
         for i in 0..4 {
@@ -813,7 +880,16 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
         Err(StoreError::Unfinished)
     ));
     let out = s
-        .plan_upload("u", "cut", plan_of(data.len()), true)
+        .plan_upload(
+            "u",
+            "cut",
+            plan_of(data.len()),
+            s.upload_status("u", "cut")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert_eq!(out.md5, Some(md5_hex(&data)));
@@ -824,7 +900,7 @@ async fn a_completion_cut_short_is_finished_on_resume_or_repeat() {
     let id = {
         let s = over(&mem);
         let out = s
-            .plan_upload("u", "cut2", plan_of(data.len()), false)
+            .plan_upload("u", "cut2", plan_of(data.len()), None)
             .await
             .expect("plan");
         for i in 0..4 {
@@ -902,7 +978,7 @@ async fn listing_in_key_order_with_pagination_and_prefix() {
         upload(&s, "u", k, &body(10 + i, i as u32)).await;
     }
     upload(&s, "other", "a", b"x").await;
-    s.plan_upload("u", "a-unfinished", plan_of(100), false)
+    s.plan_upload("u", "a-unfinished", plan_of(100), None)
         .await
         .expect("plan");
     let mut expected = keys.clone();
@@ -975,7 +1051,7 @@ async fn idle_uploads_expire_and_stray_blocks_go() {
     };
     let s = ObjectStorage::new(Arc::clone(&mem) as Arc<dyn ObjectStore>, "", limits);
     let data = body(60_000, 1);
-    s.plan_upload("u", "idle", plan_of(data.len()), false)
+    s.plan_upload("u", "idle", plan_of(data.len()), None)
         .await
         .expect("plan");
     put(&s, "u", "idle", &data, 0).await;
@@ -996,7 +1072,7 @@ async fn idle_uploads_expire_and_stray_blocks_go() {
         Err(StoreError::NotFound)
     ));
     // A fresh instance learns idle time from the bucket.
-    s.plan_upload("u", "idle2", plan_of(10), false)
+    s.plan_upload("u", "idle2", plan_of(10), None)
         .await
         .expect("plan");
     let fresh = ObjectStorage::new(Arc::clone(&mem) as Arc<dyn ObjectStore>, "", limits);
@@ -1015,21 +1091,21 @@ async fn per_user_caps_on_unfinished_uploads() {
         ..StoreLimits::default()
     };
     let s = ObjectStorage::new(Arc::new(InMemory::new()), "p", limits);
-    s.plan_upload("u", "a", plan_of(400), false)
+    s.plan_upload("u", "a", plan_of(400), None)
         .await
         .expect("a");
     assert!(matches!(
-        s.plan_upload("u", "b", plan_of(700), false).await,
+        s.plan_upload("u", "b", plan_of(700), None).await,
         Err(StoreError::Quota(_))
     ));
-    s.plan_upload("u", "b", plan_of(500), false)
+    s.plan_upload("u", "b", plan_of(500), None)
         .await
         .expect("b");
     assert!(matches!(
-        s.plan_upload("u", "c", plan_of(1), false).await,
+        s.plan_upload("u", "c", plan_of(1), None).await,
         Err(StoreError::Quota(_))
     ));
-    s.plan_upload("v", "c", plan_of(1), false)
+    s.plan_upload("v", "c", plan_of(1), None)
         .await
         .expect("other user");
 }
@@ -1104,7 +1180,7 @@ async fn a_superseded_or_deleted_large_upload_leaves_nothing_behind() {
     let new = body(len, 22);
     let total = total_blocks(len as u64, BS);
     for round in 0..2 {
-        s.plan_upload("u", "big", plan_of(len), false)
+        s.plan_upload("u", "big", plan_of(len), None)
             .await
             .expect("plan");
         // Parts written (in order) and early blocks held (from the end).
@@ -1171,7 +1247,7 @@ async fn on_a_real_s3_server() {
     assert_eq!(s.record_get("u", "r").await.expect("get"), rec);
     // Size 0 and a small file.
     let out = s
-        .plan_upload("u", "empty", plan_of(0), false)
+        .plan_upload("u", "empty", plan_of(0), None)
         .await
         .expect("plan");
     assert_eq!(out.md5.as_deref(), Some(EMPTY_MD5));
@@ -1182,7 +1258,7 @@ async fn on_a_real_s3_server() {
     let len = 12 << 20;
     let data = Arc::new(body(len, 2));
     let total = total_blocks(len as u64, BS);
-    s.plan_upload("u", "big", plan_of(len), false)
+    s.plan_upload("u", "big", plan_of(len), None)
         .await
         .expect("plan");
     let order = shuffled(total);
@@ -1210,7 +1286,7 @@ async fn on_a_real_s3_server() {
     // Half an upload, then a second instance resumes and completes it from
     // what is staged (its parts are all written at completion).
     let other = body(len, 3);
-    s.plan_upload("u", "half", plan_of(len), false)
+    s.plan_upload("u", "half", plan_of(len), None)
         .await
         .expect("plan");
     for i in 0..total / 2 {
@@ -1220,7 +1296,16 @@ async fn on_a_real_s3_server() {
     let s = ObjectStorage::new(Arc::clone(&store), &prefix, StoreLimits::default());
     assert_eq!(s.head("u", "big").await.expect("head").md5, md5s[0]);
     let out = s
-        .plan_upload("u", "half", plan_of(len), true)
+        .plan_upload(
+            "u",
+            "half",
+            plan_of(len),
+            s.upload_status("u", "half")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert!(out.resumed);
@@ -1272,7 +1357,7 @@ async fn content_of_a_failed_completion_goes_with_its_upload() {
     let s = over(&mem);
     let data = body(30_000, 4);
     let out = s
-        .plan_upload("u", "f", plan_of(data.len()), false)
+        .plan_upload("u", "f", plan_of(data.len()), None)
         .await
         .expect("plan");
     let id = out.upload_id.expect("id");
@@ -1302,7 +1387,7 @@ async fn past_the_assembler_limit_uploads_complete_the_simple_way() {
     let (_, counters, s) = recording();
     let len = (PART_MIN + 3 * BS) as usize;
     for k in 0..MAX_ASSEMBLERS {
-        s.plan_upload("u", &format!("k{k}"), plan_of(len), false)
+        s.plan_upload("u", &format!("k{k}"), plan_of(len), None)
             .await
             .expect("plan");
     }
@@ -1350,7 +1435,7 @@ async fn blocks_spread_over_instances_complete_exactly_once() {
         let data = Arc::new(body(len, 21));
         let total = total_blocks(len as u64, BS);
         nodes[0]
-            .plan_upload("u", &key, plan_of(len), false)
+            .plan_upload("u", &key, plan_of(len), None)
             .await
             .expect("plan");
         // Every block twice, in shuffled order, each to another instance, all at once.
@@ -1398,7 +1483,7 @@ async fn racing_uploads_of_one_key_on_three_instances_have_one_winner() {
             let (s, data) = (nodes[n].clone(), Arc::clone(&bodies[n]));
             tokio::spawn(async move {
                 let out = s
-                    .plan_upload("u", "race", plan_of(data.len()), false)
+                    .plan_upload("u", "race", plan_of(data.len()), None)
                     .await?;
                 let id = out.upload_id.clone();
                 let mut md5 = None;
@@ -1443,7 +1528,7 @@ async fn racing_uploads_of_one_key_on_three_instances_have_one_winner() {
         // A complete key is never replaced by a plain SAVE on any instance.
         for s in &nodes {
             assert!(matches!(
-                s.plan_upload("u", "race", plan_of(10), false).await,
+                s.plan_upload("u", "race", plan_of(10), None).await,
                 Err(StoreError::Exists)
             ));
         }
@@ -1483,7 +1568,7 @@ async fn an_upload_left_by_a_vanished_instance_resumes_through_another() {
     let data = body(200_000, 5);
     let total = total_blocks(data.len() as u64, BS);
     let first = nodes[0]
-        .plan_upload("u", "k", plan_of(data.len()), false)
+        .plan_upload("u", "k", plan_of(data.len()), None)
         .await
         .expect("plan");
     for i in (0..total).step_by(2) {
@@ -1493,7 +1578,16 @@ async fn an_upload_left_by_a_vanished_instance_resumes_through_another() {
     drop(nodes.remove(0));
     let s = &nodes[0];
     let again = s
-        .plan_upload("u", "k", plan_of(data.len()), true)
+        .plan_upload(
+            "u",
+            "k",
+            plan_of(data.len()),
+            s.upload_status("u", "k")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert!(again.resumed);
@@ -1513,7 +1607,7 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
     let data = body(100_000, 9);
     let total = total_blocks(data.len() as u64, BS);
     nodes[0]
-        .plan_upload("u", "k", plan_of(data.len()), false)
+        .plan_upload("u", "k", plan_of(data.len()), None)
         .await
         .expect("plan");
     for i in 0..total - 1 {
@@ -1531,21 +1625,32 @@ async fn without_the_coordinator_nothing_is_acknowledged_and_it_recovers_by_itse
         "{refused:?}"
     );
     assert!(matches!(
-        nodes[0].plan_upload("u", "k2", plan_of(10), false).await,
+        nodes[0].plan_upload("u", "k2", plan_of(10), None).await,
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(
         nodes[0].record_create("u", "r", Map::new()).await,
         Err(StoreError::Unavailable(_))
     ));
+    // Reads resolve through the coordinator's pointer too.
     assert!(matches!(
         nodes[0].head("u", "k").await,
-        Err(StoreError::Unfinished)
+        Err(StoreError::Unavailable(_))
     ));
     // Back: the same upload goes on, on either instance, and completes once.
     coord.set_down(false);
     let again = nodes[1]
-        .plan_upload("u", "k", plan_of(data.len()), true)
+        .plan_upload(
+            "u",
+            "k",
+            plan_of(data.len()),
+            nodes[1]
+                .upload_status("u", "k")
+                .await
+                .ok()
+                .map(|u| u.upload_id)
+                .as_deref(),
+        )
         .await
         .expect("resume");
     assert_eq!(again.missing, vec![[last, total]]);
@@ -1577,4 +1682,166 @@ async fn cancelled_requests_leave_no_lock_behind() {
         assert_eq!(s.backend().files.len(), 0, "coordinated: file keys left");
     }
     assert_eq!(coord.leases_held(), 0, "a lease outlived its request");
+}
+
+// ------------------------------------------------------------ requests per operation
+
+/// The coordinator, counting its round trips (every call is one request to
+/// Redis; a lease is one to take and one to release).
+#[derive(Debug, Clone)]
+struct CountingCoord {
+    inner: coord::MemoryCoord,
+    calls: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CountingLease {
+    inner: Box<dyn Lease>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Drop for CountingLease {
+    fn drop(&mut self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Lease for CountingLease {
+    async fn check(&self) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.check().await
+    }
+    async fn swap(&self, p: &str, expected: Option<&str>, new: Option<&str>) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.swap(p, expected, new).await
+    }
+    async fn set_current(&self, key: &str, upload_id: Option<&str>) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.set_current(key, upload_id).await
+    }
+}
+
+impl CountingCoord {
+    fn tick(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Coord for CountingCoord {
+    async fn lease(&self, name: &str) -> StoreResult<Box<dyn Lease>> {
+        self.tick();
+        Ok(Box::new(CountingLease {
+            inner: self.inner.lease(name).await?,
+            calls: Arc::clone(&self.calls),
+        }))
+    }
+    async fn current(&self, key: &str) -> StoreResult<Option<String>> {
+        self.tick();
+        self.inner.current(key).await
+    }
+    async fn mark_block(&self, key: &str, upload_id: &str, index: u64) -> StoreResult<coord::Mark> {
+        self.tick();
+        self.inner.mark_block(key, upload_id, index).await
+    }
+    async fn received(&self, upload_id: &str, total: u64) -> StoreResult<(Vec<bool>, Option<u64>)> {
+        self.tick();
+        self.inner.received(upload_id, total).await
+    }
+    async fn forget(&self, upload_id: &str) -> StoreResult<()> {
+        self.tick();
+        self.inner.forget(upload_id).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.tick();
+        self.inner.ping().await
+    }
+    async fn pointer(&self, p: &str) -> StoreResult<Option<String>> {
+        self.tick();
+        self.inner.pointer(p).await
+    }
+    async fn pointers(&self, p: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.tick();
+        self.inner.pointers(p).await
+    }
+}
+
+/// Bucket requests and coordinator round trips per operation on a small
+/// file and a record, alone and coordinated (printed with `--nocapture`;
+/// the numbers in the report come from here).
+#[tokio::test]
+async fn requests_per_small_file() {
+    for coordinated in [false, true] {
+        let mem = Arc::new(InMemory::new());
+        let counters = Arc::new(Counters::default());
+        let store = Arc::new(Recording {
+            inner: Arc::clone(&mem),
+            counters: Arc::clone(&counters),
+            yields: false,
+        });
+        let calls = Arc::new(AtomicU64::new(0));
+        let coord = coordinated.then(|| {
+            Arc::new(CountingCoord {
+                inner: coord::MemoryCoord::new(),
+                calls: Arc::clone(&calls),
+            }) as Arc<dyn Coord>
+        });
+        let s = ObjectStorage::coordinated(store, "pre/fix", StoreLimits::default(), coord);
+        s.recover().await.expect("scan");
+        let data = body(10_000, 3);
+        let mut rows = Vec::new();
+        let mut row = |what: &str| {
+            rows.push(format!(
+                "{what:<22} {:?} coordinator: {}",
+                counters.take(),
+                calls.swap(0, Ordering::Relaxed)
+            ));
+        };
+        row("start");
+        s.record_create("u", "r", Map::new()).await.expect("record");
+        row("DATA SAVE");
+        s.record_get("u", "r").await.expect("record");
+        row("DATA GET");
+        s.record_delete("u", "r").await.expect("record");
+        row("DATA DELETE");
+        let out = s
+            .plan_upload("u", "k", plan_of(data.len()), None)
+            .await
+            .expect("plan");
+        row("FILE SAVE");
+        let w = s.open_upload("u", "k").await.expect("open");
+        w.put_block(0, block(&data, 0), out.upload_id)
+            .await
+            .expect("block");
+        row("UPLOAD (completes)");
+        let meta = s.head("u", "k").await.expect("head");
+        row("HEAD");
+        s.read("u", &meta, 0, meta.size).await.expect("read");
+        row("read");
+        s.list_files("u", "", None, 100).await.expect("list");
+        row("LIST (1 file)");
+        let out = s
+            .plan_replace(
+                "u",
+                "k",
+                plan_of(data.len()),
+                None,
+                Replace { if_md5: None },
+            )
+            .await
+            .expect("plan");
+        let w = s.open_upload("u", "k").await.expect("open");
+        w.put_block(0, block(&data, 0), out.upload_id)
+            .await
+            .expect("block");
+        row("replace (SAVE+UPLOAD)");
+        s.delete_file("u", "k", None).await.expect("delete");
+        row("FILE DELETE");
+        println!(
+            "{}:\n  {}",
+            if coordinated { "coordinated" } else { "alone" },
+            rows.join("\n  ")
+        );
+    }
 }
