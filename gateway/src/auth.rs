@@ -1,7 +1,7 @@
 //! Who a request acts for, and whether it may: the gateway's side of the
 //! one trust model ([`step_core::access`]).
 //!
-//! Every route declares what it does ([`crate::routes::ROUTE_KINDS`]);
+//! Every route declares what it does ([`crate::route_table::ROUTE_KINDS`]);
 //! [`authorize`], a layer over every route, resolves the caller of each
 //! route that needs one and calls [`decide`] before the handler runs:
 //!
@@ -39,7 +39,7 @@ use crate::AppState;
 use crate::access_log::RequestUser;
 use crate::backend::token_reuse;
 use crate::error::GatewayError;
-use crate::routes::RouteKind;
+use crate::route_table::RouteKind;
 
 /// The address of the HTTP client a request came from, set on every
 /// request by the accept loop.
@@ -325,7 +325,7 @@ pub async fn authorize(State(st): State<Arc<AppState>>, mut req: Request, next: 
         // No route matched: the fallback answers 404.
         return next.run(req).await;
     };
-    let access = match crate::routes::kind_of(req.method(), path.as_str()) {
+    let access = match crate::route_table::kind_of(req.method(), path.as_str()) {
         Some(RouteKind::Open) | Some(RouteKind::OtherMethod) => return next.run(req).await,
         Some(RouteKind::Needs(access)) => access,
         None => {

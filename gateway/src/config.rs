@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use step_core::access::Anonymous;
-use step_server::config::ServiceArgs;
+use step_server::config::{ServerCommand, ServiceArgs, parse_size, parse_size_usize};
 use step_server::logging::LogFormat;
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -18,29 +18,29 @@ pub struct GatewayArgs {
     /// Address the HTTP server binds: loopback unless opened up knowingly
     /// (`0.0.0.0` for every interface; anonymous write beyond loopback
     /// then needs an explicit `--anonymous write`).
-    #[arg(long, env = "GATEWAY_BIND", default_value = "127.0.0.1")]
+    #[arg(long, env = "GATEWAY_BIND", default_value = "127.0.0.1", help_heading = HTTP_LISTEN)]
     pub bind: String,
     /// HTTP port.
-    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080, help_heading = HTTP_LISTEN)]
     pub port: u16,
     /// host:port of a separate STEP server, or several comma-separated
     /// (interchangeable servers over one shared store: health-checked, the
     /// least loaded one used). When absent, a step-server runs in this
     /// process (on --step-ip/--step-port) over the --data-dir store.
-    #[arg(long, env = "STEP_BACKEND")]
+    #[arg(long, env = "STEP_BACKEND", help_heading = BACKEND)]
     pub backend: Option<String>,
     /// Address the embedded STEP server listens on (loopback unless opened
     /// up, as --bind).
-    #[arg(long, env = "STEP_IP", default_value = "127.0.0.1")]
+    #[arg(long, env = "STEP_IP", default_value = "127.0.0.1", help_heading = EMBEDDED)]
     pub step_ip: String,
     /// Port of the embedded STEP server.
-    #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT)]
+    #[arg(long, env = "STEP_PORT", default_value_t = step_core::DEFAULT_PORT, help_heading = EMBEDDED)]
     pub step_port: u16,
     /// PEM certificate chain: serve HTTPS instead of HTTP (re-read on SIGHUP).
-    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key", help_heading = HTTP_LISTEN)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert (re-read on SIGHUP).
-    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert", help_heading = HTTP_LISTEN)]
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub transfer: TransferArgs,
@@ -50,15 +50,29 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub embedded: ServiceArgs,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info", help_heading = LOGGING)]
     pub log: String,
     /// Log line format: `text`, or `json` (one object per line, for log shippers).
-    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text,
+          help_heading = LOGGING)]
     pub log_format: LogFormat,
+    /// With no subcommand, serve. `user ...` manages the embedded server's
+    /// accounts (the same store and commands as `step-server user`).
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
 }
+
+// Headings of `--help` for the gateway's own flags (the embedded server's
+// bring theirs).
+const HTTP_LISTEN: &str = "HTTP listening";
+const BACKEND: &str = "STEP backend";
+const EMBEDDED: &str = "Embedded STEP server (no --backend)";
+const HTTP: &str = "HTTP requests";
+const LOGGING: &str = step_server::config::LOGGING;
 
 /// How the gateway talks to the STEP backend.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = BACKEND)]
 pub struct TransferArgs {
     /// Pooled TCP connections to the STEP server.
     #[arg(long, env = "GATEWAY_POOL_SIZE", default_value_t = 32)]
@@ -77,7 +91,7 @@ pub struct TransferArgs {
     #[arg(long, env = "GATEWAY_FAN_OUT", default_value_t = 4)]
     pub fan_out: usize,
     /// Block size proposed to servers that accept larger blocks.
-    #[arg(long, env = "GATEWAY_BLOCK_SIZE", default_value_t = 512 * 1024)]
+    #[arg(long, env = "GATEWAY_BLOCK_SIZE", default_value = "512K", value_parser = parse_size)]
     pub block_size: u64,
     /// Speak TLS to the --backend (a step-server's --tls-port).
     #[arg(long, env = "GATEWAY_BACKEND_TLS", default_value_t = false)]
@@ -93,6 +107,7 @@ pub struct TransferArgs {
 
 /// The HTTP side.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = HTTP)]
 pub struct HttpArgs {
     /// Refuse requests without credentials (401): the same as
     /// `--anonymous none`.
@@ -105,15 +120,15 @@ pub struct HttpArgs {
     /// --backend the STEP server grants at most its own --anonymous.
     #[arg(long, env = "GATEWAY_ANONYMOUS", value_parser = step_server::config::anonymous_parser())]
     pub anonymous: Option<Anonymous>,
-    /// Largest upload in bytes (0 = unlimited).
-    #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value_t = 0)]
+    /// Largest upload, a size such as 10G (0 = unlimited).
+    #[arg(long, env = "GATEWAY_MAX_UPLOAD", default_value = "0", value_parser = parse_size)]
     pub max_upload: u64,
-    /// Largest JSON request body in bytes.
-    #[arg(long, env = "GATEWAY_MAX_JSON", default_value_t = 256 * 1024)]
+    /// Largest JSON request body (a size, e.g. 256K).
+    #[arg(long, env = "GATEWAY_MAX_JSON", default_value = "256K", value_parser = parse_size_usize)]
     pub max_json_body: usize,
     /// Multipart files up to this size are held in memory; larger ones are
     /// spooled to a temp file (STEP needs the size before the first block).
-    #[arg(long, env = "GATEWAY_SPOOL_THRESHOLD", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "GATEWAY_SPOOL_THRESHOLD", default_value = "4M", value_parser = parse_size_usize)]
     pub spool_threshold: usize,
     /// Directory for spooled multipart uploads (default: the system temp dir).
     #[arg(long, env = "GATEWAY_SPOOL_DIR")]
@@ -125,7 +140,7 @@ pub struct HttpArgs {
     /// --body-interval-secs, or the request is cut with 408: a client
     /// dripping bytes holds memory and a connection slot, so it must keep up
     /// a minimum rate (the last, shorter stretch of a body is exempt).
-    #[arg(long, env = "GATEWAY_BODY_MIN_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "GATEWAY_BODY_MIN_BYTES", default_value = "1K", value_parser = parse_size)]
     pub body_min_bytes: u64,
     /// See --body-min-bytes.
     #[arg(long, env = "GATEWAY_BODY_INTERVAL_SECS", default_value_t = 30)]
@@ -141,7 +156,8 @@ pub struct HttpArgs {
     pub http_max_connections: usize,
     /// Bytes of multipart uploads held in memory across all requests; beyond
     /// it, uploads spool to disk even when under --spool-threshold.
-    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "GATEWAY_MAX_BUFFERED_BYTES", default_value = "256M",
+          value_parser = parse_size_usize)]
     pub max_buffered_bytes: usize,
     /// Allowed CORS origins, comma-separated; `*` for any. Empty: no CORS headers.
     #[arg(

@@ -418,7 +418,7 @@ async fn forward(
     let plan = b.plan;
     let bs = plan.block_size.max(1);
     let requests = futures::stream::iter(*b.next..=last_block)
-        .map(|i| StepClient::<tokio::net::TcpStream>::download_request(token, plan, i));
+        .map(|i| StepClient::download_request(token, plan, i));
     let mut responses = conn.responses(requests, window);
     while let Some(resp) = responses.next().await {
         let index = *b.next;

@@ -22,6 +22,7 @@ pub mod error;
 pub mod listing;
 pub mod metrics;
 pub mod page;
+pub mod route_table;
 pub mod routes;
 pub mod tus;
 pub mod upload;

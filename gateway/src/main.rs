@@ -6,8 +6,10 @@ use gateway::config::GatewayArgs;
 use gateway::metrics::Metrics;
 use gateway::{AppState, backend::Backend};
 use step_core::conn::tls::{self, TlsClient};
+use step_server::compose::Composer;
+use step_server::config::{ServerCommand, listen_error};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 const HEALTH_CHECK: &str = "health-check";
 
@@ -29,12 +31,28 @@ async fn main() -> ExitCode {
     if matches.get_flag(HEALTH_CHECK) {
         return health_check(&args).await;
     }
+    if let Some(ServerCommand::User(cmd)) = &args.command {
+        // The embedded server's accounts: `step-server user`'s commands,
+        // over the store the same flags name.
+        let open = || Composer::new(&args.embedded).open_accounts();
+        return match step_server::users::run(cmd, &args.embedded, open).await {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway user: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, on stderr: the log may not be set up to show it, and
+        // saying it twice on a terminal reads as two failures.
         Err(e) => {
-            error!("{e}");
             eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
@@ -53,54 +71,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
         }
     });
 
-    // With no --backend, the product runs whole in this process: native STEP
-    // on --step-port and HTTP on --port, over the same store.
-    let mut embedded = None;
-    let mut in_process = None;
-    let mut metrics = Metrics::new();
-    let backend_addr = match &args.backend {
-        Some(list) => list.clone(),
-        None => {
-            let addr = args.step_addr()?;
-            step_server::config::warn_if_open(args.embedded.auth, addr);
-            let (service, limits) = args
-                .embedded
-                .start(anonymous)
-                .await
-                .map_err(|e| e.to_string())?;
-            metrics = metrics.with_store(service.store().clone());
-            // HTTP requests call the service directly; the port still
-            // serves native STEP clients.
-            in_process = Some(std::sync::Arc::clone(&service));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen for STEP on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            let stop = stop.clone();
-            embedded = Some(tokio::spawn(step_server::run(
-                listener,
-                service,
-                limits,
-                async move {
-                    stop.cancelled().await;
-                },
-            )));
-            format!("127.0.0.1:{}", local.port())
-        }
-    };
-    info!(backend = %backend_addr, embedded = embedded.is_some(), "STEP backend");
-
-    let backend = match in_process {
-        Some(service) => Backend::in_process(service, args.transfer.clone(), anonymous, metrics),
-        None => {
-            let mut backends = Vec::new();
-            for addr in backend_list(&backend_addr)? {
-                let tls = backend_tls(&args, &addr)?;
-                backends.push((addr, tls));
-            }
-            Backend::with_backends(backends, args.transfer.clone(), anonymous, metrics)
-        }
-    };
+    let (backend, embedded) = step_backend(&args, anonymous, &stop).await?;
     let state = AppState::with_login_pace(
         backend,
         args.http.clone(),
@@ -109,7 +80,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     let addr = args.http_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        .map_err(|e| listen_error("for HTTP", addr, "--port (GATEWAY_PORT)", &e))?;
     let tls = step_server::tls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let acceptor = match &tls {
         Some(files) => {
@@ -120,7 +91,7 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let url = format!("{scheme}://{}/", step_server::config::reachable(local));
+    let url = format!("{scheme}://{}/", step_server::compose::reachable(local));
     info!(addr = %local, "gateway listening: open {url}");
     info!("try: curl -T FILE {url}files/NAME, then curl -o FILE {url}files/NAME");
     let result = gateway::serve_tls(listener, state, acceptor, {
@@ -135,6 +106,47 @@ async fn run(args: GatewayArgs) -> Result<(), String> {
     }
     info!("gateway stopped");
     result
+}
+
+/// The STEP side: with `--backend`, pools to those servers; without, the
+/// embedded server composed from the flags — native STEP on --step-port,
+/// HTTP requests calling its service in process, over the same store —
+/// and its serving task.
+async fn step_backend(
+    args: &GatewayArgs,
+    anonymous: step_core::access::Anonymous,
+    stop: &CancellationToken,
+) -> Result<(Backend, Option<tokio::task::JoinHandle<()>>), String> {
+    let metrics = Metrics::new();
+    if let Some(list) = &args.backend {
+        info!(backend = %list, embedded = false, "STEP backend");
+        let mut backends = Vec::new();
+        for addr in backend_list(list)? {
+            let tls = backend_tls(args, &addr)?;
+            backends.push((addr, tls));
+        }
+        let backend = Backend::with_backends(backends, args.transfer.clone(), anonymous, metrics);
+        return Ok((backend, None));
+    }
+    let addr = args.step_addr()?;
+    step_server::compose::warn_if_open(args.embedded.auth, addr);
+    let composed = Composer::new(&args.embedded)
+        .start(anonymous)
+        .await
+        .map_err(|e| e.to_string())?;
+    let metrics = metrics.with_store(composed.upkeep());
+    let service = std::sync::Arc::clone(&composed.service);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| listen_error("for STEP", addr, "--step-port (STEP_PORT)", &e))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(backend = %format!("127.0.0.1:{}", local.port()), embedded = true, "STEP backend");
+    let stop = stop.clone();
+    let serving = tokio::spawn(composed.serve(listener, async move {
+        stop.cancelled().await;
+    }));
+    let backend = Backend::in_process(service, args.transfer.clone(), anonymous, metrics);
+    Ok((backend, Some(serving)))
 }
 
 /// The STEP servers of `--backend a:1379,b:1379` (one, or several
@@ -200,7 +212,7 @@ async fn health_check(args: &GatewayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = step_server::config::reachable(addr);
+    let target = step_server::compose::reachable(addr);
     // With TLS, the probe trusts exactly the gateway's own certificate.
     let tls = match &args.tls_cert {
         Some(cert) => match step_server::tls::pinned_client(cert) {

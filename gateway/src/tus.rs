@@ -459,10 +459,7 @@ pub async fn terminate(
         Some(uid) => {
             let key = r.key.clone();
             st.backend
-                .call(&token, |mut c| async move {
-                    let res = c.file_delete_upload(&key, &uid).await;
-                    (c, res)
-                })
+                .call(&token, async |c| c.file_delete_upload(&key, &uid).await)
                 .await
         }
         None => st.backend.file_delete(&token, r.key.clone()).await,

@@ -1,9 +1,12 @@
 //! An async STEP client with a bounded pipelining window.
 //!
-//! One [`StepClient`] owns one connection. [`StepClient::call`] is a plain
-//! round trip; [`StepClient::responses`] keeps up to `window` requests in
-//! flight and yields the responses in request order (STEP answers in order,
-//! so matching is positional). A window of 1 is stop-and-wait, which is what
+//! One [`StepClient`] owns one [`Link`]: a connection to a STEP server
+//! ([`StepClient::connect`]) or a channel to a service in this process
+//! ([`StepClient::over`] with [`crate::link::serve_in_process`]); it
+//! treats both alike. [`StepClient::call`] is a plain round trip;
+//! [`StepClient::responses`] keeps up to `window` requests in flight and
+//! yields the responses in request order (STEP answers in order, so
+//! matching is positional). A window of 1 is stop-and-wait, which is what
 //! the reference server needs.
 //!
 //! The client counts the answers it is owed ([`StepClient::in_flight`]), so an
@@ -14,380 +17,37 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use futures::{SinkExt, Stream, StreamExt};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use futures::{Stream, StreamExt};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::codec::{CodecError, Frame, StepCodec};
+pub use crate::answers::{
+    Capabilities, DownloadPlan, FilePage, ListQuery, ListedFile, PublicLogin, SaveOptions,
+    UploadAck, UploadPlan, UploadStatus, UploadTarget,
+};
+use crate::answers::{KeyAnswer, LoginAnswer, PublicAnswer};
+use crate::codec::StepCodec;
 use crate::conn::Connection;
-use crate::message::{Kind, Message, Operation, Status, field};
+pub use crate::error::{ClientError, decode, expect_ok};
+use crate::exchange::Exchange;
+pub use crate::link::Link;
+use crate::link::Wire;
+use crate::message::{Kind, Message, Operation, field};
 use crate::pipeline::Responses;
-use crate::problem::{Problem, Reason};
 
-/// What went wrong talking to a STEP server.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach the STEP server: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("bad frame from the STEP server: {0}")]
-    Codec(#[from] CodecError),
-    #[error("the STEP server closed the connection")]
-    Closed,
-    #[error("unexpected answer from the STEP server: {0}")]
-    Protocol(String),
-    #[error("{operation} refused with status {code}: {message}")]
-    Refused {
-        operation: String,
-        code: u64,
-        message: String,
-        /// Our server's `reason` extension, when it sent one.
-        reason: Option<Reason>,
-    },
-    #[error("the STEP server did not answer within {0:?}")]
-    TimedOut(std::time::Duration),
-    #[error("not logged in")]
-    NotLoggedIn,
-    #[error("{0}")]
-    Source(String),
-    /// The caller's own handling of an answer failed (writing a downloaded
-    /// block, say): not the server's fault, and the connection is fine.
-    #[error("keeping what the STEP server sent failed: {0}")]
-    Sink(#[source] std::io::Error),
-    /// An earlier I/O or framing failure (or owed answers that never came)
-    /// left the connection out of step; it must be replaced.
-    #[error("the STEP connection is unusable after an earlier failure ({0}); reconnect")]
-    Broken(String),
-}
-
-impl ClientError {
-    /// The STEP status of a refusal.
-    pub fn status(&self) -> Option<Status> {
-        match self {
-            ClientError::Refused { code, .. } => Status::from_code(*code),
-            _ => None,
-        }
-    }
-
-    /// Our server's `reason` for a refusal, when it sent one.
-    pub fn reason(&self) -> Option<Reason> {
-        match self {
-            ClientError::Refused { reason, .. } => *reason,
-            _ => None,
-        }
-    }
-
-    /// The row of the refusal table a refusal names.
-    pub fn problem(&self) -> Option<Problem> {
-        Problem::of(self.status()?, self.reason())
-    }
-
-    /// The connection broke or went silent (as opposed to a refusal or a
-    /// malformed answer): the same request may well work on a new one.
-    pub fn is_interruption(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Io(_)
-                | ClientError::Closed
-                | ClientError::TimedOut(_)
-                | ClientError::Broken(_)
-                | ClientError::Codec(CodecError::Truncated { .. } | CodecError::Io(_))
-        )
-    }
-}
-
-/// What a server says it can do (LOGIN response extension). A reference server
-/// announces nothing, which means: one request in flight, 20480-byte blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Capabilities {
-    pub pipelining: bool,
-    pub resume: bool,
-    pub max_block_size: u64,
-    /// Seconds a freshly minted token is valid for, at least.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_ttl: Option<u64>,
-    /// Largest file size a SAVE may announce.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_file_size: Option<u64>,
-    /// Seconds an unfinished upload may go without a SAVE or block before
-    /// the server removes it (tus's Upload-Expires is derived from it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upload_expiry: Option<u64>,
-    /// FILE LIST is served (extension operation).
-    // Announced only when on: absent means off to every reader.
-    #[serde(skip_serializing_if = "is_false")]
-    pub list: bool,
-    /// FILE SAVE takes `replace` (and `if_md5`): an atomic replace of a
-    /// complete file; FILE GET names the version (`upload_id`) and
-    /// DOWNLOAD may ask for it.
-    #[serde(skip_serializing_if = "is_false")]
-    pub replace: bool,
-    /// FILE GET takes `upload_status`: the key's unfinished upload (its
-    /// id, plan and missing blocks), answered without changing anything.
-    #[serde(skip_serializing_if = "is_false")]
-    pub upload_status: bool,
-    /// UPLOAD takes `md5`, the whole file's expected md5: an upload whose
-    /// bytes do not have it is refused at completion (`md5_mismatch`) and
-    /// the key keeps what it held.
-    #[serde(skip_serializing_if = "is_false")]
-    pub upload_md5: bool,
-    /// What anonymous callers may do here (`read`, `write`), when anything:
-    /// a LOGIN with `anonymous` then mints the public identity's token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub anonymous: Option<crate::access::Anonymous>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-impl Capabilities {
-    /// What a LOGIN answer announces; nothing (a reference server) or
-    /// something unreadable means the reference server's defaults.
-    pub fn from_login(resp: &Message) -> Self {
-        resp.get(field::CAPABILITIES)
-            .and_then(|caps| Self::deserialize(caps).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn to_json(self) -> Value {
-        serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Map::new()))
-    }
-}
-
-/// An upload plan (FILE SAVE response).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "SaveAnswer")]
-pub struct UploadPlan {
-    pub key: String,
-    pub size: u64,
-    pub total_block: u64,
-    pub block_size: u64,
-    /// Blocks the server still needs, as `[start, end)` ranges. Without the
-    /// resume extension: every block.
-    pub missing: Vec<[u64; 2]>,
-    pub resumed: bool,
-    /// Identifies this upload (our server's extension): blocks sent with it
-    /// are refused once another SAVE has restarted the key, so two uploads
-    /// racing on one key cannot mix their blocks.
-    pub upload_id: Option<String>,
-}
-
-/// A FILE SAVE answer as sent: without the resume extension there are no
-/// `missing_ranges`, which means every block.
-#[derive(Deserialize)]
-struct SaveAnswer {
-    key: String,
-    size: u64,
-    total_block: u64,
-    block_size: u64,
-    missing_ranges: Option<Vec<[u64; 2]>>,
-    #[serde(default)]
-    resumed: bool,
-    upload_id: Option<String>,
-}
-
-impl From<SaveAnswer> for UploadPlan {
-    fn from(a: SaveAnswer) -> Self {
-        let missing = match a.missing_ranges {
-            Some(m) => m,
-            None if a.total_block > 0 => vec![[0, a.total_block]],
-            None => Vec::new(),
-        };
-        UploadPlan {
-            key: a.key,
-            size: a.size,
-            total_block: a.total_block,
-            block_size: a.block_size,
-            missing,
-            resumed: a.resumed,
-            upload_id: a.upload_id,
-        }
-    }
-}
-
-/// The unfinished upload under a key (FILE GET with `upload_status`, our
-/// server's extension): read only, nothing is resumed or refreshed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct UploadStatus {
-    pub key: String,
-    pub size: u64,
-    pub total_block: u64,
-    pub block_size: u64,
-    pub upload_id: String,
-    /// Blocks the server still needs, as `[start, end)` ranges.
-    #[serde(rename = "missing_ranges")]
-    pub missing: Vec<[u64; 2]>,
-    /// When it last received a SAVE or a block, Unix seconds (0: unknown).
-    #[serde(default)]
-    pub last_active: u64,
-}
-
-/// A FILE UPLOAD answer: the file's md5 once this block completed it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct UploadAck {
-    pub md5: Option<String>,
-}
-
-/// A LOGIN answer (capabilities are read leniently, see
-/// [`Capabilities::from_login`]).
-#[derive(Deserialize)]
-struct LoginAnswer {
-    token: String,
-}
-
-/// An anonymous LOGIN's answer: the public identity's token, whose files
-/// it acts on, and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicLogin {
-    pub token: String,
-    pub user: String,
-    pub scope: crate::access::Scope,
-}
-
-#[derive(Deserialize)]
-struct PublicAnswer {
-    token: String,
-    username: Option<String>,
-    scope: Option<crate::access::Scope>,
-}
-
-/// A DATA SAVE answer.
-#[derive(Deserialize)]
-struct KeyAnswer {
-    key: String,
-}
-
-/// Where UPLOADs go: a key, and the upload id when the server gave one.
-#[derive(Debug, Clone, Copy)]
-pub struct UploadTarget<'a> {
-    pub key: &'a str,
-    pub upload_id: Option<&'a str>,
-}
-
-impl<'a> From<&'a str> for UploadTarget<'a> {
-    fn from(key: &'a str) -> Self {
-        UploadTarget {
-            key,
-            upload_id: None,
-        }
-    }
-}
-
-impl<'a> From<&'a String> for UploadTarget<'a> {
-    fn from(key: &'a String) -> Self {
-        UploadTarget {
-            key,
-            upload_id: None,
-        }
-    }
-}
-
-impl<'a> From<&'a UploadPlan> for UploadTarget<'a> {
-    fn from(plan: &'a UploadPlan) -> Self {
-        UploadTarget {
-            key: &plan.key,
-            upload_id: plan.upload_id.as_deref(),
-        }
-    }
-}
-
-/// A download plan (FILE GET response).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DownloadPlan {
-    pub key: String,
-    pub size: u64,
-    pub total_block: u64,
-    pub block_size: u64,
-    pub md5: String,
-    /// The version of the file this plan describes (our server's
-    /// extension); DOWNLOADs of the plan carry it, so they are refused
-    /// (reason `replaced`) rather than served from a newer version.
-    pub upload_id: Option<String>,
-    /// When the file became complete, Unix seconds (our server's extension).
-    pub last_modified: Option<u64>,
-}
-
-/// One complete file in a FILE LIST answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ListedFile {
-    pub key: String,
-    pub size: u64,
-    pub md5: String,
-    /// When the file became complete, Unix seconds (0: unknown).
-    pub last_modified: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upload_id: Option<String>,
-}
-
-/// One page of a FILE LIST answer (the answer's `files` and `next`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FilePage {
-    pub files: Vec<ListedFile>,
-    #[serde(default)]
-    /// Pass back as `after` for the next page; `None` on the last one.
-    pub next: Option<String>,
-}
-
-/// What a FILE LIST asks for.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ListQuery<'a> {
-    pub prefix: &'a str,
-    pub after: Option<&'a str>,
-    /// Entries per page (the server's default, 100, when `None`).
-    pub limit: Option<u64>,
-}
-
-/// Options of a FILE SAVE beyond key and size (our server's extensions).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SaveOptions {
-    pub block_size: Option<u64>,
-    pub resume: bool,
-}
-
-/// A STEP service answering in this process, for one user (whose token was
-/// checked once, when the client was made): requests go to it as messages,
-/// with no frames and no per-request token check.
-pub trait LocalServe: Send + Sync + std::fmt::Debug {
-    fn serve(self: std::sync::Arc<Self>, msg: Message) -> BoxFuture<'static, Message>;
-}
-
-/// What a client's requests travel over.
+/// One connection to a STEP server, or a link to one in this process.
 #[derive(Debug)]
-pub(crate) enum Link<T> {
-    Wire {
-        reader: FramedRead<ReadHalf<T>, StepCodec>,
-        writer: FramedWrite<WriteHalf<T>, StepCodec>,
-    },
-    Local(std::sync::Arc<dyn LocalServe>),
-}
-
-/// One connection to a STEP server (or a link to one in this process,
-/// [`StepClient::local`]).
-#[derive(Debug)]
-pub struct StepClient<T = Connection> {
-    pub(crate) link: Link<T>,
+pub struct StepClient {
+    exchange: Exchange,
     token: Option<String>,
     capabilities: Capabilities,
-    timeout: Option<Duration>,
-    /// Answers owed: frames queued for sending minus frames read.
-    owed: u64,
-    /// Why the connection cannot be used any more, once it cannot.
-    broken: Option<String>,
 }
 
-impl StepClient<Connection> {
+impl StepClient {
     /// Connect over TCP with the default caps.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(addr).await?;
@@ -412,107 +72,21 @@ impl StepClient<Connection> {
             StepCodec::default(),
         ))
     }
-}
 
-/// Have `serve` answer `msg` on a task of its own: like a request already
-/// sent over a wire, it runs to its end even if the caller stops waiting
-/// (so the service is never cut off midway through a request).
-pub(crate) fn spawn_local(
-    serve: &std::sync::Arc<dyn LocalServe>,
-    msg: Message,
-) -> impl std::future::Future<Output = Result<Message, ClientError>> + Send + 'static {
-    let task = tokio::spawn(std::sync::Arc::clone(serve).serve(msg));
-    async move {
-        task.await
-            .map_err(|e| ClientError::Protocol(format!("the in-process service failed: {e}")))
+    /// A client speaking frames over `io`.
+    pub fn new<T>(io: T, codec: StepCodec) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Send + std::fmt::Debug + 'static,
+    {
+        Self::over(Wire::new(io, codec))
     }
-}
 
-fn no_wire() -> ClientError {
-    ClientError::Protocol("an in-process client has no wire to send frames on".into())
-}
-
-/// A successful answer's fields as `T` (unknown fields are ignored).
-pub fn decode<T: DeserializeOwned>(resp: Message) -> Result<T, ClientError> {
-    let operation = resp
-        .get(field::OPERATION)
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_owned();
-    serde_json::from_value(Value::Object(resp.fields))
-        .map_err(|e| ClientError::Protocol(format!("bad {operation} answer: {e}")))
-}
-
-/// Run `fut` under an optional deadline.
-async fn bounded<F: std::future::Future>(
-    timeout: Option<Duration>,
-    fut: F,
-) -> Result<F::Output, ClientError> {
-    match timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| ClientError::TimedOut(t)),
-        None => Ok(fut.await),
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `Ok(resp)` when the response has status 200, else the refusal as an error.
-pub fn expect_ok(resp: Message) -> Result<Message, ClientError> {
-    match resp.status_code() {
-        Some(200) => Ok(resp),
-        Some(code) => Err(ClientError::Refused {
-            operation: resp
-                .get(field::OPERATION)
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_owned(),
-            code,
-            message: resp.status_msg().to_owned(),
-            reason: resp
-                .get(field::REASON)
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok()),
-        }),
-        None => Err(ClientError::Protocol("response has no status".into())),
-    }
-}
-
-impl<T> StepClient<T> {
-    /// A client whose requests `serve` answers in this process, carrying
-    /// `token` (for what builds requests) and announcing `capabilities`.
-    pub fn local(
-        serve: std::sync::Arc<dyn LocalServe>,
-        token: String,
-        capabilities: Capabilities,
-    ) -> Self {
+    /// A client over `link` (not logged in, the reference's capabilities).
+    pub fn over(link: impl Link + 'static) -> Self {
         Self {
-            link: Link::Local(serve),
-            token: Some(token),
-            capabilities,
-            timeout: None,
-            owed: 0,
-            broken: None,
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite> StepClient<T> {
-    pub fn new(io: T, codec: StepCodec) -> Self {
-        let (r, w) = tokio::io::split(io);
-        Self {
-            link: Link::Wire {
-                reader: FramedRead::new(r, codec),
-                writer: FramedWrite::new(w, codec),
-            },
+            exchange: Exchange::new(Box::new(link)),
             token: None,
             capabilities: Capabilities::default(),
-            timeout: None,
-            owed: 0,
-            broken: None,
         }
     }
 
@@ -542,76 +116,27 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// Bound every wait for the server (a send that cannot make progress, an
     /// answer that does not come). `None` waits forever.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.timeout = timeout;
-    }
-
-    pub(crate) fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.exchange.set_timeout(timeout);
     }
 
     /// Answers the server still owes this connection: requests sent (or
     /// queued for sending) whose answers have not been read. Exact whatever
     /// future was dropped where.
     pub fn in_flight(&self) -> u64 {
-        self.owed
-    }
-
-    pub(crate) fn owe(&mut self) {
-        self.owed += 1;
+        self.exchange.in_flight()
     }
 
     /// Whether an I/O or framing failure (or a drain that timed out) made
     /// this connection unusable; it must then be replaced.
     pub fn is_broken(&self) -> bool {
-        self.broken.is_some()
-    }
-
-    pub(crate) fn mark_broken(&mut self, why: &ClientError) {
-        if self.broken.is_none() {
-            self.broken = Some(why.to_string());
-        }
-    }
-
-    pub(crate) fn check_usable(&self) -> Result<(), ClientError> {
-        match &self.broken {
-            Some(why) => Err(ClientError::Broken(why.clone())),
-            None => Ok(()),
-        }
+        self.exchange.is_broken()
     }
 
     /// Whether the connection is ready for a new request without waiting:
     /// usable, no answer owed, nothing unread, not closed by the server.
     /// Never blocks; an unsolicited frame found here breaks the connection.
     pub fn is_idle(&mut self) -> bool {
-        let Link::Wire { reader, .. } = &mut self.link else {
-            return true;
-        };
-        if self.broken.is_some() || self.owed > 0 || !reader.read_buffer().is_empty() {
-            return false;
-        }
-        match reader.next().now_or_never() {
-            None => true,
-            Some(_) => {
-                self.broken = Some("unsolicited data or a close from the server".into());
-                false
-            }
-        }
-    }
-
-    /// Poll for the next frame, counting it as an answer received.
-    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ClientError>> {
-        let Link::Wire { reader, .. } = &mut self.link else {
-            return Poll::Ready(Err(no_wire()));
-        };
-        match reader.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                self.owed = self.owed.saturating_sub(1);
-                Poll::Ready(Ok(frame))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e.into())),
-            Poll::Ready(None) => Poll::Ready(Err(ClientError::Closed)),
-        }
+        self.exchange.is_idle()
     }
 
     /// Read and drop every answer still owed (after an abandoned exchange),
@@ -619,78 +144,30 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     /// failure or a timeout here breaks the connection: its answers can no
     /// longer be told apart.
     pub async fn settle(&mut self) -> Result<(), ClientError> {
-        self.check_usable()?;
-        let timeout = self.timeout;
-        let Link::Wire { writer, .. } = &mut self.link else {
-            return Ok(());
-        };
-        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
-            .await
-            .and_then(|r| r.map_err(ClientError::from));
-        if let Err(e) = flushed {
-            self.mark_broken(&e);
-            return Err(e);
-        }
-        while self.owed > 0 {
-            let frame = bounded(timeout, std::future::poll_fn(|cx| self.poll_frame(cx))).await;
-            if let Err(e) = frame.and_then(|f| f) {
-                self.mark_broken(&e);
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.exchange.settle().await
     }
 
     /// Send one message (flushed), without settling first: with
     /// [`StepClient::recv`], for callers that match answers themselves.
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
-        self.check_usable()?;
-        let timeout = self.timeout;
-        let Link::Wire { writer, .. } = &mut self.link else {
-            return Err(no_wire());
-        };
-        // `feed` queues the frame within the poll that completes it, so the
-        // count cannot miss a queued frame however this future is dropped.
-        let queued = bounded(timeout, writer.feed(msg))
-            .await
-            .and_then(|r| r.map_err(ClientError::from));
-        if let Err(e) = queued {
-            if !matches!(e, ClientError::TimedOut(_)) {
-                self.mark_broken(&e);
-            }
-            return Err(e);
-        }
-        self.owed += 1;
-        let flushed = bounded(timeout, SinkExt::<Message>::flush(writer))
-            .await
-            .and_then(|r| r.map_err(ClientError::from));
-        if let Err(e) = &flushed
-            && !matches!(e, ClientError::TimedOut(_))
-        {
-            self.mark_broken(e);
-        }
-        flushed
+        self.exchange.send(msg.clone()).await
     }
 
     /// Read one message. A timeout leaves the answer owed (drained by the
     /// next exchange); a failure to read breaks the connection.
     pub async fn recv(&mut self) -> Result<Message, ClientError> {
-        self.check_usable()?;
-        let timeout = self.timeout;
-        let frame = bounded(timeout, std::future::poll_fn(|cx| self.poll_frame(cx))).await?;
-        let frame = frame.inspect_err(|e| self.mark_broken(e))?;
-        Message::from_frame(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.exchange.recv().await
     }
 
     /// One round trip (after settling what earlier exchanges left owed); the
     /// response is returned whatever its status.
     pub async fn call(&mut self, msg: &Message) -> Result<Message, ClientError> {
-        if let Link::Local(serve) = &self.link {
-            return spawn_local(serve, msg.clone()).await;
-        }
-        self.settle().await?;
-        self.send(msg).await?;
-        self.recv().await
+        self.exchange.call(msg.clone()).await
+    }
+
+    /// [`StepClient::call`] with a message the caller gives up.
+    pub async fn call_owned(&mut self, msg: Message) -> Result<Message, ClientError> {
+        self.exchange.call(msg).await
     }
 
     /// Send every request of `requests`, keeping at most `window` of them
@@ -701,20 +178,20 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         &mut self,
         requests: S,
         window: usize,
-    ) -> Responses<'_, T, impl Stream<Item = Result<Message, ClientError>> + use<S, T>>
+    ) -> Responses<'_, impl Stream<Item = Result<Message, ClientError>> + use<S>>
     where
         S: Stream<Item = Message>,
     {
-        Responses::new(self, requests.map(Ok), window)
+        Responses::new(&mut self.exchange, requests.map(Ok), window)
     }
 
     /// [`StepClient::responses`] over a fallible source: its first error is
     /// yielded as soon as it comes, and ends the stream.
-    pub fn try_responses<S>(&mut self, requests: S, window: usize) -> Responses<'_, T, S>
+    pub fn try_responses<S>(&mut self, requests: S, window: usize) -> Responses<'_, S>
     where
         S: Stream<Item = Result<Message, ClientError>>,
     {
-        Responses::new(self, requests, window)
+        Responses::new(&mut self.exchange, requests, window)
     }
 
     /// [`StepClient::try_responses`], handing each response to
@@ -743,7 +220,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = Message::request(Operation::Login, Kind::Auth)
             .with(field::USERNAME, username)
             .with(field::PASSWORD, password);
-        let resp = expect_ok(self.call(&req).await?)?;
+        let resp = expect_ok(self.call_owned(req).await?)?;
         let caps = Capabilities::from_login(&resp);
         let LoginAnswer { token } = decode(resp)?;
         self.capabilities = caps;
@@ -760,7 +237,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     ) -> Result<PublicLogin, ClientError> {
         let req =
             Message::request(Operation::Login, Kind::Auth).with(field::ANONYMOUS, want.as_str());
-        let resp = expect_ok(self.call(&req).await?)?;
+        let resp = expect_ok(self.call_owned(req).await?)?;
         let caps = Capabilities::from_login(&resp);
         let answer: PublicAnswer = decode(resp)?;
         // A server that leaves out whom or what (not ours) granted what
@@ -793,7 +270,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(key) = key {
             req.set(field::KEY, key);
         }
-        let resp = expect_ok(self.call(&req).await?)?;
+        let resp = expect_ok(self.call_owned(req).await?)?;
         decode(resp).map(|KeyAnswer { key }| key)
     }
 
@@ -802,7 +279,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = self
             .request(Operation::Get, Kind::Data)?
             .with(field::KEY, key);
-        let mut resp = expect_ok(self.call(&req).await?)?;
+        let mut resp = expect_ok(self.call_owned(req).await?)?;
         for name in [
             field::OPERATION,
             field::TYPE,
@@ -820,7 +297,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = self
             .request(Operation::Delete, Kind::Data)?
             .with(field::KEY, key);
-        expect_ok(self.call(&req).await?).map(drop)
+        expect_ok(self.call_owned(req).await?).map(drop)
     }
 
     /// FILE SAVE: ask for an upload plan.
@@ -907,7 +384,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(id) = upload_id {
             req.set(field::UPLOAD_ID, id);
         }
-        decode(expect_ok(self.call(&req).await?)?)
+        decode(expect_ok(self.call_owned(req).await?)?)
     }
 
     /// The UPLOAD request for one block.
@@ -940,7 +417,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         data: Bytes,
     ) -> Result<Option<String>, ClientError> {
         let req = self.upload_request(target, index, data)?;
-        let ack: UploadAck = decode(expect_ok(self.call(&req).await?)?)?;
+        let ack: UploadAck = decode(expect_ok(self.call_owned(req).await?)?)?;
         Ok(ack.md5)
     }
 
@@ -961,7 +438,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(md5) = md5 {
             req.set(field::MD5, md5);
         }
-        let ack: UploadAck = decode(expect_ok(self.call(&req).await?)?)?;
+        let ack: UploadAck = decode(expect_ok(self.call_owned(req).await?)?)?;
         Ok(ack.md5)
     }
 
@@ -1012,7 +489,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(bs) = block_size {
             req.set(field::BLOCK_SIZE, bs);
         }
-        decode(expect_ok(self.call(&req).await?)?)
+        decode(expect_ok(self.call_owned(req).await?)?)
     }
 
     /// FILE GET with `upload_status` (our server's extension, announced as
@@ -1023,7 +500,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             .request(Operation::Get, Kind::File)?
             .with(field::KEY, key)
             .with(field::UPLOAD_STATUS, true);
-        decode(expect_ok(self.call(&req).await?)?)
+        decode(expect_ok(self.call_owned(req).await?)?)
     }
 
     /// FILE LIST (our server's extension, announced as `list`): one page of
@@ -1038,7 +515,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         if let Some(limit) = query.limit {
             req.set(field::LIMIT, limit);
         }
-        decode(expect_ok(self.call(&req).await?)?)
+        decode(expect_ok(self.call_owned(req).await?)?)
     }
 
     /// The DOWNLOAD request for block `index` of `plan`.
@@ -1064,7 +541,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
     ) -> Result<Bytes, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NotLoggedIn)?;
         let req = Self::download_request(token, plan, index);
-        let resp = expect_ok(self.call(&req).await?)?;
+        let resp = expect_ok(self.call_owned(req).await?)?;
         Ok(resp.binary)
     }
 
@@ -1102,7 +579,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
         let req = self
             .request(Operation::Delete, Kind::File)?
             .with(field::KEY, key);
-        expect_ok(self.call(&req).await?).map(drop)
+        expect_ok(self.call_owned(req).await?).map(drop)
     }
 
     /// FILE DELETE only while the file has md5 `if_md5` (our server's
@@ -1113,7 +590,7 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             .request(Operation::Delete, Kind::File)?
             .with(field::KEY, key)
             .with(field::IF_MD5, if_md5);
-        expect_ok(self.call(&req).await?).map(drop)
+        expect_ok(self.call_owned(req).await?).map(drop)
     }
 
     /// FILE DELETE of one upload only (our server's extension): the
@@ -1128,6 +605,10 @@ impl<T: AsyncRead + AsyncWrite> StepClient<T> {
             .request(Operation::Delete, Kind::File)?
             .with(field::KEY, key)
             .with(field::UPLOAD_ID, upload_id);
-        expect_ok(self.call(&req).await?).map(drop)
+        expect_ok(self.call_owned(req).await?).map(drop)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -9,15 +9,23 @@
 //! * [`problem`] — every refusal in one table: STEP status, reason, HTTP status, code, words.
 //! * [`plan`] — block arithmetic shared by servers and clients.
 //! * [`client`] — an async client with a bounded pipelining window.
+//! * [`answers`] — what the server answers it, as types; [`error`] — its errors.
+//! * [`link`] — what it speaks over: frames on a connection, or a channel to a
+//!   service in this process.
+//! * [`exchange`] — a link kept in step (answers owed, timeout, breakage).
 //! * [`pipeline`] — its stream of responses, cancel-safe.
 //! * [`conn`] — its connection: plain TCP, or TLS (feature `tls`).
 
 pub mod access;
+pub mod answers;
 pub mod client;
 pub mod codec;
 pub mod conn;
 pub mod digest;
+pub mod error;
+pub mod exchange;
 pub mod json;
+pub mod link;
 pub mod message;
 pub mod pipeline;
 pub mod plan;

@@ -1,12 +1,12 @@
 //! A stream of responses to a stream of requests, with bounded credits.
 //!
-//! [`Responses`] borrows a [`StepClient`] and keeps at most `window` of its
-//! own requests unanswered. It is a plain state machine polled by its
-//! consumer, so it is cancel-safe by construction: whatever point it is
-//! dropped at, the client's count of owed answers
-//! ([`StepClient::in_flight`]) is exact — a request counts from the moment
-//! its frame is queued in the writer, an answer from the moment its frame is
-//! decoded — and the next exchange on the client first reads (and discards)
+//! [`Responses`] borrows a client's [`Exchange`] and keeps at most `window`
+//! of its own requests unanswered, over whichever [`Link`](crate::link::Link)
+//! the client has. It is a plain state machine polled by its consumer, so it
+//! is cancel-safe by construction: whatever point it is dropped at, the
+//! count of owed answers ([`Exchange::in_flight`]) is exact — a request
+//! counts from the moment it is queued in the link, an answer from the
+//! moment it is read — and the next exchange first reads (and discards)
 //! what is still owed. Only an I/O or framing failure, or owed answers that
 //! do not come within the timeout, make the connection unusable.
 
@@ -14,13 +14,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use futures::{Sink, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::client::{ClientError, Link, StepClient};
+use crate::error::ClientError;
+use crate::exchange::Exchange;
 use crate::message::Message;
 
 /// Responses in request order (STEP answers in order, so matching is
@@ -28,8 +26,8 @@ use crate::message::Message;
 /// on, and the consumer decides (see [`crate::client::expect_ok`]). The
 /// stream ends after the last answer, or after its first `Err` item.
 #[must_use = "streams do nothing unless polled"]
-pub struct Responses<'c, T, S> {
-    client: &'c mut StepClient<T>,
+pub struct Responses<'c, S> {
+    client: &'c mut Exchange,
     /// `None` once it has ended.
     requests: Option<Pin<Box<S>>>,
     window: usize,
@@ -43,12 +41,10 @@ pub struct Responses<'c, T, S> {
     /// Deadline for the server's next sign of progress, armed only while we
     /// wait on it (the requests' source is the caller's to bound).
     deadline: Option<Pin<Box<Sleep>>>,
-    /// An in-process client's requests being answered, in order.
-    local: FuturesOrdered<BoxFuture<'static, Result<Message, ClientError>>>,
     done: bool,
 }
 
-impl<T, S> std::fmt::Debug for Responses<'_, T, S> {
+impl<S> std::fmt::Debug for Responses<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Responses")
             .field("window", &self.window)
@@ -59,12 +55,11 @@ impl<T, S> std::fmt::Debug for Responses<'_, T, S> {
     }
 }
 
-impl<'c, T, S> Responses<'c, T, S>
+impl<'c, S> Responses<'c, S>
 where
-    T: AsyncRead + AsyncWrite,
     S: Stream<Item = Result<Message, ClientError>>,
 {
-    pub(crate) fn new(client: &'c mut StepClient<T>, requests: S, window: usize) -> Self {
+    pub(crate) fn new(client: &'c mut Exchange, requests: S, window: usize) -> Self {
         let stale = client.in_flight();
         Self {
             client,
@@ -76,7 +71,6 @@ where
             // answers owed to them come only once they are out.
             unflushed: true,
             deadline: None,
-            local: FuturesOrdered::new(),
             done: false,
         }
     }
@@ -98,39 +92,45 @@ where
         }
     }
 
-    /// An in-process client: up to `window` requests answered at once (the
-    /// service bounds its own waits), yielded in order. Each runs on a task
-    /// of its own, so dropping the stream abandons answers, never a request
-    /// half-served.
-    fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, ClientError>>> {
-        let Link::Local(serve) = &self.client.link else {
-            return Poll::Ready(None);
-        };
-        while self.local.len() < self.window
+    /// Send while credits last and the source has requests ready; whether
+    /// any went, or the end of the stream (an error) when one must.
+    #[allow(clippy::type_complexity)]
+    fn send_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Result<bool, Poll<Option<Result<Message, ClientError>>>> {
+        let mut moved = false;
+        while self.pending < self.window
             && let Some(requests) = self.requests.as_mut()
         {
-            match requests.as_mut().poll_next(cx) {
+            match Pin::new(&mut *self.client.link).poll_ready(cx) {
                 Poll::Pending => break,
-                Poll::Ready(None) => self.requests = None,
+                Poll::Ready(Err(e)) => return Err(self.fail(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let msg = match requests.as_mut().poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    self.requests = None;
+                    break;
+                }
                 Poll::Ready(Some(Err(e))) => {
                     self.requests = None;
-                    return self.finish(e);
+                    return Err(self.finish(e));
                 }
-                Poll::Ready(Some(Ok(msg))) => {
-                    self.local
-                        .push_back(Box::pin(crate::client::spawn_local(serve, msg)));
-                }
+                Poll::Ready(Some(Ok(msg))) => msg,
+            };
+            if let Err(e) = Pin::new(&mut *self.client.link).start_send(msg) {
+                return Err(self.fail(e));
             }
+            // Owed from here on: the request is in the link (a frame in the
+            // writer's buffer goes out with the next flush, whoever makes it).
+            self.client.owe();
+            self.pending += 1;
+            self.unflushed = true;
+            moved = true;
         }
-        match self.local.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(msg))) => Poll::Ready(Some(Ok(msg))),
-            Poll::Ready(Some(Err(e))) => self.finish(e),
-            Poll::Ready(None) if self.requests.is_none() => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            _ => Poll::Pending,
-        }
+        Ok(moved)
     }
 
     /// Ready when the server has made no progress for the timeout.
@@ -146,9 +146,8 @@ where
     }
 }
 
-impl<T, S> Stream for Responses<'_, T, S>
+impl<S> Stream for Responses<'_, S>
 where
-    T: AsyncRead + AsyncWrite,
     S: Stream<Item = Result<Message, ClientError>>,
 {
     type Item = Result<Message, ClientError>;
@@ -161,74 +160,34 @@ where
         if let Err(e) = this.client.check_usable() {
             return this.finish(e);
         }
-        if let Link::Local(_) = this.client.link {
-            return this.poll_local(cx);
-        }
         loop {
-            let mut moved = false;
-            // Send while credits last and the source has requests ready.
-            while this.pending < this.window
-                && let Some(requests) = this.requests.as_mut()
-            {
-                let Link::Wire { writer, .. } = &mut this.client.link else {
-                    break;
-                };
-                match Sink::<Message>::poll_ready(Pin::new(writer), cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return this.fail(e.into()),
-                    Poll::Ready(Ok(())) => {}
-                }
-                let msg = match requests.as_mut().poll_next(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(None) => {
-                        this.requests = None;
-                        break;
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        this.requests = None;
-                        return this.finish(e);
-                    }
-                    Poll::Ready(Some(Ok(msg))) => msg,
-                };
-                let Link::Wire { writer, .. } = &mut this.client.link else {
-                    break;
-                };
-                if let Err(e) = Pin::new(writer).start_send(msg) {
-                    return this.fail(e.into());
-                }
-                // Owed from here on: the frame is in the writer's buffer and
-                // goes out with the next flush, whoever makes it.
-                this.client.owe();
-                this.pending += 1;
-                this.unflushed = true;
-                moved = true;
-            }
-            if this.unflushed
-                && let Link::Wire { writer, .. } = &mut this.client.link
-            {
-                match Sink::<Message>::poll_flush(Pin::new(writer), cx) {
+            let moved = match this.send_ready(cx) {
+                Ok(moved) => moved,
+                Err(end) => return end,
+            };
+            if this.unflushed {
+                match Pin::new(&mut *this.client.link).poll_flush(cx) {
                     Poll::Ready(Ok(())) => this.unflushed = false,
-                    Poll::Ready(Err(e)) => return this.fail(e.into()),
+                    Poll::Ready(Err(e)) => return this.fail(e),
                     Poll::Pending => {}
                 }
             }
             if this.stale + this.pending as u64 > 0 {
-                match this.client.poll_frame(cx) {
-                    Poll::Ready(Ok(frame)) => {
+                match this.client.poll_answer(cx) {
+                    Poll::Ready(answer @ (Ok(_) | Err(ClientError::Protocol(_)))) => {
                         this.progress();
                         if this.stale > 0 {
                             this.stale -= 1;
                             continue;
                         }
                         this.pending -= 1;
-                        let msg = Message::from_frame(frame)
-                            .map_err(|e| ClientError::Protocol(e.to_string()));
-                        if msg.is_err() {
+                        if answer.is_err() {
                             this.done = true;
                         }
-                        return Poll::Ready(Some(msg));
+                        return Poll::Ready(Some(answer));
                     }
-                    Poll::Ready(Err(e)) => return this.fail(e),
+                    // The exchange marked the link broken already.
+                    Poll::Ready(Err(e)) => return this.finish(e),
                     Poll::Pending => {}
                 }
             } else if this.requests.is_none() && !this.unflushed {

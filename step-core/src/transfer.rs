@@ -11,22 +11,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client::{ClientError, DownloadPlan, StepClient, UploadTarget};
 
 /// Upload `blocks` (index, data) to `key` over every client in `clients`
 /// (each already holding a token), `window` blocks in flight on each.
 /// Returns the md5 the server reported when the file completed.
-pub async fn upload_spread<'a, T, S>(
-    clients: &mut [&mut StepClient<T>],
+pub async fn upload_spread<'a, S>(
+    clients: &mut [&mut StepClient],
     target: impl Into<UploadTarget<'a>>,
     blocks: S,
     window: usize,
     on_block: &(dyn Fn(u64) + Sync),
 ) -> Result<Option<String>, ClientError>
 where
-    T: AsyncRead + AsyncWrite,
     S: Stream<Item = Result<(u64, Bytes), ClientError>>,
 {
     let window = window.max(1);
@@ -88,30 +86,24 @@ pub async fn feed<T, E>(
 /// Download every block of `plan` over every client in `clients`, `window`
 /// in flight on each. `on_block(index, data)` is called as blocks arrive,
 /// in no particular order across connections.
-pub async fn download_spread<T>(
-    clients: &mut [&mut StepClient<T>],
+pub async fn download_spread(
+    clients: &mut [&mut StepClient],
     plan: &DownloadPlan,
     window: usize,
     on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
-) -> Result<(), ClientError>
-where
-    T: AsyncRead + AsyncWrite,
-{
+) -> Result<(), ClientError> {
     spread(clients, plan, plan.total_block, &|n| n, window, on_block).await
 }
 
 /// Like [`download_spread`] for only the blocks `indexes` (a resumed
 /// download fetches what it lacks).
-pub async fn download_spread_indexes<T>(
-    clients: &mut [&mut StepClient<T>],
+pub async fn download_spread_indexes(
+    clients: &mut [&mut StepClient],
     plan: &DownloadPlan,
     indexes: &[u64],
     window: usize,
     on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
-) -> Result<(), ClientError>
-where
-    T: AsyncRead + AsyncWrite,
-{
+) -> Result<(), ClientError> {
     let count = indexes.len() as u64;
     let nth = |n: u64| indexes[usize::try_from(n).unwrap_or(usize::MAX)];
     spread(clients, plan, count, &nth, window, on_block).await
@@ -119,17 +111,14 @@ where
 
 /// The `count` blocks `nth(0..count)`, handed out one at a time to whichever
 /// connection asks next.
-async fn spread<T>(
-    clients: &mut [&mut StepClient<T>],
+async fn spread(
+    clients: &mut [&mut StepClient],
     plan: &DownloadPlan,
     count: u64,
     nth: &(dyn Fn(u64) -> u64 + Sync),
     window: usize,
     on_block: &(dyn Fn(u64, Bytes) -> Result<(), ClientError> + Sync),
-) -> Result<(), ClientError>
-where
-    T: AsyncRead + AsyncWrite,
-{
+) -> Result<(), ClientError> {
     let next = AtomicU64::new(0);
     let workers = clients.iter_mut().map(|client| {
         let next = &next;

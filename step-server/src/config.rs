@@ -1,44 +1,72 @@
 //! Configuration: clap flags, each with an environment-variable fallback and a
-//! default that lets the binary run with no flags at all.
+//! default that lets the binary run with no flags at all. These structs only
+//! parse; what they describe is built in [`crate::compose`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
-use rand::RngCore;
-use step_core::StepCodec;
-use step_core::token::TokenKey;
-use tracing::{info, warn};
 
 use step_core::access::Anonymous;
 
 use crate::accounts::AuthMode;
-use crate::auth::{LoginLimits, Public};
-use crate::server::ConnectionLimits;
-use crate::service::{Extensions, Limits, Service};
-use crate::store::object::ObjectStorage;
-use crate::store::object::coord::{Coord, RedisCoord};
-use crate::store::s3::{StorageChoice, object_store_from_env};
-use crate::store::{self, DiskStore, Storage, StoreLimits};
+use crate::store::s3::StorageChoice;
 
-/// An address to reach a server bound to `addr` from this host: a wildcard
-/// bind (`0.0.0.0`, `::`) is reached on loopback.
-pub fn reachable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, addr.port())
+// Headings of `--help`, one per concern.
+pub const STORAGE: &str = "Storage";
+pub const TOKENS: &str = "Tokens";
+pub const LIMITS: &str = "Limits";
+pub const UPLOADS: &str = "Unfinished uploads";
+pub const ACCOUNTS: &str = "Accounts and anonymous access";
+pub const CONNECTIONS: &str = "Connections";
+pub const LOGGING: &str = "Logging";
+
+/// Why listening on `addr` failed, for the person who started the server:
+/// an address in use names `flag`, the setting to change.
+pub fn listen_error(what: &str, addr: SocketAddr, flag: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen {what} on {addr}: the address is in use (something else \
+             listens there); stop it or choose another port with {flag}"
+        )
     } else {
-        addr
+        format!("cannot listen {what} on {addr}: {e}")
     }
+}
+
+/// A byte count as every size flag takes it: a number, optionally with a
+/// binary unit — `K`, `M`, `G`, `T` (1024-based; `KiB`, `MB`... read the
+/// same, a trailing `B` alone means bytes) — e.g. `512M`, `1G`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_uppercase();
+    let shift = match unit.trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: not a size (e.g. 1048576, 512K, 64M, 1G, 1T)"
+            ));
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: not a size (e.g. 1048576, 512K, 64M, 1G, 1T)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+/// [`parse_size`] for a size held in a `usize`.
+pub fn parse_size_usize(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_size(text)?).map_err(|_| format!("{text:?}: too large"))
 }
 
 /// Where the STEP server listens. `--ip`/`--port` are the reference's flags.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Listening")]
 pub struct ListenArgs {
     /// Address to listen on (empty means all interfaces, as in the reference).
     #[arg(long, env = "STEP_IP", default_value = "0.0.0.0")]
@@ -73,63 +101,70 @@ pub struct ServiceArgs {
         long,
         env = "STEP_DATA_DIR",
         default_value = "step-data",
-        global = true
+        global = true,
+        help_heading = STORAGE
     )]
     pub data_dir: PathBuf,
     /// Secret that signs tokens. When neither this nor --token-secret-file is
     /// given, a random one is made at start (tokens then die with the process).
-    #[arg(long, env = "STEP_TOKEN_SECRET", hide_env_values = true)]
+    #[arg(long, env = "STEP_TOKEN_SECRET", hide_env_values = true, help_heading = TOKENS)]
     pub token_secret: Option<String>,
     /// File whose contents (trimmed) are the token secret.
-    #[arg(long, env = "STEP_TOKEN_SECRET_FILE")]
+    #[arg(long, env = "STEP_TOKEN_SECRET_FILE", help_heading = TOKENS)]
     pub token_secret_file: Option<PathBuf>,
     /// Token refusals answered per second, server-wide (beyond a one-second
     /// burst, further refusals wait): bounds online token guessing.
-    #[arg(long, env = "STEP_TOKEN_FAILURES_PER_SEC", default_value_t = 1000)]
+    #[arg(long, env = "STEP_TOKEN_FAILURES_PER_SEC", default_value_t = 1000, help_heading = TOKENS)]
     pub token_failures_per_sec: u32,
     /// Token lifetime in seconds: the least a freshly minted token is valid
     /// for (it may live up to 600 s longer). From 1 to 5913600 (about 68 days);
     /// other values are refused at start-up.
-    #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400,
+    #[arg(long, env = "STEP_TOKEN_TTL", default_value_t = 86_400, help_heading = TOKENS,
           value_parser = clap::value_parser!(u64).range(1..=step_core::token::MAX_TTL_SECS))]
     pub token_ttl: u64,
-    /// Largest file a SAVE may announce, in bytes.
-    #[arg(long, env = "STEP_MAX_FILE_SIZE", default_value_t = 1 << 40)]
+    /// Largest file a SAVE may announce (a size: 1048576, 512K, 64M, 1G, 1T).
+    #[arg(long, env = "STEP_MAX_FILE_SIZE", default_value = "1T", value_parser = parse_size,
+          help_heading = LIMITS)]
     pub max_file_size: u64,
-    /// Largest block (binary part) accepted or planned, in bytes.
-    #[arg(long, env = "STEP_MAX_BLOCK_SIZE", default_value_t = step_core::codec::DEFAULT_MAX_BINARY as u64)]
+    /// Largest block (binary part) accepted or planned (a size, e.g. 8M).
+    #[arg(long, env = "STEP_MAX_BLOCK_SIZE", default_value = "8M", value_parser = parse_size,
+          help_heading = LIMITS)]
     pub max_block_size: u64,
     /// Bytes of request binary parts (blocks) buffered at once, server-wide.
     /// A connection waits for its share before it reads a block, so honest
     /// clients get back-pressure, never failure. At least --max-block-size.
-    #[arg(long, env = "STEP_FRAME_BUDGET", default_value_t = 256 << 20)]
+    #[arg(long, env = "STEP_FRAME_BUDGET", default_value = "256M", value_parser = parse_size,
+          help_heading = LIMITS)]
     pub frame_budget: u64,
     /// Bytes of long JSON parts (above 16 KiB) buffered at once,
     /// server-wide; a connection waits for its share before reading one.
     /// At least --max-json.
-    #[arg(long, env = "STEP_JSON_BUDGET", default_value_t = 64 << 20)]
+    #[arg(long, env = "STEP_JSON_BUDGET", default_value = "64M", value_parser = parse_size,
+          help_heading = LIMITS)]
     pub json_budget: u64,
-    /// Largest JSON part accepted, in bytes.
-    #[arg(long, env = "STEP_MAX_JSON", default_value_t = step_core::codec::DEFAULT_MAX_JSON)]
+    /// Largest JSON part accepted (a size, e.g. 1M).
+    #[arg(long, env = "STEP_MAX_JSON", default_value = "1M", value_parser = parse_size_usize,
+          help_heading = LIMITS)]
     pub max_json: usize,
     /// Longest key accepted, in bytes.
-    #[arg(long, env = "STEP_MAX_KEY_LEN", default_value_t = 1024)]
+    #[arg(long, env = "STEP_MAX_KEY_LEN", default_value_t = 1024, help_heading = LIMITS)]
     pub max_key_len: usize,
     /// Most connections served at once; further clients wait in the backlog.
-    #[arg(long, env = "STEP_MAX_CONNECTIONS", default_value_t = 16384)]
+    #[arg(long, env = "STEP_MAX_CONNECTIONS", default_value_t = 16384, help_heading = CONNECTIONS)]
     pub max_connections: usize,
     /// Seconds a connection may go without a complete request, or without
     /// taking a response it is sent.
-    #[arg(long, env = "STEP_IDLE_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "STEP_IDLE_TIMEOUT", default_value_t = 300, help_heading = CONNECTIONS)]
     pub idle_timeout: u64,
     // --- Unfinished uploads (store): expiry and per-user caps. ---
     /// Seconds an unfinished upload may go without a SAVE or block before
     /// it is removed (checked periodically and at start).
-    #[arg(long, env = "STEP_UPLOAD_EXPIRY", default_value_t = 86_400)]
+    #[arg(long, env = "STEP_UPLOAD_EXPIRY", default_value_t = 86_400, help_heading = UPLOADS)]
     pub upload_expiry: u64,
     /// Bytes one user's unfinished uploads may plan in total; a SAVE beyond
     /// is refused (406, reason `quota`).
-    #[arg(long, env = "STEP_MAX_UNFINISHED_BYTES_PER_USER", default_value_t = 64 << 30)]
+    #[arg(long, env = "STEP_MAX_UNFINISHED_BYTES_PER_USER", default_value = "64G",
+          value_parser = parse_size, help_heading = UPLOADS)]
     pub max_unfinished_bytes_per_user: u64,
     /// Unfinished uploads one user may have at once; a SAVE beyond is
     /// refused (406, reason `quota`).
@@ -137,66 +172,73 @@ pub struct ServiceArgs {
         long,
         env = "STEP_MAX_UNFINISHED_UPLOADS_PER_USER",
         default_value_t = 1000
+    ,
+        help_heading = UPLOADS
     )]
     pub max_unfinished_uploads_per_user: u64,
     /// Where records, files and unfinished uploads live: `disk` (under
     /// --data-dir) or `s3://BUCKET[/PREFIX]`, with the endpoint, credentials
     /// and region from the standard AWS variables (AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
-    #[arg(long, env = "STEP_STORAGE", default_value = "disk",
+    #[arg(long, env = "STEP_STORAGE", default_value = "disk", help_heading = STORAGE,
           value_parser = StorageChoice::parse, global = true)]
     pub storage: StorageChoice,
     /// Coordination engine shared by several step-servers on one
     /// `--storage s3://` bucket and prefix: `redis://[user:password@]host[:port][/db]`
     /// (Redis 7; keep AOF on with `appendfsync always`, see the README's
     /// "Cluster"). Without it a server assumes it is alone on its bucket.
-    #[arg(long, env = "STEP_COORD", global = true, hide_env_values = true)]
+    #[arg(long, env = "STEP_COORD", global = true, hide_env_values = true, help_heading = STORAGE)]
     pub coord: Option<String>,
     // --- Accounts (issue 15); see `crate::accounts`. ---
     /// How LOGIN checks passwords: `open` (password = md5(username), the
     /// reference's rule: course clients work, anyone can log in as anyone)
     /// or `accounts` (argon2id hashes kept in the storage, managed with
     /// `step-server user ...`).
-    #[arg(long, env = "STEP_AUTH", value_enum, default_value_t = AuthMode::Open, global = true)]
+    #[arg(long, env = "STEP_AUTH", value_enum, default_value_t = AuthMode::Open, global = true,
+          help_heading = ACCOUNTS)]
     pub auth: AuthMode,
     /// Accounts imported at start (created, or their password replaced),
     /// one `NAME:HASH` a line, HASH an argon2 PHC string as `step-server
     /// user hash` prints it; blank lines and `#` comments skipped. Meant for
     /// a Docker secret. Accounts not in the file are left as they are.
-    #[arg(long, env = "STEP_ACCOUNTS_FILE")]
+    #[arg(long, env = "STEP_ACCOUNTS_FILE", help_heading = ACCOUNTS)]
     pub accounts_file: Option<PathBuf>,
     /// Password LOGINs per minute from one source address (an IPv6 /64),
     /// in a burst of as many (accounts mode); beyond, refused at once with
     /// "too many attempts, retry in N s", before any password is checked.
-    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_SOURCE", default_value_t = 30)]
+    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_SOURCE", default_value_t = 30, help_heading = ACCOUNTS)]
     pub login_attempts_per_source: u32,
     /// Password LOGINs per minute for one user name, in a burst of as many
     /// (accounts mode); beyond, refused at once as above.
-    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_USER", default_value_t = 30)]
+    #[arg(long, env = "STEP_LOGIN_ATTEMPTS_PER_USER", default_value_t = 30, help_heading = ACCOUNTS)]
     pub login_attempts_per_user: u32,
     /// Password checks that may wait beyond those running (half the cores);
     /// beyond, a LOGIN is refused at once as busy ("retry in 1 s").
-    #[arg(long, env = "STEP_LOGIN_QUEUE", default_value_t = 32)]
+    #[arg(long, env = "STEP_LOGIN_QUEUE", default_value_t = 32, help_heading = ACCOUNTS)]
     pub login_queue: usize,
+    /// Shortest password `user add` and `user passwd` accept, in characters.
+    #[arg(long, env = "STEP_MIN_PASSWORD_LEN", default_value_t = 8, global = true,
+          help_heading = ACCOUNTS)]
+    pub min_password_len: usize,
     /// The public user: whose files anonymous callers read (and, with
     /// anonymous write, write). `anonymous` (the default) is reserved: no
     /// password logs in as it. Another name must be an account (accounts
     /// mode), which publishes there with its own password.
-    #[arg(long, env = "STEP_PUBLIC_USER", default_value = crate::auth::PUBLIC_NAME,
+    #[arg(long, env = "STEP_PUBLIC_USER", default_value = crate::auth::PUBLIC_NAME, help_heading = ACCOUNTS,
           alias = "default-user")]
     pub public_user: String,
     /// Seconds a new connection has to send its first request's header
     /// and JSON part; then it is closed (silent sockets free their slot).
-    #[arg(long, env = "STEP_FIRST_REQUEST_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "STEP_FIRST_REQUEST_TIMEOUT", default_value_t = 10, help_heading = CONNECTIONS)]
     pub first_request_timeout: u64,
     /// Connections one source address (an IPv6 /64) may hold at once;
     /// further ones from it are closed at accept.
-    #[arg(long, env = "STEP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 128)]
+    #[arg(long, env = "STEP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 128, help_heading = CONNECTIONS)]
     pub max_connections_per_source: usize,
     /// Seconds a replaced version of a file stays readable for downloads
     /// that began before the replace (also removed at the key's next
     /// replace or DELETE).
-    #[arg(long, env = "STEP_REPLACED_GRACE", default_value_t = 900)]
+    #[arg(long, env = "STEP_REPLACED_GRACE", default_value_t = 900, help_heading = UPLOADS)]
     pub replaced_grace: u64,
     /// Extensions to turn off, comma-separated (`list`, `replace`): the
     /// server then neither announces nor serves them, answering as the
@@ -206,6 +248,8 @@ pub struct ServiceArgs {
         env = "STEP_DISABLE_EXTENSIONS",
         value_delimiter = ',',
         value_enum
+    ,
+        help_heading = LIMITS
     )]
     pub disable_extensions: Vec<Extension>,
 }
@@ -253,6 +297,7 @@ impl std::fmt::Debug for ServiceArgs {
             .field("login_attempts_per_source", &self.login_attempts_per_source)
             .field("login_attempts_per_user", &self.login_attempts_per_user)
             .field("login_queue", &self.login_queue)
+            .field("min_password_len", &self.min_password_len)
             .field("public_user", &self.public_user)
             .field("first_request_timeout", &self.first_request_timeout)
             .field(
@@ -265,263 +310,9 @@ impl std::fmt::Debug for ServiceArgs {
     }
 }
 
-impl ServiceArgs {
-    fn secret(&self) -> std::io::Result<Vec<u8>> {
-        // An empty secret would sign every token with a key anyone knows.
-        let non_empty = |secret: &[u8], from: &str| {
-            if secret.is_empty() {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!(
-                        "the token secret from {from} is empty; set a real one or leave it unset for a random one"
-                    ),
-                ))
-            } else {
-                Ok(secret.to_vec())
-            }
-        };
-        if let Some(path) = &self.token_secret_file {
-            let text = std::fs::read_to_string(path)?;
-            return non_empty(text.trim().as_bytes(), &path.display().to_string());
-        }
-        if let Some(s) = &self.token_secret {
-            return non_empty(s.as_bytes(), "--token-secret / STEP_TOKEN_SECRET");
-        }
-        warn!("no token secret configured: using a random one; tokens will not survive a restart");
-        let mut secret = vec![0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        Ok(secret)
-    }
-
-    /// The storage `--storage` names: local disk under `--data-dir`, or an
-    /// S3 bucket (credentials and endpoint from the standard AWS variables).
-    fn open_storage(&self, limits: StoreLimits) -> std::io::Result<Arc<dyn Storage>> {
-        match &self.storage {
-            StorageChoice::Disk if self.coord.is_some() => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "--coord / STEP_COORD needs --storage s3://…: a disk store cannot be shared by several servers",
-            )),
-            StorageChoice::Disk => {
-                let disk = DiskStore::open_with(&self.data_dir, limits).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open the store at {}: {e}", self.data_dir.display()),
-                    )
-                })?;
-                Ok(disk)
-            }
-            StorageChoice::S3 { bucket, prefix } => {
-                let objects = object_store_from_env(bucket, prefix).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-                })?;
-                let coord = match &self.coord {
-                    None => None,
-                    Some(url) => {
-                        let namespace = format!("{bucket}/{prefix}");
-                        // Coordinator records outlive an idle upload's expiry
-                        // (the bucket decides; they only must not vanish first).
-                        let coord = RedisCoord::new(url, &namespace, limits.upload_expiry * 2)
-                            .map_err(|e| {
-                                std::io::Error::new(
-                                    std::io::ErrorKind::InvalidInput,
-                                    format!("--coord / STEP_COORD: {e}"),
-                                )
-                            })?;
-                        info!(engine = ?coord, "coordinating with other step-servers on this bucket");
-                        Some(Arc::new(coord) as Arc<dyn Coord>)
-                    }
-                };
-                let storage = ObjectStorage::coordinated(objects, "", limits, coord);
-                // Count the unfinished uploads already in the bucket now
-                // rather than at the first request that needs them.
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    let recovering = storage.clone();
-                    rt.spawn(async move {
-                        upgrade_until_done(&recovering).await;
-                        if let Err(e) = recovering.recover().await {
-                            warn!(error = %e, "cannot list the bucket's unfinished uploads yet");
-                        }
-                    });
-                }
-                Ok(Arc::new(storage))
-            }
-        }
-    }
-
-    /// Open the storage and build the request service and connection limits.
-    /// Inside a tokio runtime, also start the sweeper of idle unfinished
-    /// uploads (it stops when the service, the storage's holder, is dropped).
-    /// Settings that cannot work are refused here, with a message that says
-    /// which flag to change, before anything is opened.
-    pub fn build(&self) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
-        self.build_with(Anonymous::None)
-    }
-
-    /// [`Self::build`], anonymous callers allowed `anonymous` over
-    /// `--public-user`'s files.
-    pub fn build_with(
-        &self,
-        anonymous: Anonymous,
-    ) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
-        let invalid = |text: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, text);
-        if let Err(e) = TokenKey::try_new(b"check", self.token_ttl) {
-            return Err(invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")));
-        }
-        if self.max_block_size > u64::from(u32::MAX) {
-            return Err(invalid(format!(
-                "--max-block-size / STEP_MAX_BLOCK_SIZE: {} exceeds what a frame header can announce ({})",
-                self.max_block_size,
-                u32::MAX
-            )));
-        }
-        if self.frame_budget < self.max_block_size {
-            return Err(invalid(format!(
-                "--frame-budget / STEP_FRAME_BUDGET ({}) must be at least --max-block-size ({}): \
-                 a block larger than the whole budget could never be read",
-                self.frame_budget, self.max_block_size
-            )));
-        }
-        if self.json_budget < self.max_json as u64 || self.max_json as u64 > u64::from(u32::MAX) {
-            return Err(invalid(format!(
-                "--json-budget / STEP_JSON_BUDGET ({}) must be at least --max-json ({}), \
-                 which a frame header can announce only up to {}",
-                self.json_budget,
-                self.max_json,
-                u32::MAX
-            )));
-        }
-        let store_limits = StoreLimits {
-            upload_expiry: Duration::from_secs(self.upload_expiry.max(1)),
-            max_unfinished_bytes_per_user: self.max_unfinished_bytes_per_user,
-            max_unfinished_uploads_per_user: self.max_unfinished_uploads_per_user,
-            replaced_grace: Duration::from_secs(self.replaced_grace),
-        };
-        let storage = self.open_storage(store_limits)?;
-        let _sweeper = store::spawn_sweeper(storage.clone(), store_limits.sweep_period());
-        let tokens = TokenKey::try_new(&self.secret()?, self.token_ttl)
-            .map_err(|e| invalid(format!("--token-ttl / STEP_TOKEN_TTL: {e}")))?;
-        let max_binary = usize::try_from(self.max_block_size).unwrap_or(usize::MAX);
-        let limits = Limits {
-            max_key_len: self.max_key_len,
-            max_username_len: 256,
-            max_file_size: self.max_file_size,
-            max_block_size: self.max_block_size,
-            token_failures_per_sec: self.token_failures_per_sec,
-            upload_expiry_secs: self.upload_expiry.max(1),
-            login: LoginLimits {
-                per_source_per_min: self.login_attempts_per_source,
-                per_user_per_min: self.login_attempts_per_user,
-                queue: self.login_queue,
-            },
-            extensions: Extensions {
-                list: !self.disable_extensions.contains(&Extension::List),
-                replace: !self.disable_extensions.contains(&Extension::Replace),
-            },
-        };
-        let conn = ConnectionLimits {
-            max_connections: self.max_connections.max(1),
-            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
-            codec: StepCodec::new(self.max_json, max_binary),
-            frame_budget: usize::try_from(self.frame_budget).unwrap_or(usize::MAX),
-            json_budget: usize::try_from(self.json_budget).unwrap_or(usize::MAX),
-            first_request_timeout: Duration::from_secs(self.first_request_timeout.max(1)),
-            max_per_source: self.max_connections_per_source.max(1),
-        };
-        let service = Service::new(storage, tokens, limits)
-            .with_auth(self.auth)
-            .map_err(std::io::Error::other)?
-            .with_public(Public {
-                anonymous,
-                user: self.public_user.clone(),
-            });
-        Ok((Arc::new(service), conn))
-    }
-
-    /// [`Self::build`], then the accounts of `--accounts-file` imported: what
-    /// a server does at start.
-    pub async fn start(
-        &self,
-        anonymous: Anonymous,
-    ) -> std::io::Result<(Arc<Service>, ConnectionLimits)> {
-        self.check_public(anonymous)?;
-        let built = self.build_with(anonymous)?;
-        if let Some(path) = &self.accounts_file {
-            let n = crate::users::import_accounts_file(built.0.store().as_ref(), path)
-                .await
-                .map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("--accounts-file {}: {e}", path.display()),
-                    )
-                })?;
-            tracing::info!(accounts = n, file = %path.display(), "accounts imported");
-        }
-        Ok(built)
-    }
-
-    /// `--public-user` must be usable: a name other than the reserved one
-    /// is a real account, which open mode has none of.
-    fn check_public(&self, anonymous: Anonymous) -> std::io::Result<()> {
-        let user = &self.public_user;
-        if user.is_empty() || user.len() > 256 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "--public-user / STEP_PUBLIC_USER must be 1 to 256 bytes",
-            ));
-        }
-        if user != crate::auth::PUBLIC_NAME
-            && self.auth == AuthMode::Open
-            && anonymous != Anonymous::None
-        {
-            warn!(
-                public_user = %user,
-                "--public-user names an ordinary user in open mode: nobody can log in as it \
-                 any more (the md5 rule is refused for the public user); publish there with \
-                 --auth accounts and an account of that name"
-            );
-        }
-        Ok(())
-    }
-
-    /// The storage for account management only (`step-server user`): on
-    /// disk, opened without the start-up cleanup a server does, so it is
-    /// safe next to a running server on the same directory.
-    pub fn open_accounts(&self) -> std::io::Result<Arc<dyn Storage>> {
-        match &self.storage {
-            StorageChoice::Disk => Ok(DiskStore::open_for_accounts(&self.data_dir)?),
-            StorageChoice::S3 { .. } => self.open_storage(StoreLimits::default()),
-        }
-    }
-}
-
-/// Coordinated: migrate the bucket from an earlier release's layout if it
-/// holds one, trying again while the coordinator or the bucket cannot be
-/// reached (requests answer "unavailable" meanwhile). Alone: returns at
-/// once.
-async fn upgrade_until_done(storage: &ObjectStorage) {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        match storage.upgrade().await {
-            Ok(m) if m.records + m.files > 0 => {
-                info!(
-                    records = m.records,
-                    files = m.files,
-                    "bucket migrated to this release's layout"
-                );
-                return;
-            }
-            Ok(_) => return,
-            Err(e) => {
-                warn!(error = %e, "cannot check or migrate the bucket's layout yet; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-}
-
 /// STEP over TLS on a second port (the plaintext port stays as it is).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "TLS")]
 pub struct TlsListenArgs {
     /// Port for STEP over TLS (on --ip); off unless given. Needs --tls-cert and --tls-key.
     #[arg(long, env = "STEP_TLS_PORT", requires_all = ["tls_cert", "tls_key"])]
@@ -548,24 +339,50 @@ pub struct ServerArgs {
     /// `none`, `read` (GET, DOWNLOAD, LIST), `write` (also SAVE, UPLOAD,
     /// DELETE). They obtain the public identity's token with a LOGIN
     /// carrying `anonymous` (a gateway in front does that for them).
-    #[arg(long, env = "STEP_ANONYMOUS", default_value = "none",
+    #[arg(long, env = "STEP_ANONYMOUS", default_value = "none", help_heading = ACCOUNTS,
           value_parser = anonymous_parser())]
     pub anonymous: Anonymous,
     /// Port (on --ip) of a small HTTP endpoint for load balancers and
     /// orchestrators: `GET /healthz` (the process answers) and `GET /readyz`
     /// (200 only while the storage — and `--coord`'s engine — answer within
     /// 2 s; 503 with a JSON error otherwise). Off unless given.
-    #[arg(long, env = "STEP_HEALTH_PORT")]
+    #[arg(long, env = "STEP_HEALTH_PORT", help_heading = "Listening")]
     pub health_port: Option<u16>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `step_server=debug`.
-    #[arg(long, env = "STEP_LOG", default_value = "info")]
+    #[arg(long, env = "STEP_LOG", default_value = "info", help_heading = LOGGING)]
     pub log: String,
     /// Log line format: `text`, or `json` (one object per line, for log shippers).
-    #[arg(long, env = "STEP_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    #[arg(long, env = "STEP_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text,
+          help_heading = LOGGING)]
     pub log_format: crate::logging::LogFormat,
     /// With no subcommand, serve.
     #[command(subcommand)]
-    pub command: Option<crate::users::ServerCommand>,
+    pub command: Option<ServerCommand>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ServerCommand {
+    /// Manage the accounts `--auth accounts` checks passwords against, in
+    /// the storage --data-dir / --storage name.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `user add|remove|list|passwd|hash` (run by [`crate::users::run`]).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum UserCommand {
+    /// Add an account; its password from a prompt, or a line on stdin.
+    Add { name: String },
+    /// Remove an account (its files stay; its tokens end within seconds).
+    Remove { name: String },
+    /// List the accounts' names, one a line.
+    List,
+    /// Change an account's password (prompt, or a line on stdin); the
+    /// old password and every token minted before end within seconds.
+    Passwd { name: String },
+    /// Print the argon2id hash of a password (prompt or stdin), for a line
+    /// `NAME:HASH` of --accounts-file; stores nothing.
+    Hash,
 }
 
 /// A clap parser for `--anonymous none|read|write`, listing the values.
@@ -576,20 +393,6 @@ pub fn anonymous_parser() -> impl clap::builder::TypedValueParser<Value = Anonym
         "write" => Anonymous::Write,
         _ => Anonymous::None,
     })
-}
-
-/// The clear warning open mode deserves when `addr` is reachable from other
-/// hosts: whoever reaches it can log in as anyone.
-pub fn warn_if_open(mode: AuthMode, addr: SocketAddr) {
-    if mode == AuthMode::Open && !addr.ip().is_loopback() {
-        warn!(
-            %addr,
-            "STEP is in open mode (--auth open) on an address other hosts may reach: anyone who \
-             can connect can log in as any user and read, replace or delete their files. Use \
-             --auth accounts (STEP_AUTH=accounts) with `step-server user add NAME`, or listen \
-             on 127.0.0.1"
-        );
-    }
 }
 
 #[cfg(test)]
@@ -609,12 +412,31 @@ mod tests {
             reference_style.listen.addr().expect("addr").to_string(),
             "0.0.0.0:1400"
         );
-        let empty =
-            ServerArgs::try_parse_from(["step-server", "--token-secret", ""]).expect("parses");
-        assert!(
-            empty.service.secret().is_err(),
-            "an empty secret is refused"
+    }
+
+    #[test]
+    fn sizes_take_units_and_defaults_match_the_codec() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1gib"), Ok(1 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("10B"), Ok(10));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        let args = ServerArgs::try_parse_from(["step-server"]).expect("defaults");
+        assert_eq!(args.service.max_file_size, 1 << 40);
+        assert_eq!(
+            args.service.max_block_size,
+            step_core::codec::DEFAULT_MAX_BINARY as u64
         );
+        assert_eq!(args.service.max_json, step_core::codec::DEFAULT_MAX_JSON);
+        assert_eq!(args.service.max_unfinished_bytes_per_user, 64 << 30);
+        let one_g = ServerArgs::try_parse_from(["step-server", "--max-file-size", "1G"])
+            .expect("a human size");
+        assert_eq!(one_g.service.max_file_size, 1 << 30);
     }
 
     #[test]
@@ -629,45 +451,5 @@ mod tests {
                 ServerArgs::try_parse_from(["step-server", "--token-ttl", good]).expect("accepted");
             assert_eq!(args.service.token_ttl.to_string(), good);
         }
-        // Built by hand (an embedding program): refused by build(), too.
-        let mut args = ServerArgs::try_parse_from(["step-server"]).expect("parse");
-        let dir = std::env::temp_dir().join(format!("step-config-test-{}", std::process::id()));
-        args.service.data_dir = dir.clone();
-        args.service.token_ttl = 0;
-        let err = args.service.build().expect_err("ttl 0 refused");
-        assert!(err.to_string().contains("--token-ttl"), "{err}");
-        assert!(!dir.exists(), "refused before the store is opened");
-    }
-
-    #[test]
-    fn a_coordinator_is_refused_beside_the_disk_store_and_a_bad_url_is_named() {
-        let dir = std::env::temp_dir().join(format!("step-coord-test-{}", std::process::id()));
-        let mut args =
-            ServerArgs::try_parse_from(["step-server", "--coord", "redis://127.0.0.1:1"])
-                .expect("parse");
-        args.service.data_dir = dir.clone();
-        let err = args
-            .service
-            .build()
-            .expect_err("a disk store cannot be shared");
-        assert!(err.to_string().contains("--coord"), "{err}");
-        assert!(!dir.exists(), "refused before the store is opened");
-        let err = RedisCoord::new("http://not-redis", "ns", Duration::from_secs(60))
-            .expect_err("not a redis URL");
-        assert!(!err.is_empty());
-    }
-
-    #[test]
-    fn a_frame_budget_below_one_block_is_refused() {
-        let args = ServerArgs::try_parse_from([
-            "step-server",
-            "--max-block-size",
-            "1048576",
-            "--frame-budget",
-            "1048575",
-        ])
-        .expect("parse");
-        let err = args.service.build().expect_err("refused");
-        assert!(err.to_string().contains("--frame-budget"), "{err}");
     }
 }

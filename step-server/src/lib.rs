@@ -4,7 +4,9 @@
 //! * [`service::Service`] — answers one request (checks, auth, dispatch).
 //! * [`store::Storage`] — the storage interface; [`store::DiskStore`] keeps
 //!   records and files on local disk.
-//! * [`config`] — command-line flags and environment variables.
+//! * [`config`] — command-line flags and environment variables (parsing only).
+//! * [`compose`] — the composition root: flags to storage, coordinator,
+//!   accounts and service.
 //! * [`error::StepError`] — failures and their STEP status codes.
 //! * [`logging`] — log set-up shared with the gateway.
 //! * [`tls`] — certificates for TLS listeners (reloaded on SIGHUP).
@@ -12,6 +14,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod binding;
+pub mod compose;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use step_core::message::field;
 use step_core::{Kind, Message, Operation, StepClient};
-use step_server::config::{ListenArgs, ServerArgs};
+use step_server::compose::Composer;
+use step_server::config::{ListenArgs, ServerArgs, listen_error};
 use step_server::users::ServerCommand;
 
 const HEALTH_CHECK: &str = "health-check";
@@ -29,16 +30,7 @@ async fn main() -> ExitCode {
         return health_check(&args.listen).await;
     }
     if let Some(ServerCommand::User(cmd)) = &args.command {
-        return match step_server::users::run(cmd, &args.service).await {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("step-server user: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return user_command(cmd, &args).await;
     }
     step_server::logging::init(&args.log, args.log_format);
     step_server::raise_fd_limit();
@@ -49,8 +41,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    step_server::config::warn_if_open(args.service.auth, addr);
-    let (service, limits) = match args.service.start(args.anonymous).await {
+    step_server::compose::warn_if_open(args.service.auth, addr);
+    let composed = match Composer::new(&args.service).start(args.anonymous).await {
         Ok(built) => built,
         Err(e) => {
             eprintln!("step-server: {e}");
@@ -60,7 +52,8 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("step-server: cannot listen on {addr}: {e}");
+            let why = listen_error("for STEP", addr, "--port (STEP_PORT)", &e);
+            eprintln!("step-server: {why}");
             return ExitCode::FAILURE;
         }
     };
@@ -75,10 +68,13 @@ async fn main() -> ExitCode {
         let addr = SocketAddr::new(addr.ip(), port);
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(step_server::health::serve(l, service.storage().clone()));
+                let storage = composed.service.storage().clone();
+                tokio::spawn(step_server::health::serve(l, storage));
             }
             Err(e) => {
-                eprintln!("step-server: cannot listen for health checks on {addr}: {e}");
+                let flag = "--health-port (STEP_HEALTH_PORT)";
+                let why = listen_error("for health checks", addr, flag, &e);
+                eprintln!("step-server: {why}");
                 return ExitCode::FAILURE;
             }
         }
@@ -86,12 +82,27 @@ async fn main() -> ExitCode {
     step_server::run_with_tls(
         listener,
         tls,
-        service,
-        limits,
+        composed.service,
+        composed.limits,
         step_server::shutdown_signal(),
     )
     .await;
     ExitCode::SUCCESS
+}
+
+/// `step-server user ...`: the accounts in the store the flags name.
+async fn user_command(cmd: &step_server::users::UserCommand, args: &ServerArgs) -> ExitCode {
+    let open = || Composer::new(&args.service).open_accounts();
+    match step_server::users::run(cmd, &args.service, open).await {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("step-server user: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The TLS listener of --tls-port, its certificate reloaded on SIGHUP.
@@ -113,7 +124,7 @@ async fn tls_listener(
     .addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen for STEP over TLS on {addr}: {e}"))?;
+        .map_err(|e| listen_error("for STEP over TLS", addr, "--tls-port (STEP_TLS_PORT)", &e))?;
     Ok(Some((listener, acceptor)))
 }
 
@@ -127,7 +138,7 @@ async fn health_check(listen: &ListenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = step_server::config::reachable(addr);
+    let target = step_server::compose::reachable(addr);
     let probe = async {
         let mut client = StepClient::connect(target).await?;
         let request = Message::request(Operation::Get, Kind::Data).with(field::KEY, "healthcheck");

@@ -12,34 +12,11 @@ use std::path::Path;
 use crate::accounts::{AuthMode, hash_password, is_valid_hash};
 use crate::auth::PUBLIC_NAME;
 use crate::config::ServiceArgs;
+pub use crate::config::{ServerCommand, UserCommand};
 use crate::store::{Account, Storage, StoreError};
 
 /// Longest account name: LOGIN's cap on usernames.
 const MAX_NAME: usize = 256;
-
-#[derive(clap::Subcommand, Debug, Clone)]
-pub enum ServerCommand {
-    /// Manage the accounts `--auth accounts` checks passwords against, in
-    /// the storage --data-dir / --storage name.
-    #[command(subcommand)]
-    User(UserCommand),
-}
-
-#[derive(clap::Subcommand, Debug, Clone)]
-pub enum UserCommand {
-    /// Add an account; its password from a prompt, or a line on stdin.
-    Add { name: String },
-    /// Remove an account (its files stay; its tokens end within seconds).
-    Remove { name: String },
-    /// List the accounts' names, one a line.
-    List,
-    /// Change an account's password (prompt, or a line on stdin); the
-    /// old password and every token minted before end within seconds.
-    Passwd { name: String },
-    /// Print the argon2id hash of a password (prompt or stdin), for a line
-    /// `NAME:HASH` of --accounts-file; stores nothing.
-    Hash,
-}
 
 /// Why a `user` command failed, worded for the person who typed it.
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +56,9 @@ pub fn new_epoch() -> u64 {
 }
 
 /// The password: prompted for (twice, to catch typos) on a terminal, else
-/// the first line of stdin without its line ending. Empty is refused.
-fn read_password(name: Option<&str>) -> Result<String, UserError> {
+/// the first line of stdin without its line ending. Shorter than `min`
+/// characters is refused.
+fn read_password(name: Option<&str>, min: usize) -> Result<String, UserError> {
     let password = if std::io::stdin().is_terminal() {
         let who = name.map_or(String::new(), |n| format!(" for {n}"));
         let first = rpassword::prompt_password(format!("Password{who}: "))?;
@@ -99,6 +77,13 @@ fn read_password(name: Option<&str>) -> Result<String, UserError> {
             "empty password: type one at the prompt, or give it as a line on stdin".into(),
         ));
     }
+    let len = password.chars().count();
+    if len < min {
+        return Err(UserError::Invalid(format!(
+            "password too short ({len} characters): at least {min} are needed \
+             (--min-password-len / STEP_MIN_PASSWORD_LEN)"
+        )));
+    }
     Ok(password)
 }
 
@@ -109,10 +94,17 @@ async fn hash_off_thread(password: String) -> Result<String, UserError> {
         .map_err(|e| UserError::Io(std::io::Error::other(e)))
 }
 
-/// Run one `user` command; returns what to print on stdout.
-pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserError> {
+/// Run one `user` command over the account store `open` opens (not opened
+/// for `hash`), under the settings of `args` (the servers' mode, the
+/// shortest password). Returns what to print on stdout.
+pub async fn run(
+    cmd: &UserCommand,
+    args: &ServiceArgs,
+    open: impl FnOnce() -> std::io::Result<std::sync::Arc<dyn Storage>>,
+) -> Result<String, UserError> {
+    let min = args.min_password_len;
     if let UserCommand::Hash = cmd {
-        let password = read_password(None)?;
+        let password = read_password(None, min)?;
         return Ok(format!("{}\n", hash_off_thread(password).await?));
     }
     if args.auth == AuthMode::Open && matches!(cmd, UserCommand::Add { .. }) {
@@ -121,7 +113,7 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
              --auth accounts (STEP_AUTH=accounts)"
         );
     }
-    let storage = args.open_accounts()?;
+    let storage = open()?;
     match cmd {
         UserCommand::Add { name } => {
             check_name(name)?;
@@ -129,7 +121,7 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
             if storage.account_get(name).await?.is_some() {
                 return Err(UserError::Exists(name.clone()));
             }
-            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let password_hash = hash_off_thread(read_password(Some(name), min)?).await?;
             let account = Account {
                 name: name.clone(),
                 password_hash,
@@ -146,7 +138,7 @@ pub async fn run(cmd: &UserCommand, args: &ServiceArgs) -> Result<String, UserEr
             if storage.account_get(name).await?.is_none() {
                 return Err(UserError::NoSuchUser(name.clone()));
             }
-            let password_hash = hash_off_thread(read_password(Some(name))?).await?;
+            let password_hash = hash_off_thread(read_password(Some(name), min)?).await?;
             set_password(storage.as_ref(), name, password_hash).await?;
             Ok(format!("changed the password of {name}\n"))
         }

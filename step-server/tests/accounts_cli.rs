@@ -159,7 +159,7 @@ async fn an_accounts_file_is_imported_at_start() {
     let hash = hash.stdout.trim();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     // An existing account named in the file gets the file's password.
-    assert!(cli(&dir, &["user", "add", "carol"], "old\n").ok);
+    assert!(cli(&dir, &["user", "add", "carol"], "old-password\n").ok);
     let file = tmp.path().join("accounts");
     std::fs::write(&file, format!("# comment\n\ncarol:{hash}\ndave:{hash}\n")).expect("write");
     let file_arg = file.to_str().expect("utf-8 path");
@@ -171,7 +171,7 @@ async fn an_accounts_file_is_imported_at_start() {
     .await;
     assert_eq!(login_status(&server, "carol", "from the file").await, 200);
     assert_eq!(login_status(&server, "dave", "from the file").await, 200);
-    assert_eq!(login_status(&server, "carol", "old").await, 401);
+    assert_eq!(login_status(&server, "carol", "old-password").await, 401);
     server.terminate();
 
     // A bad line stops the start, naming the line, and changes nothing.

@@ -82,6 +82,18 @@ impl GatewayProc {
         }
     }
 
+    /// Read what the log says within `wait`, and return the whole log so far.
+    pub fn settle(&mut self, wait: Duration) -> &[String] {
+        let until = std::time::Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => break,
+            }
+        }
+        &self.log
+    }
+
     /// The URL of `path` (which starts with `/`).
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url.trim_end_matches('/'), path)
