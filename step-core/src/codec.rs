@@ -12,6 +12,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+pub use crate::message::Frame;
 use crate::message::Message;
 
 /// Size of the fixed frame header.
@@ -20,13 +21,6 @@ pub const HEADER_LEN: usize = 8;
 pub const DEFAULT_MAX_JSON: usize = 1 << 20;
 /// Default cap on the binary part: the largest block a peer may send.
 pub const DEFAULT_MAX_BINARY: usize = 8 << 20;
-
-/// One frame off the wire, JSON not yet parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Frame {
-    pub json: Bytes,
-    pub binary: Bytes,
-}
 
 /// Errors of the codec. Every decode error means the stream can no longer be
 /// trusted to be in sync: the connection must be closed.

@@ -30,6 +30,7 @@ pub mod message;
 pub mod pipeline;
 pub mod plan;
 pub mod problem;
+pub mod status;
 pub mod token;
 pub mod transfer;
 

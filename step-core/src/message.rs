@@ -11,9 +11,10 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::codec::Frame;
+use crate::problem::Problem;
 /// Where it was first defined; the refusal table defines it now.
 pub use crate::problem::Reason;
+pub use crate::status::Status;
 
 /// Reserved field names.
 pub mod field {
@@ -137,89 +138,51 @@ wire_enum!(
     }
 );
 
-/// Every STEP status code, in one table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    Ok,
-    Earth,
-    CompulsoryFieldMissing,
-    WrongPassword,
-    KeyExists,
-    BadToken,
-    NotFound,
-    IndexTooLarge,
-    BlockSizeMismatch,
-    WrongDirection,
-    WrongOperation,
-    TypeNotAllowed,
-    FieldMissing,
+/// One frame off the wire, JSON not yet parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    pub json: Bytes,
+    pub binary: Bytes,
 }
 
-impl Status {
-    pub const ALL: &'static [Status] = &[
-        Status::Ok,
-        Status::Earth,
-        Status::CompulsoryFieldMissing,
-        Status::WrongPassword,
-        Status::KeyExists,
-        Status::BadToken,
-        Status::NotFound,
-        Status::IndexTooLarge,
-        Status::BlockSizeMismatch,
-        Status::WrongDirection,
-        Status::WrongOperation,
-        Status::TypeNotAllowed,
-        Status::FieldMissing,
-    ];
+/// Refusals as messages: the table ([`Problem`]) knows no messages, so the
+/// wire form of each row is made here.
+impl Problem {
+    /// A response refusing `operation` `kind` this way, saying `status_msg`.
+    pub fn response(self, operation: &str, kind: &str, status_msg: impl Into<String>) -> Message {
+        self.response_as(self.step_status(), operation, kind, status_msg)
+    }
 
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::Earth => 333,
-            Status::CompulsoryFieldMissing => 400,
-            Status::WrongPassword => 401,
-            Status::KeyExists => 402,
-            Status::BadToken => 403,
-            Status::NotFound => 404,
-            Status::IndexTooLarge => 405,
-            Status::BlockSizeMismatch => 406,
-            Status::WrongDirection => 407,
-            Status::WrongOperation => 408,
-            Status::TypeNotAllowed => 409,
-            Status::FieldMissing => 410,
+    /// A LOGIN refused this way: the reference's own refusals with their
+    /// status, ours with 401 and the reason, since 401 is the only refusal
+    /// a reference client expects of LOGIN.
+    pub fn login_response(self, status_msg: impl Into<String>) -> Message {
+        let status = match self.reason() {
+            Some(_) => Status::WrongPassword,
+            None => self.step_status(),
+        };
+        self.response_as(status, "LOGIN", "AUTH", status_msg)
+    }
+
+    /// `operation` refused at its token check: always the reference's 403
+    /// (type AUTH), with the reason when the row has one.
+    pub fn token_response(self, operation: &str, status_msg: impl Into<String>) -> Message {
+        self.response_as(Status::BadToken, operation, "AUTH", status_msg)
+    }
+
+    /// [`Problem::response`] with `status` instead of the row's.
+    pub fn response_as(
+        self,
+        status: Status,
+        operation: &str,
+        kind: &str,
+        status_msg: impl Into<String>,
+    ) -> Message {
+        let m = Message::response(operation, kind, status, status_msg);
+        match self.reason() {
+            Some(reason) => m.with(field::REASON, reason.as_str()),
+            None => m,
         }
-    }
-
-    /// What the code means, as STEP defines it.
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::Earth => "the EARTH easter egg",
-            Status::CompulsoryFieldMissing => "compulsory field missing",
-            Status::WrongPassword => "wrong password",
-            Status::KeyExists => "key exists",
-            Status::BadToken => "no token or bad token",
-            Status::NotFound => "key not found",
-            Status::IndexTooLarge => "block_index beyond the last block",
-            Status::BlockSizeMismatch => "block length does not match the plan",
-            Status::WrongDirection => "wrong direction",
-            Status::WrongOperation => "operation not allowed",
-            Status::TypeNotAllowed => "type not allowed",
-            Status::FieldMissing => "field missing or invalid",
-        }
-    }
-
-    pub fn from_code(code: u64) -> Option<Status> {
-        Status::ALL
-            .iter()
-            .copied()
-            .find(|s| u64::from(s.code()) == code)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.code(), self.meaning())
     }
 }
 
@@ -458,6 +421,22 @@ fn value_text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_carries_the_rows_status_and_reason() {
+        let m = Problem::Quota.response("SAVE", "FILE", "cap");
+        assert_eq!(m.status_code(), Some(406));
+        assert_eq!(m.get(field::REASON).and_then(|v| v.as_str()), Some("quota"));
+        let m = Problem::KeyExists.response("SAVE", "FILE", "exists");
+        assert_eq!(m.status_code(), Some(402));
+        assert!(m.get(field::REASON).is_none());
+        let m = Problem::Unavailable.response_as(Status::WrongPassword, "LOGIN", "AUTH", "x");
+        assert_eq!(m.status_code(), Some(401));
+        assert_eq!(
+            m.get(field::REASON).and_then(|v| v.as_str()),
+            Some("unavailable")
+        );
+    }
     use serde_json::json;
 
     fn msg(v: Value) -> Message {

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::message::{Message, Status, field};
+use crate::status::Status;
 
 macro_rules! refusal_table {
     (
@@ -242,43 +242,6 @@ impl Problem {
             Problem::CompulsoryFieldMissing | Problem::FieldMissing | Problem::TypeNotAllowed
         )
     }
-
-    /// A response refusing `operation` `kind` this way, saying `status_msg`.
-    pub fn response(self, operation: &str, kind: &str, status_msg: impl Into<String>) -> Message {
-        self.response_as(self.step_status(), operation, kind, status_msg)
-    }
-
-    /// A LOGIN refused this way: the reference's own refusals with their
-    /// status, ours with 401 and the reason, since 401 is the only refusal
-    /// a reference client expects of LOGIN.
-    pub fn login_response(self, status_msg: impl Into<String>) -> Message {
-        let status = match self.reason() {
-            Some(_) => Status::WrongPassword,
-            None => self.step_status(),
-        };
-        self.response_as(status, "LOGIN", "AUTH", status_msg)
-    }
-
-    /// `operation` refused at its token check: always the reference's 403
-    /// (type AUTH), with the reason when the row has one.
-    pub fn token_response(self, operation: &str, status_msg: impl Into<String>) -> Message {
-        self.response_as(Status::BadToken, operation, "AUTH", status_msg)
-    }
-
-    /// [`Problem::response`] with `status` instead of the row's.
-    pub fn response_as(
-        self,
-        status: Status,
-        operation: &str,
-        kind: &str,
-        status_msg: impl Into<String>,
-    ) -> Message {
-        let m = Message::response(operation, kind, status, status_msg);
-        match self.reason() {
-            Some(reason) => m.with(field::REASON, reason.as_str()),
-            None => m,
-        }
-    }
 }
 
 impl fmt::Display for Reason {
@@ -348,21 +311,5 @@ mod tests {
         }
         assert_eq!(reasons.len(), Reason::ALL.len());
         assert_eq!(Problem::of(Status::Ok, None), None);
-    }
-
-    #[test]
-    fn a_response_carries_the_rows_status_and_reason() {
-        let m = Problem::Quota.response("SAVE", "FILE", "cap");
-        assert_eq!(m.status_code(), Some(406));
-        assert_eq!(m.get(field::REASON).and_then(|v| v.as_str()), Some("quota"));
-        let m = Problem::KeyExists.response("SAVE", "FILE", "exists");
-        assert_eq!(m.status_code(), Some(402));
-        assert!(m.get(field::REASON).is_none());
-        let m = Problem::Unavailable.response_as(Status::WrongPassword, "LOGIN", "AUTH", "x");
-        assert_eq!(m.status_code(), Some(401));
-        assert_eq!(
-            m.get(field::REASON).and_then(|v| v.as_str()),
-            Some("unavailable")
-        );
     }
 }

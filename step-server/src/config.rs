@@ -401,6 +401,32 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     #[test]
+    fn the_flag_and_its_variable_reach_the_service_args() {
+        let args = ServerArgs::try_parse_from(["step-server"]).expect("no flags needed");
+        assert_eq!(
+            args.service.storage,
+            StorageChoice::Disk,
+            "local disk by default"
+        );
+        let args = ServerArgs::try_parse_from(["step-server", "--storage", "s3://step/p"])
+            .expect("parses");
+        assert_eq!(
+            args.service.storage,
+            StorageChoice::S3 {
+                bucket: "step".into(),
+                prefix: object_store::path::Path::from("p"),
+            }
+        );
+        let err = ServerArgs::try_parse_from(["step-server", "--storage", "s3://Step"])
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("--storage") && err.contains("lowercase"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn flags_are_consistent_and_defaults_run() {
         ServerArgs::command().debug_assert();
         let args = ServerArgs::try_parse_from(["step-server"]).expect("no flags needed");

@@ -18,6 +18,7 @@ pub mod compose;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod logging;
 pub mod request;
 pub mod server;

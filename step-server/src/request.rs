@@ -15,7 +15,7 @@ use step_core::message::field;
 use step_core::{DEFAULT_BLOCK_SIZE, Kind, Message, Operation};
 
 use crate::error::StepError;
-use crate::service::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, Limits};
+use crate::limits::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, Limits};
 use crate::store::Replace;
 
 /// A field whose refusal comes only after the handler's store call.

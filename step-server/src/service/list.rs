@@ -10,9 +10,6 @@ use super::{Service, in_store, ok};
 use crate::error::StepError;
 use crate::store::StoreError;
 
-/// FILE LIST entries per page unless asked otherwise, and at most.
-pub const LIST_DEFAULT_LIMIT: i64 = 100;
-pub const LIST_MAX_LIMIT: i64 = 1000;
 /// Bytes of entries one FILE LIST answer carries at most (its JSON, keys
 /// escaped): a page is cut short, with `next`, rather than exceed what a
 /// client's frame limit (1 MiB by default) takes.

@@ -283,28 +283,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_flag_and_its_variable_reach_the_service_args() {
-        use crate::config::ServerArgs;
-        use clap::Parser;
-        let args = ServerArgs::try_parse_from(["step-server"]).expect("no flags needed");
-        assert_eq!(
-            args.service.storage,
-            StorageChoice::Disk,
-            "local disk by default"
-        );
-        let args = ServerArgs::try_parse_from(["step-server", "--storage", "s3://step/p"])
-            .expect("parses");
-        assert_eq!(args.service.storage, s3("step", "p"));
-        let err = ServerArgs::try_parse_from(["step-server", "--storage", "s3://Step"])
-            .expect_err("refused")
-            .to_string();
-        assert!(
-            err.contains("--storage") && err.contains("lowercase"),
-            "{err}"
-        );
-    }
-
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
