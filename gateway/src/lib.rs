@@ -162,6 +162,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// The gateway's router over `state`.
+// Long on purpose: the flat table of every route and its layers, read in one place.
 pub fn app(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     // Files stream for as long as they take; their size limit is enforced by

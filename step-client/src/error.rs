@@ -118,6 +118,7 @@ const HTTP_AS_LENGTH: u64 = u32::from_be_bytes(*b"HTTP") as u64;
 
 impl CliError {
     /// Turn a protocol-level failure into the user's terms.
+    // Long on purpose: a flat table from each protocol failure to its words.
     pub fn from_client(err: ClientError, addr: &str, subject: Subject<'_>) -> CliError {
         if let ClientError::Codec(CodecError::JsonTooLong { len, .. }) = &err {
             // A TLS record starts with its type (0x15 alert, 0x16
