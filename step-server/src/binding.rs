@@ -16,8 +16,9 @@
 //! on a fresh connection.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// Keys one connection remembers.
 pub const MAX_KEYS: usize = 64;
@@ -31,17 +32,17 @@ pub struct ConnState {
     /// the names keeps the state small whatever the key's length; a
     /// collision could only refuse this connection's own block.
     bound: Mutex<VecDeque<(u64, String)>>,
-}
-
-fn slot(user: &str, key: &str) -> u64 {
-    // Seeded once per process: nobody outside can aim for a collision.
-    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    SEED.get_or_init(Default::default).hash_one((user, key))
+    /// Seeded per connection: nobody outside can aim for a collision.
+    seed: RandomState,
 }
 
 impl ConnState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn slot(&self, user: &str, key: &str) -> u64 {
+        self.seed.hash_one((user, key))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut VecDeque<(u64, String)>) -> T) -> T {
@@ -50,13 +51,13 @@ impl ConnState {
 
     /// The upload `user`'s `key` is bound to on this connection.
     pub fn bound(&self, user: &str, key: &str) -> Option<String> {
-        let h = slot(user, key);
+        let h = self.slot(user, key);
         self.with(|b| b.iter().find(|(k, _)| *k == h).map(|(_, id)| id.clone()))
     }
 
     /// Bind `user`'s `key` to upload `id` (in place of any earlier one).
     pub fn bind(&self, user: &str, key: &str, id: &str) {
-        let h = slot(user, key);
+        let h = self.slot(user, key);
         self.with(|b| {
             b.retain(|(k, _)| *k != h);
             if b.len() >= MAX_KEYS {
